@@ -1,0 +1,34 @@
+# ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
+# file is only for people. Every target is a thin wrapper around a script in tools/.
+.PHONY: all kmod kernel kernel-debug userspace test test-native demo guest-shell clean fmt
+
+all: kmod userspace
+
+kmod:             ## build ckpt.ko against KDIR (default: the cached tree from tools/kernel.sh)
+	tools/kmod.sh
+
+kernel:           ## fetch and build the test kernel (cached under /var/cache/ckpt)
+	tools/kernel.sh
+
+kernel-debug:     ## the same with KASAN, lockdep, KFENCE and kmemleak
+	tools/kernel.sh --debug
+
+userspace:
+	cargo build --release --locked
+
+test:             ## everything: lints, native tests, guest tests
+	tools/test.sh
+
+test-native:
+	tools/test.sh --native
+
+demo:             ## boot the guest and show the module at work
+	tools/demo.sh
+
+fmt:
+	cargo fmt --all
+	tools/rustfmt-kmod.sh
+
+clean:
+	tools/kmod.sh clean
+	cargo clean

@@ -1,0 +1,104 @@
+// SPDX-License-Identifier: GPL-2.0
+//! ckpt: checkpoint/restore of Linux processes. This module registers `/dev/ckpt` (mode 0600:
+//! root only unless an administrator changes it) and serves the ioctls defined in
+//! `abi/src/abi.rs`, which user space compiles too. See docs/design.md.
+
+use kernel::{
+    fs::File,
+    ioctl::{_IOC_SIZE, _IOR, _IOWR},
+    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    prelude::*,
+    transmute::{AsBytes, FromBytes},
+    uaccess::{UserPtr, UserSlice},
+};
+
+#[path = "../abi/src/abi.rs"]
+mod abi;
+mod helpers;
+mod layout;
+mod query;
+mod target;
+
+use abi::{CkptQuery, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_QUERY, CKPT_IOC_VERSION};
+
+// SAFETY: `repr(C)` structs of integers with no padding (abi.rs asserts the sizes): every bit
+// pattern is valid and every byte is initialised.
+unsafe impl FromBytes for CkptQuery {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptQuery {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptVersionInfo {}
+
+// The shared ABI file computes ioctl numbers itself; they must equal the kernel's macros.
+const _: () = {
+    assert!(CKPT_IOC_VERSION == _IOR::<CkptVersionInfo>(abi::CKPT_IOC_MAGIC, 0x01));
+    assert!(CKPT_IOC_QUERY == _IOWR::<CkptQuery>(abi::CKPT_IOC_MAGIC, 0x02));
+};
+
+module! {
+    type: CkptModule,
+    name: "ckpt",
+    authors: ["ckpt developers"],
+    description: "Checkpoint and restore of Linux processes (/dev/ckpt)",
+    license: "GPL",
+}
+
+#[pin_data]
+struct CkptModule {
+    #[pin]
+    _dev: MiscDeviceRegistration<CkptDevice>,
+}
+
+impl kernel::InPlaceModule for CkptModule {
+    fn init(_module: &'static ThisModule) -> impl PinInit<Self, Error> {
+        try_pin_init!(Self {
+            _dev <- {
+                // Refuse to load before anything is registered if bindgen mis-laid a struct.
+                layout::check()?;
+                MiscDeviceRegistration::register(MiscDeviceOptions { name: c"ckpt" })
+            },
+        })
+    }
+}
+
+/// One open `/dev/ckpt`. It holds no state: every ioctl names its target.
+struct CkptDevice;
+
+#[vtable]
+impl MiscDevice for CkptDevice {
+    type Ptr = ();
+
+    fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<()> {
+        Ok(())
+    }
+
+    fn ioctl(_device: (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        let user = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd));
+        match cmd {
+            CKPT_IOC_VERSION => {
+                let info = CkptVersionInfo {
+                    abi_version: CKPT_ABI_VERSION,
+                    version_info_size: core::mem::size_of::<CkptVersionInfo>() as u32,
+                    query_size: core::mem::size_of::<CkptQuery>() as u32,
+                    _reserved: 0,
+                };
+                user.writer().write(&info)?;
+            }
+            CKPT_IOC_QUERY => {
+                let (mut reader, mut writer) = user.reader_writer();
+                let mut q: CkptQuery = reader.read()?;
+                query::query(&mut q)?;
+                writer.write(&q)?;
+            }
+            _ => return Err(ENOTTY),
+        }
+        Ok(0)
+    }
+
+    #[cfg(CONFIG_COMPAT)]
+    fn compat_ioctl(device: (), file: &File, cmd: u32, arg: usize) -> Result<isize> {
+        // The ABI uses only fixed-size fields laid out alike for 32- and 64-bit callers, and
+        // x86-64 compat pointers need no conversion.
+        Self::ioctl(device, file, cmd, arg)
+    }
+}

@@ -1,0 +1,213 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Every raw `bindings::` call and C helper the module uses, each wrapped once in a small safe
+//! function. The rest of the module calls only these.
+
+use core::ptr::NonNull;
+use kernel::{
+    bindings,
+    cred::Credential,
+    error::to_result,
+    mm::{virt::VmaRef, MmWithUser, MmapReadGuard},
+    prelude::*,
+    sync::aref::ARef,
+    task::Task,
+};
+
+/// Mirror of `struct ckpt_c_layout` in `ckpt_helpers.h`.
+#[repr(C)]
+#[derive(Default, Clone, Copy, PartialEq, Eq, Debug)]
+pub(crate) struct CLayout {
+    pub(crate) task_flags: u64,
+    pub(crate) task_signal: u64,
+    pub(crate) task_cred: u64,
+    pub(crate) signal_nr_threads: u64,
+    pub(crate) signal_exec_update_lock: u64,
+    pub(crate) cred_uid: u64,
+    pub(crate) cred_gid: u64,
+    pub(crate) cred_suid: u64,
+    pub(crate) cred_sgid: u64,
+    pub(crate) cred_euid: u64,
+    pub(crate) cred_egid: u64,
+    pub(crate) cred_user_ns: u64,
+}
+
+extern "C" {
+    fn ckpt_helper_c_layout(out: *mut CLayout);
+    fn ckpt_helper_task_still_dumpable(task: *mut bindings::task_struct) -> bool;
+}
+
+/// The field offsets as the C compiler laid them out.
+pub(crate) fn c_layout() -> CLayout {
+    let mut out = CLayout::default();
+    // SAFETY: `out` is a valid, writable `struct ckpt_c_layout` (same `repr(C)` layout).
+    unsafe { ckpt_helper_c_layout(&mut out) };
+    out
+}
+
+/// The task with id `nr` in the caller's pid namespace, with a reference held.
+pub(crate) fn task_by_vpid(nr: i32) -> Option<ARef<Task>> {
+    // SAFETY: `find_get_pid` accepts any number and returns NULL or a counted `struct pid`.
+    let pid = unsafe { bindings::find_get_pid(nr) };
+    if pid.is_null() {
+        return None;
+    }
+    // SAFETY: `pid` is a valid counted reference; `get_pid_task` takes its own reference.
+    let task = unsafe { bindings::get_pid_task(pid, bindings::pid_type_PIDTYPE_PID) };
+    // SAFETY: drops the reference `find_get_pid` gave us; `pid` is not used afterwards.
+    unsafe { bindings::put_pid(pid) };
+    let task = NonNull::new(task.cast::<Task>())?;
+    // SAFETY: `get_pid_task` returned a counted reference, which the `ARef` now owns. `Task` is
+    // `repr(transparent)` over `task_struct`.
+    Some(unsafe { ARef::from_raw(task) })
+}
+
+/// Whether `task` is a kernel thread (it has no user address space to inspect).
+pub(crate) fn is_kernel_thread(task: &Task) -> bool {
+    // SAFETY: `task` is valid; `flags` is only read (a racy read of PF_KTHREAD is fine: it is
+    // set at creation and never cleared). The offset is checked at load time (layout.rs).
+    let flags = unsafe { core::ptr::read_volatile(&raw const (*task.as_ptr()).flags) };
+    flags & bindings::PF_KTHREAD != 0
+}
+
+/// Whether `a` and `b` belong to the same thread group (process).
+pub(crate) fn same_thread_group(a: &Task, b: &Task) -> bool {
+    // SAFETY: both tasks are valid; `signal` is set at creation and stays until the task
+    // struct is freed, which our references prevent.
+    unsafe { (*a.as_ptr()).signal == (*b.as_ptr()).signal }
+}
+
+/// Number of threads in `task`'s thread group (the kernel's `get_nr_threads()`).
+pub(crate) fn nr_threads(task: &Task) -> u32 {
+    // SAFETY: `signal` is valid while we hold the task (see `same_thread_group`); the count
+    // changes concurrently, so it is read once, like `get_nr_threads()` does.
+    let n = unsafe { core::ptr::read_volatile(&raw const (*(*task.as_ptr()).signal).nr_threads) };
+    u32::try_from(n).unwrap_or(0)
+}
+
+/// The ids a ptrace-style permission check compares.
+#[derive(Clone, Copy)]
+pub(crate) struct Ids {
+    pub(crate) uid: u32,
+    pub(crate) gid: u32,
+    pub(crate) euid: u32,
+    pub(crate) egid: u32,
+    pub(crate) suid: u32,
+    pub(crate) sgid: u32,
+    user_ns: *mut bindings::user_namespace,
+}
+
+fn ids_of(cred: &Credential) -> Ids {
+    let c = cred.as_ptr();
+    // SAFETY: `cred` is a valid credential; credentials are immutable once published.
+    unsafe {
+        Ids {
+            uid: (*c).uid.val,
+            gid: (*c).gid.val,
+            euid: (*c).euid.val,
+            egid: (*c).egid.val,
+            suid: (*c).suid.val,
+            sgid: (*c).sgid.val,
+            user_ns: (*c).user_ns,
+        }
+    }
+}
+
+/// The calling task's subjective credentials (`current_cred()`).
+pub(crate) fn current_ids() -> Ids {
+    let cur = kernel::current!();
+    // SAFETY: `current->cred` is valid while current runs, and only current replaces it.
+    let cred = unsafe { Credential::from_ptr((*cur.as_ptr()).cred) };
+    ids_of(cred)
+}
+
+/// `task`'s objective credentials (`__task_cred()`), read through a counted reference.
+pub(crate) fn task_ids(task: &Task) -> Ids {
+    // SAFETY: `task` is valid; `get_task_cred` returns a counted, non-NULL credential.
+    let cred = unsafe { bindings::get_task_cred(task.as_ptr()) };
+    // SAFETY: non-NULL and counted (above); the `ARef` drops that count with `put_cred`.
+    let cred: ARef<Credential> =
+        unsafe { ARef::from_raw(NonNull::new_unchecked(cred.cast_mut().cast::<Credential>())) };
+    ids_of(&cred)
+}
+
+/// `ns_capable(ids.user_ns, CAP_SYS_PTRACE)`: may the caller ptrace tasks owned by that user
+/// namespace whatever their ids? (May audit, like ptrace's own check.)
+pub(crate) fn caller_has_ptrace_cap_over(ids: &Ids) -> bool {
+    // SAFETY: `user_ns` came from a credential we held; user namespaces live at least as long as
+    // the tasks and credentials in them, and the target is pinned by our task reference.
+    unsafe { bindings::ns_capable(ids.user_ns, bindings::CAP_SYS_PTRACE as i32) }
+}
+
+/// The dumpability step of the ptrace check: the task is owner-dumpable, or the caller has
+/// CAP_SYS_PTRACE over the namespace it was exec'd in.
+pub(crate) fn task_still_dumpable(task: &Task) -> bool {
+    // SAFETY: `task` is valid; the helper reads `exec_state` under RCU.
+    unsafe { ckpt_helper_task_still_dumpable(task.as_ptr()) }
+}
+
+/// Read guard on `task->signal->exec_update_lock`: while held, the task cannot exec, so its
+/// credentials and mm stay the ones a permission check saw (like `mm_access()`).
+pub(crate) struct ExecUpdateReadGuard<'a> {
+    task: &'a Task,
+}
+
+impl<'a> ExecUpdateReadGuard<'a> {
+    pub(crate) fn lock_killable(task: &'a Task) -> Result<Self> {
+        // SAFETY: `signal` is valid while we hold the task; the semaphore is initialised.
+        let ret = unsafe {
+            bindings::down_read_killable(&raw mut (*(*task.as_ptr()).signal).exec_update_lock)
+        };
+        to_result(ret)?;
+        Ok(Self { task })
+    }
+}
+
+impl Drop for ExecUpdateReadGuard<'_> {
+    fn drop(&mut self) {
+        // SAFETY: we took the read lock in `lock_killable` and release it exactly once.
+        unsafe { bindings::up_read(&raw mut (*(*self.task.as_ptr()).signal).exec_update_lock) };
+    }
+}
+
+/// The task's address space with `mm_users` raised, or `None` for exited or kernel tasks.
+pub(crate) fn task_mm(task: &Task) -> Option<ARef<MmWithUser>> {
+    // SAFETY: `task` is valid; `get_task_mm` returns NULL or an mm with `mm_users` raised.
+    let mm = unsafe { bindings::get_task_mm(task.as_ptr()) };
+    let mm = NonNull::new(mm.cast::<MmWithUser>())?;
+    // SAFETY: the `ARef` owns the `mm_users` count and drops it with `mmput`. `MmWithUser` is
+    // `repr(transparent)` over `mm_struct`.
+    Some(unsafe { ARef::from_raw(mm) })
+}
+
+/// The first VMA ending above `addr`, like `find_vma()`. The guard proves the lock is held.
+pub(crate) fn find_vma<'a>(
+    mm: &MmWithUser,
+    _lock: &'a MmapReadGuard<'_>,
+    addr: usize,
+) -> Option<&'a VmaRef> {
+    // SAFETY: the mmap read lock is held for `'a`, so the tree is stable for the walk.
+    let vma = unsafe { bindings::find_vma(mm.as_raw(), addr as _) };
+    if vma.is_null() {
+        return None;
+    }
+    // SAFETY: `vma` is a VMA of `mm`, valid while the read lock is held (`'a`).
+    Some(unsafe { VmaRef::from_raw(vma) })
+}
+
+/// Reads `buf.len()` bytes at `addr` of `task`'s memory, as ptrace's PEEKDATA would
+/// (FOLL_FORCE: read-protected pages of a task we may ptrace are readable). Returns how many
+/// bytes were read; short at the end of a readable range, 0 if none.
+pub(crate) fn access_process_vm(task: &Task, addr: u64, buf: &mut [u8]) -> Result<usize> {
+    let len = i32::try_from(buf.len()).map_err(|_| EINVAL)?;
+    // SAFETY: `task` is valid; `buf` is a writable kernel buffer of `len` bytes.
+    let n = unsafe {
+        bindings::access_process_vm(
+            task.as_ptr(),
+            addr as _,
+            buf.as_mut_ptr().cast(),
+            len,
+            bindings::FOLL_FORCE,
+        )
+    };
+    usize::try_from(n).map_err(|_| EIO)
+}

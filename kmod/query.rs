@@ -1,0 +1,58 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `CKPT_IOC_QUERY`: thread count, VMA walk and a read of the target's memory.
+
+use crate::abi::{CkptQuery, CKPT_QUERY_MAX_READ};
+use crate::helpers;
+use crate::target::Target;
+use kernel::{
+    alloc::KVVec,
+    prelude::*,
+    uaccess::{UserPtr, UserSlice},
+};
+
+/// Validates `q`'s inputs, fills its outputs and copies the bytes read to `q.read_buf`.
+pub(crate) fn query(q: &mut CkptQuery) -> Result {
+    if q.flags != 0 || q.read_len > CKPT_QUERY_MAX_READ {
+        return Err(EINVAL);
+    }
+    let read_len = usize::try_from(q.read_len).map_err(|_| EINVAL)?;
+    let target = Target::lookup(q.pid)?;
+    let mm = target.access_mm()?;
+
+    q.thread_count = helpers::nr_threads(target.task());
+
+    let (mut count, mut bytes) = (0u32, 0u64);
+    {
+        let lock = mm.mmap_read_lock();
+        let mut addr = 0usize;
+        while let Some(vma) = helpers::find_vma(&mm, &lock, addr) {
+            count = count.saturating_add(1);
+            let (start, end) = (vma.start(), vma.end());
+            bytes = bytes.saturating_add(end.saturating_sub(start) as u64);
+            if end <= addr {
+                // A VMA ending at or below where we searched would loop forever; the tree
+                // never yields one, but never trust that in a loop in the kernel.
+                return Err(EIO);
+            }
+            addr = end;
+        }
+    }
+    q.vma_count = count;
+    q.mapped_bytes = bytes;
+    drop(mm);
+
+    q.bytes_read = 0;
+    if read_len > 0 {
+        let mut buf = KVVec::from_elem(0u8, read_len, GFP_KERNEL)?;
+        let n = helpers::access_process_vm(target.task(), q.read_addr, &mut buf)?;
+        if n == 0 {
+            // Nothing is mapped readable at that address.
+            return Err(EIO);
+        }
+        let data = buf.get(..n).ok_or(EIO)?;
+        let dest = UserPtr::from_addr(usize::try_from(q.read_buf).map_err(|_| EFAULT)?);
+        UserSlice::new(dest, n).writer().write_slice(data)?;
+        q.bytes_read = n as u64;
+    }
+    Ok(())
+}

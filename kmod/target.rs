@@ -1,0 +1,69 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Finding a target process by pid and deciding whether the caller may touch it.
+//!
+//! The rule is ptrace attach's (`__ptrace_may_access()` with PTRACE_MODE_ATTACH_REALCREDS):
+//! the caller's real uid/gid equal all of the target's real, effective and saved ids, or the
+//! caller has CAP_SYS_PTRACE in the target's user namespace; and the target is owner-dumpable or
+//! the caller has CAP_SYS_PTRACE over the namespace it was exec'd in. `ptrace_may_access()`
+//! itself is not exported to modules. Not applied (also not exported): the LSM hook
+//! `security_ptrace_access_check()`, so Yama's ptrace_scope does not restrict /dev/ckpt, which
+//! is root-only (0600) by default.
+
+use crate::helpers::{self, ExecUpdateReadGuard};
+use kernel::{mm::MmWithUser, prelude::*, sync::aref::ARef, task::Task};
+
+/// A process that exists and is not a kernel thread. Holding it pins the task struct, not the
+/// process: it may still exit.
+pub(crate) struct Target {
+    task: ARef<Task>,
+}
+
+impl Target {
+    /// Looks `pid` up in the caller's pid namespace. EINVAL for a non-positive pid or a kernel
+    /// thread, ESRCH when there is no such task.
+    pub(crate) fn lookup(pid: i32) -> Result<Self> {
+        if pid <= 0 {
+            return Err(EINVAL);
+        }
+        let task = helpers::task_by_vpid(pid).ok_or(ESRCH)?;
+        if helpers::is_kernel_thread(&task) {
+            return Err(EINVAL);
+        }
+        Ok(Self { task })
+    }
+
+    pub(crate) fn task(&self) -> &Task {
+        &self.task
+    }
+
+    /// Checks the caller's permission and returns the target's address space. The check and
+    /// `get_task_mm()` happen under the target's exec_update_lock, so an exec of a setuid
+    /// program cannot slip in between (as in the kernel's `mm_access()`).
+    /// EPERM when not allowed, ESRCH when the process has exited (a zombie has no mm).
+    pub(crate) fn access_mm(&self) -> Result<ARef<MmWithUser>> {
+        let _exec = ExecUpdateReadGuard::lock_killable(&self.task)?;
+        // An exited process (a zombie) has no mm: report it as gone before the permission
+        // check, whose dumpability state an exited task may no longer have.
+        let mm = helpers::task_mm(&self.task).ok_or(ESRCH)?;
+        self.check_may_access()?;
+        Ok(mm)
+    }
+
+    fn check_may_access(&self) -> Result {
+        let current = kernel::current!();
+        if helpers::same_thread_group(&current, &self.task) {
+            return Ok(());
+        }
+        let caller = helpers::current_ids();
+        let target = helpers::task_ids(&self.task);
+        let ids_match = [target.uid, target.euid, target.suid].iter().all(|&u| u == caller.uid)
+            && [target.gid, target.egid, target.sgid].iter().all(|&g| g == caller.gid);
+        if !ids_match && !helpers::caller_has_ptrace_cap_over(&target) {
+            return Err(EPERM);
+        }
+        if !helpers::task_still_dumpable(&self.task) {
+            return Err(EPERM);
+        }
+        Ok(())
+    }
+}

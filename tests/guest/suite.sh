@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# The guest test suite. Runs inside the guest as root (tools/guest.sh), from the checkout:
+#   tests/guest/suite.sh KO TEST_EXE...
+# Loads the module, checks the device node, runs every given cargo test executable's ignored
+# (module-needing) tests, then unloads the module and checks it left nothing behind.
+set -uo pipefail
+ko=$1; shift
+fail=0
+check() { # check DESCRIPTION COMMAND...
+  if "${@:2}"; then echo "suite: ok: $1"; else echo "suite: FAILED: $1"; fail=1; fi
+}
+
+exec 3>&- 4>&- 5>&- 6>&- 2>/dev/null || true
+check "insmod $ko" insmod "$ko"
+check "/dev/ckpt is a character device" test -c /dev/ckpt
+check "/dev/ckpt is root-only (0600)" test "$(stat -c %a /dev/ckpt)" = 600
+
+for exe in "$@"; do
+  echo "suite: running $(basename "$exe") --ignored"
+  "$exe" --ignored --test-threads=2 || fail=1
+done
+
+check "rmmod ckpt" rmmod ckpt
+check "/dev/ckpt is gone after rmmod" test ! -e /dev/ckpt
+check "ckpt is not in /proc/modules" bash -c '! grep -q "^ckpt " /proc/modules'
+check "the misc device is unregistered" bash -c '! grep -qw ckpt /proc/misc'
+# Loading again must work: nothing stale was left registered.
+check "insmod again" insmod "$ko"
+check "/dev/ckpt is back" test -c /dev/ckpt
+check "rmmod again" rmmod ckpt
+if [[ -w /sys/kernel/debug/kmemleak ]]; then
+  echo scan > /sys/kernel/debug/kmemleak
+  check "kmemleak found no leaks" test -z "$(cat /sys/kernel/debug/kmemleak)"
+fi
+if ((fail)); then echo "suite: FAILED"; exit 1; fi
+echo "suite: all guest checks passed"

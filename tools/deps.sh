@@ -1,0 +1,47 @@
+#!/usr/bin/env bash
+# Installs everything ckpt's build and tests need on a fresh Debian 12 (bookworm) machine, as root.
+# Idempotent: a second run only checks. Never installs anything from sid (the kernel source is
+# only downloaded and unpacked, by tools/kernel.sh).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+. "$here/versions.env"
+
+log() { printf '[deps] %s\n' "$*" >&2; }
+
+apt_pkgs=(
+  build-essential flex bison bc cpio kmod rsync dwarves libelf-dev libssl-dev xz-utils
+  "libclang-${CKPT_LLVM_VERSION}-dev" "clang-${CKPT_LLVM_VERSION}"
+  qemu-system-x86 busybox-static util-linux procps
+)
+missing=()
+for p in "${apt_pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q 'install ok installed' || missing+=("$p")
+done
+if ((${#missing[@]})); then
+  log "apt-get install ${missing[*]}"
+  export DEBIAN_FRONTEND=noninteractive
+  apt-get update -qq
+  apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+fi
+
+if ! command -v rustup >/dev/null; then
+  echo "rustup is not installed: ckpt needs rustup to pin the kernel's Rust toolchain" >&2
+  exit 1
+fi
+if ! rustup toolchain list | grep -q "^${CKPT_RUST_TOOLCHAIN}-"; then
+  log "rustup toolchain install ${CKPT_RUST_TOOLCHAIN}"
+  rustup toolchain install --profile minimal "${CKPT_RUST_TOOLCHAIN}"
+fi
+for c in rust-src rustfmt clippy; do
+  if ! rustup component list --toolchain "${CKPT_RUST_TOOLCHAIN}" --installed | grep -q "^${c}"; then
+    log "rustup component add $c"
+    rustup component add --toolchain "${CKPT_RUST_TOOLCHAIN}" "$c"
+  fi
+done
+
+bindgen_bin="${CARGO_HOME:-$HOME/.cargo}/bin/bindgen"
+if ! "$bindgen_bin" --version 2>/dev/null | grep -q " ${CKPT_BINDGEN_VERSION}\$"; then
+  log "cargo install bindgen-cli ${CKPT_BINDGEN_VERSION} (about 2.5 min)"
+  cargo +"${CKPT_RUST_TOOLCHAIN}" install --locked --quiet bindgen-cli --version "${CKPT_BINDGEN_VERSION}"
+fi
+log "ok"

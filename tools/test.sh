@@ -1,0 +1,42 @@
+#!/usr/bin/env bash
+# The whole test run, from nothing: installs what is missing, checks formatting and lints,
+# runs the native tests, builds the kernel (cached) and the module, and runs the guest suite.
+#   tools/test.sh            everything
+#   tools/test.sh --native   only what needs no guest
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+root=$(dirname "$here")
+cd "$root"
+. "$here/versions.env"
+step() { printf '\n=== %s\n' "$*" >&2; }
+t0=$SECONDS
+
+step "dependencies"
+"$here/deps.sh"
+export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+
+step "format and lints (user space)"
+cargo fmt --all --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+step "native tests"
+cargo test --workspace --locked 2>&1
+
+[[ "${1:-}" == --native ]] && exit 0
+
+step "kernel (cached in $CKPT_CACHE_DIR)"
+kdir=$("$here/kernel.sh")
+echo "$kdir" >&2
+
+step "module (with the kernel's clippy and rustfmt)"
+"$here/kmod.sh" clean >/dev/null
+ko=$("$here/kmod.sh" CLIPPY=1)
+"$here/rustfmt-kmod.sh" --check
+
+step "guest tests"
+# The test executables, built on the host and run in the guest through the shared filesystem.
+mapfile -t exes < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
+  grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+((${#exes[@]})) || { echo "no test executables found" >&2; exit 1; }
+"$here/guest.sh" -- tests/guest/suite.sh "$ko" "${exes[@]}"
+printf '\nall tests passed in %d s\n' $((SECONDS - t0)) >&2

@@ -1,0 +1,3 @@
+//! ckpt user space: the `/dev/ckpt` client and (later) image format, dump and restore.
+pub mod device;
+pub mod info;

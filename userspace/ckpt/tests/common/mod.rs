@@ -1,0 +1,99 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::os::unix::process::CommandExt;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+
+/// Reason string for tests that need the module: natively they are ignored, and the guest runner
+/// (tools/guest.sh, via tests/guest/suite.sh) runs them with `--ignored`.
+pub const NEEDS_MODULE: &str = "needs /dev/ckpt: runs in the guest (tools/guest.sh)";
+
+pub fn prog(name: &str) -> PathBuf {
+    PathBuf::from(env!("CKPT_TEST_PROGS")).join(name)
+}
+
+pub fn ckpt_bin() -> PathBuf {
+    PathBuf::from(env!("CARGO_BIN_EXE_ckpt"))
+}
+
+/// A running test program that printed "ready <addr> <len>"; killed and reaped on drop.
+pub struct Target {
+    pub child: Child,
+    pub addr: u64,
+    pub len: usize,
+}
+
+impl Target {
+    pub fn spawn(name: &str, args: &[&str]) -> Target {
+        Self::spawn_as(name, args, None)
+    }
+
+    /// Spawns the program, as `uid`/`gid` when given.
+    pub fn spawn_as(name: &str, args: &[&str], uid: Option<u32>) -> Target {
+        let mut cmd = Command::new(prog(name));
+        cmd.args(args).stdout(Stdio::piped()).stdin(Stdio::null());
+        if let Some(id) = uid {
+            cmd.uid(id).gid(id); // std also drops supplementary groups when root sets a uid
+        }
+        let mut child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+        let mut line = String::new();
+        BufReader::new(child.stdout.as_mut().unwrap())
+            .read_line(&mut line)
+            .unwrap();
+        let mut words = line.split_whitespace();
+        assert_eq!(words.next(), Some("ready"), "{name} said {line:?}");
+        let addr = words
+            .next()
+            .and_then(|a| u64::from_str_radix(a.trim_start_matches("0x"), 16).ok());
+        let len = words.next().and_then(|l| l.parse().ok());
+        Target {
+            child,
+            addr: addr.expect("address"),
+            len: len.expect("length"),
+        }
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.id() as i32
+    }
+}
+
+impl Drop for Target {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// (VMA count, mapped bytes) from /proc/<pid>/maps, leaving out [vsyscall], which /proc shows
+/// but which is not a VMA of the process (it is the kernel's gate area).
+pub fn proc_maps(pid: i32) -> (u32, u64) {
+    let maps = std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap();
+    let mut count = 0;
+    let mut bytes = 0;
+    for line in maps.lines().filter(|l| !l.ends_with("[vsyscall]")) {
+        let range = line.split_whitespace().next().unwrap();
+        let (a, b) = range.split_once('-').unwrap();
+        bytes += u64::from_str_radix(b, 16).unwrap() - u64::from_str_radix(a, 16).unwrap();
+        count += 1;
+    }
+    (count, bytes)
+}
+
+pub fn proc_threads(pid: i32) -> u32 {
+    std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count() as u32
+}
+
+/// The byte the test programs store at offset `i` of their buffer.
+pub fn static_pattern(i: usize) -> u8 {
+    (i * 7 + 3) as u8
+}
+pub fn threaded_pattern(i: usize) -> u8 {
+    (i * 13 + 5) as u8
+}

@@ -1,0 +1,395 @@
+//! `/dev/ckpt` query tests. They need the module, so natively they are ignored; the guest runner
+//! runs them for real (tools/guest.sh -> tests/guest/suite.sh -> `--ignored`).
+
+mod common;
+use ckpt::device::{our_version_info, Device, QueryError};
+use ckpt_abi::{
+    ioc, CkptQuery, CKPT_IOC_MAGIC, CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
+};
+use common::{proc_maps, proc_threads, Target, NEEDS_MODULE};
+use std::path::Path;
+use std::process::Command;
+
+fn dev() -> Device {
+    Device::open(Path::new("/dev/ckpt")).expect("opening /dev/ckpt")
+}
+
+/// Queries `t` reading `len` bytes of its buffer, and checks the answer against /proc.
+fn check_against_proc(t: &Target, len: usize, pattern: fn(usize) -> u8) {
+    let before = proc_maps(t.pid());
+    let mut buf = vec![0u8; len];
+    let r = dev().query(t.pid(), t.addr, &mut buf).unwrap();
+    assert_eq!(
+        proc_maps(t.pid()),
+        before,
+        "the target's maps changed during the test"
+    );
+    assert_eq!(r.threads, proc_threads(t.pid()));
+    assert_eq!(
+        (r.vmas, r.mapped_bytes),
+        before,
+        "module vs /proc/{}/maps",
+        t.pid()
+    );
+    assert_eq!(r.bytes_read, len);
+    for (i, b) in buf.iter().enumerate() {
+        assert_eq!(*b, pattern(i), "byte {i} of the target's buffer");
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn module_reports_our_abi() {
+    let _ = NEEDS_MODULE;
+    assert_eq!(dev().version().unwrap(), our_version_info());
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn static_target_agrees_with_proc() {
+    let t = Target::spawn("static_target", &[]);
+    assert_eq!(t.len, 8192);
+    check_against_proc(&t, t.len, common::static_pattern);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn threaded_target_agrees_with_proc() {
+    for threads in [1, 7] {
+        let t = Target::spawn("threaded_target", &[&threads.to_string()]);
+        assert_eq!(proc_threads(t.pid()), threads + 1);
+        // The largest read the ABI allows.
+        check_against_proc(&t, CKPT_QUERY_MAX_READ as usize, common::threaded_pattern);
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn read_is_short_at_the_end_of_a_mapping() {
+    let t = Target::spawn("static_target", &[]);
+    // Find the end of the mapping that holds the buffer, and read across it.
+    let maps = std::fs::read_to_string(format!("/proc/{}/maps", t.pid())).unwrap();
+    let end = maps
+        .lines()
+        .filter_map(|l| {
+            l.split_whitespace()
+                .next()?
+                .split_once('-')
+                .map(|(a, b)| (a.to_owned(), b.to_owned()))
+        })
+        .map(|(a, b)| {
+            (
+                u64::from_str_radix(&a, 16).unwrap(),
+                u64::from_str_radix(&b, 16).unwrap(),
+            )
+        })
+        .find(|&(a, b)| a <= t.addr && t.addr < b)
+        .map(|(_, b)| b)
+        .unwrap();
+    // Make sure nothing is mapped right after it, else the read would legitimately go on.
+    let next_mapped = maps.lines().any(|l| l.starts_with(&format!("{end:x}-")));
+    let mut buf = vec![0u8; 64];
+    let r = dev().query(t.pid(), end - 16, &mut buf).unwrap();
+    if next_mapped {
+        assert_eq!(r.bytes_read, 64);
+    } else {
+        assert_eq!(r.bytes_read, 16);
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn cli_info_json_matches_proc() {
+    let t = Target::spawn("static_target", &[]);
+    let out = Command::new(common::ckpt_bin())
+        .args([
+            "info",
+            &t.pid().to_string(),
+            "--json",
+            "--read",
+            &format!("{:#x}", t.addr),
+            "--len",
+            "32",
+        ])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    let (vmas, bytes) = proc_maps(t.pid());
+    assert_eq!(v["pid"], t.pid());
+    assert_eq!(v["threads"], 1);
+    assert_eq!(v["vmas"], vmas);
+    assert_eq!(v["mapped_bytes"], bytes);
+    let want: String = (0..32)
+        .map(|i| format!("{:02x}", common::static_pattern(i)))
+        .collect();
+    assert_eq!(v["read"]["hex"], want);
+
+    // The plain form says the same.
+    let out = Command::new(common::ckpt_bin())
+        .args(["info", &t.pid().to_string()])
+        .output()
+        .unwrap();
+    let text = String::from_utf8(out.stdout).unwrap();
+    assert!(text.contains(&format!("vmas:         {vmas}\n")), "{text}");
+    assert!(
+        text.contains(&format!("mapped:       {bytes} bytes")),
+        "{text}"
+    );
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn cli_reports_errors_clearly() {
+    let run = |args: &[&str]| {
+        let out = Command::new(common::ckpt_bin())
+            .args(args)
+            .output()
+            .unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    assert_eq!(
+        run(&["info", "999999"]),
+        (Some(1), "ckpt: no such process: 999999\n".into())
+    );
+    let (code, err) = run(&["info", "2"]);
+    assert_eq!(code, Some(1));
+    assert!(err.contains("kernel thread"), "{err}");
+}
+
+fn errno_of(r: std::io::Result<()>) -> i32 {
+    r.expect_err("the ioctl should have failed")
+        .raw_os_error()
+        .unwrap()
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn bad_ioctl_arguments_get_clear_errors() {
+    let d = dev();
+    let t = Target::spawn("static_target", &[]);
+    let mut buf = [0u8; 16];
+    let good = CkptQuery {
+        pid: t.pid(),
+        read_addr: t.addr,
+        read_len: 16,
+        read_buf: buf.as_mut_ptr() as u64,
+        ..Default::default()
+    };
+    d.raw_query(&mut good.clone()).unwrap();
+
+    // Unknown command numbers.
+    assert_eq!(
+        d.raw_ioctl(ioc(2, CKPT_IOC_MAGIC, 0x7f, 8), 0)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    assert_eq!(
+        d.raw_ioctl(0x5401, 0).unwrap_err().raw_os_error(),
+        Some(libc::ENOTTY)
+    );
+    // Bad pointers: the argument itself, and the read buffer.
+    assert_eq!(
+        d.raw_ioctl(CKPT_IOC_QUERY, 0).unwrap_err().raw_os_error(),
+        Some(libc::EFAULT)
+    );
+    assert_eq!(
+        d.raw_ioctl(CKPT_IOC_VERSION, 8).unwrap_err().raw_os_error(),
+        Some(libc::EFAULT)
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            read_buf: 8,
+            ..good
+        })),
+        libc::EFAULT
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            read_buf: 0xffff_8000_0000_0000,
+            ..good
+        })),
+        libc::EFAULT,
+        "a kernel address as the read buffer"
+    );
+    // Pids: absent, invalid, kernel thread.
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            pid: 999_999,
+            ..good
+        })),
+        libc::ESRCH
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery { pid: 0, ..good })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery { pid: -1, ..good })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery { pid: 2, ..good })),
+        libc::EINVAL,
+        "kthreadd"
+    );
+    // Flags and sizes.
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery { flags: 1, ..good })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            read_len: CKPT_QUERY_MAX_READ + 1,
+            ..good
+        })),
+        libc::EINVAL
+    );
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            read_len: u64::MAX,
+            ..good
+        })),
+        libc::EINVAL
+    );
+    // Nothing mapped at the address.
+    assert_eq!(
+        errno_of(d.raw_query(&mut CkptQuery {
+            read_addr: 0x1000,
+            ..good
+        })),
+        libc::EIO
+    );
+    assert!(matches!(
+        d.query(t.pid(), 0x1000, &mut buf),
+        Err(QueryError::Unreadable { addr: 0x1000, .. })
+    ));
+    // A read of zero bytes ignores the address and buffer.
+    d.raw_query(&mut CkptQuery {
+        read_len: 0,
+        read_addr: 0,
+        read_buf: 0,
+        ..good
+    })
+    .unwrap();
+    // The module still works after all that.
+    let mut q = good;
+    d.raw_query(&mut q).unwrap();
+    assert_eq!(q.bytes_read, 16);
+    assert_eq!(buf[..4], [3, 10, 17, 24]);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn zombie_and_self() {
+    let d = dev();
+    // Our own process: same thread group, always allowed.
+    let me = std::process::id() as i32;
+    let r = d.query(me, 0, &mut []).unwrap();
+    assert_eq!(r.threads, proc_threads(me));
+
+    // A zombie: exited, not reaped.
+    let mut child = Command::new("/bin/true").spawn().unwrap();
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    loop {
+        let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+        if stat
+            .rsplit(')')
+            .next()
+            .unwrap()
+            .trim_start()
+            .starts_with('Z')
+        {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "child never became a zombie"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+    assert!(
+        matches!(d.query(pid, 0, &mut []), Err(QueryError::NoSuchProcess { pid: p }) if p == pid)
+    );
+    child.wait().unwrap();
+}
+
+/// Exit codes of the unprivileged child in `unprivileged_caller_is_refused`.
+const CHILD_OK: i32 = 0;
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn unprivileged_caller_is_refused() {
+    const NOBODY: u32 = 65534;
+    let d = dev();
+    let roots = Target::spawn("static_target", &[]);
+    let own = Target::spawn_as("static_target", &[], Some(NOBODY));
+    let own_nondumpable = Target::spawn_as("static_target", &["nondumpable"], Some(NOBODY));
+    // Root, with CAP_SYS_PTRACE, may inspect all three.
+    for t in [&roots, &own, &own_nondumpable] {
+        d.query(t.pid(), t.addr, &mut [0u8; 8]).unwrap();
+    }
+    let query = |pid: i32| -> i32 {
+        let mut q = CkptQuery {
+            pid,
+            ..Default::default()
+        };
+        // SAFETY: a plain ioctl on an open fd with a valid CkptQuery; async-signal-safe.
+        let r = unsafe {
+            libc::ioctl(
+                std::os::fd::AsRawFd::as_raw_fd(&d),
+                CKPT_IOC_QUERY as _,
+                &mut q,
+            )
+        };
+        if r == 0 {
+            0
+        } else {
+            std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
+        }
+    };
+    // SAFETY: the child only makes async-signal-safe calls (set*id, ioctl, open, _exit).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain syscalls in the forked child.
+        let code = unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(NOBODY, NOBODY, NOBODY) != 0
+                || libc::setresuid(NOBODY, NOBODY, NOBODY) != 0
+            {
+                10
+            } else if libc::open(c"/dev/ckpt".as_ptr(), libc::O_RDWR) != -1 {
+                11 // the device must be root-only
+            } else if query(roots.pid()) != libc::EPERM {
+                12 // another user's process
+            } else if query(own.pid()) != 0 {
+                13 // our own, dumpable process
+            } else if query(own_nondumpable.pid()) != libc::EPERM {
+                14 // our own, but non-dumpable
+            } else {
+                CHILD_OK
+            }
+        };
+        // SAFETY: leave the forked child without running the test harness's destructors.
+        unsafe { libc::_exit(code) };
+    }
+    assert!(child > 0);
+    let mut status = 0;
+    // SAFETY: waiting for our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    assert!(libc::WIFEXITED(status));
+    assert_eq!(
+        libc::WEXITSTATUS(status),
+        CHILD_OK,
+        "see the codes in the child"
+    );
+}
