@@ -12,6 +12,8 @@ use kernel::{
     uaccess::{UserPtr, UserSlice},
 };
 
+// The shared ABI file is `pub` for user space; here only part of it is used.
+#[allow(unreachable_pub, dead_code)]
 #[path = "../abi/src/abi.rs"]
 mod abi;
 mod helpers;

@@ -31,9 +31,11 @@ pub(crate) struct CLayout {
     pub(crate) cred_user_ns: u64,
 }
 
+// `task_struct` is passed as `c_void`: bindgen's version contains empty structs that the FFI
+// lint rejects, and the helper only needs the pointer.
 extern "C" {
     fn ckpt_helper_c_layout(out: *mut CLayout);
-    fn ckpt_helper_task_still_dumpable(task: *mut bindings::task_struct) -> bool;
+    fn ckpt_helper_task_still_dumpable(task: *mut core::ffi::c_void) -> bool;
 }
 
 /// The field offsets as the C compiler laid them out.
@@ -142,7 +144,7 @@ pub(crate) fn caller_has_ptrace_cap_over(ids: &Ids) -> bool {
 /// CAP_SYS_PTRACE over the namespace it was exec'd in.
 pub(crate) fn task_still_dumpable(task: &Task) -> bool {
     // SAFETY: `task` is valid; the helper reads `exec_state` under RCU.
-    unsafe { ckpt_helper_task_still_dumpable(task.as_ptr()) }
+    unsafe { ckpt_helper_task_still_dumpable(task.as_ptr().cast()) }
 }
 
 /// Read guard on `task->signal->exec_update_lock`: while held, the task cannot exec, so its
@@ -186,7 +188,7 @@ pub(crate) fn find_vma<'a>(
     addr: usize,
 ) -> Option<&'a VmaRef> {
     // SAFETY: the mmap read lock is held for `'a`, so the tree is stable for the walk.
-    let vma = unsafe { bindings::find_vma(mm.as_raw(), addr as _) };
+    let vma = unsafe { bindings::find_vma(mm.as_raw(), addr) };
     if vma.is_null() {
         return None;
     }
@@ -199,11 +201,12 @@ pub(crate) fn find_vma<'a>(
 /// bytes were read; short at the end of a readable range, 0 if none.
 pub(crate) fn access_process_vm(task: &Task, addr: u64, buf: &mut [u8]) -> Result<usize> {
     let len = i32::try_from(buf.len()).map_err(|_| EINVAL)?;
+    let addr = usize::try_from(addr).map_err(|_| EINVAL)?;
     // SAFETY: `task` is valid; `buf` is a writable kernel buffer of `len` bytes.
     let n = unsafe {
         bindings::access_process_vm(
             task.as_ptr(),
-            addr as _,
+            addr,
             buf.as_mut_ptr().cast(),
             len,
             bindings::FOLL_FORCE,

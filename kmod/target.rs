@@ -51,13 +51,17 @@ impl Target {
 
     fn check_may_access(&self) -> Result {
         let current = kernel::current!();
-        if helpers::same_thread_group(&current, &self.task) {
+        if helpers::same_thread_group(current, &self.task) {
             return Ok(());
         }
         let caller = helpers::current_ids();
         let target = helpers::task_ids(&self.task);
-        let ids_match = [target.uid, target.euid, target.suid].iter().all(|&u| u == caller.uid)
-            && [target.gid, target.egid, target.sgid].iter().all(|&g| g == caller.gid);
+        let ids_match = [target.uid, target.euid, target.suid]
+            .iter()
+            .all(|&u| u == caller.uid)
+            && [target.gid, target.egid, target.sgid]
+                .iter()
+                .all(|&g| g == caller.gid);
         if !ids_match && !helpers::caller_has_ptrace_cap_over(&target) {
             return Err(EPERM);
         }

@@ -9,7 +9,6 @@ cd "$root"
 if [[ "${1:-}" == --in-guest ]]; then
   ko=$2 ckpt=$3 prog=$4
   insmod "$ko"
-  exec 3>&- 4>&- 5>&- 6>&- 2>/dev/null || true
   coproc TARGET { exec "$prog" 5; }
   read -r ready addr len <&"${TARGET[0]}"
   pid=$TARGET_PID

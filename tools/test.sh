@@ -33,10 +33,16 @@ step "module (with the kernel's clippy and rustfmt)"
 ko=$("$here/kmod.sh" CLIPPY=1)
 "$here/rustfmt-kmod.sh" --check
 
+step "guest runner self-check: a kernel WARNING in the guest must fail the run"
+if "$here/guest.sh" -- bash -c 'echo "WARNING: injected by tools/test.sh" > /dev/kmsg' >/dev/null 2>&1; then
+  echo "tools/guest.sh did not notice a WARNING in the guest kernel log" >&2; exit 1
+fi
+echo "ok: the runner failed the run as it should" >&2
+
 step "guest tests"
 # The test executables, built on the host and run in the guest through the shared filesystem.
 mapfile -t exes < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
-  grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
+  grep -E '"profile":\{[^}]*"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
 ((${#exes[@]})) || { echo "no test executables found" >&2; exit 1; }
 "$here/guest.sh" -- tests/guest/suite.sh "$ko" "${exes[@]}"
 printf '\nall tests passed in %d s\n' $((SECONDS - t0)) >&2

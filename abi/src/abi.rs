@@ -11,8 +11,6 @@
 //!   unknown flags with EINVAL, so old modules refuse what they do not understand,
 //! - bump [`CKPT_ABI_VERSION`] on any change.
 
-#![allow(dead_code)]
-
 /// Version of this ABI. User space refuses to talk to a module that reports another one.
 pub const CKPT_ABI_VERSION: u32 = 1;
 

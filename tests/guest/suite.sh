@@ -10,14 +10,15 @@ check() { # check DESCRIPTION COMMAND...
   if "${@:2}"; then echo "suite: ok: $1"; else echo "suite: FAILED: $1"; fail=1; fi
 }
 
-exec 3>&- 4>&- 5>&- 6>&- 2>/dev/null || true
 check "insmod $ko" insmod "$ko"
 check "/dev/ckpt is a character device" test -c /dev/ckpt
 check "/dev/ckpt is root-only (0600)" test "$(stat -c %a /dev/ckpt)" = 600
 
 for exe in "$@"; do
   echo "suite: running $(basename "$exe") --ignored"
-  "$exe" --ignored --test-threads=2 || fail=1
+  "$exe" --ignored --test-threads=2
+  rc=$?
+  if ((rc)); then echo "suite: FAILED: $(basename "$exe") exited with $rc"; fail=1; fi
 done
 
 check "rmmod ckpt" rmmod ckpt
