@@ -16,6 +16,11 @@
 #include <linux/sched/coredump.h>
 #include <linux/sched/exec_state.h>
 #include <linux/sched/signal.h>
+#include <linux/fs.h>
+#include <linux/mm.h>
+#include <linux/mmap_lock.h>
+#include <linux/personality.h>
+#include <linux/signal.h>
 #include <linux/stddef.h>
 
 #include "ckpt_helpers.h"
@@ -48,4 +53,104 @@ bool ckpt_helper_task_still_dumpable(struct task_struct *task)
 	if (READ_ONCE(exec_state->dumpable) == TASK_DUMPABLE_OWNER)
 		return true;
 	return ns_capable(exec_state->user_ns, CAP_SYS_PTRACE);
+}
+
+void ckpt_helper_mm_get_layout(struct mm_struct *mm, struct ckpt_mm_layout *out)
+{
+	unsigned int i;
+
+	BUILD_BUG_ON(AT_VECTOR_SIZE > CKPT_AUXV_WORDS);
+	BUILD_BUG_ON(sizeof(struct ckpt_mm_layout) != 8 * (11 + CKPT_AUXV_WORDS));
+	memset(out, 0, sizeof(*out));
+	mmap_read_lock(mm);
+	out->start_code = mm->start_code;
+	out->end_code = mm->end_code;
+	out->start_data = mm->start_data;
+	out->end_data = mm->end_data;
+	out->start_brk = mm->start_brk;
+	out->brk = mm->brk;
+	out->start_stack = mm->start_stack;
+	out->arg_start = mm->arg_start;
+	out->arg_end = mm->arg_end;
+	out->env_start = mm->env_start;
+	out->env_end = mm->env_end;
+	for (i = 0; i < AT_VECTOR_SIZE; i++)
+		out->auxv[i] = mm->saved_auxv[i];
+	mmap_read_unlock(mm);
+}
+
+/* The caller (Rust) has validated every value; this only stores them. */
+void ckpt_helper_mm_set_layout(struct mm_struct *mm, const struct ckpt_mm_layout *in)
+{
+	unsigned int i;
+
+	mmap_write_lock(mm);
+	mm->start_code = in->start_code;
+	mm->end_code = in->end_code;
+	mm->start_data = in->start_data;
+	mm->end_data = in->end_data;
+	mm->start_brk = in->start_brk;
+	mm->brk = in->brk;
+	mm->start_stack = in->start_stack;
+	/* arg/env are read by /proc under this lock too (see prctl_set_mm_map()). */
+	mm->arg_start = in->arg_start;
+	mm->arg_end = in->arg_end;
+	mm->env_start = in->env_start;
+	mm->env_end = in->env_end;
+	for (i = 0; i < AT_VECTOR_SIZE; i++)
+		mm->saved_auxv[i] = in->auxv[i];
+	mmap_write_unlock(mm);
+}
+
+bool ckpt_helper_mm_sole_user(struct mm_struct *mm)
+{
+	return atomic_read(&mm->mm_users) == 1;
+}
+
+void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out)
+{
+	out->clear_child_tid = (u64)(unsigned long)READ_ONCE(task->clear_child_tid);
+	out->sas_ss_sp = READ_ONCE(task->sas_ss_sp);
+	out->sas_ss_size = READ_ONCE(task->sas_ss_size);
+	out->sas_ss_flags = READ_ONCE(task->sas_ss_flags);
+	out->personality = READ_ONCE(task->personality);
+}
+
+int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count)
+{
+	struct sighand_struct *sighand;
+	unsigned long flags;
+	u32 i;
+
+	if (count > _NSIG)
+		return -EINVAL;
+	/* The body of __lock_task_sighand(), which is not exported. */
+	rcu_read_lock();
+	for (;;) {
+		sighand = rcu_dereference(task->sighand);
+		if (!sighand) {
+			rcu_read_unlock();
+			return -ESRCH;
+		}
+		spin_lock_irqsave(&sighand->siglock, flags);
+		if (likely(sighand == rcu_access_pointer(task->sighand)))
+			break;
+		spin_unlock_irqrestore(&sighand->siglock, flags);
+	}
+	rcu_read_unlock();
+	for (i = 0; i < count; i++) {
+		const struct sigaction *sa = &sighand->action[i].sa;
+
+		out[i].handler = (u64)(unsigned long)sa->sa_handler;
+		out[i].flags = sa->sa_flags;
+		out[i].restorer = (u64)(unsigned long)sa->sa_restorer;
+		out[i].mask = sa->sa_mask.sig[0];
+	}
+	spin_unlock_irqrestore(&sighand->siglock, flags);
+	return 0;
+}
+
+s64 ckpt_helper_file_size(struct file *file)
+{
+	return i_size_read(file_inode(file));
 }

@@ -26,7 +26,34 @@ struct ckpt_c_layout {
 	u64 cred_user_ns;
 };
 
+/* Mirrors CkptMmLayout in abi/src/abi.rs (checked by BUILD_BUG_ON in ckpt_helpers.c). */
+#define CKPT_AUXV_WORDS 64
+struct ckpt_mm_layout {
+	u64 start_code, end_code, start_data, end_data, start_brk, brk, start_stack;
+	u64 arg_start, arg_end, env_start, env_end;
+	u64 auxv[CKPT_AUXV_WORDS];
+};
+
+/* Mirrors CkptSigaction. */
+struct ckpt_sigaction {
+	u64 handler, flags, restorer, mask;
+};
+
+struct ckpt_task_misc {
+	u64 clear_child_tid, sas_ss_sp, sas_ss_size;
+	u32 sas_ss_flags, personality;
+};
+
+struct mm_struct;
+struct file;
+
 void ckpt_helper_c_layout(struct ckpt_c_layout *out);
+void ckpt_helper_mm_get_layout(struct mm_struct *mm, struct ckpt_mm_layout *out);
+void ckpt_helper_mm_set_layout(struct mm_struct *mm, const struct ckpt_mm_layout *in);
+bool ckpt_helper_mm_sole_user(struct mm_struct *mm);
+void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out);
+int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count);
+s64 ckpt_helper_file_size(struct file *file);
 bool ckpt_helper_task_still_dumpable(struct task_struct *task);
 
 #endif

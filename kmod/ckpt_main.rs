@@ -5,7 +5,7 @@
 
 use kernel::{
     fs::File,
-    ioctl::{_IOC_SIZE, _IOR, _IOWR},
+    ioctl::{_IOC_SIZE, _IOR, _IOW, _IOWR},
     miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
     prelude::*,
     transmute::{AsBytes, FromBytes},
@@ -16,12 +16,17 @@ use kernel::{
 #[allow(unreachable_pub, dead_code)]
 #[path = "../abi/src/abi.rs"]
 mod abi;
+mod dump_task;
 mod helpers;
 mod layout;
 mod query;
+mod restore;
 mod target;
 
-use abi::{CkptQuery, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_QUERY, CKPT_IOC_VERSION};
+use abi::{
+    CkptQuery, CkptRestore, CkptRestoreRun, CkptRestoreVma, CkptTaskState, CkptVersionInfo,
+    CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_RESTORE, CKPT_IOC_VERSION,
+};
 
 // SAFETY: `repr(C)` structs of integers with no padding (abi.rs asserts the sizes): every bit
 // pattern is valid and every byte is initialised.
@@ -30,11 +35,23 @@ unsafe impl FromBytes for CkptQuery {}
 unsafe impl AsBytes for CkptQuery {}
 // SAFETY: as above.
 unsafe impl AsBytes for CkptVersionInfo {}
+// SAFETY: as above (abi.rs pins the size, which leaves no room for padding).
+unsafe impl FromBytes for CkptTaskState {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptTaskState {}
+// SAFETY: as above.
+unsafe impl FromBytes for CkptRestore {}
+// SAFETY: as above.
+unsafe impl FromBytes for CkptRestoreVma {}
+// SAFETY: as above.
+unsafe impl FromBytes for CkptRestoreRun {}
 
 // The shared ABI file computes ioctl numbers itself; they must equal the kernel's macros.
 const _: () = {
     assert!(CKPT_IOC_VERSION == _IOR::<CkptVersionInfo>(abi::CKPT_IOC_MAGIC, 0x01));
     assert!(CKPT_IOC_QUERY == _IOWR::<CkptQuery>(abi::CKPT_IOC_MAGIC, 0x02));
+    assert!(CKPT_IOC_DUMP_TASK == _IOWR::<CkptTaskState>(abi::CKPT_IOC_MAGIC, 0x03));
+    assert!(CKPT_IOC_RESTORE == _IOW::<CkptRestore>(abi::CKPT_IOC_MAGIC, 0x04));
 };
 
 module! {
@@ -78,12 +95,7 @@ impl MiscDevice for CkptDevice {
         let user = UserSlice::new(UserPtr::from_addr(arg), _IOC_SIZE(cmd));
         match cmd {
             CKPT_IOC_VERSION => {
-                let info = CkptVersionInfo {
-                    abi_version: CKPT_ABI_VERSION,
-                    version_info_size: core::mem::size_of::<CkptVersionInfo>() as u32,
-                    query_size: core::mem::size_of::<CkptQuery>() as u32,
-                    _reserved: 0,
-                };
+                let info = abi::ckpt_version_info();
                 user.writer().write(&info)?;
             }
             CKPT_IOC_QUERY => {
@@ -91,6 +103,17 @@ impl MiscDevice for CkptDevice {
                 let mut q: CkptQuery = reader.read()?;
                 query::query(&mut q)?;
                 writer.write(&q)?;
+            }
+            CKPT_IOC_DUMP_TASK => {
+                let (mut reader, mut writer) = user.reader_writer();
+                // About 2.7 KiB: kept off the kernel stack.
+                let mut st = KBox::new(reader.read::<CkptTaskState>()?, GFP_KERNEL)?;
+                dump_task::dump_task(&mut st)?;
+                writer.write(&*st)?;
+            }
+            CKPT_IOC_RESTORE => {
+                let req = KBox::new(user.reader().read::<CkptRestore>()?, GFP_KERNEL)?;
+                restore::restore(&req)?;
             }
             _ => return Err(ENOTTY),
         }

@@ -2,6 +2,8 @@
 //! Every raw `bindings::` call and C helper the module uses, each wrapped once in a small safe
 //! function. The rest of the module calls only these.
 
+use crate::abi::{CkptMmLayout, CkptSigaction, CKPT_NSIG};
+use core::ffi::c_void;
 use core::ptr::NonNull;
 use kernel::{
     bindings,
@@ -31,11 +33,28 @@ pub(crate) struct CLayout {
     pub(crate) cred_user_ns: u64,
 }
 
-// `task_struct` is passed as `c_void`: bindgen's version contains empty structs that the FFI
-// lint rejects, and the helper only needs the pointer.
+/// Mirror of `struct ckpt_task_misc` in `ckpt_helpers.h`.
+#[repr(C)]
+#[derive(Default, Clone, Copy)]
+pub(crate) struct TaskMisc {
+    pub(crate) clear_child_tid: u64,
+    pub(crate) sas_ss_sp: u64,
+    pub(crate) sas_ss_size: u64,
+    pub(crate) sas_ss_flags: u32,
+    pub(crate) personality: u32,
+}
+
+// Kernel structs are passed as `c_void`: bindgen's versions contain empty structs that the FFI
+// lint rejects, and the helpers only need the pointers.
 extern "C" {
     fn ckpt_helper_c_layout(out: *mut CLayout);
-    fn ckpt_helper_task_still_dumpable(task: *mut core::ffi::c_void) -> bool;
+    fn ckpt_helper_task_still_dumpable(task: *mut c_void) -> bool;
+    fn ckpt_helper_mm_get_layout(mm: *mut c_void, out: *mut CkptMmLayout);
+    fn ckpt_helper_mm_set_layout(mm: *mut c_void, input: *const CkptMmLayout);
+    fn ckpt_helper_mm_sole_user(mm: *mut c_void) -> bool;
+    fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
+    fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
+    fn ckpt_helper_file_size(file: *mut c_void) -> i64;
 }
 
 /// The field offsets as the C compiler laid them out.
@@ -213,4 +232,215 @@ pub(crate) fn access_process_vm(task: &Task, addr: u64, buf: &mut [u8]) -> Resul
         )
     };
     usize::try_from(n).map_err(|_| EIO)
+}
+
+/// The mm layout of `mm` (under its mmap read lock).
+pub(crate) fn mm_layout(mm: &MmWithUser) -> CkptMmLayout {
+    let mut out = CkptMmLayout::default();
+    // SAFETY: `mm` has `mm_users` raised; `out` is a valid `struct ckpt_mm_layout`.
+    unsafe { ckpt_helper_mm_get_layout(mm.as_raw().cast(), &mut out) };
+    out
+}
+
+/// Stores `layout` in `mm` (under its mmap write lock). The caller has validated it.
+pub(crate) fn set_mm_layout(mm: &MmWithUser, layout: &CkptMmLayout) {
+    // SAFETY: `mm` has `mm_users` raised; `layout` is a valid `struct ckpt_mm_layout`.
+    unsafe { ckpt_helper_mm_set_layout(mm.as_raw().cast(), layout) };
+}
+
+/// Whether nobody but its owner uses `mm` (no other thread, no /proc or ptrace reader).
+pub(crate) fn mm_sole_user(mm: &MmWithUser) -> bool {
+    // SAFETY: `mm` is valid; the helper only reads `mm_users`.
+    unsafe { ckpt_helper_mm_sole_user(mm.as_raw().cast()) }
+}
+
+/// clear_child_tid, the alternate signal stack and the personality of `task`.
+pub(crate) fn task_misc(task: &Task) -> TaskMisc {
+    let mut out = TaskMisc::default();
+    // SAFETY: `task` is valid; `out` is a valid `struct ckpt_task_misc`.
+    unsafe { ckpt_helper_task_misc(task.as_ptr().cast(), &mut out) };
+    out
+}
+
+/// The signal dispositions of `task`'s process.
+pub(crate) fn sigactions(task: &Task, out: &mut [CkptSigaction; CKPT_NSIG]) -> Result {
+    // SAFETY: `task` is valid; `out` has room for `CKPT_NSIG` entries.
+    let ret = unsafe {
+        ckpt_helper_get_sigactions(task.as_ptr().cast(), out.as_mut_ptr(), CKPT_NSIG as u32)
+    };
+    to_result(ret)
+}
+
+/// `capable(cap)`: does the caller have `cap` in the initial user namespace?
+pub(crate) fn capable(cap: u32) -> bool {
+    // SAFETY: `capable` accepts any capability number and only inspects the caller.
+    unsafe { bindings::capable(cap as i32) }
+}
+
+/// A counted reference to an open file, taken from one of the caller's fds.
+pub(crate) struct FileRef(NonNull<bindings::file>);
+
+impl FileRef {
+    /// `fget(fd)`: EBADF if the caller has no such fd.
+    pub(crate) fn from_fd(fd: i32) -> Result<Self> {
+        let fd = u32::try_from(fd).map_err(|_| EBADF)?;
+        // SAFETY: `fget` accepts any number and returns NULL or a counted file.
+        let file = unsafe { bindings::fget(fd) };
+        NonNull::new(file).map(Self).ok_or(EBADF)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::file {
+        self.0.as_ptr()
+    }
+
+    /// The size of the file's inode.
+    pub(crate) fn size(&self) -> u64 {
+        // SAFETY: we hold a reference to the file.
+        let size = unsafe { ckpt_helper_file_size(self.0.as_ptr().cast()) };
+        u64::try_from(size).unwrap_or(0)
+    }
+
+    /// `kernel_read()` at `pos`, filling all of `buf`; EIO on a short read.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result {
+        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let rest = buf.get_mut(done..).ok_or(EINVAL)?;
+            // SAFETY: we hold the file; `rest` is a writable kernel buffer of that length.
+            let n = unsafe {
+                bindings::kernel_read(
+                    self.0.as_ptr(),
+                    rest.as_mut_ptr().cast(),
+                    rest.len(),
+                    &mut pos,
+                )
+            };
+            if n <= 0 {
+                return Err(if n < 0 {
+                    Error::from_errno(n as i32)
+                } else {
+                    EIO
+                });
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileRef {
+    fn drop(&mut self) {
+        // SAFETY: drops the reference `fget` took.
+        unsafe { bindings::fput(self.0.as_ptr()) };
+    }
+}
+
+/// `vm_munmap(start, len)` on the caller's address space.
+pub(crate) fn vm_munmap(start: usize, len: usize) -> Result {
+    // SAFETY: acts on current's mm only; any range is accepted (validated by the kernel).
+    to_result(unsafe { bindings::vm_munmap(start, len) })
+}
+
+/// `vm_mmap()` into the caller's address space. Returns the mapped address.
+pub(crate) fn vm_mmap(
+    file: Option<&FileRef>,
+    addr: usize,
+    len: usize,
+    prot: u32,
+    flags: u32,
+    offset: u64,
+) -> Result<usize> {
+    let file = file.map_or(core::ptr::null_mut(), |f| f.as_ptr());
+    let offset = usize::try_from(offset).map_err(|_| EINVAL)?;
+    // SAFETY: `file` is NULL or a file we hold; acts on current's mm only.
+    let ret = unsafe { bindings::vm_mmap(file, addr, len, prot as usize, flags as usize, offset) };
+    // Like IS_ERR_VALUE(): the top 4095 values are errnos.
+    if ret > usize::MAX - 4095 {
+        return Err(Error::from_errno(ret as isize as i32));
+    }
+    Ok(ret)
+}
+
+/// Writes `buf` at `addr` of the caller's memory like a debugger would (FOLL_FORCE: also into
+/// read-only private mappings, breaking COW). EFAULT unless all of it was written.
+pub(crate) fn poke_current(addr: usize, buf: &[u8]) -> Result {
+    let len = i32::try_from(buf.len()).map_err(|_| EINVAL)?;
+    let current = kernel::current!();
+    // SAFETY: `current` is valid; `buf` is a readable kernel buffer of `len` bytes (the kernel
+    // only reads from it for a FOLL_WRITE access).
+    let n = unsafe {
+        bindings::access_process_vm(
+            current.as_ptr(),
+            addr,
+            buf.as_ptr().cast_mut().cast(),
+            len,
+            bindings::FOLL_FORCE | bindings::FOLL_WRITE,
+        )
+    };
+    if n != len {
+        return Err(EFAULT);
+    }
+    Ok(())
+}
+
+/// Kills the caller: after a failed restore its memory is gone and it must never run again.
+pub(crate) fn force_sigkill_current() {
+    // SAFETY: `force_sig` acts on current with any signal number.
+    unsafe { bindings::force_sig(bindings::SIGKILL as i32) };
+}
+
+/// Closes `fds` of the caller once it is about to return to user space (task work), i.e.
+/// after the current syscall, which may be using one of them, has released it.
+pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
+    #[repr(C)]
+    struct CloseFds {
+        head: bindings::callback_head,
+        fds: KVec<u32>,
+    }
+
+    /// # Safety
+    ///
+    /// `head` must be the `head` of a `CloseFds` leaked by `KBox::into_raw`, passed once.
+    unsafe extern "C" fn run(head: *mut bindings::callback_head) {
+        // SAFETY: `head` is the first field of a `CloseFds` leaked by `KBox::into_raw` below,
+        // handed to us exactly once by the task-work machinery.
+        let work = unsafe { KBox::from_raw(head.cast::<CloseFds>()) };
+        let current = kernel::current!();
+        // SAFETY: reading current's own flags.
+        let flags = unsafe { core::ptr::read_volatile(&raw const (*current.as_ptr()).flags) };
+        if flags & bindings::PF_EXITING != 0 {
+            return; // exit closes every fd anyway, and the file table may already be gone
+        }
+        for &fd in work.fds.iter() {
+            // SAFETY: closing one of current's fds; a number that is not open is ignored.
+            unsafe { bindings::close_fd(fd) };
+        }
+    }
+
+    let work = KBox::new(
+        CloseFds {
+            // SAFETY: an all-zero `callback_head` is a valid, unqueued one.
+            head: unsafe { core::mem::zeroed() },
+            fds,
+        },
+        GFP_KERNEL,
+    )?;
+    let raw = KBox::into_raw(work);
+    // SAFETY: `raw` is valid and exclusively ours until queued.
+    unsafe { (*raw).head.func = Some(run) };
+    let current = kernel::current!();
+    // SAFETY: queues `head` on current; on success `run` takes ownership of the allocation.
+    let ret = unsafe {
+        bindings::task_work_add(
+            current.as_ptr(),
+            &raw mut (*raw).head,
+            bindings::task_work_notify_mode_TWA_RESUME,
+        )
+    };
+    if ret != 0 {
+        // SAFETY: not queued, so still ours: free it.
+        drop(unsafe { KBox::from_raw(raw) });
+        return Err(Error::from_errno(ret));
+    }
+    Ok(())
 }

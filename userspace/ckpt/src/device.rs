@@ -80,12 +80,8 @@ pub struct QueryResult {
 
 /// This build's view of the ABI, as `CKPT_IOC_VERSION` would report it.
 pub fn our_version_info() -> CkptVersionInfo {
-    CkptVersionInfo {
-        abi_version: CKPT_ABI_VERSION,
-        version_info_size: size_of::<CkptVersionInfo>() as u32,
-        query_size: size_of::<CkptQuery>() as u32,
-        _reserved: 0,
-    }
+    ckpt_abi::ckpt_version_info()
+}
 }
 
 impl Device {

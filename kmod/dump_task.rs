@@ -1,0 +1,28 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `CKPT_IOC_DUMP_TASK`: the kernel state of a process that /proc and ptrace do not show
+//! completely: the mm layout with brk and the saved auxv, signal handlers, the alternate signal
+//! stack, clear_child_tid and the personality. Restored by `restore.rs` (mm layout) and by user
+//! space before the restore ioctl (handlers, sigaltstack, set_tid_address, personality).
+
+use crate::abi::CkptTaskState;
+use crate::helpers;
+use crate::target::Target;
+use kernel::prelude::*;
+
+/// Fills `st` for the task `st.pid`, with the same permission rule as every ioctl naming a pid.
+pub(crate) fn dump_task(st: &mut CkptTaskState) -> Result {
+    if st.flags != 0 {
+        return Err(EINVAL);
+    }
+    let target = Target::lookup(st.pid)?;
+    let mm = target.access_mm()?;
+    st.mm = helpers::mm_layout(&mm);
+    drop(mm);
+    let misc = helpers::task_misc(target.task());
+    st.clear_child_tid = misc.clear_child_tid;
+    st.sas_ss_sp = misc.sas_ss_sp;
+    st.sas_ss_size = misc.sas_ss_size;
+    st.sas_ss_flags = misc.sas_ss_flags;
+    st.personality = misc.personality;
+    helpers::sigactions(target.task(), &mut st.sigactions)
+}

@@ -1,0 +1,274 @@
+// SPDX-License-Identifier: GPL-2.0
+//! `CKPT_IOC_RESTORE`: replaces the calling process's address space with an image's.
+//!
+//! Sequence (see docs/design.md, "Restore"):
+//! 1. copy every argument into kernel memory and validate all of it (never trust the image);
+//! 2. point of no return: unmap every mapping but the kept ranges (vDSO/vvar);
+//! 3. map every VMA (`vm_mmap`, files through the caller's fds);
+//! 4. copy page runs from the image file into place (FOLL_FORCE writes, so read-only mappings
+//!    need no mprotect dance);
+//! 5. install the mm layout (brk, arg/env, auxv, ...).
+//!
+//! A failure in 2-5 kills the caller: it never returns into a half-built address space.
+//!
+//! Registers are not set here: the caller's ptrace supervisor sets them at the syscall-exit
+//! stop, through the kernel's own validated PTRACE_SETREGS / PTRACE_SETREGSET paths.
+
+use crate::abi::{
+    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_PROT_EXEC,
+    CKPT_PROT_READ, CKPT_PROT_WRITE, CKPT_RESTORE_MAX_KEEP, CKPT_RESTORE_MAX_RUNS,
+    CKPT_RESTORE_MAX_VMAS, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_KNOWN_FLAGS,
+    CKPT_VMA_SHARED,
+};
+use crate::helpers::{self, FileRef};
+use kernel::{
+    alloc::KVVec,
+    bindings,
+    prelude::*,
+    transmute::FromBytes,
+    uaccess::{UserPtr, UserSlice},
+};
+
+const PAGE: u64 = 4096;
+// mmap() flags: x86-64 UAPI values (asm-generic/mman-common.h, asm/mman.h), absent from the
+// Rust bindings.
+const MAP_SHARED: u32 = 0x01;
+const MAP_PRIVATE: u32 = 0x02;
+const MAP_FIXED: u32 = 0x10;
+const MAP_ANONYMOUS: u32 = 0x20;
+const MAP_GROWSDOWN: u32 = 0x0100;
+/// The top of a 4-level x86-64 user address space; anything above is refused.
+const USER_TOP: u64 = (1 << 47) - PAGE;
+/// How much page data is copied per step.
+const CHUNK: usize = 1 << 20;
+
+/// A VMA to create, with its file held.
+struct NewVma {
+    vma: CkptRestoreVma,
+    file: Option<FileRef>,
+}
+
+fn aligned(x: u64) -> bool {
+    x % PAGE == 0
+}
+
+fn overlaps(a_start: u64, a_end: u64, b: &CkptRange) -> bool {
+    a_start < b.end && b.start < a_end
+}
+
+/// Reads `count` records of `T` from user memory at `ptr`.
+fn read_array<T: FromBytes>(ptr: u64, count: u32) -> Result<KVVec<T>> {
+    let size = core::mem::size_of::<T>();
+    let bytes = (count as usize).checked_mul(size).ok_or(EINVAL)?;
+    let ptr = usize::try_from(ptr).map_err(|_| EFAULT)?;
+    let mut reader = UserSlice::new(UserPtr::from_addr(ptr), bytes).reader();
+    let mut out = KVVec::with_capacity(count as usize, GFP_KERNEL)?;
+    for _ in 0..count {
+        out.push(reader.read::<T>()?, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+fn validate_layout(mm: &CkptMmLayout) -> Result {
+    let addrs = [
+        mm.start_code,
+        mm.end_code,
+        mm.start_data,
+        mm.end_data,
+        mm.start_brk,
+        mm.brk,
+        mm.start_stack,
+        mm.arg_start,
+        mm.arg_end,
+        mm.env_start,
+        mm.env_end,
+    ];
+    let ordered = mm.start_code <= mm.end_code
+        && mm.start_data <= mm.end_data
+        && mm.start_brk <= mm.brk
+        && mm.arg_start <= mm.arg_end
+        && mm.env_start <= mm.env_end;
+    if !ordered || addrs.iter().any(|&a| a > USER_TOP) {
+        return Err(EINVAL);
+    }
+    Ok(())
+}
+
+/// Checks the VMA list: page-aligned, in the user range, sorted, disjoint, not over a kept
+/// range, known prot and flag bits, files only where flagged. Takes the file references.
+fn validate_vmas(raw: KVVec<CkptRestoreVma>, keep: &[CkptRange]) -> Result<KVVec<NewVma>> {
+    let mut out = KVVec::with_capacity(raw.len(), GFP_KERNEL)?;
+    let mut prev_end = 0u64;
+    for vma in raw.iter().copied() {
+        let prot_ok = vma.prot & !(CKPT_PROT_READ | CKPT_PROT_WRITE | CKPT_PROT_EXEC) == 0;
+        let sane = aligned(vma.start)
+            && aligned(vma.end)
+            && vma.start < vma.end
+            && vma.end <= USER_TOP
+            && vma.start >= prev_end
+            && prot_ok
+            && vma.flags & !CKPT_VMA_KNOWN_FLAGS == 0
+            && vma._reserved == 0
+            && !keep.iter().any(|k| overlaps(vma.start, vma.end, k));
+        if !sane {
+            return Err(EINVAL);
+        }
+        prev_end = vma.end;
+        let file = if vma.flags & CKPT_VMA_FILE != 0 {
+            if !aligned(vma.file_offset) {
+                return Err(EINVAL);
+            }
+            Some(FileRef::from_fd(vma.fd)?)
+        } else {
+            if vma.fd != -1 || vma.file_offset != 0 {
+                return Err(EINVAL);
+            }
+            None
+        };
+        out.push(NewVma { vma, file }, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Checks that each run is page-aligned, inside one VMA and inside the image file.
+fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> Result {
+    for run in runs {
+        let end = run.addr.checked_add(run.len).ok_or(EINVAL)?;
+        let image_end = run.image_offset.checked_add(run.len).ok_or(EINVAL)?;
+        if !aligned(run.addr) || !aligned(run.len) || !aligned(run.image_offset) || run.len == 0 {
+            return Err(EINVAL);
+        }
+        if image_end > image_size {
+            return Err(EINVAL);
+        }
+        // The VMA list is sorted: find the last VMA starting at or below the run.
+        let idx = vmas.partition_point(|v| v.vma.start <= run.addr);
+        let vma = idx.checked_sub(1).and_then(|i| vmas.get(i)).ok_or(EINVAL)?;
+        if end > vma.vma.end {
+            return Err(EINVAL);
+        }
+    }
+    Ok(())
+}
+
+/// Serves `CKPT_IOC_RESTORE`. See the module documentation above for the sequence.
+pub(crate) fn restore(req: &CkptRestore) -> Result {
+    if req.flags != 0
+        || req._reserved != 0
+        || req.keep_count as usize > CKPT_RESTORE_MAX_KEEP
+        || req.vma_count > CKPT_RESTORE_MAX_VMAS
+        || req.run_count > CKPT_RESTORE_MAX_RUNS
+        || req.cleanup_fd_count > 4096
+    {
+        return Err(EINVAL);
+    }
+    if !helpers::capable(bindings::CAP_CHECKPOINT_RESTORE)
+        && !helpers::capable(bindings::CAP_SYS_ADMIN)
+    {
+        return Err(EPERM);
+    }
+    let current = kernel::current!();
+    if helpers::nr_threads(current) != 1 {
+        return Err(EBUSY);
+    }
+    let mm = current.mm().ok_or(EINVAL)?;
+    if !helpers::mm_sole_user(mm) {
+        return Err(EBUSY);
+    }
+
+    // 1. Copy in and validate everything.
+    let keep = req.keep.get(..req.keep_count as usize).ok_or(EINVAL)?;
+    if keep
+        .iter()
+        .any(|k| !aligned(k.start) || !aligned(k.end) || k.start >= k.end || k.end > USER_TOP)
+    {
+        return Err(EINVAL);
+    }
+    validate_layout(&req.mm)?;
+    let image = FileRef::from_fd(req.image_fd)?;
+    let vmas = validate_vmas(read_array::<CkptRestoreVma>(req.vmas, req.vma_count)?, keep)?;
+    let runs = read_array::<CkptRestoreRun>(req.runs, req.run_count)?;
+    validate_runs(&runs, &vmas, image.size())?;
+    let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
+
+    // The fds to close on the way out: the image, the VMA files and the caller's own range.
+    let mut fds = KVec::new();
+    let first = req.cleanup_fd_first;
+    for fd in first..first.saturating_add(req.cleanup_fd_count) {
+        fds.push(fd, GFP_KERNEL)?;
+    }
+    fds.push(u32::try_from(req.image_fd).map_err(|_| EBADF)?, GFP_KERNEL)?;
+    for v in vmas.iter().filter(|v| v.file.is_some()) {
+        fds.push(u32::try_from(v.vma.fd).map_err(|_| EBADF)?, GFP_KERNEL)?;
+    }
+    // Collect what to unmap before touching anything (allocation can still fail cleanly).
+    let mut old = KVVec::<(usize, usize)>::new();
+    {
+        let lock = mm.mmap_read_lock();
+        let mut addr = 0usize;
+        while let Some(vma) = helpers::find_vma(mm, &lock, addr) {
+            let (start, end) = (vma.start(), vma.end());
+            if end <= addr {
+                return Err(EIO);
+            }
+            if !keep
+                .iter()
+                .any(|k| k.start as usize <= start && end <= k.end as usize)
+            {
+                old.push((start, end), GFP_KERNEL)?;
+            }
+            addr = end;
+        }
+    }
+    helpers::close_fds_on_return(fds)?;
+
+    // 2-5. Past this point, failure kills the caller.
+    let result = (|| -> Result {
+        for &(start, end) in old.iter() {
+            helpers::vm_munmap(start, end - start)?;
+        }
+        for v in vmas.iter() {
+            let mut flags = MAP_FIXED;
+            flags |= if v.vma.flags & CKPT_VMA_SHARED != 0 {
+                MAP_SHARED
+            } else {
+                MAP_PRIVATE
+            };
+            if v.file.is_none() {
+                flags |= MAP_ANONYMOUS;
+            }
+            if v.vma.flags & CKPT_VMA_GROWSDOWN != 0 {
+                flags |= MAP_GROWSDOWN;
+            }
+            let start = v.vma.start as usize;
+            let len = (v.vma.end - v.vma.start) as usize;
+            let got = helpers::vm_mmap(
+                v.file.as_ref(),
+                start,
+                len,
+                v.vma.prot,
+                flags,
+                v.vma.file_offset,
+            )?;
+            if got != start {
+                return Err(EFAULT);
+            }
+        }
+        for run in runs.iter() {
+            let mut done = 0u64;
+            while done < run.len {
+                let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
+                let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
+                image.read_exact_at(chunk, run.image_offset + done)?;
+                helpers::poke_current((run.addr + done) as usize, chunk)?;
+                done += n as u64;
+            }
+        }
+        helpers::set_mm_layout(mm, &req.mm);
+        Ok(())
+    })();
+    if result.is_err() {
+        helpers::force_sigkill_current();
+    }
+    result
+}
