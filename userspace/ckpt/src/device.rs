@@ -82,7 +82,6 @@ pub struct QueryResult {
 pub fn our_version_info() -> CkptVersionInfo {
     ckpt_abi::ckpt_version_info()
 }
-}
 
 impl Device {
     /// Opens the device and refuses a module of another ABI version or layout.
