@@ -6,7 +6,6 @@ use ckpt_abi::{
 };
 use std::fs::{File, OpenOptions};
 use std::io;
-use std::mem::size_of;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, RawFd};
 use std::path::{Path, PathBuf};
 

@@ -1,0 +1,873 @@
+//! The checkpoint image: one file holding everything needed to restore a process tree.
+//!
+//! Layout (all integers little-endian):
+//!
+//! ```text
+//! 0      header (HEADER_LEN bytes, zero-padded to PAGE): magic, format version, arch,
+//!        kernel release, manifest offset/length/crc32c, file length, header crc32c
+//! PAGE   sections: page data (4096-aligned, so a restore can map it), small binary blobs
+//! ...    the manifest: serde_json of [`Manifest`], which lists the sections with a crc32c each
+//! ```
+//!
+//! Every byte is covered: the header by its own checksum, the manifest by the header's, each
+//! section by the manifest's, and the gaps between sections must be zero. [`Image::open`]
+//! verifies all of it before anyone acts on the image. Files are written under a temporary
+//! name, fsynced and renamed ([`ImageWriter`]), so a final name never holds a partial image.
+//!
+//! Extending: new data goes into new optional manifest fields or new section kinds; a reader
+//! refuses any other `FORMAT_VERSION`, naming both (like Firecracker's versioned state).
+
+use serde::{Deserialize, Serialize};
+use std::fs::{File, OpenOptions};
+use std::io::{self, Read, Seek, SeekFrom, Write};
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
+pub const FORMAT_VERSION: u32 = 1;
+pub const PAGE: u64 = 4096;
+const HEADER_LEN: usize = 128;
+/// The manifest is JSON metadata; anything larger than this is not a ckpt image.
+const MAX_MANIFEST: u64 = 256 << 20;
+
+#[derive(Debug, thiserror::Error)]
+pub enum ImageError {
+    #[error("{path}: {source}")]
+    Io { path: PathBuf, source: io::Error },
+    #[error("{path} is not a ckpt image (bad magic)")]
+    Magic { path: PathBuf },
+    #[error(
+        "{path} has image format version {found}; this ckpt reads version {FORMAT_VERSION} only"
+    )]
+    Version { path: PathBuf, found: u32 },
+    #[error("{path} is an image for {found}, this machine is {expected}")]
+    Arch {
+        path: PathBuf,
+        found: String,
+        expected: &'static str,
+    },
+    #[error("{path} is truncated or extended: {actual} bytes, the header says {expected}")]
+    Length {
+        path: PathBuf,
+        actual: u64,
+        expected: u64,
+    },
+    #[error("{path} is corrupt: {what}")]
+    Corrupt { path: PathBuf, what: String },
+}
+
+fn corrupt(path: &Path, what: impl Into<String>) -> ImageError {
+    ImageError::Corrupt {
+        path: path.into(),
+        what: what.into(),
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The manifest schema. Field names are the format: renaming one is a format change.
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Manifest {
+    pub format_version: u32,
+    pub ckpt_version: String,
+    pub arch: String,
+    pub kernel_release: String,
+    pub created_unix_ms: u64,
+    pub sections: Vec<Section>,
+    pub processes: Vec<Process>,
+    #[serde(default)]
+    pub stats: Option<Stats>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case")]
+pub enum SectionKind {
+    /// Memory pages, 4096-aligned.
+    Pages,
+    /// A thread's FPU/SSE/AVX state in the portable XSAVE layout (PTRACE_GETREGSET
+    /// NT_X86_XSTATE).
+    Xstate,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Section {
+    pub kind: SectionKind,
+    pub offset: u64,
+    pub len: u64,
+    pub crc32c: u32,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct Process {
+    pub pid: i32,
+    pub ppid: i32,
+    pub comm: String,
+    pub exe: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<Rlimit>,
+    pub mm: MmLayout,
+    pub vmas: Vec<Vma>,
+    /// Signals whose disposition is not the default.
+    pub sigactions: Vec<SigAction>,
+    pub fds: Vec<Fd>,
+    pub threads: Vec<Thread>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC.
+    pub prot: u32,
+    pub shared: bool,
+    pub growsdown: bool,
+    pub backing: Backing,
+    /// Saved page contents, sorted by address.
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Backing {
+    Anonymous,
+    /// A file mapping: clean pages come from the file, so the file must be there on restore.
+    File {
+        path: String,
+        offset: u64,
+        dev: String,
+        inode: u64,
+    },
+    /// A kernel-provided mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]): never saved; the
+    /// restorer moves its own to the same place.
+    Special {
+        name: String,
+    },
+}
+
+/// `len` bytes of memory at `addr`, stored at `offset` of the image (inside a pages section).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SigAction {
+    pub signo: u32,
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Fd {
+    pub fd: i32,
+    /// open(2) flags as /proc/PID/fdinfo shows them.
+    pub flags: u32,
+    pub kind: FdKind,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum FdKind {
+    /// A regular file or a device node, reopened by path.
+    Path { path: String, pos: u64 },
+    /// Standard input/output/error connected outside the process (a terminal, a pipe to
+    /// another program, a socket): on restore, connected to `ckpt restore`'s own.
+    InheritStdio { was: String },
+}
+
+/// The x86-64 general registers (`struct user_regs_struct`).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Regs {
+    pub r15: u64,
+    pub r14: u64,
+    pub r13: u64,
+    pub r12: u64,
+    pub rbp: u64,
+    pub rbx: u64,
+    pub r11: u64,
+    pub r10: u64,
+    pub r9: u64,
+    pub r8: u64,
+    pub rax: u64,
+    pub rcx: u64,
+    pub rdx: u64,
+    pub rsi: u64,
+    pub rdi: u64,
+    pub orig_rax: u64,
+    pub rip: u64,
+    pub cs: u64,
+    pub eflags: u64,
+    pub rsp: u64,
+    pub ss: u64,
+    pub fs_base: u64,
+    pub gs_base: u64,
+    pub ds: u64,
+    pub es: u64,
+    pub fs: u64,
+    pub gs: u64,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Thread {
+    pub tid: i32,
+    pub regs: Regs,
+    /// Index into `Manifest::sections` of this thread's XSAVE blob.
+    pub xstate_section: usize,
+    pub sigmask: u64,
+    pub sigaltstack: SigAltStack,
+    pub clear_child_tid: u64,
+    pub robust_list: RobustList,
+    pub rseq: Option<Rseq>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct SigAltStack {
+    pub sp: u64,
+    pub size: u64,
+    pub flags: u32,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct RobustList {
+    pub head: u64,
+    pub len: u64,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rseq {
+    pub addr: u64,
+    pub len: u32,
+    pub sig: u32,
+}
+
+/// Figures like CRIU's `--display-stats`, recorded by the checkpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub frozen_us: u64,
+    pub memdump_us: u64,
+    pub total_us: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_zero: u64,
+    pub pages_written: u64,
+    pub image_bytes: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Header
+
+struct Header {
+    version: u32,
+    arch: String,
+    kernel_release: String,
+    manifest_offset: u64,
+    manifest_len: u64,
+    file_len: u64,
+    manifest_crc: u32,
+}
+
+fn put_str(buf: &mut [u8], s: &str) {
+    let n = s.len().min(buf.len() - 1);
+    buf[..n].copy_from_slice(&s.as_bytes()[..n]);
+}
+
+fn get_str(buf: &[u8]) -> String {
+    let end = buf.iter().position(|&b| b == 0).unwrap_or(buf.len());
+    String::from_utf8_lossy(&buf[..end]).into_owned()
+}
+
+impl Header {
+    fn encode(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[0..8].copy_from_slice(&MAGIC);
+        b[8..12].copy_from_slice(&self.version.to_le_bytes());
+        b[12..16].copy_from_slice(&(HEADER_LEN as u32).to_le_bytes());
+        put_str(&mut b[16..32], &self.arch);
+        put_str(&mut b[32..96], &self.kernel_release);
+        b[96..104].copy_from_slice(&self.manifest_offset.to_le_bytes());
+        b[104..112].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[112..120].copy_from_slice(&self.file_len.to_le_bytes());
+        b[120..124].copy_from_slice(&self.manifest_crc.to_le_bytes());
+        let crc = crc32c::crc32c(&b[..124]);
+        b[124..128].copy_from_slice(&crc.to_le_bytes());
+        b
+    }
+
+    fn decode(path: &Path, b: &[u8; HEADER_LEN]) -> Result<Self, ImageError> {
+        let u32_at = |i: usize| u32::from_le_bytes(b[i..i + 4].try_into().unwrap());
+        let u64_at = |i: usize| u64::from_le_bytes(b[i..i + 8].try_into().unwrap());
+        if b[0..8] != MAGIC {
+            return Err(ImageError::Magic { path: path.into() });
+        }
+        // The version comes before the checksum test, so an image of another version gets a
+        // message naming both versions rather than "corrupt".
+        let version = u32_at(8);
+        if version != FORMAT_VERSION {
+            return Err(ImageError::Version {
+                path: path.into(),
+                found: version,
+            });
+        }
+        if crc32c::crc32c(&b[..124]) != u32_at(124) {
+            return Err(corrupt(path, "header checksum mismatch"));
+        }
+        if u32_at(12) as usize != HEADER_LEN {
+            return Err(corrupt(path, "unexpected header length"));
+        }
+        Ok(Header {
+            version,
+            arch: get_str(&b[16..32]),
+            kernel_release: get_str(&b[32..96]),
+            manifest_offset: u64_at(96),
+            manifest_len: u64_at(104),
+            file_len: u64_at(112),
+            manifest_crc: u32_at(120),
+        })
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Writing
+
+/// Writes an image under a temporary name in the destination directory; [`finish`] makes it
+/// durable and gives it its name. Dropped unfinished, it removes the temporary file.
+///
+/// [`finish`]: ImageWriter::finish
+pub struct ImageWriter {
+    file: File,
+    tmp: PathBuf,
+    dest: PathBuf,
+    pos: u64,
+    sections: Vec<Section>,
+    /// The pages section being appended to: (index in `sections`, running crc).
+    open_pages: Option<(usize, u32)>,
+    done: bool,
+}
+
+impl ImageWriter {
+    pub fn create(dest: &Path) -> io::Result<Self> {
+        let dir = dest
+            .parent()
+            .filter(|p| !p.as_os_str().is_empty())
+            .unwrap_or(Path::new("."));
+        let name = dest
+            .file_name()
+            .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidInput, "no file name"))?;
+        let tmp = dir.join(format!(
+            ".{}.ckpt-tmp.{}",
+            name.to_string_lossy(),
+            std::process::id()
+        ));
+        let file = OpenOptions::new()
+            .write(true)
+            .read(true)
+            .create_new(true)
+            .open(&tmp)?;
+        let mut w = ImageWriter {
+            file,
+            tmp,
+            dest: dest.into(),
+            pos: 0,
+            sections: Vec::new(),
+            open_pages: None,
+            done: false,
+        };
+        w.write_all(&[0u8; PAGE as usize])?; // header placeholder
+        Ok(w)
+    }
+
+    fn write_all(&mut self, data: &[u8]) -> io::Result<()> {
+        self.file.write_all(data)?;
+        self.pos += data.len() as u64;
+        Ok(())
+    }
+
+    fn pad_to(&mut self, align: u64) -> io::Result<()> {
+        let pad = (align - self.pos % align) % align;
+        if pad > 0 {
+            self.write_all(&vec![0u8; pad as usize])?;
+        }
+        Ok(())
+    }
+
+    /// Appends page data (a multiple of 4096 bytes) to the current pages section, opening one
+    /// if needed. Returns the file offset the data landed at.
+    pub fn append_pages(&mut self, data: &[u8]) -> io::Result<u64> {
+        assert_eq!(data.len() as u64 % PAGE, 0, "page data must be whole pages");
+        if self.open_pages.is_none() {
+            self.pad_to(PAGE)?;
+            self.sections.push(Section {
+                kind: SectionKind::Pages,
+                offset: self.pos,
+                len: 0,
+                crc32c: 0,
+            });
+            self.open_pages = Some((self.sections.len() - 1, 0));
+        }
+        let offset = self.pos;
+        self.write_all(data)?;
+        let (idx, crc) = self.open_pages.as_mut().unwrap();
+        *crc = crc32c::crc32c_append(*crc, data);
+        self.sections[*idx].len += data.len() as u64;
+        self.sections[*idx].crc32c = *crc;
+        Ok(offset)
+    }
+
+    /// Adds a small binary section; returns its index in the manifest's section list.
+    pub fn add_blob(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<usize> {
+        self.open_pages = None;
+        let offset = self.pos;
+        self.write_all(data)?;
+        self.sections.push(Section {
+            kind,
+            offset,
+            len: data.len() as u64,
+            crc32c: crc32c::crc32c(data),
+        });
+        Ok(self.sections.len() - 1)
+    }
+
+    /// The sections written so far, to put in the manifest.
+    pub fn sections(&self) -> &[Section] {
+        &self.sections
+    }
+
+    /// Writes the manifest and the header, fsyncs, and renames into place. Returns the size.
+    pub fn finish(mut self, manifest: &Manifest) -> io::Result<u64> {
+        let json = serde_json::to_vec(manifest).map_err(io::Error::other)?;
+        let manifest_offset = self.pos;
+        self.write_all(&json)?;
+        let header = Header {
+            version: FORMAT_VERSION,
+            arch: manifest.arch.clone(),
+            kernel_release: manifest.kernel_release.clone(),
+            manifest_offset,
+            manifest_len: json.len() as u64,
+            file_len: self.pos,
+            manifest_crc: crc32c::crc32c(&json),
+        };
+        self.file.write_all_at(&header.encode(), 0)?;
+        self.file.sync_all()?;
+        std::fs::rename(&self.tmp, &self.dest)?;
+        self.done = true;
+        if let Some(dir) = self.dest.parent().filter(|p| !p.as_os_str().is_empty()) {
+            File::open(dir)?.sync_all()?;
+        }
+        Ok(self.pos)
+    }
+}
+
+impl Drop for ImageWriter {
+    fn drop(&mut self) {
+        if !self.done {
+            let _ = std::fs::remove_file(&self.tmp);
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Reading
+
+/// An image whose every byte has been verified.
+#[derive(Debug)]
+pub struct Image {
+    pub path: PathBuf,
+    pub file: File,
+    pub manifest: Manifest,
+    pub file_len: u64,
+}
+
+impl Image {
+    /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
+    /// gaps, and the manifest's internal consistency.
+    pub fn open(path: &Path) -> Result<Image, ImageError> {
+        let io_err = |source| ImageError::Io {
+            path: path.into(),
+            source,
+        };
+        let mut file = File::open(path).map_err(io_err)?;
+        let actual = file.metadata().map_err(io_err)?.len();
+        let mut hb = [0u8; HEADER_LEN];
+        if actual < PAGE {
+            return Err(ImageError::Length {
+                path: path.into(),
+                actual,
+                expected: PAGE,
+            });
+        }
+        file.read_exact(&mut hb).map_err(io_err)?;
+        let h = Header::decode(path, &hb)?;
+        if h.file_len != actual {
+            return Err(ImageError::Length {
+                path: path.into(),
+                actual,
+                expected: h.file_len,
+            });
+        }
+        if h.arch != std::env::consts::ARCH {
+            return Err(ImageError::Arch {
+                path: path.into(),
+                found: h.arch,
+                expected: std::env::consts::ARCH,
+            });
+        }
+        let mut rest = vec![0u8; PAGE as usize - HEADER_LEN];
+        file.read_exact(&mut rest).map_err(io_err)?;
+        if rest.iter().any(|&b| b != 0) {
+            return Err(corrupt(path, "non-zero bytes in the header padding"));
+        }
+        let manifest_end = h.manifest_offset.checked_add(h.manifest_len);
+        if h.manifest_offset < PAGE
+            || manifest_end != Some(h.file_len)
+            || h.manifest_len > MAX_MANIFEST
+        {
+            return Err(corrupt(path, "manifest location out of range"));
+        }
+        let mut json = vec![0u8; h.manifest_len as usize];
+        file.read_exact_at(&mut json, h.manifest_offset)
+            .map_err(io_err)?;
+        if crc32c::crc32c(&json) != h.manifest_crc {
+            return Err(corrupt(path, "manifest checksum mismatch"));
+        }
+        let manifest: Manifest =
+            serde_json::from_slice(&json).map_err(|e| corrupt(path, format!("manifest: {e}")))?;
+        if manifest.format_version != h.version
+            || manifest.arch != h.arch
+            || manifest.kernel_release != h.kernel_release
+        {
+            return Err(corrupt(path, "manifest and header disagree"));
+        }
+        let image = Image {
+            path: path.into(),
+            file,
+            manifest,
+            file_len: h.file_len,
+        };
+        image.verify_sections(h.manifest_offset)?;
+        image.verify_structure()?;
+        Ok(image)
+    }
+
+    /// Sections lie between the header and the manifest, in order, without overlap; their
+    /// checksums match; every byte between them is zero.
+    fn verify_sections(&self, data_end: u64) -> Result<(), ImageError> {
+        let path = &self.path;
+        let io_err = |source| ImageError::Io {
+            path: path.clone(),
+            source,
+        };
+        let mut pos = PAGE;
+        let mut buf = vec![0u8; 1 << 20];
+        let mut check_zero = |from: u64, to: u64, file: &File| -> Result<(), ImageError> {
+            let mut at = from;
+            while at < to {
+                let n = ((to - at) as usize).min(buf.len());
+                file.read_exact_at(&mut buf[..n], at).map_err(io_err)?;
+                if buf[..n].iter().any(|&b| b != 0) {
+                    return Err(corrupt(
+                        path,
+                        format!("non-zero bytes between sections at {at}"),
+                    ));
+                }
+                at += n as u64;
+            }
+            Ok(())
+        };
+        for (i, s) in self.manifest.sections.iter().enumerate() {
+            let end = s
+                .offset
+                .checked_add(s.len)
+                .ok_or_else(|| corrupt(path, "section overflow"))?;
+            if s.offset < pos || end > data_end {
+                return Err(corrupt(path, format!("section {i} out of place")));
+            }
+            if s.kind == SectionKind::Pages && (s.offset % PAGE != 0 || s.len % PAGE != 0) {
+                return Err(corrupt(path, format!("pages section {i} not page-aligned")));
+            }
+            check_zero(pos, s.offset, &self.file)?;
+            let mut crc = 0u32;
+            let mut at = s.offset;
+            let mut chunk = vec![0u8; 1 << 20];
+            while at < end {
+                let n = ((end - at) as usize).min(chunk.len());
+                self.file
+                    .read_exact_at(&mut chunk[..n], at)
+                    .map_err(io_err)?;
+                crc = crc32c::crc32c_append(crc, &chunk[..n]);
+                at += n as u64;
+            }
+            if crc != s.crc32c {
+                return Err(corrupt(
+                    path,
+                    format!("section {i} ({:?}) checksum mismatch", s.kind),
+                ));
+            }
+            pos = end;
+        }
+        check_zero(pos, data_end, &self.file)
+    }
+
+    /// The manifest makes sense: VMAs sorted and page-aligned, page runs inside their VMA and
+    /// inside a pages section, thread sections of the right kind.
+    fn verify_structure(&self) -> Result<(), ImageError> {
+        let path = &self.path;
+        let m = &self.manifest;
+        if m.processes.is_empty() {
+            return Err(corrupt(path, "no process in the image"));
+        }
+        for p in &m.processes {
+            if p.threads.is_empty() {
+                return Err(corrupt(path, format!("process {} has no thread", p.pid)));
+            }
+            let mut prev_end = 0;
+            for v in &p.vmas {
+                if v.start % PAGE != 0
+                    || v.end % PAGE != 0
+                    || v.start >= v.end
+                    || v.start < prev_end
+                {
+                    return Err(corrupt(
+                        path,
+                        format!("bad VMA {:#x}-{:#x}", v.start, v.end),
+                    ));
+                }
+                prev_end = v.end;
+                let mut prev_run_end = v.start;
+                for r in &v.pages {
+                    let end = r.addr.checked_add(r.len).unwrap_or(u64::MAX);
+                    let in_section = m.sections.iter().any(|s| {
+                        s.kind == SectionKind::Pages
+                            && r.offset >= s.offset
+                            && r.offset
+                                .checked_add(r.len)
+                                .is_some_and(|e| e <= s.offset + s.len)
+                    });
+                    if r.addr % PAGE != 0
+                        || r.len % PAGE != 0
+                        || r.offset % PAGE != 0
+                        || r.len == 0
+                        || r.addr < prev_run_end
+                        || end > v.end
+                        || !in_section
+                    {
+                        return Err(corrupt(path, format!("bad page run at {:#x}", r.addr)));
+                    }
+                    prev_run_end = end;
+                }
+            }
+            for t in &p.threads {
+                match m.sections.get(t.xstate_section) {
+                    Some(s) if s.kind == SectionKind::Xstate => {}
+                    _ => {
+                        return Err(corrupt(
+                            path,
+                            format!("thread {}: bad xstate section", t.tid),
+                        ))
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Reads a whole (small) section.
+    pub fn read_section(&self, index: usize) -> Result<Vec<u8>, ImageError> {
+        let s = self
+            .manifest
+            .sections
+            .get(index)
+            .ok_or_else(|| corrupt(&self.path, "no such section"))?;
+        let mut buf = vec![0u8; s.len as usize];
+        self.file
+            .read_exact_at(&mut buf, s.offset)
+            .map_err(|source| ImageError::Io {
+                path: self.path.clone(),
+                source,
+            })?;
+        Ok(buf)
+    }
+
+    /// Reads the file's raw bytes (for tests and tools).
+    pub fn rewind(&mut self) -> io::Result<()> {
+        self.file.seek(SeekFrom::Start(0)).map(|_| ())
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+
+    /// A small, valid image with two page runs and an xstate blob.
+    pub(crate) fn sample_image(path: &Path) -> Manifest {
+        let mut w = ImageWriter::create(path).unwrap();
+        let pages: Vec<u8> = (0..3 * PAGE as usize)
+            .map(|i| (i * 31 % 251) as u8)
+            .collect();
+        let off = w.append_pages(&pages).unwrap();
+        let xs = w.add_blob(SectionKind::Xstate, &[7u8; 832]).unwrap();
+        let m = Manifest {
+            format_version: FORMAT_VERSION,
+            ckpt_version: "test".into(),
+            arch: std::env::consts::ARCH.into(),
+            kernel_release: "7.2.13".into(),
+            created_unix_ms: 1,
+            sections: w.sections().to_vec(),
+            processes: vec![Process {
+                pid: 42,
+                ppid: 1,
+                comm: "sample".into(),
+                exe: "/bin/sample".into(),
+                cwd: "/".into(),
+                umask: 0o22,
+                personality: 0,
+                rlimits: vec![],
+                mm: MmLayout::default(),
+                vmas: vec![Vma {
+                    start: 0x10000,
+                    end: 0x20000,
+                    prot: 3,
+                    shared: false,
+                    growsdown: false,
+                    backing: Backing::Anonymous,
+                    pages: vec![
+                        PageRun {
+                            addr: 0x10000,
+                            len: PAGE,
+                            offset: off,
+                        },
+                        PageRun {
+                            addr: 0x12000,
+                            len: 2 * PAGE,
+                            offset: off + PAGE,
+                        },
+                    ],
+                }],
+                sigactions: vec![],
+                fds: vec![Fd {
+                    fd: 0,
+                    flags: 0,
+                    kind: FdKind::InheritStdio { was: "pipe".into() },
+                }],
+                threads: vec![Thread {
+                    tid: 42,
+                    regs: Regs::default(),
+                    xstate_section: xs,
+                    sigmask: 0,
+                    sigaltstack: SigAltStack::default(),
+                    clear_child_tid: 0,
+                    robust_list: RobustList::default(),
+                    rseq: None,
+                }],
+            }],
+            stats: None,
+        };
+        w.finish(&m).unwrap();
+        m
+    }
+
+    fn tmpdir() -> PathBuf {
+        let d = std::env::temp_dir().join(format!(
+            "ckpt-image-test-{}-{}",
+            std::process::id(),
+            fastrand::u64(..)
+        ));
+        std::fs::create_dir_all(&d).unwrap();
+        d
+    }
+
+    #[test]
+    fn round_trip() {
+        let d = tmpdir();
+        let p = d.join("img");
+        let m = sample_image(&p);
+        let img = Image::open(&p).unwrap();
+        assert_eq!(img.manifest, m);
+        assert_eq!(img.read_section(1).unwrap(), vec![7u8; 832]);
+        // No temporary file left behind.
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn every_flipped_byte_and_truncation_is_rejected() {
+        let d = tmpdir();
+        let p = d.join("img");
+        sample_image(&p);
+        let good = std::fs::read(&p).unwrap();
+        let bad = d.join("bad");
+        let mut rng = fastrand::Rng::with_seed(0xC4EC);
+        for i in 0..1200 {
+            let mut data = good.clone();
+            if i % 4 == 3 {
+                data.truncate(rng.usize(..good.len()));
+            } else {
+                let at = rng.usize(..data.len());
+                data[at] ^= rng.u8(1..);
+            }
+            std::fs::write(&bad, &data).unwrap();
+            assert!(Image::open(&bad).is_err(), "variant {i} was accepted");
+        }
+        // One byte appended is caught too.
+        let mut data = good.clone();
+        data.push(0);
+        std::fs::write(&bad, &data).unwrap();
+        assert!(matches!(Image::open(&bad), Err(ImageError::Length { .. })));
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn another_version_is_named() {
+        let d = tmpdir();
+        let p = d.join("img");
+        sample_image(&p);
+        let mut data = std::fs::read(&p).unwrap();
+        data[8..12].copy_from_slice(&7u32.to_le_bytes());
+        std::fs::write(&p, &data).unwrap();
+        let err = Image::open(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("format version 7") && err.contains(&format!("version {FORMAT_VERSION}")),
+            "{err}"
+        );
+        std::fs::remove_dir_all(d).unwrap();
+    }
+
+    #[test]
+    fn abandoned_writer_leaves_nothing() {
+        let d = tmpdir();
+        let p = d.join("img");
+        {
+            let mut w = ImageWriter::create(&p).unwrap();
+            w.append_pages(&[1u8; PAGE as usize]).unwrap();
+        }
+        assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
+        std::fs::remove_dir_all(d).unwrap();
+    }
+}
