@@ -15,9 +15,12 @@ fn main() {
     let list: &[(&str, &[&str])] = &[
         ("static_target", &["-static"]),
         ("threaded_target", &["-pthread"]),
+        ("counter", &[]),
+        ("counter_static", &["-static"]),
     ];
     for (name, flags) in list {
-        let src = progs.join(format!("{name}.c"));
+        // counter_static is counter.c linked statically.
+        let src = progs.join(format!("{}.c", name.trim_end_matches("_static")));
         println!("cargo:rerun-if-changed={}", src.display());
         let status = Command::new(std::env::var("CC").unwrap_or_else(|_| "cc".into()))
             .args(["-O1", "-g", "-Wall", "-Werror", "-o"])

@@ -1,7 +1,8 @@
 //! The `/dev/ckpt` device: opening it, checking the module's ABI, and its ioctls.
 
 use ckpt_abi::{
-    CkptQuery, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_QUERY, CKPT_IOC_VERSION,
+    CkptQuery, CkptTaskState, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
+    CKPT_IOC_VERSION,
     CKPT_QUERY_MAX_READ,
 };
 use std::fs::{File, OpenOptions};
@@ -151,6 +152,25 @@ impl Device {
             mapped_bytes: q.mapped_bytes,
             bytes_read: q.bytes_read.min(buf.len() as u64) as usize,
         })
+    }
+
+    /// `CKPT_IOC_DUMP_TASK` on `pid`.
+    pub fn dump_task(&self, pid: i32) -> Result<Box<CkptTaskState>, QueryError> {
+        let mut st = Box::new(CkptTaskState { pid, ..Default::default() });
+        // SAFETY: the kernel reads and writes one CkptTaskState at the pointer.
+        let ret = unsafe {
+            libc::ioctl(self.file.as_raw_fd(), CKPT_IOC_DUMP_TASK as _, &mut *st as *mut CkptTaskState)
+        };
+        if ret < 0 {
+            let e = io::Error::last_os_error();
+            return Err(match e.raw_os_error() {
+                Some(libc::ESRCH) => QueryError::NoSuchProcess { pid },
+                Some(libc::EPERM) => QueryError::NotPermitted { pid },
+                Some(libc::EINVAL) => QueryError::Invalid { pid },
+                _ => QueryError::Other { pid, source: e },
+            });
+        }
+        Ok(st)
     }
 
     /// The bare ioctl, for tests that need to send malformed arguments.

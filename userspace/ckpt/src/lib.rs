@@ -1,4 +1,9 @@
 //! ckpt user space: the `/dev/ckpt` client and (later) image format, dump and restore.
+pub mod checkpoint;
 pub mod device;
 pub mod image;
 pub mod info;
+pub mod inspect;
+pub mod proc;
+pub mod restore;
+pub mod sys;

@@ -37,6 +37,36 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Save a running process to an image file. It keeps running unless --kill is given.
+    Checkpoint {
+        /// The process id.
+        pid: i32,
+        /// The image file to write (default: ckpt-PID.img).
+        #[arg(short, long)]
+        output: Option<PathBuf>,
+        /// Kill the process once the image is safely written.
+        #[arg(long)]
+        kill: bool,
+        /// Print the statistics as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Recreate a process from an image. Prints its pid.
+    Restore {
+        /// The image file.
+        image: PathBuf,
+        /// Wait for the restored process and exit with its status.
+        #[arg(long)]
+        wait: bool,
+    },
+    /// Show what an image holds (after verifying every checksum).
+    Inspect {
+        /// The image file.
+        image: PathBuf,
+        /// Print the whole manifest as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 fn parse_u64(s: &str) -> Result<u64, String> {
@@ -47,7 +77,7 @@ fn parse_u64(s: &str) -> Result<u64, String> {
     r.map_err(|e| format!("not a number: {s} ({e})"))
 }
 
-fn run(cli: Cli) -> anyhow::Result<()> {
+fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
         Command::Info {
             pid,
@@ -66,13 +96,46 @@ fn run(cli: Cli) -> anyhow::Result<()> {
                 print!("{report}");
             }
         }
+        Command::Checkpoint { pid, output, kill, json } => {
+            let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
+            let opts = ckpt::checkpoint::Options { pid, output: &output, kill, device: &cli.device };
+            let stats = ckpt::checkpoint::checkpoint(&opts)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&stats).context("encoding JSON")?);
+            } else {
+                println!("checkpointed process {pid} to {}{}", output.display(), if kill { " (killed)" } else { "" });
+                print!("{}", ckpt::inspect::stats_text(&stats));
+            }
+        }
+        Command::Restore { image, wait } => {
+            let r = ckpt::restore::restore(&image, &cli.device)?;
+            if r.pid == r.original_pid {
+                println!("{}", r.pid);
+            } else {
+                println!("{}", r.pid);
+                eprintln!("ckpt: pid {} was taken; the process was restored as pid {}", r.original_pid, r.pid);
+            }
+            if wait {
+                use std::io::Write;
+                std::io::stdout().flush().ok();
+                return Ok(ckpt::restore::wait_exit_status(r.pid)?);
+            }
+        }
+        Command::Inspect { image, json } => {
+            let img = ckpt::image::Image::open(&image)?;
+            if json {
+                println!("{}", serde_json::to_string_pretty(&img.manifest).context("encoding JSON")?);
+            } else {
+                print!("{}", ckpt::inspect::summary(&img));
+            }
+        }
     }
-    Ok(())
+    Ok(0)
 }
 
 fn main() -> ExitCode {
     match run(Cli::parse()) {
-        Ok(()) => ExitCode::SUCCESS,
+        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
             eprintln!("ckpt: {e:#}");
             ExitCode::FAILURE

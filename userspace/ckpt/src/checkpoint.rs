@@ -1,0 +1,421 @@
+//! `ckpt checkpoint PID`: freeze a process with ptrace, record its state and memory into an
+//! image, then let it go on (or kill it with `--kill`).
+//!
+//! The target is stopped with PTRACE_SEIZE + PTRACE_INTERRUPT, which its parent cannot see (no
+//! SIGSTOP, no waitpid report) and which leaves its FPU state in memory. Registers and XSAVE
+//! state come from ptrace; handlers, sigaltstack, clear_child_tid and the mm layout from the
+//! module (`CKPT_IOC_DUMP_TASK`); mappings, page presence and contents, fds, cwd, umask and
+//! rlimits from /proc. Any failure detaches and leaves the target running and untouched, and
+//! no file under the final name.
+
+use crate::device::{Device, QueryError};
+use crate::image::{
+    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Process, Regs, RobustList,
+    Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
+};
+use crate::{proc, sys};
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+#[derive(Debug, thiserror::Error)]
+pub enum CheckpointError {
+    #[error("no such process: {0}")]
+    NoSuchProcess(i32),
+    #[error("process {0} is ckpt itself")]
+    IsSelf(i32),
+    #[error("process {0} is a kernel thread; only user processes can be checkpointed")]
+    KernelThread(i32),
+    #[error("process {0} is a zombie (it has exited and waits for its parent to reap it)")]
+    Zombie(i32),
+    #[error(
+        "process {pid} has {threads} threads; this version checkpoints single-threaded \
+         processes only"
+    )]
+    Threads { pid: i32, threads: u32 },
+    #[error(transparent)]
+    Query(#[from] QueryError),
+    #[error("cannot attach to process {pid}: {source} (is it already being traced by a debugger?)")]
+    Attach { pid: i32, source: std::io::Error },
+    #[error("cannot checkpoint fd {fd} of process {pid} ({target}): {why}")]
+    UnsupportedFd { pid: i32, fd: i32, target: String, why: &'static str },
+    #[error("process {pid}: {what}: {source}")]
+    Io { pid: i32, what: String, source: std::io::Error },
+    #[error("writing the image {path}: {source}")]
+    Write { path: PathBuf, source: std::io::Error },
+}
+
+pub struct Options<'a> {
+    pub pid: i32,
+    pub output: &'a Path,
+    pub kill: bool,
+    pub device: &'a Path,
+}
+
+/// Detaches from the target when dropped: whatever happens, the target runs on.
+struct Seized {
+    pid: i32,
+    active: bool,
+}
+
+impl Drop for Seized {
+    fn drop(&mut self) {
+        if self.active {
+            let _ = sys::ptrace_detach(self.pid, 0);
+        }
+    }
+}
+
+fn io_err(pid: i32, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckpointError {
+    let what = what.into();
+    move |source| CheckpointError::Io { pid, what, source }
+}
+
+/// Checks everything that can be checked without stopping the target.
+fn precheck(pid: i32, dev: &Device) -> Result<proc::Stat, CheckpointError> {
+    if pid == sys::getpid() {
+        return Err(CheckpointError::IsSelf(pid));
+    }
+    let st = proc::stat(pid).map_err(|_| CheckpointError::NoSuchProcess(pid))?;
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    if st.flags & PF_KTHREAD != 0 {
+        return Err(CheckpointError::KernelThread(pid));
+    }
+    if st.state == 'Z' || st.state == 'X' {
+        return Err(CheckpointError::Zombie(pid));
+    }
+    // The module applies ptrace's permission rule: fail here, before stopping anything.
+    dev.query(pid, 0, &mut [])?;
+    if st.threads != 1 {
+        return Err(CheckpointError::Threads { pid, threads: st.threads });
+    }
+    Ok(st)
+}
+
+fn regs_from(r: &libc::user_regs_struct) -> Regs {
+    Regs {
+        r15: r.r15,
+        r14: r.r14,
+        r13: r.r13,
+        r12: r.r12,
+        rbp: r.rbp,
+        rbx: r.rbx,
+        r11: r.r11,
+        r10: r.r10,
+        r9: r.r9,
+        r8: r.r8,
+        rax: r.rax,
+        rcx: r.rcx,
+        rdx: r.rdx,
+        rsi: r.rsi,
+        rdi: r.rdi,
+        orig_rax: r.orig_rax,
+        rip: r.rip,
+        cs: r.cs,
+        eflags: r.eflags,
+        rsp: r.rsp,
+        ss: r.ss,
+        fs_base: r.fs_base,
+        gs_base: r.gs_base,
+        ds: r.ds,
+        es: r.es,
+        fs: r.fs,
+        gs: r.gs,
+    }
+}
+
+/// Classifies an open descriptor.
+fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
+    let unsupported = |why| CheckpointError::UnsupportedFd { pid, fd: e.fd, target: e.target.clone(), why };
+    let is_stdio = (0..=2).contains(&e.fd);
+    let outside = e.target.starts_with("pipe:")
+        || e.target.starts_with("socket:")
+        || e.target.starts_with("/dev/pts/")
+        || e.target.starts_with("/dev/tty")
+        || e.target == "/dev/console";
+    if is_stdio && outside {
+        return Ok(FdKind::InheritStdio { was: e.target.clone() });
+    }
+    if e.target.ends_with(" (deleted)") {
+        return Err(unsupported("deleted files are not supported yet"));
+    }
+    if !e.target.starts_with('/') {
+        return Err(unsupported("pipes, sockets and other special files are not supported yet"));
+    }
+    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{}", e.fd)).map_err(io_err(pid, "stat fd"))?;
+    let ft = meta.file_type();
+    use std::os::unix::fs::FileTypeExt;
+    if ft.is_file() || ft.is_dir() || ft.is_char_device() {
+        Ok(FdKind::Path { path: e.target.clone(), pos: e.pos })
+    } else {
+        Err(unsupported("only regular files, directories and character devices are supported"))
+    }
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// Saves the pages of `m` that must be stored into the image; returns the runs.
+fn dump_vma(
+    pid: i32,
+    m: &proc::MapEntry,
+    pagemap: &File,
+    mem: &File,
+    w: &mut ImageWriter,
+    stats: &mut Stats,
+) -> Result<Vec<PageRun>, CheckpointError> {
+    // Shared file mappings live in the file; kernel mappings are never saved.
+    if m.is_special() || (m.shared && m.is_file()) {
+        return Ok(Vec::new());
+    }
+    let anonymous = !m.is_file();
+    let npages = ((m.end - m.start) / PAGE) as usize;
+    let mut runs: Vec<PageRun> = Vec::new();
+    const BATCH: usize = 256; // pages per read: 1 MiB of memory
+    let mut entries = vec![0u8; BATCH * 8];
+    let mut data = vec![0u8; BATCH * PAGE as usize];
+    let mut first = 0usize;
+    while first < npages {
+        let n = BATCH.min(npages - first);
+        let addr0 = m.start + first as u64 * PAGE;
+        pagemap
+            .read_exact_at(&mut entries[..n * 8], addr0 / PAGE * 8)
+            .map_err(io_err(pid, "reading /proc/PID/pagemap"))?;
+        stats.pages_scanned += n as u64;
+        let wanted: Vec<bool> = (0..n)
+            .map(|i| {
+                let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap());
+                // A private file mapping's clean pages come from the file; only its anonymous
+                // (copied-on-write) pages are saved. Shared anonymous memory is saved whole.
+                e & (PM_PRESENT | PM_SWAP) != 0 && (e & PM_FILE == 0 || anonymous)
+            })
+            .collect();
+        // Read each stretch of wanted pages at once, then keep the non-zero ones (zero pages
+        // of anonymous memory come back as zero-fill on restore).
+        let mut i = 0;
+        while i < n {
+            if !wanted[i] {
+                i += 1;
+                continue;
+            }
+            let mut j = i;
+            while j < n && wanted[j] {
+                j += 1;
+            }
+            let bytes = &mut data[..(j - i) * PAGE as usize];
+            let at = addr0 + i as u64 * PAGE;
+            mem.read_exact_at(bytes, at)
+                .map_err(io_err(pid, format!("reading memory at {at:#x}")))?;
+            let mut k = 0;
+            while k < j - i {
+                let page = |k: usize| &bytes[k * PAGE as usize..(k + 1) * PAGE as usize];
+                if anonymous && page(k).iter().all(|&b| b == 0) {
+                    stats.pages_skipped_zero += 1;
+                    k += 1;
+                    continue;
+                }
+                let mut l = k;
+                while l < j - i && !(anonymous && page(l).iter().all(|&b| b == 0)) {
+                    l += 1;
+                }
+                let chunk = &bytes[k * PAGE as usize..l * PAGE as usize];
+                let offset = w.append_pages(chunk).map_err(|e| CheckpointError::Write {
+                    path: PathBuf::from("(image)"),
+                    source: e,
+                })?;
+                let addr = at + k as u64 * PAGE;
+                let len = chunk.len() as u64;
+                match runs.last_mut() {
+                    Some(r) if r.addr + r.len == addr && r.offset + r.len == offset => r.len += len,
+                    _ => runs.push(PageRun { addr, len, offset }),
+                }
+                stats.pages_written += (l - k) as u64;
+                k = l;
+            }
+            i = j;
+        }
+        first += n;
+    }
+    Ok(runs)
+}
+
+/// Takes the checkpoint. Returns the statistics (also stored in the image).
+pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
+    let t0 = Instant::now();
+    let pid = opts.pid;
+    let dev = Device::open(opts.device).map_err(|e| CheckpointError::Io {
+        pid,
+        what: "opening the ckpt device".into(),
+        source: std::io::Error::other(e.to_string()),
+    })?;
+    let st = precheck(pid, &dev)?;
+
+    // Freeze.
+    sys::ptrace_seize(pid, 0).map_err(|source| CheckpointError::Attach { pid, source })?;
+    let mut seized = Seized { pid, active: true };
+    let frozen_at = Instant::now();
+    sys::ptrace_interrupt(pid).map_err(io_err(pid, "PTRACE_INTERRUPT"))?;
+    let status = sys::waitpid(pid, libc::__WALL).map_err(io_err(pid, "waiting for the stop"))?;
+    if !libc::WIFSTOPPED(status) {
+        seized.active = false;
+        return Err(CheckpointError::NoSuchProcess(pid));
+    }
+    // Re-check now that it cannot change: a thread may have been created meanwhile.
+    let threads = proc::stat(pid).map_err(io_err(pid, "stat"))?.threads;
+    if threads != 1 {
+        return Err(CheckpointError::Threads { pid, threads });
+    }
+
+    // Thread state.
+    let regs = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
+    let xstate = sys::ptrace_get_xstate(pid).map_err(io_err(pid, "PTRACE_GETREGSET NT_X86_XSTATE"))?;
+    let sigmask = sys::ptrace_get_sigmask(pid).map_err(io_err(pid, "PTRACE_GETSIGMASK"))?;
+    let rseq = match sys::ptrace_get_rseq(pid) {
+        Ok(c) if c.rseq_abi_pointer != 0 => {
+            Some(Rseq { addr: c.rseq_abi_pointer, len: c.rseq_abi_size, sig: c.signature })
+        }
+        Ok(_) => None,
+        Err(e) => return Err(io_err(pid, "PTRACE_GET_RSEQ_CONFIGURATION")(e)),
+    };
+    let (rl_head, rl_len) = sys::get_robust_list(pid).map_err(io_err(pid, "get_robust_list"))?;
+    let ts = dev.dump_task(pid)?;
+
+    // Process state from /proc.
+    let fds = proc::fds(pid)
+        .map_err(io_err(pid, "listing fds"))?
+        .iter()
+        .map(|e| Ok(Fd { fd: e.fd, flags: e.flags, kind: fd_kind(pid, e)? }))
+        .collect::<Result<Vec<_>, CheckpointError>>()?;
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "reading cwd"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
+    let umask = proc::umask(pid).map_err(io_err(pid, "reading umask"))?;
+    let mut rlimits = Vec::new();
+    for resource in 0..16u32 {
+        let (cur, max) = sys::prlimit_get(pid, resource).map_err(io_err(pid, "prlimit"))?;
+        rlimits.push(crate::image::Rlimit { resource, cur, max });
+    }
+    let maps = proc::smaps(pid).map_err(io_err(pid, "reading smaps"))?;
+
+    // Memory.
+    let mut w = ImageWriter::create(opts.output)
+        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+    let mut stats = Stats::default();
+    let mem_t0 = Instant::now();
+    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err(pid, "opening pagemap"))?;
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "opening mem"))?;
+    let mut vmas = Vec::new();
+    for m in maps.iter().filter(|m| m.name != "[vsyscall]") {
+        let pages = dump_vma(pid, m, &pagemap, &mem, &mut w, &mut stats).map_err(|e| match e {
+            CheckpointError::Write { source, .. } => {
+                CheckpointError::Write { path: opts.output.into(), source }
+            }
+            e => e,
+        })?;
+        let backing = if m.is_special() {
+            Backing::Special { name: m.name.clone() }
+        } else if m.is_file() {
+            Backing::File { path: m.name.clone(), offset: m.offset, dev: m.dev.clone(), inode: m.inode }
+        } else {
+            Backing::Anonymous
+        };
+        vmas.push(Vma {
+            start: m.start,
+            end: m.end,
+            prot: u32::from(m.read) | u32::from(m.write) << 1 | u32::from(m.exec) << 2,
+            shared: m.shared,
+            growsdown: m.has_flag("gd"),
+            backing,
+            pages,
+        });
+    }
+    stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
+    let xstate_section = w
+        .add_blob(SectionKind::Xstate, &xstate)
+        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+
+    let sigactions = ts
+        .sigactions
+        .iter()
+        .enumerate()
+        .filter(|(_, a)| a.handler != 0 || a.flags != 0 || a.mask != 0 || a.restorer != 0)
+        .map(|(i, a)| SigAction {
+            signo: i as u32 + 1,
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        })
+        .collect();
+    let m = &ts.mm;
+    let process = Process {
+        pid,
+        ppid: st.ppid,
+        comm: st.comm.clone(),
+        exe: exe.unwrap_or_default(),
+        cwd: cwd.to_string_lossy().into_owned(),
+        umask,
+        personality: ts.personality,
+        rlimits,
+        mm: MmLayout {
+            start_code: m.start_code,
+            end_code: m.end_code,
+            start_data: m.start_data,
+            end_data: m.end_data,
+            start_brk: m.start_brk,
+            brk: m.brk,
+            start_stack: m.start_stack,
+            arg_start: m.arg_start,
+            arg_end: m.arg_end,
+            env_start: m.env_start,
+            env_end: m.env_end,
+            auxv: m.auxv.to_vec(),
+        },
+        vmas,
+        sigactions,
+        fds,
+        threads: vec![Thread {
+            tid: pid,
+            regs: regs_from(&regs),
+            xstate_section,
+            sigmask,
+            sigaltstack: SigAltStack { sp: ts.sas_ss_sp, size: ts.sas_ss_size, flags: ts.sas_ss_flags },
+            clear_child_tid: ts.clear_child_tid,
+            robust_list: RobustList { head: rl_head, len: rl_len },
+            rseq,
+        }],
+    };
+    let mut manifest = Manifest {
+        format_version: FORMAT_VERSION,
+        ckpt_version: env!("CARGO_PKG_VERSION").into(),
+        arch: std::env::consts::ARCH.into(),
+        kernel_release: proc::kernel_release(),
+        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        sections: w.sections().to_vec(),
+        processes: vec![process],
+        stats: None,
+    };
+    // The frozen time is known only once the target goes on; record what the image has to
+    // say now, and report the final figures to the caller.
+    stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+    stats.total_us = t0.elapsed().as_micros() as u64;
+    manifest.stats = Some(stats);
+    let size = w
+        .finish(&manifest)
+        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+    stats.image_bytes = size;
+
+    if opts.kill {
+        // Killed while still stopped, so it never runs past the checkpoint.
+        sys::kill(pid, libc::SIGKILL).map_err(io_err(pid, "kill"))?;
+        seized.active = false;
+        let _ = sys::waitpid(pid, libc::__WALL);
+    } else {
+        seized.active = false;
+        sys::ptrace_detach(pid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
+    }
+    stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+    stats.total_us = t0.elapsed().as_micros() as u64;
+    Ok(stats)
+}

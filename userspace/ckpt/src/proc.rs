@@ -1,0 +1,152 @@
+//! Reading /proc/PID: what the kernel shows user space about a process.
+
+use std::fs;
+use std::io;
+
+/// One line of /proc/PID/smaps (plus its VmFlags).
+#[derive(Debug, Clone)]
+pub struct MapEntry {
+    pub start: u64,
+    pub end: u64,
+    pub read: bool,
+    pub write: bool,
+    pub exec: bool,
+    pub shared: bool,
+    pub offset: u64,
+    pub dev: String,
+    pub inode: u64,
+    /// The path or the [name]; empty for anonymous mappings.
+    pub name: String,
+    pub vm_flags: Vec<String>,
+}
+
+impl MapEntry {
+    pub fn is_special(&self) -> bool {
+        matches!(self.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
+    }
+    pub fn is_file(&self) -> bool {
+        self.inode != 0 && self.name.starts_with('/')
+    }
+    pub fn has_flag(&self, f: &str) -> bool {
+        self.vm_flags.iter().any(|x| x == f)
+    }
+}
+
+fn parse_map_line(line: &str) -> Option<MapEntry> {
+    let mut it = line.splitn(6, ' ');
+    let range = it.next()?;
+    let perms = it.next()?.as_bytes();
+    let offset = u64::from_str_radix(it.next()?, 16).ok()?;
+    let dev = it.next()?.to_owned();
+    let inode = it.next()?.parse().ok()?;
+    let name = it.next().unwrap_or("").trim_start().to_owned();
+    let (a, b) = range.split_once('-')?;
+    Some(MapEntry {
+        start: u64::from_str_radix(a, 16).ok()?,
+        end: u64::from_str_radix(b, 16).ok()?,
+        read: perms.first() == Some(&b'r'),
+        write: perms.get(1) == Some(&b'w'),
+        exec: perms.get(2) == Some(&b'x'),
+        shared: perms.get(3) == Some(&b's'),
+        offset,
+        dev,
+        inode,
+        name,
+        vm_flags: Vec::new(),
+    })
+}
+
+/// The mappings of `pid` with their VmFlags, from /proc/PID/smaps.
+pub fn smaps(pid: i32) -> io::Result<Vec<MapEntry>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/smaps"))?;
+    let mut out: Vec<MapEntry> = Vec::new();
+    for line in text.lines() {
+        if let Some(flags) = line.strip_prefix("VmFlags:") {
+            if let Some(last) = out.last_mut() {
+                last.vm_flags = flags.split_whitespace().map(str::to_owned).collect();
+            }
+        } else if line.as_bytes().first().is_some_and(u8::is_ascii_hexdigit) && line.contains('-') {
+            if let Some(e) = parse_map_line(line) {
+                out.push(e);
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// The mappings of `pid` from /proc/PID/maps (cheaper than smaps; no VmFlags).
+pub fn maps(pid: &str) -> io::Result<Vec<MapEntry>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/maps"))?;
+    Ok(text.lines().filter_map(parse_map_line).collect())
+}
+
+/// Selected fields of /proc/PID/stat.
+#[derive(Debug)]
+pub struct Stat {
+    pub comm: String,
+    pub state: char,
+    pub ppid: i32,
+    pub flags: u64,
+    pub threads: u32,
+}
+
+pub fn stat(pid: i32) -> io::Result<Stat> {
+    let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
+    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/stat"));
+    let open = text.find('(').ok_or_else(bad)?;
+    let close = text.rfind(')').ok_or_else(bad)?;
+    let comm = text[open + 1..close].to_owned();
+    // Fields after the comm, starting with field 3 (state).
+    let f: Vec<&str> = text[close + 1..].split_whitespace().collect();
+    let field = |n: usize| f.get(n - 3).copied().ok_or_else(bad);
+    Ok(Stat {
+        comm,
+        state: field(3)?.chars().next().ok_or_else(bad)?,
+        ppid: field(4)?.parse().map_err(|_| bad())?,
+        flags: field(9)?.parse().map_err(|_| bad())?,
+        threads: field(20)?.parse().map_err(|_| bad())?,
+    })
+}
+
+/// The `Umask:` of /proc/PID/status.
+pub fn umask(pid: i32) -> io::Result<u32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix("Umask:"))
+        .and_then(|v| u32::from_str_radix(v.trim(), 8).ok())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Umask in status"))
+}
+
+/// An open descriptor as /proc shows it.
+#[derive(Debug)]
+pub struct FdEntry {
+    pub fd: i32,
+    pub target: String,
+    pub pos: u64,
+    pub flags: u32,
+}
+
+pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
+    let mut out = Vec::new();
+    for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
+        let entry = entry?;
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let target = match fs::read_link(entry.path()) {
+            Ok(t) => t.to_string_lossy().into_owned(),
+            Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // closed meanwhile
+            Err(e) => return Err(e),
+        };
+        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+        let get = |key: &str| info.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let pos = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
+        let flags = get("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
+        out.push(FdEntry { fd, target, pos, flags });
+    }
+    out.sort_by_key(|e| e.fd);
+    Ok(out)
+}
+
+/// `uname -r`.
+pub fn kernel_release() -> String {
+    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+}

@@ -1,0 +1,548 @@
+//! `ckpt restore FILE`: bring a checkpointed process back.
+//!
+//! 1. The image is verified completely (every checksum) before any process is created.
+//! 2. A child is created with the original pid when it is free (clone3 set_tid), else any.
+//!    It asks to be traced by us and to die with us, blocks all signals, and becomes the
+//!    process: fds, cwd, umask, rlimits, personality, signal handlers, sigaltstack, robust list,
+//!    clear_child_tid, rseq; it moves its vDSO/vvar to where the image had them.
+//! 3. It stops itself; we follow it to the entry and exit of `CKPT_IOC_RESTORE`, in which the
+//!    module replaces its whole address space with the image's.
+//! 4. At that syscall-exit stop we set its registers, XSAVE state and signal mask through
+//!    ptrace (the kernel validates them) and detach: it continues where it was checkpointed.
+//!
+//! Any failure before the detach kills the child: a half-restored process never runs.
+
+use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs, SectionKind, PAGE};
+use crate::{proc, sys};
+use ckpt_abi::{
+    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_AUXV_WORDS,
+    CKPT_IOC_RESTORE, CKPT_RESTORE_MAX_KEEP, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
+};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::fd::AsRawFd;
+use std::path::Path;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RestoreError {
+    #[error(transparent)]
+    Image(#[from] ImageError),
+    #[error("{0}")]
+    Device(#[from] crate::device::DeviceError),
+    #[error("the image holds {0} processes; this version restores one")]
+    Processes(usize),
+    #[error("the image's process has {0} threads; this version restores single-threaded ones")]
+    Threads(usize),
+    #[error(
+        "the image's kernel mappings ({image}) differ from this kernel's ({here}): it was \
+         taken on another kernel"
+    )]
+    Vdso { image: String, here: String },
+    #[error("mapped file {path}: {why}")]
+    MappedFile { path: String, why: String },
+    #[error("{what}: {source}")]
+    Io { what: String, source: std::io::Error },
+    #[error("the restored process failed while preparing (exit status {0}); see its message above")]
+    Child(i32),
+    #[error("the module refused the restore: {0}")]
+    Ioctl(std::io::Error),
+}
+
+fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
+    let what = what.into();
+    move |source| RestoreError::Io { what, source }
+}
+
+/// Where the restored process went.
+pub struct Restored {
+    pub pid: i32,
+    pub original_pid: i32,
+}
+
+/// Everything the child needs, prepared (and allocated) by the parent before the fork.
+struct Plan {
+    vmas: Vec<CkptRestoreVma>,
+    runs: Vec<CkptRestoreRun>,
+    keep: Vec<(u64, u64)>,
+    /// Where our own kernel mappings are now, in the same order as `keep`.
+    specials_here: Vec<(u64, u64)>,
+    /// Distinct mapped files: (path, open file).
+    files: Vec<File>,
+    mm: CkptMmLayout,
+    /// The highest fd open in ckpt when it forks.
+    highest_own_fd: i32,
+}
+
+/// Our own [vvar], [vvar_vclock] and [vdso], in address order: (name, start, end).
+fn own_specials() -> Result<Vec<(String, u64, u64)>, RestoreError> {
+    Ok(proc::maps("self")
+        .map_err(io("reading /proc/self/maps"))?
+        .into_iter()
+        .filter(|m| m.is_special() && m.name != "[vsyscall]")
+        .map(|m| (m.name, m.start, m.end))
+        .collect())
+}
+
+fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
+    // Kernel mappings: same names and sizes, in the same order, or the image is foreign.
+    let image_specials: Vec<(String, u64, u64)> = p
+        .vmas
+        .iter()
+        .filter_map(|v| match &v.backing {
+            Backing::Special { name } if name != "[vsyscall]" => Some((name.clone(), v.start, v.end)),
+            _ => None,
+        })
+        .collect();
+    let here = own_specials()?;
+    let shape = |v: &[(String, u64, u64)]| -> String {
+        v.iter().map(|(n, s, e)| format!("{n} {}K", (e - s) / 1024)).collect::<Vec<_>>().join(", ")
+    };
+    let same = image_specials.len() == here.len()
+        && image_specials.iter().zip(&here).all(|(a, b)| a.0 == b.0 && a.2 - a.1 == b.2 - b.1);
+    if !same || here.len() > CKPT_RESTORE_MAX_KEEP {
+        return Err(RestoreError::Vdso { image: shape(&image_specials), here: shape(&here) });
+    }
+
+    let mut files: Vec<File> = Vec::new();
+    let mut file_index: BTreeMap<(String, bool), usize> = BTreeMap::new();
+    let mut vmas = Vec::new();
+    let mut runs = Vec::new();
+    for v in &p.vmas {
+        let (flags_file, fd_slot, offset) = match &v.backing {
+            Backing::Special { .. } => continue,
+            Backing::Anonymous => (0, -1, 0),
+            Backing::File { path, offset, inode, .. } => {
+                let writable = v.shared && v.prot & 2 != 0;
+                let key = (path.clone(), writable);
+                let idx = match file_index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let f = std::fs::OpenOptions::new()
+                            .read(true)
+                            .write(writable)
+                            .open(path)
+                            .map_err(|e| RestoreError::MappedFile { path: path.clone(), why: e.to_string() })?;
+                        let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().map_err(io(path.clone()))?);
+                        if ino != *inode {
+                            return Err(RestoreError::MappedFile {
+                                path: path.clone(),
+                                why: format!("it was replaced since the checkpoint (inode {ino}, was {inode})"),
+                            });
+                        }
+                        files.push(f);
+                        file_index.insert(key, files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                (CKPT_VMA_FILE, idx as i32, *offset)
+            }
+        };
+        let mut flags = flags_file;
+        if v.shared {
+            flags |= CKPT_VMA_SHARED;
+        }
+        if v.growsdown {
+            flags |= CKPT_VMA_GROWSDOWN;
+        }
+        // `fd` holds the index into `files` until the child knows the real fd numbers.
+        vmas.push(CkptRestoreVma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot,
+            flags,
+            fd: fd_slot,
+            _reserved: 0,
+            file_offset: offset,
+        });
+        runs.extend(v.pages.iter().map(|r| CkptRestoreRun { addr: r.addr, len: r.len, image_offset: r.offset }));
+    }
+    let m = &p.mm;
+    let mut auxv = [0u64; CKPT_AUXV_WORDS];
+    for (d, s) in auxv.iter_mut().zip(&m.auxv) {
+        *d = *s;
+    }
+    let mm = CkptMmLayout {
+        start_code: m.start_code,
+        end_code: m.end_code,
+        start_data: m.start_data,
+        end_data: m.end_data,
+        start_brk: m.start_brk,
+        brk: m.brk,
+        start_stack: m.start_stack,
+        arg_start: m.arg_start,
+        arg_end: m.arg_end,
+        env_start: m.env_start,
+        env_end: m.env_end,
+        auxv,
+    };
+    let _ = img;
+    Ok(Plan {
+        vmas,
+        runs,
+        keep: image_specials.iter().map(|s| (s.1, s.2)).collect(),
+        specials_here: here.iter().map(|s| (s.1, s.2)).collect(),
+        files,
+        mm,
+        highest_own_fd: 0,
+    })
+}
+
+/// The registers to resume with. A thread stopped inside a system call shows the kernel's
+/// internal restart code in rax; like the kernel on signal return, rewind to redo the call.
+/// (An interrupted sleep restarts with its full duration: the remaining time is not saved.)
+fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct {
+    const ERESTARTSYS: i64 = -512;
+    const ERESTARTNOINTR: i64 = -513;
+    const ERESTARTNOHAND: i64 = -514;
+    const ERESTART_RESTARTBLOCK: i64 = -516;
+    let mut out = *now;
+    let (mut rax, mut rip) = (r.rax, r.rip);
+    if (r.orig_rax as i64) >= 0
+        && matches!(r.rax as i64, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK)
+    {
+        rax = r.orig_rax;
+        rip = r.rip - 2;
+    }
+    out.r15 = r.r15;
+    out.r14 = r.r14;
+    out.r13 = r.r13;
+    out.r12 = r.r12;
+    out.rbp = r.rbp;
+    out.rbx = r.rbx;
+    out.r11 = r.r11;
+    out.r10 = r.r10;
+    out.r9 = r.r9;
+    out.r8 = r.r8;
+    out.rax = rax;
+    out.rcx = r.rcx;
+    out.rdx = r.rdx;
+    out.rsi = r.rsi;
+    out.rdi = r.rdi;
+    // No syscall-restart processing on the way out: that was decided above.
+    out.orig_rax = u64::MAX;
+    out.rip = rip;
+    out.eflags = r.eflags;
+    out.rsp = r.rsp;
+    out.fs_base = r.fs_base;
+    out.gs_base = r.gs_base;
+    // cs, ss and the data segment selectors stay those the kernel gave this task.
+    out
+}
+
+/// The child's side: become the process, then call the restore ioctl. Never returns.
+fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
+    let fail = |what: &str, e: std::io::Error| -> ! {
+        eprintln!("ckpt restore: {what}: {e}");
+        sys::exit_now(1);
+    };
+    let parent = sys::getppid();
+    if let Err(e) = sys::ptrace_traceme() {
+        fail("PTRACE_TRACEME", e);
+    }
+    if let Err(e) = sys::block_all_signals() {
+        fail("blocking signals", e);
+    }
+    let me = sys::getpid();
+    // Stop #1: the parent sets the ptrace options (exit-kill, syscall stops) before we go on.
+    if let Err(e) = sys::kill(me, libc::SIGSTOP) {
+        fail("stopping", e);
+    }
+    // Past stop #1 the parent has set PTRACE_O_EXITKILL: if it dies we die. If it died before
+    // that, we have been reparented: give up rather than run unsupervised.
+    if sys::getppid() != parent {
+        sys::exit_now(1);
+    }
+
+    // Working fds go above every fd of the image and every fd we hold now, so that the
+    // duplicates are consecutive.
+    let max_fd = p.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
+    let base = max_fd.max(plan.highest_own_fd) + 1;
+    let mut work = Vec::new();
+    for fd in [image.as_raw_fd(), dev.as_raw_fd()].into_iter().chain(plan.files.iter().map(|f| f.as_raw_fd())) {
+        match sys::dup_at_least(fd, base + work.len() as i32) {
+            Ok(n) => work.push(n),
+            Err(e) => fail("moving working fds", e),
+        }
+    }
+    // The dups are consecutive from `base` only if nothing else sits there; check.
+    for (i, &fd) in work.iter().enumerate() {
+        if fd != base + i as i32 {
+            fail("moving working fds", std::io::Error::other(format!("fd {fd} is not {}", base + i as i32)));
+        }
+    }
+    let (image_fd, dev_fd) = (work[0], work[1]);
+    let last_work = base + work.len() as i32 - 1;
+    // Close everything else: below `base` except inherited stdio, and above our range.
+    let _ = sys::close_range(last_work as u32 + 1, u32::MAX);
+    let inherit: Vec<i32> = p
+        .fds
+        .iter()
+        .filter(|f| matches!(f.kind, FdKind::InheritStdio { .. }))
+        .map(|f| f.fd)
+        .collect();
+    for fd in 0..base {
+        if !inherit.contains(&fd) {
+            sys::close(fd);
+        }
+    }
+    for f in &p.fds {
+        if let FdKind::Path { path, pos } = &f.kind {
+            let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+            match sys::open(Path::new(path), flags) {
+                Ok(n) => {
+                    if n != f.fd {
+                        if let Err(e) = sys::dup2(n, f.fd) {
+                            fail(&format!("placing fd {}", f.fd), e);
+                        }
+                        sys::close(n);
+                    }
+                    // Directories and devices may not seek; that is fine.
+                    let _ = sys::lseek(f.fd, *pos);
+                }
+                Err(e) => fail(&format!("reopening fd {} ({path})", f.fd), e),
+            }
+        }
+    }
+
+    if let Err(e) = sys::chdir(Path::new(&p.cwd)) {
+        fail(&format!("chdir {}", p.cwd), e);
+    }
+    sys::umask(p.umask);
+    for r in &p.rlimits {
+        if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
+            fail(&format!("setrlimit {}", r.resource), e);
+        }
+    }
+    if let Err(e) = sys::personality(p.personality) {
+        fail("personality", e);
+    }
+    for a in &p.sigactions {
+        if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
+            continue;
+        }
+        let act = sys::KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+        if let Err(e) = sys::rt_sigaction(a.signo, &act) {
+            fail(&format!("sigaction {}", a.signo), e);
+        }
+    }
+    let t = &p.threads[0];
+    let ss = t.sigaltstack;
+    // SS_ONSTACK is a status bit, not a setting.
+    let ss_flags = ss.flags & (libc::SS_DISABLE as u32 | (1u32 << 31));
+    if ss.sp != 0 || ss.flags & libc::SS_DISABLE as u32 == 0 {
+        if let Err(e) = sys::sigaltstack(ss.sp, ss.size, ss_flags) {
+            fail("sigaltstack", e);
+        }
+    }
+    if t.robust_list.head != 0 {
+        if let Err(e) = sys::set_robust_list(t.robust_list.head, t.robust_list.len) {
+            fail("set_robust_list", e);
+        }
+    }
+    sys::set_tid_address(t.clear_child_tid);
+    // glibc registered an rseq area for us; the kernel would keep writing to that address in
+    // the restored memory. Drop it, then register the image's area if its page is free here
+    // (the registration writes to it; the restore then replaces the page).
+    if let Err(e) = sys::unregister_own_rseq() {
+        fail("unregistering ckpt's own rseq area", e);
+    }
+    if let Some(r) = t.rseq {
+        let page = r.addr & !(PAGE - 1);
+        if sys::map_page_noreplace(page).is_ok() {
+            if let Err(e) = sys::rseq(r.addr, r.len, 0, r.sig) {
+                fail("registering the rseq area", e);
+            }
+        }
+    }
+
+    // Fill in the fds of the request now that they are known.
+    for v in plan.vmas.iter_mut() {
+        if v.flags & CKPT_VMA_FILE != 0 {
+            v.fd = work[2 + v.fd as usize];
+        }
+    }
+    let mut req = CkptRestore {
+        image_fd,
+        vmas: plan.vmas.as_ptr() as u64,
+        vma_count: plan.vmas.len() as u32,
+        run_count: plan.runs.len() as u32,
+        runs: plan.runs.as_ptr() as u64,
+        keep_count: plan.keep.len() as u32,
+        cleanup_fd_first: base as u32,
+        cleanup_fd_count: work.len() as u32,
+        mm: plan.mm,
+        ..Default::default()
+    };
+    for (slot, &(start, end)) in req.keep.iter_mut().zip(&plan.keep) {
+        *slot = CkptRange { start, end };
+    }
+
+    // Move our kernel mappings where the image had them: first all out of the way, then into
+    // place, so that no move lands on another. Nothing else of ours may be there.
+    if plan.keep != plan.specials_here {
+        let mine = proc::maps("self").unwrap_or_default();
+        for &(s, e) in &plan.keep {
+            if let Some(m) = mine.iter().find(|m| !m.is_special() && m.start < e && s < m.end) {
+                eprintln!(
+                    "ckpt restore: the image's vDSO at {s:#x} collides with ckpt's own memory ({}); \
+                     run the restore again",
+                    if m.name.is_empty() { "anonymous" } else { &m.name }
+                );
+                sys::exit_now(75);
+            }
+        }
+        let total: u64 = plan.specials_here.iter().map(|(s, e)| e - s).sum();
+        let scratch = match sys::reserve(total) {
+            Ok(a) => a,
+            Err(e) => fail("reserving address space", e),
+        };
+        let mut at = scratch;
+        let mut moved = Vec::new();
+        for &(s, e) in &plan.specials_here {
+            if let Err(err) = sys::mremap_fixed(s, e - s, at) {
+                fail("moving the vDSO", err);
+            }
+            moved.push(at);
+            at += e - s;
+        }
+        for (i, &(s, e)) in plan.keep.iter().enumerate() {
+            if let Err(err) = sys::mremap_fixed(moved[i], e - s, s) {
+                fail("moving the vDSO", err);
+            }
+        }
+        // From here on nothing may call into the vDSO (its old address is gone).
+    }
+
+    // Stop #2, then the restore: the parent takes over at the ioctl's exit.
+    let _ = sys::kill(me, libc::SIGSTOP);
+    let r = sys::ioctl_ptr(dev_fd, CKPT_IOC_RESTORE, &mut req as *mut CkptRestore);
+    // Only reached if the module refused before touching anything.
+    let code = r.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
+    sys::exit_now(100 + code.min(100));
+}
+
+/// Follows the child from stop #2 to the exit of the restore ioctl. Returns its registers
+/// there (rax is the ioctl's result).
+fn follow_to_restore_exit(pid: i32) -> Result<libc::user_regs_struct, RestoreError> {
+    let mut in_restore = false;
+    for _ in 0..64 {
+        sys::ptrace_syscall(pid, 0).map_err(io("PTRACE_SYSCALL"))?;
+        let status = sys::waitpid(pid, libc::__WALL).map_err(io("waiting for the restorer"))?;
+        if libc::WIFEXITED(status) {
+            let code = libc::WEXITSTATUS(status);
+            if code > 100 {
+                return Err(RestoreError::Ioctl(std::io::Error::from_raw_os_error(code - 100)));
+            }
+            return Err(RestoreError::Child(code));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Err(RestoreError::Child(128 + libc::WTERMSIG(status)));
+        }
+        if !(libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == (libc::SIGTRAP | 0x80)) {
+            continue; // not a syscall stop
+        }
+        let regs = sys::ptrace_getregs(pid).map_err(io("PTRACE_GETREGS"))?;
+        let is_restore = regs.orig_rax == libc::SYS_ioctl as u64 && regs.rsi as u32 == CKPT_IOC_RESTORE;
+        if in_restore {
+            return Ok(regs);
+        }
+        in_restore = is_restore;
+    }
+    Err(RestoreError::Io { what: "the restorer never called the restore ioctl".into(), source: std::io::Error::other("lost") })
+}
+
+/// Restores the image at `path`. The restored process is our child.
+pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
+    let img = Image::open(path)?;
+    let m = &img.manifest;
+    if m.processes.len() != 1 {
+        return Err(RestoreError::Processes(m.processes.len()));
+    }
+    let p = &m.processes[0];
+    if p.threads.len() != 1 {
+        return Err(RestoreError::Threads(p.threads.len()));
+    }
+    let xstate = img.read_section(p.threads[0].xstate_section)?;
+    debug_assert_eq!(m.sections[p.threads[0].xstate_section].kind, SectionKind::Xstate);
+    let dev = std::fs::OpenOptions::new().read(true).write(true).open(device).map_err(|e| {
+        match e.kind() {
+            std::io::ErrorKind::NotFound => RestoreError::Device(crate::device::DeviceError::NotLoaded { path: device.into() }),
+            _ => RestoreError::Io { what: format!("opening {}", device.display()), source: e },
+        }
+    })?;
+    // Checks the ABI; the fd above is the one the child uses.
+    crate::device::Device::open(device)?;
+    let mut plan = plan(&img, p)?;
+    plan.highest_own_fd = std::fs::read_dir("/proc/self/fd")
+        .map_err(io("listing /proc/self/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .max()
+        .unwrap_or(2);
+
+    // The original pid if nobody has it.
+    let want_pid = (!Path::new(&format!("/proc/{}", p.pid)).exists()).then_some(p.pid);
+    let pid = match sys::fork_with_pid(want_pid) {
+        Ok(pid) => pid,
+        Err(e) if want_pid.is_some() && matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EPERM)) => {
+            sys::fork_with_pid(None).map_err(io("clone3"))?
+        }
+        Err(e) => return Err(io("clone3")(e)),
+    };
+    if pid == 0 {
+        child(p, &mut plan, &img.file, &dev);
+    }
+    // Parent. If anything fails from here, the child must die.
+    let kill_child = |e: RestoreError| -> RestoreError {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::waitpid(pid, 0);
+        e
+    };
+    let status = sys::waitpid(pid, libc::__WALL).map_err(io("waiting for the restorer")).map_err(kill_child)?;
+    if !libc::WIFSTOPPED(status) {
+        return Err(kill_child(RestoreError::Child(libc::WEXITSTATUS(status))));
+    }
+    sys::ptrace_setoptions(pid, libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL)
+        .map_err(io("PTRACE_SETOPTIONS"))
+        .map_err(kill_child)?;
+    // Let it prepare; it stops again (SIGSTOP, suppressed here) right before the ioctl.
+    sys::ptrace_cont(pid, 0).map_err(io("PTRACE_CONT")).map_err(kill_child)?;
+    loop {
+        let status = sys::waitpid(pid, libc::__WALL).map_err(io("waiting for the restorer")).map_err(kill_child)?;
+        if libc::WIFEXITED(status) {
+            return Err(RestoreError::Child(libc::WEXITSTATUS(status)));
+        }
+        if libc::WIFSIGNALED(status) {
+            return Err(RestoreError::Child(128 + libc::WTERMSIG(status)));
+        }
+        if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP {
+            break;
+        }
+        // Any other signal stop: keep going without delivering it (all are blocked anyway).
+        sys::ptrace_cont(pid, 0).map_err(io("PTRACE_CONT")).map_err(kill_child)?;
+    }
+    let now = follow_to_restore_exit(pid).map_err(kill_child)?;
+    if now.rax != 0 {
+        let errno = -(now.rax as i64) as i32;
+        return Err(kill_child(RestoreError::Ioctl(std::io::Error::from_raw_os_error(errno))));
+    }
+    let t = &p.threads[0];
+    let regs = resume_regs(&t.regs, &now);
+    sys::ptrace_setregs(pid, &regs).map_err(io("PTRACE_SETREGS")).map_err(kill_child)?;
+    sys::ptrace_set_xstate(pid, &xstate).map_err(io("PTRACE_SETREGSET NT_X86_XSTATE")).map_err(kill_child)?;
+    sys::ptrace_set_sigmask(pid, t.sigmask).map_err(io("PTRACE_SETSIGMASK")).map_err(kill_child)?;
+    sys::ptrace_detach(pid, 0).map_err(io("PTRACE_DETACH")).map_err(kill_child)?;
+    drop(plan);
+    Ok(Restored { pid, original_pid: p.pid })
+}
+
+/// Waits for a restored child; returns a shell-style exit status.
+pub fn wait_exit_status(pid: i32) -> Result<i32, RestoreError> {
+    let status = sys::waitpid(pid, 0).map_err(io("waiting for the restored process"))?;
+    Ok(if libc::WIFEXITED(status) {
+        libc::WEXITSTATUS(status)
+    } else if libc::WIFSIGNALED(status) {
+        128 + libc::WTERMSIG(status)
+    } else {
+        1
+    })
+}

@@ -1,0 +1,394 @@
+//! Thin, checked wrappers over the system calls ckpt needs (ptrace, /proc files, signals).
+//! Every `unsafe` libc call of the user-space side lives here.
+
+use std::ffi::CString;
+use std::io;
+use std::path::Path;
+
+fn check(ret: libc::c_long) -> io::Result<libc::c_long> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+fn check_int(ret: libc::c_int) -> io::Result<libc::c_int> {
+    if ret < 0 {
+        Err(io::Error::last_os_error())
+    } else {
+        Ok(ret)
+    }
+}
+
+pub const NT_X86_XSTATE: libc::c_int = 0x202;
+const PTRACE_GET_RSEQ_CONFIGURATION: libc::c_uint = 0x420f;
+
+/// `struct ptrace_rseq_configuration`.
+#[repr(C)]
+#[derive(Default, Debug, Clone, Copy)]
+pub struct RseqConfiguration {
+    pub rseq_abi_pointer: u64,
+    pub rseq_abi_size: u32,
+    pub signature: u32,
+    pub flags: u32,
+    pub pad: u32,
+}
+
+fn ptrace(req: libc::c_uint, pid: i32, addr: usize, data: usize) -> io::Result<libc::c_long> {
+    // SAFETY: every request used here takes integers or pointers to buffers the callers own
+    // and size correctly; the kernel validates the rest.
+    check(unsafe { libc::ptrace(req, pid, addr, data) })
+}
+
+pub fn ptrace_seize(pid: i32, options: libc::c_int) -> io::Result<()> {
+    ptrace(libc::PTRACE_SEIZE, pid, 0, options as usize).map(drop)
+}
+
+pub fn ptrace_interrupt(pid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_INTERRUPT, pid, 0, 0).map(drop)
+}
+
+pub fn ptrace_detach(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_DETACH, pid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_syscall(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_SYSCALL, pid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_cont(pid: i32, sig: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
+
+pub fn ptrace_setoptions(pid: i32, options: libc::c_int) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
+}
+
+pub fn ptrace_traceme() -> io::Result<()> {
+    ptrace(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
+}
+
+pub fn ptrace_getregs(pid: i32) -> io::Result<libc::user_regs_struct> {
+    // SAFETY: plain integers; all-zero is a valid value.
+    let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };
+    ptrace(libc::PTRACE_GETREGS, pid, 0, &mut regs as *mut _ as usize)?;
+    Ok(regs)
+}
+
+pub fn ptrace_setregs(pid: i32, regs: &libc::user_regs_struct) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETREGS, pid, 0, regs as *const _ as usize).map(drop)
+}
+
+/// PTRACE_GETREGSET NT_X86_XSTATE: the thread's FPU/SSE/AVX/... state in the portable XSAVE
+/// layout.
+pub fn ptrace_get_xstate(pid: i32) -> io::Result<Vec<u8>> {
+    let mut buf = vec![0u8; 64 * 1024];
+    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
+    ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize)?;
+    buf.truncate(iov.iov_len);
+    Ok(buf)
+}
+
+pub fn ptrace_set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
+    let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut _, iov_len: xstate.len() };
+    ptrace(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize).map(drop)
+}
+
+pub fn ptrace_get_sigmask(pid: i32) -> io::Result<u64> {
+    let mut mask = 0u64;
+    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut _ as usize)?;
+    Ok(mask)
+}
+
+pub fn ptrace_set_sigmask(pid: i32, mask: u64) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETSIGMASK, pid, 8, &mask as *const _ as usize).map(drop)
+}
+
+pub fn ptrace_get_rseq(pid: i32) -> io::Result<RseqConfiguration> {
+    let mut conf = RseqConfiguration::default();
+    ptrace(
+        PTRACE_GET_RSEQ_CONFIGURATION,
+        pid,
+        std::mem::size_of::<RseqConfiguration>(),
+        &mut conf as *mut _ as usize,
+    )?;
+    Ok(conf)
+}
+
+/// `waitpid(pid, &status, flags)`; returns the raw status.
+pub fn waitpid(pid: i32, flags: libc::c_int) -> io::Result<libc::c_int> {
+    let mut status = 0;
+    loop {
+        // SAFETY: `status` is a valid out-pointer.
+        let r = unsafe { libc::waitpid(pid, &mut status, flags) };
+        if r >= 0 {
+            return Ok(status);
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}
+
+pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::kill(pid, sig) }).map(drop)
+}
+
+/// `get_robust_list(pid)`: (head, len).
+pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
+    let mut head = 0u64;
+    let mut len = 0usize;
+    // SAFETY: out-pointers to our own variables.
+    check(unsafe { libc::syscall(libc::SYS_get_robust_list, pid, &mut head, &mut len) })?;
+    Ok((head, len as u64))
+}
+
+pub fn set_robust_list(head: u64, len: u64) -> io::Result<()> {
+    // SAFETY: the kernel only stores the pointer.
+    check(unsafe { libc::syscall(libc::SYS_set_robust_list, head, len) }).map(drop)
+}
+
+pub fn set_tid_address(addr: u64) {
+    // SAFETY: the kernel only stores the pointer; the call cannot fail.
+    unsafe { libc::syscall(libc::SYS_set_tid_address, addr) };
+}
+
+/// The kernel's `struct sigaction` for rt_sigaction(2).
+#[repr(C)]
+pub struct KernelSigaction {
+    pub handler: u64,
+    pub flags: u64,
+    pub restorer: u64,
+    pub mask: u64,
+}
+
+pub fn rt_sigaction(sig: u32, act: &KernelSigaction) -> io::Result<()> {
+    // SAFETY: `act` is a valid kernel sigaction; the handler address is only stored.
+    check(unsafe {
+        libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KernelSigaction, 0usize, 8usize)
+    })
+    .map(drop)
+}
+
+pub fn sigaltstack(sp: u64, size: u64, flags: u32) -> io::Result<()> {
+    let ss = libc::stack_t { ss_sp: sp as *mut _, ss_flags: flags as i32, ss_size: size as usize };
+    // SAFETY: `ss` is valid; the kernel only stores it.
+    check_int(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }).map(drop)
+}
+
+pub fn block_all_signals() -> io::Result<()> {
+    // SAFETY: a full set built by sigfillset.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigfillset(&mut set);
+        check_int(libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())).map(drop)
+    }
+}
+
+pub fn prlimit_get(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
+    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    // SAFETY: `old` is a valid out-pointer.
+    check_int(unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) })?;
+    Ok((old.rlim_cur, old.rlim_max))
+}
+
+pub fn setrlimit(resource: u32, cur: u64, max: u64) -> io::Result<()> {
+    let new = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+    // SAFETY: `new` is valid.
+    check_int(unsafe { libc::prlimit64(0, resource as _, &new, std::ptr::null_mut()) }).map(drop)
+}
+
+pub fn personality(p: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::personality(p as libc::c_ulong) }).map(drop)
+}
+
+pub fn umask(mask: u32) {
+    // SAFETY: plain syscall.
+    unsafe { libc::umask(mask as libc::mode_t) };
+}
+
+pub fn open(path: &Path, flags: i32) -> io::Result<i32> {
+    let c = CString::new(path.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: valid C string.
+    check_int(unsafe { libc::open(c.as_ptr(), flags, 0) })
+}
+
+pub fn dup_at_least(fd: i32, min: i32) -> io::Result<i32> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD, min) })
+}
+
+pub fn dup2(from: i32, to: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check_int(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
+pub fn close(fd: i32) {
+    // SAFETY: plain syscall; closing an fd we own.
+    unsafe { libc::close(fd) };
+}
+
+pub fn close_range(first: u32, last: u32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::syscall(libc::SYS_close_range, first, last, 0u32) }).map(drop)
+}
+
+pub fn lseek(fd: i32, pos: u64) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::lseek(fd, pos as i64, libc::SEEK_SET) }).map(drop)
+}
+
+pub fn chdir(path: &Path) -> io::Result<()> {
+    std::env::set_current_dir(path)
+}
+
+pub fn mremap_fixed(old: u64, len: u64, new: u64) -> io::Result<()> {
+    // SAFETY: moves a mapping of ours; the caller checked nothing else of ours is at `new`.
+    let r = unsafe {
+        libc::mremap(
+            old as *mut _,
+            len as usize,
+            len as usize,
+            libc::MREMAP_MAYMOVE | libc::MREMAP_FIXED,
+            new as *mut libc::c_void,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// Reserves `len` bytes of address space nowhere in particular (PROT_NONE).
+pub fn reserve(len: u64) -> io::Result<u64> {
+    // SAFETY: a fresh anonymous mapping.
+    let r = unsafe {
+        libc::mmap(
+            std::ptr::null_mut(),
+            len as usize,
+            libc::PROT_NONE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_NORESERVE,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(r as u64)
+}
+
+/// Maps one anonymous read-write page at exactly `addr` if nothing is there.
+pub fn map_page_noreplace(addr: u64) -> io::Result<()> {
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
+    let r = unsafe {
+        libc::mmap(
+            addr as *mut _,
+            4096,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
+            -1,
+            0,
+        )
+    };
+    if r == libc::MAP_FAILED {
+        return Err(io::Error::last_os_error());
+    }
+    if r as u64 != addr {
+        return Err(io::Error::from_raw_os_error(libc::EEXIST));
+    }
+    Ok(())
+}
+
+const RSEQ_FLAG_UNREGISTER: i32 = 1;
+
+pub fn rseq(addr: u64, len: u32, flags: i32, sig: u32) -> io::Result<()> {
+    // SAFETY: registers/unregisters an rseq area; the kernel validates it.
+    check(unsafe { libc::syscall(libc::SYS_rseq, addr, len, flags, sig) }).map(drop)
+}
+
+extern "C" {
+    static __rseq_offset: isize;
+    static __rseq_size: u32;
+}
+
+/// Removes glibc's rseq registration of the calling (single) thread, so that the kernel stops
+/// writing to an area that a restore is about to replace. Returns whether one was removed.
+pub fn unregister_own_rseq() -> io::Result<bool> {
+    // SAFETY: glibc's exported, read-only rseq ABI variables.
+    let (offset, size) = unsafe { (__rseq_offset, __rseq_size) };
+    if size == 0 {
+        return Ok(false);
+    }
+    let mut tp = 0u64;
+    // SAFETY: ARCH_GET_FS stores the fs base in `tp`.
+    check(unsafe { libc::syscall(libc::SYS_arch_prctl, 0x1003, &mut tp) })?;
+    let area = (tp as i64 + offset as i64) as u64;
+    const RSEQ_SIG: u32 = 0x5305_3053;
+    let mut last = io::Error::from_raw_os_error(libc::EINVAL);
+    for len in [size.max(32), 32, size] {
+        match rseq(area, len, RSEQ_FLAG_UNREGISTER, RSEQ_SIG) {
+            Ok(()) => return Ok(true),
+            Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+pub fn getpid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getpid() }
+}
+
+/// clone3 with `set_tid = [pid]` (the restored process gets its old pid), or a plain fork when
+/// `pid` is None. Returns 0 in the child.
+pub fn fork_with_pid(pid: Option<i32>) -> io::Result<i32> {
+    #[repr(C)]
+    #[derive(Default)]
+    struct CloneArgs {
+        flags: u64,
+        pidfd: u64,
+        child_tid: u64,
+        parent_tid: u64,
+        exit_signal: u64,
+        stack: u64,
+        stack_size: u64,
+        tls: u64,
+        set_tid: u64,
+        set_tid_size: u64,
+        cgroup: u64,
+    }
+    let tid = pid.unwrap_or(0);
+    let args = CloneArgs {
+        exit_signal: libc::SIGCHLD as u64,
+        set_tid: if pid.is_some() { &tid as *const i32 as u64 } else { 0 },
+        set_tid_size: u64::from(pid.is_some()),
+        ..Default::default()
+    };
+    // SAFETY: like fork(): no CLONE_VM, so the child gets a copy of our memory and returns
+    // here with 0. ckpt is single-threaded when it restores, so the child may do anything.
+    check(unsafe {
+        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+    })
+    .map(|r| r as i32)
+}
+
+pub fn exit_now(code: i32) -> ! {
+    // SAFETY: ends the process without running destructors (a forked child).
+    unsafe { libc::_exit(code) }
+}
+
+pub fn ioctl_ptr<T>(fd: i32, cmd: u32, arg: *const T) -> io::Result<i32> {
+    // SAFETY: the module validates `arg` for `cmd`.
+    check_int(unsafe { libc::ioctl(fd, cmd as _, arg) })
+}
+
+pub fn getppid() -> i32 {
+    // SAFETY: plain syscall.
+    unsafe { libc::getppid() }
+}
