@@ -5,6 +5,7 @@
 # (module-needing) tests, then unloads the module and checks it left nothing behind.
 set -uo pipefail
 ko=$1; shift
+export CKPT_KO=$ko
 fail=0
 check() { # check DESCRIPTION COMMAND...
   if "${@:2}"; then echo "suite: ok: $1"; else echo "suite: FAILED: $1"; fail=1; fi

@@ -10,8 +10,8 @@
 
 use crate::device::{Device, QueryError};
 use crate::image::{
-    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Process, Regs, RobustList,
-    Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
+    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Process, Regs, RobustList, Rseq,
+    SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
 };
 use crate::{proc, sys};
 use std::fs::File;
@@ -36,14 +36,28 @@ pub enum CheckpointError {
     Threads { pid: i32, threads: u32 },
     #[error(transparent)]
     Query(#[from] QueryError),
-    #[error("cannot attach to process {pid}: {source} (is it already being traced by a debugger?)")]
+    #[error(
+        "cannot attach to process {pid}: {source} (is it already being traced by a debugger?)"
+    )]
     Attach { pid: i32, source: std::io::Error },
     #[error("cannot checkpoint fd {fd} of process {pid} ({target}): {why}")]
-    UnsupportedFd { pid: i32, fd: i32, target: String, why: &'static str },
+    UnsupportedFd {
+        pid: i32,
+        fd: i32,
+        target: String,
+        why: &'static str,
+    },
     #[error("process {pid}: {what}: {source}")]
-    Io { pid: i32, what: String, source: std::io::Error },
+    Io {
+        pid: i32,
+        what: String,
+        source: std::io::Error,
+    },
     #[error("writing the image {path}: {source}")]
-    Write { path: PathBuf, source: std::io::Error },
+    Write {
+        path: PathBuf,
+        source: std::io::Error,
+    },
 }
 
 pub struct Options<'a> {
@@ -88,7 +102,10 @@ fn precheck(pid: i32, dev: &Device) -> Result<proc::Stat, CheckpointError> {
     // The module applies ptrace's permission rule: fail here, before stopping anything.
     dev.query(pid, 0, &mut [])?;
     if st.threads != 1 {
-        return Err(CheckpointError::Threads { pid, threads: st.threads });
+        return Err(CheckpointError::Threads {
+            pid,
+            threads: st.threads,
+        });
     }
     Ok(st)
 }
@@ -127,7 +144,12 @@ fn regs_from(r: &libc::user_regs_struct) -> Regs {
 
 /// Classifies an open descriptor.
 fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
-    let unsupported = |why| CheckpointError::UnsupportedFd { pid, fd: e.fd, target: e.target.clone(), why };
+    let unsupported = |why| CheckpointError::UnsupportedFd {
+        pid,
+        fd: e.fd,
+        target: e.target.clone(),
+        why,
+    };
     let is_stdio = (0..=2).contains(&e.fd);
     let outside = e.target.starts_with("pipe:")
         || e.target.starts_with("socket:")
@@ -135,21 +157,31 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
         || e.target.starts_with("/dev/tty")
         || e.target == "/dev/console";
     if is_stdio && outside {
-        return Ok(FdKind::InheritStdio { was: e.target.clone() });
+        return Ok(FdKind::InheritStdio {
+            was: e.target.clone(),
+        });
     }
     if e.target.ends_with(" (deleted)") {
         return Err(unsupported("deleted files are not supported yet"));
     }
     if !e.target.starts_with('/') {
-        return Err(unsupported("pipes, sockets and other special files are not supported yet"));
+        return Err(unsupported(
+            "pipes, sockets and other special files are not supported yet",
+        ));
     }
-    let meta = std::fs::metadata(format!("/proc/{pid}/fd/{}", e.fd)).map_err(io_err(pid, "stat fd"))?;
+    let meta =
+        std::fs::metadata(format!("/proc/{pid}/fd/{}", e.fd)).map_err(io_err(pid, "stat fd"))?;
     let ft = meta.file_type();
     use std::os::unix::fs::FileTypeExt;
     if ft.is_file() || ft.is_dir() || ft.is_char_device() {
-        Ok(FdKind::Path { path: e.target.clone(), pos: e.pos })
+        Ok(FdKind::Path {
+            path: e.target.clone(),
+            pos: e.pos,
+        })
     } else {
-        Err(unsupported("only regular files, directories and character devices are supported"))
+        Err(unsupported(
+            "only regular files, directories and character devices are supported",
+        ))
     }
 }
 
@@ -270,12 +302,15 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
 
     // Thread state.
     let regs = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
-    let xstate = sys::ptrace_get_xstate(pid).map_err(io_err(pid, "PTRACE_GETREGSET NT_X86_XSTATE"))?;
+    let xstate =
+        sys::ptrace_get_xstate(pid).map_err(io_err(pid, "PTRACE_GETREGSET NT_X86_XSTATE"))?;
     let sigmask = sys::ptrace_get_sigmask(pid).map_err(io_err(pid, "PTRACE_GETSIGMASK"))?;
     let rseq = match sys::ptrace_get_rseq(pid) {
-        Ok(c) if c.rseq_abi_pointer != 0 => {
-            Some(Rseq { addr: c.rseq_abi_pointer, len: c.rseq_abi_size, sig: c.signature })
-        }
+        Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
+            addr: c.rseq_abi_pointer,
+            len: c.rseq_abi_size,
+            sig: c.signature,
+        }),
         Ok(_) => None,
         Err(e) => return Err(io_err(pid, "PTRACE_GET_RSEQ_CONFIGURATION")(e)),
     };
@@ -286,10 +321,17 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let fds = proc::fds(pid)
         .map_err(io_err(pid, "listing fds"))?
         .iter()
-        .map(|e| Ok(Fd { fd: e.fd, flags: e.flags, kind: fd_kind(pid, e)? }))
+        .map(|e| {
+            Ok(Fd {
+                fd: e.fd,
+                flags: e.flags,
+                kind: fd_kind(pid, e)?,
+            })
+        })
         .collect::<Result<Vec<_>, CheckpointError>>()?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "reading cwd"))?;
-    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
+    let exe =
+        std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
     let umask = proc::umask(pid).map_err(io_err(pid, "reading umask"))?;
     let mut rlimits = Vec::new();
     for resource in 0..16u32 {
@@ -299,24 +341,35 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let maps = proc::smaps(pid).map_err(io_err(pid, "reading smaps"))?;
 
     // Memory.
-    let mut w = ImageWriter::create(opts.output)
-        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+    let mut w = ImageWriter::create(opts.output).map_err(|source| CheckpointError::Write {
+        path: opts.output.into(),
+        source,
+    })?;
     let mut stats = Stats::default();
     let mem_t0 = Instant::now();
-    let pagemap = File::open(format!("/proc/{pid}/pagemap")).map_err(io_err(pid, "opening pagemap"))?;
+    let pagemap =
+        File::open(format!("/proc/{pid}/pagemap")).map_err(io_err(pid, "opening pagemap"))?;
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "opening mem"))?;
     let mut vmas = Vec::new();
     for m in maps.iter().filter(|m| m.name != "[vsyscall]") {
         let pages = dump_vma(pid, m, &pagemap, &mem, &mut w, &mut stats).map_err(|e| match e {
-            CheckpointError::Write { source, .. } => {
-                CheckpointError::Write { path: opts.output.into(), source }
-            }
+            CheckpointError::Write { source, .. } => CheckpointError::Write {
+                path: opts.output.into(),
+                source,
+            },
             e => e,
         })?;
         let backing = if m.is_special() {
-            Backing::Special { name: m.name.clone() }
+            Backing::Special {
+                name: m.name.clone(),
+            }
         } else if m.is_file() {
-            Backing::File { path: m.name.clone(), offset: m.offset, dev: m.dev.clone(), inode: m.inode }
+            Backing::File {
+                path: m.name.clone(),
+                offset: m.offset,
+                dev: m.dev.clone(),
+                inode: m.inode,
+            }
         } else {
             Backing::Anonymous
         };
@@ -331,9 +384,12 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         });
     }
     stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
-    let xstate_section = w
-        .add_blob(SectionKind::Xstate, &xstate)
-        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+    let xstate_section =
+        w.add_blob(SectionKind::Xstate, &xstate)
+            .map_err(|source| CheckpointError::Write {
+                path: opts.output.into(),
+                source,
+            })?;
 
     let sigactions = ts
         .sigactions
@@ -380,9 +436,16 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             regs: regs_from(&regs),
             xstate_section,
             sigmask,
-            sigaltstack: SigAltStack { sp: ts.sas_ss_sp, size: ts.sas_ss_size, flags: ts.sas_ss_flags },
+            sigaltstack: SigAltStack {
+                sp: ts.sas_ss_sp,
+                size: ts.sas_ss_size,
+                flags: ts.sas_ss_flags,
+            },
             clear_child_tid: ts.clear_child_tid,
-            robust_list: RobustList { head: rl_head, len: rl_len },
+            robust_list: RobustList {
+                head: rl_head,
+                len: rl_len,
+            },
             rseq,
         }],
     };
@@ -391,7 +454,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         ckpt_version: env!("CARGO_PKG_VERSION").into(),
         arch: std::env::consts::ARCH.into(),
         kernel_release: proc::kernel_release(),
-        created_unix_ms: SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0),
+        created_unix_ms: SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0),
         sections: w.sections().to_vec(),
         processes: vec![process],
         stats: None,
@@ -403,7 +469,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     manifest.stats = Some(stats);
     let size = w
         .finish(&manifest)
-        .map_err(|source| CheckpointError::Write { path: opts.output.into(), source })?;
+        .map_err(|source| CheckpointError::Write {
+            path: opts.output.into(),
+            source,
+        })?;
     stats.image_bytes = size;
 
     if opts.kill {

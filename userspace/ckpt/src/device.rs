@@ -1,9 +1,8 @@
 //! The `/dev/ckpt` device: opening it, checking the module's ABI, and its ioctls.
 
 use ckpt_abi::{
-    CkptQuery, CkptTaskState, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
-    CKPT_IOC_VERSION,
-    CKPT_QUERY_MAX_READ,
+    CkptQuery, CkptTaskState, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_DUMP_TASK,
+    CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
 };
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -156,10 +155,17 @@ impl Device {
 
     /// `CKPT_IOC_DUMP_TASK` on `pid`.
     pub fn dump_task(&self, pid: i32) -> Result<Box<CkptTaskState>, QueryError> {
-        let mut st = Box::new(CkptTaskState { pid, ..Default::default() });
+        let mut st = Box::new(CkptTaskState {
+            pid,
+            ..Default::default()
+        });
         // SAFETY: the kernel reads and writes one CkptTaskState at the pointer.
         let ret = unsafe {
-            libc::ioctl(self.file.as_raw_fd(), CKPT_IOC_DUMP_TASK as _, &mut *st as *mut CkptTaskState)
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                CKPT_IOC_DUMP_TASK as _,
+                &mut *st as *mut CkptTaskState,
+            )
         };
         if ret < 0 {
             let e = io::Error::last_os_error();

@@ -7,9 +7,21 @@ pub fn stats_text(s: &Stats) -> String {
     let mib = s.image_bytes as f64 / (1024.0 * 1024.0);
     let secs = s.memdump_us as f64 / 1e6;
     let mut out = String::new();
-    let _ = writeln!(out, "  frozen time:      {:.3} ms", s.frozen_us as f64 / 1000.0);
-    let _ = writeln!(out, "  memory dump time: {:.3} ms", s.memdump_us as f64 / 1000.0);
-    let _ = writeln!(out, "  total time:       {:.3} ms", s.total_us as f64 / 1000.0);
+    let _ = writeln!(
+        out,
+        "  frozen time:      {:.3} ms",
+        s.frozen_us as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "  memory dump time: {:.3} ms",
+        s.memdump_us as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "  total time:       {:.3} ms",
+        s.total_us as f64 / 1000.0
+    );
     let _ = writeln!(out, "  pages scanned:    {}", s.pages_scanned);
     let _ = writeln!(out, "  pages skipped:    {} (zero)", s.pages_skipped_zero);
     let _ = writeln!(out, "  pages written:    {}", s.pages_written);
@@ -17,7 +29,14 @@ pub fn stats_text(s: &Stats) -> String {
         out,
         "  image size:       {} bytes ({mib:.1} MiB{})",
         s.image_bytes,
-        if secs > 0.0 { format!(", {:.0} MiB/s dumped", (s.pages_written * PAGE) as f64 / 1048576.0 / secs) } else { String::new() }
+        if secs > 0.0 {
+            format!(
+                ", {:.0} MiB/s dumped",
+                (s.pages_written * PAGE) as f64 / 1048576.0 / secs
+            )
+        } else {
+            String::new()
+        }
     );
     out
 }
@@ -25,16 +44,39 @@ pub fn stats_text(s: &Stats) -> String {
 pub fn summary(img: &Image) -> String {
     let m = &img.manifest;
     let mut out = String::new();
-    let _ = writeln!(out, "image:    {} ({} bytes, format {})", img.path.display(), img.file_len, m.format_version);
-    let _ = writeln!(out, "taken by: ckpt {} on {} {}", m.ckpt_version, m.arch, m.kernel_release);
+    let _ = writeln!(
+        out,
+        "image:    {} ({} bytes, format {})",
+        img.path.display(),
+        img.file_len,
+        m.format_version
+    );
+    let _ = writeln!(
+        out,
+        "taken by: ckpt {} on {} {}",
+        m.ckpt_version, m.arch, m.kernel_release
+    );
     for p in &m.processes {
         let saved: u64 = p.vmas.iter().flat_map(|v| &v.pages).map(|r| r.len).sum();
-        let _ = writeln!(out, "process {} ({}) exe {} cwd {}", p.pid, p.comm, p.exe, p.cwd);
+        let _ = writeln!(
+            out,
+            "process {} ({}) exe {} cwd {}",
+            p.pid, p.comm, p.exe, p.cwd
+        );
         let _ = writeln!(out, "  threads: {}", p.threads.len());
         for t in &p.threads {
-            let _ = writeln!(out, "    tid {} rip {:#x} rsp {:#x} fs_base {:#x}", t.tid, t.regs.rip, t.regs.rsp, t.regs.fs_base);
+            let _ = writeln!(
+                out,
+                "    tid {} rip {:#x} rsp {:#x} fs_base {:#x}",
+                t.tid, t.regs.rip, t.regs.rsp, t.regs.fs_base
+            );
         }
-        let _ = writeln!(out, "  vmas: {} ({} bytes of pages saved)", p.vmas.len(), saved);
+        let _ = writeln!(
+            out,
+            "  vmas: {} ({} bytes of pages saved)",
+            p.vmas.len(),
+            saved
+        );
         for v in &p.vmas {
             let prot: String = [(1, 'r'), (2, 'w'), (4, 'x')]
                 .iter()
@@ -67,7 +109,10 @@ pub fn summary(img: &Image) -> String {
     }
     if let Some(s) = &m.stats {
         let _ = writeln!(out, "checkpoint statistics:");
-        let s = Stats { image_bytes: img.file_len, ..*s };
+        let s = Stats {
+            image_bytes: img.file_len,
+            ..*s
+        };
         out.push_str(&stats_text(&s));
     }
     out

@@ -96,14 +96,31 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!("{report}");
             }
         }
-        Command::Checkpoint { pid, output, kill, json } => {
+        Command::Checkpoint {
+            pid,
+            output,
+            kill,
+            json,
+        } => {
             let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
-            let opts = ckpt::checkpoint::Options { pid, output: &output, kill, device: &cli.device };
+            let opts = ckpt::checkpoint::Options {
+                pid,
+                output: &output,
+                kill,
+                device: &cli.device,
+            };
             let stats = ckpt::checkpoint::checkpoint(&opts)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&stats).context("encoding JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&stats).context("encoding JSON")?
+                );
             } else {
-                println!("checkpointed process {pid} to {}{}", output.display(), if kill { " (killed)" } else { "" });
+                println!(
+                    "checkpointed process {pid} to {}{}",
+                    output.display(),
+                    if kill { " (killed)" } else { "" }
+                );
                 print!("{}", ckpt::inspect::stats_text(&stats));
             }
         }
@@ -113,7 +130,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 println!("{}", r.pid);
             } else {
                 println!("{}", r.pid);
-                eprintln!("ckpt: pid {} was taken; the process was restored as pid {}", r.original_pid, r.pid);
+                eprintln!(
+                    "ckpt: pid {} was taken; the process was restored as pid {}",
+                    r.original_pid, r.pid
+                );
             }
             if wait {
                 use std::io::Write;
@@ -124,7 +144,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::Inspect { image, json } => {
             let img = ckpt::image::Image::open(&image)?;
             if json {
-                println!("{}", serde_json::to_string_pretty(&img.manifest).context("encoding JSON")?);
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&img.manifest).context("encoding JSON")?
+                );
             } else {
                 print!("{}", ckpt::inspect::summary(&img));
             }

@@ -22,7 +22,10 @@ pub struct MapEntry {
 
 impl MapEntry {
     pub fn is_special(&self) -> bool {
-        matches!(self.name.as_str(), "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]")
+        matches!(
+            self.name.as_str(),
+            "[vdso]" | "[vvar]" | "[vvar_vclock]" | "[vsyscall]"
+        )
     }
     pub fn is_file(&self) -> bool {
         self.inode != 0 && self.name.starts_with('/')
@@ -92,7 +95,12 @@ pub struct Stat {
 
 pub fn stat(pid: i32) -> io::Result<Stat> {
     let text = fs::read_to_string(format!("/proc/{pid}/stat"))?;
-    let bad = || io::Error::new(io::ErrorKind::InvalidData, format!("unexpected /proc/{pid}/stat"));
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/stat"),
+        )
+    };
     let open = text.find('(').ok_or_else(bad)?;
     let close = text.rfind(')').ok_or_else(bad)?;
     let comm = text[open + 1..close].to_owned();
@@ -130,17 +138,30 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
     let mut out = Vec::new();
     for entry in fs::read_dir(format!("/proc/{pid}/fd"))? {
         let entry = entry?;
-        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+        let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
+            continue;
+        };
         let target = match fs::read_link(entry.path()) {
             Ok(t) => t.to_string_lossy().into_owned(),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // closed meanwhile
             Err(e) => return Err(e),
         };
         let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-        let get = |key: &str| info.lines().find_map(|l| l.strip_prefix(key)).map(str::trim);
+        let get = |key: &str| {
+            info.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .map(str::trim)
+        };
         let pos = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let flags = get("flags:").and_then(|v| u32::from_str_radix(v, 8).ok()).unwrap_or(0);
-        out.push(FdEntry { fd, target, pos, flags });
+        let flags = get("flags:")
+            .and_then(|v| u32::from_str_radix(v, 8).ok())
+            .unwrap_or(0);
+        out.push(FdEntry {
+            fd,
+            target,
+            pos,
+            flags,
+        });
     }
     out.sort_by_key(|e| e.fd);
     Ok(out)
@@ -148,5 +169,7 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
 
 /// `uname -r`.
 pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease").map(|s| s.trim().to_owned()).unwrap_or_default()
+    fs::read_to_string("/proc/sys/kernel/osrelease")
+        .map(|s| s.trim().to_owned())
+        .unwrap_or_default()
 }

@@ -41,8 +41,13 @@ pub enum RestoreError {
     #[error("mapped file {path}: {why}")]
     MappedFile { path: String, why: String },
     #[error("{what}: {source}")]
-    Io { what: String, source: std::io::Error },
-    #[error("the restored process failed while preparing (exit status {0}); see its message above")]
+    Io {
+        what: String,
+        source: std::io::Error,
+    },
+    #[error(
+        "the restored process failed while preparing (exit status {0}); see its message above"
+    )]
     Child(i32),
     #[error("the module refused the restore: {0}")]
     Ioctl(std::io::Error),
@@ -89,18 +94,29 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         .vmas
         .iter()
         .filter_map(|v| match &v.backing {
-            Backing::Special { name } if name != "[vsyscall]" => Some((name.clone(), v.start, v.end)),
+            Backing::Special { name } if name != "[vsyscall]" => {
+                Some((name.clone(), v.start, v.end))
+            }
             _ => None,
         })
         .collect();
     let here = own_specials()?;
     let shape = |v: &[(String, u64, u64)]| -> String {
-        v.iter().map(|(n, s, e)| format!("{n} {}K", (e - s) / 1024)).collect::<Vec<_>>().join(", ")
+        v.iter()
+            .map(|(n, s, e)| format!("{n} {}K", (e - s) / 1024))
+            .collect::<Vec<_>>()
+            .join(", ")
     };
     let same = image_specials.len() == here.len()
-        && image_specials.iter().zip(&here).all(|(a, b)| a.0 == b.0 && a.2 - a.1 == b.2 - b.1);
+        && image_specials
+            .iter()
+            .zip(&here)
+            .all(|(a, b)| a.0 == b.0 && a.2 - a.1 == b.2 - b.1);
     if !same || here.len() > CKPT_RESTORE_MAX_KEEP {
-        return Err(RestoreError::Vdso { image: shape(&image_specials), here: shape(&here) });
+        return Err(RestoreError::Vdso {
+            image: shape(&image_specials),
+            here: shape(&here),
+        });
     }
 
     let mut files: Vec<File> = Vec::new();
@@ -111,7 +127,12 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         let (flags_file, fd_slot, offset) = match &v.backing {
             Backing::Special { .. } => continue,
             Backing::Anonymous => (0, -1, 0),
-            Backing::File { path, offset, inode, .. } => {
+            Backing::File {
+                path,
+                offset,
+                inode,
+                ..
+            } => {
                 let writable = v.shared && v.prot & 2 != 0;
                 let key = (path.clone(), writable);
                 let idx = match file_index.get(&key) {
@@ -121,8 +142,13 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
                             .read(true)
                             .write(writable)
                             .open(path)
-                            .map_err(|e| RestoreError::MappedFile { path: path.clone(), why: e.to_string() })?;
-                        let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().map_err(io(path.clone()))?);
+                            .map_err(|e| RestoreError::MappedFile {
+                                path: path.clone(),
+                                why: e.to_string(),
+                            })?;
+                        let ino = std::os::unix::fs::MetadataExt::ino(
+                            &f.metadata().map_err(io(path.clone()))?,
+                        );
                         if ino != *inode {
                             return Err(RestoreError::MappedFile {
                                 path: path.clone(),
@@ -154,7 +180,11 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
             _reserved: 0,
             file_offset: offset,
         });
-        runs.extend(v.pages.iter().map(|r| CkptRestoreRun { addr: r.addr, len: r.len, image_offset: r.offset }));
+        runs.extend(v.pages.iter().map(|r| CkptRestoreRun {
+            addr: r.addr,
+            len: r.len,
+            image_offset: r.offset,
+        }));
     }
     let m = &p.mm;
     let mut auxv = [0u64; CKPT_AUXV_WORDS];
@@ -198,7 +228,10 @@ fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct
     let mut out = *now;
     let (mut rax, mut rip) = (r.rax, r.rip);
     if (r.orig_rax as i64) >= 0
-        && matches!(r.rax as i64, ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK)
+        && matches!(
+            r.rax as i64,
+            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
+        )
     {
         rax = r.orig_rax;
         rip = r.rip - 2;
@@ -258,7 +291,10 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
     let max_fd = p.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
     let base = max_fd.max(plan.highest_own_fd) + 1;
     let mut work = Vec::new();
-    for fd in [image.as_raw_fd(), dev.as_raw_fd()].into_iter().chain(plan.files.iter().map(|f| f.as_raw_fd())) {
+    for fd in [image.as_raw_fd(), dev.as_raw_fd()]
+        .into_iter()
+        .chain(plan.files.iter().map(|f| f.as_raw_fd()))
+    {
         match sys::dup_at_least(fd, base + work.len() as i32) {
             Ok(n) => work.push(n),
             Err(e) => fail("moving working fds", e),
@@ -267,7 +303,10 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
     // The dups are consecutive from `base` only if nothing else sits there; check.
     for (i, &fd) in work.iter().enumerate() {
         if fd != base + i as i32 {
-            fail("moving working fds", std::io::Error::other(format!("fd {fd} is not {}", base + i as i32)));
+            fail(
+                "moving working fds",
+                std::io::Error::other(format!("fd {fd} is not {}", base + i as i32)),
+            );
         }
     }
     let (image_fd, dev_fd) = (work[0], work[1]);
@@ -320,19 +359,28 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
         if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
             continue;
         }
-        let act = sys::KernelSigaction { handler: a.handler, flags: a.flags, restorer: a.restorer, mask: a.mask };
+        let act = sys::KernelSigaction {
+            handler: a.handler,
+            flags: a.flags,
+            restorer: a.restorer,
+            mask: a.mask,
+        };
         if let Err(e) = sys::rt_sigaction(a.signo, &act) {
             fail(&format!("sigaction {}", a.signo), e);
         }
     }
     let t = &p.threads[0];
+    // The kernel keeps no flags for "no alternate stack": a zero size means none. ckpt itself
+    // has one (Rust's overflow handler), so it is set either way.
     let ss = t.sigaltstack;
-    // SS_ONSTACK is a status bit, not a setting.
-    let ss_flags = ss.flags & (libc::SS_DISABLE as u32 | (1u32 << 31));
-    if ss.sp != 0 || ss.flags & libc::SS_DISABLE as u32 == 0 {
-        if let Err(e) = sys::sigaltstack(ss.sp, ss.size, ss_flags) {
-            fail("sigaltstack", e);
-        }
+    let res = if ss.size == 0 {
+        sys::sigaltstack(0, 0, libc::SS_DISABLE as u32)
+    } else {
+        // Only SS_AUTODISARM is a setting; SS_ONSTACK/SS_DISABLE are status bits.
+        sys::sigaltstack(ss.sp, ss.size, ss.flags & (1u32 << 31))
+    };
+    if let Err(e) = res {
+        fail("sigaltstack", e);
     }
     if t.robust_list.head != 0 {
         if let Err(e) = sys::set_robust_list(t.robust_list.head, t.robust_list.len) {
@@ -382,7 +430,10 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
     if plan.keep != plan.specials_here {
         let mine = proc::maps("self").unwrap_or_default();
         for &(s, e) in &plan.keep {
-            if let Some(m) = mine.iter().find(|m| !m.is_special() && m.start < e && s < m.end) {
+            if let Some(m) = mine
+                .iter()
+                .find(|m| !m.is_special() && m.start < e && s < m.end)
+            {
                 eprintln!(
                     "ckpt restore: the image's vDSO at {s:#x} collides with ckpt's own memory ({}); \
                      run the restore again",
@@ -431,7 +482,9 @@ fn follow_to_restore_exit(pid: i32) -> Result<libc::user_regs_struct, RestoreErr
         if libc::WIFEXITED(status) {
             let code = libc::WEXITSTATUS(status);
             if code > 100 {
-                return Err(RestoreError::Ioctl(std::io::Error::from_raw_os_error(code - 100)));
+                return Err(RestoreError::Ioctl(std::io::Error::from_raw_os_error(
+                    code - 100,
+                )));
             }
             return Err(RestoreError::Child(code));
         }
@@ -442,13 +495,17 @@ fn follow_to_restore_exit(pid: i32) -> Result<libc::user_regs_struct, RestoreErr
             continue; // not a syscall stop
         }
         let regs = sys::ptrace_getregs(pid).map_err(io("PTRACE_GETREGS"))?;
-        let is_restore = regs.orig_rax == libc::SYS_ioctl as u64 && regs.rsi as u32 == CKPT_IOC_RESTORE;
+        let is_restore =
+            regs.orig_rax == libc::SYS_ioctl as u64 && regs.rsi as u32 == CKPT_IOC_RESTORE;
         if in_restore {
             return Ok(regs);
         }
         in_restore = is_restore;
     }
-    Err(RestoreError::Io { what: "the restorer never called the restore ioctl".into(), source: std::io::Error::other("lost") })
+    Err(RestoreError::Io {
+        what: "the restorer never called the restore ioctl".into(),
+        source: std::io::Error::other("lost"),
+    })
 }
 
 /// Restores the image at `path`. The restored process is our child.
@@ -463,13 +520,25 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         return Err(RestoreError::Threads(p.threads.len()));
     }
     let xstate = img.read_section(p.threads[0].xstate_section)?;
-    debug_assert_eq!(m.sections[p.threads[0].xstate_section].kind, SectionKind::Xstate);
-    let dev = std::fs::OpenOptions::new().read(true).write(true).open(device).map_err(|e| {
-        match e.kind() {
-            std::io::ErrorKind::NotFound => RestoreError::Device(crate::device::DeviceError::NotLoaded { path: device.into() }),
-            _ => RestoreError::Io { what: format!("opening {}", device.display()), source: e },
-        }
-    })?;
+    debug_assert_eq!(
+        m.sections[p.threads[0].xstate_section].kind,
+        SectionKind::Xstate
+    );
+    let dev = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(device)
+        .map_err(|e| match e.kind() {
+            std::io::ErrorKind::NotFound => {
+                RestoreError::Device(crate::device::DeviceError::NotLoaded {
+                    path: device.into(),
+                })
+            }
+            _ => RestoreError::Io {
+                what: format!("opening {}", device.display()),
+                source: e,
+            },
+        })?;
     // Checks the ABI; the fd above is the one the child uses.
     crate::device::Device::open(device)?;
     let mut plan = plan(&img, p)?;
@@ -483,7 +552,10 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     let want_pid = (!Path::new(&format!("/proc/{}", p.pid)).exists()).then_some(p.pid);
     let pid = match sys::fork_with_pid(want_pid) {
         Ok(pid) => pid,
-        Err(e) if want_pid.is_some() && matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EPERM)) => {
+        Err(e)
+            if want_pid.is_some()
+                && matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EPERM)) =>
+        {
             sys::fork_with_pid(None).map_err(io("clone3"))?
         }
         Err(e) => return Err(io("clone3")(e)),
@@ -497,7 +569,9 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         let _ = sys::waitpid(pid, 0);
         e
     };
-    let status = sys::waitpid(pid, libc::__WALL).map_err(io("waiting for the restorer")).map_err(kill_child)?;
+    let status = sys::waitpid(pid, libc::__WALL)
+        .map_err(io("waiting for the restorer"))
+        .map_err(kill_child)?;
     if !libc::WIFSTOPPED(status) {
         return Err(kill_child(RestoreError::Child(libc::WEXITSTATUS(status))));
     }
@@ -505,9 +579,13 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .map_err(io("PTRACE_SETOPTIONS"))
         .map_err(kill_child)?;
     // Let it prepare; it stops again (SIGSTOP, suppressed here) right before the ioctl.
-    sys::ptrace_cont(pid, 0).map_err(io("PTRACE_CONT")).map_err(kill_child)?;
+    sys::ptrace_cont(pid, 0)
+        .map_err(io("PTRACE_CONT"))
+        .map_err(kill_child)?;
     loop {
-        let status = sys::waitpid(pid, libc::__WALL).map_err(io("waiting for the restorer")).map_err(kill_child)?;
+        let status = sys::waitpid(pid, libc::__WALL)
+            .map_err(io("waiting for the restorer"))
+            .map_err(kill_child)?;
         if libc::WIFEXITED(status) {
             return Err(RestoreError::Child(libc::WEXITSTATUS(status)));
         }
@@ -518,21 +596,36 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
             break;
         }
         // Any other signal stop: keep going without delivering it (all are blocked anyway).
-        sys::ptrace_cont(pid, 0).map_err(io("PTRACE_CONT")).map_err(kill_child)?;
+        sys::ptrace_cont(pid, 0)
+            .map_err(io("PTRACE_CONT"))
+            .map_err(kill_child)?;
     }
     let now = follow_to_restore_exit(pid).map_err(kill_child)?;
     if now.rax != 0 {
         let errno = -(now.rax as i64) as i32;
-        return Err(kill_child(RestoreError::Ioctl(std::io::Error::from_raw_os_error(errno))));
+        return Err(kill_child(RestoreError::Ioctl(
+            std::io::Error::from_raw_os_error(errno),
+        )));
     }
     let t = &p.threads[0];
     let regs = resume_regs(&t.regs, &now);
-    sys::ptrace_setregs(pid, &regs).map_err(io("PTRACE_SETREGS")).map_err(kill_child)?;
-    sys::ptrace_set_xstate(pid, &xstate).map_err(io("PTRACE_SETREGSET NT_X86_XSTATE")).map_err(kill_child)?;
-    sys::ptrace_set_sigmask(pid, t.sigmask).map_err(io("PTRACE_SETSIGMASK")).map_err(kill_child)?;
-    sys::ptrace_detach(pid, 0).map_err(io("PTRACE_DETACH")).map_err(kill_child)?;
+    sys::ptrace_setregs(pid, &regs)
+        .map_err(io("PTRACE_SETREGS"))
+        .map_err(kill_child)?;
+    sys::ptrace_set_xstate(pid, &xstate)
+        .map_err(io("PTRACE_SETREGSET NT_X86_XSTATE"))
+        .map_err(kill_child)?;
+    sys::ptrace_set_sigmask(pid, t.sigmask)
+        .map_err(io("PTRACE_SETSIGMASK"))
+        .map_err(kill_child)?;
+    sys::ptrace_detach(pid, 0)
+        .map_err(io("PTRACE_DETACH"))
+        .map_err(kill_child)?;
     drop(plan);
-    Ok(Restored { pid, original_pid: p.pid })
+    Ok(Restored {
+        pid,
+        original_pid: p.pid,
+    })
 }
 
 /// Waits for a restored child; returns a shell-style exit status.

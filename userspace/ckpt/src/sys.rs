@@ -84,20 +84,42 @@ pub fn ptrace_setregs(pid: i32, regs: &libc::user_regs_struct) -> io::Result<()>
 /// layout.
 pub fn ptrace_get_xstate(pid: i32) -> io::Result<Vec<u8>> {
     let mut buf = vec![0u8; 64 * 1024];
-    let mut iov = libc::iovec { iov_base: buf.as_mut_ptr().cast(), iov_len: buf.len() };
-    ptrace(libc::PTRACE_GETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize)?;
+    let mut iov = libc::iovec {
+        iov_base: buf.as_mut_ptr().cast(),
+        iov_len: buf.len(),
+    };
+    ptrace(
+        libc::PTRACE_GETREGSET,
+        pid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut _ as usize,
+    )?;
     buf.truncate(iov.iov_len);
     Ok(buf)
 }
 
 pub fn ptrace_set_xstate(pid: i32, xstate: &[u8]) -> io::Result<()> {
-    let mut iov = libc::iovec { iov_base: xstate.as_ptr() as *mut _, iov_len: xstate.len() };
-    ptrace(libc::PTRACE_SETREGSET, pid, NT_X86_XSTATE as usize, &mut iov as *mut _ as usize).map(drop)
+    let mut iov = libc::iovec {
+        iov_base: xstate.as_ptr() as *mut _,
+        iov_len: xstate.len(),
+    };
+    ptrace(
+        libc::PTRACE_SETREGSET,
+        pid,
+        NT_X86_XSTATE as usize,
+        &mut iov as *mut _ as usize,
+    )
+    .map(drop)
 }
 
 pub fn ptrace_get_sigmask(pid: i32) -> io::Result<u64> {
     let mut mask = 0u64;
-    ptrace(libc::PTRACE_GETSIGMASK, pid, 8, &mut mask as *mut _ as usize)?;
+    ptrace(
+        libc::PTRACE_GETSIGMASK,
+        pid,
+        8,
+        &mut mask as *mut _ as usize,
+    )?;
     Ok(mask)
 }
 
@@ -168,13 +190,23 @@ pub struct KernelSigaction {
 pub fn rt_sigaction(sig: u32, act: &KernelSigaction) -> io::Result<()> {
     // SAFETY: `act` is a valid kernel sigaction; the handler address is only stored.
     check(unsafe {
-        libc::syscall(libc::SYS_rt_sigaction, sig, act as *const KernelSigaction, 0usize, 8usize)
+        libc::syscall(
+            libc::SYS_rt_sigaction,
+            sig,
+            act as *const KernelSigaction,
+            0usize,
+            8usize,
+        )
     })
     .map(drop)
 }
 
 pub fn sigaltstack(sp: u64, size: u64, flags: u32) -> io::Result<()> {
-    let ss = libc::stack_t { ss_sp: sp as *mut _, ss_flags: flags as i32, ss_size: size as usize };
+    let ss = libc::stack_t {
+        ss_sp: sp as *mut _,
+        ss_flags: flags as i32,
+        ss_size: size as usize,
+    };
     // SAFETY: `ss` is valid; the kernel only stores it.
     check_int(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }).map(drop)
 }
@@ -184,19 +216,30 @@ pub fn block_all_signals() -> io::Result<()> {
     unsafe {
         let mut set: libc::sigset_t = std::mem::zeroed();
         libc::sigfillset(&mut set);
-        check_int(libc::sigprocmask(libc::SIG_SETMASK, &set, std::ptr::null_mut())).map(drop)
+        check_int(libc::sigprocmask(
+            libc::SIG_SETMASK,
+            &set,
+            std::ptr::null_mut(),
+        ))
+        .map(drop)
     }
 }
 
 pub fn prlimit_get(pid: i32, resource: u32) -> io::Result<(u64, u64)> {
-    let mut old = libc::rlimit64 { rlim_cur: 0, rlim_max: 0 };
+    let mut old = libc::rlimit64 {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
     // SAFETY: `old` is a valid out-pointer.
     check_int(unsafe { libc::prlimit64(pid, resource as _, std::ptr::null(), &mut old) })?;
     Ok((old.rlim_cur, old.rlim_max))
 }
 
 pub fn setrlimit(resource: u32, cur: u64, max: u64) -> io::Result<()> {
-    let new = libc::rlimit64 { rlim_cur: cur, rlim_max: max };
+    let new = libc::rlimit64 {
+        rlim_cur: cur,
+        rlim_max: max,
+    };
     // SAFETY: `new` is valid.
     check_int(unsafe { libc::prlimit64(0, resource as _, &new, std::ptr::null_mut()) }).map(drop)
 }
@@ -366,14 +409,22 @@ pub fn fork_with_pid(pid: Option<i32>) -> io::Result<i32> {
     let tid = pid.unwrap_or(0);
     let args = CloneArgs {
         exit_signal: libc::SIGCHLD as u64,
-        set_tid: if pid.is_some() { &tid as *const i32 as u64 } else { 0 },
+        set_tid: if pid.is_some() {
+            &tid as *const i32 as u64
+        } else {
+            0
+        },
         set_tid_size: u64::from(pid.is_some()),
         ..Default::default()
     };
     // SAFETY: like fork(): no CLONE_VM, so the child gets a copy of our memory and returns
     // here with 0. ckpt is single-threaded when it restores, so the child may do anything.
     check(unsafe {
-        libc::syscall(libc::SYS_clone3, &args as *const CloneArgs, std::mem::size_of::<CloneArgs>())
+        libc::syscall(
+            libc::SYS_clone3,
+            &args as *const CloneArgs,
+            std::mem::size_of::<CloneArgs>(),
+        )
     })
     .map(|r| r as i32)
 }

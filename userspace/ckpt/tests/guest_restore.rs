@@ -1,0 +1,577 @@
+//! Checkpoint and restore, end to end, in the guest (ignored natively: they need /dev/ckpt).
+//!
+//! The workhorse is tests/progs/counter.c: it appends 0, 1, 2, ... to a file, checks that
+//! ymm0-15/MXCSR, a __thread counter and its brk heap survive, answers SIGUSR1 ("usr1 N") and
+//! verifies its buffer on SIGUSR2 ("mem-ok N"). The test process makes itself a child
+//! subreaper so that restored processes (children of `ckpt restore`) are reaped here.
+
+mod common;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Once, RwLock};
+use std::time::{Duration, Instant};
+
+/// Tests take it shared; the module reload test takes it exclusively.
+static MODULE: RwLock<()> = RwLock::new(());
+
+fn setup() {
+    static ONCE: Once = Once::new();
+    ONCE.call_once(|| {
+        // SAFETY: plain prctl on ourselves.
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    });
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("ckpt-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Runs ckpt with its output in files, not pipes: a restored process inherits ckpt's stdio
+/// (that is what a user at a terminal wants), and would keep a pipe open forever.
+fn ckpt(args: &[&str]) -> std::process::Output {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("ckpt-out-{}-{n}", std::process::id()));
+    let (o, e) = (base.with_extension("out"), base.with_extension("err"));
+    let status = Command::new(common::ckpt_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .status()
+        .unwrap();
+    let out = std::process::Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    };
+    // The files stay: a restored process may have inherited them as its stderr.
+    out
+}
+
+fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "ckpt failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// Starts the counter writing to `out`, with a `mib` MiB buffer; waits until it has written
+/// a few lines.
+fn start_counter(prog: &str, out: &Path, mib: u32) -> Child {
+    let child = Command::new(common::prog(prog))
+        .arg(out)
+        .arg(mib.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_lines(out, 0, 3);
+    child
+}
+
+/// The counter's numeric lines after byte `from` of `out`.
+fn numbers(out: &Path, from: usize) -> Vec<u64> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    text.get(from..)
+        .unwrap_or("")
+        .lines()
+        .filter_map(|l| l.parse().ok())
+        .collect()
+}
+
+fn text_after(out: &Path, from: usize) -> String {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .get(from..)
+        .unwrap_or("")
+        .to_owned()
+}
+
+/// Waits until `out` has at least `n` numeric lines after byte `from`.
+fn wait_lines(out: &Path, from: usize, n: usize) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while numbers(out, from).len() < n {
+        assert!(
+            Instant::now() < deadline,
+            "{} never got {n} lines",
+            out.display()
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn wait_text(out: &Path, from: usize, needle: &str) {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !text_after(out, from).contains(needle) {
+        assert!(
+            Instant::now() < deadline,
+            "{} never said {needle:?}: {}",
+            out.display(),
+            text_after(out, from)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn file_len(p: &Path) -> usize {
+    std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0)
+}
+
+fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling and reaping a process of ours (a child, or reparented to us).
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
+
+/// Checkpoints `pid` into `img` with --kill and reaps it. Returns the last number written.
+fn checkpoint_kill(child: &mut Child, img: &Path, out: &Path) -> u64 {
+    let pid = child.id().to_string();
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid,
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    *numbers(out, 0).last().unwrap()
+}
+
+/// Restores `img`; returns the pid printed.
+fn restore(img: &Path) -> i32 {
+    let out = ok(&ckpt(&["restore", img.to_str().unwrap()]));
+    out.trim().parse().unwrap()
+}
+
+/// After a restore at byte `from` of `out`, checks the counter went on from `last` with no gap
+/// and no repeat, that its registers, TLS and brk survived, and that its signal handlers work
+/// and its memory is intact.
+fn check_continues(pid: i32, out: &Path, from: usize, last: u64) {
+    wait_lines(out, from, 10);
+    let after = numbers(out, from);
+    assert_eq!(after[0], last + 1, "first number after the restore");
+    for w in after.windows(2) {
+        assert_eq!(w[1], w[0] + 1, "gap or repeat after the restore");
+    }
+    // SAFETY: signalling the restored process.
+    unsafe {
+        assert_eq!(libc::kill(pid, libc::SIGUSR1), 0);
+        assert_eq!(libc::kill(pid, libc::SIGUSR2), 0);
+    }
+    wait_text(out, from, "usr1 ");
+    wait_text(out, from, "mem-");
+    let text = text_after(out, from);
+    for bad in ["fpu-mismatch", "tls-bad", "brk-bad", "mem-bad"] {
+        assert!(!text.contains(bad), "{bad} after the restore:\n{text}");
+    }
+    assert!(text.contains("mem-ok"));
+}
+
+fn maps_of(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn counter_continues_after_kill_and_restore() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("basic");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter("counter", &out, 16);
+    let orig = child.id() as i32;
+    let before_fdinfo = std::fs::read_to_string(format!("/proc/{orig}/fdinfo/3")).unwrap();
+    let last = checkpoint_kill(&mut child, &img, &out);
+    let from = file_len(&out);
+    let pid = restore(&img);
+    assert_eq!(pid, orig, "the original pid was free, so it is reused");
+    check_continues(pid, &out, from, last);
+    // O_APPEND and the descriptor survive; the position follows the appends.
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+    let flags = |s: &str| {
+        s.lines()
+            .find(|l| l.starts_with("flags:"))
+            .unwrap()
+            .to_owned()
+    };
+    assert_eq!(flags(&fdinfo), flags(&before_fdinfo));
+    assert!(std::fs::read_link(format!("/proc/{pid}/fd/3"))
+        .unwrap()
+        .ends_with("out"));
+    let maps = maps_of(pid);
+    assert!(
+        maps.contains("[heap]") && maps.contains("[stack]") && maps.contains("[vdso]"),
+        "{maps}"
+    );
+    kill_and_reap(pid);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn static_binary_and_large_memory() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("static");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter("counter_static", &out, 256);
+    let last = checkpoint_kill(&mut child, &img, &out);
+    let info = ok(&ckpt(&["inspect", img.to_str().unwrap(), "--json"]));
+    let v: serde_json::Value = serde_json::from_str(&info).unwrap();
+    let saved: u64 = v["processes"][0]["vmas"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .flat_map(|vma| {
+            vma["pages"]
+                .as_array()
+                .unwrap()
+                .iter()
+                .map(|r| r["len"].as_u64().unwrap())
+        })
+        .sum();
+    assert!(
+        saved >= 256 << 20,
+        "the 256 MiB buffer is in the image ({saved} bytes saved)"
+    );
+    let from = file_len(&out);
+    let pid = restore(&img);
+    check_continues(pid, &out, from, last);
+    kill_and_reap(pid);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn two_restores_from_one_image_and_checkpoint_of_a_restored_process() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("twice");
+    let (out, img, img2) = (d.path("out"), d.path("img"), d.path("img2"));
+    let mut child = start_counter("counter", &out, 4);
+    let last = checkpoint_kill(&mut child, &img, &out);
+    for _ in 0..2 {
+        let from = file_len(&out);
+        let pid = restore(&img);
+        check_continues(pid, &out, from, last);
+        kill_and_reap(pid);
+    }
+    // Restore, then checkpoint the restored process, and restore that.
+    let from = file_len(&out);
+    let pid = restore(&img);
+    wait_lines(&out, from, 5);
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img2.to_str().unwrap(),
+        "--kill",
+    ]));
+    // SAFETY: reaping the killed process, reparented to us.
+    unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+    let last2 = *numbers(&out, 0).last().unwrap();
+    let from = file_len(&out);
+    let pid = restore(&img2);
+    check_continues(pid, &out, from, last2);
+    kill_and_reap(pid);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn checkpoint_without_kill_is_invisible_to_the_target_and_its_parent() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("live");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter("counter", &out, 4);
+    let pid = child.id() as i32;
+    for i in 0..3 {
+        let stats = ok(&ckpt(&[
+            "checkpoint",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+        ]));
+        let s: serde_json::Value = serde_json::from_str(&stats).unwrap();
+        assert!(
+            s["frozen_us"].as_u64().unwrap() > 0 && s["pages_written"].as_u64().unwrap() > 0,
+            "{s}"
+        );
+        // We are the parent: no stop or continue was reported to us.
+        let mut status = 0;
+        // SAFETY: polling our own child.
+        let r = unsafe {
+            libc::waitpid(
+                pid,
+                &mut status,
+                libc::WNOHANG | libc::WUNTRACED | libc::WCONTINUED,
+            )
+        };
+        assert_eq!(
+            r, 0,
+            "checkpoint {i} was reported to the parent (status {status:#x})"
+        );
+        let n = numbers(&out, 0).len();
+        wait_lines(&out, 0, n + 3);
+    }
+    // It kept counting with no gap, and saw nothing odd.
+    let all = numbers(&out, 0);
+    for w in all.windows(2) {
+        assert_eq!(w[1], w[0] + 1);
+    }
+    let text = text_after(&out, 0);
+    assert!(
+        !text.contains("mismatch") && !text.contains("bad"),
+        "{text}"
+    );
+    assert!(std::fs::metadata(&img).unwrap().len() > 4 << 20);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn restore_when_the_original_pid_is_taken() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("pidtaken");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter("counter", &out, 1);
+    let orig = child.id() as i32;
+    let pid_s = orig.to_string();
+    ok(&ckpt(&["checkpoint", &pid_s, "-o", img.to_str().unwrap()]));
+    // The original still runs, so its pid is taken.
+    let last_before = *numbers(&out, 0).last().unwrap();
+    let out2 = ckpt(&["restore", img.to_str().unwrap()]);
+    let text = ok(&out2);
+    let pid: i32 = text.trim().parse().unwrap();
+    assert_ne!(pid, orig);
+    assert!(String::from_utf8_lossy(&out2.stderr).contains("was taken"));
+    // The copy runs: it writes again numbers the original already wrote.
+    let _ = last_before;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = std::collections::HashSet::new();
+        let repeats = numbers(&out, 0)
+            .into_iter()
+            .filter(|n| !seen.insert(*n))
+            .count();
+        if repeats >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy never wrote");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill_and_reap(pid);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn restore_after_module_reload() {
+    let _m = MODULE.write().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("reload");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter("counter", &out, 2);
+    let last = checkpoint_kill(&mut child, &img, &out);
+    let ko = std::env::var("CKPT_KO").expect("CKPT_KO names the module file");
+    assert!(Command::new("rmmod")
+        .arg("ckpt")
+        .status()
+        .unwrap()
+        .success());
+    assert!(!Path::new("/dev/ckpt").exists());
+    assert!(Command::new("insmod").arg(&ko).status().unwrap().success());
+    let from = file_len(&out);
+    let pid = restore(&img);
+    check_continues(pid, &out, from, last);
+    kill_and_reap(pid);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn bad_targets_get_clear_errors_and_stay_untouched() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("bad");
+    let img = d.path("img");
+    let imgs = img.to_str().unwrap();
+    let fail = |args: &[&str], needle: &str| {
+        let o = ckpt(args);
+        let err = String::from_utf8_lossy(&o.stderr).into_owned();
+        assert_eq!(o.status.code(), Some(1), "{args:?}: {err}");
+        assert!(
+            err.contains(needle),
+            "{args:?}: expected {needle:?} in {err:?}"
+        );
+    };
+    fail(
+        &["checkpoint", "999999", "-o", imgs],
+        "no such process: 999999",
+    );
+    fail(&["checkpoint", "2", "-o", imgs], "kernel thread");
+    let mut zombie = Command::new("/bin/true").spawn().unwrap();
+    let zpid = zombie.id();
+    while !std::fs::read_to_string(format!("/proc/{zpid}/stat"))
+        .unwrap()
+        .contains(") Z")
+    {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    fail(&["checkpoint", &zpid.to_string(), "-o", imgs], "zombie");
+    zombie.wait().unwrap();
+    // ckpt's own pid: it is the process doing the checkpoint.
+    let o = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec {} checkpoint $$ -o {imgs}",
+            common::ckpt_bin().display()
+        ))
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("is ckpt itself"));
+    assert!(!img.exists(), "no image after failures");
+
+    // Another user's process, as an unprivileged user: refused (the device is root-only).
+    let mut child = start_counter("counter", &d.path("out"), 1);
+    let o = Command::new("setpriv")
+        .args(["--reuid=65534", "--regid=65534", "--clear-groups"])
+        .arg(common::ckpt_bin())
+        .args(["checkpoint", &child.id().to_string(), "-o", "/tmp/never"])
+        .output()
+        .unwrap();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(
+        String::from_utf8_lossy(&o.stderr).contains("permission denied"),
+        "{o:?}"
+    );
+    // The target never noticed.
+    let n = numbers(&d.path("out"), 0).len();
+    wait_lines(&d.path("out"), 0, n + 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn full_disk_leaves_no_image_and_the_target_running() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("full");
+    let small = d.path("small");
+    std::fs::create_dir(&small).unwrap();
+    assert!(Command::new("mount")
+        .args(["-t", "tmpfs", "-o", "size=2m", "tmpfs"])
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success());
+    let out = d.path("out");
+    let mut child = start_counter("counter", &out, 16);
+    let img = small.join("img");
+    let o = ckpt(&[
+        "checkpoint",
+        &child.id().to_string(),
+        "-o",
+        img.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1));
+    assert!(err.contains("No space left on device"), "{err}");
+    assert_eq!(
+        std::fs::read_dir(&small).unwrap().count(),
+        0,
+        "nothing left in the full directory"
+    );
+    let n = numbers(&out, 0).len();
+    wait_lines(&out, 0, n + 3);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    assert!(Command::new("umount")
+        .arg(&small)
+        .status()
+        .unwrap()
+        .success());
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("corrupt");
+    let (out, img, bad) = (d.path("out"), d.path("img"), d.path("bad"));
+    let mut child = start_counter("counter", &out, 1);
+    ok(&ckpt(&[
+        "checkpoint",
+        &child.id().to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    child.wait().unwrap();
+    let good = std::fs::read(&img).unwrap();
+    let mut rng = fastrand::Rng::with_seed(7);
+    for i in 0..40 {
+        let mut data = good.clone();
+        if i % 2 == 0 {
+            let at = rng.usize(..data.len());
+            data[at] ^= rng.u8(1..);
+        } else {
+            data.truncate(rng.usize(..data.len()));
+        }
+        std::fs::write(&bad, &data).unwrap();
+        let o = ckpt(&["restore", bad.to_str().unwrap()]);
+        assert_eq!(o.status.code(), Some(1), "variant {i} was restored");
+        assert!(o.stdout.is_empty(), "variant {i} printed a pid");
+        // Refused while reading the image, i.e. before any process was created.
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            [
+                "corrupt",
+                "truncated",
+                "not a ckpt image",
+                "format version",
+                "is an image for"
+            ]
+            .iter()
+            .any(|w| err.contains(w)),
+            "variant {i}: {err}"
+        );
+    }
+    let mut data = good.clone();
+    data[8..12].copy_from_slice(&99u32.to_le_bytes());
+    std::fs::write(&bad, &data).unwrap();
+    let o = ckpt(&["restore", bad.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("format version 99") && err.contains("version 1"),
+        "{err}"
+    );
+}
