@@ -54,7 +54,17 @@ mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts
 mount -t tmpfs -o mode=1777 tmpfs /host/dev/shm
+# Fresh tmpfs on /tmp, /var/tmp and /run; but paths the run needs from the host that live
+# there (a checkout in /tmp, as CI may use) are bound back in, read-only like the rest.
+mkdir -p /keep/tmp /keep/var/tmp
+mount --bind /host/tmp /keep/tmp
+mount --bind /host/var/tmp /keep/var/tmp
 for d in tmp var/tmp run; do mount -t tmpfs -o mode=1777 tmpfs /host/$d; done
+while read -r p; do
+  case "$p" in
+    /tmp/*|/var/tmp/*) mkdir -p "/host$p" && mount --bind "/keep$p" "/host$p" ;;
+  esac
+done < /ckpt-binds
 cp /ckpt-cmd /host/tmp/.ckpt-cmd
 echo "CKPT_GUEST_START"
 chroot /host /bin/bash /tmp/.ckpt-cmd
@@ -76,6 +86,8 @@ chmod +x "$work/root/init"
   printf 'cd %q || exit 201\n' "$PWD"
   printf '%q ' "$@"; echo
 } > "$work/root/ckpt-cmd"
+# Host paths that must stay visible in the guest: the checkout and the current directory.
+printf '%s\n' "$(dirname "$here")" "$PWD" > "$work/root/ckpt-binds"
 (cd "$work/root" && find . | cpio -o -H newc --quiet | gzip -1) > "$work/initrd"
 
 log="$work/console.log"
