@@ -30,7 +30,10 @@ echo "$kdir" >&2
 
 step "module (with the kernel's clippy and rustfmt)"
 "$here/kmod.sh" clean >/dev/null
-ko=$("$here/kmod.sh" CLIPPY=1)
+ko=$("$here/kmod.sh" CLIPPY=1 2> >(tee "$root/target/kmod-build.log" >&2))
+if grep -q "warning:" "$root/target/kmod-build.log"; then
+  echo "the module build printed warnings (rustc, clippy or gcc): fix them" >&2; exit 1
+fi
 "$here/rustfmt-kmod.sh" --check
 
 step "guest runner self-check: a kernel WARNING in the guest must fail the run"

@@ -662,7 +662,7 @@ impl Image {
                 prev_end = v.end;
                 let mut prev_run_end = v.start;
                 for r in &v.pages {
-                    let end = r.addr.checked_add(r.len).unwrap_or(u64::MAX);
+                    let end = r.addr.saturating_add(r.len);
                     let in_section = m.sections.iter().any(|s| {
                         s.kind == SectionKind::Pages
                             && r.offset >= s.offset

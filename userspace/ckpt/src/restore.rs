@@ -466,7 +466,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
 
     // Stop #2, then the restore: the parent takes over at the ioctl's exit.
     let _ = sys::kill(me, libc::SIGSTOP);
-    let r = sys::ioctl_ptr(dev_fd, CKPT_IOC_RESTORE, &mut req as *mut CkptRestore);
+    let r = sys::ioctl_with(dev_fd, CKPT_IOC_RESTORE, &mut req);
     // Only reached if the module refused before touching anything.
     let code = r.err().and_then(|e| e.raw_os_error()).unwrap_or(0);
     sys::exit_now(100 + code.min(100));

@@ -434,9 +434,10 @@ pub fn exit_now(code: i32) -> ! {
     unsafe { libc::_exit(code) }
 }
 
-pub fn ioctl_ptr<T>(fd: i32, cmd: u32, arg: *const T) -> io::Result<i32> {
-    // SAFETY: the module validates `arg` for `cmd`.
-    check_int(unsafe { libc::ioctl(fd, cmd as _, arg) })
+/// An ioctl whose argument is one `T`. The kernel validates any user pointers inside it.
+pub fn ioctl_with<T>(fd: i32, cmd: u32, arg: &mut T) -> io::Result<i32> {
+    // SAFETY: `arg` is a valid, exclusively borrowed `T` for the duration of the call.
+    check_int(unsafe { libc::ioctl(fd, cmd as _, arg as *mut T) })
 }
 
 pub fn getppid() -> i32 {
