@@ -30,7 +30,9 @@ echo "$kdir" >&2
 
 step "module (with the kernel's clippy and rustfmt)"
 "$here/kmod.sh" clean >/dev/null
-ko=$("$here/kmod.sh" CLIPPY=1 2> >(tee "$root/target/kmod-build.log" >&2))
+mkdir -p "$root/target"
+ko=$("$here/kmod.sh" CLIPPY=1 2>"$root/target/kmod-build.log") || { cat "$root/target/kmod-build.log" >&2; exit 1; }
+cat "$root/target/kmod-build.log" >&2
 if grep -q "warning:" "$root/target/kmod-build.log"; then
   echo "the module build printed warnings (rustc, clippy or gcc): fix them" >&2; exit 1
 fi
