@@ -1,10 +1,12 @@
 /* The checkpoint/restore workhorse of the guest tests.
- *   counter OUTFILE [MIB] [static-only ignored]
+ *   counter OUTFILE [MIB] [hold-usr1]
  * Appends "N\n" to OUTFILE (O_APPEND) for N = 0, 1, 2, ... . Between lines it spins ~5 ms with
  * ymm0-ymm15 and MXCSR holding values derived from N, then checks them ("fpu-mismatch N" if
  * they changed), and sleeps 5 ms in nanosleep. SIGUSR1 makes it write "usr1 N"; SIGUSR2 makes
  * it verify its MIB-MiB buffer ("mem-ok N" or "mem-bad N"). A __thread counter and the brk
- * heap are checked too ("tls-bad", "brk-bad"). Prints "ready PID" on stdout when set up. */
+ * heap are checked too ("tls-bad", "brk-bad"). With "hold-usr1", SIGUSR1 stays blocked and
+ * every iteration reports "pending-usr1 N" while one is pending. Prints "ready PID" on stdout
+ * when set up. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -107,6 +109,13 @@ int main(int argc, char **argv)
 
 	signal(SIGUSR1, on_usr1);
 	signal(SIGUSR2, on_usr2);
+	int hold = argc > 3 && strcmp(argv[3], "hold-usr1") == 0;
+	if (hold) {
+		sigset_t set;
+		sigemptyset(&set);
+		sigaddset(&set, SIGUSR1);
+		sigprocmask(SIG_BLOCK, &set, NULL);
+	}
 	printf("ready %d\n", getpid());
 	fflush(stdout);
 
@@ -133,6 +142,12 @@ int main(int argc, char **argv)
 			got_usr2 = 0;
 			dprintf(fd, "%s %llu\n", checksum() == buf_sum ? "mem-ok" : "mem-bad",
 				(unsigned long long)n);
+		}
+		if (hold) {
+			sigset_t pending;
+			sigpending(&pending);
+			if (sigismember(&pending, SIGUSR1))
+				dprintf(fd, "pending-usr1 %llu\n", (unsigned long long)n);
 		}
 		dprintf(fd, "%llu\n", (unsigned long long)n);
 		nanosleep(&five_ms, NULL);

@@ -316,6 +316,8 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     };
     let (rl_head, rl_len) = sys::get_robust_list(pid).map_err(io_err(pid, "get_robust_list"))?;
     let ts = dev.dump_task(pid)?;
+    let (pending, shared_pending) =
+        proc::pending_signals(pid).map_err(io_err(pid, "reading pending signals"))?;
 
     // Process state from /proc.
     let fds = proc::fds(pid)
@@ -447,7 +449,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
                 len: rl_len,
             },
             rseq,
+            pending,
         }],
+        shared_pending,
     };
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,

@@ -113,6 +113,9 @@ pub struct Process {
     pub sigactions: Vec<SigAction>,
     pub fds: Vec<Fd>,
     pub threads: Vec<Thread>,
+    /// Signals pending for the whole process (a mask, bit n-1 for signal n).
+    #[serde(default)]
+    pub shared_pending: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -247,6 +250,9 @@ pub struct Thread {
     pub clear_child_tid: u64,
     pub robust_list: RobustList,
     pub rseq: Option<Rseq>,
+    /// Signals pending for this thread only (a mask, bit n-1 for signal n).
+    #[serde(default)]
+    pub pending: u64,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -785,7 +791,9 @@ pub(crate) mod tests {
                     clear_child_tid: 0,
                     robust_list: RobustList::default(),
                     rseq: None,
+                    pending: 0,
                 }],
+                shared_pending: 0,
             }],
             stats: None,
         };

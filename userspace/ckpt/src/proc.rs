@@ -125,6 +125,20 @@ pub fn umask(pid: i32) -> io::Result<u32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Umask in status"))
 }
 
+/// (SigPnd, ShdPnd) of /proc/PID/status: signals pending for the thread and the process.
+pub fn pending_signals(pid: i32) -> io::Result<(u64, u64)> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    let get = |key: &str| {
+        text.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .and_then(|v| u64::from_str_radix(v.trim(), 16).ok())
+            .ok_or_else(|| {
+                io::Error::new(io::ErrorKind::InvalidData, format!("no {key} in status"))
+            })
+    };
+    Ok((get("SigPnd:")?, get("ShdPnd:")?))
+}
+
 /// An open descriptor as /proc shows it.
 #[derive(Debug)]
 pub struct FdEntry {

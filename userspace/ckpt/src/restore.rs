@@ -621,6 +621,20 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     sys::ptrace_detach(pid, 0)
         .map_err(io("PTRACE_DETACH"))
         .map_err(kill_child)?;
+    // Signals that were pending: raised again. Blocked ones stay pending as they were; others
+    // are delivered now, as they would have been. (Their siginfo is not carried over.)
+    for sig in 1..=64u32 {
+        let bit = 1u64 << (sig - 1);
+        if sig == libc::SIGKILL as u32 || sig == libc::SIGSTOP as u32 {
+            continue;
+        }
+        if p.shared_pending & bit != 0 {
+            sys::kill(pid, sig as i32).map_err(io("re-raising a pending signal"))?;
+        }
+        if t.pending & bit != 0 {
+            sys::tgkill(pid, pid, sig as i32).map_err(io("re-raising a pending signal"))?;
+        }
+    }
     drop(plan);
     Ok(Restored {
         pid,

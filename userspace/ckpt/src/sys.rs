@@ -159,6 +159,11 @@ pub fn kill(pid: i32, sig: i32) -> io::Result<()> {
     check_int(unsafe { libc::kill(pid, sig) }).map(drop)
 }
 
+pub fn tgkill(tgid: i32, tid: i32, sig: i32) -> io::Result<()> {
+    // SAFETY: plain syscall.
+    check(unsafe { libc::syscall(libc::SYS_tgkill, tgid, tid, sig) }).map(drop)
+}
+
 /// `get_robust_list(pid)`: (head, len).
 pub fn get_robust_list(pid: i32) -> io::Result<(u64, u64)> {
     let mut head = 0u64;

@@ -76,9 +76,14 @@ fn ok(out: &std::process::Output) -> String {
 /// Starts the counter writing to `out`, with a `mib` MiB buffer; waits until it has written
 /// a few lines.
 fn start_counter(prog: &str, out: &Path, mib: u32) -> Child {
+    start_counter_with(prog, out, mib, &[])
+}
+
+fn start_counter_with(prog: &str, out: &Path, mib: u32, extra: &[&str]) -> Child {
     let child = Command::new(common::prog(prog))
         .arg(out)
         .arg(mib.to_string())
+        .args(extra)
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -574,4 +579,32 @@ fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
         err.contains("format version 99") && err.contains("version 1"),
         "{err}"
     );
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_blocked_pending_signal_stays_pending() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("pending");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = start_counter_with("counter", &out, 1, &["hold-usr1"]);
+    // SAFETY: signalling our child.
+    assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
+    wait_text(&out, 0, "pending-usr1");
+    let last = checkpoint_kill(&mut child, &img, &out);
+    let from = file_len(&out);
+    let pid = restore(&img);
+    wait_lines(&out, from, 5);
+    assert_eq!(numbers(&out, from)[0], last + 1);
+    let text = text_after(&out, from);
+    assert!(
+        text.contains("pending-usr1"),
+        "the pending SIGUSR1 was lost:\n{text}"
+    );
+    assert!(
+        !text.contains("usr1 "),
+        "the blocked signal was delivered:\n{text}"
+    );
+    kill_and_reap(pid);
 }
