@@ -17,6 +17,7 @@ fn main() {
         ("threaded_target", &["-pthread"]),
         ("counter", &[]),
         ("counter_static", &["-static"]),
+        ("fdkinds", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

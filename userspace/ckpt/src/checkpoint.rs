@@ -10,10 +10,11 @@
 
 use crate::device::{Device, QueryError};
 use crate::image::{
-    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Process, Regs, RobustList, Rseq,
-    SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
+    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Pipe, Process, Regs, RobustList,
+    Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
 };
 use crate::{proc, sys};
+use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
@@ -185,6 +186,116 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
     }
 }
 
+/// Records the descriptors: pipes with both ends inside (and their unread bytes, peeked with
+/// tee(2) so the target loses nothing), deleted files (with their content), and the rest by
+/// `fd_kind`.
+fn dump_fds(
+    pid: i32,
+    entries: &[proc::FdEntry],
+    w: &mut ImageWriter,
+) -> Result<(Vec<Fd>, Vec<Pipe>), CheckpointError> {
+    let write_err = |source| CheckpointError::Write {
+        path: PathBuf::from("(image)"),
+        source,
+    };
+    let pipe_inode = |t: &str| {
+        t.strip_prefix("pipe:[")?
+            .strip_suffix(']')?
+            .parse::<u64>()
+            .ok()
+    };
+    let accmode = |e: &proc::FdEntry| e.flags as i32 & libc::O_ACCMODE;
+    // inode -> (a read end fd, has a write end)
+    let mut ends: BTreeMap<u64, (Option<i32>, bool)> = BTreeMap::new();
+    for e in entries {
+        if let Some(ino) = pipe_inode(&e.target) {
+            let slot = ends.entry(ino).or_default();
+            if accmode(e) == libc::O_RDONLY {
+                slot.0.get_or_insert(e.fd);
+            } else {
+                slot.1 = true;
+            }
+        }
+    }
+    let mut pipes: Vec<Pipe> = Vec::new();
+    let mut pipe_index: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut fds = Vec::new();
+    for e in entries {
+        let kind = if let Some(ino) = pipe_inode(&e.target) {
+            match ends.get(&ino) {
+                Some(&(Some(read_fd), true)) => {
+                    let idx = match pipe_index.get(&ino) {
+                        Some(&i) => i,
+                        None => {
+                            let ours =
+                                sys::steal_fd(pid, read_fd).map_err(io_err(pid, "pidfd_getfd"))?;
+                            let fd = std::os::fd::AsRawFd::as_raw_fd(&ours);
+                            let capacity =
+                                sys::pipe_size(fd).map_err(io_err(pid, "F_GETPIPE_SZ"))?;
+                            let data =
+                                sys::peek_pipe(fd).map_err(io_err(pid, "reading pipe data"))?;
+                            let data_section = if data.is_empty() {
+                                None
+                            } else {
+                                Some(
+                                    w.add_blob(SectionKind::PipeData, &data)
+                                        .map_err(write_err)?,
+                                )
+                            };
+                            pipes.push(Pipe {
+                                inode: ino,
+                                capacity,
+                                data_section,
+                            });
+                            pipe_index.insert(ino, pipes.len() - 1);
+                            pipes.len() - 1
+                        }
+                    };
+                    FdKind::Pipe {
+                        pipe: idx,
+                        write_end: accmode(e) != libc::O_RDONLY,
+                    }
+                }
+                _ => fd_kind(pid, e)?,
+            }
+        } else if let Some(path) = e
+            .target
+            .strip_suffix(" (deleted)")
+            .filter(|p| p.starts_with('/'))
+        {
+            let proc_path = format!("/proc/{pid}/fd/{}", e.fd);
+            let meta = std::fs::metadata(&proc_path).map_err(io_err(pid, "stat deleted file"))?;
+            if !meta.is_file() {
+                return Err(CheckpointError::UnsupportedFd {
+                    pid,
+                    fd: e.fd,
+                    target: e.target.clone(),
+                    why: "only deleted regular files are supported",
+                });
+            }
+            let data = std::fs::read(&proc_path).map_err(io_err(pid, "reading a deleted file"))?;
+            let data_section = w
+                .add_blob(SectionKind::FileData, &data)
+                .map_err(write_err)?;
+            use std::os::unix::fs::PermissionsExt;
+            FdKind::Deleted {
+                path: path.to_owned(),
+                pos: e.pos,
+                mode: meta.permissions().mode(),
+                data_section,
+            }
+        } else {
+            fd_kind(pid, e)?
+        };
+        fds.push(Fd {
+            fd: e.fd,
+            flags: e.flags,
+            kind,
+        });
+    }
+    Ok((fds, pipes))
+}
+
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
@@ -320,17 +431,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         proc::pending_signals(pid).map_err(io_err(pid, "reading pending signals"))?;
 
     // Process state from /proc.
-    let fds = proc::fds(pid)
-        .map_err(io_err(pid, "listing fds"))?
-        .iter()
-        .map(|e| {
-            Ok(Fd {
-                fd: e.fd,
-                flags: e.flags,
-                kind: fd_kind(pid, e)?,
-            })
-        })
-        .collect::<Result<Vec<_>, CheckpointError>>()?;
+    let fd_entries = proc::fds(pid).map_err(io_err(pid, "listing fds"))?;
     let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).map_err(io_err(pid, "reading cwd"))?;
     let exe =
         std::fs::read_link(format!("/proc/{pid}/exe")).map(|p| p.to_string_lossy().into_owned());
@@ -393,6 +494,14 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
                 source,
             })?;
 
+    let (fds, pipes) = dump_fds(pid, &fd_entries, &mut w).map_err(|e| match e {
+        CheckpointError::Write { source, .. } => CheckpointError::Write {
+            path: opts.output.into(),
+            source,
+        },
+        e => e,
+    })?;
+
     let sigactions = ts
         .sigactions
         .iter()
@@ -452,6 +561,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             pending,
         }],
         shared_pending,
+        pipes,
     };
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,

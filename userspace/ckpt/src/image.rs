@@ -87,6 +87,10 @@ pub enum SectionKind {
     /// A thread's FPU/SSE/AVX state in the portable XSAVE layout (PTRACE_GETREGSET
     /// NT_X86_XSTATE).
     Xstate,
+    /// Bytes that were in a pipe, unread.
+    PipeData,
+    /// The content of an open file that had been deleted.
+    FileData,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -116,6 +120,9 @@ pub struct Process {
     /// Signals pending for the whole process (a mask, bit n-1 for signal n).
     #[serde(default)]
     pub shared_pending: u64,
+    /// Pipes with both ends in the process.
+    #[serde(default)]
+    pub pipes: Vec<Pipe>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -205,6 +212,26 @@ pub enum FdKind {
     /// Standard input/output/error connected outside the process (a terminal, a pipe to
     /// another program, a socket): on restore, connected to `ckpt restore`'s own.
     InheritStdio { was: String },
+    /// One end of a pipe whose both ends the process holds; `pipe` indexes `Process::pipes`.
+    Pipe { pipe: usize, write_end: bool },
+    /// A file that was deleted while open: recreated (unlinked again) from the saved content.
+    Deleted {
+        path: String,
+        pos: u64,
+        mode: u32,
+        data_section: usize,
+    },
+}
+
+/// A pipe inside the process, with what was in it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Pipe {
+    /// The pipe's inode number when checkpointed (for humans).
+    pub inode: u64,
+    /// Its capacity (F_GETPIPE_SZ).
+    pub capacity: u32,
+    /// Index of the `PipeData` section with the unread bytes, if any.
+    pub data_section: Option<usize>,
 }
 
 /// The x86-64 general registers (`struct user_regs_struct`).
@@ -689,6 +716,27 @@ impl Image {
                     prev_run_end = end;
                 }
             }
+            let kind_at = |i: usize| m.sections.get(i).map(|s| s.kind);
+            for pipe in &p.pipes {
+                if pipe
+                    .data_section
+                    .is_some_and(|i| kind_at(i) != Some(SectionKind::PipeData))
+                {
+                    return Err(corrupt(path, "bad pipe data section"));
+                }
+            }
+            for f in &p.fds {
+                let ok = match &f.kind {
+                    FdKind::Pipe { pipe, .. } => *pipe < p.pipes.len(),
+                    FdKind::Deleted { data_section, .. } => {
+                        kind_at(*data_section) == Some(SectionKind::FileData)
+                    }
+                    _ => true,
+                };
+                if !ok || f.fd < 0 {
+                    return Err(corrupt(path, format!("bad fd {}", f.fd)));
+                }
+            }
             for t in &p.threads {
                 match m.sections.get(t.xstate_section) {
                     Some(s) if s.kind == SectionKind::Xstate => {}
@@ -794,6 +842,7 @@ pub(crate) mod tests {
                     pending: 0,
                 }],
                 shared_pending: 0,
+                pipes: vec![],
             }],
             stats: None,
         };

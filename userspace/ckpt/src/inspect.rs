@@ -102,6 +102,24 @@ pub fn summary(img: &Image) -> String {
             let what = match &f.kind {
                 FdKind::Path { path, pos } => format!("{path} (pos {pos}, flags {:o})", f.flags),
                 FdKind::InheritStdio { was } => format!("inherited from the restorer (was {was})"),
+                FdKind::Pipe { pipe, write_end } => {
+                    let bytes = p.pipes[*pipe].data_section.map_or(0, |i| m.sections[i].len);
+                    format!(
+                        "pipe #{pipe} {} end ({bytes} bytes unread)",
+                        if *write_end { "write" } else { "read" }
+                    )
+                }
+                FdKind::Deleted {
+                    path,
+                    pos,
+                    data_section,
+                    ..
+                } => {
+                    format!(
+                        "{path} (deleted; {} bytes saved, pos {pos})",
+                        m.sections[*data_section].len
+                    )
+                }
             };
             let _ = writeln!(out, "    {}: {what}", f.fd);
         }

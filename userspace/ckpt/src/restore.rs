@@ -76,6 +76,10 @@ struct Plan {
     mm: CkptMmLayout,
     /// The highest fd open in ckpt when it forks.
     highest_own_fd: i32,
+    /// The unread bytes of each pipe of the process.
+    pipe_data: Vec<Vec<u8>>,
+    /// Deleted files' contents, by section.
+    file_data: BTreeMap<usize, Vec<u8>>,
 }
 
 /// Our own [vvar], [vvar_vclock] and [vdso], in address order: (name, start, end).
@@ -205,7 +209,6 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         env_end: m.env_end,
         auxv,
     };
-    let _ = img;
     Ok(Plan {
         vmas,
         runs,
@@ -214,6 +217,23 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         files,
         mm,
         highest_own_fd: 0,
+        pipe_data: p
+            .pipes
+            .iter()
+            .map(|pipe| {
+                pipe.data_section
+                    .map_or(Ok(Vec::new()), |i| img.read_section(i))
+            })
+            .collect::<Result<_, _>>()?,
+        file_data: p
+            .fds
+            .iter()
+            .filter_map(|f| match f.kind {
+                FdKind::Deleted { data_section, .. } => Some(data_section),
+                _ => None,
+            })
+            .map(|i| Ok((i, img.read_section(i)?)))
+            .collect::<Result<_, ImageError>>()?,
     })
 }
 
@@ -324,23 +344,105 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
             sys::close(fd);
         }
     }
+    // Temporary fds (pipe ends being handed out) live above everything else.
+    let scratch = last_work + 1;
+    let mut pipe_ends: Vec<Option<(i32, i32)>> = vec![None; p.pipes.len()];
+    let keep_flags = |flags: u32| (flags as i32) & (libc::O_NONBLOCK | libc::O_APPEND);
     for f in &p.fds {
-        if let FdKind::Path { path, pos } = &f.kind {
-            let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-            match sys::open(Path::new(path), flags) {
-                Ok(n) => {
-                    if n != f.fd {
-                        if let Err(e) = sys::dup2(n, f.fd) {
-                            fail(&format!("placing fd {}", f.fd), e);
+        match &f.kind {
+            FdKind::InheritStdio { .. } => {}
+            FdKind::Path { path, pos } => {
+                let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+                match sys::open(Path::new(path), flags) {
+                    Ok(n) => {
+                        if n != f.fd {
+                            if let Err(e) = sys::dup2(n, f.fd) {
+                                fail(&format!("placing fd {}", f.fd), e);
+                            }
+                            sys::close(n);
                         }
-                        sys::close(n);
+                        // Directories and devices may not seek; that is fine.
+                        let _ = sys::lseek(f.fd, *pos);
                     }
-                    // Directories and devices may not seek; that is fine.
-                    let _ = sys::lseek(f.fd, *pos);
+                    Err(e) => fail(&format!("reopening fd {} ({path})", f.fd), e),
                 }
-                Err(e) => fail(&format!("reopening fd {} ({path})", f.fd), e),
+            }
+            FdKind::Pipe { pipe, write_end } => {
+                let (r, w) = match pipe_ends[*pipe] {
+                    Some(ends) => ends,
+                    None => {
+                        let made = sys::pipe().and_then(|(r, w)| {
+                            let ends = (
+                                sys::dup_at_least(r, scratch)?,
+                                sys::dup_at_least(w, scratch)?,
+                            );
+                            sys::close(r);
+                            sys::close(w);
+                            // The original capacity, at least enough for the saved bytes.
+                            let _ = sys::set_pipe_size(ends.1, p.pipes[*pipe].capacity);
+                            sys::write_all_fd(ends.1, &plan.pipe_data[*pipe])?;
+                            Ok(ends)
+                        });
+                        match made {
+                            Ok(ends) => {
+                                pipe_ends[*pipe] = Some(ends);
+                                ends
+                            }
+                            Err(e) => fail(&format!("recreating the pipe of fd {}", f.fd), e),
+                        }
+                    }
+                };
+                let from = if *write_end { w } else { r };
+                if let Err(e) =
+                    sys::dup2(from, f.fd).and_then(|_| sys::set_fl(f.fd, keep_flags(f.flags)))
+                {
+                    fail(&format!("placing fd {}", f.fd), e);
+                }
+            }
+            FdKind::Deleted {
+                path,
+                pos,
+                mode,
+                data_section,
+            } => {
+                let dir = Path::new(path).parent().unwrap_or(Path::new("/"));
+                let data = plan
+                    .file_data
+                    .get(data_section)
+                    .map(Vec::as_slice)
+                    .unwrap_or_default();
+                let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
+                // The unnamed file is kept above all targets while it is in use.
+                let made = sys::anonymous_file(dir, *mode).and_then(|low| {
+                    let tmp = sys::dup_at_least(low, scratch);
+                    sys::close(low);
+                    tmp
+                });
+                let made = made.and_then(|tmp| {
+                    let r = sys::write_all_fd(tmp, data).and_then(|_| {
+                        // Reopen with the original flags (O_APPEND, access mode, ...).
+                        let n = sys::open(Path::new(&format!("/proc/self/fd/{tmp}")), flags)?;
+                        if n != f.fd {
+                            sys::dup2(n, f.fd)?;
+                            sys::close(n);
+                        }
+                        sys::lseek(f.fd, *pos)
+                    });
+                    sys::close(tmp);
+                    r
+                });
+                if let Err(e) = made {
+                    fail(
+                        &format!("recreating the deleted file of fd {} ({path})", f.fd),
+                        e,
+                    );
+                }
             }
         }
+    }
+    for (r, w) in pipe_ends.into_iter().flatten() {
+        sys::close(r);
+        sys::close(w);
     }
 
     if let Err(e) = sys::chdir(Path::new(&p.cwd)) {

@@ -449,3 +449,103 @@ pub fn getppid() -> i32 {
     // SAFETY: plain syscall.
     unsafe { libc::getppid() }
 }
+
+/// A dup of fd `fd` of process `pid` (pidfd_open + pidfd_getfd; needs ptrace permission).
+pub fn steal_fd(pid: i32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
+    use std::os::fd::FromRawFd;
+    // SAFETY: plain syscalls; the returned fds are new and ours.
+    unsafe {
+        let pidfd = check(libc::syscall(libc::SYS_pidfd_open, pid, 0))? as i32;
+        let pidfd = std::os::fd::OwnedFd::from_raw_fd(pidfd);
+        let r = check(libc::syscall(
+            libc::SYS_pidfd_getfd,
+            std::os::fd::AsRawFd::as_raw_fd(&pidfd),
+            fd,
+            0,
+        ))?;
+        Ok(std::os::fd::OwnedFd::from_raw_fd(r as i32))
+    }
+}
+
+pub fn pipe() -> io::Result<(i32, i32)> {
+    let mut fds = [0; 2];
+    // SAFETY: `fds` has room for two fds.
+    check_int(unsafe { libc::pipe(fds.as_mut_ptr()) })?;
+    Ok((fds[0], fds[1]))
+}
+
+pub fn pipe_size(fd: i32) -> io::Result<u32> {
+    // SAFETY: plain fcntl.
+    check_int(unsafe { libc::fcntl(fd, libc::F_GETPIPE_SZ) }).map(|n| n as u32)
+}
+
+pub fn set_pipe_size(fd: i32, size: u32) -> io::Result<()> {
+    // SAFETY: plain fcntl.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETPIPE_SZ, size as i32) }).map(drop)
+}
+
+/// The bytes in the pipe whose read end is `read_fd`, without consuming them (tee(2)).
+pub fn peek_pipe(read_fd: i32) -> io::Result<Vec<u8>> {
+    let cap = pipe_size(read_fd)?;
+    let (r, w) = pipe()?;
+    let result = (|| {
+        set_pipe_size(w, cap)?;
+        // SAFETY: plain syscall between pipes we hold.
+        let n = unsafe { libc::tee(read_fd, w, cap as usize, libc::SPLICE_F_NONBLOCK) };
+        let n = if n < 0 {
+            let e = io::Error::last_os_error();
+            if e.raw_os_error() == Some(libc::EAGAIN) {
+                0
+            } else {
+                return Err(e);
+            }
+        } else {
+            n as usize
+        };
+        let mut buf = vec![0u8; n];
+        let mut got = 0;
+        while got < n {
+            // SAFETY: reading into our buffer.
+            let k = unsafe { libc::read(r, buf[got..].as_mut_ptr().cast(), n - got) };
+            if k <= 0 {
+                return Err(io::Error::last_os_error());
+            }
+            got += k as usize;
+        }
+        Ok(buf)
+    })();
+    close(r);
+    close(w);
+    result
+}
+
+pub fn write_all_fd(fd: i32, mut data: &[u8]) -> io::Result<()> {
+    while !data.is_empty() {
+        // SAFETY: writing from our buffer.
+        let n = unsafe { libc::write(fd, data.as_ptr().cast(), data.len()) };
+        if n < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        data = &data[n as usize..];
+    }
+    Ok(())
+}
+
+pub fn set_fl(fd: i32, flags: i32) -> io::Result<()> {
+    // SAFETY: plain fcntl.
+    check_int(unsafe { libc::fcntl(fd, libc::F_SETFL, flags) }).map(drop)
+}
+
+/// An unnamed file: O_TMPFILE in `dir`, or a memfd where that is impossible.
+pub fn anonymous_file(dir: &Path, mode: u32) -> io::Result<i32> {
+    let c = CString::new(dir.as_os_str().as_encoded_bytes())
+        .map_err(|_| io::Error::new(io::ErrorKind::InvalidInput, "NUL in path"))?;
+    // SAFETY: valid C strings.
+    unsafe {
+        let fd = libc::open(c.as_ptr(), libc::O_TMPFILE | libc::O_RDWR, mode & 0o7777);
+        if fd >= 0 {
+            return Ok(fd);
+        }
+        check_int(libc::memfd_create(c"ckpt-deleted".as_ptr(), 0))
+    }
+}

@@ -608,3 +608,64 @@ fn a_blocked_pending_signal_stays_pending() {
     );
     kill_and_reap(pid);
 }
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn pipes_with_unread_data_and_deleted_files() {
+    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
+    setup();
+    let d = Dir::new("fdkinds");
+    let (out, img) = (d.path("out"), d.path("img"));
+    let mut child = Command::new(common::prog("fdkinds"))
+        .arg(&out)
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id().to_string();
+    let info = ok(&ckpt(&[
+        "checkpoint",
+        &pid,
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    assert!(info.contains("checkpointed"));
+    child.wait().unwrap();
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(
+        summary.contains("13 bytes unread") && summary.contains("(deleted; 21 bytes saved, pos 8)"),
+        "{summary}"
+    );
+    let pid = restore(&img);
+    // SAFETY: signalling the restored process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    wait_text(&out, 0, "done");
+    let text = text_after(&out, 0);
+    for want in [
+        "pipe:unread-before\n",
+        "deleted:deleted-content-12345\n",
+        "deleted-pos:8\n",
+        "pipe-again:again\n",
+    ] {
+        assert!(text.contains(want), "missing {want:?} in:\n{text}");
+    }
+    // fds: 3 the output, 4 the deleted file, 5 and 6 the pipe.
+    let fd4 = std::fs::read_link(format!("/proc/{pid}/fd/4")).unwrap();
+    assert!(fd4.to_string_lossy().ends_with("(deleted)"), "{fd4:?}");
+    let fd5 = std::fs::read_link(format!("/proc/{pid}/fd/5")).unwrap();
+    let fd6 = std::fs::read_link(format!("/proc/{pid}/fd/6")).unwrap();
+    assert!(
+        fd5.to_string_lossy().starts_with("pipe:") && fd5 == fd6,
+        "{fd5:?} {fd6:?}"
+    );
+    kill_and_reap(pid);
+}

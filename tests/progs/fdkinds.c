@@ -1,0 +1,56 @@
+/* Descriptors beyond plain files, for the guest tests.
+ *   fdkinds OUTFILE DIR
+ * Holds a pipe with unread bytes in it, and a file in DIR that was deleted while open (its
+ * offset at 8). On SIGUSR1 it reports to OUTFILE what it finds: "pipe:<unread bytes>",
+ * "deleted:<content>", "deleted-pos:<offset>", "pipe-again:<bytes written and read back>",
+ * then "done". Prints "ready" on stdout when set up. */
+#define _GNU_SOURCE
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <string.h>
+#include <unistd.h>
+
+static volatile sig_atomic_t go;
+static void on_usr1(int s) { (void)s; go = 1; }
+
+int main(int argc, char **argv)
+{
+	if (argc < 3)
+		return 2;
+	int out = open(argv[1], O_WRONLY | O_CREAT | O_APPEND, 0644);
+	int p[2];
+	char path[4096];
+	snprintf(path, sizeof(path), "%s/ckpt-deleted-%d", argv[2], getpid());
+	int del = open(path, O_RDWR | O_CREAT | O_TRUNC, 0600);
+	if (out < 0 || del < 0 || pipe(p) != 0)
+		return 1;
+	const char *content = "deleted-content-12345";
+	if (write(del, content, strlen(content)) < 0 || lseek(del, 8, SEEK_SET) != 8 || unlink(path) != 0)
+		return 1;
+	if (write(p[1], "unread-before", 13) != 13)
+		return 1;
+	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	signal(SIGUSR1, on_usr1);
+	printf("ready\n");
+	fflush(stdout);
+	for (;;) {
+		while (!go)
+			pause();
+		go = 0;
+		char buf[256];
+		ssize_t n = read(p[0], buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "pipe:%s\n", buf);
+		n = pread(del, buf, sizeof(buf) - 1, 0);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "deleted:%s\n", buf);
+		dprintf(out, "deleted-pos:%ld\n", (long)lseek(del, 0, SEEK_CUR));
+		if (write(p[1], "again", 5) != 5)
+			dprintf(out, "pipe-write-failed\n");
+		n = read(p[0], buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "pipe-again:%s\n", buf);
+		dprintf(out, "done\n");
+	}
+}
