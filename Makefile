@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug userspace test test-native demo guest-shell clean fmt
+.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench clean fmt
 
 all: kmod userspace
 
@@ -32,3 +32,6 @@ fmt:
 clean:
 	tools/kmod.sh clean
 	cargo clean
+
+bench:            ## checkpoint/restore benchmark in the guest, side by side with CRIU when available
+	tools/bench.sh

@@ -17,6 +17,7 @@
 #include <linux/sched/exec_state.h>
 #include <linux/sched/signal.h>
 #include <linux/fs.h>
+#include <linux/highmem.h>
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/personality.h>
@@ -153,4 +154,43 @@ int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *
 s64 ckpt_helper_file_size(struct file *file)
 {
 	return i_size_read(file_inode(file));
+}
+
+/*
+ * Writes one page (pinned by get_user_pages_remote()) to @file at *@pos, unless @skip_zero and
+ * it is all zero. Drops the page reference in every case. Returns 1 if written, 0 if skipped,
+ * a negative errno on failure.
+ */
+int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, bool skip_zero)
+{
+	void *kaddr = kmap_local_page(page);
+	ssize_t n;
+	int ret;
+
+	if (skip_zero && !memchr_inv(kaddr, 0, PAGE_SIZE)) {
+		ret = 0;
+	} else {
+		n = kernel_write(file, kaddr, PAGE_SIZE, pos);
+		ret = n == PAGE_SIZE ? 1 : (n < 0 ? (int)n : -EIO);
+	}
+	kunmap_local(kaddr);
+	put_page(page);
+	return ret;
+}
+
+void ckpt_helper_put_page(struct page *page)
+{
+	put_page(page);
+}
+
+/* Whether @file is a regular file open for reading (@read) and/or writing (@write). */
+bool ckpt_helper_file_can(struct file *file, bool read, bool write)
+{
+	if (!S_ISREG(file_inode(file)->i_mode))
+		return false;
+	if (read && !((file->f_mode & FMODE_READ) && (file->f_mode & FMODE_CAN_READ)))
+		return false;
+	if (write && !((file->f_mode & FMODE_WRITE) && (file->f_mode & FMODE_CAN_WRITE)))
+		return false;
+	return true;
 }

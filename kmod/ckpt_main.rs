@@ -16,6 +16,7 @@ use kernel::{
 #[allow(unreachable_pub, dead_code)]
 #[path = "../abi/src/abi.rs"]
 mod abi;
+mod dump_pages;
 mod dump_task;
 mod helpers;
 mod layout;
@@ -24,8 +25,9 @@ mod restore;
 mod target;
 
 use abi::{
-    CkptQuery, CkptRestore, CkptRestoreRun, CkptRestoreVma, CkptTaskState, CkptVersionInfo,
-    CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_RESTORE, CKPT_IOC_VERSION,
+    CkptDumpPages, CkptQuery, CkptRestore, CkptRestoreRun, CkptRestoreVma, CkptTaskState,
+    CkptVersionInfo, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_RESTORE,
+    CKPT_IOC_VERSION,
 };
 
 // SAFETY: `repr(C)` structs of integers with no padding (abi.rs asserts the sizes): every bit
@@ -45,6 +47,14 @@ unsafe impl FromBytes for CkptRestore {}
 unsafe impl FromBytes for CkptRestoreVma {}
 // SAFETY: as above.
 unsafe impl FromBytes for CkptRestoreRun {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptRestoreRun {}
+// SAFETY: as above.
+unsafe impl FromBytes for CkptDumpPages {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptDumpPages {}
+// SAFETY: as above.
+unsafe impl FromBytes for abi::CkptRange {}
 
 // The shared ABI file computes ioctl numbers itself; they must equal the kernel's macros.
 const _: () = {
@@ -52,6 +62,7 @@ const _: () = {
     assert!(CKPT_IOC_QUERY == _IOWR::<CkptQuery>(abi::CKPT_IOC_MAGIC, 0x02));
     assert!(CKPT_IOC_DUMP_TASK == _IOWR::<CkptTaskState>(abi::CKPT_IOC_MAGIC, 0x03));
     assert!(CKPT_IOC_RESTORE == _IOW::<CkptRestore>(abi::CKPT_IOC_MAGIC, 0x04));
+    assert!(CKPT_IOC_DUMP_PAGES == _IOWR::<CkptDumpPages>(abi::CKPT_IOC_MAGIC, 0x05));
 };
 
 module! {
@@ -114,6 +125,12 @@ impl MiscDevice for CkptDevice {
             CKPT_IOC_RESTORE => {
                 let req = KBox::new(user.reader().read::<CkptRestore>()?, GFP_KERNEL)?;
                 restore::restore(&req)?;
+            }
+            CKPT_IOC_DUMP_PAGES => {
+                let (mut reader, mut writer) = user.reader_writer();
+                let mut req: CkptDumpPages = reader.read()?;
+                dump_pages::dump_pages(&mut req)?;
+                writer.write(&req)?;
             }
             _ => return Err(ENOTTY),
         }

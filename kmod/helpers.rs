@@ -6,6 +6,7 @@ use crate::abi::{CkptMmLayout, CkptSigaction, CKPT_NSIG};
 use core::ffi::c_void;
 use core::ptr::NonNull;
 use kernel::{
+    alloc::KVVec,
     bindings,
     cred::Credential,
     error::to_result,
@@ -55,6 +56,14 @@ extern "C" {
     fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
     fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
     fn ckpt_helper_file_size(file: *mut c_void) -> i64;
+    fn ckpt_helper_dump_page(
+        page: *mut c_void,
+        file: *mut c_void,
+        pos: *mut i64,
+        skip_zero: bool,
+    ) -> i32;
+    fn ckpt_helper_put_page(page: *mut c_void);
+    fn ckpt_helper_file_can(file: *mut c_void, read: bool, write: bool) -> bool;
 }
 
 /// The field offsets as the C compiler laid them out.
@@ -293,6 +302,17 @@ impl FileRef {
         self.0.as_ptr()
     }
 
+    /// `fget(fd)` of a regular file open for reading and/or writing as asked; EBADF
+    /// otherwise (kernel_read/kernel_write would WARN on the wrong mode).
+    pub(crate) fn regular_from_fd(fd: i32, read: bool, write: bool) -> Result<Self> {
+        let file = Self::from_fd(fd)?;
+        // SAFETY: we hold the file; the helper only reads its mode and inode type.
+        if !unsafe { ckpt_helper_file_can(file.0.as_ptr().cast(), read, write) } {
+            return Err(EBADF);
+        }
+        Ok(file)
+    }
+
     /// The size of the file's inode.
     pub(crate) fn size(&self) -> u64 {
         // SAFETY: we hold a reference to the file.
@@ -443,4 +463,89 @@ pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
         return Err(Error::from_errno(ret));
     }
     Ok(())
+}
+
+/// A page of another process pinned by `get_user_pages_remote()`; unpinned on drop.
+pub(crate) struct PinnedPage(NonNull<bindings::page>);
+
+impl Drop for PinnedPage {
+    fn drop(&mut self) {
+        // SAFETY: we hold the reference GUP took, and drop it once.
+        unsafe { ckpt_helper_put_page(self.0.as_ptr().cast()) };
+    }
+}
+
+/// Pins up to `max` pages of `mm` from `addr` (FOLL_FORCE: as a debugger reads them) and
+/// appends them to `out`. Returns how many were pinned; fewer than asked at a hole.
+pub(crate) fn pin_remote_pages(
+    mm: &MmWithUser,
+    _lock: &MmapReadGuard<'_>,
+    addr: usize,
+    max: usize,
+    out: &mut KVec<PinnedPage>,
+) -> Result<usize> {
+    let mut raw = [core::ptr::null_mut::<bindings::page>(); 64];
+    let n = core::cmp::min(max, raw.len());
+    // SAFETY: the mmap read lock is held (`_lock`), `raw` has room for `n` pointers, and
+    // `locked` is NULL because the caller keeps the lock.
+    let got = unsafe {
+        bindings::get_user_pages_remote(
+            mm.as_raw(),
+            addr,
+            n,
+            bindings::FOLL_FORCE,
+            raw.as_mut_ptr(),
+            core::ptr::null_mut(),
+        )
+    };
+    if got < 0 {
+        return Err(Error::from_errno(got as i32));
+    }
+    let got = got as usize;
+    for &p in raw.iter().take(got) {
+        // Every returned slot holds a pinned page; NULL would be a GUP bug.
+        let page = NonNull::new(p).ok_or(EFAULT)?;
+        out.push(PinnedPage(page), GFP_KERNEL)?;
+    }
+    Ok(got)
+}
+
+/// Writes `page` to `file` at `*pos` (advancing it) unless `skip_zero` and it is all zero.
+/// Returns whether it was written.
+pub(crate) fn dump_page(
+    page: PinnedPage,
+    file: &FileRef,
+    pos: &mut i64,
+    skip_zero: bool,
+) -> Result<bool> {
+    let raw = page.0.as_ptr();
+    core::mem::forget(page); // the helper drops the reference
+                             // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held.
+    let ret = unsafe { ckpt_helper_dump_page(raw.cast(), file.as_ptr().cast(), pos, skip_zero) };
+    if ret < 0 {
+        return Err(Error::from_errno(ret));
+    }
+    Ok(ret == 1)
+}
+
+/// Reads `count` records of `T` from user memory at `ptr`.
+pub(crate) fn read_user_array<T: kernel::transmute::FromBytes>(
+    ptr: u64,
+    count: u32,
+) -> Result<KVVec<T>> {
+    let size = core::mem::size_of::<T>();
+    let bytes = (count as usize).checked_mul(size).ok_or(EINVAL)?;
+    let ptr = usize::try_from(ptr).map_err(|_| EFAULT)?;
+    let mut reader =
+        kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(ptr), bytes).reader();
+    let mut out = KVVec::with_capacity(count as usize, GFP_KERNEL)?;
+    for _ in 0..count {
+        out.push(reader.read::<T>()?, GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Whether the caller has a fatal signal pending (long loops must stop then).
+pub(crate) fn fatal_signal_pending() -> bool {
+    kernel::current!().signal_pending()
 }

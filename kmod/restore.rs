@@ -21,15 +21,9 @@ use crate::abi::{
     CKPT_VMA_SHARED,
 };
 use crate::helpers::{self, FileRef};
-use kernel::{
-    alloc::KVVec,
-    bindings,
-    prelude::*,
-    transmute::FromBytes,
-    uaccess::{UserPtr, UserSlice},
-};
+use kernel::{alloc::KVVec, bindings, prelude::*};
 
-const PAGE: u64 = 4096;
+pub(crate) const PAGE: u64 = 4096;
 // mmap() flags: x86-64 UAPI values (asm-generic/mman-common.h, asm/mman.h), absent from the
 // Rust bindings.
 const MAP_SHARED: u32 = 0x01;
@@ -38,7 +32,7 @@ const MAP_FIXED: u32 = 0x10;
 const MAP_ANONYMOUS: u32 = 0x20;
 const MAP_GROWSDOWN: u32 = 0x0100;
 /// The top of a 4-level x86-64 user address space; anything above is refused.
-const USER_TOP: u64 = (1 << 47) - PAGE;
+pub(crate) const USER_TOP: u64 = (1 << 47) - PAGE;
 /// How much page data is copied per step.
 const CHUNK: usize = 1 << 20;
 
@@ -54,19 +48,6 @@ fn aligned(x: u64) -> bool {
 
 fn overlaps(a_start: u64, a_end: u64, b: &CkptRange) -> bool {
     a_start < b.end && b.start < a_end
-}
-
-/// Reads `count` records of `T` from user memory at `ptr`.
-fn read_array<T: FromBytes>(ptr: u64, count: u32) -> Result<KVVec<T>> {
-    let size = core::mem::size_of::<T>();
-    let bytes = (count as usize).checked_mul(size).ok_or(EINVAL)?;
-    let ptr = usize::try_from(ptr).map_err(|_| EFAULT)?;
-    let mut reader = UserSlice::new(UserPtr::from_addr(ptr), bytes).reader();
-    let mut out = KVVec::with_capacity(count as usize, GFP_KERNEL)?;
-    for _ in 0..count {
-        out.push(reader.read::<T>()?, GFP_KERNEL)?;
-    }
-    Ok(out)
 }
 
 fn validate_layout(mm: &CkptMmLayout) -> Result {
@@ -185,9 +166,12 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
         return Err(EINVAL);
     }
     validate_layout(&req.mm)?;
-    let image = FileRef::from_fd(req.image_fd)?;
-    let vmas = validate_vmas(read_array::<CkptRestoreVma>(req.vmas, req.vma_count)?, keep)?;
-    let runs = read_array::<CkptRestoreRun>(req.runs, req.run_count)?;
+    let image = FileRef::regular_from_fd(req.image_fd, true, false)?;
+    let vmas = validate_vmas(
+        helpers::read_user_array::<CkptRestoreVma>(req.vmas, req.vma_count)?,
+        keep,
+    )?;
+    let runs = helpers::read_user_array::<CkptRestoreRun>(req.runs, req.run_count)?;
     validate_runs(&runs, &vmas, image.size())?;
     let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
 

@@ -12,7 +12,7 @@
 //! - bump [`CKPT_ABI_VERSION`] on any change.
 
 /// Version of this ABI. User space refuses to talk to a module that reports another one.
-pub const CKPT_ABI_VERSION: u32 = 2;
+pub const CKPT_ABI_VERSION: u32 = 3;
 
 /// The ioctl "type" byte. 0xCC is not listed in Documentation/userspace-api/ioctl/ioctl-number.rst.
 pub const CKPT_IOC_MAGIC: u32 = 0xCC;
@@ -38,8 +38,8 @@ pub struct CkptVersionInfo {
     pub restore_vma_size: u32,
     /// `size_of::<CkptRestoreRun>()` as the module was built.
     pub restore_run_size: u32,
-    /// Must be zero.
-    pub _reserved: u32,
+    /// `size_of::<CkptDumpPages>()` as the module was built.
+    pub dump_pages_size: u32,
 }
 
 /// Argument of `CKPT_IOC_QUERY`: facts about a target process, plus a read of its memory.
@@ -250,6 +250,40 @@ pub struct CkptRestore {
     pub mm: CkptMmLayout,
 }
 
+/// [`CkptDumpPages::flags`]: do not store pages that are all zero (anonymous memory reads
+/// back as zero-fill on restore).
+pub const CKPT_DUMP_SKIP_ZERO: u32 = 1 << 0;
+/// Largest number of ranges one `CKPT_IOC_DUMP_PAGES` accepts.
+pub const CKPT_DUMP_MAX_RANGES: u32 = 1 << 20;
+
+/// Argument of `CKPT_IOC_DUMP_PAGES`: copy pages of a (stopped) target straight into the image
+/// file, without passing through user space.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CkptDumpPages {
+    /// In: the target.
+    pub pid: i32,
+    /// In: the image file, open for writing.
+    pub image_fd: i32,
+    /// In: `CKPT_DUMP_*`.
+    pub flags: u32,
+    /// In: number of [`CkptRange`]s at `ranges` (page-aligned, sorted, disjoint).
+    pub range_count: u32,
+    /// In: user pointer to the ranges to save (typically the present pages, from pagemap).
+    pub ranges: u64,
+    /// In: page-aligned file offset to write the first page at; pages follow contiguously.
+    pub file_offset: u64,
+    /// In: user pointer to room for `max_runs` [`CkptRestoreRun`]s describing what was stored.
+    pub runs: u64,
+    pub max_runs: u32,
+    /// Out: how many runs were stored at `runs` (ENOSPC if `max_runs` was too small).
+    pub run_count: u32,
+    /// Out: bytes written to the image.
+    pub bytes_written: u64,
+    /// Out: pages skipped because they were all zero.
+    pub pages_zero: u64,
+}
+
 /// What `CKPT_IOC_VERSION` reports for this build of the ABI (the module and user space both
 /// compute it, from the same source, and user space compares the two).
 pub const fn ckpt_version_info() -> CkptVersionInfo {
@@ -262,7 +296,7 @@ pub const fn ckpt_version_info() -> CkptVersionInfo {
         restore_size: size_of::<CkptRestore>() as u32,
         restore_vma_size: size_of::<CkptRestoreVma>() as u32,
         restore_run_size: size_of::<CkptRestoreRun>() as u32,
-        _reserved: 0,
+        dump_pages_size: size_of::<CkptDumpPages>() as u32,
     }
 }
 
@@ -294,6 +328,13 @@ pub const CKPT_IOC_DUMP_TASK: u32 = ioc(
     0x03,
     core::mem::size_of::<CkptTaskState>(),
 );
+/// Copy a target's pages into an image file: `_IOWR(0xCC, 0x05, CkptDumpPages)`.
+pub const CKPT_IOC_DUMP_PAGES: u32 = ioc(
+    IOC_READ | IOC_WRITE,
+    CKPT_IOC_MAGIC,
+    0x05,
+    core::mem::size_of::<CkptDumpPages>(),
+);
 /// Replace the caller's address space: `_IOW(0xCC, 0x04, CkptRestore)`.
 pub const CKPT_IOC_RESTORE: u32 = ioc(
     IOC_WRITE,
@@ -314,6 +355,8 @@ const _: () = {
     assert!(size_of::<CkptRestoreRun>() == 24);
     assert!(size_of::<CkptRestore>() == 32 + 16 * CKPT_RESTORE_MAX_KEEP + 16 + 600);
     assert!(offset_of!(CkptRestore, mm) == 112);
+    assert!(size_of::<CkptDumpPages>() == 64);
+    assert!(offset_of!(CkptDumpPages, bytes_written) == 48);
     assert!(offset_of!(CkptVersionInfo, query_size) == 8);
     assert!(size_of::<CkptQuery>() == 56);
     assert!(offset_of!(CkptQuery, flags) == 4);

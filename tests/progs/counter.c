@@ -118,6 +118,8 @@ int main(int argc, char **argv)
 	}
 	printf("ready %d\n", getpid());
 	fflush(stdout);
+	/* Measured after stdio has set up its buffers (which may grow the heap). */
+	void *brk_now = sbrk(0);
 
 	static uint8_t in[16 * 32], out[16 * 32];
 	struct timespec five_ms = { 0, 5 * 1000 * 1000 };
@@ -132,7 +134,7 @@ int main(int argc, char **argv)
 		if (tls_counter != n)
 			dprintf(fd, "tls-bad %llu\n", (unsigned long long)n);
 		tls_counter++;
-		if (brk_area[0] != 0xB5C0FFEE || sbrk(0) != (void *)(brk_area + 512))
+		if (brk_area[0] != 0xB5C0FFEE || sbrk(0) != brk_now)
 			dprintf(fd, "brk-bad %llu\n", (unsigned long long)n);
 		if (got_usr1) {
 			got_usr1 = 0;

@@ -14,6 +14,7 @@ use crate::image::{
     Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
 };
 use crate::{proc, sys};
+use ckpt_abi::CkptRange;
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
@@ -300,25 +301,23 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-/// Saves the pages of `m` that must be stored into the image; returns the runs.
-fn dump_vma(
+/// The ranges of `m` whose pages must be stored: present or swapped pages, except a private
+/// file mapping's clean pages (they come from the file). Shared file mappings and kernel
+/// mappings store nothing.
+fn wanted_ranges(
     pid: i32,
     m: &proc::MapEntry,
     pagemap: &File,
-    mem: &File,
-    w: &mut ImageWriter,
     stats: &mut Stats,
-) -> Result<Vec<PageRun>, CheckpointError> {
-    // Shared file mappings live in the file; kernel mappings are never saved.
+    out: &mut Vec<CkptRange>,
+) -> Result<(), CheckpointError> {
     if m.is_special() || (m.shared && m.is_file()) {
-        return Ok(Vec::new());
+        return Ok(());
     }
     let anonymous = !m.is_file();
     let npages = ((m.end - m.start) / PAGE) as usize;
-    let mut runs: Vec<PageRun> = Vec::new();
-    const BATCH: usize = 256; // pages per read: 1 MiB of memory
+    const BATCH: usize = 4096;
     let mut entries = vec![0u8; BATCH * 8];
-    let mut data = vec![0u8; BATCH * PAGE as usize];
     let mut first = 0usize;
     while first < npages {
         let n = BATCH.min(npages - first);
@@ -327,61 +326,23 @@ fn dump_vma(
             .read_exact_at(&mut entries[..n * 8], addr0 / PAGE * 8)
             .map_err(io_err(pid, "reading /proc/PID/pagemap"))?;
         stats.pages_scanned += n as u64;
-        let wanted: Vec<bool> = (0..n)
-            .map(|i| {
-                let e = u64::from_le_bytes(entries[i * 8..i * 8 + 8].try_into().unwrap());
-                // A private file mapping's clean pages come from the file; only its anonymous
-                // (copied-on-write) pages are saved. Shared anonymous memory is saved whole.
-                e & (PM_PRESENT | PM_SWAP) != 0 && (e & PM_FILE == 0 || anonymous)
-            })
-            .collect();
-        // Read each stretch of wanted pages at once, then keep the non-zero ones (zero pages
-        // of anonymous memory come back as zero-fill on restore).
-        let mut i = 0;
-        while i < n {
-            if !wanted[i] {
-                i += 1;
+        for (i, e) in entries[..n * 8].chunks_exact(8).enumerate() {
+            let e = u64::from_le_bytes(e.try_into().unwrap());
+            if e & (PM_PRESENT | PM_SWAP) == 0 || (e & PM_FILE != 0 && !anonymous) {
                 continue;
             }
-            let mut j = i;
-            while j < n && wanted[j] {
-                j += 1;
+            let addr = addr0 + i as u64 * PAGE;
+            match out.last_mut() {
+                Some(r) if r.end == addr => r.end += PAGE,
+                _ => out.push(CkptRange {
+                    start: addr,
+                    end: addr + PAGE,
+                }),
             }
-            let bytes = &mut data[..(j - i) * PAGE as usize];
-            let at = addr0 + i as u64 * PAGE;
-            mem.read_exact_at(bytes, at)
-                .map_err(io_err(pid, format!("reading memory at {at:#x}")))?;
-            let mut k = 0;
-            while k < j - i {
-                let page = |k: usize| &bytes[k * PAGE as usize..(k + 1) * PAGE as usize];
-                if anonymous && page(k).iter().all(|&b| b == 0) {
-                    stats.pages_skipped_zero += 1;
-                    k += 1;
-                    continue;
-                }
-                let mut l = k;
-                while l < j - i && !(anonymous && page(l).iter().all(|&b| b == 0)) {
-                    l += 1;
-                }
-                let chunk = &bytes[k * PAGE as usize..l * PAGE as usize];
-                let offset = w.append_pages(chunk).map_err(|e| CheckpointError::Write {
-                    path: PathBuf::from("(image)"),
-                    source: e,
-                })?;
-                let addr = at + k as u64 * PAGE;
-                let len = chunk.len() as u64;
-                match runs.last_mut() {
-                    Some(r) if r.addr + r.len == addr && r.offset + r.len == offset => r.len += len,
-                    _ => runs.push(PageRun { addr, len, offset }),
-                }
-                stats.pages_written += (l - k) as u64;
-                k = l;
-            }
-            i = j;
         }
         first += n;
     }
-    Ok(runs)
+    Ok(())
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -443,25 +404,74 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     }
     let maps = proc::smaps(pid).map_err(io_err(pid, "reading smaps"))?;
 
-    // Memory.
+    // Memory: the module copies the pages straight into the image file.
     let mut w = ImageWriter::create(opts.output).map_err(|source| CheckpointError::Write {
         path: opts.output.into(),
         source,
     })?;
+    let write_err = |source| CheckpointError::Write {
+        path: opts.output.into(),
+        source,
+    };
     let mut stats = Stats::default();
     let mem_t0 = Instant::now();
     let pagemap =
         File::open(format!("/proc/{pid}/pagemap")).map_err(io_err(pid, "opening pagemap"))?;
-    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io_err(pid, "opening mem"))?;
+    let maps: Vec<_> = maps
+        .into_iter()
+        .filter(|m| m.name != "[vsyscall]")
+        .collect();
+    // Zero pages are left out of anonymous memory only: a zero page of a private file
+    // mapping differs from the file's page.
+    let (mut anon_ranges, mut file_ranges) = (Vec::new(), Vec::new());
+    for m in &maps {
+        let out = if m.is_file() {
+            &mut file_ranges
+        } else {
+            &mut anon_ranges
+        };
+        wanted_ranges(pid, m, &pagemap, &mut stats, out)?;
+    }
+    let mut runs: Vec<ckpt_abi::CkptRestoreRun> = Vec::new();
+    for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
+        if set.is_empty() {
+            continue;
+        }
+        let offset = w.external_pages_offset().map_err(write_err)?;
+        let r =
+            dev.dump_pages(pid, w.file(), &set, offset, skip_zero)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOSPC) | Some(libc::EDQUOT) | Some(libc::EFBIG)
+                    | Some(libc::EIO) => CheckpointError::Write {
+                        path: opts.output.into(),
+                        source: e,
+                    },
+                    _ => io_err(pid, "dumping pages")(e),
+                })?;
+        w.external_pages_written(r.bytes_written)
+            .map_err(write_err)?;
+        stats.pages_written += r.bytes_written / PAGE;
+        stats.pages_skipped_zero += r.pages_zero;
+        runs.extend(r.runs);
+    }
+    runs.sort_by_key(|r| r.addr);
     let mut vmas = Vec::new();
-    for m in maps.iter().filter(|m| m.name != "[vsyscall]") {
-        let pages = dump_vma(pid, m, &pagemap, &mem, &mut w, &mut stats).map_err(|e| match e {
-            CheckpointError::Write { source, .. } => CheckpointError::Write {
-                path: opts.output.into(),
-                source,
-            },
-            e => e,
-        })?;
+    for m in &maps {
+        // The module merges pages that follow each other in memory and in the file, also
+        // across adjacent mappings: cut the runs at this mapping's bounds.
+        let pages = runs
+            .iter()
+            .filter(|r| r.addr < m.end && m.start < r.addr + r.len)
+            .map(|r| {
+                let start = r.addr.max(m.start);
+                let end = (r.addr + r.len).min(m.end);
+                PageRun {
+                    addr: start,
+                    len: end - start,
+                    offset: r.image_offset + (start - r.addr),
+                }
+            })
+            .collect();
         let backing = if m.is_special() {
             Backing::Special {
                 name: m.name.clone(),
@@ -576,29 +586,29 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: vec![process],
         stats: None,
     };
-    // The frozen time is known only once the target goes on; record what the image has to
-    // say now, and report the final figures to the caller.
-    stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+    // Everything of the target is captured: unless it is to be killed, let it go now and
+    // finish the image (checksums, manifest, fsync) while it runs.
+    if !opts.kill {
+        seized.active = false;
+        sys::ptrace_detach(pid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
+        stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+    }
+    w.checksum_external().map_err(write_err)?;
+    manifest.sections = w.sections().to_vec();
+    if opts.kill {
+        stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+    }
     stats.total_us = t0.elapsed().as_micros() as u64;
     manifest.stats = Some(stats);
-    let size = w
-        .finish(&manifest)
-        .map_err(|source| CheckpointError::Write {
-            path: opts.output.into(),
-            source,
-        })?;
+    let size = w.finish(&manifest).map_err(write_err)?;
     stats.image_bytes = size;
-
     if opts.kill {
         // Killed while still stopped, so it never runs past the checkpoint.
         sys::kill(pid, libc::SIGKILL).map_err(io_err(pid, "kill"))?;
         seized.active = false;
         let _ = sys::waitpid(pid, libc::__WALL);
-    } else {
-        seized.active = false;
-        sys::ptrace_detach(pid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
+        stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
-    stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
 }

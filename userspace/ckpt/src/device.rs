@@ -1,8 +1,9 @@
 //! The `/dev/ckpt` device: opening it, checking the module's ABI, and its ioctls.
 
 use ckpt_abi::{
-    CkptQuery, CkptTaskState, CkptVersionInfo, CKPT_ABI_VERSION, CKPT_IOC_DUMP_TASK,
-    CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
+    CkptDumpPages, CkptQuery, CkptRange, CkptRestoreRun, CkptTaskState, CkptVersionInfo,
+    CKPT_ABI_VERSION, CKPT_DUMP_SKIP_ZERO, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
+    CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
 };
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -59,6 +60,14 @@ pub enum QueryError {
     TooLong { len: usize },
     #[error("query of process {pid} failed: {source}")]
     Other { pid: i32, source: io::Error },
+}
+
+/// What `CKPT_IOC_DUMP_PAGES` did.
+#[derive(Debug)]
+pub struct DumpedPages {
+    pub runs: Vec<CkptRestoreRun>,
+    pub bytes_written: u64,
+    pub pages_zero: u64,
 }
 
 /// An open, ABI-checked `/dev/ckpt`.
@@ -177,6 +186,49 @@ impl Device {
             });
         }
         Ok(st)
+    }
+
+    /// `CKPT_IOC_DUMP_PAGES`: copies the pages of `pid` in `ranges` into `image` at `offset`.
+    pub fn dump_pages(
+        &self,
+        pid: i32,
+        image: &File,
+        ranges: &[CkptRange],
+        offset: u64,
+        skip_zero: bool,
+    ) -> io::Result<DumpedPages> {
+        let pages: u64 = ranges.iter().map(|r| (r.end - r.start) / 4096).sum();
+        let mut runs = vec![CkptRestoreRun::default(); pages as usize];
+        let too_many = || io::Error::from_raw_os_error(libc::E2BIG);
+        let mut req = CkptDumpPages {
+            pid,
+            image_fd: image.as_raw_fd(),
+            flags: if skip_zero { CKPT_DUMP_SKIP_ZERO } else { 0 },
+            range_count: u32::try_from(ranges.len()).map_err(|_| too_many())?,
+            ranges: ranges.as_ptr() as u64,
+            file_offset: offset,
+            runs: runs.as_mut_ptr() as u64,
+            max_runs: u32::try_from(runs.len()).map_err(|_| too_many())?,
+            ..Default::default()
+        };
+        // SAFETY: the kernel reads `ranges`, writes at most `max_runs` runs to `runs`, and
+        // reads/writes one CkptDumpPages at `req`.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                CKPT_IOC_DUMP_PAGES as _,
+                &mut req as *mut CkptDumpPages,
+            )
+        };
+        if ret < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        runs.truncate(req.run_count as usize);
+        Ok(DumpedPages {
+            runs,
+            bytes_written: req.bytes_written,
+            pages_zero: req.pages_zero,
+        })
     }
 
     /// The bare ioctl, for tests that need to send malformed arguments.

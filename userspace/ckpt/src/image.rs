@@ -402,6 +402,9 @@ pub struct ImageWriter {
     sections: Vec<Section>,
     /// The pages section being appended to: (index in `sections`, running crc).
     open_pages: Option<(usize, u32)>,
+    /// Sections written by someone else (the kernel module): their checksum is computed at
+    /// `finish`, by reading them back.
+    unchecked: Vec<usize>,
     done: bool,
 }
 
@@ -431,6 +434,7 @@ impl ImageWriter {
             pos: 0,
             sections: Vec::new(),
             open_pages: None,
+            unchecked: Vec::new(),
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -474,6 +478,56 @@ impl ImageWriter {
         Ok(offset)
     }
 
+    /// Where pages written into the file by someone else must start (page-aligned); call
+    /// [`ImageWriter::external_pages_written`] after they are.
+    pub fn external_pages_offset(&mut self) -> io::Result<u64> {
+        self.open_pages = None;
+        self.pad_to(PAGE)?;
+        Ok(self.pos)
+    }
+
+    /// Records `len` bytes of pages written by someone else at the offset
+    /// `external_pages_offset` returned, as a new pages section.
+    pub fn external_pages_written(&mut self, len: u64) -> io::Result<()> {
+        assert_eq!(len % PAGE, 0);
+        if len == 0 {
+            return Ok(());
+        }
+        self.sections.push(Section {
+            kind: SectionKind::Pages,
+            offset: self.pos,
+            len,
+            crc32c: 0,
+        });
+        self.unchecked.push(self.sections.len() - 1);
+        self.pos += len;
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        Ok(())
+    }
+
+    /// Computes the checksums of externally written sections (by reading them back).
+    pub fn checksum_external(&mut self) -> io::Result<()> {
+        let mut buf = vec![0u8; 1 << 20];
+        for &i in &self.unchecked {
+            let s = self.sections[i];
+            let (mut at, end, mut crc) = (s.offset, s.offset + s.len, 0u32);
+            while at < end {
+                let n = ((end - at) as usize).min(buf.len());
+                self.file.read_exact_at(&mut buf[..n], at)?;
+                crc = crc32c::crc32c_append(crc, &buf[..n]);
+                at += n as u64;
+            }
+            self.sections[i].crc32c = crc;
+        }
+        self.unchecked.clear();
+        Ok(())
+    }
+
+    /// The file the image is being written to (for the kernel module to write into).
+    pub fn file(&self) -> &File {
+        &self.file
+    }
+
     /// Adds a small binary section; returns its index in the manifest's section list.
     pub fn add_blob(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<usize> {
         self.open_pages = None;
@@ -494,7 +548,16 @@ impl ImageWriter {
     }
 
     /// Writes the manifest and the header, fsyncs, and renames into place. Returns the size.
+    /// Sections written externally must have been checksummed ([`checksum_external`]) and the
+    /// manifest must list [`sections`] as they are now.
+    ///
+    /// [`checksum_external`]: ImageWriter::checksum_external
+    /// [`sections`]: ImageWriter::sections
     pub fn finish(mut self, manifest: &Manifest) -> io::Result<u64> {
+        assert!(
+            self.unchecked.is_empty(),
+            "external sections not checksummed"
+        );
         let json = serde_json::to_vec(manifest).map_err(io::Error::other)?;
         let manifest_offset = self.pos;
         self.write_all(&json)?;

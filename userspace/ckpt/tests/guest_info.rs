@@ -393,3 +393,152 @@ fn unprivileged_caller_is_refused() {
         "see the codes in the child"
     );
 }
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn dump_and_restore_ioctls_validate_their_arguments() {
+    use ckpt_abi::{CkptDumpPages, CkptRange, CkptRestore, CKPT_IOC_DUMP_PAGES, CKPT_IOC_RESTORE};
+    use std::os::fd::AsRawFd;
+    let d = dev();
+    let t = Target::spawn("static_target", &[]);
+    let page = t.addr & !4095;
+    let ranges = [CkptRange {
+        start: page,
+        end: page + 4096,
+    }];
+    let img = std::env::temp_dir().join(format!("ckpt-dump-args-{}", std::process::id()));
+    let file = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(&img)
+        .unwrap();
+    let mut runs = [ckpt_abi::CkptRestoreRun::default(); 4];
+    let good = CkptDumpPages {
+        pid: t.pid(),
+        image_fd: file.as_raw_fd(),
+        range_count: 1,
+        ranges: ranges.as_ptr() as u64,
+        runs: runs.as_mut_ptr() as u64,
+        max_runs: 4,
+        ..Default::default()
+    };
+    let call = |mut q: CkptDumpPages| -> Result<CkptDumpPages, i32> {
+        d.raw_ioctl(CKPT_IOC_DUMP_PAGES, &mut q as *mut _ as usize)
+            .map(|_| q)
+            .map_err(|e| e.raw_os_error().unwrap())
+    };
+    let ok = call(good).unwrap();
+    assert_eq!((ok.run_count, ok.bytes_written), (1, 4096));
+    assert_eq!(std::fs::read(&img).unwrap().len(), 4096);
+    assert_eq!(call(CkptDumpPages { flags: 2, ..good }), Err(libc::EINVAL));
+    assert_eq!(
+        call(CkptDumpPages {
+            file_offset: 100,
+            ..good
+        }),
+        Err(libc::EINVAL)
+    );
+    let unaligned = [CkptRange {
+        start: page + 1,
+        end: page + 4096,
+    }];
+    assert_eq!(
+        call(CkptDumpPages {
+            ranges: unaligned.as_ptr() as u64,
+            ..good
+        }),
+        Err(libc::EINVAL)
+    );
+    let kernel = [CkptRange {
+        start: 0xffff_8000_0000_0000,
+        end: 0xffff_8000_0000_1000,
+    }];
+    assert_eq!(
+        call(CkptDumpPages {
+            ranges: kernel.as_ptr() as u64,
+            ..good
+        }),
+        Err(libc::EINVAL)
+    );
+    assert_eq!(call(CkptDumpPages { ranges: 8, ..good }), Err(libc::EFAULT));
+    assert_eq!(call(CkptDumpPages { runs: 8, ..good }), Err(libc::EFAULT));
+    assert_eq!(
+        call(CkptDumpPages {
+            max_runs: 0,
+            ..good
+        }),
+        Err(libc::ENOSPC)
+    );
+    assert_eq!(
+        call(CkptDumpPages {
+            image_fd: -1,
+            ..good
+        }),
+        Err(libc::EBADF)
+    );
+    assert_eq!(
+        call(CkptDumpPages {
+            pid: 999_999,
+            ..good
+        }),
+        Err(libc::ESRCH)
+    );
+    let ro = std::fs::File::open(&img).unwrap();
+    assert_eq!(
+        call(CkptDumpPages {
+            image_fd: ro.as_raw_fd(),
+            ..good
+        }),
+        Err(libc::EBADF)
+    );
+    let unmapped = [CkptRange {
+        start: 0x1000,
+        end: 0x2000,
+    }];
+    assert_eq!(
+        call(CkptDumpPages {
+            ranges: unmapped.as_ptr() as u64,
+            ..good
+        }),
+        Err(libc::EFAULT)
+    );
+
+    // A write-only image for a restore: refused (EBADF), without a kernel warning.
+    let wo = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    let mut r = CkptRestore {
+        image_fd: wo.as_raw_fd(),
+        ..Default::default()
+    };
+    let err = d
+        .raw_ioctl(CKPT_IOC_RESTORE, &mut r as *mut _ as usize)
+        .unwrap_err();
+    assert!(
+        matches!(err.raw_os_error(), Some(libc::EBUSY) | Some(libc::EBADF)),
+        "{err}"
+    );
+
+    // Restore refuses bad flags, and a caller with other threads (this test harness), before
+    // touching anything: we are still here to check.
+    let mut r = CkptRestore {
+        flags: 1,
+        image_fd: file.as_raw_fd(),
+        ..Default::default()
+    };
+    assert_eq!(
+        d.raw_ioctl(CKPT_IOC_RESTORE, &mut r as *mut _ as usize)
+            .unwrap_err()
+            .raw_os_error(),
+        Some(libc::EINVAL)
+    );
+    let mut r = CkptRestore {
+        image_fd: file.as_raw_fd(),
+        ..Default::default()
+    };
+    let err = d
+        .raw_ioctl(CKPT_IOC_RESTORE, &mut r as *mut _ as usize)
+        .unwrap_err();
+    assert!(matches!(err.raw_os_error(), Some(libc::EBUSY)), "{err}");
+    let _ = std::fs::remove_file(img);
+}
