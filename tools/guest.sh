@@ -45,6 +45,7 @@ cat > "$work/root/init" <<'INIT'
 mount -t proc proc /proc
 mount -t sysfs sys /sys
 mount -t devtmpfs dev /dev
+ip link set lo up 2>/dev/null || ifconfig lo 127.0.0.1 up
 if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose hostroot /host; then
   echo "CKPT_GUEST_EXIT=200"; poweroff -f
 fi
