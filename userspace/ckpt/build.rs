@@ -18,6 +18,7 @@ fn main() {
         ("counter", &[]),
         ("counter_static", &["-static"]),
         ("fdkinds", &[]),
+        ("memfd_target", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

@@ -49,6 +49,11 @@ pub enum CheckpointError {
         target: String,
         why: &'static str,
     },
+    #[error(
+        "cannot checkpoint the mapping at {start:#x} of process {pid} ({name}): mappings of \
+         deleted files, memfds and SysV shared memory are not supported yet"
+    )]
+    UnsupportedMapping { pid: i32, start: u64, name: String },
     #[error("process {pid}: {what}: {source}")]
     Io {
         pid: i32,
@@ -403,6 +408,18 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         rlimits.push(crate::image::Rlimit { resource, cur, max });
     }
     let maps = proc::smaps(pid).map_err(io_err(pid, "reading smaps"))?;
+    // A mapping of a file that no longer has a name (memfd, SysV shm, a deleted file) cannot
+    // be mapped again by path: refuse now rather than fail at restore.
+    if let Some(m) = maps
+        .iter()
+        .find(|m| m.is_file() && m.name.ends_with(" (deleted)"))
+    {
+        return Err(CheckpointError::UnsupportedMapping {
+            pid,
+            start: m.start,
+            name: m.name.clone(),
+        });
+    }
 
     // Memory: the module copies the pages straight into the image file.
     let mut w = ImageWriter::create(opts.output).map_err(|source| CheckpointError::Write {

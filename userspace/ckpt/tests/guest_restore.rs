@@ -463,6 +463,20 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("is ckpt itself"));
     assert!(!img.exists(), "no image after failures");
 
+    // A memfd mapping: refused at checkpoint time, target untouched.
+    let memfd = common::Target::spawn("memfd_target", &[]);
+    fail(
+        &["checkpoint", &memfd.pid().to_string(), "-o", imgs],
+        "memfds",
+    );
+    assert!(!img.exists());
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", memfd.pid())).unwrap();
+    assert!(
+        stat.contains(") S "),
+        "the target is left sleeping, not stopped: {stat}"
+    );
+    drop(memfd);
+
     // Another user's process, as an unprivileged user: refused (the device is root-only).
     let mut child = start_counter("counter", &d.path("out"), 1);
     let o = Command::new("setpriv")
