@@ -14,6 +14,8 @@ t0=$SECONDS
 step "dependencies"
 "$here/deps.sh"
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
+# No incremental state: a test run builds once, and stale incremental files only add noise.
+export CARGO_INCREMENTAL=0
 
 step "format and lints (user space)"
 cargo fmt --all --check

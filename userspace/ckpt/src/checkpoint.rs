@@ -542,7 +542,6 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             mask: a.mask,
         })
         .collect();
-    let m = &ts.mm;
     let process = Process {
         pid,
         ppid: st.ppid,
@@ -552,20 +551,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         umask,
         personality: ts.personality,
         rlimits,
-        mm: MmLayout {
-            start_code: m.start_code,
-            end_code: m.end_code,
-            start_data: m.start_data,
-            end_data: m.end_data,
-            start_brk: m.start_brk,
-            brk: m.brk,
-            start_stack: m.start_stack,
-            arg_start: m.arg_start,
-            arg_end: m.arg_end,
-            env_start: m.env_start,
-            env_end: m.env_end,
-            auxv: m.auxv.to_vec(),
-        },
+        mm: MmLayout::from(&ts.mm),
         vmas,
         sigactions,
         fds,

@@ -155,6 +155,42 @@ pub struct MmLayout {
     pub auxv: Vec<u64>,
 }
 
+/// Conversions between the image's mm layout and the ioctl ABI's, with the field list once.
+macro_rules! mm_layout_conversions {
+    ($($field:ident),* $(,)?) => {
+        impl From<&ckpt_abi::CkptMmLayout> for MmLayout {
+            fn from(m: &ckpt_abi::CkptMmLayout) -> Self {
+                MmLayout { $($field: m.$field,)* auxv: m.auxv.to_vec() }
+            }
+        }
+
+        impl MmLayout {
+            /// The ABI form; auxv words beyond the ABI's room are dropped (the kernel keeps
+            /// fewer).
+            pub fn to_abi(&self) -> ckpt_abi::CkptMmLayout {
+                let mut auxv = [0u64; ckpt_abi::CKPT_AUXV_WORDS];
+                for (d, s) in auxv.iter_mut().zip(&self.auxv) {
+                    *d = *s;
+                }
+                ckpt_abi::CkptMmLayout { $($field: self.$field,)* auxv }
+            }
+        }
+    };
+}
+mm_layout_conversions!(
+    start_code,
+    end_code,
+    start_data,
+    end_data,
+    start_brk,
+    brk,
+    start_stack,
+    arg_start,
+    arg_end,
+    env_start,
+    env_end,
+);
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Vma {
     pub start: u64,

@@ -15,8 +15,8 @@
 use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs, SectionKind, PAGE};
 use crate::{proc, sys};
 use ckpt_abi::{
-    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_AUXV_WORDS,
-    CKPT_IOC_RESTORE, CKPT_RESTORE_MAX_KEEP, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
+    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_IOC_RESTORE,
+    CKPT_RESTORE_MAX_KEEP, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
 };
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -190,25 +190,7 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
             image_offset: r.offset,
         }));
     }
-    let m = &p.mm;
-    let mut auxv = [0u64; CKPT_AUXV_WORDS];
-    for (d, s) in auxv.iter_mut().zip(&m.auxv) {
-        *d = *s;
-    }
-    let mm = CkptMmLayout {
-        start_code: m.start_code,
-        end_code: m.end_code,
-        start_data: m.start_data,
-        end_data: m.end_data,
-        start_brk: m.start_brk,
-        brk: m.brk,
-        start_stack: m.start_stack,
-        arg_start: m.arg_start,
-        arg_end: m.arg_end,
-        env_start: m.env_start,
-        env_end: m.env_end,
-        auxv,
-    };
+    let mm = p.mm.to_abi();
     Ok(Plan {
         vmas,
         runs,

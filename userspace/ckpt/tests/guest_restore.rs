@@ -22,6 +22,20 @@ fn setup() {
     });
 }
 
+/// The start of every test: the module lock (shared unless `exclusive`), subreaping, and a
+/// fresh directory with the usual `out` and `img` paths.
+fn begin(name: &str, exclusive: bool) -> (Box<dyn std::any::Any>, Dir, PathBuf, PathBuf) {
+    let guard: Box<dyn std::any::Any> = if exclusive {
+        Box::new(MODULE.write().unwrap_or_else(|e| e.into_inner()))
+    } else {
+        Box::new(MODULE.read().unwrap_or_else(|e| e.into_inner()))
+    };
+    setup();
+    let d = Dir::new(name);
+    let (out, img) = (d.path("out"), d.path("img"));
+    (guard, d, out, img)
+}
+
 struct Dir(PathBuf);
 impl Dir {
     fn new(name: &str) -> Dir {
@@ -203,10 +217,7 @@ fn maps_of(pid: i32) -> String {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn counter_continues_after_kill_and_restore() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("basic");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("basic", false);
     let mut child = start_counter("counter", &out, 16);
     let orig = child.id() as i32;
     let before_fdinfo = std::fs::read_to_string(format!("/proc/{orig}/fdinfo/3")).unwrap();
@@ -238,10 +249,7 @@ fn counter_continues_after_kill_and_restore() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn static_binary_and_large_memory() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("static");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("static", false);
     let mut child = start_counter("counter_static", &out, 256);
     let last = checkpoint_kill(&mut child, &img, &out);
     let info = ok(&ckpt(&["inspect", img.to_str().unwrap(), "--json"]));
@@ -306,10 +314,7 @@ fn two_restores_from_one_image_and_checkpoint_of_a_restored_process() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn checkpoint_without_kill_is_invisible_to_the_target_and_its_parent() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("live");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("live", false);
     let mut child = start_counter("counter", &out, 4);
     let pid = child.id() as i32;
     for i in 0..3 {
@@ -360,10 +365,7 @@ fn checkpoint_without_kill_is_invisible_to_the_target_and_its_parent() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn restore_when_the_original_pid_is_taken() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("pidtaken");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("pidtaken", false);
     let mut child = start_counter("counter", &out, 1);
     let orig = child.id() as i32;
     let pid_s = orig.to_string();
@@ -398,10 +400,7 @@ fn restore_when_the_original_pid_is_taken() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn restore_after_module_reload() {
-    let _m = MODULE.write().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("reload");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("reload", true);
     let mut child = start_counter("counter", &out, 2);
     let last = checkpoint_kill(&mut child, &img, &out);
     let ko = std::env::var("CKPT_KO").expect("CKPT_KO names the module file");
@@ -598,10 +597,7 @@ fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_blocked_pending_signal_stays_pending() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("pending");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, _d, out, img) = begin("pending", false);
     let mut child = start_counter_with("counter", &out, 1, &["hold-usr1"]);
     // SAFETY: signalling our child.
     assert_eq!(unsafe { libc::kill(child.id() as i32, libc::SIGUSR1) }, 0);
@@ -626,10 +622,7 @@ fn a_blocked_pending_signal_stays_pending() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn pipes_with_unread_data_and_deleted_files() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("fdkinds");
-    let (out, img) = (d.path("out"), d.path("img"));
+    let (_m, d, out, img) = begin("fdkinds", false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
         .arg(&d.0)
