@@ -128,6 +128,11 @@ fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> R
         if end > vma.vma.end {
             return Err(EINVAL);
         }
+        // Page data goes into private or anonymous memory only: never through a shared file
+        // mapping into the file itself.
+        if vma.vma.flags & CKPT_VMA_FILE != 0 && vma.vma.flags & CKPT_VMA_SHARED != 0 {
+            return Err(EINVAL);
+        }
     }
     Ok(())
 }

@@ -13,6 +13,7 @@ if [[ "${1:-}" == --in-guest ]]; then
   shift
   ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 criu=${6:-}
   insmod "$ko"
+  set +m
   now() { date +%s%N; }
   ms() { echo "scale=1; $1 / 1000000" | bc; }
   median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
@@ -21,6 +22,7 @@ if [[ "${1:-}" == --in-guest ]]; then
     rm -f /tmp/b.out
     setsid "$prog" /tmp/b.out "$1" </dev/null >/dev/null 2>&1 &
     pid=$!
+    disown "$pid" 2>/dev/null || true
     until [[ -s /tmp/b.out ]] && (( $(wc -l < /tmp/b.out) >= 3 )); do sleep 0.05; done
   }
   # Checks that the restored process writes on; then kills it.
@@ -39,7 +41,7 @@ if [[ "${1:-}" == --in-guest ]]; then
     for _ in $(seq "$reps"); do
       start "$mib"
       t0=$(now); json=$("$ckpt" checkpoint "$pid" -o /tmp/b.img --kill --json); t1=$(now)
-      wait "$pid" 2>/dev/null || true
+      while [[ -e /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.01; done
       d+=("$(( (t1 - t0) / 1000 ))")
       f+=("$(echo "$json" | sed -n 's/.*"frozen_us": \([0-9]*\).*/\1/p')")
       sz+=("$(stat -c %s /tmp/b.img)")
