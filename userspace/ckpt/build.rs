@@ -19,6 +19,7 @@ fn main() {
         ("counter_static", &["-static"]),
         ("fdkinds", &[]),
         ("memfd_target", &[]),
+        ("mt_counter", &["-pthread"]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

@@ -31,11 +31,6 @@ pub enum CheckpointError {
     KernelThread(i32),
     #[error("process {0} is a zombie (it has exited and waits for its parent to reap it)")]
     Zombie(i32),
-    #[error(
-        "process {pid} has {threads} threads; this version checkpoints single-threaded \
-         processes only"
-    )]
-    Threads { pid: i32, threads: u32 },
     #[error(transparent)]
     Query(#[from] QueryError),
     #[error(
@@ -76,16 +71,111 @@ pub struct Options<'a> {
 
 /// Detaches from the target when dropped: whatever happens, the target runs on.
 struct Seized {
-    pid: i32,
+    tids: Vec<i32>,
     active: bool,
 }
 
 impl Drop for Seized {
     fn drop(&mut self) {
         if self.active {
-            let _ = sys::ptrace_detach(self.pid, 0);
+            for &tid in &self.tids {
+                let _ = sys::ptrace_detach(tid, 0);
+            }
         }
     }
+}
+
+/// Stops every thread of `pid` (seize + interrupt each, until no new thread appears) and
+/// records them in `seized`. The main thread comes first.
+fn freeze_all(pid: i32, seized: &mut Seized) -> Result<(), CheckpointError> {
+    for _round in 0..100 {
+        let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .map_err(|_| CheckpointError::NoSuchProcess(pid))?
+            .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+            .collect();
+        tids.sort_by_key(|&t| (t != pid, t));
+        let new: Vec<i32> = tids
+            .into_iter()
+            .filter(|t| !seized.tids.contains(t))
+            .collect();
+        if new.is_empty() {
+            return Ok(());
+        }
+        for tid in new {
+            match sys::ptrace_seize(tid, 0) {
+                Ok(()) => {}
+                // Exited between the listing and now.
+                Err(e) if e.raw_os_error() == Some(libc::ESRCH) && tid != pid => continue,
+                Err(source) => return Err(CheckpointError::Attach { pid, source }),
+            }
+            seized.tids.push(tid);
+            sys::ptrace_interrupt(tid).map_err(io_err(pid, "PTRACE_INTERRUPT"))?;
+            let status =
+                sys::waitpid(tid, libc::__WALL).map_err(io_err(pid, "waiting for the stop"))?;
+            if !libc::WIFSTOPPED(status) {
+                seized.tids.pop();
+                if tid == pid {
+                    return Err(CheckpointError::NoSuchProcess(pid));
+                }
+            }
+        }
+    }
+    Err(io_err(pid, "stopping its threads")(std::io::Error::other(
+        "threads keep appearing",
+    )))
+}
+
+/// What is saved of one thread, before its XSAVE blob gets a section.
+struct ThreadState {
+    tid: i32,
+    regs: Regs,
+    xstate: Vec<u8>,
+    sigmask: u64,
+    rseq: Option<Rseq>,
+    robust_list: RobustList,
+    sigaltstack: SigAltStack,
+    clear_child_tid: u64,
+    pending: u64,
+    comm: String,
+}
+
+fn capture_thread(dev: &Device, pid: i32, tid: i32) -> Result<ThreadState, CheckpointError> {
+    let regs = sys::ptrace_getregs(tid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
+    let xstate =
+        sys::ptrace_get_xstate(tid).map_err(io_err(pid, "PTRACE_GETREGSET NT_X86_XSTATE"))?;
+    let sigmask = sys::ptrace_get_sigmask(tid).map_err(io_err(pid, "PTRACE_GETSIGMASK"))?;
+    let rseq = match sys::ptrace_get_rseq(tid) {
+        Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
+            addr: c.rseq_abi_pointer,
+            len: c.rseq_abi_size,
+            sig: c.signature,
+        }),
+        Ok(_) => None,
+        Err(e) => return Err(io_err(pid, "PTRACE_GET_RSEQ_CONFIGURATION")(e)),
+    };
+    let (head, len) = sys::get_robust_list(tid).map_err(io_err(pid, "get_robust_list"))?;
+    let ts = dev.dump_task(tid)?;
+    let (pending, _) =
+        proc::pending_signals(tid).map_err(io_err(pid, "reading pending signals"))?;
+    let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
+        .map(|c| c.trim_end_matches('\n').to_owned())
+        .unwrap_or_default();
+    Ok(ThreadState {
+        tid,
+        regs: regs_from(&regs),
+        xstate,
+        sigmask,
+        rseq,
+        robust_list: RobustList { head, len },
+        sigaltstack: SigAltStack {
+            sp: ts.sas_ss_sp,
+            size: ts.sas_ss_size,
+            flags: ts.sas_ss_flags,
+        },
+        clear_child_tid: ts.clear_child_tid,
+        pending,
+        comm,
+    })
 }
 
 fn io_err(pid: i32, what: impl Into<String>) -> impl FnOnce(std::io::Error) -> CheckpointError {
@@ -108,12 +198,6 @@ fn precheck(pid: i32, dev: &Device) -> Result<proc::Stat, CheckpointError> {
     }
     // The module applies ptrace's permission rule: fail here, before stopping anything.
     dev.query(pid, 0, &mut [])?;
-    if st.threads != 1 {
-        return Err(CheckpointError::Threads {
-            pid,
-            threads: st.threads,
-        });
-    }
     Ok(st)
 }
 
@@ -361,39 +445,22 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     })?;
     let st = precheck(pid, &dev)?;
 
-    // Freeze.
-    sys::ptrace_seize(pid, 0).map_err(|source| CheckpointError::Attach { pid, source })?;
-    let mut seized = Seized { pid, active: true };
+    // Freeze every thread.
+    let mut seized = Seized {
+        tids: Vec::new(),
+        active: true,
+    };
     let frozen_at = Instant::now();
-    sys::ptrace_interrupt(pid).map_err(io_err(pid, "PTRACE_INTERRUPT"))?;
-    let status = sys::waitpid(pid, libc::__WALL).map_err(io_err(pid, "waiting for the stop"))?;
-    if !libc::WIFSTOPPED(status) {
-        seized.active = false;
-        return Err(CheckpointError::NoSuchProcess(pid));
-    }
-    // Re-check now that it cannot change: a thread may have been created meanwhile.
-    let threads = proc::stat(pid).map_err(io_err(pid, "stat"))?.threads;
-    if threads != 1 {
-        return Err(CheckpointError::Threads { pid, threads });
-    }
+    freeze_all(pid, &mut seized)?;
 
     // Thread state.
-    let regs = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
-    let xstate =
-        sys::ptrace_get_xstate(pid).map_err(io_err(pid, "PTRACE_GETREGSET NT_X86_XSTATE"))?;
-    let sigmask = sys::ptrace_get_sigmask(pid).map_err(io_err(pid, "PTRACE_GETSIGMASK"))?;
-    let rseq = match sys::ptrace_get_rseq(pid) {
-        Ok(c) if c.rseq_abi_pointer != 0 => Some(Rseq {
-            addr: c.rseq_abi_pointer,
-            len: c.rseq_abi_size,
-            sig: c.signature,
-        }),
-        Ok(_) => None,
-        Err(e) => return Err(io_err(pid, "PTRACE_GET_RSEQ_CONFIGURATION")(e)),
-    };
-    let (rl_head, rl_len) = sys::get_robust_list(pid).map_err(io_err(pid, "get_robust_list"))?;
+    let threads = seized
+        .tids
+        .iter()
+        .map(|&tid| capture_thread(&dev, pid, tid))
+        .collect::<Result<Vec<_>, _>>()?;
     let ts = dev.dump_task(pid)?;
-    let (pending, shared_pending) =
+    let (_, shared_pending) =
         proc::pending_signals(pid).map_err(io_err(pid, "reading pending signals"))?;
 
     // Process state from /proc.
@@ -514,12 +581,13 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         });
     }
     stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
-    let xstate_section =
-        w.add_blob(SectionKind::Xstate, &xstate)
-            .map_err(|source| CheckpointError::Write {
-                path: opts.output.into(),
-                source,
-            })?;
+    let mut xstate_sections = Vec::new();
+    for t in &threads {
+        xstate_sections.push(
+            w.add_blob(SectionKind::Xstate, &t.xstate)
+                .map_err(write_err)?,
+        );
+    }
 
     let (fds, pipes) = dump_fds(pid, &fd_entries, &mut w).map_err(|e| match e {
         CheckpointError::Write { source, .. } => CheckpointError::Write {
@@ -555,24 +623,22 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         vmas,
         sigactions,
         fds,
-        threads: vec![Thread {
-            tid: pid,
-            regs: regs_from(&regs),
-            xstate_section,
-            sigmask,
-            sigaltstack: SigAltStack {
-                sp: ts.sas_ss_sp,
-                size: ts.sas_ss_size,
-                flags: ts.sas_ss_flags,
-            },
-            clear_child_tid: ts.clear_child_tid,
-            robust_list: RobustList {
-                head: rl_head,
-                len: rl_len,
-            },
-            rseq,
-            pending,
-        }],
+        threads: threads
+            .iter()
+            .zip(&xstate_sections)
+            .map(|(t, &xstate_section)| Thread {
+                tid: t.tid,
+                regs: t.regs,
+                xstate_section,
+                sigmask: t.sigmask,
+                sigaltstack: t.sigaltstack,
+                clear_child_tid: t.clear_child_tid,
+                robust_list: t.robust_list,
+                rseq: t.rseq,
+                pending: t.pending,
+                comm: t.comm.clone(),
+            })
+            .collect(),
         shared_pending,
         pipes,
     };
@@ -593,7 +659,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     // finish the image (checksums, manifest, fsync) while it runs.
     if !opts.kill {
         seized.active = false;
-        sys::ptrace_detach(pid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
+        for &tid in &seized.tids {
+            sys::ptrace_detach(tid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
+        }
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
     w.checksum_external().map_err(write_err)?;
@@ -609,7 +677,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         // Killed while still stopped, so it never runs past the checkpoint.
         sys::kill(pid, libc::SIGKILL).map_err(io_err(pid, "kill"))?;
         seized.active = false;
-        let _ = sys::waitpid(pid, libc::__WALL);
+        // Collect the other threads first: the main thread is reported only after them.
+        for &tid in seized.tids.iter().rev() {
+            let _ = sys::waitpid(tid, libc::__WALL);
+        }
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
     stats.total_us = t0.elapsed().as_micros() as u64;

@@ -323,6 +323,9 @@ pub struct Thread {
     /// Signals pending for this thread only (a mask, bit n-1 for signal n).
     #[serde(default)]
     pub pending: u64,
+    /// The thread's name (/proc/PID/task/TID/comm).
+    #[serde(default)]
+    pub comm: String,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -946,6 +949,7 @@ pub(crate) mod tests {
                     robust_list: RobustList::default(),
                     rseq: None,
                     pending: 0,
+                    comm: String::new(),
                 }],
                 shared_pending: 0,
                 pipes: vec![],

@@ -3,6 +3,7 @@ pub mod checkpoint;
 pub mod device;
 pub mod image;
 pub mod info;
+pub mod inject;
 pub mod inspect;
 pub mod proc;
 pub mod restore;

@@ -12,7 +12,8 @@
 //!
 //! Any failure before the detach kills the child: a half-restored process never runs.
 
-use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs, SectionKind, PAGE};
+use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs, PAGE};
+use crate::inject::Injector;
 use crate::{proc, sys};
 use ckpt_abi::{
     CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_IOC_RESTORE,
@@ -31,8 +32,6 @@ pub enum RestoreError {
     Device(#[from] crate::device::DeviceError),
     #[error("the image holds {0} processes; this version restores one")]
     Processes(usize),
-    #[error("the image's process has {0} threads; this version restores single-threaded ones")]
-    Threads(usize),
     #[error(
         "the image's kernel mappings ({image}) differ from this kernel's ({here}): it was \
          taken on another kernel"
@@ -592,6 +591,117 @@ fn follow_to_restore_exit(pid: i32) -> Result<libc::user_regs_struct, RestoreErr
     })
 }
 
+/// Scratch memory for injected syscalls' arguments: below the main thread's saved stack
+/// pointer, past the red zone; nothing live is there.
+fn scratch_area(p: &Process) -> u64 {
+    (p.threads[0].regs.rsp - 1024) & !15
+}
+
+/// Creates the process's threads after the first, in order, by making the main thread run
+/// clone3 (through [`Injector`]); each new thread then sets its robust list, alternate signal
+/// stack and rseq area the same way. Returns their tids; all stay stopped for the caller.
+fn create_threads(pid: i32, p: &Process) -> Result<Vec<i32>, RestoreError> {
+    const CLONE_FLAGS: u64 = (libc::CLONE_VM
+        | libc::CLONE_FS
+        | libc::CLONE_FILES
+        | libc::CLONE_SIGHAND
+        | libc::CLONE_THREAD
+        | libc::CLONE_SYSVSEM
+        | libc::CLONE_CHILD_CLEARTID) as u64;
+    let inj = Injector::find(pid).map_err(io("finding a syscall instruction"))?;
+    sys::ptrace_setoptions(
+        pid,
+        libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE,
+    )
+    .map_err(io("PTRACE_SETOPTIONS"))?;
+    let scratch = scratch_area(p);
+    let mut tids = Vec::new();
+    for t in &p.threads[1..] {
+        let mut args = [0u64; 11];
+        args[0] = CLONE_FLAGS;
+        args[2] = t.clear_child_tid; // child_tid, with CLONE_CHILD_CLEARTID
+        args[8] = scratch + 96; // set_tid
+        args[9] = 1; // set_tid_size
+        let mut bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+        bytes.resize(96, 0);
+        bytes.extend_from_slice(&(t.tid as i64).to_le_bytes());
+        inj.poke(scratch, &bytes)
+            .map_err(io("writing clone3 arguments"))?;
+        let (mut ret, mut new) = inj
+            .syscall(pid, libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])
+            .map_err(io("creating a thread"))?;
+        if ret == -(libc::EEXIST as i64) {
+            // The tid is taken: any tid will do (the program's cached tid will be stale).
+            eprintln!(
+                "ckpt: thread id {} was taken; the thread was restored with another",
+                t.tid
+            );
+            inj.poke(scratch + 72, &0u64.to_le_bytes())
+                .map_err(io("writing clone3 arguments"))?;
+            (ret, new) = inj
+                .syscall(pid, libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])
+                .map_err(io("creating a thread"))?;
+        }
+        if ret < 0 {
+            return Err(io("creating a thread")(std::io::Error::from_raw_os_error(
+                -ret as i32,
+            )));
+        }
+        let tid = new.unwrap_or(ret as i32);
+        // The new thread starts stopped (auto-attached): wait for that stop.
+        let status = sys::waitpid(tid, libc::__WALL).map_err(io("waiting for a new thread"))?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(io("waiting for a new thread")(std::io::Error::other(
+                "it did not stop",
+            )));
+        }
+        tids.push(tid);
+        let check = |what: &str, r: (i64, Option<i32>)| {
+            if r.0 < 0 {
+                Err(io(what.to_owned())(std::io::Error::from_raw_os_error(
+                    -r.0 as i32,
+                )))
+            } else {
+                Ok(())
+            }
+        };
+        if t.robust_list.head != 0 {
+            let r = inj
+                .syscall(
+                    tid,
+                    libc::SYS_set_robust_list,
+                    [t.robust_list.head, t.robust_list.len, 0, 0, 0, 0],
+                )
+                .map_err(io("set_robust_list"))?;
+            check("set_robust_list in a thread", r)?;
+        }
+        if t.sigaltstack.size != 0 {
+            let mut ss = Vec::new();
+            ss.extend_from_slice(&t.sigaltstack.sp.to_le_bytes());
+            ss.extend_from_slice(&(t.sigaltstack.flags & (1u32 << 31)).to_le_bytes());
+            ss.extend_from_slice(&0u32.to_le_bytes());
+            ss.extend_from_slice(&t.sigaltstack.size.to_le_bytes());
+            inj.poke(scratch, &ss)
+                .map_err(io("writing sigaltstack arguments"))?;
+            let r = inj
+                .syscall(tid, libc::SYS_sigaltstack, [scratch, 0, 0, 0, 0, 0])
+                .map_err(io("sigaltstack"))?;
+            check("sigaltstack in a thread", r)?;
+        }
+        if let Some(rs) = t.rseq {
+            let r = inj
+                .syscall(
+                    tid,
+                    libc::SYS_rseq,
+                    [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0],
+                )
+                .map_err(io("rseq"))?;
+            check("rseq in a thread", r)?;
+        }
+    }
+    Ok(tids)
+}
+
 /// Restores the image at `path`. The restored process is our child.
 pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
@@ -600,14 +710,17 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         return Err(RestoreError::Processes(m.processes.len()));
     }
     let p = &m.processes[0];
-    if p.threads.len() != 1 {
-        return Err(RestoreError::Threads(p.threads.len()));
+    if p.threads.first().map(|t| t.tid) != Some(p.pid) {
+        return Err(RestoreError::Image(ImageError::Corrupt {
+            path: path.into(),
+            what: "the first thread is not the main thread".into(),
+        }));
     }
-    let xstate = img.read_section(p.threads[0].xstate_section)?;
-    debug_assert_eq!(
-        m.sections[p.threads[0].xstate_section].kind,
-        SectionKind::Xstate
-    );
+    let xstates = p
+        .threads
+        .iter()
+        .map(|t| img.read_section(t.xstate_section))
+        .collect::<Result<Vec<_>, _>>()?;
     let dev = std::fs::OpenOptions::new()
         .read(true)
         .write(true)
@@ -691,20 +804,54 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
             std::io::Error::from_raw_os_error(errno),
         )));
     }
-    let t = &p.threads[0];
-    let regs = resume_regs(&t.regs, &now);
-    sys::ptrace_setregs(pid, &regs)
-        .map_err(io("PTRACE_SETREGS"))
-        .map_err(kill_child)?;
-    sys::ptrace_set_xstate(pid, &xstate)
-        .map_err(io("PTRACE_SETREGSET NT_X86_XSTATE"))
-        .map_err(kill_child)?;
-    sys::ptrace_set_sigmask(pid, t.sigmask)
-        .map_err(io("PTRACE_SETSIGMASK"))
-        .map_err(kill_child)?;
-    sys::ptrace_detach(pid, 0)
-        .map_err(io("PTRACE_DETACH"))
-        .map_err(kill_child)?;
+    // The other threads: created by the main thread itself (clone3 injected through ptrace,
+    // with their original tids when free), then given their own per-thread state.
+    let mut tids = vec![pid];
+    if p.threads.len() > 1 {
+        let extra = create_threads(pid, p).map_err(kill_child)?;
+        tids.extend(extra);
+    }
+    // Thread names: a thread can only rename itself (prctl PR_SET_NAME). Informational, so a
+    // failure here is not worth the process.
+    if let Ok(inj) = Injector::find(pid) {
+        let scratch = scratch_area(p);
+        for (t, &tid) in p.threads.iter().zip(&tids) {
+            let comm = if t.comm.is_empty() && tid == pid {
+                &p.comm
+            } else {
+                &t.comm
+            };
+            let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
+            name.push(0);
+            if !comm.is_empty() && inj.poke(scratch, &name).is_ok() {
+                let _ = inj.syscall(
+                    tid,
+                    libc::SYS_prctl,
+                    [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0],
+                );
+            }
+        }
+    }
+    for ((t, &tid), xstate) in p.threads.iter().zip(&tids).zip(&xstates) {
+        let now = sys::ptrace_getregs(tid)
+            .map_err(io("PTRACE_GETREGS"))
+            .map_err(kill_child)?;
+        let regs = resume_regs(&t.regs, &now);
+        sys::ptrace_setregs(tid, &regs)
+            .map_err(io("PTRACE_SETREGS"))
+            .map_err(kill_child)?;
+        sys::ptrace_set_xstate(tid, xstate)
+            .map_err(io("PTRACE_SETREGSET NT_X86_XSTATE"))
+            .map_err(kill_child)?;
+        sys::ptrace_set_sigmask(tid, t.sigmask)
+            .map_err(io("PTRACE_SETSIGMASK"))
+            .map_err(kill_child)?;
+    }
+    for &tid in &tids {
+        sys::ptrace_detach(tid, 0)
+            .map_err(io("PTRACE_DETACH"))
+            .map_err(kill_child)?;
+    }
     // Signals that were pending: raised again. Blocked ones stay pending as they were; others
     // are delivered now, as they would have been. (Their siginfo is not carried over.)
     for sig in 1..=64u32 {
@@ -715,8 +862,10 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         if p.shared_pending & bit != 0 {
             sys::kill(pid, sig as i32).map_err(io("re-raising a pending signal"))?;
         }
-        if t.pending & bit != 0 {
-            sys::tgkill(pid, pid, sig as i32).map_err(io("re-raising a pending signal"))?;
+        for (t, &tid) in p.threads.iter().zip(&tids) {
+            if t.pending & bit != 0 {
+                sys::tgkill(pid, tid, sig as i32).map_err(io("re-raising a pending signal"))?;
+            }
         }
     }
     drop(plan);

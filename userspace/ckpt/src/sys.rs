@@ -69,6 +69,17 @@ pub fn ptrace_traceme() -> io::Result<()> {
     ptrace(libc::PTRACE_TRACEME, 0, 0, 0).map(drop)
 }
 
+pub fn ptrace_geteventmsg(pid: i32) -> io::Result<u64> {
+    let mut msg: libc::c_ulong = 0;
+    ptrace(
+        libc::PTRACE_GETEVENTMSG,
+        pid,
+        0,
+        &mut msg as *mut _ as usize,
+    )?;
+    Ok(msg as u64)
+}
+
 pub fn ptrace_getregs(pid: i32) -> io::Result<libc::user_regs_struct> {
     // SAFETY: plain integers; all-zero is a valid value.
     let mut regs: libc::user_regs_struct = unsafe { std::mem::zeroed() };

@@ -238,6 +238,10 @@ fn counter_continues_after_kill_and_restore() {
     assert!(std::fs::read_link(format!("/proc/{pid}/fd/3"))
         .unwrap()
         .ends_with("out"));
+    assert_eq!(
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap(),
+        "counter\n"
+    );
     let maps = maps_of(pid);
     assert!(
         maps.contains("[heap]") && maps.contains("[stack]") && maps.contains("[vdso]"),
@@ -675,4 +679,109 @@ fn pipes_with_unread_data_and_deleted_files() {
         "{fd5:?} {fd6:?}"
     );
     kill_and_reap(pid);
+}
+
+/// (N, TOTAL) lines of mt_counter after byte `from`.
+fn mt_lines(out: &Path, from: usize) -> Vec<(u64, u64)> {
+    text_after(out, from)
+        .lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
+}
+
+fn tasks_of(pid: i32) -> Vec<(i32, String)> {
+    let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| {
+            let tid: i32 = e.unwrap().file_name().to_str().unwrap().parse().unwrap();
+            let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm")).unwrap();
+            (tid, comm.trim().to_owned())
+        })
+        .collect();
+    v.sort();
+    v
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn eight_threads_with_mutexes_and_condvars_repeatedly() {
+    let (_m, _d, out, img) = begin("threads", false);
+    let mut child = Command::new(common::prog("mt_counter"))
+        .arg(&out)
+        .arg("7")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mt_lines(&out, 0).len() < 5 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let tasks = tasks_of(pid);
+    assert_eq!(tasks.len(), 8);
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    child.wait().unwrap();
+    let mut pid = pid;
+    for round in 0..2 {
+        let (last_n, last_total) = *mt_lines(&out, 0).last().unwrap();
+        let from = file_len(&out);
+        let restored = restore(&img);
+        assert_eq!(restored, pid);
+        assert_eq!(
+            tasks_of(restored),
+            tasks,
+            "round {round}: the same tids and thread names"
+        );
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while mt_lines(&out, from).len() < 10 {
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: the restored process does not count"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        let after = mt_lines(&out, from);
+        if round == 0 {
+            assert_eq!(after[0].0, last_n + 1, "no gap, no repeat");
+        }
+        for w in after.windows(2) {
+            assert_eq!(w[1].0, w[0].0 + 1);
+            assert!(w[1].1 >= w[0].1);
+        }
+        assert!(
+            after.last().unwrap().1 > last_total.min(after[0].1),
+            "the workers work"
+        );
+        let text = text_after(&out, from);
+        assert!(!text.contains("bad"), "round {round}:\n{text}");
+        // Checkpoint the restored process again, and restore that in the next round.
+        ok(&ckpt(&[
+            "checkpoint",
+            &restored.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--kill",
+        ]));
+        // SAFETY: reaping the killed process, reparented to us.
+        unsafe { libc::waitpid(restored, std::ptr::null_mut(), 0) };
+        pid = restored;
+    }
 }
