@@ -210,6 +210,15 @@ fn check_continues(pid: i32, out: &Path, from: usize, last: u64) {
     assert!(text.contains("mem-ok"));
 }
 
+/// Restores `img`, checks that the counter writing to `out` went on from `last` (see
+/// `check_continues`), and kills it.
+fn restore_and_check(img: &Path, out: &Path, last: u64) {
+    let from = file_len(out);
+    let pid = restore(img);
+    check_continues(pid, out, from, last);
+    kill_and_reap(pid);
+}
+
 fn maps_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
@@ -274,19 +283,14 @@ fn static_binary_and_large_memory() {
         saved >= 256 << 20,
         "the 256 MiB buffer is in the image ({saved} bytes saved)"
     );
-    let from = file_len(&out);
-    let pid = restore(&img);
-    check_continues(pid, &out, from, last);
-    kill_and_reap(pid);
+    restore_and_check(&img, &out, last);
 }
 
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn two_restores_from_one_image_and_checkpoint_of_a_restored_process() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("twice");
-    let (out, img, img2) = (d.path("out"), d.path("img"), d.path("img2"));
+    let (_m, d, out, img) = begin("twice", false);
+    let img2 = d.path("img2");
     let mut child = start_counter("counter", &out, 4);
     let last = checkpoint_kill(&mut child, &img, &out);
     for _ in 0..2 {
@@ -415,19 +419,13 @@ fn restore_after_module_reload() {
         .success());
     assert!(!Path::new("/dev/ckpt").exists());
     assert!(Command::new("insmod").arg(&ko).status().unwrap().success());
-    let from = file_len(&out);
-    let pid = restore(&img);
-    check_continues(pid, &out, from, last);
-    kill_and_reap(pid);
+    restore_and_check(&img, &out, last);
 }
 
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn bad_targets_get_clear_errors_and_stay_untouched() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("bad");
-    let img = d.path("img");
+    let (_m, d, _out, img) = begin("bad", false);
     let imgs = img.to_str().unwrap();
     let fail = |args: &[&str], needle: &str| {
         let o = ckpt(args);
@@ -503,9 +501,7 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn full_disk_leaves_no_image_and_the_target_running() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("full");
+    let (_m, d, out, _img) = begin("full", false);
     let small = d.path("small");
     std::fs::create_dir(&small).unwrap();
     assert!(Command::new("mount")
@@ -514,7 +510,6 @@ fn full_disk_leaves_no_image_and_the_target_running() {
         .status()
         .unwrap()
         .success());
-    let out = d.path("out");
     let mut child = start_counter("counter", &out, 16);
     let img = small.join("img");
     let o = ckpt(&[
@@ -545,10 +540,8 @@ fn full_disk_leaves_no_image_and_the_target_running() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
-    let _m = MODULE.read().unwrap_or_else(|e| e.into_inner());
-    setup();
-    let d = Dir::new("corrupt");
-    let (out, img, bad) = (d.path("out"), d.path("img"), d.path("bad"));
+    let (_m, d, out, img) = begin("corrupt", false);
+    let bad = d.path("bad");
     let mut child = start_counter("counter", &out, 1);
     ok(&ckpt(&[
         "checkpoint",
