@@ -11,6 +11,8 @@ log() { printf '[deps] %s\n' "$*" >&2; }
 apt_pkgs=(
   build-essential flex bison bc cpio kmod rsync dwarves libelf-dev libssl-dev xz-utils
   "libclang-${CKPT_LLVM_VERSION}-dev" "clang-${CKPT_LLVM_VERSION}"
+  # The debug kernel (KASAN + Rust) must be built with clang: LLVM=-19 needs these too.
+  "lld-${CKPT_LLVM_VERSION}" "llvm-${CKPT_LLVM_VERSION}"
   qemu-system-x86 busybox-static util-linux procps
 )
 missing=()

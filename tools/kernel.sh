@@ -74,6 +74,7 @@ fragments=("$here/kernel/config.fragment")
 [[ $variant == debug ]] && fragments+=("$here/kernel/debug.fragment")
 key=$( {
   echo "$CKPT_KERNEL_PKG $src_version $variant"
+  [[ $variant == debug ]] && clang-"$CKPT_LLVM_VERSION" --version | head -n1
   "$toolchain_rustc" --version; "$bindgen_bin" --version; gcc --version | head -n1
   cat "${fragments[@]}"
 } | sha256sum | cut -c1-16)
@@ -86,6 +87,8 @@ mkdir -p "$build_dir"
 cat "${fragments[@]}" > "$build_dir/ckpt.fragment"
 kmake=(make -C "$src_dir" O="$build_dir" ARCH=x86_64 RUSTC="$toolchain_rustc"
   HOSTRUSTC="$toolchain_rustc" BINDGEN="$bindgen_bin" -j"$(nproc)")
+# Rust with KASAN requires clang (init/Kconfig: RUST depends on !KASAN || CC_IS_CLANG).
+[[ $variant == debug ]] && kmake+=(LLVM=-"$CKPT_LLVM_VERSION")
 log "configuring ($variant) in $build_dir"
 KCONFIG_ALLCONFIG="$build_dir/ckpt.fragment" "${kmake[@]}" -s allnoconfig >&2
 # allnoconfig silently drops options whose dependencies are unmet: insist on every one.

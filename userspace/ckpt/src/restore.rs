@@ -12,7 +12,7 @@
 //!
 //! Any failure before the detach kills the child: a half-restored process never runs.
 
-use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs, PAGE};
+use crate::image::{Backing, FdKind, Image, ImageError, Process, Regs};
 use crate::inject::Injector;
 use crate::{proc, sys};
 use ckpt_abi::{
@@ -472,20 +472,11 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
     }
     sys::set_tid_address(t.clear_child_tid);
     // glibc registered an rseq area for us; the kernel would keep writing to that address in
-    // the restored memory. Drop it, then register the image's area if its page is free here
-    // (the registration writes to it; the restore then replaces the page).
+    // the restored memory. Drop it; the image's area is registered after the restore, by the
+    // restored thread itself (see `inject.rs`).
     if let Err(e) = sys::unregister_own_rseq() {
         fail("unregistering ckpt's own rseq area", e);
     }
-    if let Some(r) = t.rseq {
-        let page = r.addr & !(PAGE - 1);
-        if sys::map_page_noreplace(page).is_ok() {
-            if let Err(e) = sys::rseq(r.addr, r.len, 0, r.sig) {
-                fail("registering the rseq area", e);
-            }
-        }
-    }
-
     // Fill in the fds of the request now that they are known.
     for v in plan.vmas.iter_mut() {
         if v.flags & CKPT_VMA_FILE != 0 {
@@ -600,7 +591,7 @@ fn scratch_area(p: &Process) -> u64 {
 /// Creates the process's threads after the first, in order, by making the main thread run
 /// clone3 (through [`Injector`]); each new thread then sets its robust list, alternate signal
 /// stack and rseq area the same way. Returns their tids; all stay stopped for the caller.
-fn create_threads(pid: i32, p: &Process) -> Result<Vec<i32>, RestoreError> {
+fn create_threads(inj: &Injector, pid: i32, p: &Process) -> Result<Vec<i32>, RestoreError> {
     const CLONE_FLAGS: u64 = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
@@ -608,7 +599,6 @@ fn create_threads(pid: i32, p: &Process) -> Result<Vec<i32>, RestoreError> {
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM
         | libc::CLONE_CHILD_CLEARTID) as u64;
-    let inj = Injector::find(pid).map_err(io("finding a syscall instruction"))?;
     sys::ptrace_setoptions(
         pid,
         libc::PTRACE_O_TRACESYSGOOD | libc::PTRACE_O_EXITKILL | libc::PTRACE_O_TRACECLONE,
@@ -806,14 +796,32 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     }
     // The other threads: created by the main thread itself (clone3 injected through ptrace,
     // with their original tids when free), then given their own per-thread state.
+    let inj = Injector::find(pid)
+        .map_err(io("finding a syscall instruction"))
+        .map_err(kill_child)?;
     let mut tids = vec![pid];
     if p.threads.len() > 1 {
-        let extra = create_threads(pid, p).map_err(kill_child)?;
+        let extra = create_threads(&inj, pid, p).map_err(kill_child)?;
         tids.extend(extra);
+    }
+    // The main thread's rseq area, now that its memory is back.
+    if let Some(rs) = p.threads[0].rseq {
+        let (r, _) = inj
+            .syscall(
+                pid,
+                libc::SYS_rseq,
+                [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0],
+            )
+            .map_err(io("rseq"))
+            .map_err(kill_child)?;
+        if r < 0 {
+            let e = std::io::Error::from_raw_os_error(-r as i32);
+            return Err(kill_child(io("registering the rseq area")(e)));
+        }
     }
     // Thread names: a thread can only rename itself (prctl PR_SET_NAME). Informational, so a
     // failure here is not worth the process.
-    if let Ok(inj) = Injector::find(pid) {
+    {
         let scratch = scratch_area(p);
         for (t, &tid) in p.threads.iter().zip(&tids) {
             let comm = if t.comm.is_empty() && tid == pid {

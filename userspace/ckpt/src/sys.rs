@@ -342,28 +342,6 @@ pub fn reserve(len: u64) -> io::Result<u64> {
     Ok(r as u64)
 }
 
-/// Maps one anonymous read-write page at exactly `addr` if nothing is there.
-pub fn map_page_noreplace(addr: u64) -> io::Result<()> {
-    // SAFETY: MAP_FIXED_NOREPLACE never replaces an existing mapping.
-    let r = unsafe {
-        libc::mmap(
-            addr as *mut _,
-            4096,
-            libc::PROT_READ | libc::PROT_WRITE,
-            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_FIXED_NOREPLACE,
-            -1,
-            0,
-        )
-    };
-    if r == libc::MAP_FAILED {
-        return Err(io::Error::last_os_error());
-    }
-    if r as u64 != addr {
-        return Err(io::Error::from_raw_os_error(libc::EEXIST));
-    }
-    Ok(())
-}
-
 const RSEQ_FLAG_UNREGISTER: i32 = 1;
 
 pub fn rseq(addr: u64, len: u32, flags: i32, sig: u32) -> io::Result<()> {

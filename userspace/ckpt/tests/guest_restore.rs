@@ -219,6 +219,17 @@ fn restore_and_check(img: &Path, out: &Path, last: u64) {
     kill_and_reap(pid);
 }
 
+/// The rseq registration of thread `tid` (address, length, signature), read through ptrace.
+fn rseq_of(tid: i32) -> (u64, u32, u32) {
+    use ckpt::sys;
+    sys::ptrace_seize(tid, 0).unwrap();
+    sys::ptrace_interrupt(tid).unwrap();
+    sys::waitpid(tid, libc::__WALL).unwrap();
+    let c = sys::ptrace_get_rseq(tid).unwrap();
+    sys::ptrace_detach(tid, 0).unwrap();
+    (c.rseq_abi_pointer, c.rseq_abi_size, c.signature)
+}
+
 fn maps_of(pid: i32) -> String {
     std::fs::read_to_string(format!("/proc/{pid}/maps")).unwrap()
 }
@@ -230,6 +241,8 @@ fn counter_continues_after_kill_and_restore() {
     let mut child = start_counter("counter", &out, 16);
     let orig = child.id() as i32;
     let before_fdinfo = std::fs::read_to_string(format!("/proc/{orig}/fdinfo/3")).unwrap();
+    let before_rseq = rseq_of(orig);
+    assert_ne!(before_rseq.0, 0, "glibc registers an rseq area");
     let last = checkpoint_kill(&mut child, &img, &out);
     let from = file_len(&out);
     let pid = restore(&img);
@@ -251,6 +264,7 @@ fn counter_continues_after_kill_and_restore() {
         std::fs::read_to_string(format!("/proc/{pid}/comm")).unwrap(),
         "counter\n"
     );
+    assert_eq!(rseq_of(pid), before_rseq, "the rseq registration is back");
     let maps = maps_of(pid);
     assert!(
         maps.contains("[heap]") && maps.contains("[stack]") && maps.contains("[vdso]"),
