@@ -3,6 +3,8 @@
 # runs the native tests, builds the kernel (cached) and the module, and runs the guest suite.
 #   tools/test.sh            everything
 #   tools/test.sh --native   only what needs no guest
+#   tools/test.sh --debug    everything, the guest part on the debug kernel (KASAN, lockdep,
+#                            KFENCE, kmemleak; built with clang, about 15 min the first time)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -25,9 +27,12 @@ step "native tests"
 cargo test --workspace --locked 2>&1
 
 [[ "${1:-}" == --native ]] && exit 0
+variant=()
+[[ "${1:-}" == --debug ]] && variant=(--debug)
 
-step "kernel (cached in $CKPT_CACHE_DIR)"
-kdir=$("$here/kernel.sh")
+step "kernel ${variant[*]} (cached in $CKPT_CACHE_DIR)"
+kdir=$("$here/kernel.sh" "${variant[@]}")
+export KDIR=$kdir
 echo "$kdir" >&2
 
 step "module (with the kernel's clippy and rustfmt)"
@@ -41,7 +46,7 @@ fi
 "$here/rustfmt-kmod.sh" --check
 
 step "guest runner self-check: a kernel WARNING in the guest must fail the run"
-if "$here/guest.sh" -- bash -c 'echo "WARNING: injected by tools/test.sh" > /dev/kmsg' >/dev/null 2>&1; then
+if "$here/guest.sh" "${variant[@]}" -- bash -c 'echo "WARNING: injected by tools/test.sh" > /dev/kmsg' >/dev/null 2>&1; then
   echo "tools/guest.sh did not notice a WARNING in the guest kernel log" >&2; exit 1
 fi
 echo "ok: the runner failed the run as it should" >&2
@@ -51,5 +56,5 @@ step "guest tests"
 mapfile -t exes < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
   grep -E '"profile":\{[^}]*"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
 ((${#exes[@]})) || { echo "no test executables found" >&2; exit 1; }
-"$here/guest.sh" -- tests/guest/suite.sh "$ko" "${exes[@]}"
+"$here/guest.sh" "${variant[@]}" --timeout 2400 -- tests/guest/suite.sh "$ko" "${exes[@]}"
 printf '\nall tests passed in %d s\n' $((SECONDS - t0)) >&2
