@@ -51,6 +51,7 @@ if ! mount -t 9p -o trans=virtio,version=9p2000.L,ro,msize=262144,cache=loose ho
 fi
 mount -t proc proc /host/proc
 mount -t sysfs sys /host/sys
+mount -t debugfs debugfs /host/sys/kernel/debug 2>/dev/null
 mount -t devtmpfs dev /host/dev
 mkdir -p /host/dev/pts /host/dev/shm
 mount -t devpts -o newinstance,ptmxmode=0666 devpts /host/dev/pts

@@ -5,7 +5,8 @@
 # so a warm run does nothing. Prints the build directory (the KDIR for the module) on stdout.
 #
 #   tools/kernel.sh            the test kernel
-#   tools/kernel.sh --debug    the same plus KASAN, lockdep, KFENCE, kmemleak
+#   tools/kernel.sh --debug    the same plus lockdep, KFENCE, kmemleak, atomic-sleep checks
+#                              (tools/kernel/debug.fragment; built with clang if it asks for KASAN)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
@@ -74,7 +75,7 @@ fragments=("$here/kernel/config.fragment")
 [[ $variant == debug ]] && fragments+=("$here/kernel/debug.fragment")
 key=$( {
   echo "$CKPT_KERNEL_PKG $src_version $variant"
-  [[ $variant == debug ]] && clang-"$CKPT_LLVM_VERSION" --version | head -n1
+  grep -qx 'CONFIG_KASAN=y' "${fragments[@]}" && clang-"$CKPT_LLVM_VERSION" --version | head -n1
   "$toolchain_rustc" --version; "$bindgen_bin" --version; gcc --version | head -n1
   cat "${fragments[@]}"
 } | sha256sum | cut -c1-16)
@@ -88,7 +89,9 @@ cat "${fragments[@]}" > "$build_dir/ckpt.fragment"
 kmake=(make -C "$src_dir" O="$build_dir" ARCH=x86_64 RUSTC="$toolchain_rustc"
   HOSTRUSTC="$toolchain_rustc" BINDGEN="$bindgen_bin" -j"$(nproc)")
 # Rust with KASAN requires clang (init/Kconfig: RUST depends on !KASAN || CC_IS_CLANG).
-[[ $variant == debug ]] && kmake+=(LLVM=-"$CKPT_LLVM_VERSION")
+use_clang=0
+grep -qx 'CONFIG_KASAN=y' "${fragments[@]}" && use_clang=1
+((use_clang)) && kmake+=(LLVM=-"$CKPT_LLVM_VERSION")
 log "configuring ($variant) in $build_dir"
 KCONFIG_ALLCONFIG="$build_dir/ckpt.fragment" "${kmake[@]}" -s allnoconfig >&2
 # allnoconfig silently drops options whose dependencies are unmet: insist on every one.

@@ -3,10 +3,8 @@
 # runs the native tests, builds the kernel (cached) and the module, and runs the guest suite.
 #   tools/test.sh            everything
 #   tools/test.sh --native   only what needs no guest
-#   tools/test.sh --debug    everything, the guest part on the debug kernel (KASAN, lockdep,
-#                            KFENCE, kmemleak; built with clang, 12 min the first time; it
-#                            currently boots too slowly under TCG to be practical, see
-#                            docs/design.md)
+#   tools/test.sh --debug    everything, the guest part on the debug kernel (lockdep, KFENCE,
+#                            kmemleak, atomic-sleep checks; see tools/kernel/debug.fragment)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
