@@ -283,9 +283,10 @@ fn dump_fds(
     pid: i32,
     entries: &[proc::FdEntry],
     w: &mut ImageWriter,
+    image_path: &Path,
 ) -> Result<(Vec<Fd>, Vec<Pipe>), CheckpointError> {
     let write_err = |source| CheckpointError::Write {
-        path: PathBuf::from("(image)"),
+        path: image_path.into(),
         source,
     };
     let pipe_inode = |t: &str| {
@@ -589,13 +590,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         );
     }
 
-    let (fds, pipes) = dump_fds(pid, &fd_entries, &mut w).map_err(|e| match e {
-        CheckpointError::Write { source, .. } => CheckpointError::Write {
-            path: opts.output.into(),
-            source,
-        },
-        e => e,
-    })?;
+    let (fds, pipes) = dump_fds(pid, &fd_entries, &mut w, opts.output)?;
 
     let sigactions = ts
         .sigactions

@@ -877,11 +877,6 @@ impl Image {
             })?;
         Ok(buf)
     }
-
-    /// Reads the file's raw bytes (for tests and tools).
-    pub fn rewind(&mut self) -> io::Result<()> {
-        self.file.seek(SeekFrom::Start(0)).map(|_| ())
-    }
 }
 
 #[cfg(test)]

@@ -264,7 +264,7 @@ fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct
 }
 
 /// The child's side: become the process, then call the restore ioctl. Never returns.
-fn child(p: &Process, plan: &mut Plan, image: &File, dev: &File) -> ! {
+fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device) -> ! {
     let fail = |what: &str, e: std::io::Error| -> ! {
         eprintln!("ckpt restore: {what}: {e}");
         sys::exit_now(1);
@@ -711,23 +711,8 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .iter()
         .map(|t| img.read_section(t.xstate_section))
         .collect::<Result<Vec<_>, _>>()?;
-    let dev = std::fs::OpenOptions::new()
-        .read(true)
-        .write(true)
-        .open(device)
-        .map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => {
-                RestoreError::Device(crate::device::DeviceError::NotLoaded {
-                    path: device.into(),
-                })
-            }
-            _ => RestoreError::Io {
-                what: format!("opening {}", device.display()),
-                source: e,
-            },
-        })?;
-    // Checks the ABI; the fd above is the one the child uses.
-    crate::device::Device::open(device)?;
+    // Opened (and its ABI checked) before anything else; the child uses this fd.
+    let dev = crate::device::Device::open(device)?;
     let mut plan = plan(&img, p)?;
     plan.highest_own_fd = std::fs::read_dir("/proc/self/fd")
         .map_err(io("listing /proc/self/fd"))?
