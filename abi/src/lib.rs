@@ -10,3 +10,5 @@
 #[path = "abi.rs"]
 mod shared;
 pub use shared::*;
+
+pub mod interceptor;

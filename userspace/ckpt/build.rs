@@ -20,6 +20,7 @@ fn main() {
         ("fdkinds", &[]),
         ("memfd_target", &[]),
         ("mt_counter", &["-pthread"]),
+        ("app", &["-pthread"]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

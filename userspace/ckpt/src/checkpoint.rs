@@ -10,8 +10,9 @@
 
 use crate::device::{Device, QueryError};
 use crate::image::{
-    Backing, Fd, FdKind, ImageWriter, Manifest, MmLayout, PageRun, Pipe, Process, Regs, RobustList,
-    Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma, FORMAT_VERSION, PAGE,
+    Backing, Fd, FdKind, ImageWriter, InterceptorState, Manifest, MmLayout, PageRun, Pipe, Process,
+    Regs, RobustList, Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma,
+    FORMAT_VERSION, PAGE,
 };
 use crate::{proc, sys};
 use ckpt_abi::CkptRange;
@@ -44,6 +45,13 @@ pub enum CheckpointError {
         target: String,
         why: &'static str,
     },
+    #[error("cannot checkpoint fd {fd} of process {pid} ({target}): {why}")]
+    UnsupportedSocket {
+        pid: i32,
+        fd: i32,
+        target: String,
+        why: String,
+    },
     #[error(
         "cannot checkpoint the mapping at {start:#x} of process {pid} ({name}): mappings of \
          deleted files, memfds and SysV shared memory are not supported yet"
@@ -67,6 +75,8 @@ pub struct Options<'a> {
     pub output: &'a Path,
     pub kill: bool,
     pub device: &'a Path,
+    /// Do not use the interceptor even if the process runs under `ckpt run`.
+    pub plain: bool,
 }
 
 /// Detaches from the target when dropped: whatever happens, the target runs on.
@@ -276,6 +286,15 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
     }
 }
 
+/// A process's interceptor during a checkpoint: the connection (kept open until the dump is
+/// over), its answer, and which fds are its own.
+struct Interceptor {
+    client: crate::interceptor::Client,
+    ready: crate::interceptor::Ready,
+    app_id: String,
+    own_fds: Vec<i32>,
+}
+
 /// Records the descriptors: pipes with both ends inside (and their unread bytes, peeked with
 /// tee(2) so the target loses nothing), deleted files (with their content), and the rest by
 /// `fd_kind`.
@@ -284,6 +303,8 @@ fn dump_fds(
     entries: &[proc::FdEntry],
     w: &mut ImageWriter,
     image_path: &Path,
+    own_fds: &[i32],
+    own_socket: Option<&str>,
 ) -> Result<(Vec<Fd>, Vec<Pipe>), CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
@@ -312,7 +333,23 @@ fn dump_fds(
     let mut pipe_index: BTreeMap<u64, usize> = BTreeMap::new();
     let mut fds = Vec::new();
     for e in entries {
-        let kind = if let Some(ino) = pipe_inode(&e.target) {
+        if own_fds.contains(&e.fd) {
+            continue; // the interceptor's endpoint: made anew after a restore
+        }
+        let kind = if e.target.starts_with("socket:") && e.fd > 2 {
+            match crate::socket::dump(pid, e.fd, &e.target, own_socket) {
+                Ok(crate::socket::Dumped::Kind(k)) => k,
+                Ok(crate::socket::Dumped::Interceptor) => continue,
+                Err(why) => {
+                    return Err(CheckpointError::UnsupportedSocket {
+                        pid,
+                        fd: e.fd,
+                        target: e.target.clone(),
+                        why,
+                    })
+                }
+            }
+        } else if let Some(ino) = pipe_inode(&e.target) {
             match ends.get(&ino) {
                 Some(&(Some(read_fd), true)) => {
                     let idx = match pipe_index.get(&ino) {
@@ -446,6 +483,39 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     })?;
     let st = precheck(pid, &dev)?;
 
+    // Under `ckpt run`: the interceptor flushes and tells where its state is, then waits while
+    // we freeze and dump.
+    let flush_t0 = Instant::now();
+    let mut interceptor = None;
+    let location = crate::interceptor::locate(pid);
+    if !opts.plain {
+        if let Some(conn) = crate::interceptor::Client::connect(pid) {
+            match conn.and_then(|mut c| c.prepare().map(|r| (c, r))) {
+                Ok((client, ready)) => {
+                    interceptor = Some(Interceptor {
+                        client,
+                        app_id: location
+                            .as_ref()
+                            .map(|l| l.app_id.clone())
+                            .unwrap_or_default(),
+                        own_fds: ready.own_fds.clone(),
+                        ready,
+                    })
+                }
+                Err(e) => eprintln!("ckpt: {e}; taking the plain path (nothing flushed)"),
+            }
+        }
+    }
+    let flush_us = if interceptor.is_some() {
+        flush_t0.elapsed().as_micros() as u64
+    } else {
+        0
+    };
+    // Even on the plain path, the interceptor's endpoint (if any) is not the application's.
+    let own_socket = location
+        .as_ref()
+        .map(|l| l.socket.to_string_lossy().into_owned());
+
     // Freeze every thread.
     let mut seized = Seized {
         tids: Vec::new(),
@@ -498,7 +568,11 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         path: opts.output.into(),
         source,
     };
-    let mut stats = Stats::default();
+    let mut stats = Stats {
+        interceptor: interceptor.is_some(),
+        flush_us,
+        ..Stats::default()
+    };
     let mem_t0 = Instant::now();
     let pagemap =
         File::open(format!("/proc/{pid}/pagemap")).map_err(io_err(pid, "opening pagemap"))?;
@@ -590,7 +664,17 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         );
     }
 
-    let (fds, pipes) = dump_fds(pid, &fd_entries, &mut w, opts.output)?;
+    let (fds, pipes) = dump_fds(
+        pid,
+        &fd_entries,
+        &mut w,
+        opts.output,
+        interceptor.as_ref().map_or(&[][..], |i| &i.own_fds),
+        own_socket.as_deref(),
+    )?;
+    // Ids as the application sees them (they differ from the kernel's after a restore that
+    // could not get the original ones back).
+    let to_virtual = |k: i32| interceptor.as_ref().map_or(k, |i| i.ready.to_virtual(k));
 
     let sigactions = ts
         .sigactions
@@ -606,8 +690,8 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         })
         .collect();
     let process = Process {
-        pid,
-        ppid: st.ppid,
+        pid: to_virtual(pid),
+        ppid: to_virtual(st.ppid),
         comm: st.comm.clone(),
         exe: exe.unwrap_or_default(),
         cwd: cwd.to_string_lossy().into_owned(),
@@ -622,7 +706,8 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             .iter()
             .zip(&xstate_sections)
             .map(|(t, &xstate_section)| Thread {
-                tid: t.tid,
+                tid: to_virtual(t.tid),
+                kernel_tid: (to_virtual(t.tid) != t.tid).then_some(t.tid),
                 regs: t.regs,
                 xstate_section,
                 sigmask: t.sigmask,
@@ -636,6 +721,12 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             .collect(),
         shared_pending,
         pipes,
+        interceptor: interceptor.as_ref().map(|i| InterceptorState {
+            app_id: i.app_id.clone(),
+            ctl_addr: i.ready.ctl,
+            tid_offset: i.ready.tid_offset,
+            fsynced_files: i.ready.fsynced,
+        }),
     };
     let mut manifest = Manifest {
         format_version: FORMAT_VERSION,
@@ -658,6 +749,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             sys::ptrace_detach(tid, 0).map_err(io_err(pid, "PTRACE_DETACH"))?;
         }
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
+        if let Some(i) = interceptor.take() {
+            i.client.done();
+        }
     }
     w.checksum_external().map_err(write_err)?;
     manifest.sections = w.sections().to_vec();

@@ -130,6 +130,25 @@ pub struct Process {
     /// Pipes with both ends in the process.
     #[serde(default)]
     pub pipes: Vec<Pipe>,
+    /// Present when the process ran under `ckpt run`: where its interceptor keeps its state.
+    /// `pid`, `ppid` and the threads' `tid` are then the ids the application sees (virtual),
+    /// which may differ from the kernel's after an earlier restore.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub interceptor: Option<InterceptorState>,
+}
+
+/// The interceptor library's state in a process checkpointed through it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterceptorState {
+    /// The application id `ckpt run` gave it.
+    pub app_id: String,
+    /// Address of the control block (pid/tid translation table) in the process's memory.
+    pub ctl_addr: u64,
+    /// Offset of the tid in glibc's thread descriptor (at each thread's fs base), if known:
+    /// rewritten on restore when a thread gets another kernel tid.
+    pub tid_offset: Option<u64>,
+    /// Regular files the library fdatasync'ed before the snapshot.
+    pub fsynced_files: u32,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -257,6 +276,20 @@ pub enum FdKind {
     InheritStdio { was: String },
     /// One end of a pipe whose both ends the process holds; `pipe` indexes `Process::pipes`.
     Pipe { pipe: usize, write_end: bool },
+    /// A listening socket (TCP, TCP over IPv6, or UNIX stream), bound again to its address.
+    Listen {
+        /// AF_INET, AF_INET6 or AF_UNIX.
+        family: i32,
+        /// The socket's local address (a `struct sockaddr_*`, as getsockname gives it).
+        addr: Vec<u8>,
+        /// The address for humans.
+        display: String,
+        backlog: i32,
+        reuse_addr: bool,
+        reuse_port: bool,
+        /// IPV6_V6ONLY (AF_INET6 only).
+        v6_only: bool,
+    },
     /// A file that was deleted while open: recreated (unlinked again) from the saved content.
     Deleted {
         path: String,
@@ -326,6 +359,10 @@ pub struct Thread {
     /// The thread's name (/proc/PID/task/TID/comm).
     #[serde(default)]
     pub comm: String,
+    /// The kernel's tid when checkpointed, if it differed from `tid` (a thread of a restored
+    /// process that could not get its original tid back).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kernel_tid: Option<i32>,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -358,6 +395,12 @@ pub struct Stats {
     pub pages_skipped_zero: u64,
     pub pages_written: u64,
     pub image_bytes: u64,
+    /// Taken through the interceptor library (flushed, ids virtual) rather than the plain path.
+    #[serde(default)]
+    pub interceptor: bool,
+    /// Time the interceptor took to flush, before the freeze.
+    #[serde(default)]
+    pub flush_us: u64,
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -837,6 +880,9 @@ impl Image {
             for f in &p.fds {
                 let ok = match &f.kind {
                     FdKind::Pipe { pipe, .. } => *pipe < p.pipes.len(),
+                    FdKind::Listen { family, addr, .. } => {
+                        crate::socket::valid_address(*family, addr)
+                    }
                     FdKind::Deleted { data_section, .. } => {
                         kind_at(*data_section) == Some(SectionKind::FileData)
                     }
@@ -945,9 +991,11 @@ pub(crate) mod tests {
                     rseq: None,
                     pending: 0,
                     comm: String::new(),
+                    kernel_tid: None,
                 }],
                 shared_pending: 0,
                 pipes: vec![],
+                interceptor: None,
             }],
             stats: None,
         };

@@ -93,3 +93,15 @@ impl Injector {
         )))
     }
 }
+
+impl Injector {
+    /// Reads `len` bytes at `addr` of the tracee.
+    pub fn peek(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mem = OpenOptions::new()
+            .read(true)
+            .open(format!("/proc/{}/mem", self.pid))?;
+        let mut buf = vec![0u8; len];
+        mem.read_exact_at(&mut buf, addr)?;
+        Ok(buf)
+    }
+}

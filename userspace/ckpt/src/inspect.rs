@@ -101,6 +101,11 @@ pub fn summary(img: &Image) -> String {
         for f in &p.fds {
             let what = match &f.kind {
                 FdKind::Path { path, pos } => format!("{path} (pos {pos}, flags {:o})", f.flags),
+                FdKind::Listen {
+                    display, backlog, ..
+                } => {
+                    format!("listening socket {display} (backlog {backlog})")
+                }
                 FdKind::InheritStdio { was } => format!("inherited from the restorer (was {was})"),
                 FdKind::Pipe { pipe, write_end } => {
                     let bytes = p.pipes[*pipe].data_section.map_or(0, |i| m.sections[i].len);

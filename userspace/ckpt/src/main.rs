@@ -50,6 +50,33 @@ enum Command {
         /// Print the statistics as JSON.
         #[arg(long)]
         json: bool,
+        /// Take the plain path even if the process runs under `ckpt run` (no flushing, ids
+        /// not virtualized).
+        #[arg(long)]
+        plain: bool,
+    },
+    /// Run a program with the interceptor preloaded (inherited by its children), so that its
+    /// checkpoints are flushed and consistent and its ids survive restores.
+    Run {
+        /// The application id (default: PROGRAM-PID).
+        #[arg(long)]
+        id: Option<String>,
+        /// Where applications register (default: $CKPT_RUNTIME_DIR, $XDG_RUNTIME_DIR/ckpt,
+        /// /run/ckpt for root, /tmp/ckpt-UID).
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+        /// The program and its arguments.
+        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+    /// List the applications started with `ckpt run` and their processes.
+    List {
+        /// The runtime directory (see `ckpt run`).
+        #[arg(long)]
+        runtime_dir: Option<PathBuf>,
+        /// Print JSON.
+        #[arg(long)]
+        json: bool,
     },
     /// Recreate a process from an image. Prints its pid.
     Restore {
@@ -101,6 +128,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             output,
             kill,
             json,
+            plain,
         } => {
             let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
             let opts = ckpt::checkpoint::Options {
@@ -108,6 +136,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 output: &output,
                 kill,
                 device: &cli.device,
+                plain,
             };
             let stats = ckpt::checkpoint::checkpoint(&opts)?;
             if json {
@@ -139,6 +168,33 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 use std::io::Write;
                 std::io::stdout().flush().ok();
                 return Ok(ckpt::restore::wait_exit_status(r.pid)?);
+            }
+        }
+        Command::Run {
+            id,
+            runtime_dir,
+            command,
+        } => {
+            let opts = ckpt::run::RunOptions {
+                id,
+                runtime_dir,
+                argv: command,
+            };
+            match ckpt::run::run(opts) {
+                Ok(never) => match never {},
+                Err(e) => return Err(e.into()),
+            }
+        }
+        Command::List { runtime_dir, json } => {
+            let dir = runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
+            let apps = ckpt::list::list(&dir);
+            if json {
+                println!(
+                    "{}",
+                    serde_json::to_string_pretty(&apps).context("encoding JSON")?
+                );
+            } else {
+                print!("{}", ckpt::list::text(&apps));
             }
         }
         Command::Inspect { image, json } => {

@@ -380,6 +380,19 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                     fail(&format!("placing fd {}", f.fd), e);
                 }
             }
+            FdKind::Listen { display, .. } => {
+                let nonblock = f.flags as i32 & libc::O_NONBLOCK != 0;
+                let made = crate::socket::restore(&f.kind, nonblock).and_then(|n| {
+                    if n != f.fd {
+                        sys::dup2(n, f.fd)?;
+                        sys::close(n);
+                    }
+                    Ok(())
+                });
+                if let Err(e) = made {
+                    fail(&format!("listening again on {display} (fd {})", f.fd), e);
+                }
+            }
             FdKind::Deleted {
                 path,
                 pos,
@@ -692,6 +705,46 @@ fn create_threads(inj: &Injector, pid: i32, p: &Process) -> Result<Vec<i32>, Res
     Ok(tids)
 }
 
+/// Under the interceptor: tells the restored process's library which kernel ids its ids now
+/// have (its translation table), and rewrites glibc's copy of each thread's tid where the
+/// kernel gave another. Every thread is still stopped, so none runs with stale ids.
+fn virtualize_ids(
+    inj: &Injector,
+    p: &Process,
+    ic: &crate::image::InterceptorState,
+    tids: &[i32],
+) -> Result<(), RestoreError> {
+    // The process and its threads. The original parent is not part of the image: getppid
+    // reports the real parent (its virtual id if it is a restored process of ours).
+    let pairs: Vec<(i32, i32)> = p
+        .threads
+        .iter()
+        .map(|t| t.tid)
+        .zip(tids.iter().copied())
+        .collect();
+    crate::interceptor::write_table(inj, ic.ctl_addr, &pairs)
+        .map_err(io("filling the interceptor's id table"))?;
+    let Some(offset) = ic.tid_offset else {
+        return Ok(());
+    };
+    for (t, &now) in p.threads.iter().zip(tids) {
+        let was = t.kernel_tid.unwrap_or(t.tid);
+        if was == now || t.regs.fs_base == 0 {
+            continue;
+        }
+        let addr = t.regs.fs_base + offset;
+        // Only where glibc's descriptor really holds the old tid.
+        let cur = inj
+            .peek(addr, 4)
+            .map_err(io("reading a thread descriptor"))?;
+        if cur == was.to_le_bytes() {
+            inj.poke(addr, &now.to_le_bytes())
+                .map_err(io("updating a thread descriptor"))?;
+        }
+    }
+    Ok(())
+}
+
 /// Restores the image at `path`. The restored process is our child.
 pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
@@ -824,6 +877,9 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
                 );
             }
         }
+    }
+    if let Some(ic) = &p.interceptor {
+        virtualize_ids(&inj, p, ic, &tids).map_err(kill_child)?;
     }
     for ((t, &tid), xstate) in p.threads.iter().zip(&tids).zip(&xstates) {
         let now = sys::ptrace_getregs(tid)

@@ -1,0 +1,289 @@
+//! Talking to the interceptor library (`interceptors/`) inside an application started by
+//! `ckpt run`: finding its control socket, asking it to prepare for a checkpoint, and, after
+//! a restore, filling its pid/tid translation table.
+//!
+//! The socket of process PID is `RUNTIME_DIR/APP/PID.sock`, with RUNTIME_DIR and APP taken
+//! from the process's initial environment (/proc/PID/environ). The library answers only root
+//! and its own user; ckpt checks that the socket's peer really is PID (SO_PEERCRED).
+
+use ckpt_abi::interceptor::{
+    CTL_MAGIC, CTL_MAX_PAIRS, CTL_OFF_ACTIVE, CTL_OFF_COUNT, CTL_OFF_GENERATION, CTL_OFF_MAGIC,
+    CTL_OFF_PAIRS, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE, SOCKET_SUFFIX,
+};
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::AsRawFd;
+use std::os::unix::net::UnixStream;
+use std::path::PathBuf;
+use std::time::Duration;
+
+/// How long the library may take to flush before ckpt gives up (a thread holding a stdio
+/// lock while blocked on a full pipe can hold it up).
+pub const PREPARE_TIMEOUT: Duration = Duration::from_secs(10);
+
+#[derive(Debug, thiserror::Error)]
+pub enum InterceptorError {
+    #[error("the interceptor of process {pid} ({path}): {what}: {source}")]
+    Io {
+        pid: i32,
+        path: PathBuf,
+        what: &'static str,
+        source: std::io::Error,
+    },
+    #[error("the interceptor of process {pid} answered something unexpected: {answer:?}")]
+    Protocol { pid: i32, answer: String },
+}
+
+/// Where a process's interceptor lives, from its environment.
+#[derive(Debug, Clone)]
+pub struct Location {
+    pub app_id: String,
+    pub runtime_dir: PathBuf,
+    pub socket: PathBuf,
+}
+
+/// The application id and runtime directory `ckpt run` gave `pid`, if it runs under it.
+pub fn locate(pid: i32) -> Option<Location> {
+    let env = std::fs::read(format!("/proc/{pid}/environ")).ok()?;
+    let mut app_id = None;
+    let mut runtime_dir = None;
+    for var in env.split(|&b| b == 0) {
+        let var = String::from_utf8_lossy(var);
+        if let Some(v) = var.strip_prefix(&format!("{ENV_APP_ID}=")) {
+            app_id = Some(v.to_owned());
+        } else if let Some(v) = var.strip_prefix(&format!("{ENV_RUNTIME_DIR}=")) {
+            runtime_dir = Some(PathBuf::from(v));
+        }
+    }
+    let (app_id, runtime_dir) = (app_id?, runtime_dir?);
+    let socket = runtime_dir
+        .join(&app_id)
+        .join(format!("{pid}{SOCKET_SUFFIX}"));
+    Some(Location {
+        app_id,
+        runtime_dir,
+        socket,
+    })
+}
+
+/// A connection to one process's interceptor.
+pub struct Client {
+    pid: i32,
+    path: PathBuf,
+    stream: BufReader<UnixStream>,
+}
+
+/// The answer to PREPARE.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Ready {
+    /// Address of the control block in the process.
+    pub ctl: u64,
+    /// Offset of the tid in glibc's thread descriptor, if found.
+    pub tid_offset: Option<u64>,
+    /// The library's own fds (left out of the image).
+    pub own_fds: Vec<i32>,
+    /// Regular files fdatasync'ed.
+    pub fsynced: u32,
+    /// (virtual, kernel) id pairs in use.
+    pub map: Vec<(i32, i32)>,
+}
+
+impl Ready {
+    pub fn to_virtual(&self, kernel: i32) -> i32 {
+        self.map
+            .iter()
+            .find(|&&(_, k)| k == kernel)
+            .map_or(kernel, |&(v, _)| v)
+    }
+
+    fn parse(line: &str) -> Option<Ready> {
+        let mut r = Ready::default();
+        let mut words = line.split_whitespace();
+        if words.next()? != "READY" {
+            return None;
+        }
+        for w in words {
+            let (k, v) = w.split_once('=')?;
+            match k {
+                "ctl" => r.ctl = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
+                "tidoff" => r.tid_offset = v.parse::<i64>().ok().and_then(|o| o.try_into().ok()),
+                "fds" => {
+                    r.own_fds = v
+                        .split(',')
+                        .filter_map(|f| f.parse().ok())
+                        .filter(|&f: &i32| f >= 0)
+                        .collect()
+                }
+                "fsynced" => r.fsynced = v.parse().ok()?,
+                "map" => {
+                    for pair in v.split(',').filter(|p| !p.is_empty()) {
+                        let (a, b) = pair.split_once(':')?;
+                        r.map.push((a.parse().ok()?, b.parse().ok()?));
+                    }
+                }
+                _ => {}
+            }
+        }
+        (r.ctl != 0).then_some(r)
+    }
+}
+
+impl Client {
+    /// Connects to the interceptor of `pid`. None if `pid` does not run under `ckpt run`.
+    pub fn connect(pid: i32) -> Option<Result<Client, InterceptorError>> {
+        let loc = locate(pid)?;
+        let io = |what, source| InterceptorError::Io {
+            pid,
+            path: loc.socket.clone(),
+            what,
+            source,
+        };
+        let stream = match UnixStream::connect(&loc.socket) {
+            Ok(s) => s,
+            Err(e) => return Some(Err(io("connecting", e))),
+        };
+        // The peer must be the process itself, not whoever created a file there.
+        match peer_pid(&stream) {
+            Ok(p) if p == pid => {}
+            Ok(p) => {
+                return Some(Err(io(
+                    "checking the peer",
+                    std::io::Error::other(format!("the socket belongs to process {p}")),
+                )))
+            }
+            Err(e) => return Some(Err(io("checking the peer", e))),
+        }
+        let _ = stream.set_read_timeout(Some(PREPARE_TIMEOUT));
+        Some(Ok(Client {
+            pid,
+            path: loc.socket,
+            stream: BufReader::new(stream),
+        }))
+    }
+
+    fn request(&mut self, req: &str) -> Result<String, InterceptorError> {
+        let io = |what, source| InterceptorError::Io {
+            pid: self.pid,
+            path: self.path.clone(),
+            what,
+            source,
+        };
+        self.stream
+            .get_mut()
+            .write_all(format!("{req}\n").as_bytes())
+            .map_err(|e| io("sending a request", e))?;
+        let mut line = String::new();
+        match self.stream.read_line(&mut line) {
+            Ok(0) => Err(io(
+                "reading the answer",
+                std::io::Error::other("connection closed"),
+            )),
+            Ok(_) => Ok(line.trim_end().to_owned()),
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => Err(io(
+                "reading the answer",
+                std::io::Error::other(format!(
+                    "no answer within {} s (is a thread holding a stdio lock?)",
+                    PREPARE_TIMEOUT.as_secs()
+                )),
+            )),
+            Err(e) => Err(io("reading the answer", e)),
+        }
+    }
+
+    /// Returns (kernel pid, virtual pid, generation).
+    pub fn info(&mut self) -> Result<(i32, i32, u64), InterceptorError> {
+        let answer = self.request(REQ_INFO)?;
+        let field = |k: &str| {
+            answer
+                .split_whitespace()
+                .find_map(|w| w.strip_prefix(k)?.strip_prefix('='))
+                .and_then(|v| v.parse::<i64>().ok())
+        };
+        match (field("pid"), field("vpid"), field("generation")) {
+            (Some(p), Some(v), Some(g)) if answer.starts_with("INFO ") => {
+                Ok((p as i32, v as i32, g as u64))
+            }
+            _ => Err(InterceptorError::Protocol {
+                pid: self.pid,
+                answer,
+            }),
+        }
+    }
+
+    /// Asks the library to flush; it then waits for [`Client::done`] (or for this connection
+    /// to close).
+    pub fn prepare(&mut self) -> Result<Ready, InterceptorError> {
+        let answer = self.request(REQ_PREPARE)?;
+        Ready::parse(&answer).ok_or(InterceptorError::Protocol {
+            pid: self.pid,
+            answer,
+        })
+    }
+
+    /// Lets the library go back to waiting for requests.
+    pub fn done(mut self) {
+        let _ = self
+            .stream
+            .get_mut()
+            .write_all(format!("{REQ_DONE}\n").as_bytes());
+    }
+}
+
+fn peer_pid(s: &UnixStream) -> std::io::Result<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: SO_PEERCRED writes a ucred of the given length.
+    let r = unsafe {
+        libc::getsockopt(
+            s.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(cred.pid)
+}
+
+/// After a restore, while every thread is still stopped: fills the control block at `ctl`
+/// with the (virtual, kernel) pairs and bumps its generation. `poke`/`peek` access the
+/// restored process's memory. Returns an error (and writes nothing) if the magic is not there.
+pub fn write_table(
+    inj: &crate::inject::Injector,
+    ctl: u64,
+    pairs: &[(i32, i32)],
+) -> std::io::Result<()> {
+    let head = inj.peek(ctl, CTL_OFF_PAIRS)?;
+    let word = |off: usize| u64::from_le_bytes(head[off..off + 8].try_into().unwrap_or([0; 8]));
+    if word(CTL_OFF_MAGIC) != CTL_MAGIC {
+        return Err(std::io::Error::other(format!(
+            "no interceptor control block at {ctl:#x}"
+        )));
+    }
+    let pairs = &pairs[..pairs.len().min(CTL_MAX_PAIRS)];
+    let mut table = Vec::with_capacity(pairs.len() * 8);
+    for &(v, k) in pairs {
+        table.extend_from_slice(&v.to_le_bytes());
+        table.extend_from_slice(&k.to_le_bytes());
+    }
+    inj.poke(ctl + CTL_OFF_PAIRS as u64, &table)?;
+    inj.poke(
+        ctl + CTL_OFF_COUNT as u64,
+        &(pairs.len() as u32).to_le_bytes(),
+    )?;
+    let active = pairs.iter().any(|&(v, k)| v != k);
+    inj.poke(
+        ctl + CTL_OFF_ACTIVE as u64,
+        &u32::from(active).to_le_bytes(),
+    )?;
+    inj.poke(
+        ctl + CTL_OFF_GENERATION as u64,
+        &(word(CTL_OFF_GENERATION) + 1).to_le_bytes(),
+    )
+}

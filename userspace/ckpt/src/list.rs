@@ -1,0 +1,155 @@
+//! `ckpt list`: the applications started by `ckpt run` under a runtime directory and their
+//! live processes, asked through their interceptors. Registrations whose processes are all
+//! gone are removed on the way.
+
+use crate::run::AppRecord;
+use ckpt_abi::interceptor::{APP_FILE, SOCKET_SUFFIX};
+use serde::Serialize;
+use std::path::Path;
+
+#[derive(Debug, Clone, Serialize)]
+pub struct ProcessEntry {
+    /// The kernel's pid (what to give `ckpt checkpoint`).
+    pub pid: i32,
+    /// The pid the application sees (differs after a restore that could not keep it).
+    pub vpid: i32,
+    /// Restores this process has been through.
+    pub generation: u64,
+    pub intercepted: bool,
+    pub comm: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AppEntry {
+    #[serde(flatten)]
+    pub app: AppRecord,
+    pub processes: Vec<ProcessEntry>,
+}
+
+pub fn read_app(dir: &Path) -> std::io::Result<AppRecord> {
+    let text = std::fs::read_to_string(dir.join(APP_FILE))?;
+    serde_json::from_str(&text).map_err(std::io::Error::other)
+}
+
+pub fn alive(pid: i32) -> bool {
+    pid > 0
+        && crate::proc::stat(pid)
+            .map(|s| s.state != 'Z' && s.state != 'X')
+            .unwrap_or(false)
+}
+
+fn comm(pid: i32) -> String {
+    std::fs::read_to_string(format!("/proc/{pid}/comm"))
+        .map(|c| c.trim_end().to_owned())
+        .unwrap_or_default()
+}
+
+/// The processes of the application in `dir` whose interceptors answer; stale sockets are
+/// removed.
+pub fn live_processes(dir: &Path) -> Vec<ProcessEntry> {
+    let mut out = Vec::new();
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return out;
+    };
+    for e in entries.flatten() {
+        let name = e.file_name().to_string_lossy().into_owned();
+        let Some(pid) = name
+            .strip_suffix(SOCKET_SUFFIX)
+            .and_then(|p| p.parse::<i32>().ok())
+        else {
+            continue;
+        };
+        let answer = crate::interceptor::Client::connect(pid)
+            .and_then(|c| c.ok())
+            .and_then(|mut c| c.info().ok());
+        match answer {
+            Some((kpid, vpid, generation)) if kpid == pid => out.push(ProcessEntry {
+                pid,
+                vpid,
+                generation,
+                intercepted: true,
+                comm: comm(pid),
+            }),
+            _ if !alive(pid) => {
+                let _ = std::fs::remove_file(e.path());
+            }
+            _ => {}
+        }
+    }
+    out.sort_by_key(|p| p.pid);
+    out
+}
+
+/// Every application under `runtime_dir`. Ones with no live process left are removed.
+pub fn list(runtime_dir: &Path) -> Vec<AppEntry> {
+    let mut apps = Vec::new();
+    let Ok(entries) = std::fs::read_dir(runtime_dir) else {
+        return apps;
+    };
+    for e in entries.flatten() {
+        let dir = e.path();
+        let Ok(app) = read_app(&dir) else {
+            continue;
+        };
+        let mut processes = live_processes(&dir);
+        // A program that runs without the library (static) has no socket: its root process
+        // is all we know of.
+        if !processes.iter().any(|p| p.pid == app.root_pid)
+            && alive(app.root_pid)
+            && !app.intercepted
+        {
+            processes.push(ProcessEntry {
+                pid: app.root_pid,
+                vpid: app.root_pid,
+                generation: 0,
+                intercepted: false,
+                comm: comm(app.root_pid),
+            });
+        }
+        if processes.is_empty() && !alive(app.root_pid) {
+            let _ = std::fs::remove_dir_all(&dir);
+            continue;
+        }
+        apps.push(AppEntry { app, processes });
+    }
+    apps.sort_by(|a, b| a.app.id.cmp(&b.app.id));
+    apps
+}
+
+/// The text form of `ckpt list`.
+pub fn text(apps: &[AppEntry]) -> String {
+    let mut s = String::new();
+    if apps.is_empty() {
+        s.push_str("no applications\n");
+        return s;
+    }
+    s.push_str(&format!(
+        "{:<24} {:>8} {:>8} {:>4}  {:<12} COMMAND\n",
+        "APP", "PID", "VPID", "GEN", "PATH"
+    ));
+    for a in apps {
+        for p in &a.processes {
+            s.push_str(&format!(
+                "{:<24} {:>8} {:>8} {:>4}  {:<12} {}\n",
+                a.app.id,
+                p.pid,
+                p.vpid,
+                p.generation,
+                if p.intercepted {
+                    "interceptor"
+                } else {
+                    "plain"
+                },
+                if p.pid == a.app.root_pid {
+                    a.app.argv.join(" ")
+                } else {
+                    p.comm.clone()
+                }
+            ));
+        }
+        if a.processes.is_empty() {
+            s.push_str(&format!("{:<24} (no live process answers)\n", a.app.id));
+        }
+    }
+    s
+}

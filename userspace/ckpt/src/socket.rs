@@ -1,0 +1,273 @@
+//! Listening sockets: dump and restore side by side.
+//!
+//! A listening TCP (IPv4/IPv6) or UNIX stream socket is recorded by its address and options
+//! and, on restore, bound again to the same address at the same fd. Connections waiting in its
+//! accept queue cannot be carried (their other ends are elsewhere): a checkpoint with a
+//! non-empty queue is refused rather than lose them. Connected sockets are not supported yet.
+
+use crate::image::FdKind;
+use crate::sys;
+use std::os::fd::AsRawFd;
+
+/// Is `addr` a well-formed address of `family`? (Image data is never trusted.)
+pub fn valid_address(family: i32, addr: &[u8]) -> bool {
+    let fam_ok = addr.len() >= 2 && i32::from(u16::from_ne_bytes([addr[0], addr[1]])) == family;
+    fam_ok
+        && match family {
+            libc::AF_INET => addr.len() == std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => addr.len() == std::mem::size_of::<libc::sockaddr_in6>(),
+            libc::AF_UNIX => {
+                addr.len() > 2 && addr.len() <= std::mem::size_of::<libc::sockaddr_un>()
+            }
+            _ => false,
+        }
+}
+
+/// What a socket fd of the target is, for the checkpoint.
+pub enum Dumped {
+    /// Recorded.
+    Kind(FdKind),
+    /// The interceptor's own endpoint: left out.
+    Interceptor,
+}
+
+fn getsockopt_int(fd: i32, level: i32, opt: i32) -> std::io::Result<i32> {
+    let mut v: libc::c_int = 0;
+    let mut len = std::mem::size_of::<libc::c_int>() as libc::socklen_t;
+    // SAFETY: writes one c_int of the given length.
+    let r = unsafe {
+        libc::getsockopt(
+            fd,
+            level,
+            opt,
+            (&mut v as *mut libc::c_int).cast(),
+            &mut len,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(v)
+}
+
+fn setsockopt_int(fd: i32, level: i32, opt: i32, v: i32) -> std::io::Result<()> {
+    // SAFETY: reads one c_int of the given length.
+    let r = unsafe {
+        libc::setsockopt(
+            fd,
+            level,
+            opt,
+            (&v as *const libc::c_int).cast(),
+            std::mem::size_of::<libc::c_int>() as libc::socklen_t,
+        )
+    };
+    if r != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+fn local_address(fd: i32) -> std::io::Result<Vec<u8>> {
+    // SAFETY: sockaddr_storage is plain data; getsockname writes at most `len` bytes.
+    unsafe {
+        let mut ss: libc::sockaddr_storage = std::mem::zeroed();
+        let mut len = std::mem::size_of::<libc::sockaddr_storage>() as libc::socklen_t;
+        if libc::getsockname(
+            fd,
+            (&mut ss as *mut libc::sockaddr_storage).cast(),
+            &mut len,
+        ) != 0
+        {
+            return Err(std::io::Error::last_os_error());
+        }
+        let bytes = std::slice::from_raw_parts(
+            (&ss as *const libc::sockaddr_storage).cast::<u8>(),
+            len as usize,
+        );
+        Ok(bytes.to_vec())
+    }
+}
+
+/// The path (or "@name" for the abstract namespace) of a UNIX address.
+fn unix_path(addr: &[u8]) -> String {
+    let p = addr.get(2..).unwrap_or_default();
+    match p.first() {
+        Some(0) => format!("@{}", String::from_utf8_lossy(&p[1..])),
+        _ => {
+            let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+            String::from_utf8_lossy(&p[..end]).into_owned()
+        }
+    }
+}
+
+pub fn display(family: i32, addr: &[u8]) -> String {
+    match family {
+        libc::AF_INET if addr.len() >= 8 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            format!("{}.{}.{}.{}:{port}", addr[4], addr[5], addr[6], addr[7])
+        }
+        libc::AF_INET6 if addr.len() >= 24 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&addr[8..24]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
+        }
+        libc::AF_UNIX => unix_path(addr),
+        _ => format!("family {family}"),
+    }
+}
+
+/// The accept backlog of a listening TCP socket: /proc/PID/net/tcp{,6} shows it as the
+/// tx_queue of a socket in state LISTEN (0A).
+fn tcp_backlog(pid: i32, inode: u64, v6: bool) -> Option<i32> {
+    let table = std::fs::read_to_string(format!(
+        "/proc/{pid}/net/{}",
+        if v6 { "tcp6" } else { "tcp" }
+    ))
+    .ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(9)?.parse::<u64>().ok()? != inode || *f.get(3)? != "0A" {
+            return None;
+        }
+        let tx = f.get(4)?.split(':').next()?;
+        i32::from_str_radix(tx, 16).ok()
+    })
+}
+
+/// Records socket `fd` of `pid` (its `/proc` link target is `target`, "socket:[INODE]").
+/// `interceptor_socket` is the path of the interceptor's endpoint, if the process has one.
+pub fn dump(
+    pid: i32,
+    fd: i32,
+    target: &str,
+    interceptor_socket: Option<&str>,
+) -> Result<Dumped, String> {
+    let inode: u64 = target
+        .strip_prefix("socket:[")
+        .and_then(|t| t.strip_suffix(']'))
+        .and_then(|t| t.parse().ok())
+        .ok_or("not a socket")?;
+    let ours = sys::steal_fd(pid, fd).map_err(|e| format!("pidfd_getfd: {e}"))?;
+    let s = ours.as_raw_fd();
+    let family = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| e.to_string())?;
+    let addr = local_address(s).map_err(|e| format!("getsockname: {e}"))?;
+    if family == libc::AF_UNIX && interceptor_socket.is_some_and(|p| unix_path(&addr) == p) {
+        return Ok(Dumped::Interceptor);
+    }
+    let ty = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| e.to_string())?;
+    let listening =
+        getsockopt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| e.to_string())? != 0;
+    if !listening {
+        return Err(
+            "connected and unbound sockets are not supported yet (only listening ones)".into(),
+        );
+    }
+    if ty != libc::SOCK_STREAM || ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family)
+    {
+        return Err("only TCP and UNIX stream listening sockets are supported".into());
+    }
+    if !valid_address(family, &addr) {
+        return Err("unexpected local address".into());
+    }
+    // Connections waiting to be accepted would be lost: refuse.
+    let mut pfd = libc::pollfd {
+        fd: s,
+        events: libc::POLLIN,
+        revents: 0,
+    };
+    // SAFETY: polls one pollfd, without waiting.
+    let ready = unsafe { libc::poll(&mut pfd, 1, 0) };
+    if ready > 0 && pfd.revents & libc::POLLIN != 0 {
+        return Err("connections are waiting in its accept queue; they cannot be carried over (retry when it has accepted them)".into());
+    }
+    let backlog = match family {
+        libc::AF_INET | libc::AF_INET6 => tcp_backlog(pid, inode, family == libc::AF_INET6),
+        _ => None,
+    }
+    .unwrap_or(libc::SOMAXCONN);
+    let flag = |level, opt| {
+        getsockopt_int(s, level, opt)
+            .map(|v| v != 0)
+            .unwrap_or(false)
+    };
+    Ok(Dumped::Kind(FdKind::Listen {
+        family,
+        display: display(family, &addr),
+        addr,
+        backlog,
+        reuse_addr: flag(libc::SOL_SOCKET, libc::SO_REUSEADDR),
+        reuse_port: flag(libc::SOL_SOCKET, libc::SO_REUSEPORT),
+        v6_only: family == libc::AF_INET6 && flag(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
+    }))
+}
+
+/// In the restorer: a new listening socket like the recorded one, returned as a new fd.
+/// A UNIX socket file left by the checkpointed process is replaced; an address still in use
+/// (the original still listens) fails with EADDRINUSE.
+pub fn restore(kind: &FdKind, nonblock: bool) -> std::io::Result<i32> {
+    let FdKind::Listen {
+        family,
+        addr,
+        backlog,
+        reuse_addr,
+        reuse_port,
+        v6_only,
+        ..
+    } = kind
+    else {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    };
+    if !valid_address(*family, addr) {
+        return Err(std::io::Error::from_raw_os_error(libc::EINVAL));
+    }
+    let ty = libc::SOCK_STREAM | if nonblock { libc::SOCK_NONBLOCK } else { 0 };
+    // SAFETY: creates a socket; the fd is ours.
+    let fd = unsafe { libc::socket(*family, ty, 0) };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let r = (|| {
+        // TCP: the checkpointed process's connections may linger in TIME_WAIT.
+        if *reuse_addr || *family != libc::AF_UNIX {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEADDR, 1)?;
+        }
+        if *reuse_port {
+            setsockopt_int(fd, libc::SOL_SOCKET, libc::SO_REUSEPORT, 1)?;
+        }
+        if *family == libc::AF_INET6 {
+            setsockopt_int(
+                fd,
+                libc::IPPROTO_IPV6,
+                libc::IPV6_V6ONLY,
+                i32::from(*v6_only),
+            )?;
+        }
+        if *family == libc::AF_UNIX {
+            let path = unix_path(addr);
+            if !path.starts_with('@') {
+                use std::os::unix::fs::FileTypeExt;
+                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                    let _ = std::fs::remove_file(&path);
+                }
+            }
+        }
+        // SAFETY: `addr` is a validated sockaddr of its family, of its own length.
+        let r = unsafe { libc::bind(fd, addr.as_ptr().cast(), addr.len() as libc::socklen_t) };
+        if r != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        // SAFETY: listen on our socket.
+        if unsafe { libc::listen(fd, *backlog) } != 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        Ok(())
+    })();
+    match r {
+        Ok(()) => Ok(fd),
+        Err(e) => {
+            sys::close(fd);
+            Err(e)
+        }
+    }
+}
