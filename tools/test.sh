@@ -24,6 +24,9 @@ cargo fmt --all --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
 step "native tests"
+# The interceptor library must sit next to the ckpt binary the tests run (`ckpt run` looks
+# there); `cargo test` alone does not build a cdylib.
+cargo build --workspace --locked
 cargo test --workspace --locked 2>&1
 
 [[ "${1:-}" == --native ]] && exit 0

@@ -639,7 +639,8 @@ fn create_threads(inj: &Injector, pid: i32, p: &Process) -> Result<Vec<i32>, Res
                 "ckpt: thread id {} was taken; the thread was restored with another",
                 t.tid
             );
-            inj.poke(scratch + 72, &0u64.to_le_bytes())
+            // Both set_tid (offset 64) and set_tid_size (72): a pointer with size 0 is EINVAL.
+            inj.poke(scratch + 64, &[0u8; 16])
                 .map_err(io("writing clone3 arguments"))?;
             (ret, new) = inj
                 .syscall(pid, libc::SYS_clone3, [scratch, 88, 0, 0, 0, 0])

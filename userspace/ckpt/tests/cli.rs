@@ -37,3 +37,139 @@ fn info_rejects_a_bad_address() {
     assert_eq!(out.status.code(), Some(2));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not a number: 0xzz"));
 }
+
+/// `ckpt run` in a fresh runtime directory; returns the directory's guard path.
+fn runtime_dir(name: &str) -> std::path::PathBuf {
+    let d = std::env::temp_dir().join(format!("ckpt-cli-{name}-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&d);
+    d
+}
+
+fn list_json(rt: &std::path::Path) -> serde_json::Value {
+    let out = Command::new(common::ckpt_bin())
+        .args(["list", "--json", "--runtime-dir"])
+        .arg(rt)
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn run_is_inherited_across_fork_and_exec_and_list_shows_every_process() {
+    let rt = runtime_dir("fork");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "shell", "--runtime-dir"])
+        .arg(&rt)
+        .args(["--", "sh", "-c", "sleep 30 & exec sleep 31"])
+        .spawn()
+        .unwrap();
+    // sh forks a child that execs sleep, then execs sleep itself: two intercepted processes.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let list = loop {
+        let list = list_json(&rt);
+        if list[0]["processes"].as_array().map_or(0, Vec::len) == 2 {
+            break list;
+        }
+        assert!(std::time::Instant::now() < deadline, "{list}");
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    };
+    assert_eq!(list[0]["id"], "shell");
+    assert_eq!(list[0]["root_pid"], child.id());
+    assert_eq!(list[0]["intercepted"], true);
+    let procs = list[0]["processes"].as_array().unwrap();
+    assert!(procs.iter().any(|p| p["pid"] == child.id()));
+    for p in procs {
+        assert_eq!(p["comm"], "sleep");
+        assert_eq!(p["pid"], p["vpid"]);
+        assert_eq!(p["intercepted"], true);
+    }
+    // The control thread is the library's only thread.
+    let tasks = std::fs::read_dir(format!("/proc/{}/task", child.id()))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 2, "sleep and the control thread");
+    let other = procs
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap() as i32)
+        .find(|&p| p != child.id() as i32)
+        .unwrap();
+    child.kill().unwrap();
+    child.wait().unwrap();
+    // SAFETY: signalling the background sleep (reparented to init).
+    unsafe { libc::kill(other, libc::SIGKILL) };
+    // Once its processes are gone, the application's registration goes too.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    while list_json(&rt).as_array().map_or(0, Vec::len) != 0 {
+        assert!(std::time::Instant::now() < deadline);
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    let _ = std::fs::remove_dir_all(&rt);
+}
+
+#[test]
+fn run_of_a_static_program_says_so_and_runs_it_without_the_library() {
+    let rt = runtime_dir("static");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--runtime-dir"])
+        .arg(&rt)
+        .arg("--")
+        .arg(common::prog("static_target"))
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert!(line.starts_with("ready "), "the program runs: {line:?}");
+    let mut err = String::new();
+    std::io::BufReader::new(child.stderr.take().unwrap())
+        .read_line(&mut err)
+        .unwrap();
+    assert!(
+        err.contains("is statically linked") && err.contains("plain path"),
+        "{err}"
+    );
+    // Listed, as a process without the library.
+    let list = list_json(&rt);
+    assert_eq!(list[0]["intercepted"], false);
+    assert_eq!(list[0]["processes"][0]["pid"], child.id());
+    assert_eq!(list[0]["processes"][0]["intercepted"], false);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&rt);
+}
+
+#[test]
+fn run_errors_are_clear() {
+    let rt = runtime_dir("errors");
+    let run = |args: &[&str]| {
+        Command::new(common::ckpt_bin())
+            .args(["run", "--runtime-dir"])
+            .arg(&rt)
+            .args(args)
+            .output()
+            .unwrap()
+    };
+    let out = run(&["--", "/nonexistent/prog"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("/nonexistent/prog: no such program"));
+    let out = run(&["--id", "../evil", "--", "true"]);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("application id"));
+    let out = Command::new(common::ckpt_bin())
+        .args(["run", "--", "true"])
+        .env("CKPT_INTERCEPTOR", "/nonexistent/lib.so")
+        .env("CKPT_RUNTIME_DIR", &rt)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("interceptor library"));
+    // A program's exit status is its own (ckpt run replaces itself with it).
+    let out = run(&["--", "sh", "-c", "exit 7"]);
+    assert_eq!(out.status.code(), Some(7));
+    let _ = std::fs::remove_dir_all(&rt);
+}

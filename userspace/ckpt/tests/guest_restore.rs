@@ -6,6 +6,7 @@
 //! subreaper so that restored processes (children of `ckpt restore`) are reaped here.
 
 mod common;
+use common::{ckpt, ok};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Once, RwLock};
@@ -52,39 +53,6 @@ impl Drop for Dir {
     fn drop(&mut self) {
         let _ = std::fs::remove_dir_all(&self.0);
     }
-}
-
-/// Runs ckpt with its output in files, not pipes: a restored process inherits ckpt's stdio
-/// (that is what a user at a terminal wants), and would keep a pipe open forever.
-fn ckpt(args: &[&str]) -> std::process::Output {
-    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
-    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    let base = std::env::temp_dir().join(format!("ckpt-out-{}-{n}", std::process::id()));
-    let (o, e) = (base.with_extension("out"), base.with_extension("err"));
-    let status = Command::new(common::ckpt_bin())
-        .args(args)
-        .stdin(Stdio::null())
-        .stdout(std::fs::File::create(&o).unwrap())
-        .stderr(std::fs::File::create(&e).unwrap())
-        .status()
-        .unwrap();
-    let out = std::process::Output {
-        status,
-        stdout: std::fs::read(&o).unwrap(),
-        stderr: std::fs::read(&e).unwrap(),
-    };
-    // The files stay: a restored process may have inherited them as its stderr.
-    out
-}
-
-fn ok(out: &std::process::Output) -> String {
-    assert!(
-        out.status.success(),
-        "ckpt failed ({}): {}",
-        out.status,
-        String::from_utf8_lossy(&out.stderr)
-    );
-    String::from_utf8_lossy(&out.stdout).into_owned()
 }
 
 /// Starts the counter writing to `out`, with a `mib` MiB buffer; waits until it has written

@@ -97,3 +97,36 @@ pub fn static_pattern(i: usize) -> u8 {
 pub fn threaded_pattern(i: usize) -> u8 {
     (i * 13 + 5) as u8
 }
+
+/// Runs ckpt with its output in files, not pipes: a restored process inherits ckpt's stdio
+/// (that is what a user at a terminal wants), and would keep a pipe open forever.
+pub fn ckpt(args: &[&str]) -> std::process::Output {
+    static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let base = std::env::temp_dir().join(format!("ckpt-out-{}-{n}", std::process::id()));
+    let (o, e) = (base.with_extension("out"), base.with_extension("err"));
+    let status = Command::new(ckpt_bin())
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&o).unwrap())
+        .stderr(std::fs::File::create(&e).unwrap())
+        .status()
+        .unwrap();
+    let out = std::process::Output {
+        status,
+        stdout: std::fs::read(&o).unwrap(),
+        stderr: std::fs::read(&e).unwrap(),
+    };
+    // The files stay: a restored process may have inherited them as its stderr.
+    out
+}
+
+pub fn ok(out: &std::process::Output) -> String {
+    assert!(
+        out.status.success(),
+        "ckpt failed ({}): {}",
+        out.status,
+        String::from_utf8_lossy(&out.stderr)
+    );
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}

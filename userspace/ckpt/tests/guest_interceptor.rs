@@ -1,0 +1,419 @@
+//! The interceptor path, end to end, in the guest (ignored natively: they need /dev/ckpt).
+//!
+//! The target is tests/progs/app.c run under `ckpt run`: eight threads sitting in accept,
+//! read on a pipe, poll, nanosleep, a condition variable and a mutex; handlers on every
+//! catchable signal; stdout through a fully buffered FILE*; and self-checks of its ids
+//! (getpid, gettid, kill, tgkill, raise, sched_getaffinity, /proc/<getpid()>) written to
+//! DIR/bad if anything is off. Counters go to DIR/progress.
+
+mod common;
+use ckpt::image::{FdKind, Image};
+use common::{ckpt, ok};
+use std::collections::HashMap;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn setup() {
+    // Restored processes are children of `ckpt restore`, which exits: reap them here.
+    // SAFETY: plain prctl on ourselves.
+    assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+}
+
+struct Dir(PathBuf);
+impl Dir {
+    fn new(name: &str) -> Dir {
+        let d = std::env::temp_dir().join(format!("ckpt-ic-{name}-{}", std::process::id()));
+        let _ = std::fs::remove_dir_all(&d);
+        std::fs::create_dir_all(&d).unwrap();
+        Dir(d)
+    }
+    fn path(&self, f: &str) -> PathBuf {
+        self.0.join(f)
+    }
+}
+impl Drop for Dir {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_dir_all(&self.0);
+    }
+}
+
+/// Starts app under `ckpt run` (stdout to DIR/stdout) and waits until it has run its first
+/// self-checks.
+fn start_app(d: &Dir, id: &str, port: u16) -> Child {
+    let child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", id, "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("app"))
+        .arg(&d.0)
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.path("stdout")).unwrap())
+        .stderr(std::fs::File::create(d.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    wait_progress(d, "tick", 60);
+    child
+}
+
+fn progress(d: &Dir) -> HashMap<String, String> {
+    std::fs::read_to_string(d.path("progress"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.split_once('='))
+        .map(|(k, v)| (k.to_owned(), v.to_owned()))
+        .collect()
+}
+
+fn counter(d: &Dir, key: &str) -> u64 {
+    progress(d)
+        .get(key)
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0)
+}
+
+/// Waits until counter `key` reaches `min`; returns it.
+fn wait_progress(d: &Dir, key: &str, min: u64) -> u64 {
+    let deadline = Instant::now() + Duration::from_secs(90);
+    loop {
+        let v = counter(d, key);
+        if v >= min {
+            return v;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{key} never reached {min}: {:?}; bad: {}",
+            progress(d),
+            bad(d)
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+fn bad(d: &Dir) -> String {
+    std::fs::read_to_string(d.path("bad")).unwrap_or_default()
+}
+
+/// The app's own view of its pid, from its progress file.
+fn app_pid(d: &Dir) -> i32 {
+    progress(d)["pid"].parse().unwrap()
+}
+
+/// Connects to the app's acceptor; returns its answer "pong VPID N".
+fn pong(port: u16) -> String {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let mut answer = String::new();
+    s.read_to_string(&mut answer).unwrap();
+    answer
+}
+
+/// The "line N" numbers the app printed to DIR/stdout.
+fn stdout_lines(d: &Dir) -> Vec<u64> {
+    std::fs::read_to_string(d.path("stdout"))
+        .unwrap()
+        .lines()
+        .map(|l| {
+            l.strip_prefix("line ")
+                .and_then(|n| n.parse().ok())
+                .unwrap_or_else(|| panic!("unexpected stdout line {l:?}"))
+        })
+        .collect()
+}
+
+fn assert_consecutive(lines: &[u64]) {
+    for (i, &n) in lines.iter().enumerate() {
+        assert_eq!(n, i as u64 + 1, "line {} of stdout is {n}", i + 1);
+    }
+}
+
+fn checkpoint_json(pid: i32, img: &Path, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec![
+        "checkpoint".to_owned(),
+        pid.to_string(),
+        "-o".into(),
+        img.to_str().unwrap().into(),
+        "--json".into(),
+    ];
+    args.extend(extra.iter().map(|s| s.to_string()));
+    let args: Vec<&str> = args.iter().map(String::as_str).collect();
+    serde_json::from_str(&ok(&ckpt(&args))).unwrap()
+}
+
+fn restore(img: &Path) -> (i32, String) {
+    let out = ckpt(&["restore", img.to_str().unwrap()]);
+    let pid = ok(&out).trim().parse().unwrap();
+    (pid, String::from_utf8_lossy(&out.stderr).into_owned())
+}
+
+fn reap(pid: i32) -> i32 {
+    let mut status = 0;
+    // SAFETY: reaping a process of ours (a child, or reparented to this subreaper).
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    status
+}
+
+fn kill(pid: i32, sig: i32) {
+    // SAFETY: signalling a process of ours.
+    assert_eq!(unsafe { libc::kill(pid, sig) }, 0);
+}
+
+/// Checks what the image of an intercepted app holds: its virtual pid, the interceptor's
+/// state, its one listening socket, and none of the interceptor's fds.
+fn check_image(img: &Path, vpid: i32, port: u16, intercepted: bool) -> Image {
+    let image = Image::open(img).unwrap();
+    let p = &image.manifest.processes[0];
+    assert_eq!(p.pid, vpid, "the image keeps the pid the app sees");
+    assert_eq!(p.threads.len(), 10, "main + 8 threads + the control thread");
+    assert_eq!(p.interceptor.is_some(), intercepted);
+    let listeners: Vec<_> = p
+        .fds
+        .iter()
+        .filter(|f| matches!(f.kind, FdKind::Listen { .. }))
+        .collect();
+    assert_eq!(listeners.len(), 1, "{:?}", p.fds);
+    if let FdKind::Listen { display, .. } = &listeners[0].kind {
+        assert_eq!(display, &format!("127.0.0.1:{port}"));
+    }
+    assert!(
+        p.fds.iter().all(|f| f.fd < 900),
+        "the interceptor's fds are not in the image: {:?}",
+        p.fds.iter().map(|f| f.fd).collect::<Vec<_>>()
+    );
+    image
+}
+
+/// Checks the app after a restore: it runs on, its threads keep working, no EINTR, no
+/// signal it did not send itself, no failed self-check, and it answers on its socket with
+/// the pid it started with.
+fn check_running(d: &Dir, port: u16, vpid: i32, accepted_before: u64) {
+    let t = counter(d, "tick");
+    // Past two rounds of the app's self-checks (every 50 ticks).
+    wait_progress(d, "tick", t + 120);
+    for key in ["pipe", "poll", "sleep", "cond", "work"] {
+        let v = counter(d, key);
+        wait_progress(d, key, v + 1);
+    }
+    let answer = pong(port);
+    assert_eq!(
+        answer.trim(),
+        format!("pong {vpid} {}", accepted_before + 1),
+        "the acceptor answers, with the original pid"
+    );
+    let p = progress(d);
+    assert_eq!(p["eintr"], "0", "a thread saw EINTR: {p:?}");
+    assert_eq!(p["sigs"], "0", "the app received a signal: {p:?}");
+    assert_eq!(app_pid(d), vpid);
+    assert_eq!(bad(d), "", "the app's self-checks failed");
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn blocked_threads_flushed_stdio_and_two_restores_through_the_interceptor() {
+    setup();
+    let d = Dir::new("flow");
+    let port = 7301;
+    let mut child = start_app(&d, "flow", port);
+    let pid = child.id() as i32;
+    assert_eq!(pong(port).trim(), format!("pong {pid} 1"));
+
+    // 1. Checkpoint through the interceptor and kill: everything printed so far is flushed.
+    let before = counter(&d, "tick");
+    let img = d.path("img1");
+    let stats = checkpoint_json(pid, &img, &["--kill"]);
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    let status = child.wait().unwrap();
+    assert_eq!(
+        std::os::unix::process::ExitStatusExt::signal(&status),
+        Some(libc::SIGKILL)
+    );
+    let lines = stdout_lines(&d);
+    assert_consecutive(&lines);
+    assert!(
+        lines.len() as u64 >= before,
+        "stdout was flushed before the snapshot: {} lines on disk, {before} printed before \
+         the checkpoint",
+        lines.len()
+    );
+    let image = check_image(&img, pid, port, true);
+    assert!(image.manifest.processes[0]
+        .interceptor
+        .as_ref()
+        .unwrap()
+        .tid_offset
+        .is_some());
+
+    // 2. Restore: same pid (it is free), the threads go on where they were blocked.
+    let (rpid, _) = restore(&img);
+    assert_eq!(rpid, pid);
+    check_running(&d, port, pid, 1);
+    // Its interceptor made a new endpoint: `ckpt list` finds it, one restore later.
+    let list: serde_json::Value = serde_json::from_str(&ok(&ckpt(&[
+        "list",
+        "--json",
+        "--runtime-dir",
+        d.path("rt").to_str().unwrap(),
+    ])))
+    .unwrap();
+    let procs = &list[0]["processes"];
+    assert_eq!(list[0]["id"], "flow");
+    assert_eq!(procs[0]["pid"], rpid);
+    assert_eq!(procs[0]["generation"], 1);
+
+    // 3. Checkpoint the restored app (through its new endpoint) and restore again.
+    let img2 = d.path("img2");
+    let stats = checkpoint_json(rpid, &img2, &["--kill"]);
+    assert_eq!(stats["interceptor"], true);
+    reap(rpid);
+    check_image(&img2, pid, port, true);
+    let (rpid2, _) = restore(&img2);
+    check_running(&d, port, pid, 2);
+
+    // 4. The plain path still works on an intercepted app, and leaves the endpoint out too.
+    let img3 = d.path("img3");
+    let stats = checkpoint_json(rpid2, &img3, &["--plain"]);
+    assert_eq!(stats["interceptor"], false);
+    check_image(&img3, pid, port, false);
+    check_running(&d, port, pid, 3);
+
+    // 5. A normal exit flushes the rest: every line exactly once, in order.
+    kill(rpid2, libc::SIGTERM);
+    let status = reap(rpid2);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let lines = stdout_lines(&d);
+    assert_consecutive(&lines);
+    assert_eq!(lines.len() as u64, counter(&d, "tick"));
+    assert_eq!(bad(&d), "");
+}
+
+/// A process sitting on `pid` (created with clone3 set_tid) until killed.
+fn occupy(pid: i32) -> i32 {
+    let got =
+        ckpt::sys::fork_with_pid(Some(pid)).unwrap_or_else(|e| panic!("taking pid {pid}: {e}"));
+    if got == 0 {
+        loop {
+            // SAFETY: pause is async-signal-safe; this child of a threaded process does
+            // nothing else.
+            unsafe { libc::pause() };
+        }
+    }
+    assert_eq!(got, pid);
+    got
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn restore_while_the_original_ids_are_taken_keeps_them_for_the_app() {
+    setup();
+    let d = Dir::new("taken");
+    let port = 7302;
+    let mut child = start_app(&d, "taken", port);
+    let pid = child.id() as i32;
+    let img = d.path("img1");
+    checkpoint_json(pid, &img, &["--kill"]);
+    child.wait().unwrap();
+    let image = check_image(&img, pid, port, true);
+    // Every id of the app is taken by someone else now.
+    let tids: Vec<i32> = image.manifest.processes[0]
+        .threads
+        .iter()
+        .map(|t| t.tid)
+        .collect();
+    let squatters: Vec<i32> = tids.iter().map(|&t| occupy(t)).collect();
+
+    let (rpid, err) = restore(&img);
+    assert_ne!(rpid, pid);
+    assert!(err.contains("was taken"), "{err}");
+    // getpid, gettid, kill, tgkill, raise, sched_getaffinity and /proc/<pid> all use the
+    // original ids (the app checks them and writes failures to DIR/bad).
+    check_running(&d, port, pid, 0);
+    let list: serde_json::Value = serde_json::from_str(&ok(&ckpt(&[
+        "list",
+        "--json",
+        "--runtime-dir",
+        d.path("rt").to_str().unwrap(),
+    ])))
+    .unwrap();
+    assert_eq!(list[0]["processes"][0]["pid"], rpid);
+    assert_eq!(list[0]["processes"][0]["vpid"], pid);
+
+    // Checkpoint the restored app: the image keeps the virtual ids, and the kernel's too.
+    let img2 = d.path("img2");
+    checkpoint_json(rpid, &img2, &["--kill"]);
+    reap(rpid);
+    let image2 = check_image(&img2, pid, port, true);
+    let p2 = &image2.manifest.processes[0];
+    assert_eq!(
+        p2.threads.iter().map(|t| t.tid).collect::<Vec<_>>(),
+        tids,
+        "the same virtual tids"
+    );
+    assert_eq!(p2.threads[0].kernel_tid, Some(rpid));
+    // Restored again, still with the originals taken.
+    let (rpid2, _) = restore(&img2);
+    assert_ne!(rpid2, pid);
+    check_running(&d, port, pid, 1);
+    kill(rpid2, libc::SIGTERM);
+    reap(rpid2);
+    for s in squatters {
+        kill(s, libc::SIGKILL);
+        reap(s);
+    }
+    assert_eq!(bad(&d), "");
+    assert_consecutive(&stdout_lines(&d));
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_static_program_under_ckpt_run_is_checkpointed_on_the_plain_path() {
+    setup();
+    let d = Dir::new("static");
+    let out = d.path("out");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "st", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("counter_static"))
+        .arg(&out)
+        .arg("1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    // The warning comes before the program starts.
+    let mut err = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut err,
+    )
+    .unwrap();
+    assert!(err.contains("statically linked"), "{err}");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while std::fs::read_to_string(&out)
+        .unwrap_or_default()
+        .lines()
+        .count()
+        < 3
+    {
+        assert!(Instant::now() < deadline, "the static program does not run");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let img = d.path("img");
+    let stats = checkpoint_json(child.id() as i32, &img, &["--kill"]);
+    assert_eq!(stats["interceptor"], false);
+    child.wait().unwrap();
+    let (rpid, _) = restore(&img);
+    let len = std::fs::metadata(&out).unwrap().len();
+    while std::fs::metadata(&out).unwrap().len() <= len {
+        assert!(
+            Instant::now() < deadline,
+            "the restored program does not run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    kill(rpid, libc::SIGKILL);
+    reap(rpid);
+}
