@@ -60,3 +60,8 @@ pub const APP_FILE: &str = "app.json";
 pub const REQ_INFO: &str = "INFO";
 pub const REQ_PREPARE: &str = "PREPARE";
 pub const REQ_DONE: &str = "DONE";
+
+/// The system call number `ckpt_interceptor_flush` makes when fflush is done (unknown to the
+/// kernel, so it fails with ENOSYS if nobody stops it): ckpt recognizes it at the syscall
+/// entry stop.
+pub const FLUSH_DONE_SYSCALL: i64 = 0xc4c4;

@@ -82,13 +82,17 @@ impl CtlBlock {
             .map_or(kernel, |(v, _)| v)
     }
 
-    /// The table as "v:k,v:k" for the READY answer.
-    pub fn describe(&self) -> String {
+    /// The table as "v:k,v:k" for the READY answer (empty when inactive).
+    pub fn describe<const N: usize>(&self, out: &mut crate::raw::Buf<N>) {
         if !self.active() {
-            return String::new();
+            return;
         }
-        let parts: Vec<String> = self.entries().map(|(v, k)| format!("{v}:{k}")).collect();
-        parts.join(",")
+        for (i, (v, k)) in self.entries().enumerate() {
+            if i > 0 {
+                out.push(b",");
+            }
+            out.num(i64::from(v)).push(b":").num(i64::from(k));
+        }
     }
 }
 

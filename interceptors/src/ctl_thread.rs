@@ -1,155 +1,255 @@
 //! The control thread: the application's endpoint for `ckpt`.
 //!
-//! It owns at most two fds, the listening socket and one connection, both moved high (just
-//! under the fd limit, at most 1023) so that they stay out of the numbers an application uses.
-//! If they vanish (the application closed every fd, or this is a restored process whose image
-//! left them out) an accept or read fails and the thread makes a new endpoint.
+//! It is a raw thread (clone, its own stack and thread pointer), invisible to glibc: a glibc
+//! thread would switch a single-threaded program into glibc's multi-threaded mode (locked
+//! stdio and malloc arenas, cancellation bookkeeping around every blocking call), which costs
+//! a single-threaded program ~20 % on 1-byte writes. So this thread runs only raw system calls
+//! (`raw.rs`) on fixed buffers, and never touches errno, malloc or thread-local state.
+//!
+//! Stdio is flushed by glibc code, in one of two ways:
+//! - the program has threads of its own (it called pthread_create, interposed here): a glibc
+//!   helper thread ("ckpt-flush", free at that point) runs fflush(NULL) before the freeze,
+//!   with stdio's own locking;
+//! - the program is single-threaded: ckpt, once it has frozen the process, makes the main
+//!   thread call [`ckpt_interceptor_flush`] if it stopped at a safe point (see
+//!   `userspace/ckpt/src/flush.rs`).
+//!
+//! The thread owns at most two fds, the listening socket and one connection, moved just under
+//! the fd limit (at most 1023) to stay out of the numbers the program uses. If they vanish (the
+//! program closed every fd, or this is a restored process whose image left them out) an accept
+//! or read fails and the thread makes a new endpoint.
 
 use crate::control::CTL;
-use crate::raw;
+use crate::raw::{self, Buf};
 use ckpt_abi::interceptor::{
     APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE, SOCKET_SUFFIX,
 };
-use core::sync::atomic::{AtomicI32, AtomicI64, AtomicUsize, Ordering::Relaxed};
-use std::ffi::CString;
-use std::sync::OnceLock;
+use core::cell::UnsafeCell;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32};
 
+/// Written once by `start` (before the thread exists) and read by the thread afterwards.
 struct Config {
-    app_id: String,
-    runtime_dir: String,
+    runtime_dir: Buf<160>,
+    app_id: Buf<72>,
+}
+struct Shared(UnsafeCell<Config>);
+// SAFETY: written only by `start`, before the control thread that reads it is created (and
+// again only in a fork child, where that thread does not exist).
+unsafe impl Sync for Shared {}
+static CONFIG: Shared = Shared(UnsafeCell::new(Config {
+    runtime_dir: Buf::new(),
+    app_id: Buf::new(),
+}));
+
+fn config() -> &'static Config {
+    // SAFETY: see `Shared`: no writer runs while the thread reads.
+    unsafe { &*CONFIG.0.get() }
 }
 
-static CONFIG: OnceLock<Config> = OnceLock::new();
 /// The listening socket and the connection being served (-1: none).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 static CONN_FD: AtomicI32 = AtomicI32::new(-1);
-/// A thread other than the control thread, as (pthread_self, kernel tid), to confirm where
-/// glibc keeps the tid in its thread descriptor.
-static REF_THREAD: AtomicUsize = AtomicUsize::new(0);
-static REF_TID: AtomicI32 = AtomicI32::new(0);
 /// Offset of the tid in glibc's `struct pthread` (-1: not found).
 static TID_OFFSET: AtomicI64 = AtomicI64::new(-1);
+/// The helper thread exists (the program has threads of its own).
+static HELPER: AtomicBool = AtomicBool::new(false);
+/// Flush handshake with the helper: 0 idle, 1 asked, 2 done.
+static FLUSH: AtomicU32 = AtomicU32::new(0);
+/// The control thread runs in this process.
+static RUNNING: AtomicBool = AtomicBool::new(false);
 
-/// Starts the control thread, if the process runs under `ckpt run`.
+const STACK_SIZE: usize = 128 * 1024;
+/// Thread-pointer area: nothing of ours uses it, but anything that did would land here.
+const TLS_SIZE: usize = 16 * 1024;
+
+/// Starts the control thread, if the process runs under `ckpt run`. Called in a glibc thread
+/// (the constructor, or a fork child).
 pub fn start() {
-    let config = CONFIG.get_or_init(|| Config {
-        app_id: std::env::var(ENV_APP_ID).unwrap_or_default(),
-        runtime_dir: std::env::var(ENV_RUNTIME_DIR).unwrap_or_default(),
-    });
-    if config.app_id.is_empty() || config.runtime_dir.is_empty() {
+    let (Some(rt), Some(app)) = (
+        std::env::var_os(ENV_RUNTIME_DIR),
+        std::env::var_os(ENV_APP_ID),
+    ) else {
         return; // preloaded by hand: only the (inactive) id functions are here
-    }
-    // SAFETY: pthread_self has no preconditions.
-    REF_THREAD.store(unsafe { libc::pthread_self() } as usize, Relaxed);
-    REF_TID.store(raw::gettid(), Relaxed);
-    // The thread inherits the creator's signal mask: block everything around its creation so
-    // that it never runs a handler of the application's.
-    // SAFETY: sigset_t is plain data; the calls only read and write the two sets.
+    };
+    use std::os::unix::ffi::OsStrExt;
+    // SAFETY: see `Shared`: the control thread does not exist yet in this process.
     unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let spawned = std::thread::Builder::new()
-            .name("ckpt-ctl".into())
-            .stack_size(128 * 1024)
-            .spawn(run);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
-        drop(spawned);
+        let c = &mut *CONFIG.0.get();
+        c.runtime_dir.len = 0;
+        c.app_id.len = 0;
+        c.runtime_dir.push(rt.as_bytes());
+        c.app_id.push(app.as_bytes());
+        if !c.runtime_dir.fits() || !c.app_id.fits() || c.app_id.is_empty() {
+            return;
+        }
+    }
+    find_tid_offset();
+    if spawn_raw_thread().is_ok() {
+        RUNNING.store(true, Release);
     }
 }
 
-/// In a child after fork: the parent's endpoint is not ours (the fds are the parent's
-/// sockets); the child gets its own control thread and endpoint.
+/// In a child after fork: the parent's endpoint and threads are not the child's.
 pub extern "C" fn after_fork_in_child() {
     for fd in [&LISTEN_FD, &CONN_FD] {
         let n = fd.swap(-1, Relaxed);
         if n >= 0 {
-            // SAFETY: closing the fd this library made (inherited across fork).
-            unsafe { libc::close(n) };
+            raw::close(n);
         }
     }
+    HELPER.store(false, Relaxed);
+    FLUSH.store(0, Relaxed);
+    RUNNING.store(false, Relaxed);
     start();
 }
 
-fn run() {
-    find_tid_offset();
-    let mut failures = 0u32;
-    loop {
-        match Endpoint::create() {
-            Ok(ep) => {
-                failures = 0;
-                ep.serve();
-            }
-            Err(_) => {
-                failures += 1;
-                if failures > 30 {
-                    return; // the runtime directory is gone for good: stay out of the way
-                }
-                std::thread::sleep(std::time::Duration::from_secs(1));
-            }
-        }
-    }
-}
-
-/// Where glibc's `struct pthread` (at the thread pointer on x86-64) keeps the kernel tid: the
-/// offset where both this thread's and the reference thread's descriptors hold their tids.
+/// Where glibc's `struct pthread` (at the thread pointer on x86-64) keeps the kernel tid.
 /// `ckpt restore` rewrites that field when a thread comes back under another tid, so that
 /// glibc's pthread_kill, raise and mutex owner checks address the right thread.
 fn find_tid_offset() {
     // SAFETY: pthread_self has no preconditions.
     let me = unsafe { libc::pthread_self() } as usize;
-    let other = REF_THREAD.load(Relaxed);
-    let (my_tid, other_tid) = (raw::gettid(), REF_TID.load(Relaxed));
+    let tid = raw::gettid();
     let mut fs_base = 0usize;
-    const ARCH_GET_FS: libc::c_int = 0x1003;
+    const ARCH_GET_FS: u64 = 0x1003;
     // SAFETY: ARCH_GET_FS writes one word to the address given.
-    let r = unsafe { libc::syscall(libc::SYS_arch_prctl, ARCH_GET_FS, &mut fs_base) };
-    if r != 0 || fs_base != me || other == 0 || my_tid == other_tid {
+    let r = unsafe {
+        raw::syscall6(
+            libc::SYS_arch_prctl,
+            [ARCH_GET_FS, &mut fs_base as *mut usize as u64, 0, 0, 0, 0],
+        )
+    };
+    if r != 0 || fs_base != me {
         return;
     }
-    // glibc's struct pthread is larger than 2 KiB, so both reads stay inside the descriptors.
-    for off in (0..2048usize).step_by(4) {
-        // SAFETY: both addresses are inside live thread descriptors (see above); unaligned
-        // reads are not needed (4-byte steps from aligned bases).
-        let (a, b) = unsafe {
-            (
-                core::ptr::read_volatile((me + off) as *const i32),
-                core::ptr::read_volatile((other + off) as *const i32),
-            )
-        };
-        if a == my_tid && b == other_tid {
+    // The tid follows glibc's thread control block (hundreds of bytes of it); its struct
+    // pthread is larger than 2 KiB, so the reads stay inside it.
+    for off in (0x100..0x800usize).step_by(4) {
+        // SAFETY: inside this thread's live descriptor (see above); 4-byte aligned.
+        let v = unsafe { core::ptr::read_volatile((me + off) as *const i32) };
+        if v == tid {
             TID_OFFSET.store(off as i64, Relaxed);
             return;
         }
     }
 }
 
-fn errno() -> i32 {
-    std::io::Error::last_os_error().raw_os_error().unwrap_or(0)
+fn spawn_raw_thread() -> Result<(), ()> {
+    // SAFETY: anonymous private mappings of our own; the clone below gives the new thread
+    // the top of the stack and the thread-pointer area, which nothing else uses.
+    unsafe {
+        let stack = libc::mmap(
+            core::ptr::null_mut(),
+            STACK_SIZE + TLS_SIZE,
+            libc::PROT_READ | libc::PROT_WRITE,
+            libc::MAP_PRIVATE | libc::MAP_ANONYMOUS | libc::MAP_STACK,
+            -1,
+            0,
+        );
+        if stack == libc::MAP_FAILED {
+            return Err(());
+        }
+        let base = stack as usize;
+        let stack_top = (base + STACK_SIZE) & !15;
+        // x86-64 thread pointer convention: the word at the thread pointer points to itself.
+        let tp = base + STACK_SIZE + TLS_SIZE / 2;
+        *(tp as *mut usize) = tp;
+        *((tp + 16) as *mut usize) = tp;
+        // The thread starts with every signal blocked: it never runs a handler of the
+        // program's, and process-directed signals go to the program's threads.
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let flags = (libc::CLONE_VM
+            | libc::CLONE_FS
+            | libc::CLONE_FILES
+            | libc::CLONE_SIGHAND
+            | libc::CLONE_THREAD
+            | libc::CLONE_SYSVSEM
+            | libc::CLONE_SETTLS) as u64;
+        let r = clone_thread(flags, stack_top as u64, tp as u64);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+        if r < 0 {
+            libc::munmap(stack, STACK_SIZE + TLS_SIZE);
+            return Err(());
+        }
+    }
+    Ok(())
+}
+
+/// clone(2) whose child starts on `stack_top` in [`thread_main`] (and never returns here).
+///
+/// # Safety
+/// `stack_top` must be the 16-byte aligned top of a stack nothing else uses, `tls` a
+/// thread-pointer area likewise.
+unsafe fn clone_thread(flags: u64, stack_top: u64, tls: u64) -> i64 {
+    let ret: i64;
+    core::arch::asm!(
+        "syscall",
+        "test rax, rax",
+        "jnz 2f",
+        // The child: a fresh stack, no frame to return to.
+        "xor ebp, ebp",
+        "call {entry}",
+        "ud2",
+        "2:",
+        entry = sym thread_main,
+        inlateout("rax") libc::SYS_clone => ret,
+        in("rdi") flags,
+        in("rsi") stack_top,
+        in("rdx") 0u64,
+        in("r10") 0u64,
+        in("r8") tls,
+        lateout("rcx") _,
+        lateout("r11") _,
+    );
+    ret
+}
+
+extern "C" fn thread_main() -> ! {
+    raw::prctl_set_name(b"ckpt-ctl\0");
+    let mut failures = 0u32;
+    loop {
+        match Endpoint::create() {
+            Some(ep) => {
+                failures = 0;
+                ep.serve();
+            }
+            None => {
+                failures += 1;
+                if failures > 30 {
+                    // The runtime directory is gone for good: stay out of the way.
+                    RUNNING.store(false, Relaxed);
+                    raw::exit_thread(0);
+                }
+                raw::nanosleep_ms(1000);
+            }
+        }
+    }
+}
+
+/// `RUNTIME_DIR/APP` (+ `tail`).
+fn app_path(tail: &[u8]) -> Buf<256> {
+    let c = config();
+    let mut p = Buf::<256>::new();
+    p.push(&c.runtime_dir).push(b"/").push(&c.app_id).push(tail);
+    p
 }
 
 /// Moves `fd` to the highest free number under min(fd limit, 1024), close-on-exec.
 fn move_high(fd: i32) -> i32 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    // SAFETY: getrlimit writes the struct given.
-    unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut lim) };
-    let top = lim.rlim_cur.min(1024) as i32;
+    let top = raw::getrlimit_nofile().min(1024) as i32;
     for want in (3.max(top - 64)..top).rev() {
-        // SAFETY: F_GETFD only queries; F_DUPFD_CLOEXEC makes a new fd >= want.
-        unsafe {
-            if libc::fcntl(want, libc::F_GETFD) == -1 && errno() == libc::EBADF {
-                let n = libc::fcntl(fd, libc::F_DUPFD_CLOEXEC, want);
-                if n == want {
-                    libc::close(fd);
-                    return n;
-                }
-                if n >= 0 {
-                    libc::close(n);
-                }
+        if raw::fcntl(want, libc::F_GETFD, 0) == -(libc::EBADF as i64) {
+            let n = raw::fcntl(fd, libc::F_DUPFD_CLOEXEC, want as i64) as i32;
+            if n == want {
+                raw::close(fd);
+                return n;
+            }
+            if n >= 0 {
+                raw::close(n);
             }
         }
     }
@@ -162,269 +262,394 @@ struct Endpoint {
 }
 
 impl Endpoint {
-    fn create() -> std::io::Result<Endpoint> {
-        let config = CONFIG.get().ok_or(std::io::ErrorKind::NotFound)?;
-        let dir = format!("{}/{}", config.runtime_dir, config.app_id);
-        std::fs::create_dir_all(&dir)?;
+    fn create() -> Option<Endpoint> {
+        let c = config();
+        let mut dir = Buf::<256>::new();
+        dir.push(&c.runtime_dir);
+        raw::mkdir(dir.c_str(), 0o700);
+        let mut dir = app_path(b"");
+        raw::mkdir(dir.c_str(), 0o700);
         let pid = raw::getpid();
-        let path = format!("{dir}/{pid}{SOCKET_SUFFIX}");
-        if !std::path::Path::new(&format!("{dir}/{APP_FILE}")).exists() {
-            // A restored or forked process of an application whose registration was cleaned
-            // up: register again, briefly.
-            let _ = std::fs::write(
-                format!("{dir}/{APP_FILE}"),
-                format!(
-                    "{{\"id\":\"{}\",\"root_pid\":{pid},\"argv\":[]}}\n",
-                    config.app_id
-                ),
-            );
+        let mut json_path = app_path(b"/");
+        json_path.push(APP_FILE.as_bytes());
+        // A restored or forked process of an application whose registration is gone (another
+        // host, a cleaned runtime directory): register it again.
+        let fd = raw::open(
+            json_path.c_str(),
+            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+            0o600,
+        );
+        if fd >= 0 {
+            let mut j = Buf::<160>::new();
+            j.push(b"{\"id\":\"")
+                .push(&c.app_id)
+                .push(b"\",\"root_pid\":");
+            j.num(i64::from(pid))
+                .push(b",\"argv\":[],\"intercepted\":true}\n");
+            raw::write(fd as i32, &j);
+            raw::close(fd as i32);
         }
-        let _ = std::fs::remove_file(&path);
-        let cpath = CString::new(path.clone()).map_err(|_| std::io::ErrorKind::InvalidInput)?;
-        // SAFETY: plain socket calls on an fd we own; sockaddr_un is filled within bounds
-        // (checked length).
-        unsafe {
-            let fd = libc::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC, 0);
-            if fd < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            let mut addr: libc::sockaddr_un = core::mem::zeroed();
-            addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-            let bytes = cpath.as_bytes_with_nul();
-            if bytes.len() > addr.sun_path.len() {
-                libc::close(fd);
-                return Err(std::io::ErrorKind::InvalidInput.into());
-            }
-            for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-                *d = *s as libc::c_char;
-            }
-            let len = core::mem::size_of::<libc::sockaddr_un>() as libc::socklen_t;
-            if libc::bind(fd, (&addr as *const libc::sockaddr_un).cast(), len) != 0
-                || libc::listen(fd, 8) != 0
-            {
-                let e = std::io::Error::last_os_error();
-                libc::close(fd);
-                return Err(e);
-            }
-            let fd = move_high(fd);
-            let mut st: libc::stat = core::mem::zeroed();
-            libc::fstat(fd, &mut st);
-            LISTEN_FD.store(fd, Relaxed);
-            Ok(Endpoint { fd, ino: st.st_ino })
+        let mut path = app_path(b"/");
+        path.num(i64::from(pid)).push(SOCKET_SUFFIX.as_bytes());
+        if !path.fits() {
+            return None;
         }
+        raw::unlink(path.c_str());
+        // SAFETY: sockaddr_un is plain data.
+        let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+        let bytes = path.c_str();
+        if bytes.len() > addr.sun_path.len() {
+            return None;
+        }
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+        if fd < 0 {
+            return None;
+        }
+        let fd = fd as i32;
+        if raw::bind_unix(fd, &addr) != 0 || raw::listen(fd, 8) != 0 {
+            raw::close(fd);
+            return None;
+        }
+        let fd = move_high(fd);
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        raw::fstat(fd, &mut st);
+        LISTEN_FD.store(fd, Relaxed);
+        Some(Endpoint { fd, ino: st.st_ino })
     }
 
-    /// Is `fd` still our socket (and not something the application put at its number)?
+    /// Is our fd still our socket (and not something the program put at its number)?
     fn still_ours(&self) -> bool {
-        // SAFETY: fstat writes the struct given.
-        unsafe {
-            let mut st: libc::stat = core::mem::zeroed();
-            libc::fstat(self.fd, &mut st) == 0 && st.st_ino == self.ino
-        }
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        raw::fstat(self.fd, &mut st) == 0 && st.st_ino == self.ino
     }
 
     /// Serves requests until the endpoint is lost.
     fn serve(&self) {
         loop {
-            // SAFETY: accept4 on our listening socket; no address wanted.
-            let conn = unsafe {
-                libc::accept4(
-                    self.fd,
-                    core::ptr::null_mut(),
-                    core::ptr::null_mut(),
-                    libc::SOCK_CLOEXEC,
-                )
-            };
+            let conn = raw::accept4(self.fd, libc::SOCK_CLOEXEC);
             if conn < 0 {
-                match errno() {
-                    libc::EINTR | libc::ECONNABORTED | libc::EMFILE | libc::ENFILE => {
-                        std::thread::sleep(std::time::Duration::from_millis(10));
-                        continue;
-                    }
-                    _ => return, // EBADF, ENOTSOCK, EINVAL: lost (or restored)
+                let e = -conn as i32;
+                if [libc::EINTR, libc::ECONNABORTED, libc::EMFILE, libc::ENFILE].contains(&e) {
+                    raw::nanosleep_ms(10);
+                    continue;
                 }
+                LISTEN_FD.store(-1, Relaxed);
+                return; // EBADF, ENOTSOCK, EINVAL: lost (or restored)
             }
+            let conn = conn as i32;
             if !self.still_ours() {
-                // SAFETY: conn is the fd accept4 just returned.
-                unsafe { libc::close(conn) };
+                raw::close(conn);
+                LISTEN_FD.store(-1, Relaxed);
                 return;
             }
             let conn = move_high(conn);
             CONN_FD.store(conn, Relaxed);
             let lost = serve_one(conn);
+            CONN_FD.store(-1, Relaxed);
             if lost {
                 // Our fds are gone (restored): do not close numbers that may now be someone
                 // else's.
-                CONN_FD.store(-1, Relaxed);
                 LISTEN_FD.store(-1, Relaxed);
                 return;
             }
-            CONN_FD.store(-1, Relaxed);
-            // SAFETY: conn is ours and still open.
-            unsafe { libc::close(conn) };
+            raw::close(conn);
         }
     }
 }
 
-fn peer_allowed(conn: i32) -> bool {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = core::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes a ucred of the given length.
-    let r = unsafe {
-        libc::getsockopt(
-            conn,
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    // SAFETY: geteuid has no preconditions.
-    r == 0 && (cred.uid == 0 || cred.uid == unsafe { libc::geteuid() })
-}
-
-fn set_timeout(conn: i32, secs: i64) {
-    let tv = libc::timeval {
-        tv_sec: secs,
-        tv_usec: 0,
-    };
-    // SAFETY: SO_RCVTIMEO reads a timeval of the given length.
-    unsafe {
-        libc::setsockopt(
-            conn,
-            libc::SOL_SOCKET,
-            libc::SO_RCVTIMEO,
-            (&tv as *const libc::timeval).cast(),
-            core::mem::size_of::<libc::timeval>() as libc::socklen_t,
-        );
-    }
-}
-
-/// Reads one line. Err(errno) on failure, Ok(None) at end of file.
-fn read_line(conn: i32) -> Result<Option<String>, i32> {
-    let mut line = Vec::new();
+/// Reads one line into `line`. Err(errno) on failure; Ok(false) at end of file.
+fn read_line(conn: i32, line: &mut Buf<256>) -> Result<bool, i32> {
+    line.len = 0;
     loop {
-        let mut b = 0u8;
-        // SAFETY: reads one byte into `b`.
-        let n = unsafe { libc::read(conn, (&mut b as *mut u8).cast(), 1) };
-        match n {
-            1 if b == b'\n' => return Ok(Some(String::from_utf8_lossy(&line).into_owned())),
-            1 if line.len() < 256 => line.push(b),
+        let mut b = [0u8; 1];
+        match raw::read(conn, &mut b) {
+            1 if b[0] == b'\n' => return Ok(true),
+            1 if line.len < 255 => {
+                line.push(&b);
+            }
             1 => return Err(libc::EMSGSIZE),
-            0 => return Ok(None),
-            _ if errno() == libc::EINTR => continue,
-            _ => return Err(errno()),
+            0 => return Ok(false),
+            r if r == -(libc::EINTR as i64) => continue,
+            r => return Err(-r as i32),
         }
     }
 }
 
-fn write_all(conn: i32, s: &str) -> bool {
-    let mut b = s.as_bytes();
+fn send_all(conn: i32, mut b: &[u8]) -> bool {
     while !b.is_empty() {
-        // SAFETY: writes from a live buffer of the given length.
-        let n = unsafe { libc::send(conn, b.as_ptr().cast(), b.len(), libc::MSG_NOSIGNAL) };
+        let n = raw::send(conn, b);
+        if n == -(libc::EINTR as i64) {
+            continue;
+        }
         if n <= 0 {
-            if n < 0 && errno() == libc::EINTR {
-                continue;
-            }
             return false;
         }
-        b = &b[n as usize..];
+        b = b.get(n as usize..).unwrap_or_default();
     }
     true
 }
 
 /// Serves one connection. Returns true if our fds vanished under us (a restore).
 fn serve_one(conn: i32) -> bool {
-    if !peer_allowed(conn) {
+    let allowed = raw::peer_cred(conn).is_some_and(|c| c.uid == 0 || c.uid == raw::geteuid());
+    if !allowed {
         return false;
     }
-    set_timeout(conn, 10);
-    let req = match read_line(conn) {
-        Ok(Some(r)) => r,
-        Ok(None) => return false,
+    raw::set_rcv_timeout(conn, 10);
+    let mut line = Buf::<256>::new();
+    match read_line(conn, &mut line) {
+        Ok(true) => {}
+        Ok(false) => return false,
         Err(e) => return e == libc::EBADF,
-    };
-    match req.trim() {
-        REQ_INFO => {
-            let pid = raw::getpid();
-            let reply = format!(
-                "INFO pid={pid} vpid={} generation={}\n",
-                CTL.to_virtual(pid),
-                CTL.generation.load(Relaxed)
-            );
-            write_all(conn, &reply);
-            false
+    }
+    let req = line.as_slice();
+    if req == REQ_INFO.as_bytes() {
+        let pid = raw::getpid();
+        let mut r = Buf::<256>::new();
+        r.push(b"INFO pid=").num(i64::from(pid));
+        r.push(b" vpid=").num(i64::from(CTL.to_virtual(pid)));
+        r.push(b" generation=")
+            .num(CTL.generation.load(Relaxed) as i64);
+        r.push(b"\n");
+        send_all(conn, &r);
+        false
+    } else if req == REQ_PREPARE.as_bytes() {
+        prepare(conn)
+    } else {
+        send_all(conn, b"ERROR unknown request\n");
+        false
+    }
+}
+
+/// How stdio gets flushed for this checkpoint.
+fn flush_stdio() -> &'static [u8] {
+    if HELPER.load(Acquire) {
+        FLUSH.store(1, SeqCst);
+        raw::futex_wake(&FLUSH);
+        // The helper takes each stream's lock: a thread holding one for long (blocked on a
+        // full pipe) holds us up; ckpt gives up after its own timeout.
+        for _ in 0..1000 {
+            let v = FLUSH.load(SeqCst);
+            if v == 2 {
+                FLUSH.store(0, SeqCst);
+                return b"done";
+            }
+            raw::futex_wait(&FLUSH, v, 10);
         }
-        REQ_PREPARE => prepare(conn),
-        _ => {
-            write_all(conn, "ERROR unknown request\n");
-            false
+        return b"timeout";
+    }
+    if program_threads() == 1 {
+        b"infcall"
+    } else {
+        // Threads that glibc made for itself or that appeared before this library: no helper,
+        // and the main thread cannot flush safely while they run.
+        b"skipped"
+    }
+}
+
+/// Threads of the process other than this library's.
+fn program_threads() -> usize {
+    let fd = raw::open(
+        b"/proc/self/task\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    );
+    if fd < 0 {
+        return usize::MAX;
+    }
+    let n = count_numeric_entries(fd as i32, &[]);
+    raw::close(fd as i32);
+    n.saturating_sub(1 + usize::from(HELPER.load(Relaxed)))
+}
+
+/// Calls `f` for every numeric entry of the directory `fd` (skipping `skip`); returns how many.
+fn for_each_number(fd: i32, skip: &[i32], mut f: impl FnMut(i32)) -> usize {
+    let mut buf = [0u8; 4096];
+    let mut count = 0;
+    loop {
+        let n = raw::getdents64(fd, &mut buf);
+        if n <= 0 {
+            return count;
+        }
+        let mut off = 0usize;
+        while off + 19 < n as usize {
+            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
+            if reclen == 0 {
+                return count;
+            }
+            let name = buf.get(off + 19..off + reclen).unwrap_or_default();
+            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
+            let mut v: i64 = 0;
+            let numeric =
+                !name.is_empty() && name.iter().all(u8::is_ascii_digit) && name.len() < 10;
+            if numeric {
+                for d in name {
+                    v = v * 10 + i64::from(d - b'0');
+                }
+                if !skip.contains(&(v as i32)) {
+                    count += 1;
+                    f(v as i32);
+                }
+            }
+            off += reclen;
         }
     }
 }
 
+fn count_numeric_entries(fd: i32, skip: &[i32]) -> usize {
+    for_each_number(fd, skip, |_| {})
+}
+
+/// fdatasync of every regular file open for writing, so that what the image says was
+/// written is on disk. Returns how many.
+fn sync_written_files(own: &[i32]) -> i64 {
+    let dir = raw::open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    );
+    if dir < 0 {
+        return 0;
+    }
+    let dir = dir as i32;
+    let mut synced = 0;
+    let mut skip = [dir; 3];
+    skip[1] = own.first().copied().unwrap_or(-1);
+    skip[2] = own.get(1).copied().unwrap_or(-1);
+    // Collected first: syncing while reading the directory is fine, but keep it simple.
+    let mut fds = [0i32; 1024];
+    let mut n = 0;
+    for_each_number(dir, &skip, |fd| {
+        if n < fds.len() {
+            fds[n] = fd;
+            n += 1;
+        }
+    });
+    raw::close(dir);
+    for &fd in &fds[..n] {
+        let fl = raw::fcntl(fd, libc::F_GETFL, 0);
+        if fl < 0 || (fl as i32) & libc::O_ACCMODE == libc::O_RDONLY {
+            continue;
+        }
+        // SAFETY: stat is plain data.
+        let mut st: libc::stat = unsafe { core::mem::zeroed() };
+        if raw::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
+            continue;
+        }
+        if raw::fdatasync(fd) == 0 {
+            synced += 1;
+        }
+    }
+    synced
+}
+
 /// Flushes, reports, and waits for the checkpoint to be over.
 fn prepare(conn: i32) -> bool {
-    // SAFETY: fflush(NULL) flushes every stdio stream, taking each stream's lock.
-    unsafe { libc::fflush(core::ptr::null_mut()) };
+    let stdio = flush_stdio();
     let own = [LISTEN_FD.load(Relaxed), conn];
     let synced = sync_written_files(&own);
-    let reply = format!(
-        "READY ctl={:#x} tidoff={} fds={},{} fsynced={synced} map={}\n",
-        CTL.address(),
-        TID_OFFSET.load(Relaxed),
-        own[0],
-        own[1],
-        CTL.describe()
-    );
-    if !write_all(conn, &reply) {
+    let mut r = Buf::<256>::new();
+    r.push(b"READY ctl=").hex(CTL.address() as u64);
+    r.push(b" tidoff=").num(TID_OFFSET.load(Relaxed));
+    r.push(b" fds=")
+        .num(i64::from(own[0]))
+        .push(b",")
+        .num(i64::from(own[1]));
+    r.push(b" fsynced=").num(synced);
+    r.push(b" stdio=").push(stdio);
+    r.push(b" flush=")
+        .hex(ckpt_interceptor_flush as *const () as u64);
+    r.push(b" map=");
+    // The table can be long: it goes in a second buffer.
+    let mut map = Buf::<16384>::new();
+    CTL.describe(&mut map);
+    map.push(b"\n");
+    if !send_all(conn, &r) || !send_all(conn, &map) {
         return false;
     }
     let generation = CTL.generation.load(Relaxed);
-    set_timeout(conn, 0);
+    raw::set_rcv_timeout(conn, 0);
     // ckpt freezes and dumps us now; in a restored process this read fails with EBADF.
-    let r = read_line(conn);
+    let mut line = Buf::<256>::new();
+    let r = read_line(conn, &mut line);
     let restored = CTL.generation.load(Relaxed) != generation;
     match r {
-        Ok(Some(done)) if done.trim() == REQ_DONE => false,
+        Ok(true) if line.as_slice() == REQ_DONE.as_bytes() => false,
         Ok(_) => false,
         Err(e) => restored || e == libc::EBADF,
     }
 }
 
-/// fdatasync of every regular file open for writing, so that what the image says was written
-/// is on disk. Returns how many.
-fn sync_written_files(own: &[i32]) -> usize {
-    let Ok(dir) = std::fs::read_dir("/proc/self/fd") else {
-        return 0;
-    };
-    let fds: Vec<i32> = dir
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
-        .collect();
-    let mut n = 0;
-    for fd in fds {
-        if own.contains(&fd) {
-            continue;
-        }
-        // SAFETY: queries on an fd number; a closed or foreign fd just fails.
+/// The single-threaded flush: ckpt makes the frozen main thread call this (through ptrace)
+/// when it stopped at a safe point. It ends with a system call ckpt recognizes and never
+/// returns on its own.
+#[no_mangle]
+pub extern "C" fn ckpt_interceptor_flush() -> ! {
+    // SAFETY: fflush(NULL) flushes every stdio stream.
+    let r = unsafe { libc::fflush(core::ptr::null_mut()) };
+    loop {
+        // SAFETY: an unknown system call number: the kernel answers ENOSYS; ckpt stops us at
+        // its entry and puts the thread back where it was.
         unsafe {
-            let fl = libc::fcntl(fd, libc::F_GETFL);
-            if fl < 0 || fl & libc::O_ACCMODE == libc::O_RDONLY {
-                continue;
-            }
-            let mut st: libc::stat = core::mem::zeroed();
-            if libc::fstat(fd, &mut st) != 0 || st.st_mode & libc::S_IFMT != libc::S_IFREG {
-                continue;
-            }
-            if libc::fdatasync(fd) == 0 {
-                n += 1;
-            }
+            raw::syscall6(
+                ckpt_abi::interceptor::FLUSH_DONE_SYSCALL,
+                [r as u64, 0, 0, 0, 0, 0],
+            );
         }
     }
-    n
+}
+
+/// Runs in the helper: flushes when the control thread asks.
+extern "C" fn helper_main(_: *mut libc::c_void) -> *mut libc::c_void {
+    // SAFETY: naming this thread.
+    unsafe { libc::prctl(libc::PR_SET_NAME, c"ckpt-flush".as_ptr()) };
+    loop {
+        let v = FLUSH.load(SeqCst);
+        if v != 1 {
+            raw::futex_wait(&FLUSH, v, 0);
+            continue;
+        }
+        // SAFETY: fflush(NULL) flushes every stream, taking each one's lock.
+        unsafe { libc::fflush(core::ptr::null_mut()) };
+        FLUSH.store(2, SeqCst);
+        raw::futex_wake(&FLUSH);
+    }
+}
+
+pub type PthreadCreate = unsafe extern "C" fn(
+    *mut libc::pthread_t,
+    *const libc::pthread_attr_t,
+    extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
+    *mut libc::c_void,
+) -> libc::c_int;
+
+/// The program made a thread: it is a multi-threaded glibc program from now on, so a glibc
+/// helper thread costs it nothing more; start one (once) to flush stdio with proper locking.
+pub fn program_made_a_thread(real: PthreadCreate) {
+    if !RUNNING.load(Acquire) || HELPER.swap(true, SeqCst) {
+        return;
+    }
+    // SAFETY: sigset_t is plain data; the helper starts with every signal blocked.
+    unsafe {
+        let mut all: libc::sigset_t = core::mem::zeroed();
+        let mut old: libc::sigset_t = core::mem::zeroed();
+        libc::sigfillset(&mut all);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
+        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
+        libc::pthread_attr_init(&mut attr);
+        libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
+        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
+        let mut t: libc::pthread_t = 0;
+        if real(&mut t, &attr, helper_main, core::ptr::null_mut()) != 0 {
+            HELPER.store(false, SeqCst);
+        }
+        libc::pthread_attr_destroy(&mut attr);
+        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
+    }
 }

@@ -1,22 +1,23 @@
 //! `libckpt_interceptor.so`: the library `ckpt run` preloads into an application.
 //!
-//! It costs nothing while no checkpoint runs: a constructor starts one control thread (all
-//! signals blocked, so it never takes the application's signals) that sleeps in `accept` on a
-//! UNIX socket `RUNTIME_DIR/APP/PID.sock`; the interposed id functions (`virt.rs`) take one
-//! relaxed load and one branch before doing what libc would have done.
+//! It costs nothing while no checkpoint runs: a constructor starts one control thread, a raw
+//! thread glibc does not know about (so a single-threaded program stays in glibc's cheaper
+//! single-threaded mode), with every signal blocked, that sleeps in `accept` on a UNIX socket
+//! `RUNTIME_DIR/APP/PID.sock`; the interposed id functions (`virt.rs`) take one relaxed load
+//! and one branch before doing what libc would have done.
 //!
-//! A checkpoint (`ckpt checkpoint PID`) connects and asks to PREPARE: the control thread
-//! flushes every stdio buffer and fdatasyncs the regular files open for writing, reports where
-//! its control block is and which fds are its own, then waits for DONE. Meanwhile ckpt freezes
-//! every thread with ptrace (the barrier: each thread stops at the kernel boundary, and a
-//! thread blocked in read, accept, poll, nanosleep or a futex wait has its call restarted by
-//! the kernel on resume, so the application never sees EINTR), dumps the process without the
-//! library's fds, and lets it go.
+//! A checkpoint (`ckpt checkpoint PID`) connects and asks to PREPARE: the library fdatasyncs
+//! the regular files open for writing and flushes stdio (or says how ckpt can, see
+//! `ctl_thread.rs`), reports where its control block is and which fds are its own, then
+//! waits for DONE. Meanwhile ckpt freezes every thread with ptrace (the barrier: each thread
+//! stops at the kernel boundary, and a thread blocked in read, accept, poll, nanosleep or a
+//! futex wait has its call restarted by the kernel on resume, so the program never sees
+//! EINTR), dumps the process without the library's fds, and lets it go.
 //!
 //! In a restored process the control thread comes back blocked on a connection that no longer
 //! exists: its read fails with EBADF, and it makes a new endpoint under the new kernel pid.
 //! Before any thread ran, `ckpt restore` filled the control block's translation table, so
-//! `getpid`, `gettid` and friends answer with the ids the application had.
+//! `getpid`, `gettid` and friends answer with the ids the program had.
 
 // The interposed functions are C ABI symbols: their contract is libc's, documented in the
 // man pages, not in Rust `# Safety` sections.

@@ -278,3 +278,22 @@ openat_fn!(openat);
 openat_fn!(openat64);
 fopen_fn!(fopen);
 fopen_fn!(fopen64);
+
+/// pthread_create: the program's first thread starts this library's flush helper (see
+/// `ctl_thread.rs`).
+#[no_mangle]
+pub unsafe extern "C" fn pthread_create(
+    thread: *mut libc::pthread_t,
+    attr: *const libc::pthread_attr_t,
+    start: extern "C" fn(*mut c_void) -> *mut c_void,
+    arg: *mut c_void,
+) -> c_int {
+    let Some(f) = next!("pthread_create", crate::ctl_thread::PthreadCreate) else {
+        return libc::ENOSYS;
+    };
+    let r = f(thread, attr, start, arg);
+    if r == 0 {
+        crate::ctl_thread::program_made_a_thread(f);
+    }
+    r
+}

@@ -21,6 +21,7 @@ fn main() {
         ("memfd_target", &[]),
         ("mt_counter", &["-pthread"]),
         ("app", &["-pthread"]),
+        ("printer", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

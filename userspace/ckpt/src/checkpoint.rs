@@ -70,6 +70,9 @@ pub enum CheckpointError {
     },
 }
 
+/// How long the program's main thread may take to flush its stdio.
+const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 pub struct Options<'a> {
     pub pid: i32,
     pub output: &'a Path,
@@ -521,8 +524,53 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         tids: Vec::new(),
         active: true,
     };
-    let frozen_at = Instant::now();
+    let mut frozen_at = Instant::now();
     freeze_all(pid, &mut seized)?;
+    let mut stdio_flushed = interceptor
+        .as_ref()
+        .is_some_and(|i| i.ready.stdio == "done");
+    let mut held_signals = Vec::new();
+    if let Some(i) = interceptor
+        .as_ref()
+        .filter(|i| i.ready.stdio == "infcall" && i.ready.flush_addr != 0)
+    {
+        // A single-threaded program: flush its stdio from its own main thread, once that is
+        // at a safe point (let it run a little between tries).
+        let mut safe = false;
+        for _ in 0..100 {
+            let r = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
+            if crate::flush::at_safe_point(pid, &r) {
+                safe = true;
+                break;
+            }
+            for tid in seized.tids.drain(..) {
+                let _ = sys::ptrace_detach(tid, 0);
+            }
+            std::thread::sleep(std::time::Duration::from_millis(2));
+            frozen_at = Instant::now();
+            freeze_all(pid, &mut seized)?;
+        }
+        if safe {
+            match crate::flush::call_flush(pid, i.ready.flush_addr, FLUSH_TIMEOUT) {
+                Ok((_, held)) => {
+                    stdio_flushed = true;
+                    held_signals = held;
+                }
+                Err(e) => eprintln!("ckpt: stdio of process {pid} not flushed: {e}"),
+            }
+        } else {
+            eprintln!(
+                "ckpt: stdio of process {pid} not flushed: it never stopped at a safe point \
+                 (its buffers are in the image and get written after a restore)"
+            );
+        }
+    } else if let Some(i) = interceptor.as_ref().filter(|i| i.ready.stdio != "done") {
+        eprintln!(
+            "ckpt: stdio of process {pid} not flushed ({}): its buffers are in the image and \
+             get written after a restore",
+            i.ready.stdio
+        );
+    }
 
     // Thread state.
     let threads = seized
@@ -570,6 +618,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     };
     let mut stats = Stats {
         interceptor: interceptor.is_some(),
+        stdio_flushed,
         flush_us,
         ..Stats::default()
     };
@@ -751,6 +800,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
         if let Some(i) = interceptor.take() {
             i.client.done();
+        }
+        // Signals that arrived while ckpt ran the flush in the main thread.
+        for sig in held_signals {
+            let _ = sys::tgkill(pid, pid, sig);
         }
     }
     w.checksum_external().map_err(write_err)?;

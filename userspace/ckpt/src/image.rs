@@ -401,6 +401,9 @@ pub struct Stats {
     /// Time the interceptor took to flush, before the freeze.
     #[serde(default)]
     pub flush_us: u64,
+    /// The program's stdio buffers were flushed before the snapshot.
+    #[serde(default)]
+    pub stdio_flushed: bool,
 }
 
 // ---------------------------------------------------------------------------------------------

@@ -22,6 +22,20 @@ pub fn stats_text(s: &Stats) -> String {
         "  total time:       {:.3} ms",
         s.total_us as f64 / 1000.0
     );
+    if s.interceptor {
+        let _ = writeln!(
+            out,
+            "  interceptor:      prepared in {:.3} ms, stdio {}",
+            s.flush_us as f64 / 1000.0,
+            if s.stdio_flushed {
+                "flushed"
+            } else {
+                "not flushed"
+            }
+        );
+    } else {
+        let _ = writeln!(out, "  interceptor:      none (plain path)");
+    }
     let _ = writeln!(out, "  pages scanned:    {}", s.pages_scanned);
     let _ = writeln!(out, "  pages skipped:    {} (zero)", s.pages_skipped_zero);
     let _ = writeln!(out, "  pages written:    {}", s.pages_written);

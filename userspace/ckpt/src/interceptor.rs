@@ -85,6 +85,11 @@ pub struct Ready {
     pub fsynced: u32,
     /// (virtual, kernel) id pairs in use.
     pub map: Vec<(i32, i32)>,
+    /// How stdio is flushed: "done" (by the library), "infcall" (ckpt makes the frozen main
+    /// thread call `flush_addr`), "skipped" or "timeout".
+    pub stdio: String,
+    /// Address of `ckpt_interceptor_flush` in the process.
+    pub flush_addr: u64,
 }
 
 impl Ready {
@@ -114,6 +119,8 @@ impl Ready {
                         .collect()
                 }
                 "fsynced" => r.fsynced = v.parse().ok()?,
+                "stdio" => r.stdio = v.to_owned(),
+                "flush" => r.flush_addr = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
                 "map" => {
                     for pair in v.split(',').filter(|p| !p.is_empty()) {
                         let (a, b) = pair.split_once(':')?;
@@ -286,4 +293,43 @@ pub fn write_table(
         ctl + CTL_OFF_GENERATION as u64,
         &(word(CTL_OFF_GENERATION) + 1).to_le_bytes(),
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Ready;
+
+    #[test]
+    fn ready_lines_parse_and_bad_ones_do_not() {
+        let r = Ready::parse(
+            "READY ctl=0x7f00dead0000 tidoff=720 fds=1023,1022 fsynced=3 stdio=infcall \
+             flush=0x7f00beef map=100:205,101:206",
+        )
+        .unwrap();
+        assert_eq!(r.ctl, 0x7f00dead0000);
+        assert_eq!(r.tid_offset, Some(720));
+        assert_eq!(r.own_fds, vec![1023, 1022]);
+        assert_eq!(r.fsynced, 3);
+        assert_eq!(r.stdio, "infcall");
+        assert_eq!(r.flush_addr, 0x7f00beef);
+        assert_eq!(r.map, vec![(100, 205), (101, 206)]);
+        assert_eq!(r.to_virtual(206), 101);
+        assert_eq!(r.to_virtual(7), 7);
+        let r =
+            Ready::parse("READY ctl=0x10 tidoff=-1 fds=-1,5 fsynced=0 stdio=done flush=0x1 map=")
+                .unwrap();
+        assert_eq!(r.tid_offset, None);
+        assert_eq!(r.own_fds, vec![5]);
+        assert!(r.map.is_empty());
+        for bad in [
+            "",
+            "INFO pid=1",
+            "READY ctl=0x0 fds=1,2",
+            "READY ctl=zz",
+            "READY ctl=0x10 map=1:x",
+            "READY ctl=0x10 fsynced=many",
+        ] {
+            assert_eq!(Ready::parse(bad), None, "{bad:?}");
+        }
+    }
 }

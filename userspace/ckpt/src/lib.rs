@@ -1,6 +1,7 @@
 //! ckpt user space: the `/dev/ckpt` client and (later) image format, dump and restore.
 pub mod checkpoint;
 pub mod device;
+pub mod flush;
 pub mod image;
 pub mod info;
 pub mod inject;

@@ -173,3 +173,55 @@ fn run_errors_are_clear() {
     assert_eq!(out.status.code(), Some(7));
     let _ = std::fs::remove_dir_all(&rt);
 }
+
+#[test]
+fn the_interceptor_prepares_reports_its_own_fds_and_serves_again() {
+    let rt = runtime_dir("prepare");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "prep", "--runtime-dir"])
+        .arg(&rt)
+        .args(["--", "sleep", "30"])
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let mut client = loop {
+        if let Some(Ok(c)) = ckpt::interceptor::Client::connect(pid) {
+            break c;
+        }
+        assert!(std::time::Instant::now() < deadline, "no endpoint");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    let ready = client.prepare().unwrap();
+    // sleep is single-threaded: ckpt is to flush it from its own thread once frozen.
+    assert_eq!(ready.stdio, "infcall");
+    assert_ne!(ready.flush_addr, 0);
+    assert_ne!(ready.ctl, 0);
+    assert!(ready.tid_offset.is_some());
+    assert!(
+        ready.map.is_empty(),
+        "nothing to translate before a restore"
+    );
+    assert_eq!(ready.own_fds.len(), 2);
+    for &fd in &ready.own_fds {
+        assert!(fd >= 900, "the library's fds stay high: {fd}");
+        let link = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(link.to_string_lossy().starts_with("socket:"));
+    }
+    client.done();
+    // Back to serving: a second request is answered.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let info = loop {
+        if let Some(Ok(mut c)) = ckpt::interceptor::Client::connect(pid) {
+            if let Ok(i) = c.info() {
+                break i;
+            }
+        }
+        assert!(std::time::Instant::now() < deadline, "no second answer");
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(info, (pid, pid, 0));
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&rt);
+}

@@ -166,7 +166,11 @@ fn check_image(img: &Path, vpid: i32, port: u16, intercepted: bool) -> Image {
     let image = Image::open(img).unwrap();
     let p = &image.manifest.processes[0];
     assert_eq!(p.pid, vpid, "the image keeps the pid the app sees");
-    assert_eq!(p.threads.len(), 10, "main + 8 threads + the control thread");
+    assert_eq!(
+        p.threads.len(),
+        11,
+        "main + 8 threads + the control thread + the flush helper"
+    );
     assert_eq!(p.interceptor.is_some(), intercepted);
     let listeners: Vec<_> = p
         .fds
@@ -224,6 +228,7 @@ fn blocked_threads_flushed_stdio_and_two_restores_through_the_interceptor() {
     let img = d.path("img1");
     let stats = checkpoint_json(pid, &img, &["--kill"]);
     assert_eq!(stats["interceptor"], true, "{stats}");
+    assert_eq!(stats["stdio_flushed"], true, "{stats}");
     let status = child.wait().unwrap();
     assert_eq!(
         std::os::unix::process::ExitStatusExt::signal(&status),
@@ -416,4 +421,62 @@ fn a_static_program_under_ckpt_run_is_checkpointed_on_the_plain_path() {
     }
     kill(rpid, libc::SIGKILL);
     reap(rpid);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_single_threaded_program_is_flushed_from_its_own_thread_at_a_safe_point() {
+    setup();
+    let d = Dir::new("single");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "printer", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("printer"))
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(d.path("stdout")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_progress(&d, "tick", 50);
+    // glibc sees one thread: the control thread is not one of its own.
+    let tasks = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .count();
+    assert_eq!(tasks, 2, "the program and the control thread");
+    for round in 0..3 {
+        let before = counter(&d, "tick");
+        let img = d.path(&format!("img{round}"));
+        let stats = checkpoint_json(pid, &img, &[]);
+        assert_eq!(stats["interceptor"], true, "{stats}");
+        assert_eq!(stats["stdio_flushed"], true, "{stats}");
+        let lines = stdout_lines(&d);
+        assert_consecutive(&lines);
+        assert!(
+            lines.len() as u64 >= before,
+            "round {round}: {} lines on disk, {before} printed before the checkpoint",
+            lines.len()
+        );
+        // The program runs on undisturbed.
+        wait_progress(&d, "tick", before + 20);
+    }
+    let before = counter(&d, "tick");
+    let img = d.path("img");
+    checkpoint_json(pid, &img, &["--kill"]);
+    child.wait().unwrap();
+    assert!(stdout_lines(&d).len() as u64 >= before);
+    let (rpid, _) = restore(&img);
+    let t = counter(&d, "tick");
+    wait_progress(&d, "tick", t + 50);
+    kill(rpid, libc::SIGTERM);
+    let status = reap(rpid);
+    assert!(libc::WIFEXITED(status) && libc::WEXITSTATUS(status) == 0);
+    let lines = stdout_lines(&d);
+    assert_consecutive(&lines);
+    assert_eq!(
+        lines.len() as u64,
+        counter(&d, "tick"),
+        "every line exactly once"
+    );
 }
