@@ -155,20 +155,6 @@ pub fn set_rcv_timeout(fd: i32, secs: i64) -> i64 {
         core::mem::size_of::<libc::timeval>()
     )
 }
-pub fn getrlimit_nofile() -> u64 {
-    let mut lim = libc::rlimit {
-        rlim_cur: 0,
-        rlim_max: 0,
-    };
-    sys!(
-        libc::SYS_prlimit64,
-        0,
-        libc::RLIMIT_NOFILE,
-        0,
-        &mut lim as *mut libc::rlimit
-    );
-    lim.rlim_cur
-}
 pub fn nanosleep_ms(ms: u64) {
     let ts = libc::timespec {
         tv_sec: (ms / 1000) as i64,
@@ -288,4 +274,15 @@ impl<const N: usize> core::ops::Deref for Buf<N> {
 /// PR_SET_NAME for the calling thread; `name` NUL-terminated.
 pub fn prctl_set_name(name: &[u8]) {
     sys!(libc::SYS_prctl, libc::PR_SET_NAME, name.as_ptr());
+}
+
+/// Closes every fd of the calling thread's table.
+pub fn close_range_all() {
+    sys!(libc::SYS_close_range, 0, u32::MAX, 0);
+}
+pub fn pidfd_open(pid: i32) -> i64 {
+    sys!(libc::SYS_pidfd_open, pid, 0)
+}
+pub fn pidfd_getfd(pidfd: i32, target: i32) -> i64 {
+    sys!(libc::SYS_pidfd_getfd, pidfd, target, 0)
 }

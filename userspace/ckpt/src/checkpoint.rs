@@ -757,6 +757,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             .map(|(t, &xstate_section)| Thread {
                 tid: to_virtual(t.tid),
                 kernel_tid: (to_virtual(t.tid) != t.tid).then_some(t.tid),
+                own_files: proc::has_own_files(pid, t.tid),
                 regs: t.regs,
                 xstate_section,
                 sigmask: t.sigmask,

@@ -363,6 +363,10 @@ pub struct Thread {
     /// process that could not get its original tid back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_tid: Option<i32>,
+    /// The thread has its own fd table and fs context (created without CLONE_FILES and
+    /// CLONE_FS, like the interceptor's control thread); restored with an empty fd table.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub own_files: bool,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -995,6 +999,7 @@ pub(crate) mod tests {
                     pending: 0,
                     comm: String::new(),
                     kernel_tid: None,
+                    own_files: false,
                 }],
                 shared_pending: 0,
                 pipes: vec![],

@@ -79,8 +79,11 @@ pub struct Ready {
     pub ctl: u64,
     /// Offset of the tid in glibc's thread descriptor, if found.
     pub tid_offset: Option<u64>,
-    /// The library's own fds (left out of the image).
+    /// The library's own fds in the program's table (left out of the image). Empty: the
+    /// control thread keeps its fds in a table of its own.
     pub own_fds: Vec<i32>,
+    /// The control thread's kernel tid.
+    pub ctl_tid: i32,
     /// Regular files fdatasync'ed.
     pub fsynced: u32,
     /// (virtual, kernel) id pairs in use.
@@ -119,6 +122,7 @@ impl Ready {
                         .collect()
                 }
                 "fsynced" => r.fsynced = v.parse().ok()?,
+                "ctltid" => r.ctl_tid = v.parse().ok()?,
                 "stdio" => r.stdio = v.to_owned(),
                 "flush" => r.flush_addr = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
                 "map" => {

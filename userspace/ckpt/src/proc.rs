@@ -187,3 +187,32 @@ pub fn kernel_release() -> String {
         .map(|s| s.trim().to_owned())
         .unwrap_or_default()
 }
+
+/// The (fd, link target) pairs of an fd directory.
+fn fd_links(dir: &str) -> io::Result<Vec<(String, String)>> {
+    let mut v = Vec::new();
+    for e in std::fs::read_dir(dir)? {
+        let e = e?;
+        let target = std::fs::read_link(e.path())
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        v.push((e.file_name().to_string_lossy().into_owned(), target));
+    }
+    v.sort();
+    Ok(v)
+}
+
+/// Whether thread `tid` of `pid` has an fd table of its own (it was created without
+/// CLONE_FILES): its fd directory differs from the thread group leader's.
+pub fn has_own_files(pid: i32, tid: i32) -> bool {
+    if tid == pid {
+        return false;
+    }
+    match (
+        fd_links(&format!("/proc/{pid}/fd")),
+        fd_links(&format!("/proc/{pid}/task/{tid}/fd")),
+    ) {
+        (Ok(a), Ok(b)) => a != b,
+        _ => false,
+    }
+}

@@ -621,7 +621,11 @@ fn create_threads(inj: &Injector, pid: i32, p: &Process) -> Result<Vec<i32>, Res
     let mut tids = Vec::new();
     for t in &p.threads[1..] {
         let mut args = [0u64; 11];
-        args[0] = CLONE_FLAGS;
+        args[0] = if t.own_files {
+            CLONE_FLAGS & !((libc::CLONE_FILES | libc::CLONE_FS) as u64)
+        } else {
+            CLONE_FLAGS
+        };
         args[2] = t.clear_child_tid; // child_tid, with CLONE_CHILD_CLEARTID
         args[8] = scratch + 96; // set_tid
         args[9] = 1; // set_tid_size
@@ -669,6 +673,17 @@ fn create_threads(inj: &Injector, pid: i32, p: &Process) -> Result<Vec<i32>, Res
                 Ok(())
             }
         };
+        if t.own_files {
+            // It got a copy of the process's fd table: it had none of those.
+            let r = inj
+                .syscall(
+                    tid,
+                    libc::SYS_close_range,
+                    [0, u64::from(u32::MAX), 0, 0, 0, 0],
+                )
+                .map_err(io("close_range"))?;
+            check("emptying a thread's own fd table", r)?;
+        }
         if t.robust_list.head != 0 {
             let r = inj
                 .syscall(

@@ -58,13 +58,22 @@ fn start_app(d: &Dir, id: &str, port: u16) -> Child {
     child
 }
 
+/// The app's counters. It rewrites the file (truncate, write) every tick: a read that
+/// catches it empty is repeated.
 fn progress(d: &Dir) -> HashMap<String, String> {
-    std::fs::read_to_string(d.path("progress"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.split_once('='))
-        .map(|(k, v)| (k.to_owned(), v.to_owned()))
-        .collect()
+    for _ in 0..200 {
+        let m: HashMap<String, String> = std::fs::read_to_string(d.path("progress"))
+            .unwrap_or_default()
+            .split_whitespace()
+            .filter_map(|w| w.split_once('='))
+            .map(|(k, v)| (k.to_owned(), v.to_owned()))
+            .collect();
+        if m.contains_key("tick") {
+            return m;
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    HashMap::new()
 }
 
 fn counter(d: &Dir, key: &str) -> u64 {
@@ -172,6 +181,14 @@ fn check_image(img: &Path, vpid: i32, port: u16, intercepted: bool) -> Image {
         "main + 8 threads + the control thread + the flush helper"
     );
     assert_eq!(p.interceptor.is_some(), intercepted);
+    // The control thread, with an fd table of its own, is restored with one.
+    let own: Vec<&str> = p
+        .threads
+        .iter()
+        .filter(|t| t.own_files)
+        .map(|t| t.comm.as_str())
+        .collect();
+    assert_eq!(own, ["ckpt-ctl"]);
     let listeners: Vec<_> = p
         .fds
         .iter()
