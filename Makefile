@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench clean fmt
+.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead clean fmt
 
 all: kmod userspace
 
@@ -35,3 +35,6 @@ clean:
 
 bench:            ## checkpoint/restore benchmark in the guest, side by side with CRIU when available
 	tools/bench.sh
+
+overhead:         ## the interceptor's cost while no checkpoint runs (natively, with and without it)
+	tools/overhead.sh

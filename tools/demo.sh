@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # The main job, from nothing: builds the kernel (cached), the module and ckpt, boots the guest,
 # loads the module, starts a program, checkpoints it, kills it, restores it, and shows that it
-# went on exactly where it stopped.
+# went on exactly where it stopped. Act 2 does the same with a multi-threaded server started
+# under `ckpt run` (the interceptor path): stdio flushed, threads blocked in accept/read/poll
+# undisturbed, every output line exactly once.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -35,6 +37,31 @@ if [[ "${1:-}" == --in-guest ]]; then
   if grep -qE 'mismatch|bad' "$out"; then echo "--- PROBLEM: $(grep -E 'mismatch|bad' "$out" | head -n3)"; exit 1; fi
   echo "--- it continues: now at $(tail -n1 "$out"), no gap, no repeat, registers/TLS/heap intact"
   kill "$newpid"
+
+  echo
+  echo "=== Act 2: a multi-threaded server under ckpt run (the interceptor path)"
+  app=$5 dir=/tmp/app
+  mkdir -p "$dir"
+  echo "--- ckpt run --id web -- app $dir 7400   (8 threads: accept on :7400, pipe read, poll, nanosleep, condvar, workers; printf to a buffered stdout)"
+  "$ckpt" run --id web -- "$app" "$dir" 7400 > "$dir/stdout" 2>&1 < /dev/null &
+  apid=$!
+  disown "$apid"   # ckpt kills it; no job report from this shell
+  sleep 2
+  "$ckpt" list
+  echo "--- asking it on :7400: $(exec 3<>/dev/tcp/127.0.0.1/7400; cat <&3)"
+  echo "--- its stdout file holds $(wc -l < "$dir/stdout") lines; it has printed $(sed 's/.*tick=\([0-9]*\).*/\1/' "$dir/progress") so far (buffered)"
+  echo "--- ckpt checkpoint $apid -o /tmp/app.img --kill"
+  "$ckpt" checkpoint "$apid" -o /tmp/app.img --kill | grep -E 'checkpointed|interceptor|frozen'
+  echo "--- killed; stdout now holds $(wc -l < "$dir/stdout") lines: the interceptor flushed the buffer before the snapshot"
+  echo "--- ckpt restore /tmp/app.img"
+  rpid=$("$ckpt" restore /tmp/app.img </dev/null)
+  sleep 2
+  echo "--- restored as pid $rpid; asking it on :7400 again: $(exec 3<>/dev/tcp/127.0.0.1/7400; cat <&3)"
+  echo "--- its counters: $(cat "$dir/progress")"
+  echo "    (eintr=0: no thread saw an interrupted call; sigs=0: no signal reached it)"
+  if [[ -s "$dir/bad" ]]; then echo "--- PROBLEM: $(head -n3 "$dir/bad")"; exit 1; fi
+  kill -TERM "$rpid"; sleep 1
+  echo "--- stopped with SIGTERM; stdout has $(wc -l < "$dir/stdout") lines, $(sort -u "$dir/stdout" | wc -l) distinct: every line exactly once"
   rmmod ckpt
   exit 0
 fi
@@ -43,4 +70,5 @@ fi
 ko=$("$here/kmod.sh")
 cargo build --release --locked -q
 prog=$(ls -t target/release/build/ckpt-*/out/progs/counter | head -n1)
-"$here/guest.sh" -- "$here/demo.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog"
+app=$(ls -t target/release/build/ckpt-*/out/progs/app | head -n1)
+"$here/guest.sh" -- "$here/demo.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$app"
