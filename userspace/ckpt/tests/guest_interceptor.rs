@@ -8,10 +8,10 @@
 
 mod common;
 use ckpt::image::{FdKind, Image};
-use common::{ckpt, ok};
+use common::{ckpt, ok, Dir};
 use std::collections::HashMap;
 use std::io::Read;
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
@@ -19,24 +19,6 @@ fn setup() {
     // Restored processes are children of `ckpt restore`, which exits: reap them here.
     // SAFETY: plain prctl on ourselves.
     assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
-}
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("ckpt-ic-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Starts app under `ckpt run` (stdout to DIR/stdout) and waits until it has run its first
@@ -108,6 +90,18 @@ fn bad(d: &Dir) -> String {
 /// The app's own view of its pid, from its progress file.
 fn app_pid(d: &Dir) -> i32 {
     progress(d)["pid"].parse().unwrap()
+}
+
+/// `ckpt list --json` for the test's runtime directory.
+fn list_json(d: &Dir) -> serde_json::Value {
+    let rt = d.path("rt");
+    serde_json::from_str(&ok(&ckpt(&[
+        "list",
+        "--json",
+        "--runtime-dir",
+        rt.to_str().unwrap(),
+    ])))
+    .unwrap()
 }
 
 /// Connects to the app's acceptor; returns its answer "pong VPID N".
@@ -234,7 +228,7 @@ fn check_running(d: &Dir, port: u16, vpid: i32, accepted_before: u64) {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn blocked_threads_flushed_stdio_and_two_restores_through_the_interceptor() {
     setup();
-    let d = Dir::new("flow");
+    let d = Dir::new("ic-flow");
     let port = 7301;
     let mut child = start_app(&d, "flow", port);
     let pid = child.id() as i32;
@@ -272,13 +266,7 @@ fn blocked_threads_flushed_stdio_and_two_restores_through_the_interceptor() {
     assert_eq!(rpid, pid);
     check_running(&d, port, pid, 1);
     // Its interceptor made a new endpoint: `ckpt list` finds it, one restore later.
-    let list: serde_json::Value = serde_json::from_str(&ok(&ckpt(&[
-        "list",
-        "--json",
-        "--runtime-dir",
-        d.path("rt").to_str().unwrap(),
-    ])))
-    .unwrap();
+    let list = list_json(&d);
     let procs = &list[0]["processes"];
     assert_eq!(list[0]["id"], "flow");
     assert_eq!(procs[0]["pid"], rpid);
@@ -329,7 +317,7 @@ fn occupy(pid: i32) -> i32 {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn restore_while_the_original_ids_are_taken_keeps_them_for_the_app() {
     setup();
-    let d = Dir::new("taken");
+    let d = Dir::new("ic-taken");
     let port = 7302;
     let mut child = start_app(&d, "taken", port);
     let pid = child.id() as i32;
@@ -351,13 +339,7 @@ fn restore_while_the_original_ids_are_taken_keeps_them_for_the_app() {
     // getpid, gettid, kill, tgkill, raise, sched_getaffinity and /proc/<pid> all use the
     // original ids (the app checks them and writes failures to DIR/bad).
     check_running(&d, port, pid, 0);
-    let list: serde_json::Value = serde_json::from_str(&ok(&ckpt(&[
-        "list",
-        "--json",
-        "--runtime-dir",
-        d.path("rt").to_str().unwrap(),
-    ])))
-    .unwrap();
+    let list = list_json(&d);
     assert_eq!(list[0]["processes"][0]["pid"], rpid);
     assert_eq!(list[0]["processes"][0]["vpid"], pid);
 
@@ -391,7 +373,7 @@ fn restore_while_the_original_ids_are_taken_keeps_them_for_the_app() {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_static_program_under_ckpt_run_is_checkpointed_on_the_plain_path() {
     setup();
-    let d = Dir::new("static");
+    let d = Dir::new("ic-static");
     let out = d.path("out");
     let mut child = Command::new(common::ckpt_bin())
         .args(["run", "--id", "st", "--runtime-dir"])
@@ -444,7 +426,7 @@ fn a_static_program_under_ckpt_run_is_checkpointed_on_the_plain_path() {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_single_threaded_program_is_flushed_from_its_own_thread_at_a_safe_point() {
     setup();
-    let d = Dir::new("single");
+    let d = Dir::new("ic-single");
     let mut child = Command::new(common::ckpt_bin())
         .args(["run", "--id", "printer", "--runtime-dir"])
         .arg(d.path("rt"))

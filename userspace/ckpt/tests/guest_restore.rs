@@ -6,7 +6,7 @@
 //! subreaper so that restored processes (children of `ckpt restore`) are reaped here.
 
 mod common;
-use common::{ckpt, ok};
+use common::{ckpt, ok, Dir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Once, RwLock};
@@ -35,24 +35,6 @@ fn begin(name: &str, exclusive: bool) -> (Box<dyn std::any::Any>, Dir, PathBuf, 
     let d = Dir::new(name);
     let (out, img) = (d.path("out"), d.path("img"));
     (guard, d, out, img)
-}
-
-struct Dir(PathBuf);
-impl Dir {
-    fn new(name: &str) -> Dir {
-        let d = std::env::temp_dir().join(format!("ckpt-{name}-{}", std::process::id()));
-        let _ = std::fs::remove_dir_all(&d);
-        std::fs::create_dir_all(&d).unwrap();
-        Dir(d)
-    }
-    fn path(&self, f: &str) -> PathBuf {
-        self.0.join(f)
-    }
-}
-impl Drop for Dir {
-    fn drop(&mut self) {
-        let _ = std::fs::remove_dir_all(&self.0);
-    }
 }
 
 /// Starts the counter writing to `out`, with a `mib` MiB buffer; waits until it has written
