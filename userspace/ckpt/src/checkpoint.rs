@@ -150,6 +150,7 @@ struct ThreadState {
     clear_child_tid: u64,
     pending: u64,
     comm: String,
+    creds: crate::image::Creds,
 }
 
 fn capture_thread(dev: &Device, pid: i32, tid: i32) -> Result<ThreadState, CheckpointError> {
@@ -188,6 +189,7 @@ fn capture_thread(dev: &Device, pid: i32, tid: i32) -> Result<ThreadState, Check
         clear_child_tid: ts.clear_child_tid,
         pending,
         comm,
+        creds: proc::creds(pid, tid).map_err(io_err(pid, "reading credentials"))?,
     })
 }
 
@@ -758,6 +760,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
                 tid: to_virtual(t.tid),
                 kernel_tid: (to_virtual(t.tid) != t.tid).then_some(t.tid),
                 own_files: proc::has_own_files(pid, t.tid),
+                creds: Some(t.creds.clone()),
                 regs: t.regs,
                 xstate_section,
                 sigmask: t.sigmask,
@@ -771,6 +774,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             .collect(),
         shared_pending,
         pipes,
+        dumpable: threads
+            .first()
+            .and_then(|t| proc::dumpable(pid, t.creds.uid[1])),
         interceptor: interceptor.as_ref().map(|i| InterceptorState {
             app_id: i.app_id.clone(),
             ctl_addr: i.ready.ctl,

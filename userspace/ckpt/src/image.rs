@@ -135,7 +135,30 @@ pub struct Process {
     /// which may differ from the kernel's after an earlier restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interceptor: Option<InterceptorState>,
+    /// Whether the process was dumpable (PR_GET_DUMPABLE), as far as /proc shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumpable: Option<bool>,
 }
+
+/// A thread's credentials, from /proc/PID/task/TID/status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Creds {
+    /// Real, effective, saved and filesystem uid.
+    pub uid: [u32; 4],
+    /// Real, effective, saved and filesystem gid.
+    pub gid: [u32; 4],
+    /// Supplementary groups.
+    pub groups: Vec<u32>,
+    pub cap_inheritable: u64,
+    pub cap_permitted: u64,
+    pub cap_effective: u64,
+    pub cap_bounding: u64,
+    pub cap_ambient: u64,
+    pub no_new_privs: bool,
+}
+
+/// The kernel's limit on supplementary groups (NGROUPS_MAX).
+pub const MAX_GROUPS: usize = 65536;
 
 /// The interceptor library's state in a process checkpointed through it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -363,6 +386,10 @@ pub struct Thread {
     /// process that could not get its original tid back).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub kernel_tid: Option<i32>,
+    /// The thread's credentials (absent in images of older versions: then the restored
+    /// thread keeps the restorer's).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub creds: Option<Creds>,
     /// The thread has its own fd table and fs context (created without CLONE_FILES and
     /// CLONE_FS, like the interceptor's control thread); restored with an empty fd table.
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
@@ -900,6 +927,12 @@ impl Image {
                 }
             }
             for t in &p.threads {
+                if t.creds
+                    .as_ref()
+                    .is_some_and(|c| c.groups.len() > MAX_GROUPS)
+                {
+                    return Err(corrupt(path, format!("thread {}: too many groups", t.tid)));
+                }
                 match m.sections.get(t.xstate_section) {
                     Some(s) if s.kind == SectionKind::Xstate => {}
                     _ => {
@@ -1000,10 +1033,12 @@ pub(crate) mod tests {
                     comm: String::new(),
                     kernel_tid: None,
                     own_files: false,
+                    creds: None,
                 }],
                 shared_pending: 0,
                 pipes: vec![],
                 interceptor: None,
+                dumpable: None,
             }],
             stats: None,
         };

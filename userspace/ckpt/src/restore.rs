@@ -50,6 +50,12 @@ pub enum RestoreError {
     Child(i32),
     #[error("the module refused the restore: {0}")]
     Ioctl(std::io::Error),
+    #[error("giving thread {tid} its credentials back: {what}: {source}")]
+    Creds {
+        tid: i32,
+        what: String,
+        source: std::io::Error,
+    },
 }
 
 fn io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {
@@ -761,6 +767,124 @@ fn virtualize_ids(
     Ok(())
 }
 
+/// Gives every thread the credentials it had (the restorer's are root's): each thread sets its
+/// own, by injected system calls, since credentials are per thread. Order matters: the
+/// capability bounding set and groups while still privileged, uid last with KEEPCAPS so that
+/// the permitted capabilities survive it, then the exact capability sets.
+fn restore_creds(inj: &Injector, p: &Process, tids: &[i32]) -> Result<(), RestoreError> {
+    let scratch = scratch_area(p);
+    let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(40);
+    for (t, &tid) in p.threads.iter().zip(tids) {
+        let Some(c) = &t.creds else { continue };
+        let call = |what: &str, nr: i64, args: [u64; 6]| -> Result<i64, RestoreError> {
+            let (r, _) = inj
+                .syscall(tid, nr, args)
+                .map_err(io(format!("{what} in thread {}", t.tid)))?;
+            if r < 0 {
+                return Err(RestoreError::Creds {
+                    tid: t.tid,
+                    what: what.to_owned(),
+                    source: std::io::Error::from_raw_os_error(-r as i32),
+                });
+            }
+            Ok(r)
+        };
+        let prctl = |what: &str, args: [u64; 5]| {
+            call(
+                what,
+                libc::SYS_prctl,
+                [args[0], args[1], args[2], args[3], args[4], 0],
+            )
+        };
+        for cap in 0..=last_cap.min(63) {
+            if c.cap_bounding & (1 << cap) == 0 {
+                prctl(
+                    "PR_CAPBSET_DROP",
+                    [libc::PR_CAPBSET_DROP as u64, cap, 0, 0, 0],
+                )?;
+            }
+        }
+        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+        inj.poke(scratch, &groups)
+            .map_err(io("writing the groups"))?;
+        call(
+            "setgroups",
+            libc::SYS_setgroups,
+            [c.groups.len() as u64, scratch, 0, 0, 0, 0],
+        )?;
+        let [rg, eg, sg, fg] = c.gid.map(u64::from);
+        call("setresgid", libc::SYS_setresgid, [rg, eg, sg, 0, 0, 0])?;
+        call("setfsgid", libc::SYS_setfsgid, [fg, 0, 0, 0, 0, 0])?;
+        prctl(
+            "PR_SET_KEEPCAPS",
+            [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0],
+        )?;
+        let [ru, eu, su, fu] = c.uid.map(u64::from);
+        call("setresuid", libc::SYS_setresuid, [ru, eu, su, 0, 0, 0])?;
+        call("setfsuid", libc::SYS_setfsuid, [fu, 0, 0, 0, 0, 0])?;
+        // capset(header {version 3, pid 0}, data[2] {effective, permitted, inheritable} as
+        // low and high 32-bit halves).
+        let mut capdata = Vec::new();
+        capdata.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+        capdata.extend_from_slice(&0i32.to_le_bytes());
+        for half in [0, 32] {
+            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
+                capdata.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+            }
+        }
+        inj.poke(scratch, &capdata)
+            .map_err(io("writing the capabilities"))?;
+        call(
+            "capset",
+            libc::SYS_capset,
+            [scratch, scratch + 8, 0, 0, 0, 0],
+        )?;
+        for cap in 0..=last_cap.min(63) {
+            if c.cap_ambient & (1 << cap) != 0 {
+                prctl(
+                    "PR_CAP_AMBIENT_RAISE",
+                    [
+                        libc::PR_CAP_AMBIENT as u64,
+                        libc::PR_CAP_AMBIENT_RAISE as u64,
+                        cap,
+                        0,
+                        0,
+                    ],
+                )?;
+            }
+        }
+        prctl(
+            "PR_SET_KEEPCAPS",
+            [libc::PR_SET_KEEPCAPS as u64, 0, 0, 0, 0],
+        )?;
+        if c.no_new_privs {
+            prctl(
+                "PR_SET_NO_NEW_PRIVS",
+                [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0, 0, 0],
+            )?;
+        }
+    }
+    // Changing the effective ids made the process non-dumpable: as it was.
+    if let (Some(d), Some(&main)) = (p.dumpable, tids.first()) {
+        let (r, _) = inj
+            .syscall(
+                main,
+                libc::SYS_prctl,
+                [libc::PR_SET_DUMPABLE as u64, u64::from(d), 0, 0, 0, 0],
+            )
+            .map_err(io("PR_SET_DUMPABLE"))?;
+        if r < 0 {
+            return Err(io("PR_SET_DUMPABLE")(std::io::Error::from_raw_os_error(
+                -r as i32,
+            )));
+        }
+    }
+    Ok(())
+}
+
 /// Restores the image at `path`. The restored process is our child.
 pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
@@ -897,6 +1021,9 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     if let Some(ic) = &p.interceptor {
         virtualize_ids(&inj, p, ic, &tids).map_err(kill_child)?;
     }
+    // Last of all the injections: from here on the threads may have lost the privileges the
+    // steps above needed.
+    restore_creds(&inj, p, &tids).map_err(kill_child)?;
     for ((t, &tid), xstate) in p.threads.iter().zip(&tids).zip(&xstates) {
         let now = sys::ptrace_getregs(tid)
             .map_err(io("PTRACE_GETREGS"))

@@ -742,3 +742,111 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
         pid = restored;
     }
 }
+
+/// The credential lines of every thread of `pid` (Uid, Gid, Groups, capabilities), by tid.
+fn creds_of(pid: i32) -> Vec<(i32, String)> {
+    tasks_of(pid)
+        .into_iter()
+        .map(|(tid, _)| {
+            let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+            let lines: Vec<&str> = status
+                .lines()
+                .filter(|l| {
+                    ["Uid:", "Gid:", "Groups:", "Cap", "NoNewPrivs:"]
+                        .iter()
+                        .any(|p| l.starts_with(p))
+                })
+                .collect();
+            (tid, lines.join("\n"))
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn credentials_of_an_unprivileged_threaded_process_come_back() {
+    let (_m, _d, out, img) = begin("creds", false);
+    use std::os::unix::fs::PermissionsExt;
+    std::fs::set_permissions(
+        out.parent().unwrap(),
+        std::fs::Permissions::from_mode(0o777),
+    )
+    .unwrap();
+    let mut cmd = Command::new(common::prog("mt_counter"));
+    cmd.arg(&out)
+        .arg("2")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: only async-signal-safe calls between fork and exec.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, || {
+            let groups = [100u32, 65533];
+            if libc::setgroups(2, groups.as_ptr()) != 0
+                || libc::setresgid(65534, 65534, 65534) != 0
+                || libc::setresuid(65534, 65534, 65534) != 0
+            {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "ready\n");
+    let pid = child.id() as i32;
+    let before = creds_of(pid);
+    assert_eq!(before.len(), 3);
+    assert!(
+        before[0].1.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{}",
+        before[0].1
+    );
+    assert!(
+        before[0].1.contains("Groups:\t100 65533"),
+        "{}",
+        before[0].1
+    );
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    child.wait().unwrap();
+    let (_, total) = *mt_lines(&out, 0).last().unwrap();
+    let from = file_len(&out);
+    let restored = restore(&img);
+    assert_eq!(restored, pid);
+    // Every thread has its own credentials back, not the restorer's (root's).
+    assert_eq!(creds_of(restored), before);
+    // And the process is dumpable again (setresuid had made it not): its /proc is its own.
+    use std::os::unix::fs::MetadataExt;
+    assert_eq!(
+        std::fs::metadata(format!("/proc/{restored}"))
+            .unwrap()
+            .uid(),
+        65534
+    );
+    // It goes on.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mt_lines(&out, from).len() < 5 {
+        assert!(
+            Instant::now() < deadline,
+            "the restored process does not run"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    assert!(mt_lines(&out, from)[0].1 >= total);
+    assert!(
+        !text_after(&out, from).contains("bad"),
+        "{}",
+        text_after(&out, from)
+    );
+    kill_and_reap(restored);
+}
