@@ -214,6 +214,10 @@ extern "C" fn thread_main() -> ! {
     // The fd table is a copy of the program's: drop those references at once, or a file the
     // program closes would stay open here (a pipe would never see its end).
     raw::close_range_all();
+    // Its own fs context too: this umask is not the program's. The socket is made connectable
+    // by anyone (the directory only traversable): who is answered is decided by SO_PEERCRED,
+    // and the program itself must still reach it after dropping privileges.
+    raw::umask(0);
     CTL_TID.store(raw::gettid(), Relaxed);
     raw::prctl_set_name(b"ckpt-ctl\0");
     let mut failures = 0u32;
@@ -221,6 +225,9 @@ extern "C" fn thread_main() -> ! {
         match Endpoint::create() {
             Some(ep) => {
                 failures = 0;
+                // Listening now, so a later change of the program's credentials reaches us;
+                // one made before is taken here.
+                adopt_credentials(b"");
                 ep.serve();
             }
             None => {
@@ -254,9 +261,9 @@ impl Endpoint {
         let c = config();
         let mut dir = Buf::<256>::new();
         dir.push(&c.runtime_dir);
-        raw::mkdir(dir.c_str(), 0o700);
+        raw::mkdir(dir.c_str(), 0o755);
         let mut dir = app_path(b"");
-        raw::mkdir(dir.c_str(), 0o700);
+        raw::mkdir(dir.c_str(), 0o711);
         let pid = raw::getpid();
         let mut json_path = app_path(b"/");
         json_path.push(APP_FILE.as_bytes());
@@ -383,8 +390,14 @@ fn send_all(conn: i32, mut b: &[u8]) -> bool {
 
 /// Serves one connection. Returns true if our fds vanished under us (a restore).
 fn serve_one(conn: i32) -> bool {
-    let allowed = raw::peer_cred(conn).is_some_and(|c| c.uid == 0 || c.uid == raw::geteuid());
-    if !allowed {
+    // Whatever the program did to its credentials (raw setuid calls included), this thread
+    // serves with the main thread's.
+    adopt_credentials(b"");
+    let Some(peer) = raw::peer_cred(conn) else {
+        return false;
+    };
+    let own_process = peer.pid == raw::getpid();
+    if !(own_process || peer.uid == 0 || peer.uid == raw::geteuid()) {
         return false;
     }
     raw::set_rcv_timeout(conn, 10);
@@ -407,6 +420,10 @@ fn serve_one(conn: i32) -> bool {
         false
     } else if req == REQ_PREPARE.as_bytes() {
         prepare(conn)
+    } else if let (true, Some(tid)) = (own_process, req.strip_prefix(b"CREDS ")) {
+        let ok = adopt_credentials(tid);
+        send_all(conn, if ok { b"OK\n" } else { b"ERROR\n" });
+        false
     } else {
         send_all(conn, b"ERROR unknown request\n");
         false
@@ -643,4 +660,118 @@ pub fn program_made_a_thread(real: PthreadCreate) {
         libc::pthread_attr_destroy(&mut attr);
         libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
+}
+
+/// Takes the credentials of thread `tid` (decimal) of this process: the program changed its
+/// own (setuid and friends, interposed), and glibc changes them in its threads only. Groups,
+/// then gids, then uids, from /proc/self/task/TID/status.
+fn adopt_credentials(tid: &[u8]) -> bool {
+    let mut path = Buf::<64>::new();
+    if tid.is_empty() {
+        // The thread group leader (the program's main thread).
+        path.push(b"/proc/self/status");
+    } else {
+        path.push(b"/proc/self/task/").push(tid).push(b"/status");
+    }
+    let fd = raw::open(path.c_str(), libc::O_RDONLY | libc::O_CLOEXEC, 0);
+    if fd < 0 {
+        return false;
+    }
+    let mut text = [0u8; 8192];
+    let mut len = 0;
+    loop {
+        let n = raw::read(fd as i32, text.get_mut(len..).unwrap_or_default());
+        if n <= 0 {
+            break;
+        }
+        len += n as usize;
+    }
+    raw::close(fd as i32);
+    let text = text.get(..len).unwrap_or_default();
+    let mut uid = [0u64; 3];
+    let mut gid = [0u64; 3];
+    let mut groups = [0u32; 64];
+    let (mut have_uid, mut have_gid, mut ngroups) = (false, false, None);
+    for line in text.split(|&b| b == b'\n') {
+        let nums = |rest: &[u8], out: &mut [u64]| -> usize {
+            let mut n = 0;
+            for w in rest
+                .split(|&b| b == b'\t' || b == b' ')
+                .filter(|w| !w.is_empty())
+            {
+                if n < out.len() {
+                    out[n] = w.iter().fold(0u64, |a, d| {
+                        a.saturating_mul(10)
+                            .saturating_add(u64::from(d.wrapping_sub(b'0')))
+                    });
+                    n += 1;
+                }
+            }
+            n
+        };
+        if let Some(rest) = line.strip_prefix(b"Uid:") {
+            have_uid = nums(rest, &mut uid) == 3;
+        } else if let Some(rest) = line.strip_prefix(b"Gid:") {
+            have_gid = nums(rest, &mut gid) == 3;
+        } else if let Some(rest) = line.strip_prefix(b"Groups:") {
+            let mut g = [0u64; 64];
+            let n = nums(rest, &mut g);
+            for (d, s) in groups.iter_mut().zip(g) {
+                *d = s as u32;
+            }
+            ngroups = Some(n);
+        }
+    }
+    let (true, true, Some(ngroups)) = (have_uid, have_gid, ngroups) else {
+        return false;
+    };
+    // SAFETY: plain credential calls on this thread, `groups` holds `ngroups` entries.
+    unsafe {
+        raw::syscall6(
+            libc::SYS_setgroups,
+            [ngroups as u64, groups.as_ptr() as u64, 0, 0, 0, 0],
+        );
+        raw::syscall6(libc::SYS_setresgid, [gid[0], gid[1], gid[2], 0, 0, 0]) == 0
+            && raw::syscall6(libc::SYS_setresuid, [uid[0], uid[1], uid[2], 0, 0, 0]) == 0
+    }
+}
+
+/// In a program thread, after it changed its credentials: makes the control thread take the
+/// same (it is not a glibc thread, so glibc's broadcast does not reach it). Keeps errno.
+pub fn follow_credentials() {
+    if !RUNNING.load(Acquire) {
+        return;
+    }
+    // SAFETY: __errno_location is this (glibc) thread's errno.
+    let saved = unsafe { *libc::__errno_location() };
+    let mut path = app_path(b"/");
+    path.num(i64::from(raw::getpid()))
+        .push(SOCKET_SUFFIX.as_bytes());
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    let bytes = path.c_str();
+    if bytes.len() <= addr.sun_path.len() {
+        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+            *d = *s as libc::c_char;
+        }
+        let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+        if fd >= 0 {
+            let fd = fd as i32;
+            raw::set_rcv_timeout(fd, 5);
+            if raw::connect_unix(fd, &addr) == 0 {
+                let mut req = Buf::<48>::new();
+                req.push(b"CREDS ")
+                    .num(i64::from(raw::gettid()))
+                    .push(b"\n");
+                if send_all(fd, &req) {
+                    let mut line = Buf::<256>::new();
+                    let _ = read_line(fd, &mut line);
+                }
+            }
+            raw::close(fd);
+        }
+    }
+    // SAFETY: as above.
+    unsafe { *libc::__errno_location() = saved };
 }

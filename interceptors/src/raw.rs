@@ -118,6 +118,14 @@ pub fn bind_unix(fd: i32, addr: &libc::sockaddr_un) -> i64 {
         core::mem::size_of::<libc::sockaddr_un>()
     )
 }
+pub fn connect_unix(fd: i32, addr: &libc::sockaddr_un) -> i64 {
+    sys!(
+        libc::SYS_connect,
+        fd,
+        addr as *const libc::sockaddr_un,
+        core::mem::size_of::<libc::sockaddr_un>()
+    )
+}
 pub fn listen(fd: i32, backlog: i32) -> i64 {
     sys!(libc::SYS_listen, fd, backlog)
 }
@@ -285,4 +293,8 @@ pub fn pidfd_open(pid: i32) -> i64 {
 }
 pub fn pidfd_getfd(pidfd: i32, target: i32) -> i64 {
     sys!(libc::SYS_pidfd_getfd, pidfd, target, 0)
+}
+
+pub fn umask(mask: u32) {
+    sys!(libc::SYS_umask, mask);
 }

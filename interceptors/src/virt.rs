@@ -297,3 +297,31 @@ pub unsafe extern "C" fn pthread_create(
     }
     r
 }
+
+/// The credential calls: after a change, the control thread follows (see
+/// `ctl_thread::follow_credentials`).
+macro_rules! cred_fn {
+    ($name:ident, ($($arg:ident : $ty:ty),*)) => {
+        #[no_mangle]
+        pub unsafe extern "C" fn $name($($arg: $ty),*) -> c_int {
+            let Some(f) = next!(stringify!($name), unsafe extern "C" fn($($ty),*) -> c_int) else {
+                set_errno(libc::ENOSYS);
+                return -1;
+            };
+            let r = f($($arg),*);
+            if r == 0 {
+                crate::ctl_thread::follow_credentials();
+            }
+            r
+        }
+    };
+}
+cred_fn!(setuid, (uid: libc::uid_t));
+cred_fn!(setgid, (gid: libc::gid_t));
+cred_fn!(seteuid, (uid: libc::uid_t));
+cred_fn!(setegid, (gid: libc::gid_t));
+cred_fn!(setreuid, (r: libc::uid_t, e: libc::uid_t));
+cred_fn!(setregid, (r: libc::gid_t, e: libc::gid_t));
+cred_fn!(setresuid, (r: libc::uid_t, e: libc::uid_t, s: libc::uid_t));
+cred_fn!(setresgid, (r: libc::gid_t, e: libc::gid_t, s: libc::gid_t));
+cred_fn!(setgroups, (n: size_t, list: *const libc::gid_t));

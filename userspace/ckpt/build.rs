@@ -22,6 +22,7 @@ fn main() {
         ("mt_counter", &["-pthread"]),
         ("app", &["-pthread"]),
         ("printer", &[]),
+        ("dropper", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

@@ -228,7 +228,7 @@ pub fn run(opts: RunOptions) -> Result<std::convert::Infallible, RunError> {
         use std::os::unix::fs::DirBuilderExt;
         std::fs::DirBuilder::new()
             .recursive(true)
-            .mode(0o700)
+            .mode(0o711)
             .create(&app_dir)
             .map_err(|source| RunError::RuntimeDir {
                 path: app_dir.clone(),

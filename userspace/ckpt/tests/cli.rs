@@ -238,3 +238,49 @@ fn the_interceptor_prepares_keeps_its_fds_out_of_the_program_and_serves_again() 
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&rt);
 }
+
+#[test]
+#[ignore = "needs root (it drops privileges): runs in the guest (tools/guest.sh)"]
+fn the_control_thread_follows_the_program_when_it_drops_privileges() {
+    let rt = runtime_dir("dropper");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "dropper", "--runtime-dir"])
+        .arg(&rt)
+        .arg("--")
+        .arg(common::prog("dropper"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    assert_eq!(line, "dropped\n");
+    let pid = child.id();
+    let status_of =
+        |tid: &str| std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).unwrap();
+    let ctl = std::fs::read_dir(format!("/proc/{pid}/task"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .find(|t| status_of(t).contains("Name:\tckpt-ctl"))
+        .expect("the control thread");
+    let status = status_of(&ctl);
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    assert!(
+        status.contains("Gid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    assert!(status.contains("CapEff:\t0000000000000000"), "{status}");
+    // And ckpt (root) still reaches it.
+    let mut c = ckpt::interceptor::Client::connect(pid as i32)
+        .unwrap()
+        .unwrap();
+    assert_eq!(c.info().unwrap().0, pid as i32);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&rt);
+}
