@@ -61,7 +61,14 @@ pub const REQ_INFO: &str = "INFO";
 pub const REQ_PREPARE: &str = "PREPARE";
 pub const REQ_DONE: &str = "DONE";
 
-/// The system call number `ckpt_interceptor_flush` makes when fflush is done (unknown to the
-/// kernel, so it fails with ENOSYS if nobody stops it): ckpt recognizes it at the syscall
-/// entry stop.
-pub const FLUSH_DONE_SYSCALL: i64 = 0xc4c4;
+/// `ckpt_interceptor_flush` signals that fflush is done with a getpid system call (allowed by
+/// every seccomp filter) whose second argument register (rsi) holds this value; ckpt stops it
+/// there. Unstopped, the trampoline puts the thread back itself (see `FLUSH_CTX_*`).
+pub const FLUSH_DONE_MAGIC: u64 = 0xc4c4_c4c4_c4c4;
+
+/// The context the trampoline returns to if ckpt does not take the thread back itself: 18
+/// words at the address READY gives as `ctx=`, in this order.
+pub const FLUSH_CTX_REGS: [&str; 18] = [
+    "rax", "rbx", "rcx", "rdx", "rsi", "rdi", "rbp", "r8", "r9", "r10", "r11", "r12", "r13", "r14",
+    "r15", "eflags", "rsp", "rip",
+];

@@ -253,7 +253,6 @@ fn app_path(tail: &[u8]) -> Buf<256> {
 
 struct Endpoint {
     fd: i32,
-    ino: u64,
 }
 
 impl Endpoint {
@@ -309,18 +308,8 @@ impl Endpoint {
             raw::close(fd);
             return None;
         }
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        raw::fstat(fd, &mut st);
         LISTEN_FD.store(fd, Relaxed);
-        Some(Endpoint { fd, ino: st.st_ino })
-    }
-
-    /// Is our fd still our socket (and not something the program put at its number)?
-    fn still_ours(&self) -> bool {
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        raw::fstat(self.fd, &mut st) == 0 && st.st_ino == self.ino
+        Some(Endpoint { fd })
     }
 
     /// Serves requests until the endpoint is lost.
@@ -333,25 +322,26 @@ impl Endpoint {
                     raw::nanosleep_ms(10);
                     continue;
                 }
+                // EBADF in a restored process (its table was emptied); anything else is
+                // unexpected: start over with a new endpoint, not in a tight loop. The table is
+                // this thread's own, so closing the number harms nobody.
+                raw::close(self.fd);
                 LISTEN_FD.store(-1, Relaxed);
-                return; // EBADF, ENOTSOCK, EINVAL: lost (or restored)
-            }
-            let conn = conn as i32;
-            if !self.still_ours() {
-                raw::close(conn);
-                LISTEN_FD.store(-1, Relaxed);
+                if e != libc::EBADF {
+                    raw::nanosleep_ms(100);
+                }
                 return;
             }
+            let conn = conn as i32;
             CONN_FD.store(conn, Relaxed);
             let lost = serve_one(conn);
             CONN_FD.store(-1, Relaxed);
+            raw::close(conn);
             if lost {
-                // Our fds are gone (restored): do not close numbers that may now be someone
-                // else's.
+                raw::close(self.fd);
                 LISTEN_FD.store(-1, Relaxed);
                 return;
             }
-            raw::close(conn);
         }
     }
 }
@@ -437,7 +427,8 @@ fn flush_stdio() -> &'static [u8] {
         raw::futex_wake(&FLUSH);
         // The helper takes each stream's lock: a thread holding one for long (blocked on a
         // full pipe) holds us up; ckpt gives up after its own timeout.
-        for _ in 0..1000 {
+        // Within ckpt's own 10 s, so that ckpt gets the answer.
+        for _ in 0..500 {
             let v = FLUSH.load(SeqCst);
             if v == 2 {
                 FLUSH.store(0, SeqCst);
@@ -573,6 +564,8 @@ fn prepare(conn: i32) -> bool {
     r.push(b" stdio=").push(stdio);
     r.push(b" flush=")
         .hex(ckpt_interceptor_flush as *const () as u64);
+    r.push(b" ctx=")
+        .hex(core::ptr::addr_of!(ckpt_flush_context) as u64);
     r.push(b" map=");
     // The table can be long: it goes in a second buffer.
     let mut map = Buf::<16384>::new();
@@ -594,23 +587,70 @@ fn prepare(conn: i32) -> bool {
     }
 }
 
-/// The single-threaded flush: ckpt makes the frozen main thread call this (through ptrace)
-/// when it stopped at a safe point. It ends with a system call ckpt recognizes and never
-/// returns on its own.
-#[no_mangle]
-pub extern "C" fn ckpt_interceptor_flush() -> ! {
+// The single-threaded flush: ckpt makes the frozen main thread run `ckpt_interceptor_flush`
+// (through ptrace) when it stopped at a safe point. The trampoline saves the FPU/SSE/AVX state
+// itself (XSAVE), calls fflush(NULL), signals the end with the marker getpid, then restores
+// the XSAVE state and the general registers ckpt left in `ckpt_flush_context` and jumps back
+// to where the thread was. ckpt normally takes the thread back at the marker; if ckpt dies or
+// gives up first, the thread still returns to its own code by itself.
+core::arch::global_asm!(
+    ".pushsection .bss.ckpt_flush,\"aw\",@nobits",
+    ".balign 64",
+    "ckpt_flush_xsave_area: .zero 16384",
+    ".globl ckpt_flush_context",
+    ".hidden ckpt_flush_context",
+    "ckpt_flush_context: .zero 144",
+    ".popsection",
+    ".pushsection .text.ckpt_flush,\"ax\",@progbits",
+    ".globl ckpt_interceptor_flush",
+    ".type ckpt_interceptor_flush,@function",
+    "ckpt_interceptor_flush:",
+    "and rsp, -64",
+    "mov eax, -1",
+    "mov edx, -1",
+    "xsave [rip + ckpt_flush_xsave_area]",
+    "call {flush}",
+    "mov rdi, rax",
+    "movabs rsi, {magic}",
+    "mov eax, 39",
+    "syscall",
+    "mov eax, -1",
+    "mov edx, -1",
+    "xrstor [rip + ckpt_flush_xsave_area]",
+    "lea rax, [rip + ckpt_flush_context]",
+    "push qword ptr [rax + 120]",
+    "popfq",
+    "mov rbx, [rax + 8]",
+    "mov rcx, [rax + 16]",
+    "mov rdx, [rax + 24]",
+    "mov rsi, [rax + 32]",
+    "mov rdi, [rax + 40]",
+    "mov rbp, [rax + 48]",
+    "mov r8, [rax + 56]",
+    "mov r9, [rax + 64]",
+    "mov r10, [rax + 72]",
+    "mov r11, [rax + 80]",
+    "mov r12, [rax + 88]",
+    "mov r13, [rax + 96]",
+    "mov r14, [rax + 104]",
+    "mov r15, [rax + 112]",
+    "mov rsp, [rax + 128]",
+    "mov rax, [rax]",
+    "jmp qword ptr [rip + ckpt_flush_context + 136]",
+    ".size ckpt_interceptor_flush, . - ckpt_interceptor_flush",
+    ".popsection",
+    flush = sym flush_all_streams,
+    magic = const ckpt_abi::interceptor::FLUSH_DONE_MAGIC,
+);
+
+extern "C" {
+    fn ckpt_interceptor_flush();
+    static ckpt_flush_context: [u64; 18];
+}
+
+extern "C" fn flush_all_streams() -> i64 {
     // SAFETY: fflush(NULL) flushes every stdio stream.
-    let r = unsafe { libc::fflush(core::ptr::null_mut()) };
-    loop {
-        // SAFETY: an unknown system call number: the kernel answers ENOSYS; ckpt stops us at
-        // its entry and puts the thread back where it was.
-        unsafe {
-            raw::syscall6(
-                ckpt_abi::interceptor::FLUSH_DONE_SYSCALL,
-                [r as u64, 0, 0, 0, 0, 0],
-            );
-        }
-    }
+    i64::from(unsafe { libc::fflush(core::ptr::null_mut()) })
 }
 
 /// Runs in the helper: flushes when the control thread asks.

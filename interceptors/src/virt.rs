@@ -8,7 +8,7 @@
 //! are not seen.
 
 use crate::control::{pid_arg_to_kernel, CTL};
-use crate::raw;
+use crate::raw::{self, Buf};
 use core::sync::atomic::{AtomicUsize, Ordering::Relaxed};
 use libc::{c_char, c_int, c_uint, c_void, pid_t, size_t};
 
@@ -169,36 +169,30 @@ sched_fn!(sched_getparam, (param: *mut libc::sched_param), c_int);
 sched_fn!(sched_rr_get_interval, (tp: *mut libc::timespec), c_int);
 
 /// "/proc/VPID/..." (and ".../task/VTID/...") with kernel ids, in `buf`. None if the path needs
-/// no change.
-unsafe fn proc_path(path: *const c_char, buf: &mut [u8; 512]) -> Option<*const c_char> {
+/// no change. No allocation: open may be called from a signal handler.
+unsafe fn proc_path(path: *const c_char, buf: &mut Buf<512>) -> Option<*const c_char> {
     if path.is_null() || !CTL.active() {
         return None;
     }
     let bytes = core::ffi::CStr::from_ptr(path).to_bytes();
     let rest = bytes.strip_prefix(b"/proc/")?;
-    let mut out: Vec<u8> = Vec::with_capacity(bytes.len() + 16);
-    out.extend_from_slice(b"/proc/");
-    let (pid_part, rest) = split_number(rest)?;
+    let (pid_part, mut rest) = split_number(rest)?;
     let kernel = CTL.to_kernel(pid_part);
     let mut changed = kernel != pid_part;
-    out.extend_from_slice(kernel.to_string().as_bytes());
-    let mut rest = rest;
+    buf.push(b"/proc/").num(i64::from(kernel));
     if let Some(after) = rest.strip_prefix(b"/task/") {
         if let Some((tid, tail)) = split_number(after) {
             let k = CTL.to_kernel(tid);
             changed |= k != tid;
-            out.extend_from_slice(b"/task/");
-            out.extend_from_slice(k.to_string().as_bytes());
+            buf.push(b"/task/").num(i64::from(k));
             rest = tail;
         }
     }
-    out.extend_from_slice(rest);
-    if !changed || out.len() >= buf.len() {
+    buf.push(rest);
+    if !changed || !buf.fits() {
         return None;
     }
-    buf[..out.len()].copy_from_slice(&out);
-    buf[out.len()] = 0;
-    Some(buf.as_ptr().cast())
+    Some(buf.c_str().as_ptr().cast())
 }
 
 /// A leading decimal number ending at '/' or the end.
@@ -225,7 +219,7 @@ macro_rules! open_fn {
                 set_errno(libc::ENOSYS);
                 return -1;
             };
-            let mut buf = [0u8; 512];
+            let mut buf = Buf::<512>::new();
             f(proc_path(path, &mut buf).unwrap_or(path), flags, mode)
         }
     };
@@ -246,7 +240,7 @@ macro_rules! openat_fn {
                 set_errno(libc::ENOSYS);
                 return -1;
             };
-            let mut buf = [0u8; 512];
+            let mut buf = Buf::<512>::new();
             f(
                 dirfd,
                 proc_path(path, &mut buf).unwrap_or(path),
@@ -267,7 +261,7 @@ macro_rules! fopen_fn {
                 set_errno(libc::ENOSYS);
                 return core::ptr::null_mut();
             };
-            let mut buf = [0u8; 512];
+            let mut buf = Buf::<512>::new();
             f(proc_path(path, &mut buf).unwrap_or(path), mode)
         }
     };

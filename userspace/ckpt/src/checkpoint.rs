@@ -70,9 +70,6 @@ pub enum CheckpointError {
     },
 }
 
-/// How long the program's main thread may take to flush its stdio.
-const FLUSH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
-
 pub struct Options<'a> {
     pub pid: i32,
     pub output: &'a Path,
@@ -80,6 +77,8 @@ pub struct Options<'a> {
     pub device: &'a Path,
     /// Do not use the interceptor even if the process runs under `ckpt run`.
     pub plain: bool,
+    /// How long a single-threaded program's main thread may take to flush its stdio.
+    pub flush_timeout: std::time::Duration,
 }
 
 /// Detaches from the target when dropped: whatever happens, the target runs on.
@@ -531,17 +530,30 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let mut stdio_flushed = interceptor
         .as_ref()
         .is_some_and(|i| i.ready.stdio == "done");
-    let mut held_signals = Vec::new();
     if let Some(i) = interceptor
         .as_ref()
-        .filter(|i| i.ready.stdio == "infcall" && i.ready.flush_addr != 0)
+        .filter(|i| i.ready.stdio == "infcall" && i.ready.flush_addr != 0 && i.ready.flush_ctx != 0)
     {
         // A single-threaded program: flush its stdio from its own main thread, once that is
         // at a safe point (let it run a little between tries).
+        let mut why = "it never stopped at a safe point";
         let mut safe = false;
         for _ in 0..100 {
+            // Still the program's one thread (plus the control thread)? If it made another
+            // since PREPARE, stdio is locked and the main thread must not flush.
+            let only_main = seized.tids.len() == 2 && seized.tids.contains(&i.ready.ctl_tid);
+            if !only_main {
+                why = "it has started threads";
+                break;
+            }
             let r = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
-            if crate::flush::at_safe_point(pid, &r) {
+            // Not while it runs a signal handler on its alternate stack (it may have
+            // interrupted stdio code) or where there is no room below its stack pointer.
+            let ts = dev.dump_task(pid)?;
+            let on_altstack = ts.sas_ss_size != 0
+                && r.rsp >= ts.sas_ss_sp
+                && r.rsp < ts.sas_ss_sp + ts.sas_ss_size;
+            if !on_altstack && crate::flush::at_safe_point(pid, &r) {
                 safe = true;
                 break;
             }
@@ -553,17 +565,25 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             freeze_all(pid, &mut seized)?;
         }
         if safe {
-            match crate::flush::call_flush(pid, i.ready.flush_addr, FLUSH_TIMEOUT) {
-                Ok((_, held)) => {
-                    stdio_flushed = true;
-                    held_signals = held;
-                }
-                Err(e) => eprintln!("ckpt: stdio of process {pid} not flushed: {e}"),
+            match crate::flush::call_flush(
+                pid,
+                i.ready.flush_addr,
+                i.ready.flush_ctx,
+                opts.flush_timeout,
+            ) {
+                Ok(crate::flush::Flushed::Done(_)) => stdio_flushed = true,
+                Ok(crate::flush::Flushed::Stuck) => eprintln!(
+                    "ckpt: stdio of process {pid} not flushed within {:.1} s (is its output \
+                     blocked?); it is saved in the middle of the flush and finishes it when it \
+                     runs",
+                    opts.flush_timeout.as_secs_f64()
+                ),
+                Err(e) => return Err(io_err(pid, "flushing stdio")(e)),
             }
         } else {
             eprintln!(
-                "ckpt: stdio of process {pid} not flushed: it never stopped at a safe point \
-                 (its buffers are in the image and get written after a restore)"
+                "ckpt: stdio of process {pid} not flushed: {why} (its buffers are in the image \
+                 and get written after a restore)"
             );
         }
     } else if let Some(i) = interceptor.as_ref().filter(|i| i.ready.stdio != "done") {
@@ -807,10 +827,6 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
         if let Some(i) = interceptor.take() {
             i.client.done();
-        }
-        // Signals that arrived while ckpt ran the flush in the main thread.
-        for sig in held_signals {
-            let _ = sys::tgkill(pid, pid, sig);
         }
     }
     w.checksum_external().map_err(write_err)?;

@@ -11,7 +11,7 @@
 //! arrive meanwhile are held back and raised again afterwards.
 
 use crate::{proc, sys};
-use ckpt_abi::interceptor::FLUSH_DONE_SYSCALL;
+use ckpt_abi::interceptor::FLUSH_DONE_MAGIC;
 use std::time::{Duration, Instant};
 
 /// System calls stdio never makes and a program waits in.
@@ -56,8 +56,9 @@ pub fn at_safe_point(pid: i32, r: &libc::user_regs_struct) -> bool {
     })
 }
 
-/// The registers that make a thread stopped in an interrupted system call restart it when it
-/// is let go from a syscall-exit stop (where the kernel does no restart processing itself).
+/// The registers a thread stopped at an interrupt stop inside an interrupted system call
+/// should resume with if nobody else handles the restart (the trampoline's own way back):
+/// the call rewound to be made again.
 fn restart_explicitly(r: &libc::user_regs_struct) -> libc::user_regs_struct {
     const RESTART: [i64; 4] = [-512, -513, -514, -516];
     let mut out = *r;
@@ -65,48 +66,79 @@ fn restart_explicitly(r: &libc::user_regs_struct) -> libc::user_regs_struct {
         out.rax = r.orig_rax;
         out.rip = r.rip - 2;
     }
-    out.orig_rax = u64::MAX;
     out
 }
 
-/// Makes the frozen thread `tid` call the function at `addr` (which ends with the
-/// FLUSH_DONE system call). Returns fflush's result. The thread is left stopped with its own
-/// state back. Signals that arrived meanwhile are returned, to be raised again once the
-/// process runs.
-pub fn call_flush(tid: i32, addr: u64, timeout: Duration) -> std::io::Result<(i64, Vec<i32>)> {
+/// How a flush call ended.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Flushed {
+    /// fflush returned (its result); the thread is back at an interrupt stop with its own
+    /// registers and FPU state, exactly as before.
+    Done(i64),
+    /// fflush did not finish in time (a write blocked on a full pipe?): the thread was stopped
+    /// where it was, inside the flush. That is a state the program can be saved in: when let
+    /// go (or restored), it finishes the flush and returns to its own code by itself.
+    Stuck,
+}
+
+/// Makes the frozen main thread of `pid` (at an interrupt stop) run the interceptor's trampoline at
+/// `entry`, with `ctx` the address of its return context. Signals that arrive meanwhile are
+/// queued again before returning (they stay pending in the stopped process). On an error
+/// the thread may be anywhere in the trampoline; let go, it still returns to its own code.
+pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io::Result<Flushed> {
+    let tid = pid;
     let saved = sys::ptrace_getregs(tid)?;
     let xstate = sys::ptrace_get_xstate(tid)?;
-    let mut held = Vec::new();
-    let mut call = saved;
-    // Below the red zone, 16-byte aligned, then a (never used) return address.
-    let sp = (saved.rsp - 1024) & !15;
-    call.rsp = sp - 8;
-    call.rip = addr;
-    call.rax = 0;
-    call.orig_rax = u64::MAX; // not in a system call: no restart on the way out
+    // The trampoline's way back, for when ckpt does not take the thread back itself.
+    let back = restart_explicitly(&saved);
+    let words = [
+        back.rax,
+        back.rbx,
+        back.rcx,
+        back.rdx,
+        back.rsi,
+        back.rdi,
+        back.rbp,
+        back.r8,
+        back.r9,
+        back.r10,
+        back.r11,
+        back.r12,
+        back.r13,
+        back.r14,
+        back.r15,
+        back.eflags,
+        back.rsp,
+        back.rip,
+    ];
+    let block: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
     let mem = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/{tid}/mem"))?;
-    std::os::unix::fs::FileExt::write_all_at(&mem, &0u64.to_le_bytes(), call.rsp)?;
+    use std::os::unix::fs::FileExt;
+    mem.write_all_at(&block, ctx)?;
+    let mut call = saved;
+    // Below the red zone, 16-byte aligned, then a (never used) return address.
+    call.rsp = ((saved.rsp - 1024) & !15) - 8;
+    call.rip = entry;
+    call.rax = 0;
+    call.orig_rax = u64::MAX; // not in a system call: no restart on the way in
+    mem.write_all_at(&0u64.to_le_bytes(), call.rsp)?;
+    sys::ptrace_setoptions(tid, libc::PTRACE_O_TRACESYSGOOD)?;
     sys::ptrace_setregs(tid, &call)?;
     let deadline = Instant::now() + timeout;
-    let mut result = None;
-    sys::ptrace_setoptions(tid, libc::PTRACE_O_TRACESYSGOOD)?;
-    loop {
+    let mut held = Vec::new();
+    let mut marker_result = None;
+    let outcome = loop {
         sys::ptrace_syscall(tid, 0)?;
         let status = loop {
             match sys::waitpid_nohang(tid)? {
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
                 None => {
-                    // Stuck (a write to a full pipe?): take the thread back as it is.
                     sys::ptrace_interrupt(tid)?;
                     sys::waitpid(tid, libc::__WALL)?;
-                    sys::ptrace_setregs(tid, &saved)?;
-                    sys::ptrace_set_xstate(tid, &xstate)?;
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::TimedOut,
-                        "fflush did not finish in time",
-                    ));
+                    requeue(tid, &held);
+                    return Ok(Flushed::Stuck);
                 }
                 Some(s) => break s,
             }
@@ -114,34 +146,53 @@ pub fn call_flush(tid: i32, addr: u64, timeout: Duration) -> std::io::Result<(i6
         if libc::WIFEXITED(status) || libc::WIFSIGNALED(status) {
             return Err(std::io::Error::other("the process died while flushing"));
         }
-        if !libc::WIFSTOPPED(status) {
-            continue;
-        }
         let stop = libc::WSTOPSIG(status);
         if stop == libc::SIGTRAP | 0x80 {
             let r = sys::ptrace_getregs(tid)?;
-            if result.is_none() && r.orig_rax as i64 == FLUSH_DONE_SYSCALL {
-                // At the entry of the marker call: skip it, and stop again at its exit.
-                result = Some(r.rdi as i64);
-                let mut skip = r;
-                skip.orig_rax = u64::MAX;
-                sys::ptrace_setregs(tid, &skip)?;
-                continue;
-            }
-            if let Some(res) = result {
-                // The marker's exit: put everything back.
-                sys::ptrace_setregs(tid, &restart_explicitly(&saved))?;
-                sys::ptrace_set_xstate(tid, &xstate)?;
-                return Ok((res, held));
+            if r.orig_rax as i64 == libc::SYS_getpid && r.rsi == FLUSH_DONE_MAGIC {
+                match marker_result {
+                    // Entry of the marker: let it run (getpid), stop at its exit.
+                    None => marker_result = Some(r.rdi as i64),
+                    // Its exit: take the thread back.
+                    Some(res) => break res,
+                }
             }
             continue; // fflush's own write(2)s
         }
-        if status >> 16 != 0 {
-            continue; // a ptrace event stop
+        if status >> 16 != 0 || stop == libc::SIGSTOP || stop == libc::SIGTRAP {
+            continue; // a ptrace event stop, or our own
         }
-        // A signal for the program: held back, raised again afterwards.
+        held.push(stop); // a signal for the program: suppressed now, queued again below
+    };
+    // Exactly the registers of the interrupt stop, the FPU state, and a new interrupt stop to
+    // be in: the kernel's own restart handling then applies when the thread is let go, as if
+    // nothing had happened (a sleep restarts with its remaining time).
+    sys::ptrace_setregs(tid, &saved)?;
+    sys::ptrace_set_xstate(tid, &xstate)?;
+    sys::ptrace_interrupt(tid)?;
+    sys::ptrace_cont(tid, 0)?;
+    loop {
+        let status = sys::waitpid(tid, libc::__WALL)?;
+        if !libc::WIFSTOPPED(status) {
+            return Err(std::io::Error::other("the process died while flushing"));
+        }
+        if status >> 16 == libc::PTRACE_EVENT_STOP {
+            break;
+        }
+        let stop = libc::WSTOPSIG(status);
         if stop != libc::SIGSTOP && stop != libc::SIGTRAP {
             held.push(stop);
         }
+        sys::ptrace_cont(tid, 0)?;
+    }
+    requeue(tid, &held);
+    Ok(Flushed::Done(outcome))
+}
+
+/// Queues signals held back during the call again (the process is stopped: they stay pending,
+/// are saved with it, and are delivered when it runs).
+fn requeue(pid: i32, held: &[i32]) {
+    for &sig in held {
+        let _ = sys::tgkill(pid, pid, sig);
     }
 }

@@ -926,6 +926,13 @@ impl Image {
                     return Err(corrupt(path, format!("bad fd {}", f.fd)));
                 }
             }
+            if p.interceptor
+                .as_ref()
+                .and_then(|i| i.tid_offset)
+                .is_some_and(|o| o >= 4096 || o % 4 != 0)
+            {
+                return Err(corrupt(path, "bad interceptor tid offset"));
+            }
             for t in &p.threads {
                 if t.creds
                     .as_ref()

@@ -93,6 +93,8 @@ pub struct Ready {
     pub stdio: String,
     /// Address of `ckpt_interceptor_flush` in the process.
     pub flush_addr: u64,
+    /// Address of the trampoline's return context.
+    pub flush_ctx: u64,
 }
 
 impl Ready {
@@ -125,6 +127,7 @@ impl Ready {
                 "ctltid" => r.ctl_tid = v.parse().ok()?,
                 "stdio" => r.stdio = v.to_owned(),
                 "flush" => r.flush_addr = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
+                "ctx" => r.flush_ctx = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
                 "map" => {
                     for pair in v.split(',').filter(|p| !p.is_empty()) {
                         let (a, b) = pair.split_once(':')?;
@@ -183,7 +186,9 @@ impl Client {
             .write_all(format!("{req}\n").as_bytes())
             .map_err(|e| io("sending a request", e))?;
         let mut line = String::new();
-        match self.stream.read_line(&mut line) {
+        // An answer is one short line (the id table at most ~20 KiB): bound what is read.
+        use std::io::Read;
+        match (&mut self.stream).take(64 * 1024).read_line(&mut line) {
             Ok(0) => Err(io(
                 "reading the answer",
                 std::io::Error::other("connection closed"),
@@ -295,7 +300,7 @@ pub fn write_table(
     )?;
     inj.poke(
         ctl + CTL_OFF_GENERATION as u64,
-        &(word(CTL_OFF_GENERATION) + 1).to_le_bytes(),
+        &word(CTL_OFF_GENERATION).wrapping_add(1).to_le_bytes(),
     )
 }
 

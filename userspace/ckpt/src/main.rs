@@ -54,6 +54,10 @@ enum Command {
         /// not virtualized).
         #[arg(long)]
         plain: bool,
+        /// Seconds a single-threaded program may take to flush its stdio buffers (a blocked
+        /// output holds it up; it is then saved mid-flush and finishes later).
+        #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
+        flush_timeout: f64,
     },
     /// Run a program with the interceptor preloaded (inherited by its children), so that its
     /// checkpoints are flushed and consistent and its ids survive restores.
@@ -96,6 +100,13 @@ enum Command {
     },
 }
 
+fn parse_secs(s: &str) -> Result<f64, String> {
+    match s.parse::<f64>() {
+        Ok(v) if (0.0..=3600.0).contains(&v) => Ok(v),
+        _ => Err(format!("not a number of seconds between 0 and 3600: {s}")),
+    }
+}
+
 fn parse_u64(s: &str) -> Result<u64, String> {
     let r = match s.strip_prefix("0x").or_else(|| s.strip_prefix("0X")) {
         Some(hex) => u64::from_str_radix(hex, 16),
@@ -129,6 +140,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             kill,
             json,
             plain,
+            flush_timeout,
         } => {
             let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
             let opts = ckpt::checkpoint::Options {
@@ -137,6 +149,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 kill,
                 device: &cli.device,
                 plain,
+                flush_timeout: std::time::Duration::from_secs_f64(flush_timeout),
             };
             let stats = ckpt::checkpoint::checkpoint(&opts)?;
             if json {

@@ -331,6 +331,19 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
             sys::close(fd);
         }
     }
+    // Files are opened, created and bound as the process's own user (not as root, which the
+    // restorer is), in its directory and with its umask.
+    let fs_user = match p.threads[0].creds.as_ref() {
+        Some(c) => match sys::as_fs_user(c.uid[3], c.gid[3], &c.groups) {
+            Ok(g) => Some(g),
+            Err(e) => fail("taking the process's filesystem ids", e),
+        },
+        None => None,
+    };
+    if let Err(e) = sys::chdir(Path::new(&p.cwd)) {
+        fail(&format!("chdir {}", p.cwd), e);
+    }
+    sys::umask(p.umask);
     // Temporary fds (pipe ends being handed out) live above everything else.
     let scratch = last_work + 1;
     let mut pipe_ends: Vec<Option<(i32, i32)>> = vec![None; p.pipes.len()];
@@ -445,10 +458,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
         sys::close(w);
     }
 
-    if let Err(e) = sys::chdir(Path::new(&p.cwd)) {
-        fail(&format!("chdir {}", p.cwd), e);
-    }
-    sys::umask(p.umask);
+    drop(fs_user);
     for r in &p.rlimits {
         if let Err(e) = sys::setrlimit(r.resource, r.cur, r.max) {
             fail(&format!("setrlimit {}", r.resource), e);
@@ -754,7 +764,9 @@ fn virtualize_ids(
         if was == now || t.regs.fs_base == 0 {
             continue;
         }
-        let addr = t.regs.fs_base + offset;
+        let Some(addr) = t.regs.fs_base.checked_add(offset) else {
+            continue;
+        };
         // Only where glibc's descriptor really holds the old tid.
         let cur = inj
             .peek(addr, 4)
@@ -906,7 +918,16 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .collect::<Result<Vec<_>, _>>()?;
     // Opened (and its ABI checked) before anything else; the child uses this fd.
     let dev = crate::device::Device::open(device)?;
+    // Mapped files are opened as the process's user, as it opened them.
+    let fs_user = match p.threads[0].creds.as_ref() {
+        Some(c) => Some(
+            sys::as_fs_user(c.uid[3], c.gid[3], &c.groups)
+                .map_err(io("taking the process's filesystem ids to open its files"))?,
+        ),
+        None => None,
+    };
     let mut plan = plan(&img, p)?;
+    drop(fs_user);
     plan.highest_own_fd = std::fs::read_dir("/proc/self/fd")
         .map_err(io("listing /proc/self/fd"))?
         .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())

@@ -202,9 +202,10 @@ pub fn dump(
     }))
 }
 
-/// In the restorer: a new listening socket like the recorded one, returned as a new fd.
-/// A UNIX socket file left by the checkpointed process is replaced; an address still in use
-/// (the original still listens) fails with EADDRINUSE.
+/// In the restorer (already in the process's directory, with its umask and filesystem ids):
+/// a new listening socket like the recorded one, returned as a new fd. A UNIX socket file
+/// nobody listens on any more is replaced; an address still in use (the original still
+/// listens) fails with EADDRINUSE.
 pub fn restore(kind: &FdKind, nonblock: bool) -> std::io::Result<i32> {
     let FdKind::Listen {
         family,
@@ -244,10 +245,18 @@ pub fn restore(kind: &FdKind, nonblock: bool) -> std::io::Result<i32> {
             )?;
         }
         if *family == libc::AF_UNIX {
+            // A socket file left by the checkpointed process is replaced, but only if nobody
+            // listens on it any more (else bind fails: the address is in use).
             let path = unix_path(addr);
             if !path.starts_with('@') {
                 use std::os::unix::fs::FileTypeExt;
-                if std::fs::symlink_metadata(&path).is_ok_and(|m| m.file_type().is_socket()) {
+                let stale = std::fs::symlink_metadata(&path)
+                    .is_ok_and(|m| m.file_type().is_socket())
+                    && matches!(
+                        std::os::unix::net::UnixStream::connect(&path),
+                        Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+                    );
+                if stale {
                     let _ = std::fs::remove_file(&path);
                 }
             }

@@ -557,3 +557,53 @@ pub fn anonymous_file(dir: &Path, mode: u32) -> io::Result<i32> {
         check_int(libc::memfd_create(c"ckpt-deleted".as_ptr(), 0))
     }
 }
+
+/// While alive, the calling thread opens, creates and binds files as `uid`/`gid` with
+/// `groups` (its filesystem ids and supplementary groups; it keeps its other privileges, and
+/// they come back on drop). Raw system calls: per thread, unlike glibc's setgroups.
+pub struct AsFsUser {
+    old_groups: Vec<libc::gid_t>,
+}
+
+pub fn as_fs_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<AsFsUser> {
+    // SAFETY: getgroups with a null list returns the count; then fills a list of that size.
+    let old_groups = unsafe {
+        let n = libc::getgroups(0, std::ptr::null_mut());
+        let mut v = vec![0 as libc::gid_t; n.max(0) as usize];
+        let n = libc::getgroups(n, v.as_mut_ptr());
+        v.truncate(n.max(0) as usize);
+        v
+    };
+    // SAFETY: per-thread credential calls with a list of the stated length.
+    unsafe {
+        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
+            return Err(io::Error::last_os_error());
+        }
+        libc::syscall(libc::SYS_setfsgid, gid);
+        libc::syscall(libc::SYS_setfsuid, uid);
+        // setfs*id report the old value, not errors: check the new one took.
+        if libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32 != uid
+            || libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32 != gid
+        {
+            let guard = AsFsUser { old_groups };
+            drop(guard);
+            return Err(io::Error::from_raw_os_error(libc::EPERM));
+        }
+    }
+    Ok(AsFsUser { old_groups })
+}
+
+impl Drop for AsFsUser {
+    fn drop(&mut self) {
+        // SAFETY: as above; back to the effective ids and the old groups.
+        unsafe {
+            libc::syscall(libc::SYS_setfsuid, libc::geteuid());
+            libc::syscall(libc::SYS_setfsgid, libc::getegid());
+            libc::syscall(
+                libc::SYS_setgroups,
+                self.old_groups.len(),
+                self.old_groups.as_ptr(),
+            );
+        }
+    }
+}

@@ -196,6 +196,7 @@ fn the_interceptor_prepares_keeps_its_fds_out_of_the_program_and_serves_again() 
     // sleep is single-threaded: ckpt is to flush it from its own thread once frozen.
     assert_eq!(ready.stdio, "infcall");
     assert_ne!(ready.flush_addr, 0);
+    assert_ne!(ready.flush_ctx, 0);
     assert_ne!(ready.ctl, 0);
     assert!(ready.tid_offset.is_some());
     assert!(

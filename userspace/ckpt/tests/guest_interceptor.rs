@@ -147,7 +147,8 @@ fn checkpoint_json(pid: i32, img: &Path, extra: &[&str]) -> serde_json::Value {
 
 fn restore(img: &Path) -> (i32, String) {
     let out = ckpt(&["restore", img.to_str().unwrap()]);
-    let pid = ok(&out).trim().parse().unwrap();
+    // The pid is the first line (a restored process may write to the same stdout after it).
+    let pid = ok(&out).lines().next().unwrap().trim().parse().unwrap();
     (pid, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
@@ -478,4 +479,84 @@ fn a_single_threaded_program_is_flushed_from_its_own_thread_at_a_safe_point() {
         counter(&d, "tick"),
         "every line exactly once"
     );
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_flush_blocked_on_a_full_pipe_is_saved_midway_and_finishes_by_itself() {
+    setup();
+    let d = Dir::new("ic-stuck");
+    // stdout: a one-page pipe, already full.
+    let mut fds = [0; 2];
+    // SAFETY: pipe2 fills the two fds; F_SETPIPE_SZ on our own pipe.
+    unsafe {
+        assert_eq!(libc::pipe2(fds.as_mut_ptr(), libc::O_CLOEXEC), 0);
+        assert_eq!(libc::fcntl(fds[1], libc::F_SETPIPE_SZ, 4096), 4096);
+    }
+    use std::os::fd::FromRawFd;
+    // SAFETY: the fds were just made and are owned here.
+    let (mut rd, wr) = unsafe {
+        (
+            std::fs::File::from_raw_fd(fds[0]),
+            std::os::fd::OwnedFd::from_raw_fd(fds[1]),
+        )
+    };
+    let filler = vec![b'#'; 4096];
+    use std::io::Write;
+    std::fs::File::from(wr.try_clone().unwrap())
+        .write_all(&filler)
+        .unwrap();
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "stuck", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("printer"))
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::from(wr))
+        .spawn()
+        .unwrap();
+    let pid = child.id() as i32;
+    wait_progress(&d, "tick", 20);
+    // Its buffer holds lines; fflush cannot write them: ckpt gives up after 1 s and saves it
+    // in the middle of the flush.
+    let img = d.path("img");
+    let stats = checkpoint_json(pid, &img, &["--flush-timeout", "1"]);
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    assert_eq!(stats["stdio_flushed"], false, "{stats}");
+    // Still inside the flush, blocked on the pipe: no progress.
+    let t0 = counter(&d, "tick");
+    std::thread::sleep(Duration::from_millis(300));
+    assert_eq!(counter(&d, "tick"), t0, "blocked in the flush");
+    // Draining the pipe lets the flush finish; the program goes back to its own code.
+    let reader = std::thread::spawn(move || {
+        let mut all = Vec::new();
+        rd.read_to_end(&mut all).unwrap();
+        all
+    });
+    wait_progress(&d, "tick", t0 + 50);
+    kill(pid, libc::SIGTERM);
+    let status = child.wait().unwrap();
+    assert_eq!(status.code(), Some(0));
+    let all = reader.join().unwrap();
+    assert_eq!(&all[..4096], &filler[..]);
+    let text = String::from_utf8(all[4096..].to_vec()).unwrap();
+    let lines: Vec<u64> = text
+        .lines()
+        .map(|l| l.strip_prefix("line ").unwrap().parse().unwrap())
+        .collect();
+    assert_consecutive(&lines);
+    assert_eq!(
+        lines.len() as u64,
+        counter(&d, "tick"),
+        "every line exactly once"
+    );
+    // The image holds it mid-flush too: restored (stdout is then ckpt restore's), it finishes
+    // the flush and goes on.
+    let (rpid, _) = restore(&img);
+    wait_progress(&d, "tick", t0 + 20);
+    let t = counter(&d, "tick");
+    wait_progress(&d, "tick", t + 20);
+    kill(rpid, libc::SIGKILL);
+    reap(rpid);
 }
