@@ -147,8 +147,12 @@ fn checkpoint_json(pid: i32, img: &Path, extra: &[&str]) -> serde_json::Value {
 
 fn restore(img: &Path) -> (i32, String) {
     let out = ckpt(&["restore", img.to_str().unwrap()]);
-    // The pid is the first line (a restored process may write to the same stdout after it).
-    let pid = ok(&out).lines().next().unwrap().trim().parse().unwrap();
+    // The pid is a line of its own; a restored process that inherited this stdout may have
+    // written around it.
+    let pid = ok(&out)
+        .lines()
+        .find_map(|l| l.trim().parse().ok())
+        .expect("ckpt restore printed a pid");
     (pid, String::from_utf8_lossy(&out.stderr).into_owned())
 }
 
