@@ -680,7 +680,8 @@ pub type PthreadCreate = unsafe extern "C" fn(
 /// The program made a thread: it is a multi-threaded glibc program from now on, so a glibc
 /// helper thread costs it nothing more; start one (once) to flush stdio with proper locking.
 pub fn program_made_a_thread(real: PthreadCreate) {
-    if !RUNNING.load(Acquire) || HELPER.swap(true, SeqCst) {
+    // A plain load first: this runs on every pthread_create of the program.
+    if HELPER.load(Relaxed) || !RUNNING.load(Acquire) || HELPER.swap(true, SeqCst) {
         return;
     }
     // SAFETY: sigset_t is plain data; the helper starts with every signal blocked.
