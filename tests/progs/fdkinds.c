@@ -1,14 +1,17 @@
 /* Descriptors beyond plain files, for the guest tests.
  *   fdkinds OUTFILE DIR
  * Holds a pipe with unread bytes in it, and a file in DIR that was deleted while open (its
- * offset at 8). On SIGUSR1 it reports to OUTFILE what it finds: "pipe:<unread bytes>",
- * "deleted:<content>", "deleted-pos:<offset>", "pipe-again:<bytes written and read back>",
- * then "done". Prints "ready" on stdout when set up. */
+ * offset at 8), and a socket pair (fds 7 and 8) with unread bytes queued at both ends. On
+ * SIGUSR1 it reports to OUTFILE what it finds: "pipe:<unread bytes>", "deleted:<content>",
+ * "deleted-pos:<offset>", "pipe-again:<bytes written and read back>", "sp-a:<queued at 7>",
+ * "sp-b:<queued at 8>", "sp-again:<sent on 7, read on 8>", then "done". Prints "ready" on
+ * stdout when set up. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/socket.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t go;
@@ -31,6 +34,12 @@ int main(int argc, char **argv)
 	if (write(p[1], "unread-before", 13) != 13)
 		return 1;
 	fcntl(p[0], F_SETFL, O_NONBLOCK);
+	int sp[2];
+	if (socketpair(AF_UNIX, SOCK_STREAM, 0, sp) != 0 || sp[0] != 7 || sp[1] != 8)
+		return 1;
+	if (write(sp[0], "queued-for-b", 12) != 12 || write(sp[1], "queued-for-a", 12) != 12)
+		return 1;
+	fcntl(sp[1], F_SETFL, O_NONBLOCK);
 	signal(SIGUSR1, on_usr1);
 	printf("ready\n");
 	fflush(stdout);
@@ -51,6 +60,17 @@ int main(int argc, char **argv)
 		n = read(p[0], buf, sizeof(buf) - 1);
 		buf[n > 0 ? n : 0] = 0;
 		dprintf(out, "pipe-again:%s\n", buf);
+		n = read(sp[0], buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "sp-a:%s\n", buf);
+		n = read(sp[1], buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "sp-b:%s\n", buf);
+		if (write(sp[0], "again2", 6) != 6)
+			dprintf(out, "sp-write-failed\n");
+		n = read(sp[1], buf, sizeof(buf) - 1);
+		buf[n > 0 ? n : 0] = 0;
+		dprintf(out, "sp-again:%s\n", buf);
 		dprintf(out, "done\n");
 	}
 }

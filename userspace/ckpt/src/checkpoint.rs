@@ -11,7 +11,7 @@
 use crate::device::{Device, QueryError};
 use crate::image::{
     Backing, Fd, FdKind, ImageWriter, InterceptorState, Manifest, MmLayout, PageRun, Pipe, Process,
-    Regs, RobustList, Rseq, SectionKind, SigAction, SigAltStack, Stats, Thread, Vma,
+    Regs, RobustList, Rseq, SectionKind, SigAction, SigAltStack, SocketPair, Stats, Thread, Vma,
     FORMAT_VERSION, PAGE,
 };
 use crate::{proc, sys};
@@ -309,7 +309,7 @@ fn dump_fds(
     image_path: &Path,
     own_fds: &[i32],
     own_socket: Option<&str>,
-) -> Result<(Vec<Fd>, Vec<Pipe>), CheckpointError> {
+) -> Result<(Vec<Fd>, Vec<Pipe>, Vec<SocketPair>), CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
         source,
@@ -335,12 +335,60 @@ fn dump_fds(
     }
     let mut pipes: Vec<Pipe> = Vec::new();
     let mut pipe_index: BTreeMap<u64, usize> = BTreeMap::new();
+    let mut socket_pairs: Vec<SocketPair> = Vec::new();
+    let mut pair_index: BTreeMap<u64, usize> = BTreeMap::new();
     let mut fds = Vec::new();
     for e in entries {
         if own_fds.contains(&e.fd) {
             continue; // the interceptor's endpoint: made anew after a restore
         }
-        let kind = if e.target.starts_with("socket:") && e.fd > 2 {
+        let socket_inode = |t: &str| {
+            t.strip_prefix("socket:[")?
+                .strip_suffix(']')?
+                .parse::<u64>()
+                .ok()
+        };
+        let pair_end = match socket_inode(&e.target).filter(|_| e.fd > 2) {
+            Some(ino) => crate::socket::unix_stream_end(pid, e.fd, ino)
+                .map_err(|why| CheckpointError::UnsupportedSocket {
+                    pid,
+                    fd: e.fd,
+                    target: e.target.clone(),
+                    why,
+                })?
+                .filter(|end| {
+                    entries
+                        .iter()
+                        .any(|o| socket_inode(&o.target) == Some(end.peer))
+                }),
+            None => None,
+        };
+        let kind = if let Some(end) = pair_end {
+            // Both ends are the process's: a socket pair, with what waits at this end.
+            let key = end.inode.min(end.peer);
+            let which = usize::from(end.inode > end.peer);
+            let idx = match pair_index.get(&key) {
+                Some(&i) => i,
+                None => {
+                    socket_pairs.push(SocketPair {
+                        inodes: [key, end.inode.max(end.peer)],
+                        data_sections: [None, None],
+                    });
+                    pair_index.insert(key, socket_pairs.len() - 1);
+                    socket_pairs.len() - 1
+                }
+            };
+            if !end.queued.is_empty() && socket_pairs[idx].data_sections[which].is_none() {
+                socket_pairs[idx].data_sections[which] = Some(
+                    w.add_blob(SectionKind::SocketData, &end.queued)
+                        .map_err(write_err)?,
+                );
+            }
+            FdKind::SocketPairEnd {
+                pair: idx,
+                end: which,
+            }
+        } else if e.target.starts_with("socket:") && e.fd > 2 {
             match crate::socket::dump(pid, e.fd, &e.target, own_socket) {
                 Ok(crate::socket::Dumped::Kind(k)) => k,
                 Ok(crate::socket::Dumped::Interceptor) => continue,
@@ -425,7 +473,7 @@ fn dump_fds(
             kind,
         });
     }
-    Ok((fds, pipes))
+    Ok((fds, pipes, socket_pairs))
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -735,7 +783,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         );
     }
 
-    let (fds, pipes) = dump_fds(
+    let (fds, pipes, socket_pairs) = dump_fds(
         pid,
         &fd_entries,
         &mut w,
@@ -794,6 +842,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             .collect(),
         shared_pending,
         pipes,
+        socket_pairs,
         dumpable: threads
             .first()
             .and_then(|t| proc::dumpable(pid, t.creds.uid[1])),

@@ -98,6 +98,8 @@ pub enum SectionKind {
     PipeData,
     /// The content of an open file that had been deleted.
     FileData,
+    /// Bytes queued in a socket, unread.
+    SocketData,
 }
 
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
@@ -130,6 +132,9 @@ pub struct Process {
     /// Pipes with both ends in the process.
     #[serde(default)]
     pub pipes: Vec<Pipe>,
+    /// UNIX stream socket pairs with both ends in the process.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub socket_pairs: Vec<SocketPair>,
     /// Present when the process ran under `ckpt run`: where its interceptor keeps its state.
     /// `pid`, `ppid` and the threads' `tid` are then the ids the application sees (virtual),
     /// which may differ from the kernel's after an earlier restore.
@@ -313,6 +318,9 @@ pub enum FdKind {
         /// IPV6_V6ONLY (AF_INET6 only).
         v6_only: bool,
     },
+    /// One end of a connected pair of UNIX stream sockets whose both ends the process holds
+    /// (socketpair(2)); `pair` indexes `Process::socket_pairs`, `end` is 0 or 1.
+    SocketPairEnd { pair: usize, end: usize },
     /// A file that was deleted while open: recreated (unlinked again) from the saved content.
     Deleted {
         path: String,
@@ -320,6 +328,15 @@ pub enum FdKind {
         mode: u32,
         data_section: usize,
     },
+}
+
+/// A socket pair inside the process, with what was queued at each end.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SocketPair {
+    /// The two sockets' inode numbers when checkpointed (for humans).
+    pub inodes: [u64; 2],
+    /// Per end, the `SocketData` section with the bytes waiting to be read there, if any.
+    pub data_sections: [Option<usize>; 2],
 }
 
 /// A pipe inside the process, with what was in it.
@@ -911,9 +928,20 @@ impl Image {
                     return Err(corrupt(path, "bad pipe data section"));
                 }
             }
+            for sp in &p.socket_pairs {
+                if sp
+                    .data_sections
+                    .iter()
+                    .flatten()
+                    .any(|&i| kind_at(i) != Some(SectionKind::SocketData))
+                {
+                    return Err(corrupt(path, "bad socket data section"));
+                }
+            }
             for f in &p.fds {
                 let ok = match &f.kind {
                     FdKind::Pipe { pipe, .. } => *pipe < p.pipes.len(),
+                    FdKind::SocketPairEnd { pair, end } => *pair < p.socket_pairs.len() && *end < 2,
                     FdKind::Listen { family, addr, .. } => {
                         crate::socket::valid_address(*family, addr)
                     }
@@ -1046,6 +1074,7 @@ pub(crate) mod tests {
                 pipes: vec![],
                 interceptor: None,
                 dumpable: None,
+                socket_pairs: vec![],
             }],
             stats: None,
         };

@@ -120,6 +120,11 @@ pub fn summary(img: &Image) -> String {
                 } => {
                     format!("listening socket {display} (backlog {backlog})")
                 }
+                FdKind::SocketPairEnd { pair, end } => {
+                    let sp = &p.socket_pairs[*pair];
+                    let bytes = sp.data_sections[*end].map_or(0, |i| m.sections[i].len);
+                    format!("socket pair {pair} end {end} ({bytes} bytes unread)")
+                }
                 FdKind::InheritStdio { was } => format!("inherited from the restorer (was {was})"),
                 FdKind::Pipe { pipe, write_end } => {
                     let bytes = p.pipes[*pipe].data_section.map_or(0, |i| m.sections[i].len);

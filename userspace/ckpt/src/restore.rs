@@ -83,6 +83,8 @@ struct Plan {
     highest_own_fd: i32,
     /// The unread bytes of each pipe of the process.
     pipe_data: Vec<Vec<u8>>,
+    /// Per socket pair, the bytes queued at each end.
+    socket_data: Vec<[Vec<u8>; 2]>,
     /// Deleted files' contents, by section.
     file_data: BTreeMap<usize, Vec<u8>>,
 }
@@ -212,6 +214,14 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
                     .map_or(Ok(Vec::new()), |i| img.read_section(i))
             })
             .collect::<Result<_, _>>()?,
+        socket_data: p
+            .socket_pairs
+            .iter()
+            .map(|sp| {
+                let read = |s: Option<usize>| s.map_or(Ok(Vec::new()), |i| img.read_section(i));
+                Ok([read(sp.data_sections[0])?, read(sp.data_sections[1])?])
+            })
+            .collect::<Result<_, ImageError>>()?,
         file_data: p
             .fds
             .iter()
@@ -347,6 +357,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
     // Temporary fds (pipe ends being handed out) live above everything else.
     let scratch = last_work + 1;
     let mut pipe_ends: Vec<Option<(i32, i32)>> = vec![None; p.pipes.len()];
+    let mut pair_ends: Vec<Option<[i32; 2]>> = vec![None; p.socket_pairs.len()];
     let keep_flags = |flags: u32| (flags as i32) & (libc::O_NONBLOCK | libc::O_APPEND);
     for f in &p.fds {
         match &f.kind {
@@ -395,6 +406,38 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                 let from = if *write_end { w } else { r };
                 if let Err(e) =
                     sys::dup2(from, f.fd).and_then(|_| sys::set_fl(f.fd, keep_flags(f.flags)))
+                {
+                    fail(&format!("placing fd {}", f.fd), e);
+                }
+            }
+            FdKind::SocketPairEnd { pair, end } => {
+                let ends = match pair_ends[*pair] {
+                    Some(ends) => ends,
+                    None => {
+                        let data = &plan.socket_data[*pair];
+                        let made =
+                            crate::socket::restore_pair([&data[0], &data[1]]).and_then(|(a, b)| {
+                                let ends = [
+                                    sys::dup_at_least(a, scratch)?,
+                                    sys::dup_at_least(b, scratch)?,
+                                ];
+                                sys::close(a);
+                                sys::close(b);
+                                Ok(ends)
+                            });
+                        match made {
+                            Ok(ends) => {
+                                pair_ends[*pair] = Some(ends);
+                                ends
+                            }
+                            Err(e) => {
+                                fail(&format!("recreating the socket pair of fd {}", f.fd), e)
+                            }
+                        }
+                    }
+                };
+                if let Err(e) =
+                    sys::dup2(ends[*end], f.fd).and_then(|_| sys::set_fl(f.fd, keep_flags(f.flags)))
                 {
                     fail(&format!("placing fd {}", f.fd), e);
                 }
@@ -456,6 +499,10 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
     for (r, w) in pipe_ends.into_iter().flatten() {
         sys::close(r);
         sys::close(w);
+    }
+    for [a, b] in pair_ends.into_iter().flatten() {
+        sys::close(a);
+        sys::close(b);
     }
 
     drop(fs_user);

@@ -280,3 +280,163 @@ pub fn restore(kind: &FdKind, nonblock: bool) -> std::io::Result<i32> {
         }
     }
 }
+
+/// What sock_diag tells of a UNIX socket: its peer's inode and whether it was shut down.
+fn unix_diag(ino: u64) -> std::io::Result<(Option<u32>, u8)> {
+    const SOCK_DIAG_BY_FAMILY: u16 = 20;
+    const UDIAG_SHOW_PEER: u32 = 4;
+    const UNIX_DIAG_PEER: u16 = 2;
+    const UNIX_DIAG_SHUTDOWN: u16 = 6;
+    let ino32 = u32::try_from(ino).map_err(|_| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+    // SAFETY: a netlink socket of ours.
+    let fd = unsafe {
+        libc::socket(
+            libc::AF_NETLINK,
+            libc::SOCK_DGRAM | libc::SOCK_CLOEXEC,
+            libc::NETLINK_SOCK_DIAG,
+        )
+    };
+    if fd < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    // SAFETY: the fd was just made and is owned here.
+    let sock = unsafe { <std::os::fd::OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd) };
+    // nlmsghdr (16) + unix_diag_req (24).
+    let mut req = Vec::with_capacity(40);
+    req.extend_from_slice(&40u32.to_ne_bytes());
+    req.extend_from_slice(&SOCK_DIAG_BY_FAMILY.to_ne_bytes());
+    req.extend_from_slice(&(libc::NLM_F_REQUEST as u16).to_ne_bytes());
+    req.extend_from_slice(&1u32.to_ne_bytes()); // seq
+    req.extend_from_slice(&0u32.to_ne_bytes()); // pid
+    req.push(libc::AF_UNIX as u8);
+    req.push(0); // protocol
+    req.extend_from_slice(&0u16.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // all states
+    req.extend_from_slice(&ino32.to_ne_bytes());
+    req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
+    req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
+    req.extend_from_slice(&u32::MAX.to_ne_bytes());
+    // SAFETY: sends the request buffer; receives into a buffer of the given length.
+    let mut buf = vec![0u8; 8192];
+    let n = unsafe {
+        if libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
+            return Err(std::io::Error::last_os_error());
+        }
+        libc::recv(sock.as_raw_fd(), buf.as_mut_ptr().cast(), buf.len(), 0)
+    };
+    if n < 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    let buf = &buf[..n as usize];
+    let u16_at = |i: usize| buf.get(i..i + 2).map(|b| u16::from_ne_bytes([b[0], b[1]]));
+    let u32_at = |i: usize| {
+        buf.get(i..i + 4)
+            .map(|b| u32::from_ne_bytes([b[0], b[1], b[2], b[3]]))
+    };
+    if u16_at(4) == Some(libc::NLMSG_ERROR as u16) {
+        let errno = u32_at(16).map_or(libc::EIO, |e| -(e as i32));
+        return Err(std::io::Error::from_raw_os_error(errno));
+    }
+    let msg_len = u32_at(0).unwrap_or(0) as usize;
+    // Attributes follow nlmsghdr (16) and unix_diag_msg (16), each 4-byte aligned.
+    let (mut peer, mut shutdown) = (None, 0u8);
+    let mut at = 32;
+    while at + 4 <= msg_len.min(buf.len()) {
+        let (Some(len), Some(ty)) = (u16_at(at), u16_at(at + 2)) else {
+            break;
+        };
+        let len = len as usize;
+        if len < 4 {
+            break;
+        }
+        match ty {
+            UNIX_DIAG_PEER => peer = u32_at(at + 4),
+            UNIX_DIAG_SHUTDOWN => shutdown = buf.get(at + 4).copied().unwrap_or(0),
+            _ => {}
+        }
+        at += (len + 3) & !3;
+    }
+    Ok((peer, shutdown))
+}
+
+/// One end of a connected UNIX stream socket, for pairing with its peer.
+pub struct UnixStreamEnd {
+    pub inode: u64,
+    pub peer: u64,
+    /// The bytes waiting to be read at this end (peeked, not consumed).
+    pub queued: Vec<u8>,
+}
+
+/// If socket `fd` of `pid` (inode `inode`) is a connected UNIX stream socket, its peer and
+/// queued bytes; None for any other kind of socket.
+pub fn unix_stream_end(pid: i32, fd: i32, inode: u64) -> Result<Option<UnixStreamEnd>, String> {
+    let ours = sys::steal_fd(pid, fd).map_err(|e| format!("pidfd_getfd: {e}"))?;
+    let s = ours.as_raw_fd();
+    let family = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| e.to_string())?;
+    let ty = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| e.to_string())?;
+    if family != libc::AF_UNIX || ty != libc::SOCK_STREAM {
+        return Ok(None);
+    }
+    let (peer, shutdown) = unix_diag(inode).map_err(|e| format!("sock_diag: {e}"))?;
+    let Some(peer) = peer.filter(|&p| p != 0) else {
+        return Ok(None);
+    };
+    if shutdown != 0 {
+        return Err("sockets shut down in one direction are not supported yet".into());
+    }
+    let mut inq: libc::c_int = 0;
+    // SAFETY: FIONREAD writes one int.
+    if unsafe { libc::ioctl(s, libc::FIONREAD, &mut inq) } != 0 {
+        return Err(format!("FIONREAD: {}", std::io::Error::last_os_error()));
+    }
+    let mut queued = vec![0u8; inq.max(0) as usize];
+    if !queued.is_empty() {
+        // SAFETY: peeks into a buffer of its length.
+        let n = unsafe {
+            libc::recv(
+                s,
+                queued.as_mut_ptr().cast(),
+                queued.len(),
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 || n as usize != queued.len() {
+            return Err(
+                "its queued data cannot be read whole (file descriptors or credentials in \
+                 flight?)"
+                    .into(),
+            );
+        }
+    }
+    Ok(Some(UnixStreamEnd {
+        inode,
+        peer: u64::from(peer),
+        queued,
+    }))
+}
+
+/// In the restorer: a new connected pair of UNIX stream sockets holding `queued[e]` ready to
+/// be read at end `e`. Returns the two fds.
+pub fn restore_pair(queued: [&[u8]; 2]) -> std::io::Result<(i32, i32)> {
+    let mut fds = [0; 2];
+    // SAFETY: socketpair fills the two fds.
+    if unsafe { libc::socketpair(libc::AF_UNIX, libc::SOCK_STREAM, 0, fds.as_mut_ptr()) } != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    for (end, data) in queued.iter().enumerate() {
+        if data.is_empty() {
+            continue;
+        }
+        // What waits at this end was sent by the other: room for all of it first.
+        let other = fds[1 - end];
+        let room = (data.len() * 2 + 65536).min(i32::MAX as usize) as i32;
+        let _ = setsockopt_int(other, libc::SOL_SOCKET, libc::SO_SNDBUFFORCE, room);
+        let _ = setsockopt_int(fds[end], libc::SOL_SOCKET, libc::SO_RCVBUFFORCE, room);
+        if let Err(e) = sys::write_all_fd(other, data) {
+            sys::close(fds[0]);
+            sys::close(fds[1]);
+            return Err(e);
+        }
+    }
+    Ok((fds[0], fds[1]))
+}

@@ -582,7 +582,7 @@ fn a_blocked_pending_signal_stays_pending() {
 
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn pipes_with_unread_data_and_deleted_files() {
+fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
     let (_m, d, out, img) = begin("fdkinds", false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
@@ -610,7 +610,10 @@ fn pipes_with_unread_data_and_deleted_files() {
     child.wait().unwrap();
     let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
     assert!(
-        summary.contains("13 bytes unread") && summary.contains("(deleted; 21 bytes saved, pos 8)"),
+        summary.contains("13 bytes unread")
+            && summary.contains("(deleted; 21 bytes saved, pos 8)")
+            && summary.contains("socket pair 0 end 0 (12 bytes unread)")
+            && summary.contains("socket pair 0 end 1 (12 bytes unread)"),
         "{summary}"
     );
     let pid = restore(&img);
@@ -623,6 +626,9 @@ fn pipes_with_unread_data_and_deleted_files() {
         "deleted:deleted-content-12345\n",
         "deleted-pos:8\n",
         "pipe-again:again\n",
+        "sp-a:queued-for-a\n",
+        "sp-b:queued-for-b\n",
+        "sp-again:again2\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
@@ -634,6 +640,13 @@ fn pipes_with_unread_data_and_deleted_files() {
     assert!(
         fd5.to_string_lossy().starts_with("pipe:") && fd5 == fd6,
         "{fd5:?} {fd6:?}"
+    );
+    // 7 and 8: the two ends of a socket pair (two sockets).
+    let fd7 = std::fs::read_link(format!("/proc/{pid}/fd/7")).unwrap();
+    let fd8 = std::fs::read_link(format!("/proc/{pid}/fd/8")).unwrap();
+    assert!(
+        fd7.to_string_lossy().starts_with("socket:") && fd7 != fd8,
+        "{fd7:?} {fd8:?}"
     );
     kill_and_reap(pid);
 }
