@@ -309,7 +309,7 @@ fn dump_fds(
     image_path: &Path,
     own_fds: &[i32],
     own_socket: Option<&str>,
-) -> Result<(Vec<Fd>, Vec<Pipe>, Vec<SocketPair>), CheckpointError> {
+) -> Result<DumpedFds, CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
         source,
@@ -473,7 +473,18 @@ fn dump_fds(
             kind,
         });
     }
-    Ok((fds, pipes, socket_pairs))
+    Ok(DumpedFds {
+        fds,
+        pipes,
+        socket_pairs,
+    })
+}
+
+/// What `dump_fds` records.
+struct DumpedFds {
+    fds: Vec<Fd>,
+    pipes: Vec<Pipe>,
+    socket_pairs: Vec<SocketPair>,
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -783,7 +794,11 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         );
     }
 
-    let (fds, pipes, socket_pairs) = dump_fds(
+    let DumpedFds {
+        fds,
+        pipes,
+        socket_pairs,
+    } = dump_fds(
         pid,
         &fd_entries,
         &mut w,
