@@ -229,7 +229,17 @@ fn main() -> ExitCode {
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {
-            eprintln!("ckpt: {e:#}");
+            // Most of our errors already name their cause in their own message: print each
+            // cause of the chain only once.
+            let mut msg = e.to_string();
+            for cause in e.chain().skip(1) {
+                let c = cause.to_string();
+                if !msg.contains(&c) {
+                    msg.push_str(": ");
+                    msg.push_str(&c);
+                }
+            }
+            eprintln!("ckpt: {msg}");
             ExitCode::FAILURE
         }
     }
