@@ -609,6 +609,8 @@ core::arch::global_asm!(
     "mov eax, -1",
     "mov edx, -1",
     "xsave [rip + ckpt_flush_xsave_area]",
+    // The thread may have been stopped with the direction flag set; the ABI wants it clear.
+    "cld",
     "call {flush}",
     "mov rdi, rax",
     "movabs rsi, {magic}",
@@ -718,7 +720,7 @@ fn adopt_credentials(tid: &[u8]) -> bool {
     if fd < 0 {
         return false;
     }
-    let mut text = [0u8; 8192];
+    let mut text = [0u8; 16384];
     let mut len = 0;
     loop {
         let n = raw::read(fd as i32, text.get_mut(len..).unwrap_or_default());
@@ -731,7 +733,7 @@ fn adopt_credentials(tid: &[u8]) -> bool {
     let text = text.get(..len).unwrap_or_default();
     let mut uid = [0u64; 3];
     let mut gid = [0u64; 3];
-    let mut groups = [0u32; 64];
+    let mut groups = [0u32; 1024];
     let (mut have_uid, mut have_gid, mut ngroups) = (false, false, None);
     for line in text.split(|&b| b == b'\n') {
         let nums = |rest: &[u8], out: &mut [u64]| -> usize {
@@ -755,7 +757,7 @@ fn adopt_credentials(tid: &[u8]) -> bool {
         } else if let Some(rest) = line.strip_prefix(b"Gid:") {
             have_gid = nums(rest, &mut gid) == 3;
         } else if let Some(rest) = line.strip_prefix(b"Groups:") {
-            let mut g = [0u64; 64];
+            let mut g = [0u64; 1024];
             let n = nums(rest, &mut g);
             for (d, s) in groups.iter_mut().zip(g) {
                 *d = s as u32;
@@ -766,14 +768,37 @@ fn adopt_credentials(tid: &[u8]) -> bool {
     let (true, true, Some(ngroups)) = (have_uid, have_gid, ngroups) else {
         return false;
     };
-    // SAFETY: plain credential calls on this thread, `groups` holds `ngroups` entries.
+    // Dropping root: hand the application's directory and our socket to the new user first,
+    // so that this thread can still make its endpoint there later (after a restore).
+    if raw::geteuid() == 0 && uid[1] != 0 {
+        let mut dir = app_path(b"");
+        raw::chown(dir.c_str(), uid[1] as u32, gid[1] as u32);
+        let mut sock = app_path(b"/");
+        sock.num(i64::from(raw::getpid()))
+            .push(SOCKET_SUFFIX.as_bytes());
+        raw::chown(sock.c_str(), uid[1] as u32, gid[1] as u32);
+    }
+    // Changing effective ids resets the process's (mm-wide) dumpable flag: keep the program's.
+    // SAFETY: prctl calls without pointers; credential calls on this thread, `groups` holds
+    // `ngroups` entries.
     unsafe {
+        let dumpable = raw::syscall6(
+            libc::SYS_prctl,
+            [libc::PR_GET_DUMPABLE as u64, 0, 0, 0, 0, 0],
+        );
         raw::syscall6(
             libc::SYS_setgroups,
             [ngroups as u64, groups.as_ptr() as u64, 0, 0, 0, 0],
         );
-        raw::syscall6(libc::SYS_setresgid, [gid[0], gid[1], gid[2], 0, 0, 0]) == 0
-            && raw::syscall6(libc::SYS_setresuid, [uid[0], uid[1], uid[2], 0, 0, 0]) == 0
+        let ok = raw::syscall6(libc::SYS_setresgid, [gid[0], gid[1], gid[2], 0, 0, 0]) == 0
+            && raw::syscall6(libc::SYS_setresuid, [uid[0], uid[1], uid[2], 0, 0, 0]) == 0;
+        if dumpable >= 0 {
+            raw::syscall6(
+                libc::SYS_prctl,
+                [libc::PR_SET_DUMPABLE as u64, dumpable as u64, 0, 0, 0, 0],
+            );
+        }
+        ok
     }
 }
 
@@ -796,11 +821,16 @@ pub fn follow_credentials() {
         for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
             *d = *s as libc::c_char;
         }
-        let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+        // Non-blocking connect: if the control thread is busy (a checkpoint in progress) and
+        // its backlog full, give up; it takes our credentials at its next request anyway.
+        let fd = raw::socket(
+            libc::AF_UNIX,
+            libc::SOCK_STREAM | libc::SOCK_CLOEXEC | libc::SOCK_NONBLOCK,
+        );
         if fd >= 0 {
             let fd = fd as i32;
             raw::set_rcv_timeout(fd, 5);
-            if raw::connect_unix(fd, &addr) == 0 {
+            if raw::connect_unix(fd, &addr) == 0 && raw::fcntl(fd, libc::F_SETFL, 0) == 0 {
                 let mut req = Buf::<48>::new();
                 req.push(b"CREDS ")
                     .num(i64::from(raw::gettid()))

@@ -298,3 +298,8 @@ pub fn pidfd_getfd(pidfd: i32, target: i32) -> i64 {
 pub fn umask(mask: u32) {
     sys!(libc::SYS_umask, mask);
 }
+
+/// `path` must be NUL-terminated.
+pub fn chown(path: &[u8], uid: u32, gid: u32) -> i64 {
+    sys!(libc::SYS_chown, path.as_ptr(), uid, gid)
+}

@@ -607,7 +607,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
             }
             let r = sys::ptrace_getregs(pid).map_err(io_err(pid, "PTRACE_GETREGS"))?;
             // Not while it runs a signal handler on its alternate stack (it may have
-            // interrupted stdio code) or where there is no room below its stack pointer.
+            // interrupted stdio code; with SS_AUTODISARM this cannot be seen).
             let ts = dev.dump_task(pid)?;
             let on_altstack = ts.sas_ss_size != 0
                 && r.rsp >= ts.sas_ss_sp

@@ -44,13 +44,16 @@ pub fn at_safe_point(pid: i32, r: &libc::user_regs_struct) -> bool {
     if r.orig_rax as i64 >= 0 {
         return WAITING_CALLS.contains(&(r.orig_rax as i64));
     }
-    // Running user code: safe unless it is libc's.
+    // Running user code: safe unless it is libc's, or the interceptor's (a flush left
+    // running by an earlier checkpoint that gave up on it).
     let Ok(maps) = proc::maps(&pid.to_string()) else {
         return false;
     };
     !maps.iter().any(|m| {
         let base = m.name.rsplit('/').next().unwrap_or("");
-        (base.starts_with("libc.so") || base.starts_with("libc-"))
+        (base.starts_with("libc.so")
+            || base.starts_with("libc-")
+            || base.starts_with(crate::run::LIBRARY))
             && m.start <= r.rip
             && r.rip < m.end
     })
@@ -135,8 +138,11 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
             match sys::waitpid_nohang(tid)? {
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
                 None => {
+                    // Stop it where it is (in the middle of a write, most likely) at an
+                    // interrupt stop, the state a freeze leaves: other stops on the way (a
+                    // syscall entry or exit, a signal) are passed through.
                     sys::ptrace_interrupt(tid)?;
-                    sys::waitpid(tid, libc::__WALL)?;
+                    to_interrupt_stop(tid, &mut held)?;
                     requeue(tid, &held);
                     return Ok(Flushed::Stuck);
                 }
@@ -159,8 +165,20 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
             }
             continue; // fflush's own write(2)s
         }
-        if status >> 16 != 0 || stop == libc::SIGSTOP || stop == libc::SIGTRAP {
-            continue; // a ptrace event stop, or our own
+        if status >> 16 != 0 {
+            continue; // a ptrace event stop
+        }
+        if [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].contains(&stop) {
+            // fflush itself faulted (a corrupt stream): give up and put everything back.
+            sys::ptrace_setregs(tid, &saved)?;
+            sys::ptrace_set_xstate(tid, &xstate)?;
+            sys::ptrace_interrupt(tid)?;
+            sys::ptrace_cont(tid, 0)?;
+            to_interrupt_stop(tid, &mut held)?;
+            requeue(tid, &held);
+            return Err(std::io::Error::other(format!(
+                "fflush faulted (signal {stop}); nothing changed"
+            )));
         }
         held.push(stop); // a signal for the program: suppressed now, queued again below
     };
@@ -171,22 +189,32 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
     sys::ptrace_set_xstate(tid, &xstate)?;
     sys::ptrace_interrupt(tid)?;
     sys::ptrace_cont(tid, 0)?;
+    to_interrupt_stop(tid, &mut held)?;
+    requeue(tid, &held);
+    Ok(Flushed::Done(outcome))
+}
+
+/// Waits for the interrupt stop a PTRACE_INTERRUPT asked for, letting the thread through any
+/// other stop first (syscall stops; signals, which are held back into `held`).
+fn to_interrupt_stop(tid: i32, held: &mut Vec<i32>) -> std::io::Result<()> {
     loop {
         let status = sys::waitpid(tid, libc::__WALL)?;
         if !libc::WIFSTOPPED(status) {
             return Err(std::io::Error::other("the process died while flushing"));
         }
         if status >> 16 == libc::PTRACE_EVENT_STOP {
-            break;
+            return Ok(());
         }
         let stop = libc::WSTOPSIG(status);
-        if stop != libc::SIGSTOP && stop != libc::SIGTRAP {
+        if stop != libc::SIGTRAP | 0x80 && status >> 16 == 0 {
             held.push(stop);
         }
+        // An interrupt requested while the thread ran is used up by a syscall stop on the way
+        // (seen: a blocked write's exit stop, then the write restarted and blocked again, no
+        // interrupt stop): ask again while it is stopped, which sticks.
+        sys::ptrace_interrupt(tid)?;
         sys::ptrace_cont(tid, 0)?;
     }
-    requeue(tid, &held);
-    Ok(Flushed::Done(outcome))
 }
 
 /// Queues signals held back during the call again (the process is stopped: they stay pending,

@@ -341,8 +341,14 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
             sys::close(fd);
         }
     }
-    // Files are opened, created and bound as the process's own user (not as root, which the
-    // restorer is), in its directory and with its umask.
+    // The process's directory and umask first (as root: a daemon may sit in a directory it
+    // could not enter itself). Then files are created and sockets bound as the process's own
+    // user, so that they belong to it; existing files are opened as it too, and as root only
+    // where it may not (a daemon that opened them before dropping privileges).
+    if let Err(e) = sys::chdir(Path::new(&p.cwd)) {
+        fail(&format!("chdir {}", p.cwd), e);
+    }
+    sys::umask(p.umask);
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => match sys::as_fs_user(c.uid[3], c.gid[3], &c.groups) {
             Ok(g) => Some(g),
@@ -350,10 +356,16 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
         },
         None => None,
     };
-    if let Err(e) = sys::chdir(Path::new(&p.cwd)) {
-        fail(&format!("chdir {}", p.cwd), e);
-    }
-    sys::umask(p.umask);
+    let reopen = |path: &Path, flags: i32| match sys::open(path, flags) {
+        Err(e)
+            if fs_user.is_some()
+                && matches!(e.raw_os_error(), Some(libc::EACCES) | Some(libc::EPERM)) =>
+        {
+            let _root = sys::as_fs_user(0, 0, &[])?;
+            sys::open(path, flags)
+        }
+        r => r,
+    };
     // Temporary fds (pipe ends being handed out) live above everything else.
     let scratch = last_work + 1;
     let mut pipe_ends: Vec<Option<(i32, i32)>> = vec![None; p.pipes.len()];
@@ -364,7 +376,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
             FdKind::InheritStdio { .. } => {}
             FdKind::Path { path, pos } => {
                 let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
-                match sys::open(Path::new(path), flags) {
+                match reopen(Path::new(path), flags) {
                     Ok(n) => {
                         if n != f.fd {
                             if let Err(e) = sys::dup2(n, f.fd) {
@@ -831,7 +843,9 @@ fn virtualize_ids(
 /// capability bounding set and groups while still privileged, uid last with KEEPCAPS so that
 /// the permitted capabilities survive it, then the exact capability sets.
 fn restore_creds(inj: &Injector, p: &Process, tids: &[i32]) -> Result<(), RestoreError> {
-    let scratch = scratch_area(p);
+    // Arguments go below the main thread's saved stack pointer and red zone, and below
+    // whatever they hold (a group list can be long): nothing live is there.
+    let below = |len: usize| (scratch_area(p) - 64 - len as u64) & !15;
     let last_cap: u64 = std::fs::read_to_string("/proc/sys/kernel/cap_last_cap")
         .ok()
         .and_then(|s| s.trim().parse().ok())
@@ -858,6 +872,40 @@ fn restore_creds(inj: &Injector, p: &Process, tids: &[i32]) -> Result<(), Restor
                 [args[0], args[1], args[2], args[3], args[4], 0],
             )
         };
+        // capset(header {version 3, pid 0}, data[2] {effective, permitted, inheritable} as
+        // low and high 32-bit halves), the data at `at`.
+        let capset = |what: &str, eff: u64, prm: u64, inh: u64| {
+            let mut capdata = Vec::new();
+            capdata.extend_from_slice(&0x2008_0522u32.to_le_bytes());
+            capdata.extend_from_slice(&0i32.to_le_bytes());
+            for half in [0, 32] {
+                for set in [eff, prm, inh] {
+                    capdata.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+                }
+            }
+            let at = below(capdata.len());
+            inj.poke(at, &capdata)
+                .map_err(io("writing the capabilities"))?;
+            call(what, libc::SYS_capset, [at, at + 8, 0, 0, 0, 0])
+        };
+        // Nothing of the restorer's ambient set; the inheritable set first, while the
+        // bounding set still allows it (inheritable must stay within it once dropped).
+        prctl(
+            "PR_CAP_AMBIENT_CLEAR_ALL",
+            [
+                libc::PR_CAP_AMBIENT as u64,
+                libc::PR_CAP_AMBIENT_CLEAR_ALL as u64,
+                0,
+                0,
+                0,
+            ],
+        )?;
+        let all = if last_cap >= 63 {
+            u64::MAX
+        } else {
+            (1u64 << (last_cap + 1)) - 1
+        };
+        capset("capset (inheritable)", all, all, c.cap_inheritable & all)?;
         for cap in 0..=last_cap.min(63) {
             if c.cap_bounding & (1 << cap) == 0 {
                 prctl(
@@ -867,39 +915,45 @@ fn restore_creds(inj: &Injector, p: &Process, tids: &[i32]) -> Result<(), Restor
             }
         }
         let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        inj.poke(scratch, &groups)
-            .map_err(io("writing the groups"))?;
+        let at = below(groups.len());
+        inj.poke(at, &groups).map_err(io("writing the groups"))?;
         call(
             "setgroups",
             libc::SYS_setgroups,
-            [c.groups.len() as u64, scratch, 0, 0, 0, 0],
+            [c.groups.len() as u64, at, 0, 0, 0, 0],
         )?;
         let [rg, eg, sg, fg] = c.gid.map(u64::from);
         call("setresgid", libc::SYS_setresgid, [rg, eg, sg, 0, 0, 0])?;
-        call("setfsgid", libc::SYS_setfsgid, [fg, 0, 0, 0, 0, 0])?;
         prctl(
             "PR_SET_KEEPCAPS",
             [libc::PR_SET_KEEPCAPS as u64, 1, 0, 0, 0],
         )?;
         let [ru, eu, su, fu] = c.uid.map(u64::from);
         call("setresuid", libc::SYS_setresuid, [ru, eu, su, 0, 0, 0])?;
-        call("setfsuid", libc::SYS_setfsuid, [fu, 0, 0, 0, 0, 0])?;
-        // capset(header {version 3, pid 0}, data[2] {effective, permitted, inheritable} as
-        // low and high 32-bit halves).
-        let mut capdata = Vec::new();
-        capdata.extend_from_slice(&0x2008_0522u32.to_le_bytes());
-        capdata.extend_from_slice(&0i32.to_le_bytes());
-        for half in [0, 32] {
-            for set in [c.cap_effective, c.cap_permitted, c.cap_inheritable] {
-                capdata.extend_from_slice(&((set >> half) as u32).to_le_bytes());
+        // The filesystem ids follow the effective ones; set them (while the permitted
+        // capabilities still allow any) only where they differed, and check they took:
+        // setfs*id reports the old value, not errors.
+        for (what, nr, want, eff) in [
+            ("setfsgid", libc::SYS_setfsgid, fg, eg),
+            ("setfsuid", libc::SYS_setfsuid, fu, eu),
+        ] {
+            if want != eff {
+                call(what, nr, [want, 0, 0, 0, 0, 0])?;
+                let now = call(what, nr, [u64::from(u32::MAX), 0, 0, 0, 0, 0])?;
+                if now as u64 != want {
+                    return Err(RestoreError::Creds {
+                        tid: t.tid,
+                        what: what.to_owned(),
+                        source: std::io::Error::from_raw_os_error(libc::EPERM),
+                    });
+                }
             }
         }
-        inj.poke(scratch, &capdata)
-            .map_err(io("writing the capabilities"))?;
-        call(
+        capset(
             "capset",
-            libc::SYS_capset,
-            [scratch, scratch + 8, 0, 0, 0, 0],
+            c.cap_effective,
+            c.cap_permitted,
+            c.cap_inheritable,
         )?;
         for cap in 0..=last_cap.min(63) {
             if c.cap_ambient & (1 << cap) != 0 {

@@ -563,6 +563,8 @@ pub fn anonymous_file(dir: &Path, mode: u32) -> io::Result<i32> {
 /// they come back on drop). Raw system calls: per thread, unlike glibc's setgroups.
 pub struct AsFsUser {
     old_groups: Vec<libc::gid_t>,
+    old_fsuid: u32,
+    old_fsgid: u32,
 }
 
 pub fn as_fs_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<AsFsUser> {
@@ -573,6 +575,18 @@ pub fn as_fs_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<AsFsUser> {
         let n = libc::getgroups(n, v.as_mut_ptr());
         v.truncate(n.max(0) as usize);
         v
+    };
+    // SAFETY: setfs*id(-1) only reports the current value.
+    let (old_fsuid, old_fsgid) = unsafe {
+        (
+            libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32,
+            libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
+        )
+    };
+    let guard = AsFsUser {
+        old_groups,
+        old_fsuid,
+        old_fsgid,
     };
     // SAFETY: per-thread credential calls with a list of the stated length.
     unsafe {
@@ -585,20 +599,19 @@ pub fn as_fs_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<AsFsUser> {
         if libc::syscall(libc::SYS_setfsuid, u32::MAX) as u32 != uid
             || libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32 != gid
         {
-            let guard = AsFsUser { old_groups };
             drop(guard);
             return Err(io::Error::from_raw_os_error(libc::EPERM));
         }
     }
-    Ok(AsFsUser { old_groups })
+    Ok(guard)
 }
 
 impl Drop for AsFsUser {
     fn drop(&mut self) {
-        // SAFETY: as above; back to the effective ids and the old groups.
+        // SAFETY: as above; back to the previous filesystem ids and groups.
         unsafe {
-            libc::syscall(libc::SYS_setfsuid, libc::geteuid());
-            libc::syscall(libc::SYS_setfsgid, libc::getegid());
+            libc::syscall(libc::SYS_setfsuid, self.old_fsuid);
+            libc::syscall(libc::SYS_setfsgid, self.old_fsgid);
             libc::syscall(
                 libc::SYS_setgroups,
                 self.old_groups.len(),

@@ -564,3 +564,51 @@ fn a_flush_blocked_on_a_full_pipe_is_saved_midway_and_finishes_by_itself() {
     kill(rpid, libc::SIGKILL);
     reap(rpid);
 }
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_daemon_that_dropped_privileges_restores_and_keeps_its_endpoint() {
+    setup();
+    let d = Dir::new("ic-dropper");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "dropper", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("dropper"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut line = String::new();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
+        &mut line,
+    )
+    .unwrap();
+    assert_eq!(line, "dropped\n");
+    let pid = child.id() as i32;
+    let img = d.path("img");
+    let stats = checkpoint_json(pid, &img, &["--kill"]);
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    child.wait().unwrap();
+    // It holds /etc/shadow, opened as root before it dropped to nobody: restored all the same.
+    let (rpid, _) = restore(&img);
+    assert_eq!(rpid, pid);
+    let fd3 = std::fs::read_link(format!("/proc/{rpid}/fd/3")).unwrap();
+    assert_eq!(fd3, Path::new("/etc/shadow"));
+    let status = std::fs::read_to_string(format!("/proc/{rpid}/status")).unwrap();
+    assert!(
+        status.contains("Uid:\t65534\t65534\t65534\t65534"),
+        "{status}"
+    );
+    // Its control thread, as nobody too, made a new endpoint: checkpointed through it again.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while list_json(&d)[0]["processes"][0]["generation"] != 1 {
+        assert!(Instant::now() < deadline, "{}", list_json(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let stats = checkpoint_json(rpid, &d.path("img2"), &[]);
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    kill(rpid, libc::SIGKILL);
+    reap(rpid);
+}
