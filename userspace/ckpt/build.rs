@@ -23,6 +23,7 @@ fn main() {
         ("app", &["-pthread"]),
         ("printer", &[]),
         ("dropper", &[]),
+        ("forker", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

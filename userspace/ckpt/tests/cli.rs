@@ -285,3 +285,62 @@ fn the_control_thread_follows_the_program_when_it_drops_privileges() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&rt);
 }
+
+#[test]
+fn a_fork_child_without_exec_gets_its_own_control_thread() {
+    let rt = runtime_dir("forker");
+    let mut child = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "forker", "--runtime-dir"])
+        .arg(&rt)
+        .arg("--")
+        .arg(common::prog("forker"))
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    use std::io::BufRead;
+    let mut line = String::new();
+    std::io::BufReader::new(child.stdout.take().unwrap())
+        .read_line(&mut line)
+        .unwrap();
+    let forked: i32 = line
+        .strip_prefix("forked ")
+        .and_then(|p| p.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{line:?}"));
+    // Both answer, each on its own endpoint, each with its own pid.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(20);
+    let info = loop {
+        if let Some(Ok(mut c)) = ckpt::interceptor::Client::connect(forked) {
+            if let Ok(i) = c.info() {
+                break i;
+            }
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the child has no endpoint"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    };
+    assert_eq!(info.0, forked);
+    let mut c = ckpt::interceptor::Client::connect(forked).unwrap().unwrap();
+    let ready = c.prepare().unwrap();
+    assert_eq!(ready.stdio, "infcall");
+    assert_ne!(ready.ctl_tid, forked);
+    assert!(ckpt::proc::has_own_files(forked, ready.ctl_tid));
+    c.done();
+    let list = list_json(&rt);
+    let pids: Vec<i64> = list[0]["processes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| p["pid"].as_i64().unwrap())
+        .collect();
+    assert!(
+        pids.contains(&i64::from(forked)) && pids.contains(&i64::from(child.id())),
+        "{list}"
+    );
+    // SAFETY: signalling our grandchild.
+    unsafe { libc::kill(forked, libc::SIGKILL) };
+    child.kill().unwrap();
+    child.wait().unwrap();
+    let _ = std::fs::remove_dir_all(&rt);
+}
