@@ -170,28 +170,34 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
         }
         if [libc::SIGSEGV, libc::SIGBUS, libc::SIGILL, libc::SIGFPE].contains(&stop) {
             // fflush itself faulted (a corrupt stream): give up and put everything back.
-            sys::ptrace_setregs(tid, &saved)?;
-            sys::ptrace_set_xstate(tid, &xstate)?;
-            sys::ptrace_interrupt(tid)?;
-            sys::ptrace_cont(tid, 0)?;
-            to_interrupt_stop(tid, &mut held)?;
-            requeue(tid, &held);
+            put_back(tid, &saved, &xstate, &mut held)?;
             return Err(std::io::Error::other(format!(
                 "fflush faulted (signal {stop}); nothing changed"
             )));
         }
         held.push(stop); // a signal for the program: suppressed now, queued again below
     };
-    // Exactly the registers of the interrupt stop, the FPU state, and a new interrupt stop to
-    // be in: the kernel's own restart handling then applies when the thread is let go, as if
-    // nothing had happened (a sleep restarts with its remaining time).
-    sys::ptrace_setregs(tid, &saved)?;
-    sys::ptrace_set_xstate(tid, &xstate)?;
+    put_back(tid, &saved, &xstate, &mut held)?;
+    Ok(Flushed::Done(outcome))
+}
+
+/// Puts the thread back as it was frozen: exactly the registers of the interrupt stop, the FPU
+/// state, and a new interrupt stop to be in, so that the kernel's own restart handling applies
+/// when it is let go, as if nothing had happened (a sleep restarts with its remaining time).
+/// Held signals are queued again.
+fn put_back(
+    tid: i32,
+    saved: &libc::user_regs_struct,
+    xstate: &[u8],
+    held: &mut Vec<i32>,
+) -> std::io::Result<()> {
+    sys::ptrace_setregs(tid, saved)?;
+    sys::ptrace_set_xstate(tid, xstate)?;
     sys::ptrace_interrupt(tid)?;
     sys::ptrace_cont(tid, 0)?;
-    to_interrupt_stop(tid, &mut held)?;
-    requeue(tid, &held);
-    Ok(Flushed::Done(outcome))
+    to_interrupt_stop(tid, held)?;
+    requeue(tid, held);
+    Ok(())
 }
 
 /// Waits for the interrupt stop a PTRACE_INTERRUPT asked for, letting the thread through any

@@ -119,16 +119,14 @@ fn run_of_a_static_program_says_so_and_runs_it_without_the_library() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::first_line(&mut child);
     assert!(line.starts_with("ready "), "the program runs: {line:?}");
     let mut err = String::new();
-    std::io::BufReader::new(child.stderr.take().unwrap())
-        .read_line(&mut err)
-        .unwrap();
+    std::io::BufRead::read_line(
+        &mut std::io::BufReader::new(child.stderr.take().unwrap()),
+        &mut err,
+    )
+    .unwrap();
     assert!(
         err.contains("is statically linked") && err.contains("plain path"),
         "{err}"
@@ -252,11 +250,7 @@ fn the_control_thread_follows_the_program_when_it_drops_privileges() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::first_line(&mut child);
     assert_eq!(line, "dropped\n");
     let pid = child.id();
     let status_of =
@@ -297,11 +291,7 @@ fn a_fork_child_without_exec_gets_its_own_control_thread() {
         .stdout(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    use std::io::BufRead;
-    let mut line = String::new();
-    std::io::BufReader::new(child.stdout.take().unwrap())
-        .read_line(&mut line)
-        .unwrap();
+    let line = common::first_line(&mut child);
     let forked: i32 = line
         .strip_prefix("forked ")
         .and_then(|p| p.trim().parse().ok())

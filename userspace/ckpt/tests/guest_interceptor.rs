@@ -579,12 +579,7 @@ fn a_daemon_that_dropped_privileges_restores_and_keeps_its_endpoint() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = common::first_line(&mut child);
     assert_eq!(line, "dropped\n");
     let pid = child.id() as i32;
     let img = d.path("img");

@@ -591,12 +591,7 @@ fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = common::first_line(&mut child);
     assert_eq!(line, "ready\n");
     let pid = child.id().to_string();
     let info = ok(&ckpt(&[
@@ -686,12 +681,7 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
         .stdout(Stdio::piped())
         .spawn()
         .unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = common::first_line(&mut child);
     assert_eq!(line, "ready\n");
     let pid = child.id() as i32;
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -804,12 +794,7 @@ fn credentials_of_an_unprivileged_threaded_process_come_back() {
         });
     }
     let mut child = cmd.spawn().unwrap();
-    let mut line = String::new();
-    std::io::BufRead::read_line(
-        &mut std::io::BufReader::new(child.stdout.take().unwrap()),
-        &mut line,
-    )
-    .unwrap();
+    let line = common::first_line(&mut child);
     assert_eq!(line, "ready\n");
     let pid = child.id() as i32;
     let before = creds_of(pid);
