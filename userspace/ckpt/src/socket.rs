@@ -316,8 +316,8 @@ fn unix_diag(ino: u64) -> std::io::Result<(Option<u32>, u8)> {
     req.extend_from_slice(&UDIAG_SHOW_PEER.to_ne_bytes());
     req.extend_from_slice(&u32::MAX.to_ne_bytes()); // no cookie
     req.extend_from_slice(&u32::MAX.to_ne_bytes());
-    // SAFETY: sends the request buffer; receives into a buffer of the given length.
     let mut buf = vec![0u8; 8192];
+    // SAFETY: sends the request buffer; receives into a buffer of the given length.
     let n = unsafe {
         if libc::send(sock.as_raw_fd(), req.as_ptr().cast(), req.len(), 0) < 0 {
             return Err(std::io::Error::last_os_error());
