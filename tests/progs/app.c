@@ -2,7 +2,7 @@
  * whose threads sit in the blocking calls a checkpoint must not disturb.
  *   app DIR PORT
  * Threads: accept() on 127.0.0.1:PORT (answers "pong VPID\n"), read() on a pipe, poll() with a
- * timeout, nanosleep(), a condition variable, and three workers (mutex, __thread counter,
+ * timeout, nanosleep(), a condition variable, epoll_wait() with no timeout, and two workers (mutex, __thread counter,
  * name, signal mask). The main thread prints "line N" to stdout (fully buffered FILE*, never
  * flushed by hand) every 5 ms and rewrites DIR/progress with its counters; it checks that
  * getpid/gettid/kill/tgkill/raise/sched_getaffinity and /proc/<getpid()> still work with the
@@ -21,6 +21,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/epoll.h>
 #include <sys/socket.h>
 #include <sys/syscall.h>
 #include <time.h>
@@ -30,9 +31,10 @@ static char dir[512];
 static int bad_fd, port;
 static pid_t pid0;
 static volatile unsigned long sigs_seen;       /* bit n-1: signal n arrived */
-static volatile unsigned long usr2_count, eintr, accepted, pipe_reads, polls, sleeps, conds, work;
+static volatile unsigned long usr2_count, eintr, accepted, pipe_reads, polls, sleeps, conds, work,
+	epolls;
 static volatile int stop;
-static int data_pipe[2], poll_pipe[2];
+static int data_pipe[2], poll_pipe[2], epoll_pipe[2];
 static pthread_mutex_t lock = PTHREAD_MUTEX_INITIALIZER;
 static pthread_cond_t cond = PTHREAD_COND_INITIALIZER;
 static unsigned long tick;
@@ -160,6 +162,30 @@ static void *sleeper(void *arg)
 	return NULL;
 }
 
+static void *epoller(void *arg)
+{
+	pid_t tid = gettid();
+	pthread_setname_np(pthread_self(), "epoller");
+	int ep = epoll_create1(EPOLL_CLOEXEC);
+	struct epoll_event ev = { .events = EPOLLIN };
+	if (ep < 0 || epoll_ctl(ep, EPOLL_CTL_ADD, epoll_pipe[0], &ev) != 0)
+		bad("bad-epoll-setup %d\n", errno);
+	for (;;) {
+		struct epoll_event got;
+		int r = epoll_wait(ep, &got, 1, -1);
+		if (r < 0 && errno == EINTR) {
+			eintr++;
+			continue;
+		}
+		char b;
+		if (r != 1 || read(epoll_pipe[0], &b, 1) != 1)
+			bad("bad-epoll %d %d\n", r, errno);
+		epolls++;
+		check_thread("epoller", tid);
+	}
+	return NULL;
+}
+
 static void *waiter(void *arg)
 {
 	pid_t tid = gettid();
@@ -213,9 +239,9 @@ static void write_progress(void)
 	snprintf(path, sizeof(path), "%s/progress", dir);
 	int n = snprintf(line, sizeof(line),
 			 "tick=%lu pid=%d eintr=%lu sigs=%#lx usr2=%lu accepted=%lu pipe=%lu poll=%lu "
-			 "sleep=%lu cond=%lu work=%lu\n",
+			 "sleep=%lu cond=%lu work=%lu epoll=%lu\n",
 			 tick, getpid(), eintr, sigs_seen, usr2_count, accepted, pipe_reads, polls,
-			 sleeps, conds, work);
+			 sleeps, conds, work, epolls);
 	int fd = open(path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
 	if (fd < 0 || write(fd, line, n) != n)
 		bad("bad-progress %d\n", errno);
@@ -280,7 +306,7 @@ int main(int argc, char **argv)
 		perror("listen");
 		return 2;
 	}
-	if (pipe(data_pipe) != 0 || pipe(poll_pipe) != 0)
+	if (pipe(data_pipe) != 0 || pipe(poll_pipe) != 0 || pipe(epoll_pipe) != 0)
 		return 2;
 	pthread_t t;
 	pthread_create(&t, NULL, acceptor, (void *)(long)ls);
@@ -288,7 +314,8 @@ int main(int argc, char **argv)
 	pthread_create(&t, NULL, poller, NULL);
 	pthread_create(&t, NULL, sleeper, NULL);
 	pthread_create(&t, NULL, waiter, NULL);
-	for (long i = 0; i < 3; i++)
+	pthread_create(&t, NULL, epoller, NULL);
+	for (long i = 0; i < 2; i++)
 		pthread_create(&t, NULL, worker, (void *)i);
 
 	pid_t tid = gettid();
@@ -302,6 +329,8 @@ int main(int argc, char **argv)
 		printf("line %lu\n", tick);
 		if (tick % 20 == 0 && write(data_pipe[1], "x", 1) != 1)
 			bad("bad-pipe-write %d\n", errno);
+		if (tick % 20 == 10 && write(epoll_pipe[1], "e", 1) != 1)
+			bad("bad-epoll-write %d\n", errno);
 		if (tick % 50 == 0) {
 			check_thread("app", tid);
 			check_process();

@@ -137,6 +137,37 @@ fn freeze_all(pid: i32, seized: &mut Seized) -> Result<(), CheckpointError> {
     )))
 }
 
+/// System calls that fail with EINTR when a stop interrupts them, even with no signal handler
+/// run (signal(7)): the kernel does not restart them after a freeze as it does the others.
+const NEVER_RESTARTED: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_io_getevents,
+    333, // io_pgetevents (not in the libc crate)
+];
+
+/// If frozen thread `tid` is about to return EINTR from one of `NEVER_RESTARTED` only because
+/// of the freeze (no signal of its own deliverable), points it back at the call so that it is
+/// made again (its timeout starts over), in the live process and in the image.
+fn redo_interrupted_call(tid: i32) -> std::io::Result<()> {
+    let mut r = sys::ptrace_getregs(tid)?;
+    if !(NEVER_RESTARTED.contains(&(r.orig_rax as i64)) && r.rax as i64 == -(libc::EINTR as i64)) {
+        return Ok(());
+    }
+    let (own, shared) = proc::pending_signals(tid)?;
+    let blocked = sys::ptrace_get_sigmask(tid)?;
+    if (own | shared) & !blocked != 0 {
+        return Ok(()); // a real signal interrupts it: EINTR is the program's to see
+    }
+    r.rax = r.orig_rax;
+    r.rip -= 2;
+    sys::ptrace_setregs(tid, &r)
+}
+
 /// What is saved of one thread, before its XSAVE blob gets a section.
 struct ThreadState {
     tid: i32,
@@ -269,6 +300,9 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
     if e.target.ends_with(" (deleted)") {
         return Err(unsupported("deleted files are not supported yet"));
     }
+    if e.target == "anon_inode:[eventpoll]" {
+        return epoll_kind(pid, e);
+    }
     if !e.target.starts_with('/') {
         return Err(unsupported(
             "pipes, sockets and other special files are not supported yet",
@@ -297,6 +331,39 @@ struct Interceptor {
     ready: crate::interceptor::Ready,
     app_id: String,
     own_fds: Vec<i32>,
+}
+
+/// An epoll instance: what it watches, each watched file checked to still be the process's
+/// fd of the number it was added under (epoll keeps watching a file after that fd is closed).
+fn epoll_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
+    let unsupported = |why: String| CheckpointError::UnsupportedSocket {
+        pid,
+        fd: e.fd,
+        target: e.target.clone(),
+        why,
+    };
+    let watches =
+        proc::epoll_watches(pid, e.fd).map_err(io_err(pid, "reading an epoll instance"))?;
+    let mut out = Vec::new();
+    for (fd, events, data, ino) in watches {
+        use std::os::unix::fs::MetadataExt;
+        let same = std::fs::metadata(format!("/proc/{pid}/fd/{fd}")).is_ok_and(|m| m.ino() == ino);
+        if !same {
+            return Err(unsupported(format!(
+                "it watches a file that is no longer open as fd {fd}"
+            )));
+        }
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}"))
+            .map(|t| t.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        if target == "anon_inode:[eventpoll]" {
+            return Err(unsupported(
+                "epoll instances watching other epoll instances are not supported yet".into(),
+            ));
+        }
+        out.push(crate::image::EpollWatch { fd, events, data });
+    }
+    Ok(FdKind::Epoll { watches: out })
 }
 
 /// Records the descriptors: pipes with both ends inside (and their unread bytes, peeked with
@@ -651,6 +718,12 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
              get written after a restore",
             i.ready.stdio
         );
+    }
+
+    // A thread the freeze took out of a call the kernel never restarts (epoll_wait...) holds
+    // EINTR for the program: make it redo the call instead, as it does for the others.
+    for &tid in &seized.tids {
+        redo_interrupted_call(tid).map_err(io_err(pid, "redoing an interrupted call"))?;
     }
 
     // Thread state.

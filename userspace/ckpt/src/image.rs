@@ -318,6 +318,9 @@ pub enum FdKind {
         /// IPV6_V6ONLY (AF_INET6 only).
         v6_only: bool,
     },
+    /// An epoll instance and what it watches (fds of the same process, added again on
+    /// restore once every other fd exists).
+    Epoll { watches: Vec<EpollWatch> },
     /// One end of a connected pair of UNIX stream sockets whose both ends the process holds
     /// (socketpair(2)); `pair` indexes `Process::socket_pairs`, `end` is 0 or 1.
     SocketPairEnd { pair: usize, end: usize },
@@ -328,6 +331,15 @@ pub enum FdKind {
         mode: u32,
         data_section: usize,
     },
+}
+
+/// One file an epoll instance watches: its fd number, the event mask (with EPOLLET,
+/// EPOLLONESHOT... as the kernel keeps them) and the user data.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct EpollWatch {
+    pub fd: i32,
+    pub events: u32,
+    pub data: u64,
 }
 
 /// A socket pair inside the process, with what was queued at each end.
@@ -942,6 +954,12 @@ impl Image {
                 let ok = match &f.kind {
                     FdKind::Pipe { pipe, .. } => *pipe < p.pipes.len(),
                     FdKind::SocketPairEnd { pair, end } => *pair < p.socket_pairs.len() && *end < 2,
+                    FdKind::Epoll { watches } => watches.iter().all(|w| {
+                        w.fd >= 0
+                            && p.fds
+                                .iter()
+                                .any(|o| o.fd == w.fd && !matches!(o.kind, FdKind::Epoll { .. }))
+                    }),
                     FdKind::Listen { family, addr, .. } => {
                         crate::socket::valid_address(*family, addr)
                     }

@@ -125,6 +125,14 @@ pub fn summary(img: &Image) -> String {
                     let bytes = sp.data_sections[*end].map_or(0, |i| m.sections[i].len);
                     format!("socket pair {pair} end {end} ({bytes} bytes unread)")
                 }
+                FdKind::Epoll { watches } => format!(
+                    "epoll watching fds {}",
+                    watches
+                        .iter()
+                        .map(|w| w.fd.to_string())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
                 FdKind::InheritStdio { was } => format!("inherited from the restorer (was {was})"),
                 FdKind::Pipe { pipe, write_end } => {
                     let bytes = p.pipes[*pipe].data_section.map_or(0, |i| m.sections[i].len);

@@ -266,3 +266,44 @@ pub fn dumpable(pid: i32, euid: u32) -> Option<bool> {
     let owner = fs::metadata(format!("/proc/{pid}")).ok()?.uid();
     Some(!(owner == 0 && euid != 0))
 }
+
+/// What epoll instance `fd` of `pid` watches, from its fdinfo: (fd, events, data, inode).
+pub fn epoll_watches(pid: i32, fd: i32) -> io::Result<Vec<(i32, u32, u64, u64)>> {
+    let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    let bad = || {
+        io::Error::new(
+            io::ErrorKind::InvalidData,
+            format!("unexpected /proc/{pid}/fdinfo/{fd}"),
+        )
+    };
+    let mut out = Vec::new();
+    for line in text.lines().filter(|l| l.starts_with("tfd:")) {
+        // "tfd:        5 events:       19 data:                5  pos:0 ino:3e8 sdev:d"
+        let words: Vec<&str> = line.split_whitespace().collect();
+        let value = |key: &str| {
+            words
+                .iter()
+                .position(|w| *w == key)
+                .and_then(|i| words.get(i + 1))
+                .copied()
+                .or_else(|| {
+                    words
+                        .iter()
+                        .find_map(|w| w.strip_prefix(key))
+                        .filter(|v| !v.is_empty())
+                })
+        };
+        let tfd = value("tfd:").and_then(|v| v.parse().ok()).ok_or_else(bad)?;
+        let events = value("events:")
+            .and_then(|v| u32::from_str_radix(v, 16).ok())
+            .ok_or_else(bad)?;
+        let data = value("data:")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(bad)?;
+        let ino = value("ino:")
+            .and_then(|v| u64::from_str_radix(v, 16).ok())
+            .ok_or_else(bad)?;
+        out.push((tfd, events, data, ino));
+    }
+    Ok(out)
+}

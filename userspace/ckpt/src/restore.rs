@@ -422,6 +422,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                     fail(&format!("placing fd {}", f.fd), e);
                 }
             }
+            FdKind::Epoll { .. } => {} // below, once every fd it watches exists
             FdKind::SocketPairEnd { pair, end } => {
                 let ends = match pair_ends[*pair] {
                     Some(ends) => ends,
@@ -515,6 +516,20 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
     for [a, b] in pair_ends.into_iter().flatten() {
         sys::close(a);
         sys::close(b);
+    }
+    for f in &p.fds {
+        if let FdKind::Epoll { watches } = &f.kind {
+            let cloexec = f.flags as i32 & libc::O_CLOEXEC != 0;
+            if let Err(e) = sys::epoll_with(watches, cloexec).and_then(|ep| {
+                if ep != f.fd {
+                    sys::dup2(ep, f.fd)?;
+                    sys::close(ep);
+                }
+                Ok(())
+            }) {
+                fail(&format!("recreating the epoll instance of fd {}", f.fd), e);
+            }
+        }
     }
 
     drop(fs_user);

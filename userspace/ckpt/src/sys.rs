@@ -620,3 +620,26 @@ impl Drop for AsFsUser {
         }
     }
 }
+
+/// A new epoll instance watching `watches` (fds of this process). Returns its fd.
+pub fn epoll_with(watches: &[crate::image::EpollWatch], cloexec: bool) -> io::Result<i32> {
+    // SAFETY: epoll_create1 makes a new fd; epoll_ctl reads one epoll_event per call.
+    unsafe {
+        let ep = libc::epoll_create1(if cloexec { libc::EPOLL_CLOEXEC } else { 0 });
+        if ep < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        for w in watches {
+            let mut ev = libc::epoll_event {
+                events: w.events,
+                u64: w.data,
+            };
+            if libc::epoll_ctl(ep, libc::EPOLL_CTL_ADD, w.fd, &mut ev) != 0 {
+                let e = io::Error::last_os_error();
+                libc::close(ep);
+                return Err(e);
+            }
+        }
+        Ok(ep)
+    }
+}

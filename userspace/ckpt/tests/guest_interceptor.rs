@@ -1,6 +1,6 @@
 //! The interceptor path, end to end, in the guest (ignored natively: they need /dev/ckpt).
 //!
-//! The target is tests/progs/app.c run under `ckpt run`: eight threads sitting in accept,
+//! The target is tests/progs/app.c run under `ckpt run`: eight threads sitting in accept, epoll_wait,
 //! read on a pipe, poll, nanosleep, a condition variable and a mutex; handlers on every
 //! catchable signal; stdout through a fully buffered FILE*; and self-checks of its ids
 //! (getpid, gettid, kill, tgkill, raise, sched_getaffinity, /proc/<getpid()>) written to
@@ -212,7 +212,7 @@ fn check_running(d: &Dir, port: u16, vpid: i32, accepted_before: u64) {
     let t = counter(d, "tick");
     // Past two rounds of the app's self-checks (every 50 ticks).
     wait_progress(d, "tick", t + 120);
-    for key in ["pipe", "poll", "sleep", "cond", "work"] {
+    for key in ["pipe", "poll", "sleep", "cond", "work", "epoll"] {
         let v = counter(d, key);
         wait_progress(d, key, v + 1);
     }
