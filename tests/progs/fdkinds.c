@@ -5,13 +5,18 @@
  * SIGUSR1 it reports to OUTFILE what it finds: "pipe:<unread bytes>", "deleted:<content>",
  * "deleted-pos:<offset>", "pipe-again:<bytes written and read back>", "sp-a:<queued at 7>",
  * "sp-b:<queued at 8>", "sp-again:<sent on 7, read on 8>", then "done". Prints "ready" on
- * stdout when set up. */
+ * stdout when set up. Also an eventfd (fd 9, count 7, close-on-exec, non-blocking) and a
+ * signalfd (fd 10) for SIGUSR2, which is blocked: reported as "efd:<count read>" and
+ * "sfd:<signal read, or none>". */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
 #include <string.h>
+#include <sys/eventfd.h>
+#include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <stdint.h>
 #include <unistd.h>
 
 static volatile sig_atomic_t go;
@@ -40,6 +45,12 @@ int main(int argc, char **argv)
 	if (write(sp[0], "queued-for-b", 12) != 12 || write(sp[1], "queued-for-a", 12) != 12)
 		return 1;
 	fcntl(sp[1], F_SETFL, O_NONBLOCK);
+	sigset_t usr2;
+	sigemptyset(&usr2);
+	sigaddset(&usr2, SIGUSR2);
+	sigprocmask(SIG_BLOCK, &usr2, NULL);
+	if (eventfd(7, EFD_CLOEXEC | EFD_NONBLOCK) != 9 || signalfd(-1, &usr2, SFD_NONBLOCK) != 10)
+		return 1;
 	signal(SIGUSR1, on_usr1);
 	printf("ready\n");
 	fflush(stdout);
@@ -71,6 +82,16 @@ int main(int argc, char **argv)
 		n = read(sp[1], buf, sizeof(buf) - 1);
 		buf[n > 0 ? n : 0] = 0;
 		dprintf(out, "sp-again:%s\n", buf);
+		uint64_t count = 0;
+		if (read(9, &count, 8) == 8)
+			dprintf(out, "efd:%llu\n", (unsigned long long)count);
+		else
+			dprintf(out, "efd:none\n");
+		struct signalfd_siginfo si;
+		if (read(10, &si, sizeof(si)) == sizeof(si))
+			dprintf(out, "sfd:%u\n", si.ssi_signo);
+		else
+			dprintf(out, "sfd:none\n");
 		dprintf(out, "done\n");
 	}
 }

@@ -303,6 +303,28 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
     if e.target == "anon_inode:[eventpoll]" {
         return epoll_kind(pid, e);
     }
+    let hex = |name: &str| {
+        proc::fdinfo_field(pid, e.fd, name)
+            .ok()
+            .and_then(|v| u64::from_str_radix(&v, 16).ok())
+            .ok_or(CheckpointError::UnsupportedFd {
+                pid,
+                fd: e.fd,
+                target: e.target.clone(),
+                why: "its state is not readable in /proc/PID/fdinfo",
+            })
+    };
+    if e.target == "anon_inode:[eventfd]" {
+        return Ok(FdKind::EventFd {
+            count: hex("eventfd-count")?,
+            semaphore: proc::fdinfo_field(pid, e.fd, "eventfd-semaphore").is_ok_and(|v| v == "1"),
+        });
+    }
+    if e.target == "anon_inode:[signalfd]" {
+        return Ok(FdKind::SignalFd {
+            mask: hex("sigmask")?,
+        });
+    }
     if !e.target.starts_with('/') {
         return Err(unsupported(
             "pipes, sockets and other special files are not supported yet",

@@ -318,6 +318,10 @@ pub enum FdKind {
         /// IPV6_V6ONLY (AF_INET6 only).
         v6_only: bool,
     },
+    /// An eventfd with its counter.
+    EventFd { count: u64, semaphore: bool },
+    /// A signalfd with the signals it takes (a mask, bit n-1 for signal n).
+    SignalFd { mask: u64 },
     /// An epoll instance and what it watches (fds of the same process, added again on
     /// restore once every other fd exists).
     Epoll { watches: Vec<EpollWatch> },

@@ -125,6 +125,11 @@ pub fn summary(img: &Image) -> String {
                     let bytes = sp.data_sections[*end].map_or(0, |i| m.sections[i].len);
                     format!("socket pair {pair} end {end} ({bytes} bytes unread)")
                 }
+                FdKind::EventFd { count, semaphore } => format!(
+                    "eventfd (count {count}{})",
+                    if *semaphore { ", semaphore" } else { "" }
+                ),
+                FdKind::SignalFd { mask } => format!("signalfd (signals {mask:#x})"),
                 FdKind::Epoll { watches } => format!(
                     "epoll watching fds {}",
                     watches

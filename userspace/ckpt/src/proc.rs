@@ -307,3 +307,17 @@ pub fn epoll_watches(pid: i32, fd: i32) -> io::Result<Vec<(i32, u32, u64, u64)>>
     }
     Ok(out)
 }
+
+/// A field of /proc/PID/fdinfo/FD ("name:" followed by a value).
+pub fn fdinfo_field(pid: i32, fd: i32, name: &str) -> io::Result<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| {
+            io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("/proc/{pid}/fdinfo/{fd} has no {name}"),
+            )
+        })
+}

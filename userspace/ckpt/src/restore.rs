@@ -423,6 +423,28 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                 }
             }
             FdKind::Epoll { .. } => {} // below, once every fd it watches exists
+            FdKind::EventFd { count, semaphore } => {
+                if let Err(e) = sys::eventfd_with(*count, *semaphore).and_then(|n| {
+                    if n != f.fd {
+                        sys::dup2(n, f.fd)?;
+                        sys::close(n);
+                    }
+                    sys::set_fl(f.fd, keep_flags(f.flags))
+                }) {
+                    fail(&format!("recreating the eventfd of fd {}", f.fd), e);
+                }
+            }
+            FdKind::SignalFd { mask } => {
+                if let Err(e) = sys::signalfd_with(*mask).and_then(|n| {
+                    if n != f.fd {
+                        sys::dup2(n, f.fd)?;
+                        sys::close(n);
+                    }
+                    sys::set_fl(f.fd, keep_flags(f.flags))
+                }) {
+                    fail(&format!("recreating the signalfd of fd {}", f.fd), e);
+                }
+            }
             FdKind::SocketPairEnd { pair, end } => {
                 let ends = match pair_ends[*pair] {
                     Some(ends) => ends,
@@ -528,6 +550,15 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                 Ok(())
             }) {
                 fail(&format!("recreating the epoll instance of fd {}", f.fd), e);
+            }
+        }
+    }
+    // Close-on-exec as it was (dup2 cleared it on every fd placed that way).
+    for f in &p.fds {
+        if !matches!(f.kind, FdKind::InheritStdio { .. }) {
+            let cloexec = f.flags as i32 & libc::O_CLOEXEC != 0;
+            if let Err(e) = sys::set_cloexec(f.fd, cloexec) {
+                fail(&format!("setting close-on-exec on fd {}", f.fd), e);
             }
         }
     }

@@ -643,3 +643,48 @@ pub fn epoll_with(watches: &[crate::image::EpollWatch], cloexec: bool) -> io::Re
         Ok(ep)
     }
 }
+
+/// A new eventfd holding `count` (any 64-bit value: written after creation).
+pub fn eventfd_with(count: u64, semaphore: bool) -> io::Result<i32> {
+    // SAFETY: eventfd makes a new fd; the write reads 8 bytes from `count`.
+    unsafe {
+        let fd = libc::eventfd(0, if semaphore { libc::EFD_SEMAPHORE } else { 0 });
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if count > 0 && libc::write(fd, (&count as *const u64).cast(), 8) != 8 {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}
+
+/// A new signalfd for the signals in `mask` (bit n-1 for signal n).
+pub fn signalfd_with(mask: u64) -> io::Result<i32> {
+    // SAFETY: sigset_t is plain data; signalfd reads it.
+    unsafe {
+        let mut set: libc::sigset_t = std::mem::zeroed();
+        libc::sigemptyset(&mut set);
+        for sig in 1..=64 {
+            if mask & (1u64 << (sig - 1)) != 0 {
+                libc::sigaddset(&mut set, sig);
+            }
+        }
+        let fd = libc::signalfd(-1, &set, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        Ok(fd)
+    }
+}
+
+pub fn set_cloexec(fd: i32, on: bool) -> io::Result<()> {
+    // SAFETY: F_SETFD on an fd number.
+    let r = unsafe { libc::fcntl(fd, libc::F_SETFD, if on { libc::FD_CLOEXEC } else { 0 }) };
+    if r != 0 {
+        return Err(io::Error::last_os_error());
+    }
+    Ok(())
+}

@@ -582,7 +582,7 @@ fn a_blocked_pending_signal_stays_pending() {
 
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
+fn pipes_socket_pairs_eventfd_signalfd_and_deleted_files() {
     let (_m, d, out, img) = begin("fdkinds", false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
@@ -608,12 +608,18 @@ fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
         summary.contains("13 bytes unread")
             && summary.contains("(deleted; 21 bytes saved, pos 8)")
             && summary.contains("socket pair 0 end 0 (12 bytes unread)")
-            && summary.contains("socket pair 0 end 1 (12 bytes unread)"),
+            && summary.contains("socket pair 0 end 1 (12 bytes unread)")
+            && summary.contains("eventfd (count 7)")
+            && summary.contains("signalfd (signals 0x800)"),
         "{summary}"
     );
     let pid = restore(&img);
+    // SIGUSR2 is blocked there and goes to its signalfd; SIGUSR1 asks for the report.
     // SAFETY: signalling the restored process.
-    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    unsafe {
+        assert_eq!(libc::kill(pid, libc::SIGUSR2), 0);
+        assert_eq!(libc::kill(pid, libc::SIGUSR1), 0);
+    }
     wait_text(&out, 0, "done");
     let text = text_after(&out, 0);
     for want in [
@@ -624,6 +630,8 @@ fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
         "sp-a:queued-for-a\n",
         "sp-b:queued-for-b\n",
         "sp-again:again2\n",
+        "efd:7\n",
+        "sfd:12\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
@@ -636,6 +644,18 @@ fn pipes_socket_pairs_with_unread_data_and_deleted_files() {
         fd5.to_string_lossy().starts_with("pipe:") && fd5 == fd6,
         "{fd5:?} {fd6:?}"
     );
+    // 9, the eventfd, kept close-on-exec; 6 (a pipe end) did not have it.
+    let cloexec = |fd: i32| {
+        let info = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}")).unwrap();
+        let flags = info
+            .lines()
+            .find_map(|l| l.strip_prefix("flags:"))
+            .map(|v| u32::from_str_radix(v.trim(), 8).unwrap())
+            .unwrap();
+        flags & libc::O_CLOEXEC as u32 != 0
+    };
+    assert!(cloexec(9));
+    assert!(!cloexec(6));
     // 7 and 8: the two ends of a socket pair (two sockets).
     let fd7 = std::fs::read_link(format!("/proc/{pid}/fd/7")).unwrap();
     let fd8 = std::fs::read_link(format!("/proc/{pid}/fd/8")).unwrap();
