@@ -7,7 +7,8 @@
  * "sp-b:<queued at 8>", "sp-again:<sent on 7, read on 8>", then "done". Prints "ready" on
  * stdout when set up. Also an eventfd (fd 9, count 7, close-on-exec, non-blocking) and a
  * signalfd (fd 10) for SIGUSR2, which is blocked: reported as "efd:<count read>" and
- * "sfd:<signal read, or none>". */
+ * "sfd:<signal read, or none>". A timerfd (fd 11) armed for 100 s, then every hour: reported
+ * as "tfd:armed <interval seconds>" if it is still armed. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -16,6 +17,7 @@
 #include <sys/eventfd.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
+#include <sys/timerfd.h>
 #include <stdint.h>
 #include <unistd.h>
 
@@ -50,6 +52,9 @@ int main(int argc, char **argv)
 	sigaddset(&usr2, SIGUSR2);
 	sigprocmask(SIG_BLOCK, &usr2, NULL);
 	if (eventfd(7, EFD_CLOEXEC | EFD_NONBLOCK) != 9 || signalfd(-1, &usr2, SFD_NONBLOCK) != 10)
+		return 1;
+	struct itimerspec its = { .it_interval = { 3600, 0 }, .it_value = { 100, 0 } };
+	if (timerfd_create(CLOCK_MONOTONIC, TFD_NONBLOCK) != 11 || timerfd_settime(11, 0, &its, NULL) != 0)
 		return 1;
 	signal(SIGUSR1, on_usr1);
 	printf("ready\n");
@@ -92,6 +97,11 @@ int main(int argc, char **argv)
 			dprintf(out, "sfd:%u\n", si.ssi_signo);
 		else
 			dprintf(out, "sfd:none\n");
+		struct itimerspec now;
+		if (timerfd_gettime(11, &now) == 0 && (now.it_value.tv_sec || now.it_value.tv_nsec))
+			dprintf(out, "tfd:armed %ld\n", (long)now.it_interval.tv_sec);
+		else
+			dprintf(out, "tfd:disarmed\n");
 		dprintf(out, "done\n");
 	}
 }

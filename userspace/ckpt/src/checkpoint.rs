@@ -320,6 +320,42 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
             semaphore: proc::fdinfo_field(pid, e.fd, "eventfd-semaphore").is_ok_and(|v| v == "1"),
         });
     }
+    if e.target == "anon_inode:[timerfd]" {
+        // "it_value: (SECONDS, NANOSECONDS)", the time left; "it_interval: (...)".
+        let ns = |name: &str| {
+            proc::fdinfo_field(pid, e.fd, name).ok().and_then(|v| {
+                let (s, n) = v.trim_matches(|c| c == '(' || c == ')').split_once(',')?;
+                let (s, n): (u64, u64) = (s.trim().parse().ok()?, n.trim().parse().ok()?);
+                s.checked_mul(1_000_000_000)?.checked_add(n)
+            })
+        };
+        let num = |name: &str| {
+            proc::fdinfo_field(pid, e.fd, name)
+                .ok()
+                .and_then(|v| v.parse::<u64>().ok())
+        };
+        return match (
+            num("clockid"),
+            ns("it_value"),
+            ns("it_interval"),
+            num("ticks"),
+        ) {
+            (Some(clockid), Some(value_ns), Some(interval_ns), Some(ticks)) => {
+                Ok(FdKind::TimerFd {
+                    clockid: clockid as i32,
+                    value_ns,
+                    interval_ns,
+                    ticks,
+                })
+            }
+            _ => Err(CheckpointError::UnsupportedFd {
+                pid,
+                fd: e.fd,
+                target: e.target.clone(),
+                why: "its timer is not readable in /proc/PID/fdinfo",
+            }),
+        };
+    }
     if e.target == "anon_inode:[signalfd]" {
         return Ok(FdKind::SignalFd {
             mask: hex("sigmask")?,

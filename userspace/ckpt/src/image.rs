@@ -322,6 +322,14 @@ pub enum FdKind {
     EventFd { count: u64, semaphore: bool },
     /// A signalfd with the signals it takes (a mask, bit n-1 for signal n).
     SignalFd { mask: u64 },
+    /// A timerfd: its clock, the time left until it fires and its interval (nanoseconds),
+    /// and expirations not read yet.
+    TimerFd {
+        clockid: i32,
+        value_ns: u64,
+        interval_ns: u64,
+        ticks: u64,
+    },
     /// An epoll instance and what it watches (fds of the same process, added again on
     /// restore once every other fd exists).
     Epoll { watches: Vec<EpollWatch> },

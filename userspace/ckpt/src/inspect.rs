@@ -130,6 +130,16 @@ pub fn summary(img: &Image) -> String {
                     if *semaphore { ", semaphore" } else { "" }
                 ),
                 FdKind::SignalFd { mask } => format!("signalfd (signals {mask:#x})"),
+                FdKind::TimerFd {
+                    clockid,
+                    value_ns,
+                    interval_ns,
+                    ticks,
+                } => format!(
+                    "timerfd (clock {clockid}, fires in {:.3} s, every {:.3} s, {ticks} unread)",
+                    *value_ns as f64 / 1e9,
+                    *interval_ns as f64 / 1e9
+                ),
                 FdKind::Epoll { watches } => format!(
                     "epoll watching fds {}",
                     watches

@@ -434,6 +434,24 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                     fail(&format!("recreating the eventfd of fd {}", f.fd), e);
                 }
             }
+            FdKind::TimerFd {
+                clockid,
+                value_ns,
+                interval_ns,
+                ticks,
+            } => {
+                if let Err(e) = sys::timerfd_with(*clockid, *value_ns, *interval_ns, *ticks)
+                    .and_then(|n| {
+                        if n != f.fd {
+                            sys::dup2(n, f.fd)?;
+                            sys::close(n);
+                        }
+                        sys::set_fl(f.fd, keep_flags(f.flags))
+                    })
+                {
+                    fail(&format!("recreating the timerfd of fd {}", f.fd), e);
+                }
+            }
             FdKind::SignalFd { mask } => {
                 if let Err(e) = sys::signalfd_with(*mask).and_then(|n| {
                     if n != f.fd {

@@ -688,3 +688,31 @@ pub fn set_cloexec(fd: i32, on: bool) -> io::Result<()> {
     }
     Ok(())
 }
+
+/// A new timerfd on `clockid` that fires in `value_ns` (0: disarmed) and then every
+/// `interval_ns`. Unread expirations cannot be set back as a count: if there were any, it
+/// fires at once (one expiration to read) and goes on from there.
+pub fn timerfd_with(clockid: i32, value_ns: u64, interval_ns: u64, ticks: u64) -> io::Result<i32> {
+    let ts = |ns: u64| libc::timespec {
+        tv_sec: (ns / 1_000_000_000) as libc::time_t,
+        tv_nsec: (ns % 1_000_000_000) as libc::c_long,
+    };
+    let first = if ticks > 0 { 1 } else { value_ns };
+    let spec = libc::itimerspec {
+        it_interval: ts(interval_ns),
+        it_value: ts(first),
+    };
+    // SAFETY: timerfd_create makes a new fd; timerfd_settime reads `spec`.
+    unsafe {
+        let fd = libc::timerfd_create(clockid, 0);
+        if fd < 0 {
+            return Err(io::Error::last_os_error());
+        }
+        if libc::timerfd_settime(fd, 0, &spec, std::ptr::null_mut()) != 0 {
+            let e = io::Error::last_os_error();
+            libc::close(fd);
+            return Err(e);
+        }
+        Ok(fd)
+    }
+}

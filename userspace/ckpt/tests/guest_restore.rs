@@ -582,7 +582,7 @@ fn a_blocked_pending_signal_stays_pending() {
 
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn pipes_socket_pairs_eventfd_signalfd_and_deleted_files() {
+fn pipes_socket_pairs_eventfd_signalfd_timerfd_and_deleted_files() {
     let (_m, d, out, img) = begin("fdkinds", false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
@@ -610,7 +610,8 @@ fn pipes_socket_pairs_eventfd_signalfd_and_deleted_files() {
             && summary.contains("socket pair 0 end 0 (12 bytes unread)")
             && summary.contains("socket pair 0 end 1 (12 bytes unread)")
             && summary.contains("eventfd (count 7)")
-            && summary.contains("signalfd (signals 0x800)"),
+            && summary.contains("signalfd (signals 0x800)")
+            && summary.contains("timerfd (clock 1, fires in 9"),
         "{summary}"
     );
     let pid = restore(&img);
@@ -632,6 +633,7 @@ fn pipes_socket_pairs_eventfd_signalfd_and_deleted_files() {
         "sp-again:again2\n",
         "efd:7\n",
         "sfd:12\n",
+        "tfd:armed 3600\n",
     ] {
         assert!(text.contains(want), "missing {want:?} in:\n{text}");
     }
