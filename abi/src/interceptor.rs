@@ -49,14 +49,18 @@ pub const ENV_RUNTIME_DIR: &str = "CKPT_RUNTIME_DIR";
 pub const SOCKET_SUFFIX: &str = ".sock";
 pub const APP_FILE: &str = "app.json";
 
-// The protocol: one request line from ckpt, one answer line.
+// The protocol: one request line, one answer line.
 //   "INFO\n"    -> "INFO pid=<kernel pid> vpid=<virtual pid> generation=<n>\n"
-//   "PREPARE\n" -> the library flushes stdio buffers and fdatasyncs every regular file open for
-//                  writing, then answers
-//                  "READY ctl=<hex addr> tidoff=<offset of the tid in glibc's struct pthread,
-//                   or -1> fds=<its own fds, comma-separated> fsynced=<n> map=<v:k,...>\n"
+//   "PREPARE\n" -> the library flushes stdio (or says how ckpt can) and fdatasyncs every regular
+//                  file open for writing, then answers
+//                  "READY ctl=<hex addr of the control block> tidoff=<offset of the tid in
+//                   glibc's struct pthread, or -1> ctltid=<control thread's tid>
+//                   fsynced=<n> stdio=done|infcall|skipped|timeout flush=<hex addr of the
+//                   trampoline> ctx=<hex addr of its context block> map=<v:k,...>\n"
 //                  and waits for "DONE\n" (or end of file) before it serves anyone else. ckpt
 //                  freezes and dumps the process in between.
+//   "CREDS <tid>\n" (from the program itself only) -> the control thread takes the
+//                  credentials of thread <tid>; answers "OK\n" or "ERROR\n".
 pub const REQ_INFO: &str = "INFO";
 pub const REQ_PREPARE: &str = "PREPARE";
 pub const REQ_DONE: &str = "DONE";

@@ -251,6 +251,32 @@ fn app_path(tail: &[u8]) -> Buf<256> {
     p
 }
 
+/// This process's control socket, `RUNTIME_DIR/APP/PID.sock` (kernel pid).
+fn socket_path() -> Buf<256> {
+    let mut p = app_path(b"/");
+    p.num(i64::from(raw::getpid()))
+        .push(SOCKET_SUFFIX.as_bytes());
+    p
+}
+
+/// The socket address of `path` (None if it does not fit).
+fn unix_addr(path: &mut Buf<256>) -> Option<libc::sockaddr_un> {
+    // SAFETY: sockaddr_un is plain data.
+    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
+    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
+    if !path.fits() {
+        return None;
+    }
+    let bytes = path.c_str();
+    if bytes.len() > addr.sun_path.len() {
+        return None;
+    }
+    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
+        *d = *s as libc::c_char;
+    }
+    Some(addr)
+}
+
 struct Endpoint {
     fd: i32,
 }
@@ -283,22 +309,9 @@ impl Endpoint {
             raw::write(fd as i32, &j);
             raw::close(fd as i32);
         }
-        let mut path = app_path(b"/");
-        path.num(i64::from(pid)).push(SOCKET_SUFFIX.as_bytes());
-        if !path.fits() {
-            return None;
-        }
+        let mut path = socket_path();
+        let addr = unix_addr(&mut path)?;
         raw::unlink(path.c_str());
-        // SAFETY: sockaddr_un is plain data.
-        let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-        addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-        let bytes = path.c_str();
-        if bytes.len() > addr.sun_path.len() {
-            return None;
-        }
-        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
         let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
         if fd < 0 {
             return None;
@@ -773,10 +786,7 @@ fn adopt_credentials(tid: &[u8]) -> bool {
     if raw::geteuid() == 0 && uid[1] != 0 {
         let mut dir = app_path(b"");
         raw::chown(dir.c_str(), uid[1] as u32, gid[1] as u32);
-        let mut sock = app_path(b"/");
-        sock.num(i64::from(raw::getpid()))
-            .push(SOCKET_SUFFIX.as_bytes());
-        raw::chown(sock.c_str(), uid[1] as u32, gid[1] as u32);
+        raw::chown(socket_path().c_str(), uid[1] as u32, gid[1] as u32);
     }
     // Changing effective ids resets the process's (mm-wide) dumpable flag: keep the program's.
     // SAFETY: prctl calls without pointers; credential calls on this thread, `groups` holds
@@ -810,17 +820,7 @@ pub fn follow_credentials() {
     }
     // SAFETY: __errno_location is this (glibc) thread's errno.
     let saved = unsafe { *libc::__errno_location() };
-    let mut path = app_path(b"/");
-    path.num(i64::from(raw::getpid()))
-        .push(SOCKET_SUFFIX.as_bytes());
-    // SAFETY: sockaddr_un is plain data.
-    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    let bytes = path.c_str();
-    if bytes.len() <= addr.sun_path.len() {
-        for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-            *d = *s as libc::c_char;
-        }
+    if let Some(addr) = unix_addr(&mut socket_path()) {
         // Non-blocking connect: if the control thread is busy (a checkpoint in progress) and
         // its backlog full, give up; it takes our credentials at its next request anyway.
         let fd = raw::socket(

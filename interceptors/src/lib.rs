@@ -12,7 +12,8 @@
 //! waits for DONE. Meanwhile ckpt freezes every thread with ptrace (the barrier: each thread
 //! stops at the kernel boundary, and a thread blocked in read, accept, poll, nanosleep or a
 //! futex wait has its call restarted by the kernel on resume, so the program never sees
-//! EINTR), dumps the process without the library's fds, and lets it go.
+//! EINTR), dumps the process (the library's sockets are in the control thread's own fd table,
+//! not the program's), and lets it go.
 //!
 //! In a restored process the control thread comes back blocked on a connection that no longer
 //! exists: its read fails with EBADF, and it makes a new endpoint under the new kernel pid.

@@ -383,12 +383,12 @@ fn fd_kind(pid: i32, e: &proc::FdEntry) -> Result<FdKind, CheckpointError> {
 }
 
 /// A process's interceptor during a checkpoint: the connection (kept open until the dump is
-/// over), its answer, and which fds are its own.
+/// over) and its answer. Its fds are not the program's: they are in the control thread's own
+/// fd table.
 struct Interceptor {
     client: crate::interceptor::Client,
     ready: crate::interceptor::Ready,
     app_id: String,
-    own_fds: Vec<i32>,
 }
 
 /// An epoll instance: what it watches, each watched file checked to still be the process's
@@ -432,19 +432,13 @@ fn dump_fds(
     entries: &[proc::FdEntry],
     w: &mut ImageWriter,
     image_path: &Path,
-    own_fds: &[i32],
-    own_socket: Option<&str>,
 ) -> Result<DumpedFds, CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
         source,
     };
-    let pipe_inode = |t: &str| {
-        t.strip_prefix("pipe:[")?
-            .strip_suffix(']')?
-            .parse::<u64>()
-            .ok()
-    };
+    let pipe_inode = |t: &str| proc::bracketed_inode(t, "pipe");
+    let socket_inode = |t: &str| proc::bracketed_inode(t, "socket");
     let accmode = |e: &proc::FdEntry| e.flags as i32 & libc::O_ACCMODE;
     // inode -> (a read end fd, has a write end)
     let mut ends: BTreeMap<u64, (Option<i32>, bool)> = BTreeMap::new();
@@ -464,28 +458,32 @@ fn dump_fds(
     let mut pair_index: BTreeMap<u64, usize> = BTreeMap::new();
     let mut fds = Vec::new();
     for e in entries {
-        if own_fds.contains(&e.fd) {
-            continue; // the interceptor's endpoint: made anew after a restore
-        }
-        let socket_inode = |t: &str| {
-            t.strip_prefix("socket:[")?
-                .strip_suffix(']')?
-                .parse::<u64>()
-                .ok()
+        let unsupported_socket = |why| CheckpointError::UnsupportedSocket {
+            pid,
+            fd: e.fd,
+            target: e.target.clone(),
+            why,
         };
-        let pair_end = match socket_inode(&e.target).filter(|_| e.fd > 2) {
-            Some(ino) => crate::socket::unix_stream_end(pid, e.fd, ino)
-                .map_err(|why| CheckpointError::UnsupportedSocket {
-                    pid,
-                    fd: e.fd,
-                    target: e.target.clone(),
-                    why,
-                })?
-                .filter(|end| {
-                    entries
-                        .iter()
-                        .any(|o| socket_inode(&o.target) == Some(end.peer))
-                }),
+        // Sockets other than stdio: one copy of the fd serves both questions (a socket pair's
+        // end, else a listening socket).
+        let socket = match socket_inode(&e.target).filter(|_| e.fd > 2) {
+            Some(ino) => Some((
+                ino,
+                sys::steal_fd(pid, e.fd)
+                    .map_err(|err| unsupported_socket(format!("pidfd_getfd: {err}")))?,
+            )),
+            None => None,
+        };
+        let pair_end = match &socket {
+            Some((ino, ours)) => {
+                crate::socket::unix_stream_end(std::os::fd::AsRawFd::as_raw_fd(ours), *ino)
+                    .map_err(unsupported_socket)?
+                    .filter(|end| {
+                        entries
+                            .iter()
+                            .any(|o| socket_inode(&o.target) == Some(end.peer))
+                    })
+            }
             None => None,
         };
         let kind = if let Some(end) = pair_end {
@@ -513,19 +511,9 @@ fn dump_fds(
                 pair: idx,
                 end: which,
             }
-        } else if e.target.starts_with("socket:") && e.fd > 2 {
-            match crate::socket::dump(pid, e.fd, &e.target, own_socket) {
-                Ok(crate::socket::Dumped::Kind(k)) => k,
-                Ok(crate::socket::Dumped::Interceptor) => continue,
-                Err(why) => {
-                    return Err(CheckpointError::UnsupportedSocket {
-                        pid,
-                        fd: e.fd,
-                        target: e.target.clone(),
-                        why,
-                    })
-                }
-            }
+        } else if let Some((ino, ours)) = &socket {
+            crate::socket::dump(pid, std::os::fd::AsRawFd::as_raw_fd(ours), *ino)
+                .map_err(unsupported_socket)?
         } else if let Some(ino) = pipe_inode(&e.target) {
             match ends.get(&ino) {
                 Some(&(Some(read_fd), true)) => {
@@ -686,7 +674,6 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
                             .as_ref()
                             .map(|l| l.app_id.clone())
                             .unwrap_or_default(),
-                        own_fds: ready.own_fds.clone(),
                         ready,
                     })
                 }
@@ -699,10 +686,6 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     } else {
         0
     };
-    // Even on the plain path, the interceptor's endpoint (if any) is not the application's.
-    let own_socket = location
-        .as_ref()
-        .map(|l| l.socket.to_string_lossy().into_owned());
 
     // Freeze every thread.
     let mut seized = Seized {
@@ -929,14 +912,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         fds,
         pipes,
         socket_pairs,
-    } = dump_fds(
-        pid,
-        &fd_entries,
-        &mut w,
-        opts.output,
-        interceptor.as_ref().map_or(&[][..], |i| &i.own_fds),
-        own_socket.as_deref(),
-    )?;
+    } = dump_fds(pid, &fd_entries, &mut w, opts.output)?;
     // Ids as the application sees them (they differ from the kernel's after a restore that
     // could not get the original ones back).
     let to_virtual = |k: i32| interceptor.as_ref().map_or(k, |i| i.ready.to_virtual(k));

@@ -63,9 +63,8 @@ pub fn at_safe_point(pid: i32, r: &libc::user_regs_struct) -> bool {
 /// should resume with if nobody else handles the restart (the trampoline's own way back):
 /// the call rewound to be made again.
 fn restart_explicitly(r: &libc::user_regs_struct) -> libc::user_regs_struct {
-    const RESTART: [i64; 4] = [-512, -513, -514, -516];
     let mut out = *r;
-    if (r.orig_rax as i64) >= 0 && RESTART.contains(&(r.rax as i64)) {
+    if (r.orig_rax as i64) >= 0 && sys::RESTART_CODES.contains(&(r.rax as i64)) {
         out.rax = r.orig_rax;
         out.rip = r.rip - 2;
     }

@@ -79,9 +79,6 @@ pub struct Ready {
     pub ctl: u64,
     /// Offset of the tid in glibc's thread descriptor, if found.
     pub tid_offset: Option<u64>,
-    /// The library's own fds in the program's table (left out of the image). Empty: the
-    /// control thread keeps its fds in a table of its own.
-    pub own_fds: Vec<i32>,
     /// The control thread's kernel tid.
     pub ctl_tid: i32,
     /// Regular files fdatasync'ed.
@@ -116,13 +113,6 @@ impl Ready {
             match k {
                 "ctl" => r.ctl = u64::from_str_radix(v.strip_prefix("0x")?, 16).ok()?,
                 "tidoff" => r.tid_offset = v.parse::<i64>().ok().and_then(|o| o.try_into().ok()),
-                "fds" => {
-                    r.own_fds = v
-                        .split(',')
-                        .filter_map(|f| f.parse().ok())
-                        .filter(|&f: &i32| f >= 0)
-                        .collect()
-                }
                 "fsynced" => r.fsynced = v.parse().ok()?,
                 "ctltid" => r.ctl_tid = v.parse().ok()?,
                 "stdio" => r.stdio = v.to_owned(),
@@ -311,13 +301,14 @@ mod tests {
     #[test]
     fn ready_lines_parse_and_bad_ones_do_not() {
         let r = Ready::parse(
-            "READY ctl=0x7f00dead0000 tidoff=720 fds=1023,1022 fsynced=3 stdio=infcall \
-             flush=0x7f00beef map=100:205,101:206",
+            "READY ctl=0x7f00dead0000 tidoff=720 ctltid=206 fsynced=3 stdio=infcall \
+             flush=0x7f00beef ctx=0x7f00cafe map=100:205,101:206",
         )
         .unwrap();
         assert_eq!(r.ctl, 0x7f00dead0000);
         assert_eq!(r.tid_offset, Some(720));
-        assert_eq!(r.own_fds, vec![1023, 1022]);
+        assert_eq!(r.ctl_tid, 206);
+        assert_eq!(r.flush_ctx, 0x7f00cafe);
         assert_eq!(r.fsynced, 3);
         assert_eq!(r.stdio, "infcall");
         assert_eq!(r.flush_addr, 0x7f00beef);
@@ -325,15 +316,16 @@ mod tests {
         assert_eq!(r.to_virtual(206), 101);
         assert_eq!(r.to_virtual(7), 7);
         let r =
-            Ready::parse("READY ctl=0x10 tidoff=-1 fds=-1,5 fsynced=0 stdio=done flush=0x1 map=")
+            Ready::parse("READY ctl=0x10 tidoff=-1 ctltid=5 fsynced=0 stdio=done flush=0x1 map=")
                 .unwrap();
         assert_eq!(r.tid_offset, None);
-        assert_eq!(r.own_fds, vec![5]);
+        assert_eq!(r.ctl_tid, 5);
         assert!(r.map.is_empty());
         for bad in [
             "",
             "INFO pid=1",
-            "READY ctl=0x0 fds=1,2",
+            "READY ctl=0x0 ctltid=1",
+            "READY ctl=0x10 ctltid=x",
             "READY ctl=zz",
             "READY ctl=0x10 map=1:x",
             "READY ctl=0x10 fsynced=many",

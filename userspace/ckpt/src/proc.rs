@@ -321,3 +321,14 @@ pub fn fdinfo_field(pid: i32, fd: i32, name: &str) -> io::Result<String> {
             )
         })
 }
+
+/// The inode in an fd link target such as "pipe:[1234]" or "socket:[1234]" (`kind` is the
+/// part before the bracket).
+pub fn bracketed_inode(target: &str, kind: &str) -> Option<u64> {
+    target
+        .strip_prefix(kind)?
+        .strip_prefix(":[")?
+        .strip_suffix(']')?
+        .parse()
+        .ok()
+}

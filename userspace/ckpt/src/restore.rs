@@ -238,18 +238,9 @@ fn plan(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
 /// internal restart code in rax; like the kernel on signal return, rewind to redo the call.
 /// (An interrupted sleep restarts with its full duration: the remaining time is not saved.)
 fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct {
-    const ERESTARTSYS: i64 = -512;
-    const ERESTARTNOINTR: i64 = -513;
-    const ERESTARTNOHAND: i64 = -514;
-    const ERESTART_RESTARTBLOCK: i64 = -516;
     let mut out = *now;
     let (mut rax, mut rip) = (r.rax, r.rip);
-    if (r.orig_rax as i64) >= 0
-        && matches!(
-            r.rax as i64,
-            ERESTARTSYS | ERESTARTNOINTR | ERESTARTNOHAND | ERESTART_RESTARTBLOCK
-        )
-    {
+    if (r.orig_rax as i64) >= 0 && sys::RESTART_CODES.contains(&(r.rax as i64)) {
         rax = r.orig_rax;
         rip = r.rip - 2;
     }
@@ -371,6 +362,11 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
     let mut pipe_ends: Vec<Option<(i32, i32)>> = vec![None; p.pipes.len()];
     let mut pair_ends: Vec<Option<[i32; 2]>> = vec![None; p.socket_pairs.len()];
     let keep_flags = |flags: u32| (flags as i32) & (libc::O_NONBLOCK | libc::O_APPEND);
+    // A newly made fd to its number, with the status flags it had.
+    let place = |made: std::io::Result<i32>, f: &crate::image::Fd| {
+        made.and_then(|n| sys::move_fd(n, f.fd))
+            .and_then(|_| sys::set_fl(f.fd, keep_flags(f.flags)))
+    };
     for f in &p.fds {
         match &f.kind {
             FdKind::InheritStdio { .. } => {}
@@ -378,11 +374,8 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                 let flags = (f.flags as i32) & !(libc::O_CREAT | libc::O_EXCL | libc::O_TRUNC);
                 match reopen(Path::new(path), flags) {
                     Ok(n) => {
-                        if n != f.fd {
-                            if let Err(e) = sys::dup2(n, f.fd) {
-                                fail(&format!("placing fd {}", f.fd), e);
-                            }
-                            sys::close(n);
+                        if let Err(e) = sys::move_fd(n, f.fd) {
+                            fail(&format!("placing fd {}", f.fd), e);
                         }
                         // Directories and devices may not seek; that is fine.
                         let _ = sys::lseek(f.fd, *pos);
@@ -424,13 +417,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
             }
             FdKind::Epoll { .. } => {} // below, once every fd it watches exists
             FdKind::EventFd { count, semaphore } => {
-                if let Err(e) = sys::eventfd_with(*count, *semaphore).and_then(|n| {
-                    if n != f.fd {
-                        sys::dup2(n, f.fd)?;
-                        sys::close(n);
-                    }
-                    sys::set_fl(f.fd, keep_flags(f.flags))
-                }) {
+                if let Err(e) = place(sys::eventfd_with(*count, *semaphore), f) {
                     fail(&format!("recreating the eventfd of fd {}", f.fd), e);
                 }
             }
@@ -440,26 +427,13 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                 interval_ns,
                 ticks,
             } => {
-                if let Err(e) = sys::timerfd_with(*clockid, *value_ns, *interval_ns, *ticks)
-                    .and_then(|n| {
-                        if n != f.fd {
-                            sys::dup2(n, f.fd)?;
-                            sys::close(n);
-                        }
-                        sys::set_fl(f.fd, keep_flags(f.flags))
-                    })
-                {
+                let made = sys::timerfd_with(*clockid, *value_ns, *interval_ns, *ticks);
+                if let Err(e) = place(made, f) {
                     fail(&format!("recreating the timerfd of fd {}", f.fd), e);
                 }
             }
             FdKind::SignalFd { mask } => {
-                if let Err(e) = sys::signalfd_with(*mask).and_then(|n| {
-                    if n != f.fd {
-                        sys::dup2(n, f.fd)?;
-                        sys::close(n);
-                    }
-                    sys::set_fl(f.fd, keep_flags(f.flags))
-                }) {
+                if let Err(e) = place(sys::signalfd_with(*mask), f) {
                     fail(&format!("recreating the signalfd of fd {}", f.fd), e);
                 }
             }
@@ -497,13 +471,8 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
             }
             FdKind::Listen { display, .. } => {
                 let nonblock = f.flags as i32 & libc::O_NONBLOCK != 0;
-                let made = crate::socket::restore(&f.kind, nonblock).and_then(|n| {
-                    if n != f.fd {
-                        sys::dup2(n, f.fd)?;
-                        sys::close(n);
-                    }
-                    Ok(())
-                });
+                let made =
+                    crate::socket::restore(&f.kind, nonblock).and_then(|n| sys::move_fd(n, f.fd));
                 if let Err(e) = made {
                     fail(&format!("listening again on {display} (fd {})", f.fd), e);
                 }
@@ -531,10 +500,7 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
                     let r = sys::write_all_fd(tmp, data).and_then(|_| {
                         // Reopen with the original flags (O_APPEND, access mode, ...).
                         let n = sys::open(Path::new(&format!("/proc/self/fd/{tmp}")), flags)?;
-                        if n != f.fd {
-                            sys::dup2(n, f.fd)?;
-                            sys::close(n);
-                        }
+                        sys::move_fd(n, f.fd)?;
                         sys::lseek(f.fd, *pos)
                     });
                     sys::close(tmp);
@@ -559,14 +525,8 @@ fn child(p: &Process, plan: &mut Plan, image: &File, dev: &crate::device::Device
     }
     for f in &p.fds {
         if let FdKind::Epoll { watches } = &f.kind {
-            let cloexec = f.flags as i32 & libc::O_CLOEXEC != 0;
-            if let Err(e) = sys::epoll_with(watches, cloexec).and_then(|ep| {
-                if ep != f.fd {
-                    sys::dup2(ep, f.fd)?;
-                    sys::close(ep);
-                }
-                Ok(())
-            }) {
+            // (Close-on-exec is set below, with every other fd's.)
+            if let Err(e) = sys::epoll_with(watches).and_then(|ep| sys::move_fd(ep, f.fd)) {
                 fail(&format!("recreating the epoll instance of fd {}", f.fd), e);
             }
         }

@@ -7,7 +7,7 @@
 
 use crate::image::FdKind;
 use crate::sys;
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, RawFd};
 
 /// Is `addr` a well-formed address of `family`? (Image data is never trusted.)
 pub fn valid_address(family: i32, addr: &[u8]) -> bool {
@@ -21,14 +21,6 @@ pub fn valid_address(family: i32, addr: &[u8]) -> bool {
             }
             _ => false,
         }
-}
-
-/// What a socket fd of the target is, for the checkpoint.
-pub enum Dumped {
-    /// Recorded.
-    Kind(FdKind),
-    /// The interceptor's own endpoint: left out.
-    Interceptor,
 }
 
 fn getsockopt_int(fd: i32, level: i32, opt: i32) -> std::io::Result<i32> {
@@ -135,26 +127,10 @@ fn tcp_backlog(pid: i32, inode: u64, v6: bool) -> Option<i32> {
     })
 }
 
-/// Records socket `fd` of `pid` (its `/proc` link target is `target`, "socket:[INODE]").
-/// `interceptor_socket` is the path of the interceptor's endpoint, if the process has one.
-pub fn dump(
-    pid: i32,
-    fd: i32,
-    target: &str,
-    interceptor_socket: Option<&str>,
-) -> Result<Dumped, String> {
-    let inode: u64 = target
-        .strip_prefix("socket:[")
-        .and_then(|t| t.strip_suffix(']'))
-        .and_then(|t| t.parse().ok())
-        .ok_or("not a socket")?;
-    let ours = sys::steal_fd(pid, fd).map_err(|e| format!("pidfd_getfd: {e}"))?;
-    let s = ours.as_raw_fd();
+/// Records socket `s` (a copy of one of `pid`'s fds, inode `inode`).
+pub fn dump(pid: i32, s: RawFd, inode: u64) -> Result<FdKind, String> {
     let family = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| e.to_string())?;
     let addr = local_address(s).map_err(|e| format!("getsockname: {e}"))?;
-    if family == libc::AF_UNIX && interceptor_socket.is_some_and(|p| unix_path(&addr) == p) {
-        return Ok(Dumped::Interceptor);
-    }
     let ty = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| e.to_string())?;
     let listening =
         getsockopt_int(s, libc::SOL_SOCKET, libc::SO_ACCEPTCONN).map_err(|e| e.to_string())? != 0;
@@ -191,7 +167,7 @@ pub fn dump(
             .map(|v| v != 0)
             .unwrap_or(false)
     };
-    Ok(Dumped::Kind(FdKind::Listen {
+    Ok(FdKind::Listen {
         family,
         display: display(family, &addr),
         addr,
@@ -199,7 +175,7 @@ pub fn dump(
         reuse_addr: flag(libc::SOL_SOCKET, libc::SO_REUSEADDR),
         reuse_port: flag(libc::SOL_SOCKET, libc::SO_REUSEPORT),
         v6_only: family == libc::AF_INET6 && flag(libc::IPPROTO_IPV6, libc::IPV6_V6ONLY),
-    }))
+    })
 }
 
 /// In the restorer (already in the process's directory, with its umask and filesystem ids):
@@ -367,11 +343,9 @@ pub struct UnixStreamEnd {
     pub queued: Vec<u8>,
 }
 
-/// If socket `fd` of `pid` (inode `inode`) is a connected UNIX stream socket, its peer and
-/// queued bytes; None for any other kind of socket.
-pub fn unix_stream_end(pid: i32, fd: i32, inode: u64) -> Result<Option<UnixStreamEnd>, String> {
-    let ours = sys::steal_fd(pid, fd).map_err(|e| format!("pidfd_getfd: {e}"))?;
-    let s = ours.as_raw_fd();
+/// If socket `s` (a copy of one of the target's fds, inode `inode`) is a connected UNIX
+/// stream socket, its peer and queued bytes; None for any other kind of socket.
+pub fn unix_stream_end(s: RawFd, inode: u64) -> Result<Option<UnixStreamEnd>, String> {
     let family = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_DOMAIN).map_err(|e| e.to_string())?;
     let ty = getsockopt_int(s, libc::SOL_SOCKET, libc::SO_TYPE).map_err(|e| e.to_string())?;
     if family != libc::AF_UNIX || ty != libc::SOCK_STREAM {

@@ -301,6 +301,19 @@ pub fn dup_at_least(fd: i32, min: i32) -> io::Result<i32> {
     check_int(unsafe { libc::fcntl(fd, libc::F_DUPFD, min) })
 }
 
+/// The kernel's internal "restart this system call" results (ERESTARTSYS, ERESTARTNOINTR,
+/// ERESTARTNOHAND, ERESTART_RESTARTBLOCK), as a stopped thread's rax shows them.
+pub const RESTART_CODES: [i64; 4] = [-512, -513, -514, -516];
+
+/// Moves fd `from` to number `to` (nothing to do if it is there already).
+pub fn move_fd(from: i32, to: i32) -> io::Result<()> {
+    if from != to {
+        dup2(from, to)?;
+        close(from);
+    }
+    Ok(())
+}
+
 pub fn dup2(from: i32, to: i32) -> io::Result<()> {
     // SAFETY: plain syscall.
     check_int(unsafe { libc::dup2(from, to) }).map(drop)
@@ -622,10 +635,10 @@ impl Drop for AsFsUser {
 }
 
 /// A new epoll instance watching `watches` (fds of this process). Returns its fd.
-pub fn epoll_with(watches: &[crate::image::EpollWatch], cloexec: bool) -> io::Result<i32> {
+pub fn epoll_with(watches: &[crate::image::EpollWatch]) -> io::Result<i32> {
     // SAFETY: epoll_create1 makes a new fd; epoll_ctl reads one epoll_event per call.
     unsafe {
-        let ep = libc::epoll_create1(if cloexec { libc::EPOLL_CLOEXEC } else { 0 });
+        let ep = libc::epoll_create1(0);
         if ep < 0 {
             return Err(io::Error::last_os_error());
         }
