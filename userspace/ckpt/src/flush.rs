@@ -12,6 +12,8 @@
 
 use crate::{proc, sys};
 use ckpt_abi::interceptor::FLUSH_DONE_MAGIC;
+use nix::sys::ptrace;
+use nix::unistd::Pid;
 use std::time::{Duration, Instant};
 
 /// System calls stdio never makes and a program waits in.
@@ -89,7 +91,7 @@ pub enum Flushed {
 /// the thread may be anywhere in the trampoline; let go, it still returns to its own code.
 pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io::Result<Flushed> {
     let tid = pid;
-    let saved = sys::ptrace_getregs(tid)?;
+    let saved = ptrace::getregs(Pid::from_raw(tid))?;
     let xstate = sys::ptrace_get_xstate(tid)?;
     // The trampoline's way back, for when ckpt does not take the thread back itself.
     let back = restart_explicitly(&saved);
@@ -126,13 +128,13 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
     call.rax = 0;
     call.orig_rax = u64::MAX; // not in a system call: no restart on the way in
     mem.write_all_at(&0u64.to_le_bytes(), call.rsp)?;
-    sys::ptrace_setoptions(tid, libc::PTRACE_O_TRACESYSGOOD)?;
-    sys::ptrace_setregs(tid, &call)?;
+    ptrace::setoptions(Pid::from_raw(tid), ptrace::Options::PTRACE_O_TRACESYSGOOD)?;
+    ptrace::setregs(Pid::from_raw(tid), call)?;
     let deadline = Instant::now() + timeout;
     let mut held = Vec::new();
     let mut marker_result = None;
     let outcome = loop {
-        sys::ptrace_syscall(tid, 0)?;
+        ptrace::syscall(Pid::from_raw(tid), None)?;
         let status = loop {
             match sys::waitpid_nohang(tid)? {
                 None if Instant::now() < deadline => std::thread::sleep(Duration::from_micros(200)),
@@ -140,7 +142,7 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
                     // Stop it where it is (in the middle of a write, most likely) at an
                     // interrupt stop, the state a freeze leaves: other stops on the way (a
                     // syscall entry or exit, a signal) are passed through.
-                    sys::ptrace_interrupt(tid)?;
+                    ptrace::interrupt(Pid::from_raw(tid))?;
                     to_interrupt_stop(tid, &mut held)?;
                     requeue(tid, &held);
                     return Ok(Flushed::Stuck);
@@ -153,7 +155,7 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
         }
         let stop = libc::WSTOPSIG(status);
         if stop == libc::SIGTRAP | 0x80 {
-            let r = sys::ptrace_getregs(tid)?;
+            let r = ptrace::getregs(Pid::from_raw(tid))?;
             if r.orig_rax as i64 == libc::SYS_getpid && r.rsi == FLUSH_DONE_MAGIC {
                 match marker_result {
                     // Entry of the marker: let it run (getpid), stop at its exit.
@@ -190,10 +192,10 @@ fn put_back(
     xstate: &[u8],
     held: &mut Vec<i32>,
 ) -> std::io::Result<()> {
-    sys::ptrace_setregs(tid, saved)?;
+    ptrace::setregs(Pid::from_raw(tid), *saved)?;
     sys::ptrace_set_xstate(tid, xstate)?;
-    sys::ptrace_interrupt(tid)?;
-    sys::ptrace_cont(tid, 0)?;
+    ptrace::interrupt(Pid::from_raw(tid))?;
+    ptrace::cont(Pid::from_raw(tid), None)?;
     to_interrupt_stop(tid, held)?;
     requeue(tid, held);
     Ok(())
@@ -217,8 +219,8 @@ fn to_interrupt_stop(tid: i32, held: &mut Vec<i32>) -> std::io::Result<()> {
         // An interrupt requested while the thread ran is used up by a syscall stop on the way
         // (seen: a blocked write's exit stop, then the write restarted and blocked again, no
         // interrupt stop): ask again while it is stopped, which sticks.
-        sys::ptrace_interrupt(tid)?;
-        sys::ptrace_cont(tid, 0)?;
+        ptrace::interrupt(Pid::from_raw(tid))?;
+        ptrace::cont(Pid::from_raw(tid), None)?;
     }
 }
 

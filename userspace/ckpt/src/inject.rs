@@ -7,6 +7,8 @@
 //! thread's final registers are set afterwards, so the detour leaves no trace.
 
 use crate::{proc, sys};
+use nix::sys::ptrace;
+use nix::unistd::Pid;
 use std::fs::OpenOptions;
 use std::io;
 use std::os::unix::fs::FileExt;
@@ -59,17 +61,17 @@ impl Injector {
     /// returns its result (negative: -errno). Returns also the new tid reported by a
     /// PTRACE_EVENT_CLONE on the way, if any. The thread is left at the syscall-exit stop.
     pub fn syscall(&self, tid: i32, nr: i64, args: [u64; 6]) -> io::Result<(i64, Option<i32>)> {
-        let mut regs = sys::ptrace_getregs(tid)?;
+        let mut regs = ptrace::getregs(Pid::from_raw(tid))?;
         regs.rip = self.gadget;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
             (args[0], args[1], args[2], args[3], args[4], args[5]);
-        sys::ptrace_setregs(tid, &regs)?;
+        ptrace::setregs(Pid::from_raw(tid), regs)?;
         let mut syscall_stops = 0;
         let mut new_tid = None;
         for _ in 0..16 {
-            sys::ptrace_syscall(tid, 0)?;
+            ptrace::syscall(Pid::from_raw(tid), None)?;
             let status = sys::waitpid(tid, libc::__WALL)?;
             if !libc::WIFSTOPPED(status) {
                 return Err(io::Error::other(format!(
@@ -77,13 +79,13 @@ impl Injector {
                 )));
             }
             if status >> 16 == libc::PTRACE_EVENT_CLONE {
-                new_tid = Some(sys::ptrace_geteventmsg(tid)? as i32);
+                new_tid = Some(ptrace::getevent(Pid::from_raw(tid))? as i32);
                 continue;
             }
             if libc::WSTOPSIG(status) == (libc::SIGTRAP | 0x80) {
                 syscall_stops += 1;
                 if syscall_stops == 2 {
-                    let regs = sys::ptrace_getregs(tid)?;
+                    let regs = ptrace::getregs(Pid::from_raw(tid))?;
                     return Ok((regs.rax as i64, new_tid));
                 }
             }

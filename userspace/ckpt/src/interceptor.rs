@@ -10,11 +10,35 @@ use ckpt_abi::interceptor::{
     CTL_MAGIC, CTL_MAX_PAIRS, CTL_OFF_ACTIVE, CTL_OFF_COUNT, CTL_OFF_GENERATION, CTL_OFF_MAGIC,
     CTL_OFF_PAIRS, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE, SOCKET_SUFFIX,
 };
+use serde::{Deserialize, Serialize};
 use std::io::{BufRead, BufReader, Write};
-use std::os::fd::AsRawFd;
 use std::os::unix::net::UnixStream;
 use std::path::PathBuf;
 use std::time::Duration;
+
+/// The interceptor library's state in a process checkpointed through it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InterceptorState {
+    /// The application id `ckpt run` gave it.
+    pub app_id: String,
+    /// Address of the control block (pid/tid translation table) in the process's memory.
+    pub ctl_addr: u64,
+    /// Offset of the tid in glibc's thread descriptor (at each thread's fs base), if known:
+    /// rewritten on restore when a thread gets another kernel tid.
+    pub tid_offset: Option<u64>,
+    /// Regular files the library fdatasync'ed before the snapshot.
+    pub fsynced_files: u32,
+}
+
+impl InterceptorState {
+    /// Image data is never trusted: the tid offset is used to write into the process.
+    pub fn validate(&self) -> Result<(), String> {
+        if self.tid_offset.is_some_and(|o| o >= 4096 || o % 4 != 0) {
+            return Err("bad interceptor tid offset".into());
+        }
+        Ok(())
+    }
+}
 
 /// How long the library may take to flush before ckpt gives up (a thread holding a stdio
 /// lock while blocked on a full pipe can hold it up).
@@ -235,26 +259,8 @@ impl Client {
 }
 
 fn peer_pid(s: &UnixStream) -> std::io::Result<i32> {
-    let mut cred = libc::ucred {
-        pid: 0,
-        uid: 0,
-        gid: 0,
-    };
-    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
-    // SAFETY: SO_PEERCRED writes a ucred of the given length.
-    let r = unsafe {
-        libc::getsockopt(
-            s.as_raw_fd(),
-            libc::SOL_SOCKET,
-            libc::SO_PEERCRED,
-            (&mut cred as *mut libc::ucred).cast(),
-            &mut len,
-        )
-    };
-    if r != 0 {
-        return Err(std::io::Error::last_os_error());
-    }
-    Ok(cred.pid)
+    use nix::sys::socket::{getsockopt, sockopt::PeerCredentials};
+    Ok(getsockopt(s, PeerCredentials)?.pid())
 }
 
 /// After a restore, while every thread is still stopped: fills the control block at `ctl`
@@ -292,6 +298,42 @@ pub fn write_table(
         ctl + CTL_OFF_GENERATION as u64,
         &word(CTL_OFF_GENERATION).wrapping_add(1).to_le_bytes(),
     )
+}
+
+impl InterceptorState {
+    /// After a restore, every thread still stopped: tells the process's library which kernel
+    /// ids its ids now have (its translation table), and rewrites glibc's copy of each
+    /// thread's tid where the kernel gave another, so that none runs with stale ids. The
+    /// original parent is not part of the image: getppid reports the real parent (its
+    /// virtual id if it is a restored process of ours).
+    pub fn restore_ids(
+        &self,
+        inj: &crate::inject::Injector,
+        threads: &[crate::thread::Thread],
+        tids: &[i32],
+    ) -> std::io::Result<()> {
+        let pairs: Vec<(i32, i32)> = threads
+            .iter()
+            .map(|t| t.tid)
+            .zip(tids.iter().copied())
+            .collect();
+        write_table(inj, self.ctl_addr, &pairs)?;
+        let Some(offset) = self.tid_offset else {
+            return Ok(());
+        };
+        for (t, &now) in threads.iter().zip(tids) {
+            let was = t.kernel_tid.unwrap_or(t.tid);
+            let addr = t.regs.fs_base.checked_add(offset);
+            let Some(addr) = addr.filter(|_| was != now && t.regs.fs_base != 0) else {
+                continue;
+            };
+            // Only where glibc's descriptor really holds the old tid.
+            if inj.peek(addr, 4)? == was.to_le_bytes() {
+                inj.poke(addr, &now.to_le_bytes())?;
+            }
+        }
+        Ok(())
+    }
 }
 
 #[cfg(test)]

@@ -1,15 +1,36 @@
-//! ckpt user space: the `/dev/ckpt` client and (later) image format, dump and restore.
+//! ckpt user space: the `/dev/ckpt` client, the image, and checkpoint and restore of a
+//! process, one module per resource (see docs/design.md, "Layout").
+
+// Orchestration.
 pub mod checkpoint;
-pub mod device;
-pub mod flush;
-pub mod image;
-pub mod info;
-pub mod inject;
-pub mod inspect;
-pub mod interceptor;
-pub mod list;
-pub mod proc;
 pub mod restore;
-pub mod run;
-pub mod socket;
+
+// The image: the container and what it describes.
+pub mod image;
+pub mod manifest;
+pub mod stats;
+
+// Resources, each with its saved state, dump and restore.
+pub mod attrs;
+pub mod creds;
+pub mod fds;
+pub mod memory;
+pub mod signals;
+pub mod thread;
+pub mod vdso;
+
+// Mechanisms.
+pub mod device;
+pub mod errors;
+pub mod flush;
+pub mod freeze;
+pub mod inject;
+pub mod interceptor;
+pub mod proc;
 pub mod sys;
+
+// Other commands.
+pub mod info;
+pub mod inspect;
+pub mod list;
+pub mod run;

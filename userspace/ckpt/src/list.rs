@@ -2,10 +2,22 @@
 //! live processes, asked through their interceptors. Registrations whose processes are all
 //! gone are removed on the way.
 
-use crate::run::AppRecord;
 use ckpt_abi::interceptor::{APP_FILE, SOCKET_SUFFIX};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// What `ckpt run` records of an application (`RUNTIME_DIR/ID/app.json`).
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct AppRecord {
+    pub id: String,
+    pub root_pid: i32,
+    pub argv: Vec<String>,
+    #[serde(default)]
+    pub started_unix_ms: u64,
+    /// False when the program is statically linked and runs without the library.
+    #[serde(default)]
+    pub intercepted: bool,
+}
 
 #[derive(Debug, Clone, Serialize)]
 pub struct ProcessEntry {

@@ -163,7 +163,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                     output.display(),
                     if kill { " (killed)" } else { "" }
                 );
-                print!("{}", ckpt::inspect::stats_text(&stats));
+                print!("{}", ckpt::stats::stats_text(&stats));
             }
         }
         Command::Restore { image, wait } => {
@@ -211,7 +211,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             }
         }
         Command::Inspect { image, json } => {
-            let img = ckpt::image::Image::open(&image)?;
+            let img = ckpt::manifest::Image::open(&image)?;
             if json {
                 println!(
                     "{}",

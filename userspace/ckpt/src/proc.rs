@@ -181,13 +181,6 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
     Ok(out)
 }
 
-/// `uname -r`.
-pub fn kernel_release() -> String {
-    fs::read_to_string("/proc/sys/kernel/osrelease")
-        .map(|s| s.trim().to_owned())
-        .unwrap_or_default()
-}
-
 /// The (fd, link target) pairs of an fd directory.
 fn fd_links(dir: &str) -> io::Result<Vec<(String, String)>> {
     let mut v = Vec::new();
@@ -215,48 +208,6 @@ pub fn has_own_files(pid: i32, tid: i32) -> bool {
         (Ok(a), Ok(b)) => a != b,
         _ => false,
     }
-}
-
-/// The credentials of thread `tid` of `pid` (its status file).
-pub fn creds(pid: i32, tid: i32) -> io::Result<crate::image::Creds> {
-    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
-    let bad = |what: &str| {
-        io::Error::new(
-            io::ErrorKind::InvalidData,
-            format!("/proc/{pid}/task/{tid}/status: bad {what} line"),
-        )
-    };
-    let field = |name: &str| {
-        text.lines()
-            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
-            .map(str::trim)
-    };
-    let ids = |name: &str| -> io::Result<[u32; 4]> {
-        let v: Vec<u32> = field(name)
-            .ok_or_else(|| bad(name))?
-            .split_whitespace()
-            .map(|x| x.parse().map_err(|_| bad(name)))
-            .collect::<io::Result<_>>()?;
-        v.try_into().map_err(|_| bad(name))
-    };
-    let caps = |name: &str| -> io::Result<u64> {
-        u64::from_str_radix(field(name).ok_or_else(|| bad(name))?, 16).map_err(|_| bad(name))
-    };
-    Ok(crate::image::Creds {
-        uid: ids("Uid")?,
-        gid: ids("Gid")?,
-        groups: field("Groups")
-            .unwrap_or("")
-            .split_whitespace()
-            .map(|x| x.parse().map_err(|_| bad("Groups")))
-            .collect::<io::Result<_>>()?,
-        cap_inheritable: caps("CapInh")?,
-        cap_permitted: caps("CapPrm")?,
-        cap_effective: caps("CapEff")?,
-        cap_bounding: caps("CapBnd")?,
-        cap_ambient: caps("CapAmb").unwrap_or(0),
-        no_new_privs: field("NoNewPrivs") == Some("1"),
-    })
 }
 
 /// Whether `pid` is dumpable, as /proc shows it: a non-dumpable process's /proc directory

@@ -6,8 +6,8 @@
 //! application starts (fork, exec) is intercepted too. A statically linked PROG cannot load a
 //! library: ckpt says so and runs it without, and checkpoints of it take the plain path.
 
+use crate::list::AppRecord;
 use ckpt_abi::interceptor::{APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR};
-use serde::{Deserialize, Serialize};
 use std::ffi::OsString;
 use std::os::unix::ffi::OsStrExt;
 use std::path::{Path, PathBuf};
@@ -45,19 +45,6 @@ pub enum RunError {
         program: String,
         source: std::io::Error,
     },
-}
-
-/// What `ckpt run` records of an application (`RUNTIME_DIR/ID/app.json`).
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
-pub struct AppRecord {
-    pub id: String,
-    pub root_pid: i32,
-    pub argv: Vec<String>,
-    #[serde(default)]
-    pub started_unix_ms: u64,
-    /// False when the program is statically linked and runs without the library.
-    #[serde(default)]
-    pub intercepted: bool,
 }
 
 /// CKPT_RUNTIME_DIR, else $XDG_RUNTIME_DIR/ckpt, else /run/ckpt for root, else

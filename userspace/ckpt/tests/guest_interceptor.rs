@@ -7,7 +7,8 @@
 //! DIR/bad if anything is off. Counters go to DIR/progress.
 
 mod common;
-use ckpt::image::{FdKind, Image};
+use ckpt::fds::FdKind;
+use ckpt::manifest::Image;
 use common::{ckpt, ok, Dir};
 use std::collections::HashMap;
 use std::io::Read;
@@ -189,18 +190,20 @@ fn check_image(img: &Path, vpid: i32, port: u16, intercepted: bool) -> Image {
         .collect();
     assert_eq!(own, ["ckpt-ctl"]);
     let listeners: Vec<_> = p
+        .files
         .fds
         .iter()
-        .filter(|f| matches!(f.kind, FdKind::Listen { .. }))
+        .filter(|f| matches!(f.kind, FdKind::Listen(_)))
         .collect();
-    assert_eq!(listeners.len(), 1, "{:?}", p.fds);
-    if let FdKind::Listen { display, .. } = &listeners[0].kind {
+    assert_eq!(listeners.len(), 1, "{:?}", p.files.fds);
+    if let FdKind::Listen(l) = &listeners[0].kind {
+        let display = &l.display;
         assert_eq!(display, &format!("127.0.0.1:{port}"));
     }
     assert!(
-        p.fds.iter().all(|f| f.fd < 900),
+        p.files.fds.iter().all(|f| f.fd < 900),
         "the interceptor's fds are not in the image: {:?}",
-        p.fds.iter().map(|f| f.fd).collect::<Vec<_>>()
+        p.files.fds.iter().map(|f| f.fd).collect::<Vec<_>>()
     );
     image
 }

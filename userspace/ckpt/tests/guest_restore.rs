@@ -172,11 +172,13 @@ fn restore_and_check(img: &Path, out: &Path, last: u64) {
 /// The rseq registration of thread `tid` (address, length, signature), read through ptrace.
 fn rseq_of(tid: i32) -> (u64, u32, u32) {
     use ckpt::sys;
-    sys::ptrace_seize(tid, 0).unwrap();
-    sys::ptrace_interrupt(tid).unwrap();
+    use nix::sys::ptrace;
+    let t = nix::unistd::Pid::from_raw(tid);
+    ptrace::seize(t, ptrace::Options::empty()).unwrap();
+    ptrace::interrupt(t).unwrap();
     sys::waitpid(tid, libc::__WALL).unwrap();
     let c = sys::ptrace_get_rseq(tid).unwrap();
-    sys::ptrace_detach(tid, 0).unwrap();
+    ptrace::detach(t, None).unwrap();
     (c.rseq_abi_pointer, c.rseq_abi_size, c.signature)
 }
 

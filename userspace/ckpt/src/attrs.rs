@@ -1,0 +1,79 @@
+//! Process attributes: name, executable, working directory, umask, personality, resource
+//! limits and the dumpable flag. Read from /proc and the module at checkpoint; set by the
+//! restorer on itself before the restore ioctl (the directory and umask first, as root,
+//! since a daemon may sit in a directory it could not enter itself).
+
+use crate::errors::{checkpoint_io, CheckpointError};
+use crate::{proc, sys};
+use nix::sys::personality::{self, Persona};
+use nix::sys::stat::{umask, Mode};
+use serde::{Deserialize, Serialize};
+use std::path::Path;
+
+/// Resource limits 0..RLIMITS are saved (RLIMIT_CPU .. RLIMIT_RTTIME).
+const RLIMITS: u32 = 16;
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Attrs {
+    pub comm: String,
+    pub exe: String,
+    pub cwd: String,
+    pub umask: u32,
+    pub personality: u32,
+    pub rlimits: Vec<Rlimit>,
+    /// Whether the process was dumpable (PR_GET_DUMPABLE), as far as /proc shows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dumpable: Option<bool>,
+}
+
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Rlimit {
+    pub resource: u32,
+    pub cur: u64,
+    pub max: u64,
+}
+
+/// Reads the attributes of stopped process `pid`; `personality` comes from the module,
+/// `euid` (its main thread's) tells how to read the dumpable flag.
+pub fn dump(pid: i32, comm: &str, personality: u32, euid: u32) -> Result<Attrs, CheckpointError> {
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd"))
+        .map_err(checkpoint_io(pid, "reading cwd"))?;
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe"))
+        .map(|p| p.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let mut rlimits = Vec::new();
+    for resource in 0..RLIMITS {
+        let (cur, max) = sys::prlimit_get(pid, resource).map_err(checkpoint_io(pid, "prlimit"))?;
+        rlimits.push(Rlimit { resource, cur, max });
+    }
+    Ok(Attrs {
+        comm: comm.to_owned(),
+        exe,
+        cwd: cwd.to_string_lossy().into_owned(),
+        umask: proc::umask(pid).map_err(checkpoint_io(pid, "reading umask"))?,
+        personality,
+        rlimits,
+        dumpable: proc::dumpable(pid, euid),
+    })
+}
+
+impl Attrs {
+    /// In the restorer, first of all: the working directory and umask.
+    pub fn restore_cwd_umask(&self) -> Result<(), (String, std::io::Error)> {
+        std::env::set_current_dir(Path::new(&self.cwd))
+            .map_err(|e| (format!("chdir {}", self.cwd), e))?;
+        umask(Mode::from_bits_truncate(self.umask));
+        Ok(())
+    }
+
+    /// In the restorer, once its files are open: resource limits and personality.
+    pub fn restore_limits(&self) -> Result<(), (String, std::io::Error)> {
+        for r in &self.rlimits {
+            sys::prlimit_set(r.resource, r.cur, r.max)
+                .map_err(|e| (format!("setrlimit {}", r.resource), e))?;
+        }
+        personality::set(Persona::from_bits_retain(self.personality as i32))
+            .map_err(|e| ("personality".to_owned(), e.into()))?;
+        Ok(())
+    }
+}

@@ -1,0 +1,169 @@
+//! Listening sockets (TCP over IPv4/IPv6, UNIX stream): recorded by address, backlog and
+//! options, and bound again to the same address at the same fd. Connections waiting in the
+//! accept queue cannot be carried (their other ends are elsewhere): a checkpoint with a
+//! non-empty queue is refused rather than lose them.
+
+use super::socket::{display, storage_of, unix_path, valid_address};
+use super::{place, unsupported, DumpError, Fd, FdState, FdTable, RestoreCtx};
+use crate::image::Section;
+use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
+use nix::sys::socket::{
+    bind, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
+    SockType,
+};
+use serde::{Deserialize, Serialize};
+use std::io;
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListeningSocket {
+    /// AF_INET, AF_INET6 or AF_UNIX.
+    pub family: i32,
+    /// The socket's local address (a `struct sockaddr_*`, as getsockname gives it).
+    pub addr: Vec<u8>,
+    /// The address for humans.
+    pub display: String,
+    pub backlog: i32,
+    pub reuse_addr: bool,
+    pub reuse_port: bool,
+    /// IPV6_V6ONLY (AF_INET6 only).
+    pub v6_only: bool,
+}
+
+/// Records socket `s` (a copy of one of `pid`'s fds, inode `inode`), which must listen.
+pub fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError> {
+    let why = |e: nix::Error| unsupported(e.to_string());
+    let addr =
+        super::socket::local_address(s).map_err(|e| unsupported(format!("getsockname: {e}")))?;
+    let family = super::socket::family_of(&addr).unwrap_or(-1);
+    let ty = getsockopt(s, sockopt::SockType).map_err(why)?;
+    if !getsockopt(s, sockopt::AcceptConn).map_err(why)? {
+        return Err(unsupported(
+            "connected and unbound sockets are not supported yet (only listening ones)",
+        ));
+    }
+    if ty != SockType::Stream || ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
+        return Err(unsupported(
+            "only TCP and UNIX stream listening sockets are supported",
+        ));
+    }
+    if !valid_address(family, &addr) {
+        return Err(unsupported("unexpected local address"));
+    }
+    // Connections waiting to be accepted would be lost: refuse.
+    let mut pfd = [PollFd::new(s.as_fd(), PollFlags::POLLIN)];
+    let ready = poll(&mut pfd, PollTimeout::ZERO).unwrap_or(0);
+    if ready > 0
+        && pfd[0]
+            .revents()
+            .is_some_and(|r| r.contains(PollFlags::POLLIN))
+    {
+        return Err(unsupported(
+            "connections are waiting in its accept queue; they cannot be carried over (retry \
+             when it has accepted them)",
+        ));
+    }
+    let backlog = match family {
+        libc::AF_INET | libc::AF_INET6 => tcp_backlog(pid, inode, family == libc::AF_INET6),
+        _ => None,
+    }
+    .unwrap_or(libc::SOMAXCONN);
+    Ok(ListeningSocket {
+        family,
+        display: display(family, &addr),
+        addr,
+        backlog,
+        reuse_addr: getsockopt(s, sockopt::ReuseAddr).unwrap_or(false),
+        reuse_port: getsockopt(s, sockopt::ReusePort).unwrap_or(false),
+        v6_only: family == libc::AF_INET6 && getsockopt(s, sockopt::Ipv6V6Only).unwrap_or(false),
+    })
+}
+
+/// The accept backlog of a listening TCP socket: /proc/PID/net/tcp{,6} shows it as the
+/// tx_queue of a socket in state LISTEN (0A).
+fn tcp_backlog(pid: i32, inode: u64, v6: bool) -> Option<i32> {
+    let table = std::fs::read_to_string(format!(
+        "/proc/{pid}/net/{}",
+        if v6 { "tcp6" } else { "tcp" }
+    ))
+    .ok()?;
+    table.lines().skip(1).find_map(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        if f.get(9)?.parse::<u64>().ok()? != inode || *f.get(3)? != "0A" {
+            return None;
+        }
+        let tx = f.get(4)?.split(':').next()?;
+        i32::from_str_radix(tx, 16).ok()
+    })
+}
+
+impl ListeningSocket {
+    /// A new socket like the recorded one, bound and listening. Runs in the restorer, already
+    /// in the process's directory with its umask and filesystem ids.
+    fn make(&self) -> io::Result<OwnedFd> {
+        let family = AddressFamily::from_i32(self.family)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
+        let addr = storage_of(&self.addr)?;
+        let fd = socket(family, SockType::Stream, SockFlag::empty(), None)?;
+        // TCP: the checkpointed process's connections may linger in TIME_WAIT.
+        if self.reuse_addr || self.family != libc::AF_UNIX {
+            setsockopt(&fd, sockopt::ReuseAddr, &true)?;
+        }
+        if self.reuse_port {
+            setsockopt(&fd, sockopt::ReusePort, &true)?;
+        }
+        if self.family == libc::AF_INET6 {
+            setsockopt(&fd, sockopt::Ipv6V6Only, &self.v6_only)?;
+        }
+        if self.family == libc::AF_UNIX {
+            remove_stale_socket_file(&unix_path(&self.addr));
+        }
+        bind(fd.as_raw_fd(), &addr)?;
+        listen(&fd, Backlog::new(self.backlog.min(libc::SOMAXCONN))?)?;
+        Ok(fd)
+    }
+}
+
+/// A socket file left by the checkpointed process is replaced, but only if nobody listens on
+/// it any more (else bind fails: the address is in use, e.g. the original still runs).
+fn remove_stale_socket_file(path: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    if path.starts_with('@') {
+        return; // abstract: no file
+    }
+    let stale = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && matches!(
+            std::os::unix::net::UnixStream::connect(path),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+        );
+    if stale {
+        let _ = std::fs::remove_file(path);
+    }
+}
+
+impl FdState for ListeningSocket {
+    fn what(&self) -> &'static str {
+        "the listening socket"
+    }
+
+    fn restore(&self, f: &Fd, _ctx: &mut RestoreCtx) -> io::Result<()> {
+        let fd = self.make().map_err(|e| {
+            io::Error::new(
+                e.kind(),
+                format!("listening again on {}: {e}", self.display),
+            )
+        })?;
+        place(fd, f)
+    }
+
+    fn valid(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> bool {
+        valid_address(self.family, &self.addr)
+    }
+
+    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+        format!(
+            "listening socket {} (backlog {})",
+            self.display, self.backlog
+        )
+    }
+}

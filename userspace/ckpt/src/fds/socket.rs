@@ -1,0 +1,96 @@
+//! Sockets: one copy of the target's fd (pidfd_getfd) answers which kind it is, then the
+//! kind's module records it: a UNIX stream socket whose peer the process also holds is one
+//! end of a socket pair, else it must be a listening socket. Also the address helpers both
+//! use.
+
+use super::{DumpCtx, DumpResult, FdKind};
+use crate::proc::FdEntry;
+use nix::sys::socket::{getsockname, SockaddrLike, SockaddrStorage};
+use std::io;
+use std::os::fd::{AsRawFd, OwnedFd};
+
+pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
+    let Some(ino) = crate::proc::bracketed_inode(&e.target, "socket") else {
+        return Ok(None);
+    };
+    let ours = crate::sys::steal_fd(ctx.pid, e.fd)
+        .map_err(|err| super::unsupported(format!("pidfd_getfd: {err}")))?;
+    if let Some(kind) = super::socket_pair::dump_end(ctx, &ours, ino)? {
+        return Ok(Some(kind));
+    }
+    super::listen::dump(ctx.pid, &ours, ino).map(|l| Some(FdKind::Listen(l)))
+}
+
+/// The socket's local address as raw `struct sockaddr_*` bytes, as the image keeps it.
+pub fn local_address(s: &OwnedFd) -> io::Result<Vec<u8>> {
+    let addr: SockaddrStorage = getsockname(s.as_raw_fd())?;
+    Ok(sockaddr_bytes(&addr))
+}
+
+fn sockaddr_bytes(addr: &SockaddrStorage) -> Vec<u8> {
+    // SAFETY: a SockaddrStorage holds `len()` initialised bytes of its address at `as_ptr()`.
+    unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), addr.len() as usize) }.to_vec()
+}
+
+/// The address family in raw sockaddr bytes.
+pub fn family_of(addr: &[u8]) -> Option<i32> {
+    Some(i32::from(u16::from_ne_bytes([
+        *addr.first()?,
+        *addr.get(1)?,
+    ])))
+}
+
+/// Is `addr` a well-formed address of `family`? (Image data is never trusted.)
+pub fn valid_address(family: i32, addr: &[u8]) -> bool {
+    family_of(addr) == Some(family)
+        && match family {
+            libc::AF_INET => addr.len() == std::mem::size_of::<libc::sockaddr_in>(),
+            libc::AF_INET6 => addr.len() == std::mem::size_of::<libc::sockaddr_in6>(),
+            libc::AF_UNIX => {
+                addr.len() > 2 && addr.len() <= std::mem::size_of::<libc::sockaddr_un>()
+            }
+            _ => false,
+        }
+}
+
+/// A validated address (see [`valid_address`]) in the form nix binds to.
+pub fn storage_of(addr: &[u8]) -> io::Result<SockaddrStorage> {
+    let einval = || io::Error::from_raw_os_error(libc::EINVAL);
+    let family = family_of(addr).ok_or_else(einval)?;
+    if !valid_address(family, addr) {
+        return Err(einval());
+    }
+    // SAFETY: `addr` is a complete sockaddr of its family, of the length given (checked above).
+    unsafe { SockaddrStorage::from_raw(addr.as_ptr().cast(), Some(addr.len() as u32)) }
+        .ok_or_else(einval)
+}
+
+/// The path (or "@name" for the abstract namespace) of a UNIX address.
+pub fn unix_path(addr: &[u8]) -> String {
+    let p = addr.get(2..).unwrap_or_default();
+    match p.first() {
+        Some(0) => format!("@{}", String::from_utf8_lossy(&p[1..])),
+        _ => {
+            let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
+            String::from_utf8_lossy(&p[..end]).into_owned()
+        }
+    }
+}
+
+/// An address for humans.
+pub fn display(family: i32, addr: &[u8]) -> String {
+    match family {
+        libc::AF_INET if addr.len() >= 8 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            format!("{}.{}.{}.{}:{port}", addr[4], addr[5], addr[6], addr[7])
+        }
+        libc::AF_INET6 if addr.len() >= 24 => {
+            let port = u16::from_be_bytes([addr[2], addr[3]]);
+            let mut ip = [0u8; 16];
+            ip.copy_from_slice(&addr[8..24]);
+            format!("[{}]:{port}", std::net::Ipv6Addr::from(ip))
+        }
+        libc::AF_UNIX => unix_path(addr),
+        _ => format!("family {family}"),
+    }
+}

@@ -1,0 +1,42 @@
+//! Standard input, output and error connected outside the process (a terminal, a pipe to
+//! another program, a socket): not saved; on restore the process gets `ckpt restore`'s own
+//! (like CRIU's --shell-job).
+
+use super::{DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
+use crate::image::Section;
+use crate::proc::FdEntry;
+use serde::{Deserialize, Serialize};
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct InheritedStdio {
+    /// What it was connected to, for humans.
+    pub was: String,
+}
+
+pub fn dump(_ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
+    let outside = e.target.starts_with("pipe:")
+        || e.target.starts_with("socket:")
+        || e.target.starts_with("/dev/pts/")
+        || e.target.starts_with("/dev/tty")
+        || e.target == "/dev/console";
+    Ok(((0..=2).contains(&e.fd) && outside).then(|| {
+        FdKind::InheritStdio(InheritedStdio {
+            was: e.target.clone(),
+        })
+    }))
+}
+
+impl FdState for InheritedStdio {
+    fn what(&self) -> &'static str {
+        "inherited stdio"
+    }
+
+    /// The restorer kept its own fd at this number.
+    fn restore(&self, _f: &Fd, _ctx: &mut RestoreCtx) -> std::io::Result<()> {
+        Ok(())
+    }
+
+    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+        format!("inherited from the restorer (was {})", self.was)
+    }
+}

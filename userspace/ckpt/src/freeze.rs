@@ -1,0 +1,156 @@
+//! The barrier: every thread of the target stopped with PTRACE_SEIZE + PTRACE_INTERRUPT, which
+//! its parent cannot see (no SIGSTOP, no waitpid report) and which leaves each thread's FPU
+//! state in memory. Whatever happens, dropping a [`Frozen`] detaches and the target runs on.
+
+use crate::errors::{checkpoint_io, CheckpointError};
+use crate::{proc, sys};
+use nix::sys::ptrace;
+use nix::unistd::Pid;
+
+/// The threads of a frozen process (the main thread first). Dropped while active, it lets
+/// them all go.
+pub struct Frozen {
+    pub pid: i32,
+    pub tids: Vec<i32>,
+    active: bool,
+}
+
+impl Drop for Frozen {
+    fn drop(&mut self) {
+        if self.active {
+            self.release_quietly();
+        }
+    }
+}
+
+impl Frozen {
+    /// Stops every thread of `pid`.
+    pub fn freeze(pid: i32) -> Result<Frozen, CheckpointError> {
+        let mut f = Frozen {
+            pid,
+            tids: Vec::new(),
+            active: true,
+        };
+        f.stop_all()?;
+        Ok(f)
+    }
+
+    /// Seizes and interrupts each thread not stopped yet, listing them again until no new
+    /// thread appears (one may be created while we stop the others).
+    pub fn stop_all(&mut self) -> Result<(), CheckpointError> {
+        let pid = self.pid;
+        for _round in 0..100 {
+            let mut tids: Vec<i32> = std::fs::read_dir(format!("/proc/{pid}/task"))
+                .map_err(|_| CheckpointError::NoSuchProcess(pid))?
+                .filter_map(|e| e.ok()?.file_name().to_str()?.parse().ok())
+                .collect();
+            tids.sort_by_key(|&t| (t != pid, t));
+            tids.retain(|t| !self.tids.contains(t));
+            if tids.is_empty() {
+                return Ok(());
+            }
+            for tid in tids {
+                self.stop_one(tid)?;
+            }
+        }
+        Err(checkpoint_io(pid, "stopping its threads")(
+            std::io::Error::other("threads keep appearing"),
+        ))
+    }
+
+    fn stop_one(&mut self, tid: i32) -> Result<(), CheckpointError> {
+        let pid = self.pid;
+        match ptrace::seize(Pid::from_raw(tid), ptrace::Options::empty()) {
+            Ok(()) => {}
+            // Exited between the listing and now.
+            Err(nix::Error::ESRCH) if tid != pid => return Ok(()),
+            Err(e) => {
+                return Err(CheckpointError::Attach {
+                    pid,
+                    source: e.into(),
+                })
+            }
+        }
+        self.tids.push(tid);
+        ptrace::interrupt(Pid::from_raw(tid))
+            .map_err(|e| checkpoint_io(pid, "PTRACE_INTERRUPT")(e.into()))?;
+        let status =
+            sys::waitpid(tid, libc::__WALL).map_err(checkpoint_io(pid, "waiting for the stop"))?;
+        if !libc::WIFSTOPPED(status) {
+            self.tids.pop();
+            if tid == pid {
+                return Err(CheckpointError::NoSuchProcess(pid));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every thread go and forgets them (they may be frozen again with `stop_all`).
+    pub fn release_quietly(&mut self) {
+        for tid in self.tids.drain(..) {
+            let _ = ptrace::detach(Pid::from_raw(tid), None);
+        }
+    }
+
+    /// Lets every thread go; the process runs on.
+    pub fn release(mut self) -> Result<(), CheckpointError> {
+        self.active = false;
+        for &tid in &self.tids {
+            ptrace::detach(Pid::from_raw(tid), None)
+                .map_err(|e| checkpoint_io(self.pid, "PTRACE_DETACH")(e.into()))?;
+        }
+        Ok(())
+    }
+
+    /// Kills the process while it is still stopped, so it never runs past the checkpoint.
+    pub fn kill(mut self) -> Result<(), CheckpointError> {
+        sys::kill(self.pid, libc::SIGKILL).map_err(checkpoint_io(self.pid, "kill"))?;
+        self.active = false;
+        // Collect the other threads first: the main thread is reported only after them.
+        for &tid in self.tids.iter().rev() {
+            let _ = sys::waitpid(tid, libc::__WALL);
+        }
+        Ok(())
+    }
+
+    /// A thread the freeze took out of a call the kernel never restarts (epoll_wait...) holds
+    /// EINTR for the program: make it redo the call instead, as the kernel does for others.
+    pub fn redo_interrupted_calls(&self) -> Result<(), CheckpointError> {
+        for &tid in &self.tids {
+            redo_interrupted_call(tid)
+                .map_err(checkpoint_io(self.pid, "redoing an interrupted call"))?;
+        }
+        Ok(())
+    }
+}
+
+/// System calls that fail with EINTR when a stop interrupts them, even with no signal handler
+/// run (signal(7)): the kernel does not restart them after a freeze as it does the others.
+const NEVER_RESTARTED: &[i64] = &[
+    libc::SYS_epoll_wait,
+    libc::SYS_epoll_pwait,
+    libc::SYS_epoll_pwait2,
+    libc::SYS_rt_sigtimedwait,
+    libc::SYS_semop,
+    libc::SYS_semtimedop,
+    libc::SYS_io_getevents,
+    333, // io_pgetevents (not in the libc crate)
+];
+
+/// If frozen thread `tid` is about to return EINTR from one of `NEVER_RESTARTED` only because
+/// of the freeze (no signal of its own deliverable), points it back at the call so that it is
+/// made again (its timeout starts over), in the live process and in the image.
+fn redo_interrupted_call(tid: i32) -> std::io::Result<()> {
+    let mut r = ptrace::getregs(Pid::from_raw(tid))?;
+    if !(NEVER_RESTARTED.contains(&(r.orig_rax as i64)) && r.rax as i64 == -(libc::EINTR as i64)) {
+        return Ok(());
+    }
+    let (own, shared) = proc::pending_signals(tid)?;
+    let blocked = sys::ptrace_get_sigmask(tid)?;
+    if (own | shared) & !blocked != 0 {
+        return Ok(()); // a real signal interrupts it: EINTR is the program's to see
+    }
+    r.rax = r.orig_rax;
+    r.rip -= 2;
+    Ok(ptrace::setregs(Pid::from_raw(tid), r)?)
+}

@@ -1,0 +1,437 @@
+//! Memory: the mappings of a process and the pages worth keeping, dump and restore.
+//!
+//! Dump: mappings and their flags come from /proc/PID/smaps, page presence from
+//! /proc/PID/pagemap; the module copies the wanted pages straight into the image file
+//! (`CKPT_IOC_DUMP_PAGES`, zero pages of anonymous memory skipped). Clean pages of private
+//! file mappings are not stored (they come from the file), nor anything of shared file
+//! mappings or kernel mappings.
+//!
+//! Restore: the restorer prepares the module's request (every mapping with its file opened
+//! and checked to be the same inode, and the page runs); the module replaces the restorer's
+//! whole address space with it (`CKPT_IOC_RESTORE`, see restore/).
+
+use crate::device::Device;
+use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
+use crate::image::{ImageWriter, Section, PAGE, PAGES};
+use crate::proc::{self, MapEntry};
+use crate::stats::Stats;
+use ckpt_abi::{
+    CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
+};
+use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::Path;
+
+/// A process's address space as the image holds it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Memory {
+    pub mm: MmLayout,
+    pub vmas: Vec<Vma>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct MmLayout {
+    pub start_code: u64,
+    pub end_code: u64,
+    pub start_data: u64,
+    pub end_data: u64,
+    pub start_brk: u64,
+    pub brk: u64,
+    pub start_stack: u64,
+    pub arg_start: u64,
+    pub arg_end: u64,
+    pub env_start: u64,
+    pub env_end: u64,
+    pub auxv: Vec<u64>,
+}
+
+/// Conversions between the image's mm layout and the ioctl ABI's, with the field list once.
+macro_rules! mm_layout_conversions {
+    ($($field:ident),* $(,)?) => {
+        impl From<&ckpt_abi::CkptMmLayout> for MmLayout {
+            fn from(m: &ckpt_abi::CkptMmLayout) -> Self {
+                MmLayout { $($field: m.$field,)* auxv: m.auxv.to_vec() }
+            }
+        }
+
+        impl MmLayout {
+            /// The ABI form; auxv words beyond the ABI's room are dropped (the kernel keeps
+            /// fewer).
+            pub fn to_abi(&self) -> ckpt_abi::CkptMmLayout {
+                let mut auxv = [0u64; ckpt_abi::CKPT_AUXV_WORDS];
+                for (d, s) in auxv.iter_mut().zip(&self.auxv) {
+                    *d = *s;
+                }
+                ckpt_abi::CkptMmLayout { $($field: self.$field,)* auxv }
+            }
+        }
+    };
+}
+mm_layout_conversions!(
+    start_code,
+    end_code,
+    start_data,
+    end_data,
+    start_brk,
+    brk,
+    start_stack,
+    arg_start,
+    arg_end,
+    env_start,
+    env_end,
+);
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Vma {
+    pub start: u64,
+    pub end: u64,
+    /// PROT_READ | PROT_WRITE | PROT_EXEC.
+    pub prot: u32,
+    pub shared: bool,
+    pub growsdown: bool,
+    pub backing: Backing,
+    /// Saved page contents, sorted by address.
+    pub pages: Vec<PageRun>,
+}
+
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "snake_case", tag = "type")]
+pub enum Backing {
+    Anonymous,
+    /// A file mapping: clean pages come from the file, so the file must be there on restore.
+    File {
+        path: String,
+        offset: u64,
+        dev: String,
+        inode: u64,
+    },
+    /// A kernel-provided mapping ([vdso], [vvar], [vvar_vclock], [vsyscall]): never saved; the
+    /// restorer moves its own to the same place.
+    Special {
+        name: String,
+    },
+}
+
+/// `len` bytes of memory at `addr`, stored at `offset` of the image (inside a pages section).
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct PageRun {
+    pub addr: u64,
+    pub len: u64,
+    pub offset: u64,
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checkpoint
+
+/// The mappings of stopped process `pid`, checked to be ones a restore can recreate.
+pub fn mappings(pid: i32) -> Result<Vec<MapEntry>, CheckpointError> {
+    let maps = proc::smaps(pid).map_err(checkpoint_io(pid, "reading smaps"))?;
+    // A mapping of a file that no longer has a name (memfd, SysV shm, a deleted file) cannot
+    // be mapped again by path: refuse now rather than fail at restore.
+    if let Some(m) = maps
+        .iter()
+        .find(|m| m.is_file() && m.name.ends_with(" (deleted)"))
+    {
+        return Err(CheckpointError::UnsupportedMapping {
+            pid,
+            start: m.start,
+            name: m.name.clone(),
+        });
+    }
+    Ok(maps
+        .into_iter()
+        .filter(|m| m.name != "[vsyscall]")
+        .collect())
+}
+
+/// Stores the pages of `maps` into the image (through the module) and returns the mappings
+/// with their page runs. `image_path` names the image in errors.
+pub fn dump(
+    pid: i32,
+    dev: &Device,
+    maps: &[MapEntry],
+    w: &mut ImageWriter,
+    image_path: &Path,
+    stats: &mut Stats,
+) -> Result<Vec<Vma>, CheckpointError> {
+    let write_err = |source| CheckpointError::Write {
+        path: image_path.into(),
+        source,
+    };
+    let pagemap = File::open(format!("/proc/{pid}/pagemap"))
+        .map_err(checkpoint_io(pid, "opening pagemap"))?;
+    // Zero pages are left out of anonymous memory only: a zero page of a private file
+    // mapping differs from the file's page.
+    let (mut anon_ranges, mut file_ranges) = (Vec::new(), Vec::new());
+    for m in maps {
+        let out = if m.is_file() {
+            &mut file_ranges
+        } else {
+            &mut anon_ranges
+        };
+        wanted_ranges(pid, m, &pagemap, stats, out)?;
+    }
+    let mut runs: Vec<CkptRestoreRun> = Vec::new();
+    for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
+        if set.is_empty() {
+            continue;
+        }
+        let offset = w.external_pages_offset().map_err(write_err)?;
+        let r = dev
+            .dump_pages(pid, w.file(), &set, offset, skip_zero)
+            .map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
+                _ => checkpoint_io(pid, "dumping pages")(e),
+            })?;
+        w.external_pages_written(r.bytes_written)
+            .map_err(write_err)?;
+        stats.pages_written += r.bytes_written / PAGE;
+        stats.pages_skipped_zero += r.pages_zero;
+        runs.extend(r.runs);
+    }
+    runs.sort_by_key(|r| r.addr);
+    Ok(maps.iter().map(|m| vma_of(m, &runs)).collect())
+}
+
+const PM_PRESENT: u64 = 1 << 63;
+const PM_SWAP: u64 = 1 << 62;
+const PM_FILE: u64 = 1 << 61;
+
+/// The ranges of `m` whose pages must be stored: present or swapped pages, except a private
+/// file mapping's clean pages (they come from the file). Shared file mappings and kernel
+/// mappings store nothing.
+fn wanted_ranges(
+    pid: i32,
+    m: &MapEntry,
+    pagemap: &File,
+    stats: &mut Stats,
+    out: &mut Vec<CkptRange>,
+) -> Result<(), CheckpointError> {
+    if m.is_special() || (m.shared && m.is_file()) {
+        return Ok(());
+    }
+    let anonymous = !m.is_file();
+    let npages = ((m.end - m.start) / PAGE) as usize;
+    const BATCH: usize = 4096;
+    let mut entries = vec![0u8; BATCH * 8];
+    let mut first = 0usize;
+    while first < npages {
+        let n = BATCH.min(npages - first);
+        let addr0 = m.start + first as u64 * PAGE;
+        pagemap
+            .read_exact_at(&mut entries[..n * 8], addr0 / PAGE * 8)
+            .map_err(checkpoint_io(pid, "reading /proc/PID/pagemap"))?;
+        stats.pages_scanned += n as u64;
+        for (i, e) in entries[..n * 8].chunks_exact(8).enumerate() {
+            let mut word = [0u8; 8];
+            word.copy_from_slice(e);
+            let e = u64::from_le_bytes(word);
+            if e & (PM_PRESENT | PM_SWAP) == 0 || (e & PM_FILE != 0 && !anonymous) {
+                continue;
+            }
+            let addr = addr0 + i as u64 * PAGE;
+            match out.last_mut() {
+                Some(r) if r.end == addr => r.end += PAGE,
+                _ => out.push(CkptRange {
+                    start: addr,
+                    end: addr + PAGE,
+                }),
+            }
+        }
+        first += n;
+    }
+    Ok(())
+}
+
+/// The image's record of mapping `m`, with its part of the dumped page `runs`.
+fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun]) -> Vma {
+    // The module merges pages that follow each other in memory and in the file, also across
+    // adjacent mappings: cut the runs at this mapping's bounds.
+    let pages = runs
+        .iter()
+        .filter(|r| r.addr < m.end && m.start < r.addr + r.len)
+        .map(|r| {
+            let start = r.addr.max(m.start);
+            let end = (r.addr + r.len).min(m.end);
+            PageRun {
+                addr: start,
+                len: end - start,
+                offset: r.image_offset + (start - r.addr),
+            }
+        })
+        .collect();
+    let backing = if m.is_special() {
+        Backing::Special {
+            name: m.name.clone(),
+        }
+    } else if m.is_file() {
+        Backing::File {
+            path: m.name.clone(),
+            offset: m.offset,
+            dev: m.dev.clone(),
+            inode: m.inode,
+        }
+    } else {
+        Backing::Anonymous
+    };
+    Vma {
+        start: m.start,
+        end: m.end,
+        prot: u32::from(m.read) | u32::from(m.write) << 1 | u32::from(m.exec) << 2,
+        shared: m.shared,
+        growsdown: m.has_flag("gd"),
+        backing,
+        pages,
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Restore
+
+/// The module's restore request for an address space, prepared before the restorer forks.
+pub struct MemoryPlan {
+    /// Every mapping but the kernel's; a file mapping's `fd` holds the index of its file in
+    /// `files` until the restorer knows the fd numbers ([`MemoryPlan::set_file_fds`]).
+    pub vmas: Vec<CkptRestoreVma>,
+    pub runs: Vec<CkptRestoreRun>,
+    /// Distinct mapped files, opened (as the process's user) and checked.
+    pub files: Vec<File>,
+}
+
+/// Opens each mapped file once (per path and writability) and checks it is the one that was
+/// mapped, and lists the mappings and page runs for the module.
+pub fn plan(vmas: &[Vma]) -> Result<MemoryPlan, RestoreError> {
+    let mut files: Vec<File> = Vec::new();
+    let mut file_index: BTreeMap<(String, bool), usize> = BTreeMap::new();
+    let mut out = Vec::new();
+    let mut runs = Vec::new();
+    for v in vmas {
+        let (mut flags, fd_slot, offset) = match &v.backing {
+            Backing::Special { .. } => continue,
+            Backing::Anonymous => (0, -1, 0),
+            Backing::File {
+                path,
+                offset,
+                inode,
+                ..
+            } => {
+                let writable = v.shared && v.prot & 2 != 0;
+                let idx = match file_index.get(&(path.clone(), writable)) {
+                    Some(&i) => i,
+                    None => {
+                        files.push(open_mapped_file(path, writable, *inode)?);
+                        file_index.insert((path.clone(), writable), files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                (CKPT_VMA_FILE, idx as i32, *offset)
+            }
+        };
+        if v.shared {
+            flags |= CKPT_VMA_SHARED;
+        }
+        if v.growsdown {
+            flags |= CKPT_VMA_GROWSDOWN;
+        }
+        out.push(CkptRestoreVma {
+            start: v.start,
+            end: v.end,
+            prot: v.prot,
+            flags,
+            fd: fd_slot,
+            _reserved: 0,
+            file_offset: offset,
+        });
+        runs.extend(v.pages.iter().map(|r| CkptRestoreRun {
+            addr: r.addr,
+            len: r.len,
+            image_offset: r.offset,
+        }));
+    }
+    Ok(MemoryPlan {
+        vmas: out,
+        runs,
+        files,
+    })
+}
+
+fn open_mapped_file(path: &str, writable: bool, inode: u64) -> Result<File, RestoreError> {
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(writable)
+        .open(path)
+        .map_err(|e| RestoreError::MappedFile {
+            path: path.to_owned(),
+            why: e.to_string(),
+        })?;
+    let ino = std::os::unix::fs::MetadataExt::ino(&f.metadata().map_err(restore_io(path))?);
+    if ino != inode {
+        return Err(RestoreError::MappedFile {
+            path: path.to_owned(),
+            why: format!("it was replaced since the checkpoint (inode {ino}, was {inode})"),
+        });
+    }
+    Ok(f)
+}
+
+impl MemoryPlan {
+    /// In the restorer, once its files sit at known numbers: `fds[i]` is `files[i]`'s.
+    pub fn set_file_fds(&mut self, fds: &[i32]) {
+        for v in self.vmas.iter_mut() {
+            if v.flags & CKPT_VMA_FILE != 0 {
+                if let Some(&fd) = usize::try_from(v.fd).ok().and_then(|i| fds.get(i)) {
+                    v.fd = fd;
+                }
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Checks
+
+impl Memory {
+    /// VMAs sorted and page-aligned, page runs inside their VMA and inside a pages section.
+    pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
+        let mut prev_end = 0;
+        for v in &self.vmas {
+            if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end || v.start < prev_end {
+                return Err(format!("bad VMA {:#x}-{:#x}", v.start, v.end));
+            }
+            prev_end = v.end;
+            let mut prev_run_end = v.start;
+            for r in &v.pages {
+                let end = r.addr.saturating_add(r.len);
+                if r.addr % PAGE != 0
+                    || r.len % PAGE != 0
+                    || r.offset % PAGE != 0
+                    || r.len == 0
+                    || r.addr < prev_run_end
+                    || end > v.end
+                    || !in_pages_section(r, sections)
+                {
+                    return Err(format!("bad page run at {:#x}", r.addr));
+                }
+                prev_run_end = end;
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes of page contents stored.
+    pub fn saved_bytes(&self) -> u64 {
+        self.vmas.iter().flat_map(|v| &v.pages).map(|r| r.len).sum()
+    }
+}
+
+fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
+    sections.iter().any(|s| {
+        s.kind == PAGES
+            && r.offset >= s.offset
+            && r.offset
+                .checked_add(r.len)
+                .is_some_and(|e| e <= s.offset + s.len)
+    })
+}

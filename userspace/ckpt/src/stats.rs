@@ -1,0 +1,78 @@
+//! Figures a checkpoint records about itself (like CRIU's `--display-stats`), and their text.
+
+use crate::image::PAGE;
+use serde::{Deserialize, Serialize};
+use std::fmt::Write;
+
+/// Figures like CRIU's `--display-stats`, recorded by the checkpoint.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
+pub struct Stats {
+    pub frozen_us: u64,
+    pub memdump_us: u64,
+    pub total_us: u64,
+    pub pages_scanned: u64,
+    pub pages_skipped_zero: u64,
+    pub pages_written: u64,
+    pub image_bytes: u64,
+    /// Taken through the interceptor library (flushed, ids virtual) rather than the plain path.
+    #[serde(default)]
+    pub interceptor: bool,
+    /// Time the interceptor took to flush, before the freeze.
+    #[serde(default)]
+    pub flush_us: u64,
+    /// The program's stdio buffers were flushed before the snapshot.
+    #[serde(default)]
+    pub stdio_flushed: bool,
+}
+
+pub fn stats_text(s: &Stats) -> String {
+    let mib = s.image_bytes as f64 / (1024.0 * 1024.0);
+    let secs = s.memdump_us as f64 / 1e6;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "  frozen time:      {:.3} ms",
+        s.frozen_us as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "  memory dump time: {:.3} ms",
+        s.memdump_us as f64 / 1000.0
+    );
+    let _ = writeln!(
+        out,
+        "  total time:       {:.3} ms",
+        s.total_us as f64 / 1000.0
+    );
+    if s.interceptor {
+        let _ = writeln!(
+            out,
+            "  interceptor:      prepared in {:.3} ms, stdio {}",
+            s.flush_us as f64 / 1000.0,
+            if s.stdio_flushed {
+                "flushed"
+            } else {
+                "not flushed"
+            }
+        );
+    } else {
+        let _ = writeln!(out, "  interceptor:      none (plain path)");
+    }
+    let _ = writeln!(out, "  pages scanned:    {}", s.pages_scanned);
+    let _ = writeln!(out, "  pages skipped:    {} (zero)", s.pages_skipped_zero);
+    let _ = writeln!(out, "  pages written:    {}", s.pages_written);
+    let _ = writeln!(
+        out,
+        "  image size:       {} bytes ({mib:.1} MiB{})",
+        s.image_bytes,
+        if secs > 0.0 {
+            format!(
+                ", {:.0} MiB/s dumped",
+                (s.pages_written * PAGE) as f64 / 1048576.0 / secs
+            )
+        } else {
+            String::new()
+        }
+    );
+    out
+}
