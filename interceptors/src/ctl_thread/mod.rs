@@ -23,33 +23,16 @@
 //! In a restored process the thread's fd table starts empty (`ckpt restore` closes what the
 //! new thread got): its pending accept or read fails with EBADF and it makes a new endpoint.
 
+mod config;
+
 use crate::control::CTL;
 use crate::raw::{self, Buf};
 use ckpt_abi::interceptor::{
-    APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE, SOCKET_SUFFIX,
+    APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE,
 };
-use core::cell::UnsafeCell;
+use config::{app_path, config, socket_path, unix_addr};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32};
-
-/// Written once by `start` (before the thread exists) and read by the thread afterwards.
-struct Config {
-    runtime_dir: Buf<160>,
-    app_id: Buf<72>,
-}
-struct Shared(UnsafeCell<Config>);
-// SAFETY: written only by `start`, before the control thread that reads it is created (and
-// again only in a fork child, where that thread does not exist).
-unsafe impl Sync for Shared {}
-static CONFIG: Shared = Shared(UnsafeCell::new(Config {
-    runtime_dir: Buf::new(),
-    app_id: Buf::new(),
-}));
-
-fn config() -> &'static Config {
-    // SAFETY: see `Shared`: no writer runs while the thread reads.
-    unsafe { &*CONFIG.0.get() }
-}
 
 /// The listening socket and the connection being served (-1: none).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
@@ -77,16 +60,9 @@ pub fn start() {
         return; // preloaded by hand: only the (inactive) id functions are here
     };
     use std::os::unix::ffi::OsStrExt;
-    // SAFETY: see `Shared`: the control thread does not exist yet in this process.
-    unsafe {
-        let c = &mut *CONFIG.0.get();
-        c.runtime_dir.len = 0;
-        c.app_id.len = 0;
-        c.runtime_dir.push(rt.as_bytes());
-        c.app_id.push(app.as_bytes());
-        if !c.runtime_dir.fits() || !c.app_id.fits() || c.app_id.is_empty() {
-            return;
-        }
+    // SAFETY: the control thread does not exist yet in this process.
+    if !unsafe { config::set(rt.as_bytes(), app.as_bytes()) } {
+        return;
     }
     find_tid_offset();
     if spawn_raw_thread().is_ok() {
@@ -241,40 +217,6 @@ extern "C" fn thread_main() -> ! {
             }
         }
     }
-}
-
-/// `RUNTIME_DIR/APP` (+ `tail`).
-fn app_path(tail: &[u8]) -> Buf<256> {
-    let c = config();
-    let mut p = Buf::<256>::new();
-    p.push(&c.runtime_dir).push(b"/").push(&c.app_id).push(tail);
-    p
-}
-
-/// This process's control socket, `RUNTIME_DIR/APP/PID.sock` (kernel pid).
-fn socket_path() -> Buf<256> {
-    let mut p = app_path(b"/");
-    p.num(i64::from(raw::getpid()))
-        .push(SOCKET_SUFFIX.as_bytes());
-    p
-}
-
-/// The socket address of `path` (None if it does not fit).
-fn unix_addr(path: &mut Buf<256>) -> Option<libc::sockaddr_un> {
-    // SAFETY: sockaddr_un is plain data.
-    let mut addr: libc::sockaddr_un = unsafe { core::mem::zeroed() };
-    addr.sun_family = libc::AF_UNIX as libc::sa_family_t;
-    if !path.fits() {
-        return None;
-    }
-    let bytes = path.c_str();
-    if bytes.len() > addr.sun_path.len() {
-        return None;
-    }
-    for (d, s) in addr.sun_path.iter_mut().zip(bytes) {
-        *d = *s as libc::c_char;
-    }
-    Some(addr)
 }
 
 struct Endpoint {
