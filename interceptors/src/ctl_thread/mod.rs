@@ -24,6 +24,8 @@
 //! new thread got): its pending accept or read fails with EBADF and it makes a new endpoint.
 
 mod config;
+mod line_io;
+mod proc_dir;
 
 use crate::control::CTL;
 use crate::raw::{self, Buf};
@@ -33,6 +35,8 @@ use ckpt_abi::interceptor::{
 use config::{app_path, config, socket_path, unix_addr};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
 use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32};
+use line_io::{read_line, send_all};
+use proc_dir::{count_numeric_entries, for_each_number};
 
 /// The listening socket and the connection being served (-1: none).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
@@ -301,38 +305,6 @@ impl Endpoint {
     }
 }
 
-/// Reads one line into `line`. Err(errno) on failure; Ok(false) at end of file.
-fn read_line(conn: i32, line: &mut Buf<256>) -> Result<bool, i32> {
-    line.len = 0;
-    loop {
-        let mut b = [0u8; 1];
-        match raw::read(conn, &mut b) {
-            1 if b[0] == b'\n' => return Ok(true),
-            1 if line.len < 255 => {
-                line.push(&b);
-            }
-            1 => return Err(libc::EMSGSIZE),
-            0 => return Ok(false),
-            r if r == -(libc::EINTR as i64) => continue,
-            r => return Err(-r as i32),
-        }
-    }
-}
-
-fn send_all(conn: i32, mut b: &[u8]) -> bool {
-    while !b.is_empty() {
-        let n = raw::send(conn, b);
-        if n == -(libc::EINTR as i64) {
-            continue;
-        }
-        if n <= 0 {
-            return false;
-        }
-        b = b.get(n as usize..).unwrap_or_default();
-    }
-    true
-}
-
 /// Serves one connection. Returns true if our fds vanished under us (a restore).
 fn serve_one(conn: i32) -> bool {
     // Whatever the program did to its credentials (raw setuid calls included), this thread
@@ -415,44 +387,6 @@ fn program_threads() -> usize {
     let n = count_numeric_entries(fd as i32, &[]);
     raw::close(fd as i32);
     n.saturating_sub(1 + usize::from(HELPER.load(Relaxed)))
-}
-
-/// Calls `f` for every numeric entry of the directory `fd` (skipping `skip`); returns how many.
-fn for_each_number(fd: i32, skip: &[i32], mut f: impl FnMut(i32)) -> usize {
-    let mut buf = [0u8; 4096];
-    let mut count = 0;
-    loop {
-        let n = raw::getdents64(fd, &mut buf);
-        if n <= 0 {
-            return count;
-        }
-        let mut off = 0usize;
-        while off + 19 < n as usize {
-            let reclen = u16::from_ne_bytes([buf[off + 16], buf[off + 17]]) as usize;
-            if reclen == 0 {
-                return count;
-            }
-            let name = buf.get(off + 19..off + reclen).unwrap_or_default();
-            let name = &name[..name.iter().position(|&b| b == 0).unwrap_or(name.len())];
-            let mut v: i64 = 0;
-            let numeric =
-                !name.is_empty() && name.iter().all(u8::is_ascii_digit) && name.len() < 10;
-            if numeric {
-                for d in name {
-                    v = v * 10 + i64::from(d - b'0');
-                }
-                if !skip.contains(&(v as i32)) {
-                    count += 1;
-                    f(v as i32);
-                }
-            }
-            off += reclen;
-        }
-    }
-}
-
-fn count_numeric_entries(fd: i32, skip: &[i32]) -> usize {
-    for_each_number(fd, skip, |_| {})
 }
 
 /// fdatasync of every regular file the program has open for writing, so that what the image
