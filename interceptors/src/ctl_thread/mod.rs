@@ -26,6 +26,8 @@
 mod config;
 mod line_io;
 mod proc_dir;
+mod status;
+mod tid_offset;
 
 use crate::control::CTL;
 use crate::raw::{self, Buf};
@@ -34,21 +36,18 @@ use ckpt_abi::interceptor::{
 };
 use config::{app_path, config, socket_path, unix_addr};
 use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicI64, AtomicU32};
+use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32};
 use line_io::{read_line, send_all};
 use proc_dir::{count_numeric_entries, for_each_number};
+use status::{CTL_TID, RUNNING};
 
 /// The listening socket and the connection being served (-1: none).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 static CONN_FD: AtomicI32 = AtomicI32::new(-1);
-/// Offset of the tid in glibc's `struct pthread` (-1: not found).
-static TID_OFFSET: AtomicI64 = AtomicI64::new(-1);
 /// The helper thread exists (the program has threads of its own).
 static HELPER: AtomicBool = AtomicBool::new(false);
 /// Flush handshake with the helper: 0 idle, 1 asked, 2 done.
 static FLUSH: AtomicU32 = AtomicU32::new(0);
-/// The control thread runs in this process.
-static RUNNING: AtomicBool = AtomicBool::new(false);
 
 const STACK_SIZE: usize = 128 * 1024;
 /// Thread-pointer area: nothing of ours uses it, but anything that did would land here.
@@ -68,7 +67,7 @@ pub fn start() {
     if !unsafe { config::set(rt.as_bytes(), app.as_bytes()) } {
         return;
     }
-    find_tid_offset();
+    tid_offset::find();
     if spawn_raw_thread().is_ok() {
         RUNNING.store(true, Release);
     }
@@ -83,37 +82,6 @@ pub extern "C" fn after_fork_in_child() {
     FLUSH.store(0, Relaxed);
     RUNNING.store(false, Relaxed);
     start();
-}
-
-/// Where glibc's `struct pthread` (at the thread pointer on x86-64) keeps the kernel tid.
-/// `ckpt restore` rewrites that field when a thread comes back under another tid, so that
-/// glibc's pthread_kill, raise and mutex owner checks address the right thread.
-fn find_tid_offset() {
-    // SAFETY: pthread_self has no preconditions.
-    let me = unsafe { libc::pthread_self() } as usize;
-    let tid = raw::gettid();
-    let mut fs_base = 0usize;
-    const ARCH_GET_FS: u64 = 0x1003;
-    // SAFETY: ARCH_GET_FS writes one word to the address given.
-    let r = unsafe {
-        raw::syscall6(
-            libc::SYS_arch_prctl,
-            [ARCH_GET_FS, &mut fs_base as *mut usize as u64, 0, 0, 0, 0],
-        )
-    };
-    if r != 0 || fs_base != me {
-        return;
-    }
-    // The tid follows glibc's thread control block (hundreds of bytes of it); its struct
-    // pthread is larger than 2 KiB, so the reads stay inside it.
-    for off in (0x100..0x800usize).step_by(4) {
-        // SAFETY: inside this thread's live descriptor (see above); 4-byte aligned.
-        let v = unsafe { core::ptr::read_volatile((me + off) as *const i32) };
-        if v == tid {
-            TID_OFFSET.store(off as i64, Relaxed);
-            return;
-        }
-    }
 }
 
 fn spawn_raw_thread() -> Result<(), ()> {
@@ -186,9 +154,6 @@ unsafe fn clone_thread(flags: u64, stack_top: u64, tls: u64) -> i64 {
     );
     ret
 }
-
-/// The control thread's kernel tid.
-static CTL_TID: AtomicI32 = AtomicI32::new(0);
 
 extern "C" fn thread_main() -> ! {
     // The fd table is a copy of the program's: drop those references at once, or a file the
@@ -447,7 +412,7 @@ fn prepare(conn: i32) -> bool {
     let synced = sync_written_files();
     let mut r = Buf::<256>::new();
     r.push(b"READY ctl=").hex(CTL.address() as u64);
-    r.push(b" tidoff=").num(TID_OFFSET.load(Relaxed));
+    r.push(b" tidoff=").num(tid_offset::get());
     r.push(b" ctltid=").num(i64::from(CTL_TID.load(Relaxed)));
     r.push(b" fsynced=").num(synced);
     r.push(b" stdio=").push(stdio);
