@@ -24,10 +24,13 @@
 //! new thread got): its pending accept or read fails with EBADF and it makes a new endpoint.
 
 mod config;
+mod flush;
 mod line_io;
 mod proc_dir;
 mod status;
+mod sync_files;
 mod tid_offset;
+mod trampoline;
 
 use crate::control::CTL;
 use crate::raw::{self, Buf};
@@ -35,19 +38,14 @@ use ckpt_abi::interceptor::{
     APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE,
 };
 use config::{app_path, config, socket_path, unix_addr};
-use core::sync::atomic::Ordering::{Acquire, Relaxed, Release, SeqCst};
-use core::sync::atomic::{AtomicBool, AtomicI32, AtomicU32};
+use core::sync::atomic::AtomicI32;
+use core::sync::atomic::Ordering::{Acquire, Relaxed, Release};
 use line_io::{read_line, send_all};
-use proc_dir::{count_numeric_entries, for_each_number};
 use status::{CTL_TID, RUNNING};
 
 /// The listening socket and the connection being served (-1: none).
 static LISTEN_FD: AtomicI32 = AtomicI32::new(-1);
 static CONN_FD: AtomicI32 = AtomicI32::new(-1);
-/// The helper thread exists (the program has threads of its own).
-static HELPER: AtomicBool = AtomicBool::new(false);
-/// Flush handshake with the helper: 0 idle, 1 asked, 2 done.
-static FLUSH: AtomicU32 = AtomicU32::new(0);
 
 const STACK_SIZE: usize = 128 * 1024;
 /// Thread-pointer area: nothing of ours uses it, but anything that did would land here.
@@ -78,8 +76,7 @@ pub fn start() {
 pub extern "C" fn after_fork_in_child() {
     LISTEN_FD.store(-1, Relaxed);
     CONN_FD.store(-1, Relaxed);
-    HELPER.store(false, Relaxed);
-    FLUSH.store(0, Relaxed);
+    flush::forget_helper();
     RUNNING.store(false, Relaxed);
     start();
 }
@@ -312,114 +309,18 @@ fn serve_one(conn: i32) -> bool {
     }
 }
 
-/// How stdio gets flushed for this checkpoint.
-fn flush_stdio() -> &'static [u8] {
-    if HELPER.load(Acquire) {
-        FLUSH.store(1, SeqCst);
-        raw::futex_wake(&FLUSH);
-        // The helper takes each stream's lock: a thread holding one for long (blocked on a
-        // full pipe) holds us up; ckpt gives up after its own timeout.
-        // Within ckpt's own 10 s, so that ckpt gets the answer.
-        for _ in 0..500 {
-            let v = FLUSH.load(SeqCst);
-            if v == 2 {
-                FLUSH.store(0, SeqCst);
-                return b"done";
-            }
-            raw::futex_wait(&FLUSH, v, 10);
-        }
-        return b"timeout";
-    }
-    if program_threads() == 1 {
-        b"infcall"
-    } else {
-        // Threads that glibc made for itself or that appeared before this library: no helper,
-        // and the main thread cannot flush safely while they run.
-        b"skipped"
-    }
-}
-
-/// Threads of the process other than this library's.
-fn program_threads() -> usize {
-    let fd = raw::open(
-        b"/proc/self/task\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    );
-    if fd < 0 {
-        return usize::MAX;
-    }
-    let n = count_numeric_entries(fd as i32, &[]);
-    raw::close(fd as i32);
-    n.saturating_sub(1 + usize::from(HELPER.load(Relaxed)))
-}
-
-/// fdatasync of every regular file the program has open for writing, so that what the image
-/// says was written is on disk. The program's fds are in its table, not ours: each is copied
-/// here with pidfd_getfd (always allowed within a process) for the call. Returns how many.
-fn sync_written_files() -> i64 {
-    // /proc/self is the thread group's leader: its fd table is the program's.
-    let dir = raw::open(
-        b"/proc/self/fd\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    );
-    if dir < 0 {
-        return 0;
-    }
-    let dir = dir as i32;
-    let mut fds = [0i32; 1024];
-    let mut n = 0;
-    for_each_number(dir, &[], |fd| {
-        if n < fds.len() {
-            fds[n] = fd;
-            n += 1;
-        }
-    });
-    raw::close(dir);
-    let pidfd = raw::pidfd_open(raw::getpid());
-    if pidfd < 0 {
-        return 0;
-    }
-    let pidfd = pidfd as i32;
-    let mut synced = 0;
-    for &target in &fds[..n] {
-        let fd = raw::pidfd_getfd(pidfd, target);
-        if fd < 0 {
-            continue;
-        }
-        let fd = fd as i32;
-        let fl = raw::fcntl(fd, libc::F_GETFL, 0);
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        if fl >= 0
-            && (fl as i32) & libc::O_ACCMODE != libc::O_RDONLY
-            && raw::fstat(fd, &mut st) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && raw::fdatasync(fd) == 0
-        {
-            synced += 1;
-        }
-        raw::close(fd);
-    }
-    raw::close(pidfd);
-    synced
-}
-
 /// Flushes, reports, and waits for the checkpoint to be over.
 fn prepare(conn: i32) -> bool {
-    let stdio = flush_stdio();
-    let synced = sync_written_files();
+    let stdio = flush::flush_stdio();
+    let synced = sync_files::sync_written_files();
     let mut r = Buf::<256>::new();
     r.push(b"READY ctl=").hex(CTL.address() as u64);
     r.push(b" tidoff=").num(tid_offset::get());
     r.push(b" ctltid=").num(i64::from(CTL_TID.load(Relaxed)));
     r.push(b" fsynced=").num(synced);
     r.push(b" stdio=").push(stdio);
-    r.push(b" flush=")
-        .hex(ckpt_interceptor_flush as *const () as u64);
-    r.push(b" ctx=")
-        .hex(core::ptr::addr_of!(ckpt_flush_context) as u64);
+    r.push(b" flush=").hex(trampoline::entry_address());
+    r.push(b" ctx=").hex(trampoline::context_address());
     r.push(b" map=");
     // The table can be long: it goes in a second buffer.
     let mut map = Buf::<16384>::new();
@@ -438,124 +339,6 @@ fn prepare(conn: i32) -> bool {
         Ok(true) if line.as_slice() == REQ_DONE.as_bytes() => false,
         Ok(_) => false,
         Err(e) => restored || e == libc::EBADF,
-    }
-}
-
-// The single-threaded flush: ckpt makes the frozen main thread run `ckpt_interceptor_flush`
-// (through ptrace) when it stopped at a safe point. The trampoline saves the FPU/SSE/AVX state
-// itself (XSAVE), calls fflush(NULL), signals the end with the marker getpid, then restores
-// the XSAVE state and the general registers ckpt left in `ckpt_flush_context` and jumps back
-// to where the thread was. ckpt normally takes the thread back at the marker; if ckpt dies or
-// gives up first, the thread still returns to its own code by itself.
-core::arch::global_asm!(
-    ".pushsection .bss.ckpt_flush,\"aw\",@nobits",
-    ".balign 64",
-    "ckpt_flush_xsave_area: .zero 16384",
-    ".globl ckpt_flush_context",
-    ".hidden ckpt_flush_context",
-    "ckpt_flush_context: .zero 144",
-    ".popsection",
-    ".pushsection .text.ckpt_flush,\"ax\",@progbits",
-    ".globl ckpt_interceptor_flush",
-    ".type ckpt_interceptor_flush,@function",
-    "ckpt_interceptor_flush:",
-    "and rsp, -64",
-    "mov eax, -1",
-    "mov edx, -1",
-    "xsave [rip + ckpt_flush_xsave_area]",
-    // The thread may have been stopped with the direction flag set; the ABI wants it clear.
-    "cld",
-    "call {flush}",
-    "mov rdi, rax",
-    "movabs rsi, {magic}",
-    "mov eax, 39",
-    "syscall",
-    "mov eax, -1",
-    "mov edx, -1",
-    "xrstor [rip + ckpt_flush_xsave_area]",
-    "lea rax, [rip + ckpt_flush_context]",
-    "push qword ptr [rax + 120]",
-    "popfq",
-    "mov rbx, [rax + 8]",
-    "mov rcx, [rax + 16]",
-    "mov rdx, [rax + 24]",
-    "mov rsi, [rax + 32]",
-    "mov rdi, [rax + 40]",
-    "mov rbp, [rax + 48]",
-    "mov r8, [rax + 56]",
-    "mov r9, [rax + 64]",
-    "mov r10, [rax + 72]",
-    "mov r11, [rax + 80]",
-    "mov r12, [rax + 88]",
-    "mov r13, [rax + 96]",
-    "mov r14, [rax + 104]",
-    "mov r15, [rax + 112]",
-    "mov rsp, [rax + 128]",
-    "mov rax, [rax]",
-    "jmp qword ptr [rip + ckpt_flush_context + 136]",
-    ".size ckpt_interceptor_flush, . - ckpt_interceptor_flush",
-    ".popsection",
-    flush = sym flush_all_streams,
-    magic = const ckpt_abi::interceptor::FLUSH_DONE_MAGIC,
-);
-
-extern "C" {
-    fn ckpt_interceptor_flush();
-    static ckpt_flush_context: [u64; 18];
-}
-
-extern "C" fn flush_all_streams() -> i64 {
-    // SAFETY: fflush(NULL) flushes every stdio stream.
-    i64::from(unsafe { libc::fflush(core::ptr::null_mut()) })
-}
-
-/// Runs in the helper: flushes when the control thread asks.
-extern "C" fn helper_main(_: *mut libc::c_void) -> *mut libc::c_void {
-    // SAFETY: naming this thread.
-    unsafe { libc::prctl(libc::PR_SET_NAME, c"ckpt-flush".as_ptr()) };
-    loop {
-        let v = FLUSH.load(SeqCst);
-        if v != 1 {
-            raw::futex_wait(&FLUSH, v, 0);
-            continue;
-        }
-        // SAFETY: fflush(NULL) flushes every stream, taking each one's lock.
-        unsafe { libc::fflush(core::ptr::null_mut()) };
-        FLUSH.store(2, SeqCst);
-        raw::futex_wake(&FLUSH);
-    }
-}
-
-pub type PthreadCreate = unsafe extern "C" fn(
-    *mut libc::pthread_t,
-    *const libc::pthread_attr_t,
-    extern "C" fn(*mut libc::c_void) -> *mut libc::c_void,
-    *mut libc::c_void,
-) -> libc::c_int;
-
-/// The program made a thread: it is a multi-threaded glibc program from now on, so a glibc
-/// helper thread costs it nothing more; start one (once) to flush stdio with proper locking.
-pub fn program_made_a_thread(real: PthreadCreate) {
-    // A plain load first: this runs on every pthread_create of the program.
-    if HELPER.load(Relaxed) || !RUNNING.load(Acquire) || HELPER.swap(true, SeqCst) {
-        return;
-    }
-    // SAFETY: sigset_t is plain data; the helper starts with every signal blocked.
-    unsafe {
-        let mut all: libc::sigset_t = core::mem::zeroed();
-        let mut old: libc::sigset_t = core::mem::zeroed();
-        libc::sigfillset(&mut all);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &all, &mut old);
-        let mut attr: libc::pthread_attr_t = core::mem::zeroed();
-        libc::pthread_attr_init(&mut attr);
-        libc::pthread_attr_setstacksize(&mut attr, 64 * 1024);
-        libc::pthread_attr_setdetachstate(&mut attr, libc::PTHREAD_CREATE_DETACHED);
-        let mut t: libc::pthread_t = 0;
-        if real(&mut t, &attr, helper_main, core::ptr::null_mut()) != 0 {
-            HELPER.store(false, SeqCst);
-        }
-        libc::pthread_attr_destroy(&mut attr);
-        libc::pthread_sigmask(libc::SIG_SETMASK, &old, core::ptr::null_mut());
     }
 }
 
@@ -687,3 +470,5 @@ pub fn follow_credentials() {
     // SAFETY: as above.
     unsafe { *libc::__errno_location() = saved };
 }
+
+pub use flush::{program_made_a_thread, PthreadCreate};
