@@ -28,20 +28,17 @@ mod creds;
 mod flush;
 mod line_io;
 mod proc_dir;
+mod protocol;
 mod status;
 mod sync_files;
 mod tid_offset;
 mod trampoline;
 
-use crate::control::CTL;
 use crate::raw::{self, Buf};
-use ckpt_abi::interceptor::{
-    APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR, REQ_DONE, REQ_INFO, REQ_PREPARE,
-};
+use ckpt_abi::interceptor::{APP_FILE, ENV_APP_ID, ENV_RUNTIME_DIR};
 use config::{app_path, config, socket_path, unix_addr};
 use core::sync::atomic::AtomicI32;
 use core::sync::atomic::Ordering::{Relaxed, Release};
-use line_io::{read_line, send_all};
 use status::{CTL_TID, RUNNING};
 
 /// The listening socket and the connection being served (-1: none).
@@ -256,7 +253,7 @@ impl Endpoint {
             }
             let conn = conn as i32;
             CONN_FD.store(conn, Relaxed);
-            let lost = serve_one(conn);
+            let lost = protocol::serve_one(conn);
             CONN_FD.store(-1, Relaxed);
             raw::close(conn);
             if lost {
@@ -265,81 +262,6 @@ impl Endpoint {
                 return;
             }
         }
-    }
-}
-
-/// Serves one connection. Returns true if our fds vanished under us (a restore).
-fn serve_one(conn: i32) -> bool {
-    // Whatever the program did to its credentials (raw setuid calls included), this thread
-    // serves with the main thread's.
-    creds::adopt_credentials(b"");
-    let Some(peer) = raw::peer_cred(conn) else {
-        return false;
-    };
-    let own_process = peer.pid == raw::getpid();
-    if !(own_process || peer.uid == 0 || peer.uid == raw::geteuid()) {
-        return false;
-    }
-    raw::set_rcv_timeout(conn, 10);
-    let mut line = Buf::<256>::new();
-    match read_line(conn, &mut line) {
-        Ok(true) => {}
-        Ok(false) => return false,
-        Err(e) => return e == libc::EBADF,
-    }
-    let req = line.as_slice();
-    if req == REQ_INFO.as_bytes() {
-        let pid = raw::getpid();
-        let mut r = Buf::<256>::new();
-        r.push(b"INFO pid=").num(i64::from(pid));
-        r.push(b" vpid=").num(i64::from(CTL.to_virtual(pid)));
-        r.push(b" generation=")
-            .num(CTL.generation.load(Relaxed) as i64);
-        r.push(b"\n");
-        send_all(conn, &r);
-        false
-    } else if req == REQ_PREPARE.as_bytes() {
-        prepare(conn)
-    } else if let (true, Some(tid)) = (own_process, req.strip_prefix(b"CREDS ")) {
-        let ok = creds::adopt_credentials(tid);
-        send_all(conn, if ok { b"OK\n" } else { b"ERROR\n" });
-        false
-    } else {
-        send_all(conn, b"ERROR unknown request\n");
-        false
-    }
-}
-
-/// Flushes, reports, and waits for the checkpoint to be over.
-fn prepare(conn: i32) -> bool {
-    let stdio = flush::flush_stdio();
-    let synced = sync_files::sync_written_files();
-    let mut r = Buf::<256>::new();
-    r.push(b"READY ctl=").hex(CTL.address() as u64);
-    r.push(b" tidoff=").num(tid_offset::get());
-    r.push(b" ctltid=").num(i64::from(CTL_TID.load(Relaxed)));
-    r.push(b" fsynced=").num(synced);
-    r.push(b" stdio=").push(stdio);
-    r.push(b" flush=").hex(trampoline::entry_address());
-    r.push(b" ctx=").hex(trampoline::context_address());
-    r.push(b" map=");
-    // The table can be long: it goes in a second buffer.
-    let mut map = Buf::<16384>::new();
-    CTL.describe(&mut map);
-    map.push(b"\n");
-    if !send_all(conn, &r) || !send_all(conn, &map) {
-        return false;
-    }
-    let generation = CTL.generation.load(Relaxed);
-    raw::set_rcv_timeout(conn, 0);
-    // ckpt freezes and dumps us now; in a restored process this read fails with EBADF.
-    let mut line = Buf::<256>::new();
-    let r = read_line(conn, &mut line);
-    let restored = CTL.generation.load(Relaxed) != generation;
-    match r {
-        Ok(true) if line.as_slice() == REQ_DONE.as_bytes() => false,
-        Ok(_) => false,
-        Err(e) => restored || e == libc::EBADF,
     }
 }
 
