@@ -7,25 +7,10 @@ use crate::raw;
 /// says was written is on disk. The program's fds are in its table, not ours: each is copied
 /// here with pidfd_getfd (always allowed within a process) for the call. Returns how many.
 pub fn sync_written_files() -> i64 {
-    // /proc/self is the thread group's leader: its fd table is the program's.
-    let dir = raw::open(
-        b"/proc/self/fd\0",
-        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
-        0,
-    );
-    if dir < 0 {
-        return 0;
-    }
-    let dir = dir as i32;
     let mut fds = [0i32; 1024];
-    let mut n = 0;
-    for_each_number(dir, &[], |fd| {
-        if n < fds.len() {
-            fds[n] = fd;
-            n += 1;
-        }
-    });
-    raw::close(dir);
+    let Some(n) = program_fds(&mut fds) else {
+        return 0;
+    };
     let pidfd = raw::pidfd_open(raw::getpid());
     if pidfd < 0 {
         return 0;
@@ -38,19 +23,46 @@ pub fn sync_written_files() -> i64 {
             continue;
         }
         let fd = fd as i32;
-        let fl = raw::fcntl(fd, libc::F_GETFL, 0);
-        // SAFETY: stat is plain data.
-        let mut st: libc::stat = unsafe { core::mem::zeroed() };
-        if fl >= 0
-            && (fl as i32) & libc::O_ACCMODE != libc::O_RDONLY
-            && raw::fstat(fd, &mut st) == 0
-            && st.st_mode & libc::S_IFMT == libc::S_IFREG
-            && raw::fdatasync(fd) == 0
-        {
+        if sync_if_written_regular_file(fd) {
             synced += 1;
         }
         raw::close(fd);
     }
     raw::close(pidfd);
     synced
+}
+
+/// The program's fd numbers (as many as `fds` holds); how many.
+fn program_fds(fds: &mut [i32]) -> Option<usize> {
+    // /proc/self is the thread group's leader: its fd table is the program's.
+    let dir = raw::open(
+        b"/proc/self/fd\0",
+        libc::O_RDONLY | libc::O_DIRECTORY | libc::O_CLOEXEC,
+        0,
+    );
+    if dir < 0 {
+        return None;
+    }
+    let dir = dir as i32;
+    let mut n = 0;
+    for_each_number(dir, &[], |fd| {
+        if n < fds.len() {
+            fds[n] = fd;
+            n += 1;
+        }
+    });
+    raw::close(dir);
+    Some(n)
+}
+
+/// fdatasync of `fd` if it is a regular file open for writing; whether it was synced.
+fn sync_if_written_regular_file(fd: i32) -> bool {
+    let fl = raw::fcntl(fd, libc::F_GETFL, 0);
+    // SAFETY: stat is plain data.
+    let mut st: libc::stat = unsafe { core::mem::zeroed() };
+    fl >= 0
+        && (fl as i32) & libc::O_ACCMODE != libc::O_RDONLY
+        && raw::fstat(fd, &mut st) == 0
+        && st.st_mode & libc::S_IFMT == libc::S_IFREG
+        && raw::fdatasync(fd) == 0
 }
