@@ -50,45 +50,13 @@ struct Endpoint {
 }
 
 impl Endpoint {
+    /// Makes the socket, and the directories and registration it goes with.
     fn create() -> Option<Endpoint> {
-        let c = config();
-        let mut dir = Buf::<256>::new();
-        dir.push(&c.runtime_dir);
-        raw::mkdir(dir.c_str(), 0o755);
-        let mut dir = app_path(b"");
-        raw::mkdir(dir.c_str(), 0o711);
-        let pid = raw::getpid();
-        let mut json_path = app_path(b"/");
-        json_path.push(APP_FILE.as_bytes());
+        make_app_dir();
         // A restored or forked process of an application whose registration is gone (another
         // host, a cleaned runtime directory): register it again.
-        let fd = raw::open(
-            json_path.c_str(),
-            libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
-            0o600,
-        );
-        if fd >= 0 {
-            let mut j = Buf::<160>::new();
-            j.push(b"{\"id\":\"")
-                .push(&c.app_id)
-                .push(b"\",\"root_pid\":");
-            j.num(i64::from(pid))
-                .push(b",\"argv\":[],\"intercepted\":true}\n");
-            raw::write(fd as i32, &j);
-            raw::close(fd as i32);
-        }
-        let mut path = socket_path();
-        let addr = unix_addr(&mut path)?;
-        raw::unlink(path.c_str());
-        let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
-        if fd < 0 {
-            return None;
-        }
-        let fd = fd as i32;
-        if raw::bind_unix(fd, &addr) != 0 || raw::listen(fd, 8) != 0 {
-            raw::close(fd);
-            return None;
-        }
+        register_if_unregistered();
+        let fd = listen_at(socket_path())?;
         LISTEN_FD.store(fd, Relaxed);
         Some(Endpoint { fd })
     }
@@ -125,4 +93,53 @@ impl Endpoint {
             }
         }
     }
+}
+
+/// `RUNTIME_DIR` and `RUNTIME_DIR/APP`, the latter only traversable by others (the socket in
+/// it is open to anyone: see `spawn.rs`).
+fn make_app_dir() {
+    let mut dir = Buf::<256>::new();
+    dir.push(&config().runtime_dir);
+    raw::mkdir(dir.c_str(), 0o755);
+    let mut dir = app_path(b"");
+    raw::mkdir(dir.c_str(), 0o711);
+}
+
+/// Writes `RUNTIME_DIR/APP/app.json` (this process as the root) unless it exists.
+fn register_if_unregistered() {
+    let c = config();
+    let pid = raw::getpid();
+    let mut json_path = app_path(b"/");
+    json_path.push(APP_FILE.as_bytes());
+    let fd = raw::open(
+        json_path.c_str(),
+        libc::O_WRONLY | libc::O_CREAT | libc::O_EXCL | libc::O_CLOEXEC,
+        0o600,
+    );
+    if fd >= 0 {
+        let mut j = Buf::<160>::new();
+        j.push(b"{\"id\":\"")
+            .push(&c.app_id)
+            .push(b"\",\"root_pid\":");
+        j.num(i64::from(pid))
+            .push(b",\"argv\":[],\"intercepted\":true}\n");
+        raw::write(fd as i32, &j);
+        raw::close(fd as i32);
+    }
+}
+
+/// A socket listening at `path`, which replaces whatever was there.
+fn listen_at(mut path: Buf<256>) -> Option<i32> {
+    let addr = unix_addr(&mut path)?;
+    raw::unlink(path.c_str());
+    let fd = raw::socket(libc::AF_UNIX, libc::SOCK_STREAM | libc::SOCK_CLOEXEC);
+    if fd < 0 {
+        return None;
+    }
+    let fd = fd as i32;
+    if raw::bind_unix(fd, &addr) != 0 || raw::listen(fd, 8) != 0 {
+        raw::close(fd);
+        return None;
+    }
+    Some(fd)
 }
