@@ -31,14 +31,7 @@ pub fn serve_one(conn: i32) -> bool {
     }
     let req = line.as_slice();
     if req == REQ_INFO.as_bytes() {
-        let pid = raw::getpid();
-        let mut r = Buf::<256>::new();
-        r.push(b"INFO pid=").num(i64::from(pid));
-        r.push(b" vpid=").num(i64::from(CTL.to_virtual(pid)));
-        r.push(b" generation=")
-            .num(CTL.generation.load(Relaxed) as i64);
-        r.push(b"\n");
-        send_all(conn, &r);
+        answer_info(conn);
         false
     } else if req == REQ_PREPARE.as_bytes() {
         prepare(conn)
@@ -52,10 +45,31 @@ pub fn serve_one(conn: i32) -> bool {
     }
 }
 
-/// Flushes, reports, and waits for the checkpoint to be over.
+/// INFO: kernel pid, virtual pid, generation.
+fn answer_info(conn: i32) {
+    let pid = raw::getpid();
+    let mut r = Buf::<256>::new();
+    r.push(b"INFO pid=").num(i64::from(pid));
+    r.push(b" vpid=").num(i64::from(CTL.to_virtual(pid)));
+    r.push(b" generation=")
+        .num(CTL.generation.load(Relaxed) as i64);
+    r.push(b"\n");
+    send_all(conn, &r);
+}
+
+/// Flushes, reports, and waits for the checkpoint to be over. True if our fds vanished
+/// meanwhile (a restore).
 fn prepare(conn: i32) -> bool {
     let stdio = flush::flush_stdio();
     let synced = sync_files::sync_written_files();
+    if !send_ready(conn, stdio, synced) {
+        return false;
+    }
+    wait_for_done(conn)
+}
+
+/// READY: everything ckpt needs to know about this process's library.
+fn send_ready(conn: i32, stdio: &[u8], synced: i64) -> bool {
     let mut r = Buf::<256>::new();
     r.push(b"READY ctl=").hex(CTL.address() as u64);
     r.push(b" tidoff=").num(tid_offset::get());
@@ -69,9 +83,12 @@ fn prepare(conn: i32) -> bool {
     let mut map = Buf::<16384>::new();
     CTL.describe(&mut map);
     map.push(b"\n");
-    if !send_all(conn, &r) || !send_all(conn, &map) {
-        return false;
-    }
+    send_all(conn, &r) && send_all(conn, &map)
+}
+
+/// Waits, without a timeout, for DONE or the end of the connection. True if our fds vanished
+/// meanwhile (a restore).
+fn wait_for_done(conn: i32) -> bool {
     let generation = CTL.generation.load(Relaxed);
     raw::set_rcv_timeout(conn, 0);
     // ckpt freezes and dumps us now; in a restored process this read fails with EBADF.
