@@ -8,7 +8,7 @@
 //!
 //! A checkpoint (`ckpt checkpoint PID`) connects and asks to PREPARE: the library fdatasyncs
 //! the regular files open for writing and flushes stdio (or says how ckpt can, see
-//! `ctl_thread.rs`), reports where its control block is and which fds are its own, then
+//! `ctl_thread/flush.rs`), reports where its control block is and which fds are its own, then
 //! waits for DONE. Meanwhile ckpt freezes every thread with ptrace (the barrier: each thread
 //! stops at the kernel boundary, and a thread blocked in read, accept, poll, nanosleep or a
 //! futex wait has its call restarted by the kernel on resume, so the program never sees
