@@ -35,6 +35,7 @@ pub unsafe fn set(runtime_dir: &[u8], app_id: &[u8]) -> bool {
     c.runtime_dir.fits() && c.app_id.fits() && !c.app_id.is_empty()
 }
 
+/// What `set` stored.
 pub fn config() -> &'static Config {
     // SAFETY: see `Shared`: no writer runs while the thread reads.
     unsafe { &*CONFIG.0.get() }

@@ -20,7 +20,7 @@ pub fn forget() {
 }
 
 /// The control thread's work once set up: makes an endpoint and serves it, again whenever
-/// it is lost. Ends the thread if no endpoint can be made for half a minute.
+/// it is lost. Ends the thread after 31 failed attempts to make one, a second apart.
 pub fn serve_forever() -> ! {
     let mut failures = 0u32;
     loop {

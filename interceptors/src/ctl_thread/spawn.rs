@@ -13,6 +13,8 @@ const STACK_SIZE: usize = 128 * 1024;
 /// Thread-pointer area: nothing of ours uses it, but anything that did would land here.
 const TLS_SIZE: usize = 16 * 1024;
 
+/// Makes the control thread, which runs [`thread_main`]. Err if the memory for its stack or
+/// the thread itself could not be had.
 pub fn spawn_raw_thread() -> Result<(), ()> {
     // SAFETY: anonymous private mappings of our own; the clone below gives the new thread
     // the top of the stack and the thread-pointer area, which nothing else uses.
@@ -84,6 +86,7 @@ unsafe fn clone_thread(flags: u64, stack_top: u64, tls: u64) -> i64 {
     ret
 }
 
+/// The control thread's first steps, before it serves for the rest of its life.
 extern "C" fn thread_main() -> ! {
     // The fd table is a copy of the program's: drop those references at once, or a file the
     // program closes would stay open here (a pipe would never see its end).
