@@ -81,6 +81,7 @@ extern "C" fn helper_main(_: *mut libc::c_void) -> *mut libc::c_void {
     }
 }
 
+/// libc's pthread_create, which the interposed one calls.
 pub type PthreadCreate = unsafe extern "C" fn(
     *mut libc::pthread_t,
     *const libc::pthread_attr_t,

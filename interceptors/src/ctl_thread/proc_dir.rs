@@ -3,6 +3,7 @@
 
 use crate::raw;
 
+/// How many numeric entries the directory `fd` has (not counting `skip`).
 pub fn count_numeric_entries(fd: i32, skip: &[i32]) -> usize {
     for_each_number(fd, skip, |_| {})
 }
