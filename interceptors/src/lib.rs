@@ -8,12 +8,12 @@
 //!
 //! A checkpoint (`ckpt checkpoint PID`) connects and asks to PREPARE: the library fdatasyncs
 //! the regular files open for writing and flushes stdio (or says how ckpt can, see
-//! `ctl_thread.rs`), reports where its control block is and which fds are its own, then
-//! waits for DONE. Meanwhile ckpt freezes every thread with ptrace (the barrier: each thread
-//! stops at the kernel boundary, and a thread blocked in read, accept, poll, nanosleep or a
-//! futex wait has its call restarted by the kernel on resume, so the program never sees
-//! EINTR), dumps the process (the library's sockets are in the control thread's own fd table,
-//! not the program's), and lets it go.
+//! `ctl_thread/flush.rs`), reports where its control block is, then waits for DONE.
+//! Meanwhile ckpt freezes every thread with ptrace (the barrier: each thread stops at the
+//! kernel boundary, and a thread blocked in read, accept, poll, nanosleep or a futex wait has
+//! its call restarted by the kernel on resume, so the program never sees EINTR), dumps the
+//! process (the library's sockets are in the control thread's own fd table, not the
+//! program's), and lets it go.
 //!
 //! In a restored process the control thread comes back blocked on a connection that no longer
 //! exists: its read fails with EBADF, and it makes a new endpoint under the new kernel pid.

@@ -2,7 +2,7 @@
 //!
 //! The interposed functions must not call the libc functions they replace, and the hot ones
 //! (getpid, gettid) must cost no more than libc's own inline syscall. The control thread
-//! (`ctl_thread.rs`) is not a glibc thread at all: it has no thread descriptor of glibc's, so
+//! (`ctl_thread/`) is not a glibc thread at all: it has no thread descriptor of glibc's, so
 //! it must not touch errno or anything else thread-local. Everything here returns the kernel's
 //! result (-errno on failure) and touches no thread-local state.
 

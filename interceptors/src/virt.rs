@@ -274,7 +274,7 @@ fopen_fn!(fopen);
 fopen_fn!(fopen64);
 
 /// pthread_create: the program's first thread starts this library's flush helper (see
-/// `ctl_thread.rs`).
+/// `ctl_thread/flush.rs`).
 #[no_mangle]
 pub unsafe extern "C" fn pthread_create(
     thread: *mut libc::pthread_t,
@@ -293,7 +293,7 @@ pub unsafe extern "C" fn pthread_create(
 }
 
 /// The credential calls: after a change, the control thread follows (see
-/// `ctl_thread::follow_credentials`).
+/// `ctl_thread/creds.rs`).
 macro_rules! cred_fn {
     ($name:ident, ($($arg:ident : $ty:ty),*)) => {
         #[no_mangle]
