@@ -5,7 +5,7 @@
 
 use super::{DumpCtx, DumpResult, FdKind};
 use crate::proc::FdEntry;
-use nix::sys::socket::{getsockname, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -28,8 +28,16 @@ pub fn local_address(s: &OwnedFd) -> io::Result<Vec<u8>> {
 }
 
 fn sockaddr_bytes(addr: &SockaddrStorage) -> Vec<u8> {
-    // SAFETY: a SockaddrStorage holds `len()` initialised bytes of its address at `as_ptr()`.
-    unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), addr.len() as usize) }.to_vec()
+    // nix gives a UNIX address its own length but any other the whole storage's: cut IP
+    // addresses to their struct, as getsockname reports them.
+    let len = match addr.family() {
+        Some(AddressFamily::Inet) => std::mem::size_of::<libc::sockaddr_in>(),
+        Some(AddressFamily::Inet6) => std::mem::size_of::<libc::sockaddr_in6>(),
+        _ => addr.len() as usize,
+    };
+    // SAFETY: a SockaddrStorage holds at least `len` initialised bytes at `as_ptr()` (its
+    // whole storage, zero-filled past the address).
+    unsafe { std::slice::from_raw_parts(addr.as_ptr().cast::<u8>(), len) }.to_vec()
 }
 
 /// The address family in raw sockaddr bytes.
@@ -92,5 +100,32 @@ pub fn display(family: i32, addr: &[u8]) -> String {
         }
         libc::AF_UNIX => unix_path(addr),
         _ => format!("family {family}"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::OwnedFd;
+
+    /// Addresses are kept as getsockname gives them, of their struct's length, and go back
+    /// to a form that binds.
+    #[test]
+    fn addresses_round_trip_at_their_own_length() {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let port = l.local_addr().unwrap().port();
+        let fd = OwnedFd::from(l);
+        let addr = local_address(&fd).unwrap();
+        assert_eq!(addr.len(), std::mem::size_of::<libc::sockaddr_in>());
+        assert!(valid_address(libc::AF_INET, &addr));
+        assert_eq!(display(libc::AF_INET, &addr), format!("127.0.0.1:{port}"));
+        let back = storage_of(&addr).unwrap();
+        assert_eq!(back.as_sockaddr_in().map(|a| a.port()), Some(port));
+        let dir = std::env::temp_dir().join(format!("ckpt-sock-{}", std::process::id()));
+        let u = std::os::unix::net::UnixListener::bind(&dir).unwrap();
+        let addr = local_address(&OwnedFd::from(u)).unwrap();
+        assert!(valid_address(libc::AF_UNIX, &addr));
+        assert_eq!(unix_path(&addr), dir.to_string_lossy());
+        std::fs::remove_file(dir).unwrap();
     }
 }
