@@ -468,6 +468,16 @@ pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
 /// A page of another process pinned by `get_user_pages_remote()`; unpinned on drop.
 pub(crate) struct PinnedPage(NonNull<bindings::page>);
 
+impl PinnedPage {
+    /// Gives up the page without unpinning it: the caller hands the reference to C code that
+    /// drops it.
+    fn into_raw(self) -> NonNull<bindings::page> {
+        let page = self.0;
+        core::mem::forget(self);
+        page
+    }
+}
+
 impl Drop for PinnedPage {
     fn drop(&mut self) {
         // SAFETY: we hold the reference GUP took, and drop it once.
@@ -518,9 +528,9 @@ pub(crate) fn dump_page(
     pos: &mut i64,
     skip_zero: bool,
 ) -> Result<bool> {
-    let raw = page.0.as_ptr();
-    core::mem::forget(page); // the helper drops the reference
-                             // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held.
+    // The helper drops the page's reference.
+    let raw = page.into_raw().as_ptr();
+    // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held.
     let ret = unsafe { ckpt_helper_dump_page(raw.cast(), file.as_ptr().cast(), pos, skip_zero) };
     if ret < 0 {
         return Err(Error::from_errno(ret));
