@@ -1,7 +1,7 @@
 /* SPDX-License-Identifier: GPL-2.0 */
 /*
  * C helpers of the ckpt module: prototypes. The Rust side declares the same functions in
- * kmod/helpers.rs; keep the two in step.
+ * kmod/helpers/ (task.rs, mm.rs, file.rs); keep the two in step.
  */
 #ifndef CKPT_HELPERS_H
 #define CKPT_HELPERS_H

@@ -1,0 +1,165 @@
+// SPDX-License-Identifier: GPL-2.0
+//! Files: counted references taken from the caller's fds (with the mode checks kernel_read and
+//! kernel_write need), reading the image, closing the caller's fds once the ioctl has returned,
+//! and writing pinned pages into the image.
+
+use super::mm::PinnedPage;
+use core::ffi::c_void;
+use core::ptr::NonNull;
+use kernel::{bindings, prelude::*};
+
+// Kernel structs are passed as `c_void`: bindgen's versions contain empty structs that the FFI
+// lint rejects, and the helpers only need the pointers.
+extern "C" {
+    fn ckpt_helper_file_size(file: *mut c_void) -> i64;
+    fn ckpt_helper_dump_page(
+        page: *mut c_void,
+        file: *mut c_void,
+        pos: *mut i64,
+        skip_zero: bool,
+    ) -> i32;
+    fn ckpt_helper_file_can(file: *mut c_void, read: bool, write: bool) -> bool;
+}
+
+/// A counted reference to an open file, taken from one of the caller's fds.
+pub(crate) struct FileRef(NonNull<bindings::file>);
+
+impl FileRef {
+    /// `fget(fd)`: EBADF if the caller has no such fd.
+    pub(crate) fn from_fd(fd: i32) -> Result<Self> {
+        let fd = u32::try_from(fd).map_err(|_| EBADF)?;
+        // SAFETY: `fget` accepts any number and returns NULL or a counted file.
+        let file = unsafe { bindings::fget(fd) };
+        NonNull::new(file).map(Self).ok_or(EBADF)
+    }
+
+    pub(crate) fn as_ptr(&self) -> *mut bindings::file {
+        self.0.as_ptr()
+    }
+
+    /// `fget(fd)` of a regular file open for reading and/or writing as asked; EBADF
+    /// otherwise (kernel_read/kernel_write would WARN on the wrong mode).
+    pub(crate) fn regular_from_fd(fd: i32, read: bool, write: bool) -> Result<Self> {
+        let file = Self::from_fd(fd)?;
+        // SAFETY: we hold the file; the helper only reads its mode and inode type.
+        if !unsafe { ckpt_helper_file_can(file.0.as_ptr().cast(), read, write) } {
+            return Err(EBADF);
+        }
+        Ok(file)
+    }
+
+    /// The size of the file's inode.
+    pub(crate) fn size(&self) -> u64 {
+        // SAFETY: we hold a reference to the file.
+        let size = unsafe { ckpt_helper_file_size(self.0.as_ptr().cast()) };
+        u64::try_from(size).unwrap_or(0)
+    }
+
+    /// `kernel_read()` at `pos`, filling all of `buf`; EIO on a short read.
+    pub(crate) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result {
+        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
+        let mut done = 0usize;
+        while done < buf.len() {
+            let rest = buf.get_mut(done..).ok_or(EINVAL)?;
+            // SAFETY: we hold the file; `rest` is a writable kernel buffer of that length.
+            let n = unsafe {
+                bindings::kernel_read(
+                    self.0.as_ptr(),
+                    rest.as_mut_ptr().cast(),
+                    rest.len(),
+                    &mut pos,
+                )
+            };
+            if n <= 0 {
+                return Err(if n < 0 {
+                    Error::from_errno(n as i32)
+                } else {
+                    EIO
+                });
+            }
+            done += n as usize;
+        }
+        Ok(())
+    }
+}
+
+impl Drop for FileRef {
+    fn drop(&mut self) {
+        // SAFETY: drops the reference `fget` took.
+        unsafe { bindings::fput(self.0.as_ptr()) };
+    }
+}
+
+/// Closes `fds` of the caller once it is about to return to user space (task work), i.e.
+/// after the current syscall, which may be using one of them, has released it.
+pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
+    #[repr(C)]
+    struct CloseFds {
+        head: bindings::callback_head,
+        fds: KVec<u32>,
+    }
+
+    /// # Safety
+    ///
+    /// `head` must be the `head` of a `CloseFds` leaked by `KBox::into_raw`, passed once.
+    unsafe extern "C" fn run(head: *mut bindings::callback_head) {
+        // SAFETY: `head` is the first field of a `CloseFds` leaked by `KBox::into_raw` below,
+        // handed to us exactly once by the task-work machinery.
+        let work = unsafe { KBox::from_raw(head.cast::<CloseFds>()) };
+        let current = kernel::current!();
+        // SAFETY: reading current's own flags.
+        let flags = unsafe { core::ptr::read_volatile(&raw const (*current.as_ptr()).flags) };
+        if flags & bindings::PF_EXITING != 0 {
+            return; // exit closes every fd anyway, and the file table may already be gone
+        }
+        for &fd in work.fds.iter() {
+            // SAFETY: closing one of current's fds; a number that is not open is ignored.
+            unsafe { bindings::close_fd(fd) };
+        }
+    }
+
+    let work = KBox::new(
+        CloseFds {
+            // SAFETY: an all-zero `callback_head` is a valid, unqueued one.
+            head: unsafe { core::mem::zeroed() },
+            fds,
+        },
+        GFP_KERNEL,
+    )?;
+    let raw = KBox::into_raw(work);
+    // SAFETY: `raw` is valid and exclusively ours until queued.
+    unsafe { (*raw).head.func = Some(run) };
+    let current = kernel::current!();
+    // SAFETY: queues `head` on current; on success `run` takes ownership of the allocation.
+    let ret = unsafe {
+        bindings::task_work_add(
+            current.as_ptr(),
+            &raw mut (*raw).head,
+            bindings::task_work_notify_mode_TWA_RESUME,
+        )
+    };
+    if ret != 0 {
+        // SAFETY: not queued, so still ours: free it.
+        drop(unsafe { KBox::from_raw(raw) });
+        return Err(Error::from_errno(ret));
+    }
+    Ok(())
+}
+
+/// Writes `page` to `file` at `*pos` (advancing it) unless `skip_zero` and it is all zero.
+/// Returns whether it was written.
+pub(crate) fn dump_page(
+    page: PinnedPage,
+    file: &FileRef,
+    pos: &mut i64,
+    skip_zero: bool,
+) -> Result<bool> {
+    // The helper drops the page's reference.
+    let raw = page.into_raw().as_ptr();
+    // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held.
+    let ret = unsafe { ckpt_helper_dump_page(raw.cast(), file.as_ptr().cast(), pos, skip_zero) };
+    if ret < 0 {
+        return Err(Error::from_errno(ret));
+    }
+    Ok(ret == 1)
+}
