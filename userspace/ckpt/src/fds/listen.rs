@@ -119,7 +119,10 @@ impl ListeningSocket {
             remove_stale_socket_file(&unix_path(&self.addr));
         }
         bind(fd.as_raw_fd(), &addr)?;
-        listen(&fd, Backlog::new(self.backlog.min(libc::SOMAXCONN))?)?;
+        // Above nix's bound (SOMAXCONN), -1: the kernel's net.core.somaxconn, which capped
+        // the original's backlog too.
+        let backlog = Backlog::new(self.backlog).unwrap_or(Backlog::MAXALLOWABLE);
+        listen(&fd, backlog)?;
         Ok(fd)
     }
 }

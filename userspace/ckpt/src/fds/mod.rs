@@ -318,9 +318,12 @@ pub fn restore(mut ctx: RestoreCtx) -> Result<(), (String, io::Error)> {
     Ok(())
 }
 
-/// The status flags a restored fd gets back (the access mode was given to open).
+/// The status flags a restored fd gets back: those F_SETFL can set (the access mode was given
+/// to open).
 fn status_flags(f: &Fd) -> OFlag {
-    OFlag::from_bits_retain(f.flags as i32 & (libc::O_NONBLOCK | libc::O_APPEND))
+    let settable =
+        libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
+    OFlag::from_bits_retain(f.flags as i32 & settable)
 }
 
 /// Moves a newly made descriptor to `f.fd` with the status flags it had.
@@ -337,12 +340,11 @@ pub fn place(made: OwnedFd, f: &Fd) -> io::Result<()> {
 /// flags (they belong to the open file, so the last fd placed decides, as it was).
 pub fn place_copy(of: &OwnedFd, f: &Fd) -> io::Result<()> {
     fcntl(of, FcntlArg::F_SETFL(status_flags(f)))?;
-    // SAFETY: `f.fd` is a number of the image's table. The restorer closed every fd below its
-    // working range before restoring fds, and working and temporary fds sit above every fd
-    // of the image: nothing of ours owns that number, so replacing it closes nothing in use.
-    let now = unsafe { nix::unistd::dup2_raw(of, f.fd) }?;
-    let _ = now.into_raw_fd(); // it is the process's now
-    Ok(())
+    // `f.fd` is a number of the image's table. The restorer closed every fd below its working
+    // range before restoring fds, and working and temporary fds sit above every fd of the
+    // image: nothing of ours owns that number, so replacing it closes nothing in use. It is
+    // the process's from now on (never closed here).
+    crate::sys::dup2(of.as_raw_fd(), f.fd)
 }
 
 /// A descriptor of the process being restored, once placed at its number (or inherited

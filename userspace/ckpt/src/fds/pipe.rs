@@ -36,6 +36,18 @@ fn is_read_end(e: &FdEntry) -> bool {
     e.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY
 }
 
+/// Whether `entries` hold both a read and a write end of pipe `ino`.
+pub fn both_ends_inside(entries: &[FdEntry], ino: u64) -> bool {
+    let ends = entries
+        .iter()
+        .filter(|o| crate::proc::bracketed_inode(&o.target, "pipe") == Some(ino));
+    let (mut read, mut write) = (false, false);
+    for e in ends {
+        (read, write) = (read || is_read_end(e), write || !is_read_end(e));
+    }
+    read && write
+}
+
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") else {
         return Ok(None);

@@ -13,13 +13,17 @@ pub struct InheritedStdio {
     pub was: String,
 }
 
-pub fn dump(_ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
+pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let outside = e.target.starts_with("pipe:")
         || e.target.starts_with("socket:")
         || e.target.starts_with("/dev/pts/")
         || e.target.starts_with("/dev/tty")
         || e.target == "/dev/console";
-    Ok(((0..=2).contains(&e.fd) && outside).then(|| {
+    // A pipe whose both ends the process holds is its own, even at 0-2 (a daemon that closed
+    // its stdio and then made a pipe).
+    let own_pipe = crate::proc::bracketed_inode(&e.target, "pipe")
+        .is_some_and(|ino| super::pipe::both_ends_inside(ctx.entries, ino));
+    Ok(((0..=2).contains(&e.fd) && outside && !own_pipe).then(|| {
         FdKind::InheritStdio(InheritedStdio {
             was: e.target.clone(),
         })

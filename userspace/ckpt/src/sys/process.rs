@@ -93,6 +93,12 @@ pub fn steal_fd(pid: i32, fd: i32) -> io::Result<std::os::fd::OwnedFd> {
     }
 }
 
+/// dup2(from, to), checked (nix 0.32's `dup2_raw` wraps a failed dup2's -1 in an OwnedFd).
+pub fn dup2(from: i32, to: i32) -> io::Result<()> {
+    // SAFETY: plain syscall on fd numbers; the caller owns what `to` replaces.
+    check_int(unsafe { libc::dup2(from, to) }).map(drop)
+}
+
 /// Closes every fd from `first` to `last` (nix has no close_range).
 pub fn close_range(first: u32, last: u32) -> io::Result<()> {
     // SAFETY: closes fds of ours; the caller owns none of them any more.
