@@ -24,6 +24,7 @@ fn main() {
         ("printer", &[]),
         ("dropper", &[]),
         ("forker", &[]),
+        ("tree", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

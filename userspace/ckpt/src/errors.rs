@@ -32,6 +32,8 @@ pub enum CheckpointError {
          deleted files, memfds and SysV shared memory are not supported yet"
     )]
     UnsupportedMapping { pid: i32, start: u64, name: String },
+    #[error("cannot checkpoint the process tree: {0}")]
+    Tree(String),
     #[error("process {pid}: {what}: {source}")]
     Io {
         pid: i32,

@@ -20,6 +20,7 @@ pub fn summary(img: &Image) -> String {
         "taken by: ckpt {} on {} {}",
         m.ckpt_version, m.arch, m.kernel_release
     );
+    tree_text(&mut out, &img.manifest);
     for p in &img.manifest.processes {
         let a = &p.attrs;
         let _ = writeln!(
@@ -79,6 +80,46 @@ fn memory_text(out: &mut String, p: &crate::manifest::Process) {
             v.end,
             if v.shared { 's' } else { 'p' },
             saved
+        );
+    }
+}
+
+/// The tree: each process under its parent, with its group, session, threads and memory.
+fn tree_text(out: &mut String, m: &crate::manifest::Manifest) {
+    let _ = writeln!(
+        out,
+        "tree: {} process(es), {} zombie(s)",
+        m.processes.len(),
+        m.zombies.len()
+    );
+    let mut depth = std::collections::BTreeMap::new();
+    for p in &m.processes {
+        let d = depth.get(&p.ppid).map_or(0, |d| d + 1);
+        depth.insert(p.pid, d);
+        let _ = writeln!(
+            out,
+            "  {:indent$}{} ({}) parent {} group {} session {}: {} thread(s), {} KiB saved",
+            "",
+            p.pid,
+            p.attrs.comm,
+            p.ppid,
+            p.pgid,
+            p.sid,
+            p.threads.len(),
+            p.memory.saved_bytes() / 1024,
+            indent = 2 * d
+        );
+    }
+    for z in &m.zombies {
+        let d = depth.get(&z.ppid).map_or(0, |d| d + 1);
+        let _ = writeln!(
+            out,
+            "  {:indent$}zombie {} (parent {}, wait status {:#x})",
+            "",
+            z.pid,
+            z.ppid,
+            z.exit_status,
+            indent = 2 * d
         );
     }
 }

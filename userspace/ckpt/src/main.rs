@@ -39,14 +39,17 @@ enum Command {
     },
     /// Save a running process to an image file. It keeps running unless --kill is given.
     Checkpoint {
-        /// The process id.
+        /// The process id: it and every descendant are taken (the tree rooted at it).
         pid: i32,
         /// The image file to write (default: ckpt-PID.img).
         #[arg(short, long)]
         output: Option<PathBuf>,
-        /// Kill the process once the image is safely written.
+        /// Kill the process (the whole tree) once the image is safely written.
         #[arg(long)]
         kill: bool,
+        /// Take only the process itself, not its descendants.
+        #[arg(long)]
+        single: bool,
         /// Print the statistics as JSON.
         #[arg(long)]
         json: bool,
@@ -138,6 +141,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             pid,
             output,
             kill,
+            single,
             json,
             plain,
             flush_timeout,
@@ -149,6 +153,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 kill,
                 device: &cli.device,
                 plain,
+                single,
                 flush_timeout: std::time::Duration::from_secs_f64(flush_timeout),
             };
             let stats = ckpt::checkpoint::checkpoint(&opts)?;
@@ -168,6 +173,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Restore { image, wait } => {
             let r = ckpt::restore::restore(&image, &cli.device)?;
+            if r.processes > 1 {
+                eprintln!("ckpt: restored a tree of {} processes", r.processes);
+            }
             if r.pid == r.original_pid {
                 println!("{}", r.pid);
             } else {

@@ -10,6 +10,7 @@ use crate::memory::Memory;
 use crate::signals::SigAction;
 use crate::stats::Stats;
 use crate::thread::Thread;
+use crate::tree::Zombie;
 use serde::{Deserialize, Serialize};
 
 /// An image of this version, verified.
@@ -17,7 +18,11 @@ pub type Image = crate::image::Image<Manifest>;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Manifest {
+    /// The tree's live processes, parents before children; the first is the root.
     pub processes: Vec<Process>,
+    /// Its children that had exited and were not reaped yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub zombies: Vec<Zombie>,
     #[serde(default)]
     pub stats: Option<Stats>,
 }
@@ -26,6 +31,11 @@ pub struct Manifest {
 pub struct Process {
     pub pid: i32,
     pub ppid: i32,
+    /// Process group and session (0 in images from before process trees: not restored).
+    #[serde(default)]
+    pub pgid: i32,
+    #[serde(default)]
+    pub sid: i32,
     #[serde(flatten)]
     pub attrs: Attrs,
     #[serde(flatten)]
@@ -55,7 +65,39 @@ impl Validate for Manifest {
             p.validate(sections)
                 .map_err(|e| format!("process {}: {e}", p.pid))?;
         }
+        self.validate_tree()
+    }
+}
+
+impl Manifest {
+    /// Pids are unique and positive; every process but the root, and every zombie, is the
+    /// child of a process listed before it (the restore forks them in this order).
+    fn validate_tree(&self) -> Result<(), String> {
+        let mut seen = std::collections::BTreeSet::new();
+        for (i, p) in self.processes.iter().enumerate() {
+            if p.pid <= 0 || !seen.insert(p.pid) {
+                return Err(format!("process {}: duplicate or bad pid", p.pid));
+            }
+            if i > 0 && !self.processes[..i].iter().any(|q| q.pid == p.ppid) {
+                return Err(format!("process {}: its parent is not before it", p.pid));
+            }
+        }
+        for z in &self.zombies {
+            if z.pid <= 0 || !seen.insert(z.pid) || !self.processes.iter().any(|q| q.pid == z.ppid)
+            {
+                return Err(format!("zombie {}: bad pid or parent", z.pid));
+            }
+        }
         Ok(())
+    }
+
+    /// The processes and zombies whose parent is `pid`, in image order.
+    pub fn children_of(&self, pid: i32) -> (Vec<usize>, Vec<&Zombie>) {
+        let procs = (1..self.processes.len())
+            .filter(|&i| self.processes[i].ppid == pid)
+            .collect();
+        let zombies = self.zombies.iter().filter(|z| z.ppid == pid).collect();
+        (procs, zombies)
     }
 }
 
@@ -95,6 +137,8 @@ mod tests {
         Process {
             pid: 42,
             ppid: 1,
+            pgid: 42,
+            sid: 42,
             attrs: Attrs {
                 comm: "sample".into(),
                 exe: "/bin/sample".into(),
@@ -163,6 +207,7 @@ mod tests {
         let xs = w.add_blob(XSTATE, &[1u8; 832]).unwrap();
         let m = Manifest {
             processes: vec![sample_process(at, xs)],
+            zombies: vec![],
             stats: None,
         };
         w.finish(&m).unwrap();
@@ -187,7 +232,7 @@ mod tests {
     }
 
     /// The resources' state types are flattened into the process: the JSON keeps the layout
-    /// of format version 1, so images written before the layout change still open.
+    /// of format version 1 (plus pgid and sid, optional), so older images still open.
     #[test]
     fn the_json_layout_is_format_version_one() {
         let v = serde_json::to_value(sample_process(4096, 0)).unwrap();
@@ -202,11 +247,13 @@ mod tests {
                 "fds",
                 "mm",
                 "personality",
+                "pgid",
                 "pid",
                 "pipes",
                 "ppid",
                 "rlimits",
                 "shared_pending",
+                "sid",
                 "sigactions",
                 "threads",
                 "umask",
@@ -252,6 +299,7 @@ mod tests {
         ];
         let good = Manifest {
             processes: vec![sample_process(at, xs)],
+            zombies: vec![],
             stats: None,
         };
         assert_eq!(good.validate(&sections), Ok(()));
@@ -260,5 +308,29 @@ mod tests {
             spoil(&mut m.processes[0]);
             assert!(m.validate(&sections).is_err(), "case {i} was accepted");
         }
+        // A tree: children after their parent, pids unique, zombies' parents in the tree.
+        let mut child = good.processes[0].clone();
+        (child.pid, child.ppid, child.threads[0].tid) = (43, 42, 43);
+        let mut tree = good.clone();
+        tree.processes.push(child.clone());
+        tree.zombies.push(crate::tree::Zombie {
+            pid: 44,
+            comm: "z".into(),
+            ppid: 43,
+            pgid: 42,
+            sid: 42,
+            exit_status: 3 << 8,
+        });
+        assert_eq!(tree.validate(&sections), Ok(()));
+        assert_eq!(tree.children_of(42).0, vec![1]);
+        let mut orphan = tree.clone();
+        orphan.processes[1].ppid = 99;
+        assert!(orphan.validate(&sections).is_err());
+        let mut twice = tree.clone();
+        twice.zombies[0].pid = 43;
+        assert!(twice.validate(&sections).is_err());
+        let mut reversed = tree.clone();
+        reversed.processes.swap(0, 1);
+        assert!(reversed.validate(&sections).is_err());
     }
 }

@@ -89,8 +89,12 @@ pub struct Stat {
     pub comm: String,
     pub state: char,
     pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
     pub flags: u64,
     pub threads: u32,
+    /// The exit status as wait(2) reports it (a zombie's).
+    pub exit_code: i32,
 }
 
 pub fn stat(pid: i32) -> io::Result<Stat> {
@@ -111,9 +115,30 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
         comm,
         state: field(3)?.chars().next().ok_or_else(bad)?,
         ppid: field(4)?.parse().map_err(|_| bad())?,
+        pgid: field(5)?.parse().map_err(|_| bad())?,
+        sid: field(6)?.parse().map_err(|_| bad())?,
         flags: field(9)?.parse().map_err(|_| bad())?,
         threads: field(20)?.parse().map_err(|_| bad())?,
+        exit_code: field(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
     })
+}
+
+/// The children of every thread of `pid` (/proc/PID/task/TID/children), in pid order.
+pub fn children(pid: i32) -> io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))? {
+        let path = t?.path().join("children");
+        let Ok(text) = fs::read_to_string(path) else {
+            continue; // the thread exited meanwhile
+        };
+        out.extend(
+            text.split_whitespace()
+                .filter_map(|c| c.parse::<i32>().ok()),
+        );
+    }
+    out.sort_unstable();
+    out.dedup();
+    Ok(out)
 }
 
 /// The `Umask:` of /proc/PID/status.

@@ -5,6 +5,8 @@
 //! pending as they were; others are delivered then, as they would have been. Their siginfo
 //! is not carried.
 
+use crate::errors::{restore_io, RestoreError};
+use crate::inject::Injector;
 use crate::sys;
 use ckpt_abi::CkptTaskState;
 use serde::{Deserialize, Serialize};
@@ -71,6 +73,28 @@ pub fn raise_pending(
             if pending & bit != 0 {
                 sys::tgkill(pid, tid, sig as i32)?;
             }
+        }
+    }
+    Ok(())
+}
+
+/// In a restored process at a ptrace stop, every signal blocked: dequeues every pending
+/// signal (process-wide and its main thread's), by injected rt_sigtimedwait with a zero
+/// timeout until none is left. `scratch` is memory of the process free for the arguments.
+pub fn discard_pending(inj: &Injector, tid: i32, scratch: u64) -> Result<(), RestoreError> {
+    // The set (all 64 signals), then a zero timespec.
+    let mut args = u64::MAX.to_le_bytes().to_vec();
+    args.extend_from_slice(&[0u8; 16]);
+    inj.poke(scratch, &args)
+        .map_err(restore_io("writing rt_sigtimedwait arguments"))?;
+    // Real-time signals queue: bounded, in case something keeps sending.
+    for _ in 0..4096 {
+        let call = [scratch, 0, scratch + 8, 8, 0, 0];
+        let (r, _) = inj
+            .syscall(tid, libc::SYS_rt_sigtimedwait, call)
+            .map_err(restore_io("rt_sigtimedwait"))?;
+        if r < 0 {
+            return Ok(()); // EAGAIN: nothing left
         }
     }
     Ok(())

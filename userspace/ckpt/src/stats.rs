@@ -8,6 +8,9 @@ use std::fmt::Write;
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct Stats {
     pub frozen_us: u64,
+    /// Live processes taken (0 in images from before process trees: one).
+    #[serde(default)]
+    pub processes: u32,
     pub memdump_us: u64,
     pub total_us: u64,
     pub pages_scanned: u64,

@@ -19,14 +19,11 @@ pub struct Prepared {
     pub client: Client,
     pub ready: Ready,
     pub app_id: String,
-    /// How long PREPARE took.
-    pub flush_us: u64,
 }
 
 /// Asks `pid`'s interceptor, if it has one, to prepare. A failing PREPARE is not fatal: the
 /// checkpoint takes the plain path, with a message.
 pub fn prepare(pid: i32) -> Option<Prepared> {
-    let t0 = Instant::now();
     let location = locate(pid);
     let conn = Client::connect(pid)?;
     match conn.and_then(|mut c| c.prepare().map(|r| (c, r))) {
@@ -34,7 +31,6 @@ pub fn prepare(pid: i32) -> Option<Prepared> {
             client,
             ready,
             app_id: location.map(|l| l.app_id).unwrap_or_default(),
-            flush_us: t0.elapsed().as_micros() as u64,
         }),
         Err(e) => {
             eprintln!("ckpt: {e}; taking the plain path (nothing flushed)");

@@ -1,15 +1,17 @@
 //! `ckpt checkpoint PID`: the sequence of docs/design.md, "Checkpoint".
 //!
 //! 1. Check what can be checked without stopping anything (`precheck`).
-//! 2. Under `ckpt run`, the interceptor prepares (flushes, syncs) and waits (`interceptor`).
-//! 3. Freeze every thread (`crate::freeze`); flush a single-threaded program's stdio.
-//! 4. Dump each resource into the image (`dump_process`): threads, attributes, signals,
-//!    memory, fds.
-//! 5. Let the target go (or, with `--kill`, kill it once the image is durable) and finish the
+//! 2. Under `ckpt run`, each process's interceptor prepares (flushes, syncs) and waits
+//!    (`interceptor`).
+//! 3. Freeze the whole tree (`crate::tree`, every thread of every process through
+//!    `crate::freeze`); flush single-threaded programs' stdio.
+//! 4. Dump each resource of each process into the image (`dump_process`): threads,
+//!    attributes, signals, memory, fds.
+//! 5. Let the tree go (or, with `--kill`, kill it once the image is durable) and finish the
 //!    image (checksums, manifest, fsync, rename).
 //!
-//! Any failure detaches and leaves the target running and untouched, and no file under the
-//! final name.
+//! Any failure detaches and leaves every process running and untouched, and no file under
+//! the final name.
 
 mod interceptor;
 
@@ -21,10 +23,12 @@ use crate::image::ImageWriter;
 use crate::manifest::{Manifest, Process};
 use crate::memory::Memory;
 use crate::stats::Stats;
-use crate::{attrs, fds, memory, proc, signals, thread};
+use crate::tree::FrozenTree;
+use crate::{attrs, fds, memory, proc, signals, thread, tree};
 use interceptor::Prepared;
+use std::collections::BTreeMap;
 use std::path::Path;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 pub struct Options<'a> {
     pub pid: i32,
@@ -33,8 +37,10 @@ pub struct Options<'a> {
     pub device: &'a Path,
     /// Do not use the interceptor even if the process runs under `ckpt run`.
     pub plain: bool,
+    /// Only the process itself, not its descendants.
+    pub single: bool,
     /// How long a single-threaded program's main thread may take to flush its stdio.
-    pub flush_timeout: std::time::Duration,
+    pub flush_timeout: Duration,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -44,20 +50,22 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let dev = Device::open(opts.device).map_err(|e| {
         checkpoint_io(pid, "opening the ckpt device")(std::io::Error::other(e.to_string()))
     })?;
-    let st = precheck(pid, &dev)?;
-    let mut prepared = if opts.plain {
-        None
-    } else {
-        interceptor::prepare(pid)
-    };
+    precheck(pid, &dev)?;
+    let flush_t0 = Instant::now();
+    let mut prepared = prepare_all(pid, opts);
+    let flush_us = flush_t0.elapsed().as_micros() as u64;
 
-    let mut frozen = Frozen::freeze(pid)?;
     let mut frozen_at = Instant::now();
-    let stdio_flushed = match &prepared {
-        Some(p) => p.flush_stdio(&dev, &mut frozen, &mut frozen_at, opts.flush_timeout)?,
-        None => false,
-    };
-    frozen.redo_interrupted_calls()?;
+    let mut tree = FrozenTree::freeze(pid, opts.single)?;
+    tree.check_groups()?;
+    let mut stdio_flushed = !prepared.is_empty();
+    for m in &mut tree.members {
+        if let Some(p) = prepared.get(&m.frozen.pid) {
+            let timeout = opts.flush_timeout;
+            stdio_flushed &= p.flush_stdio(&dev, &mut m.frozen, &mut frozen_at, timeout)?;
+        }
+        m.frozen.redo_interrupted_calls()?;
+    }
 
     let write_err = |source| CheckpointError::Write {
         path: opts.output.into(),
@@ -65,29 +73,35 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     };
     let mut w = ImageWriter::create(opts.output).map_err(write_err)?;
     let mut stats = Stats {
-        interceptor: prepared.is_some(),
+        interceptor: !prepared.is_empty(),
         stdio_flushed,
-        flush_us: prepared.as_ref().map_or(0, |p| p.flush_us),
+        flush_us: if prepared.is_empty() { 0 } else { flush_us },
+        processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let process = dump_process(
-        &dev,
-        &frozen,
-        &st,
-        prepared.as_ref(),
-        &mut w,
-        opts.output,
-        &mut stats,
-    )?;
+    let mut processes = Vec::new();
+    for m in &tree.members {
+        let p = prepared.get(&m.frozen.pid);
+        processes.push(dump_process(
+            &dev,
+            &m.frozen,
+            &m.stat,
+            p,
+            &mut w,
+            opts.output,
+            &mut stats,
+        )?);
+    }
+    let zombies = tree.zombies.clone();
 
-    // Everything of the target is captured: unless it is to be killed, let it go now and
+    // Everything of the tree is captured: unless it is to be killed, let it go now and
     // finish the image (checksums, manifest, fsync) while it runs.
-    let frozen = if opts.kill {
-        Some(frozen)
+    let tree = if opts.kill {
+        Some(tree)
     } else {
-        frozen.release()?;
+        tree.release()?;
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
-        if let Some(p) = prepared.take() {
+        for p in std::mem::take(&mut prepared).into_values() {
             p.client.done();
         }
         None
@@ -98,20 +112,36 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     let manifest = Manifest {
-        processes: vec![process],
+        processes,
+        zombies,
         stats: Some(stats),
     };
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
-    if let Some(frozen) = frozen {
-        frozen.kill()?;
+    if let Some(tree) = tree {
+        tree.kill()?;
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
 }
 
+/// PREPARE for every process of the tree (as it is now) that runs under `ckpt run`.
+fn prepare_all(pid: i32, opts: &Options) -> BTreeMap<i32, Prepared> {
+    if opts.plain {
+        return BTreeMap::new();
+    }
+    let pids = if opts.single {
+        vec![pid]
+    } else {
+        tree::list(pid)
+    };
+    pids.into_iter()
+        .filter_map(|p| Some((p, interceptor::prepare(p)?)))
+        .collect()
+}
+
 /// Checks everything that can be checked without stopping the target.
-fn precheck(pid: i32, dev: &Device) -> Result<proc::Stat, CheckpointError> {
+fn precheck(pid: i32, dev: &Device) -> Result<(), CheckpointError> {
     if pid == std::process::id() as i32 {
         return Err(CheckpointError::IsSelf(pid));
     }
@@ -125,7 +155,7 @@ fn precheck(pid: i32, dev: &Device) -> Result<proc::Stat, CheckpointError> {
     }
     // The module applies ptrace's permission rule: fail here, before stopping anything.
     dev.query(pid, 0, &mut [])?;
-    Ok(st)
+    Ok(())
 }
 
 /// Dumps every resource of the frozen process into the image; returns its record.
@@ -183,6 +213,8 @@ fn dump_process(
     Ok(Process {
         pid: to_virtual(pid),
         ppid: to_virtual(st.ppid),
+        pgid: st.pgid,
+        sid: st.sid,
         attrs,
         memory: Memory {
             mm: memory::MmLayout::from(&ts.mm),

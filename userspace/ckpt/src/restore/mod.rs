@@ -1,15 +1,17 @@
 //! `ckpt restore FILE`: the sequence of docs/design.md, "Restore".
 //!
 //! 1. The image is verified completely (every checksum) before any process is created, and
-//!    everything the restorer needs is prepared (`prepare`): mapped files opened as the
+//!    everything the restorers need is prepared (`prepare`): mapped files opened as each
 //!    process's user, the kernel mappings checked, the fds' data read.
-//! 2. A child is created with the original pid when it is free (clone3 set_tid), else any;
-//!    it becomes the process (`restorer`) and calls the restore ioctl.
-//! 3. We follow it to the ioctl's exit (`supervise`); there, every other thread is created
-//!    and given its state, then the ids, credentials, registers (`finish_threads`).
-//! 4. We detach: it continues where it was checkpointed; pending signals are raised again.
+//! 2. The root's restorer is forked with the original pid; it forks its children's, and so
+//!    on down the tree (`restorer`); each reports its kernel pid and stops.
+//! 3. We trace every restorer and follow each to the exit of its restore ioctl
+//!    (`supervise`); there, every other thread is created and given its state, then the ids,
+//!    credentials, registers (`finish_threads`).
+//! 4. We detach, children first: the tree continues where it was checkpointed; pending
+//!    signals are raised again.
 //!
-//! Any failure before the detach kills the child: a half-restored process never runs.
+//! Any failure before the detach kills the whole tree: a half-restored process never runs.
 
 mod restorer;
 mod supervise;
@@ -21,56 +23,160 @@ use crate::manifest::{Image, Process};
 use crate::{fds, memory, sys, thread, vdso};
 use nix::sys::ptrace;
 use nix::unistd::Pid;
-use restorer::Plan;
+use restorer::{Plan, Restorers};
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::Path;
 
-/// Where the restored process went.
+/// Where the restored tree went.
 pub struct Restored {
+    /// The root's pid.
     pub pid: i32,
     pub original_pid: i32,
+    /// Live processes restored.
+    pub processes: usize,
 }
 
-/// Restores the image at `path`. The restored process is our child.
+/// Restores the image at `path`. The restored root process is our child.
 pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
     let m = &img.manifest;
-    if m.processes.len() != 1 {
-        return Err(RestoreError::Processes(m.processes.len()));
-    }
-    let p = &m.processes[0];
-    let xstates = p
-        .threads
+    let xstates = m
+        .processes
         .iter()
-        .map(|t| img.read_section(t.xstate_section))
-        .collect::<Result<Vec<_>, _>>()?;
-    // Opened (and its ABI checked) before anything else; the restorer uses this fd.
+        .map(|p| {
+            p.threads
+                .iter()
+                .map(|t| img.read_section(t.xstate_section))
+                .collect()
+        })
+        .collect::<Result<Vec<Vec<_>>, _>>()?;
+    // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
-    let mut plan = prepare(&img, p)?;
-
-    let pid = fork_restorer(p.pid)?;
-    if pid == 0 {
-        restorer::run(p, &mut plan, &img.file, &dev);
-    }
-    // Parent. If anything fails from here, the child must die.
-    let kill_child = |e: RestoreError| -> RestoreError {
-        let _ = sys::kill(pid, libc::SIGKILL);
-        let _ = sys::waitpid(pid, 0);
+    let plans = m
+        .processes
+        .iter()
+        .map(|p| prepare(&img, p))
+        .collect::<Result<_, _>>()?;
+    let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
+    let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
+    let mut restorers = Restorers {
+        manifest: m,
+        plans,
+        image: &img.file,
+        dev: &dev,
+        report: report_out,
+        go,
+        go_writer: std::os::fd::AsRawFd::as_raw_fd(&go_out),
+        any_pid: m.processes.len() == 1 && m.zombies.is_empty(),
+        highest_own_fd: highest_own_fd()?,
+    };
+    let root = fork_root(&mut restorers)?;
+    drop(restorers);
+    // If anything fails from here, the whole tree must die: each restorer dies with its
+    // parent, and every restored process is killed (it is also traced with exit-kill).
+    let reported = read_reports(report_in);
+    let kernel: Vec<i32> = m
+        .processes
+        .iter()
+        .map(|p| reported.get(&p.pid).copied().unwrap_or(0))
+        .collect();
+    let kill_tree = |e: RestoreError| -> RestoreError {
+        for &pid in kernel.iter().chain([&root]).filter(|&&p| p > 0) {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        let _ = sys::waitpid(root, 0);
         e
     };
-    supervise::to_restore_exit(pid).map_err(kill_child)?;
-    let tids = finish_threads(pid, p, &xstates).map_err(kill_child)?;
-    for &tid in &tids {
-        ptrace::detach(Pid::from_raw(tid), None)
-            .map_err(|e| kill_child(restore_io("PTRACE_DETACH")(e.into())))?;
+    if let Some(p) = m.processes.iter().zip(&kernel).find(|(_, &k)| k == 0) {
+        eprintln!(
+            "ckpt restore: the restorer of process {} failed (see above)",
+            p.0.pid
+        );
+        return Err(kill_tree(RestoreError::Child(1)));
     }
-    let per_thread: Vec<u64> = p.threads.iter().map(|t| t.pending).collect();
-    crate::signals::raise_pending(pid, p.shared_pending, &per_thread, &tids)
-        .map_err(restore_io("re-raising a pending signal"))?;
-    drop(plan);
+    for &pid in &kernel {
+        supervise::attach(pid).map_err(kill_tree)?;
+    }
+    drop(go_out); // every restorer goes on
+    let mut all_tids = Vec::new();
+    for ((p, &pid), xstates) in m.processes.iter().zip(&kernel).zip(&xstates) {
+        supervise::to_restore_exit(pid).map_err(kill_tree)?;
+        all_tids.push(finish_threads(pid, p, xstates).map_err(kill_tree)?);
+    }
+    // Children first: a parent that runs finds its children running.
+    for tids in all_tids.iter().rev() {
+        for &tid in tids {
+            ptrace::detach(Pid::from_raw(tid), None)
+                .map_err(|e| kill_tree(restore_io("PTRACE_DETACH")(e.into())))?;
+        }
+    }
+    for ((p, &pid), tids) in m.processes.iter().zip(&kernel).zip(&all_tids) {
+        let per_thread: Vec<u64> = p.threads.iter().map(|t| t.pending).collect();
+        crate::signals::raise_pending(pid, p.shared_pending, &per_thread, tids)
+            .map_err(restore_io("re-raising a pending signal"))?;
+    }
     Ok(Restored {
-        pid,
-        original_pid: p.pid,
+        pid: root,
+        original_pid: m.processes[0].pid,
+        processes: m.processes.len(),
     })
+}
+
+/// The highest fd open in ckpt now: the restorers' working fds go above it.
+fn highest_own_fd() -> Result<i32, RestoreError> {
+    Ok(std::fs::read_dir("/proc/self/fd")
+        .map_err(restore_io("listing /proc/self/fd"))?
+        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
+        .max()
+        .unwrap_or(2))
+}
+
+/// Forks the root's restorer (which forks the rest of the tree): with the original pid if
+/// nobody has it, else (a lone process only) any. Returns its pid.
+fn fork_root(r: &mut Restorers) -> Result<i32, RestoreError> {
+    let want = r.manifest.processes[0].pid;
+    let me = nix::unistd::getpid();
+    let free = !Path::new(&format!("/proc/{want}")).exists();
+    let pid = match sys::fork_with_pid(free.then_some(want)) {
+        Ok(pid) => pid,
+        Err(e)
+            if free
+                && r.any_pid
+                && matches!(e.raw_os_error(), Some(libc::EEXIST | libc::EPERM)) =>
+        {
+            sys::fork_with_pid(None).map_err(restore_io("clone3"))?
+        }
+        Err(e) => return Err(restore_io("clone3")(e)),
+    };
+    if pid == 0 {
+        restorer::run(r, 0, me);
+    }
+    if pid != want && !r.any_pid {
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::waitpid(pid, 0);
+        return Err(restore_io(format!("pid {want} is taken on this machine"))(
+            std::io::Error::other(
+                "a process tree needs its original pids (restoring into a new pid namespace is \
+                 not supported yet)",
+            ),
+        ));
+    }
+    Ok(pid)
+}
+
+/// Reads "ORIGINAL KERNEL" lines until every restorer has reported or died (end of file):
+/// original pid -> kernel pid.
+fn read_reports(report: OwnedFd) -> BTreeMap<i32, i32> {
+    let mut text = String::new();
+    let _ = std::fs::File::from(report).read_to_string(&mut text);
+    text.lines()
+        .filter_map(|l| {
+            let (a, b) = l.split_once(' ')?;
+            Some((a.parse().ok()?, b.parse().ok()?))
+        })
+        .collect()
 }
 
 /// Everything the restorer needs, before the fork. Mapped files are opened as the
@@ -91,33 +197,11 @@ fn prepare(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         .into_iter()
         .map(|i| Ok((i, img.read_section(i)?)))
         .collect::<Result<_, RestoreError>>()?;
-    let highest_own_fd = std::fs::read_dir("/proc/self/fd")
-        .map_err(restore_io("listing /proc/self/fd"))?
-        .filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok())
-        .max()
-        .unwrap_or(2);
     Ok(Plan {
         memory,
         specials,
         blobs,
-        highest_own_fd,
     })
-}
-
-/// Forks the restorer, with pid `want` if nobody has it (else any, said on stderr by the
-/// caller). Returns 0 in the child.
-fn fork_restorer(want: i32) -> Result<i32, RestoreError> {
-    let want = (!Path::new(&format!("/proc/{want}")).exists()).then_some(want);
-    match sys::fork_with_pid(want) {
-        Ok(pid) => Ok(pid),
-        Err(e)
-            if want.is_some()
-                && matches!(e.raw_os_error(), Some(libc::EEXIST) | Some(libc::EPERM)) =>
-        {
-            sys::fork_with_pid(None).map_err(restore_io("clone3"))
-        }
-        Err(e) => Err(restore_io("clone3")(e)),
-    }
 }
 
 /// At the restore ioctl's exit, the address space being the image's: the other threads are
@@ -133,6 +217,18 @@ fn finish_threads(pid: i32, p: &Process, xstates: &[Vec<u8>]) -> Result<Vec<i32>
     }
     thread::register_rseq(&inj, pid, &p.threads[0])?;
     thread::set_names(&inj, &p.threads, &tids, &p.attrs.comm);
+    // The restorer's own traces: its parent-death signal, and signals that came while it
+    // had every signal blocked (its children stopping or exiting); the image's pending
+    // signals are raised again once it runs.
+    let scratch = thread::scratch_area(&p.threads);
+    thread::call(
+        &inj,
+        pid,
+        "PR_SET_PDEATHSIG",
+        libc::SYS_prctl,
+        [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
+    )?;
+    crate::signals::discard_pending(&inj, pid, scratch)?;
     if let Some(ic) = &p.interceptor {
         ic.restore_ids(&inj, &p.threads, &tids)
             .map_err(restore_io("filling the interceptor's id table"))?;

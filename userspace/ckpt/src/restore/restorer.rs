@@ -1,23 +1,28 @@
-//! The restorer: the child `ckpt restore` forks, which becomes the process. Traced by its
-//! parent and dying with it, signals blocked, it sets on itself everything that can only be
-//! set from inside (fds, directory, umask, limits, personality, handlers, the main thread's
-//! per-thread state), moves its vDSO where the image had it, and calls `CKPT_IOC_RESTORE`, in
-//! which the module replaces its whole address space with the image's. It never returns: any
-//! failure ends it with a message and a non-zero status, before anything of the image runs.
+//! The restorers: one process per process of the image, which becomes it. `ckpt restore`
+//! forks the root's; each forks its children's (with their pids, so parent links come back),
+//! its zombies, and sets its session and its children's process groups, before it becomes
+//! its own process. Dying with its parent (PR_SET_PDEATHSIG), signals blocked, it reports its
+//! kernel pid to ckpt and stops until ckpt traces it. Then it sets on itself everything that
+//! can only be set from inside (fds, directory, umask, limits, personality, handlers, the main
+//! thread's per-thread state), moves its vDSO where the image had it, and calls
+//! `CKPT_IOC_RESTORE`, in which the module replaces its whole address space with the image's.
+//! It never returns: any failure ends it with a message and a non-zero status, before
+//! anything of the image runs (its descendants die with it).
 
 use crate::creds::as_fs_user;
 use crate::device::Device;
 use crate::fds::{Blobs, RestoreCtx};
-use crate::manifest::Process;
+use crate::manifest::{Manifest, Process};
 use crate::memory::MemoryPlan;
 use crate::sys;
+use crate::tree::Zombie;
 use crate::vdso::{MoveError, Specials};
 use ckpt_abi::{CkptRange, CkptRestore, CKPT_IOC_RESTORE};
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
 use std::fs::File;
-use std::os::fd::{AsFd, OwnedFd};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
 
 /// Everything the restorer needs, prepared (and allocated) by the parent before the fork.
@@ -26,8 +31,6 @@ pub struct Plan {
     pub specials: Specials,
     /// The small sections the fds need (pipe and socket data, deleted files).
     pub blobs: Blobs,
-    /// The highest fd open in ckpt when it forks.
-    pub highest_own_fd: i32,
 }
 
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
@@ -35,10 +38,177 @@ fn fail(what: &str, e: impl std::fmt::Display) -> ! {
     sys::exit_now(1);
 }
 
-/// The restorer's side. Never returns.
-pub fn run(p: &Process, plan: &mut Plan, image: &File, dev: &Device) -> ! {
-    become_tracee();
-    let work = WorkFds::take(p, plan, image, dev);
+/// Everything every restorer needs, prepared by ckpt before the first fork.
+pub struct Restorers<'a> {
+    pub manifest: &'a Manifest,
+    /// Per process of the manifest.
+    pub plans: Vec<Plan>,
+    pub image: &'a File,
+    pub dev: &'a Device,
+    /// Where each restorer writes "ORIGINAL_PID KERNEL_PID".
+    pub report: OwnedFd,
+    /// Each restorer then waits for the end of this pipe: ckpt closes its write end once it
+    /// traces every restorer (a read of the pipe, not a stop: a process stopped by a signal
+    /// before it is traced stays in that group stop after the tracer detaches).
+    pub go: OwnedFd,
+    /// The write end, which every restorer closes at once.
+    pub go_writer: i32,
+    /// Whether a taken pid may be replaced by another (a lone process: nothing refers to
+    /// its pid).
+    pub any_pid: bool,
+    /// The highest fd open in ckpt when it forks.
+    pub highest_own_fd: i32,
+}
+
+/// The restorer of process `index` (forked with its pid by its parent's restorer, or by
+/// ckpt for the root, whose pid is `parent`). Never returns.
+pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
+    let m = r.manifest;
+    let p = &m.processes[index];
+    dies_with(parent);
+    let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
+    join_session_and_group(p, index == 0);
+    fork_children(r, p);
+    report(&r.report, p.pid);
+    // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
+    let mut byte = [0u8; 1];
+    match nix::unistd::read(&r.go, &mut byte) {
+        Ok(0) => {}
+        _ => fail("waiting for ckpt", "the pipe did not end"),
+    }
+    let (image, dev, highest) = (r.image, r.dev, r.highest_own_fd);
+    become_process(p, &mut r.plans[index], image, dev, highest)
+}
+
+/// Our session and process group, before we fork anyone (children inherit them): a session
+/// leader makes its session; a group leader its group; a member joins its group, which
+/// exists (its leader is an ancestor, or a sibling forked and grouped before us by our
+/// parent, who also does this for us: whichever comes first). The root in a group or session
+/// led from outside the tree keeps ckpt's (a shell job's).
+fn join_session_and_group(p: &Process, is_root: bool) {
+    use nix::unistd::{getpgrp, setpgid, setsid, Pid};
+    let me = Pid::from_raw(0);
+    let r = if p.sid == p.pid {
+        setsid().map(drop)
+    } else if p.pgid == p.pid {
+        setpgid(me, me)
+    } else if !is_root && p.pgid > 0 && getpgrp().as_raw() != p.pgid {
+        setpgid(me, Pid::from_raw(p.pgid))
+    } else {
+        Ok(())
+    };
+    if let Err(e) = r {
+        fail(
+            &format!("joining process group {} (session {})", p.pgid, p.sid),
+            e,
+        );
+    }
+}
+
+/// Dies if `parent` does (before ckpt traces us with exit-kill, and for our descendants);
+/// exits now if it already has. Blocks every signal.
+fn dies_with(parent: nix::unistd::Pid) {
+    if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
+        fail("PR_SET_PDEATHSIG", e);
+    }
+    if nix::unistd::getppid() != parent {
+        sys::exit_now(1);
+    }
+    if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
+        fail("blocking signals", e);
+    }
+}
+
+/// Forks the restorers of `p`'s children (group leaders first, each put in its process
+/// group here, where the group is sure to exist), then its zombies.
+fn fork_children(r: &mut Restorers, p: &Process) {
+    let me = nix::unistd::getpid();
+    let m = r.manifest;
+    let (mut children, zombies) = m.children_of(p.pid);
+    children.sort_by_key(|&i| m.processes[i].pgid != m.processes[i].pid);
+    for i in children {
+        let c = &m.processes[i];
+        let pid = fork_as(c.pid, r.any_pid);
+        if pid == 0 {
+            run(r, i, me);
+        }
+        let leads_session = c.sid == c.pid;
+        if !leads_session && c.pgid != p.pgid && c.pgid != 0 {
+            let (child, group) = (
+                nix::unistd::Pid::from_raw(pid),
+                nix::unistd::Pid::from_raw(c.pgid),
+            );
+            if let Err(e) = nix::unistd::setpgid(child, group) {
+                fail(
+                    &format!("putting process {} in process group {}", c.pid, c.pgid),
+                    e,
+                );
+            }
+        }
+    }
+    for z in zombies {
+        if fork_as(z.pid, false) == 0 {
+            let _ = nix::sys::prctl::set_name(
+                &std::ffi::CString::new(z.comm.clone()).unwrap_or_default(),
+            );
+            exit_like(z);
+        }
+    }
+}
+
+/// Forks with pid `pid` (another if taken and `any_pid`). Returns 0 in the child.
+fn fork_as(pid: i32, any_pid: bool) -> i32 {
+    match sys::fork_with_pid(Some(pid)) {
+        Ok(n) => n,
+        Err(e) if any_pid && matches!(e.raw_os_error(), Some(libc::EEXIST)) => {
+            sys::fork_with_pid(None).unwrap_or_else(|e| fail("fork", e))
+        }
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EEXIST)) => fail(
+            &format!("pid {pid} is taken on this machine"),
+            "a process tree needs its original pids (restoring into a new pid namespace is \
+             not supported yet)",
+        ),
+        Err(e) => fail(&format!("creating process {pid}"), e),
+    }
+}
+
+/// A zombie's end: exits with its status (or dies of its signal).
+fn exit_like(z: &Zombie) -> ! {
+    let sig = z.exit_status & 0x7f;
+    if sig != 0 {
+        // SAFETY: resets one signal's disposition to the default and unblocks it in this
+        // process, which does nothing else before dying of it.
+        unsafe {
+            libc::signal(sig, libc::SIG_DFL);
+            let mut set: libc::sigset_t = std::mem::zeroed();
+            libc::sigemptyset(&mut set);
+            libc::sigaddset(&mut set, sig);
+            libc::sigprocmask(libc::SIG_UNBLOCK, &set, std::ptr::null_mut());
+        }
+        let _ = sys::kill(std::process::id() as i32, sig);
+    }
+    sys::exit_now((z.exit_status >> 8) & 0xff);
+}
+
+/// Tells ckpt our kernel pid, then closes our copy of the report pipe (ckpt sees its end once
+/// every restorer has reported or died).
+fn report(fd: &OwnedFd, original: i32) {
+    let line = format!("{original} {}\n", std::process::id());
+    if let Err(e) = crate::fds::write_all(fd, line.as_bytes()) {
+        fail("reporting to ckpt", e);
+    }
+    let _ = sys::close_range(fd.as_raw_fd() as u32, fd.as_raw_fd() as u32);
+}
+
+/// Becomes process `p`. Never returns.
+fn become_process(
+    p: &Process,
+    plan: &mut Plan,
+    image: &File,
+    dev: &Device,
+    highest_own_fd: i32,
+) -> ! {
+    let work = WorkFds::take(p, plan, image, dev, highest_own_fd);
     if let Err((what, e)) = p.attrs.restore_cwd_umask() {
         fail(&what, e);
     }
@@ -71,27 +241,6 @@ pub fn run(p: &Process, plan: &mut Plan, image: &File, dev: &Device) -> ! {
     sys::exit_now(100 + code.min(100));
 }
 
-/// Asks to be traced by the parent, blocks every signal, and stops until the parent has set
-/// the ptrace options (exit-kill, syscall stops).
-fn become_tracee() {
-    let parent = nix::unistd::getppid();
-    if let Err(e) = nix::sys::ptrace::traceme() {
-        fail("PTRACE_TRACEME", e);
-    }
-    if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
-        fail("blocking signals", e);
-    }
-    // Stop #1.
-    if let Err(e) = sys::kill(std::process::id() as i32, libc::SIGSTOP) {
-        fail("stopping", e);
-    }
-    // Past stop #1 the parent has set PTRACE_O_EXITKILL: if it dies we die. If it died before
-    // that, we have been reparented: give up rather than run unsupervised.
-    if nix::unistd::getppid() != parent {
-        sys::exit_now(1);
-    }
-}
-
 /// The restorer's own fds (image, device, mapped files), moved above every fd of the image
 /// and of ckpt so that they are consecutive; everything else is closed but inherited stdio.
 struct WorkFds {
@@ -102,9 +251,9 @@ struct WorkFds {
 }
 
 impl WorkFds {
-    fn take(p: &Process, plan: &Plan, image: &File, dev: &Device) -> WorkFds {
+    fn take(p: &Process, plan: &Plan, image: &File, dev: &Device, highest_own: i32) -> WorkFds {
         let max_fd = p.files.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
-        let base = max_fd.max(plan.highest_own_fd) + 1;
+        let base = max_fd.max(highest_own) + 1;
         let mut work = Vec::new();
         let sources = [image.as_fd(), dev.as_fd()]
             .into_iter()

@@ -1,6 +1,7 @@
-//! Following the restorer from its first stop to the exit of the restore ioctl: stop #1 (we
-//! set the ptrace options: exit-kill, syscall stops), its preparation, stop #2 right before
-//! the ioctl, then the ioctl's entry and exit.
+//! Following a restorer to the exit of the restore ioctl: once it has forked its children and
+//! reported, we trace it (PTRACE_SEIZE with exit-kill and syscall stops) and let it prepare;
+//! at its stop (SIGSTOP), right before the ioctl, we follow its system calls to the ioctl's
+//! exit.
 
 use crate::errors::{restore_io, RestoreError};
 use crate::sys;
@@ -8,28 +9,25 @@ use ckpt_abi::CKPT_IOC_RESTORE;
 use nix::sys::ptrace;
 use nix::unistd::Pid;
 
-/// Returns once the restorer stands at the exit of a successful restore ioctl, its address
+/// Traces restorer `pid` (waiting for ckpt's go; it does not stop for this).
+pub fn attach(pid: i32) -> Result<(), RestoreError> {
+    let tracee = Pid::from_raw(pid);
+    let options = ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL;
+    ptrace::seize(tracee, options).map_err(|e| restore_io("PTRACE_SEIZE")(e.into()))
+}
+
+/// Returns once restorer `pid` stands at the exit of a successful restore ioctl, its address
 /// space the image's.
 pub fn to_restore_exit(pid: i32) -> Result<(), RestoreError> {
     let tracee = Pid::from_raw(pid);
-    let status = wait(pid)?;
-    if !libc::WIFSTOPPED(status) {
-        return Err(RestoreError::Child(libc::WEXITSTATUS(status)));
-    }
-    ptrace::setoptions(
-        tracee,
-        ptrace::Options::PTRACE_O_TRACESYSGOOD | ptrace::Options::PTRACE_O_EXITKILL,
-    )
-    .map_err(|e| restore_io("PTRACE_SETOPTIONS")(e.into()))?;
-    // Let it prepare; it stops again (SIGSTOP, suppressed here) right before the ioctl.
-    cont(tracee)?;
     loop {
         let status = wait(pid)?;
         ended(status)?;
-        if libc::WIFSTOPPED(status) && libc::WSTOPSIG(status) == libc::SIGSTOP {
+        let signal_stop = status >> 16 == 0 && libc::WIFSTOPPED(status);
+        if signal_stop && libc::WSTOPSIG(status) == libc::SIGSTOP {
             break;
         }
-        // Any other signal stop: keep going without delivering it (all are blocked anyway).
+        // Any other stop: keep going without delivering it (all are blocked anyway).
         cont(tracee)?;
     }
     let regs = follow_ioctl(pid)?;

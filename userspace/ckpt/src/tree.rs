@@ -1,0 +1,186 @@
+//! Process trees: the processes a checkpoint takes (the target and every descendant), frozen
+//! together so that no process of the tree runs while any state is read; zombies waiting to
+//! be reaped; process groups and sessions. Restore recreates the tree top-down (see
+//! `restore::restorer`): each restorer forks its children's restorers with their pids before
+//! it becomes its process, so parent links, pids, groups and sessions come back.
+
+use crate::errors::CheckpointError;
+use crate::freeze::Frozen;
+use crate::proc;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeSet, VecDeque};
+
+/// A child that has exited and waits for its parent to reap it: recreated as a process that
+/// exits at once with the same status.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Zombie {
+    pub pid: i32,
+    /// Its name (a zombie keeps it).
+    #[serde(default)]
+    pub comm: String,
+    pub ppid: i32,
+    pub pgid: i32,
+    pub sid: i32,
+    /// The status wait(2) reports: exit code << 8, or the signal that killed it.
+    pub exit_status: i32,
+}
+
+/// A live process of the tree, frozen.
+pub struct Member {
+    pub stat: proc::Stat,
+    pub frozen: Frozen,
+}
+
+/// Every process of a tree, frozen, parents before children; the tree's zombies.
+pub struct FrozenTree {
+    pub members: Vec<Member>,
+    pub zombies: Vec<Zombie>,
+}
+
+/// The pids of the tree rooted at `root` as it is now, parents first (not frozen: it may
+/// change; used to reach the processes' interceptors before the freeze).
+pub fn list(root: i32) -> Vec<i32> {
+    let mut out = vec![root];
+    let mut i = 0;
+    while let Some(&pid) = out.get(i) {
+        out.extend(proc::children(pid).unwrap_or_default());
+        i += 1;
+    }
+    out
+}
+
+/// Whether `pid` exists and has not exited.
+fn alive(pid: i32) -> bool {
+    proc::stat(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+}
+
+impl FrozenTree {
+    /// Freezes `root` and, unless `single`, every descendant. A process is frozen before its
+    /// children are listed, so none can fork unseen; the whole tree is listed again once
+    /// frozen until nothing new appears (a fork in flight when its parent stopped).
+    pub fn freeze(root: i32, single: bool) -> Result<FrozenTree, CheckpointError> {
+        let mut tree = FrozenTree {
+            members: Vec::new(),
+            zombies: Vec::new(),
+        };
+        let mut seen = BTreeSet::new();
+        let mut queue = VecDeque::from([root]);
+        loop {
+            while let Some(pid) = queue.pop_front() {
+                if !seen.insert(pid) {
+                    continue;
+                }
+                if let Some(children) = tree.take(pid, pid == root)? {
+                    queue.extend(children.into_iter().filter(|_| !single));
+                }
+            }
+            if single {
+                return Ok(tree);
+            }
+            for m in &tree.members {
+                let children = proc::children(m.frozen.pid).unwrap_or_default();
+                queue.extend(children.into_iter().filter(|c| !seen.contains(c)));
+            }
+            if queue.is_empty() {
+                return Ok(tree);
+            }
+        }
+    }
+
+    /// Freezes `pid` (or records it as a zombie); returns its children, None if it is gone.
+    fn take(&mut self, pid: i32, is_root: bool) -> Result<Option<Vec<i32>>, CheckpointError> {
+        let stat = match proc::stat(pid) {
+            Ok(s) => s,
+            Err(_) if !is_root => return Ok(None), // exited and reaped meanwhile
+            Err(_) => return Err(CheckpointError::NoSuchProcess(pid)),
+        };
+        if stat.state == 'Z' || stat.state == 'X' {
+            if is_root {
+                return Err(CheckpointError::Zombie(pid));
+            }
+            self.zombies.push(Zombie {
+                pid,
+                comm: stat.comm.clone(),
+                ppid: stat.ppid,
+                pgid: stat.pgid,
+                sid: stat.sid,
+                exit_status: stat.exit_code,
+            });
+            return Ok(Some(Vec::new()));
+        }
+        let frozen = match Frozen::freeze(pid) {
+            Ok(f) => f,
+            Err(CheckpointError::NoSuchProcess(_)) if !is_root => return Ok(None),
+            // It exited between the listing and the seize (ptrace refuses an exiting task):
+            // a zombie now, or gone.
+            Err(CheckpointError::Attach { .. }) if !is_root && !alive(pid) => {
+                return self.take(pid, false)
+            }
+            Err(e) => return Err(e),
+        };
+        let children = proc::children(pid).unwrap_or_default();
+        self.members.push(Member { stat, frozen });
+        Ok(Some(children))
+    }
+
+    /// The pids of the live processes.
+    pub fn pids(&self) -> Vec<i32> {
+        self.members.iter().map(|m| m.frozen.pid).collect()
+    }
+
+    /// Checks that every process group and session of the tree can be recreated: its leader
+    /// is a process of the tree that leads it, or it is the root's (inherited from whoever
+    /// restores the tree, as a shell job is).
+    pub fn check_groups(&self) -> Result<(), CheckpointError> {
+        let Some(root) = self.members.first() else {
+            return Ok(());
+        };
+        let leads = |id: i32, group: bool| {
+            self.members.iter().any(|m| {
+                m.frozen.pid == id
+                    && if group {
+                        m.stat.pgid == id
+                    } else {
+                        m.stat.sid == id
+                    }
+            })
+        };
+        let all = self
+            .members
+            .iter()
+            .map(|m| (m.frozen.pid, m.stat.pgid, m.stat.sid))
+            .chain(self.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)));
+        for (pid, pgid, sid) in all {
+            if pgid != root.stat.pgid && !leads(pgid, true) {
+                return Err(CheckpointError::Tree(format!(
+                    "process {pid} is in process group {pgid}, whose leader is not a process of \
+                     the tree (it exited, or the group was joined from outside): not supported yet"
+                )));
+            }
+            if sid != root.stat.sid && !leads(sid, false) {
+                return Err(CheckpointError::Tree(format!(
+                    "process {pid} is in session {sid}, whose leader is not a process of the \
+                     tree: not supported yet"
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// Lets every process go.
+    pub fn release(self) -> Result<(), CheckpointError> {
+        for m in self.members {
+            m.frozen.release()?;
+        }
+        Ok(())
+    }
+
+    /// Kills every process while still stopped, so none runs past the checkpoint.
+    pub fn kill(self) -> Result<(), CheckpointError> {
+        // Children before their parents.
+        for m in self.members.into_iter().rev() {
+            m.frozen.kill()?;
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,294 @@
+//! Process trees, in the guest: a whole tree checkpointed, killed and restored (parent links,
+//! pids, a session, two process groups, a zombie), twice from one image; `--single`; a
+//! process that forks all the time.
+
+mod common;
+
+use common::{ckpt, ok, prog, Dir};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// (state, ppid, pgid, sid) from /proc/PID/stat; None when the process is gone.
+fn stat_of(pid: i32) -> Option<(char, i32, i32, i32)> {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let f: Vec<&str> = text[text.rfind(')')? + 2..].split_whitespace().collect();
+    Some((
+        f[0].chars().next()?,
+        f[1].parse().ok()?,
+        f[2].parse().ok()?,
+        f[3].parse().ok()?,
+    ))
+}
+
+fn gone(pid: i32) -> bool {
+    stat_of(pid).is_none()
+}
+
+/// The last number NAME wrote into DIR/NAME.
+fn last_count(dir: &Path, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+/// Waits until `cond` holds (10 s at most).
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        if t0.elapsed() > Duration::from_secs(10) {
+            let ps = std::process::Command::new("ps")
+                .args(["-eo", "pid,ppid,pgid,sid,stat,wchan:20,comm"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!("timed out: {what}\n{ps}");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// Each process's lines in DIR/NAME count 0, 1, 2, ... with no gap and no repeat.
+fn assert_counts_without_gaps(dir: &Path, name: &str) {
+    let text = std::fs::read_to_string(dir.join(name)).unwrap();
+    let nums: Vec<u64> = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+        .collect();
+    for (i, n) in nums.iter().enumerate() {
+        assert_eq!(*n, i as u64, "{name}: line {i} says {n}: {text}");
+    }
+}
+
+struct Tree {
+    root: Child,
+    /// root, a, a1, b, z
+    pids: Vec<i32>,
+}
+
+fn spawn_tree(dir: &Path) -> Tree {
+    let mut root = Command::new(prog("tree"))
+        .arg(dir)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut root);
+    let mut words = line.split_whitespace();
+    assert_eq!(words.next(), Some("ready"), "tree said {line:?}");
+    let pids: Vec<i32> = words.map(|w| w.parse().unwrap()).collect();
+    assert_eq!(pids.len(), 5, "{line}");
+    Tree { root, pids }
+}
+
+/// What the tree looks like: each process's (state, ppid, pgid, sid), and the shape the test
+/// program promises.
+fn shape(pids: &[i32]) -> Vec<(char, i32, i32, i32)> {
+    let s: Vec<_> = pids.iter().map(|&p| stat_of(p).unwrap()).collect();
+    let [root, a, b] = [pids[0], pids[1], pids[3]];
+    assert_eq!(
+        (s[0].2, s[0].3),
+        (root, root),
+        "root leads its session and group"
+    );
+    assert_eq!((s[1].1, s[1].2, s[1].3), (root, a, root), "a leads a group");
+    assert_eq!((s[2].1, s[2].2, s[2].3), (a, a, root), "a1 is in a's group");
+    assert_eq!(
+        (s[3].1, s[3].2, s[3].3),
+        (root, root, root),
+        "b is in the root's group"
+    );
+    assert_eq!((s[4].0, s[4].1), ('Z', b), "z is b's zombie");
+    s.into_iter()
+        .map(|(st, pp, pg, si)| (if st == 'Z' { 'Z' } else { 'L' }, pp, pg, si))
+        .collect()
+}
+
+fn restore_and_check(img: &Path, dir: &Path, pids: &[i32], before: &[(char, i32, i32, i32)]) {
+    let counts: Vec<u64> = ["root", "a", "a1", "b"]
+        .iter()
+        .map(|n| last_count(dir, n).unwrap())
+        .collect();
+    let out = ckpt(&["restore", img.to_str().unwrap()]);
+    let root: i32 = ok(&out).trim().parse().unwrap();
+    assert_eq!(root, pids[0], "{}", String::from_utf8_lossy(&out.stderr));
+    // As it was, but for the root's parent: ckpt restore, gone by now (the root was the
+    // child of whoever started it, outside the tree).
+    let mut now = shape(pids);
+    now[0].1 = before[0].1;
+    assert_eq!(now, before, "the tree came back as it was");
+    // Every process goes on counting where it was, in its own file.
+    for (name, from) in ["root", "a", "a1", "b"].iter().zip(&counts) {
+        wait_for(&format!("{name} counts on"), || {
+            last_count(dir, name).is_some_and(|n| n > from + 3)
+        });
+        assert_counts_without_gaps(dir, name);
+    }
+    // The zombie is still b's to reap, with its status.
+    assert_eq!(unsafe { libc::kill(pids[3], libc::SIGUSR1) }, 0);
+    let reaped = format!("b reaped {} 7", pids[4]);
+    wait_for("b reaps z", || {
+        std::fs::read_to_string(dir.join("b")).is_ok_and(|t| t.contains(&reaped))
+    });
+    assert!(gone(pids[4]), "z was reaped");
+}
+
+fn kill_tree(pids: &[i32]) {
+    for &p in pids.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("the tree is gone", || pids.iter().all(|&p| gone(p)));
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_tree_with_a_zombie_a_session_and_two_groups_comes_back_twice() {
+    let d = Dir::new("tree");
+    let mut t = spawn_tree(&d.0);
+    let pids = t.pids.clone();
+    wait_for("every process counts", || {
+        ["root", "a", "a1", "b"]
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
+    });
+    let before = shape(&pids);
+    let img = d.path("tree.img");
+    let out = ok(&ckpt(&[
+        "checkpoint",
+        &pids[0].to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["processes"], 4, "{out}");
+    t.root.wait().unwrap();
+    // --kill took the whole tree, not only its root.
+    wait_for("no process of the tree is left", || {
+        pids.iter().all(|&p| gone(p))
+    });
+    let inspect = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    for p in &pids[..4] {
+        assert!(inspect.contains(&format!("process {p} ")), "{inspect}");
+    }
+    assert!(
+        inspect.contains(&format!("zombie {}", pids[4])),
+        "{inspect}"
+    );
+
+    // What the files held when the image was taken: put back before the second restore, so
+    // that it continues them without a gap too.
+    let names = ["root", "a", "a1", "b"];
+    let at_checkpoint: Vec<String> = names
+        .iter()
+        .map(|n| std::fs::read_to_string(d.path(n)).unwrap())
+        .collect();
+    restore_and_check(&img, &d.0, &pids, &before);
+    kill_tree(&pids[..4]);
+    for (n, text) in names.iter().zip(&at_checkpoint) {
+        std::fs::write(d.path(n), text).unwrap();
+    }
+    restore_and_check(&img, &d.0, &pids, &before);
+    kill_tree(&pids[..4]);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn single_takes_only_the_process_and_leaves_its_children_alone() {
+    let d = Dir::new("tree-single");
+    let mut t = spawn_tree(&d.0);
+    let pids = t.pids.clone();
+    let img = d.path("single.img");
+    let out = ckpt(&[
+        "checkpoint",
+        &pids[0].to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--single",
+        "--json",
+    ]);
+    let stats: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+    assert_eq!(stats["processes"], 1);
+    // Nothing was killed, and everyone still counts.
+    let count_a = last_count(&d.0, "a").unwrap();
+    wait_for("a counts on", || {
+        last_count(&d.0, "a").is_some_and(|n| n > count_a)
+    });
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    t.root.wait().unwrap();
+    kill_tree(&pids[1..4]);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_process_forking_all_the_time_is_caught_whole() {
+    let d = Dir::new("tree-churn");
+    let mut root = Command::new(prog("tree"))
+        .arg(&d.0)
+        .arg("churn")
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = root.id() as i32;
+    wait_for("it counts", || {
+        last_count(&d.0, "root").is_some_and(|n| n > 20)
+    });
+    let img = d.path("churn.img");
+    for round in 0..3 {
+        let out = ckpt(&[
+            "checkpoint",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--json",
+        ]);
+        let stats: serde_json::Value = serde_json::from_str(&ok(&out)).unwrap();
+        let n = stats["processes"].as_u64().unwrap();
+        assert!(n >= 1, "round {round}: {stats}");
+        let image = ckpt::manifest::Image::open(&img).unwrap();
+        let m = &image.manifest;
+        // Every process taken is the root or its child; each child's parent is the root.
+        assert_eq!(m.processes[0].pid, pid);
+        assert!(m.processes[1..].iter().all(|p| p.ppid == pid));
+        assert!(m.zombies.iter().all(|z| z.ppid == pid));
+    }
+    let from = last_count(&d.0, "root").unwrap();
+    wait_for("it goes on", || {
+        last_count(&d.0, "root").is_some_and(|n| n > from + 5)
+    });
+    // Killed with --kill and restored: it goes on forking and counting.
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    root.wait().unwrap();
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let m = &image.manifest;
+    let all: Vec<i32> = m
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(m.zombies.iter().map(|z| z.pid))
+        .collect();
+    wait_for("every process of the image is gone", || {
+        all.iter().all(|&p| gone(p))
+    });
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    let from = last_count(&d.0, "root").unwrap();
+    wait_for("it counts after the restore", || {
+        last_count(&d.0, "root").is_some_and(|n| n > from + 5)
+    });
+    assert_counts_without_gaps(&d.0, "root");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("it is gone", || gone(pid));
+}
