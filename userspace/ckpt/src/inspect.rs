@@ -38,7 +38,7 @@ pub fn summary(img: &Image) -> String {
         }
         memory_text(&mut out, p);
         let _ = writeln!(out, "  fds: {}", p.files.fds.len());
-        for (fd, what) in p.files.describe(&img.sections) {
+        for (fd, what) in p.files.describe(&img.manifest.shared, &img.sections) {
             let _ = writeln!(out, "    {fd}: {what}");
         }
         let _ = writeln!(out, "  signal handlers: {}", p.sigactions.len());

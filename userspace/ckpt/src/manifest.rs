@@ -3,7 +3,7 @@
 //! format: renaming one is a format change. The container around it is `crate::image`.
 
 use crate::attrs::Attrs;
-use crate::fds::FdTable;
+use crate::fds::{FdTable, Shared};
 use crate::image::{Section, Validate};
 use crate::interceptor::InterceptorState;
 use crate::memory::Memory;
@@ -23,6 +23,9 @@ pub struct Manifest {
     /// Its children that had exited and were not reaped yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zombies: Vec<Zombie>,
+    /// Kernel objects the processes' fds share (pipes, socket pairs).
+    #[serde(flatten)]
+    pub shared: Shared,
     #[serde(default)]
     pub stats: Option<Stats>,
 }
@@ -61,8 +64,9 @@ impl Validate for Manifest {
         if self.processes.is_empty() {
             return Err("no process in the image".into());
         }
+        self.shared.validate(sections)?;
         for p in &self.processes {
-            p.validate(sections)
+            p.validate(&self.shared, sections)
                 .map_err(|e| format!("process {}: {e}", p.pid))?;
         }
         self.validate_tree()
@@ -102,13 +106,13 @@ impl Manifest {
 }
 
 impl Process {
-    fn validate(&self, sections: &[Section]) -> Result<(), String> {
+    fn validate(&self, shared: &Shared, sections: &[Section]) -> Result<(), String> {
         crate::thread::validate(&self.threads, sections)?;
         if self.threads.first().map(|t| t.tid) != Some(self.pid) {
             return Err("the first thread is not the main thread".into());
         }
         self.memory.validate(sections)?;
-        self.files.validate(sections)?;
+        self.files.validate(shared, sections)?;
         if let Some(i) = &self.interceptor {
             i.validate()?;
         }
@@ -174,12 +178,6 @@ mod tests {
                         }),
                     },
                 ],
-                pipes: vec![Pipe {
-                    inode: 7,
-                    capacity: 65536,
-                    data_section: None,
-                }],
-                socket_pairs: vec![],
             },
             threads: vec![Thread {
                 tid: 42,
@@ -201,6 +199,17 @@ mod tests {
         }
     }
 
+    fn sample_shared() -> Shared {
+        Shared {
+            pipes: vec![Pipe {
+                inode: 7,
+                capacity: 65536,
+                data_section: None,
+            }],
+            socket_pairs: vec![],
+        }
+    }
+
     fn write_sample(path: &std::path::Path) -> Manifest {
         let mut w = ImageWriter::create(path).unwrap();
         let at = w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
@@ -208,6 +217,7 @@ mod tests {
         let m = Manifest {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
+            shared: sample_shared(),
             stats: None,
         };
         w.finish(&m).unwrap();
@@ -231,10 +241,10 @@ mod tests {
         std::fs::remove_file(p).unwrap();
     }
 
-    /// The resources' state types are flattened into the process: the JSON keeps the layout
-    /// of format version 1 (plus pgid and sid, optional), so older images still open.
+    /// The resources' state types are flattened into the process: the JSON is the layout the
+    /// format version names (2), as it was before the code was split by resource.
     #[test]
-    fn the_json_layout_is_format_version_one() {
+    fn the_json_layout_is_the_format_versions() {
         let v = serde_json::to_value(sample_process(4096, 0)).unwrap();
         let mut keys: Vec<&str> = v.as_object().unwrap().keys().map(|k| k.as_str()).collect();
         keys.sort();
@@ -249,7 +259,6 @@ mod tests {
                 "personality",
                 "pgid",
                 "pid",
-                "pipes",
                 "ppid",
                 "rlimits",
                 "shared_pending",
@@ -300,6 +309,7 @@ mod tests {
         let good = Manifest {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
+            shared: sample_shared(),
             stats: None,
         };
         assert_eq!(good.validate(&sections), Ok(()));

@@ -552,7 +552,8 @@ fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
     let o = ckpt(&["restore", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("format version 99") && err.contains("version 1"),
+        err.contains("format version 99")
+            && err.contains(&format!("version {}", ckpt::image::FORMAT_VERSION)),
         "{err}"
     );
 }

@@ -292,3 +292,62 @@ fn a_process_forking_all_the_time_is_caught_whole() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("it is gone", || gone(pid));
 }
+
+/// A real shell pipeline (bash, its subshell, sleep and cat from Debian): the pipe between
+/// the processes is one pipe again after the restore, with what was in it.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_shell_pipeline_goes_on_after_kill_and_restore() {
+    let d = Dir::new("tree-pipeline");
+    let out = d.path("out");
+    let script = format!(
+        "i=0; while :; do echo $i; i=$((i+1)); sleep 0.05; done | cat >> {}",
+        out.display()
+    );
+    let mut sh = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = sh.id() as i32;
+    let numbers = || -> Vec<u64> {
+        std::fs::read_to_string(&out)
+            .unwrap_or_default()
+            .lines()
+            .filter_map(|l| l.parse().ok())
+            .collect()
+    };
+    wait_for("the pipeline runs", || numbers().len() > 10);
+    let img = d.path("pipeline.img");
+    let stats = ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    sh.wait().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert!(stats["processes"].as_u64().unwrap() >= 3, "{stats}");
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let m = &image.manifest;
+    assert!(!m.shared.pipes.is_empty(), "the pipe is the tree's");
+    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    wait_for("the pipeline is gone", || all.iter().all(|&p| gone(p)));
+    let before = numbers().len();
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    wait_for("the pipeline goes on", || numbers().len() > before + 10);
+    let n = numbers();
+    for (i, v) in n.iter().enumerate() {
+        assert_eq!(*v, i as u64, "line {i} of {n:?}");
+    }
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}

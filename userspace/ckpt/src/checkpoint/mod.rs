@@ -17,11 +17,12 @@ mod interceptor;
 
 use crate::device::Device;
 use crate::errors::{checkpoint_io, CheckpointError};
-use crate::fds::DumpError;
+use crate::fds::{DumpError, SharedDump};
 use crate::freeze::Frozen;
 use crate::image::ImageWriter;
 use crate::manifest::{Manifest, Process};
 use crate::memory::Memory;
+use crate::proc::FdEntry;
 use crate::stats::Stats;
 use crate::tree::FrozenTree;
 use crate::{attrs, fds, memory, proc, signals, thread, tree};
@@ -79,18 +80,26 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let mut processes = Vec::new();
+    // Every process's fds first: which pipes and sockets are the tree's.
+    let mut fd_entries = Vec::new();
+    let mut shared = SharedDump::default();
     for m in &tree.members {
+        let pid = m.frozen.pid;
+        let entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;
+        shared.census.add(pid, &entries);
+        fd_entries.push(entries);
+    }
+    let mut dump = Dump {
+        dev: &dev,
+        w: &mut w,
+        path: opts.output,
+        stats: &mut stats,
+        shared: &mut shared,
+    };
+    let mut processes = Vec::new();
+    for (m, entries) in tree.members.iter().zip(&fd_entries) {
         let p = prepared.get(&m.frozen.pid);
-        processes.push(dump_process(
-            &dev,
-            &m.frozen,
-            &m.stat,
-            p,
-            &mut w,
-            opts.output,
-            &mut stats,
-        )?);
+        processes.push(dump.process(&m.frozen, &m.stat, entries, p)?);
     }
     let zombies = tree.zombies.clone();
 
@@ -114,6 +123,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let manifest = Manifest {
         processes,
         zombies,
+        shared: shared.table,
         stats: Some(stats),
     };
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
@@ -158,72 +168,84 @@ fn precheck(pid: i32, dev: &Device) -> Result<(), CheckpointError> {
     Ok(())
 }
 
-/// Dumps every resource of the frozen process into the image; returns its record.
-fn dump_process(
-    dev: &Device,
-    frozen: &Frozen,
-    st: &proc::Stat,
-    prepared: Option<&Prepared>,
-    w: &mut ImageWriter,
-    image_path: &Path,
-    stats: &mut Stats,
-) -> Result<Process, CheckpointError> {
-    let pid = frozen.pid;
-    let write_err = |source| CheckpointError::Write {
-        path: image_path.into(),
-        source,
-    };
-    // Ids as the application sees them (they differ from the kernel's after a restore that
-    // could not get the original ones back).
-    let to_virtual = |k: i32| prepared.map_or(k, |p| p.ready.to_virtual(k));
-    let captured = frozen
-        .tids
-        .iter()
-        .map(|&tid| thread::capture(dev, pid, tid))
-        .collect::<Result<Vec<_>, _>>()?;
-    let euid = captured
-        .first()
-        .and_then(|c| c.thread.creds.as_ref())
-        .map_or(0, |c| c.uid[1]);
-    let ts = dev.dump_task(pid)?;
-    let (_, shared_pending) =
-        proc::pending_signals(pid).map_err(checkpoint_io(pid, "reading pending signals"))?;
-    let attrs = attrs::dump(pid, &st.comm, ts.personality, euid)?;
-    let fd_entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;
-    let maps = memory::mappings(pid)?;
+/// What each process's dump writes to.
+struct Dump<'a> {
+    dev: &'a Device,
+    w: &'a mut ImageWriter,
+    /// The image's name, for errors.
+    path: &'a Path,
+    stats: &'a mut Stats,
+    shared: &'a mut SharedDump,
+}
 
-    let mem_t0 = Instant::now();
-    let vmas = memory::dump(pid, dev, &maps, w, image_path, stats)?;
-    stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
-    let threads = captured
-        .into_iter()
-        .map(|c| c.record(w, to_virtual))
-        .collect::<Result<Vec<_>, _>>()
-        .map_err(write_err)?;
-    let files = fds::dump(pid, &fd_entries, w).map_err(|(fd, target, e)| match e {
-        DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
-            pid,
-            fd,
-            target,
-            why,
-        },
-        DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
-        DumpError::Image(source) => write_err(source),
-    })?;
-    Ok(Process {
-        pid: to_virtual(pid),
-        ppid: to_virtual(st.ppid),
-        pgid: st.pgid,
-        sid: st.sid,
-        attrs,
-        memory: Memory {
-            mm: memory::MmLayout::from(&ts.mm),
-            vmas,
-        },
-        sigactions: signals::dump(&ts),
-        files,
-        threads,
-        shared_pending,
-        interceptor: prepared.map(Prepared::state),
-    })
+impl Dump<'_> {
+    /// Dumps every resource of a frozen process (its fds: `entries`) into the image; returns
+    /// its record.
+    fn process(
+        &mut self,
+        frozen: &Frozen,
+        st: &proc::Stat,
+        entries: &[FdEntry],
+        prepared: Option<&Prepared>,
+    ) -> Result<Process, CheckpointError> {
+        let (dev, w, stats) = (self.dev, &mut *self.w, &mut *self.stats);
+        let image_path = self.path;
+        let pid = frozen.pid;
+        let write_err = |source| CheckpointError::Write {
+            path: image_path.into(),
+            source,
+        };
+        // Ids as the application sees them (they differ from the kernel's after a restore that
+        // could not get the original ones back).
+        let to_virtual = |k: i32| prepared.map_or(k, |p| p.ready.to_virtual(k));
+        let captured = frozen
+            .tids
+            .iter()
+            .map(|&tid| thread::capture(dev, pid, tid))
+            .collect::<Result<Vec<_>, _>>()?;
+        let euid = captured
+            .first()
+            .and_then(|c| c.thread.creds.as_ref())
+            .map_or(0, |c| c.uid[1]);
+        let ts = dev.dump_task(pid)?;
+        let (_, shared_pending) =
+            proc::pending_signals(pid).map_err(checkpoint_io(pid, "reading pending signals"))?;
+        let attrs = attrs::dump(pid, &st.comm, ts.personality, euid)?;
+        let maps = memory::mappings(pid)?;
+
+        let mem_t0 = Instant::now();
+        let vmas = memory::dump(pid, dev, &maps, w, image_path, stats)?;
+        stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
+        let threads = captured
+            .into_iter()
+            .map(|c| c.record(w, to_virtual))
+            .collect::<Result<Vec<_>, _>>()
+            .map_err(write_err)?;
+        let files = fds::dump(pid, entries, w, self.shared).map_err(|(fd, target, e)| match e {
+            DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
+                pid,
+                fd,
+                target,
+                why,
+            },
+            DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
+            DumpError::Image(source) => write_err(source),
+        })?;
+        Ok(Process {
+            pid: to_virtual(pid),
+            ppid: to_virtual(st.ppid),
+            pgid: st.pgid,
+            sid: st.sid,
+            attrs,
+            memory: Memory {
+                mm: memory::MmLayout::from(&ts.mm),
+                vmas,
+            },
+            sigactions: signals::dump(&ts),
+            files,
+            threads,
+            shared_pending,
+            interceptor: prepared.map(Prepared::state),
+        })
+    }
 }

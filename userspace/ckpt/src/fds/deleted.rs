@@ -1,8 +1,8 @@
 //! Files deleted while open: their content is saved, and on restore an unnamed file in the
 //! same directory (O_TMPFILE, or a memfd where that is impossible) takes their place.
 
-use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::{section_is, Section, SectionKind};
+use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use crate::image::{section_is, SectionKind};
 use crate::proc::FdEntry;
 use nix::fcntl::{open, OFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -76,12 +76,12 @@ impl FdState for DeletedFile {
         place(file, f)
     }
 
-    fn valid(&self, _f: &Fd, _t: &FdTable, sections: &[Section]) -> bool {
-        section_is(sections, self.data_section, &FILE_DATA)
+    fn valid(&self, _f: &Fd, v: &View) -> bool {
+        section_is(v.sections, self.data_section, &FILE_DATA)
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, sections: &[Section]) -> String {
-        let saved = sections.get(self.data_section).map_or(0, |s| s.len);
+    fn describe(&self, _f: &Fd, v: &View) -> String {
+        let saved = v.sections.get(self.data_section).map_or(0, |s| s.len);
         format!(
             "{} (deleted; {saved} bytes saved, pos {})",
             self.path, self.pos

@@ -3,8 +3,7 @@
 //! that fd is closed). Restored after every other fd, watching the same numbers.
 
 use super::RestoreCtx;
-use super::{place, placed, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable};
-use crate::image::Section;
+use super::{place, placed, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, View};
 use crate::proc::FdEntry;
 use nix::sys::epoll::{Epoll as NixEpoll, EpollCreateFlags, EpollEvent, EpollFlags};
 use serde::{Deserialize, Serialize};
@@ -74,16 +73,16 @@ impl FdState for Epoll {
 
     /// Every watched fd is another, non-epoll fd of the table (so it exists when this one is
     /// made: placed, or stdio the restorer kept).
-    fn valid(&self, _f: &Fd, t: &FdTable, _s: &[Section]) -> bool {
+    fn valid(&self, _f: &Fd, v: &View) -> bool {
         self.watches.iter().all(|w| {
             w.fd >= 0
-                && t.fds
+                && v.fds
                     .iter()
                     .any(|o| o.fd == w.fd && !matches!(o.kind, FdKind::Epoll(_)))
         })
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         let fds: Vec<String> = self.watches.iter().map(|w| w.fd.to_string()).collect();
         format!("epoll watching fds {}", fds.join(", "))
     }

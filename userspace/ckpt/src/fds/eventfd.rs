@@ -1,7 +1,6 @@
 //! eventfds with their counter (and semaphore mode), from fdinfo.
 
-use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::eventfd::{EfdFlags, EventFd as NixEventFd};
 use serde::{Deserialize, Serialize};
@@ -41,7 +40,7 @@ impl FdState for EventFd {
         place(efd.into(), f)
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!(
             "eventfd (count {}{})",
             self.count,

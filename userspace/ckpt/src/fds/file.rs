@@ -1,8 +1,7 @@
 //! Regular files, directories and character devices, reopened by path with their flags and
 //! offset.
 
-use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::fcntl::OFlag;
 use nix::unistd::{lseek, Whence};
@@ -49,7 +48,7 @@ impl FdState for PathFile {
         place(file, f)
     }
 
-    fn describe(&self, f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, f: &Fd, _v: &View) -> String {
         format!("{} (pos {}, flags {:o})", self.path, self.pos, f.flags)
     }
 }

@@ -4,8 +4,7 @@
 //! non-empty queue is refused rather than lose them.
 
 use super::socket::{display, storage_of, unix_path, valid_address};
-use super::{place, unsupported, DumpError, Fd, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{place, unsupported, DumpError, Fd, FdState, RestoreCtx, View};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
@@ -159,11 +158,11 @@ impl FdState for ListeningSocket {
         place(fd, f)
     }
 
-    fn valid(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> bool {
+    fn valid(&self, _f: &Fd, _v: &View) -> bool {
         valid_address(self.family, &self.addr)
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!(
             "listening socket {} (backlog {})",
             self.display, self.backlog

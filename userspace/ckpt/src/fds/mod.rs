@@ -38,7 +38,7 @@ use crate::image::{ImageWriter, Section};
 use crate::proc::FdEntry;
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
 use std::path::Path;
@@ -99,16 +99,30 @@ pub const DUMPERS: &[Dumper] = &[
     file::dump,
 ];
 
-/// A process's descriptors and the kernel objects several of them share.
+/// A process's descriptors.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FdTable {
     pub fds: Vec<Fd>,
-    /// Pipes with both ends in the process.
-    #[serde(default)]
+}
+
+/// The kernel objects the tree's fds share, possibly across processes: each is one object
+/// again after a restore, whichever processes and fds held it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Shared {
+    /// Pipes with both ends in the tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipes: Vec<Pipe>,
-    /// UNIX stream socket pairs with both ends in the process.
+    /// UNIX stream socket pairs with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_pairs: Vec<SocketPair>,
+}
+
+/// What a kind's checks and description see: the process's fds, the tree's shared objects,
+/// the image's sections.
+pub struct View<'a> {
+    pub fds: &'a [Fd],
+    pub shared: &'a Shared,
+    pub sections: &'a [Section],
 }
 
 /// What each kind of saved descriptor does.
@@ -121,13 +135,13 @@ pub trait FdState {
     fn after_others(&self) -> bool {
         false
     }
-    /// Whether the state makes sense within its table and the image's sections (image data
-    /// is never trusted).
-    fn valid(&self, _f: &Fd, _table: &FdTable, _sections: &[Section]) -> bool {
+    /// Whether the state makes sense within its process, the tree and the image's sections
+    /// (image data is never trusted).
+    fn valid(&self, _f: &Fd, _v: &View) -> bool {
         true
     }
     /// One line for `ckpt inspect`.
-    fn describe(&self, f: &Fd, table: &FdTable, sections: &[Section]) -> String;
+    fn describe(&self, f: &Fd, v: &View) -> String;
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -157,43 +171,65 @@ pub(crate) fn io_error(what: impl Into<String>) -> impl FnOnce(io::Error) -> Dum
 pub type Dumper = fn(&mut DumpCtx, &FdEntry) -> DumpResult;
 pub type DumpResult = Result<Option<FdKind>, DumpError>;
 
-/// The state of one process's fd dump.
-pub struct DumpCtx<'a> {
-    pub pid: i32,
-    /// Every fd of the process (a pipe is inside when both its ends are among them).
-    pub entries: &'a [FdEntry],
-    pub image: &'a mut ImageWriter,
-    /// The table being built: pipes and socket pairs are added as their first fd is seen.
-    pub table: FdTable,
+/// Where the tree's pipes and sockets are, from every process's fds: a pipe is the tree's
+/// when both its ends are among them, a socket pair when both its sockets are.
+#[derive(Debug, Default)]
+pub struct Census {
+    pub pipes: BTreeMap<u64, pipe::Ends>,
+    pub sockets: BTreeSet<u64>,
+}
+
+impl Census {
+    /// Counts the fds `entries` of process `pid`.
+    pub fn add(&mut self, pid: i32, entries: &[FdEntry]) {
+        for e in entries {
+            if let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") {
+                self.pipes.entry(ino).or_default().add(pid, e);
+            } else if let Some(ino) = crate::proc::bracketed_inode(&e.target, "socket") {
+                self.sockets.insert(ino);
+            }
+        }
+    }
+}
+
+/// The tree's shared objects while they are being recorded.
+#[derive(Debug, Default)]
+pub struct SharedDump {
+    pub census: Census,
+    /// The table being built: a pipe or a socket pair is added when its first fd is seen.
+    pub table: Shared,
     /// The kernel object's inode -> its index in the table's pipes or socket pairs.
     pub pipe_index: BTreeMap<u64, usize>,
     pub pair_index: BTreeMap<u64, usize>,
 }
 
+/// The state of one process's fd dump.
+pub struct DumpCtx<'a> {
+    pub pid: i32,
+    pub image: &'a mut ImageWriter,
+    pub shared: &'a mut SharedDump,
+}
+
 /// Records every descriptor of `pid` (its `entries`, from /proc), writing the data some kinds
-/// hold (unread pipe bytes, deleted files) into `image`. On error, the fd that failed.
+/// hold (unread pipe bytes, deleted files) into `image`; objects shared in the tree go to
+/// `shared`. On error, the fd that failed.
 pub fn dump(
     pid: i32,
     entries: &[FdEntry],
     image: &mut ImageWriter,
+    shared: &mut SharedDump,
 ) -> Result<FdTable, (i32, String, DumpError)> {
-    let mut ctx = DumpCtx {
-        pid,
-        entries,
-        image,
-        table: FdTable::default(),
-        pipe_index: BTreeMap::new(),
-        pair_index: BTreeMap::new(),
-    };
+    let mut ctx = DumpCtx { pid, image, shared };
+    let mut table = FdTable::default();
     for e in entries {
         let kind = dump_one(&mut ctx, e).map_err(|err| (e.fd, e.target.clone(), err))?;
-        ctx.table.fds.push(Fd {
+        table.fds.push(Fd {
             fd: e.fd,
             flags: e.flags,
             kind,
         });
     }
-    Ok(ctx.table)
+    Ok(table)
 }
 
 fn dump_one(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
@@ -220,20 +256,66 @@ pub(crate) fn fdinfo_number(pid: i32, fd: i32, name: &str, radix: u32) -> Option
 /// Section contents read before the restorer forks, by section index.
 pub type Blobs = BTreeMap<usize, Vec<u8>>;
 
-/// The sections `table` refers to, to be read before the fork.
+/// The sections a process's fds need in its restorer (deleted files' content).
 pub fn blob_sections(table: &FdTable) -> Vec<usize> {
-    let mut v: Vec<usize> = table.pipes.iter().filter_map(|p| p.data_section).collect();
-    v.extend(
-        table
+    table
+        .fds
+        .iter()
+        .filter_map(|f| match &f.kind {
+            FdKind::Deleted(d) => Some(d.data_section),
+            _ => None,
+        })
+        .collect()
+}
+
+/// The tree's shared objects made again, before the first restorer is forked: every
+/// restorer inherits them and takes the ends its fds need. Made at `min` or above, clear of
+/// every fd number of the image.
+pub struct SharedFds {
+    /// [read end, write end] per pipe of `Shared::pipes`.
+    pub pipes: Vec<[OwnedFd; 2]>,
+    /// Both ends per pair of `Shared::socket_pairs`.
+    pub pairs: Vec<[OwnedFd; 2]>,
+}
+
+impl SharedFds {
+    /// Makes every object of `shared`, with its saved bytes (`read` reads a section).
+    pub fn make(
+        shared: &Shared,
+        read: impl Fn(usize) -> io::Result<Vec<u8>>,
+        min: RawFd,
+    ) -> io::Result<SharedFds> {
+        let blob = |s: Option<usize>| s.map_or(Ok(Vec::new()), &read);
+        let lift = |[a, b]: [OwnedFd; 2]| -> io::Result<[OwnedFd; 2]> {
+            Ok([above(a, min)?, above(b, min)?])
+        };
+        let pipes = shared
+            .pipes
+            .iter()
+            .map(|p| lift(pipe::make(p, &blob(p.data_section)?)?))
+            .collect::<io::Result<_>>()?;
+        let pairs = shared
             .socket_pairs
             .iter()
-            .flat_map(|s| s.data_sections.iter().flatten()),
-    );
-    v.extend(table.fds.iter().filter_map(|f| match &f.kind {
-        FdKind::Deleted(d) => Some(d.data_section),
-        _ => None,
-    }));
-    v
+            .map(|sp| {
+                let q = [blob(sp.data_sections[0])?, blob(sp.data_sections[1])?];
+                lift(socket_pair::make([&q[0], &q[1]])?)
+            })
+            .collect::<io::Result<_>>()?;
+        Ok(SharedFds { pipes, pairs })
+    }
+
+    /// The range of fd numbers they hold (empty: None).
+    pub fn range(&self) -> Option<(RawFd, RawFd)> {
+        let all = self
+            .pipes
+            .iter()
+            .chain(&self.pairs)
+            .flatten()
+            .map(|f| f.as_raw_fd());
+        let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
+        (hi >= 0).then_some((lo, hi))
+    }
 }
 
 /// Opens an existing file as the restored process would (its user, with a fallback for files
@@ -243,47 +325,19 @@ pub type Reopen<'a> = &'a dyn Fn(&Path, OFlag) -> io::Result<OwnedFd>;
 /// The state of one process's fd restore, in the restorer.
 pub struct RestoreCtx<'a> {
     pub table: &'a FdTable,
+    pub shared: &'a SharedFds,
     pub blobs: &'a Blobs,
     /// Temporary fds go at or above this number, clear of every fd of the image.
     pub scratch: RawFd,
     pub reopen: Reopen<'a>,
-    /// The ends of shared objects made so far (a pipe, a socket pair), by (kind, index);
-    /// closed when the restore of the table is over.
-    shared: BTreeMap<(&'static str, usize), [OwnedFd; 2]>,
 }
 
-impl<'a> RestoreCtx<'a> {
-    pub fn new(table: &'a FdTable, blobs: &'a Blobs, scratch: RawFd, reopen: Reopen<'a>) -> Self {
-        RestoreCtx {
-            table,
-            blobs,
-            scratch,
-            reopen,
-            shared: BTreeMap::new(),
-        }
-    }
-
+impl RestoreCtx<'_> {
     /// A saved section's bytes (empty if it was not read: the image was validated).
     pub fn blob(&self, section: Option<usize>) -> &[u8] {
         section
             .and_then(|i| self.blobs.get(&i))
             .map_or(&[], Vec::as_slice)
-    }
-
-    /// The two ends of shared object `key`, made by `make` the first time.
-    pub fn shared_ends(
-        &mut self,
-        key: (&'static str, usize),
-        make: impl FnOnce(&Self) -> io::Result<[OwnedFd; 2]>,
-    ) -> io::Result<&[OwnedFd; 2]> {
-        if !self.shared.contains_key(&key) {
-            let [a, b] = make(self)?;
-            let ends = [above(a, self.scratch)?, above(b, self.scratch)?];
-            self.shared.insert(key, ends);
-        }
-        self.shared
-            .get(&key)
-            .ok_or_else(|| io::Error::from_raw_os_error(libc::ENOENT))
     }
 }
 
@@ -301,7 +355,6 @@ pub fn restore(mut ctx: RestoreCtx) -> Result<(), (String, io::Error)> {
                 .map_err(|e| (format!("recreating {} of fd {}", s.what(), f.fd), e))?;
         }
     }
-    drop(ctx);
     // Close-on-exec as it was (dup2 cleared it on every fd placed that way).
     for f in table.fds.iter() {
         if !matches!(f.kind, FdKind::InheritStdio(_)) {
@@ -379,12 +432,16 @@ pub fn write_all(fd: impl AsFd, mut data: &[u8]) -> io::Result<()> {
 // Checks and views
 
 impl FdTable {
-    /// Checks every fd against the table and the sections.
-    pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
-        pipe::validate(&self.pipes, sections)?;
-        socket_pair::validate(&self.socket_pairs, sections)?;
+    /// Checks every fd against the process's table, the tree's shared objects and the
+    /// sections.
+    pub fn validate(&self, shared: &Shared, sections: &[Section]) -> Result<(), String> {
+        let v = View {
+            fds: &self.fds,
+            shared,
+            sections,
+        };
         for f in &self.fds {
-            if f.fd < 0 || !f.kind.state().valid(f, self, sections) {
+            if f.fd < 0 || !f.kind.state().valid(f, &v) {
                 return Err(format!("bad fd {}", f.fd));
             }
         }
@@ -392,10 +449,23 @@ impl FdTable {
     }
 
     /// One line per fd, for `ckpt inspect`.
-    pub fn describe(&self, sections: &[Section]) -> Vec<(i32, String)> {
+    pub fn describe(&self, shared: &Shared, sections: &[Section]) -> Vec<(i32, String)> {
+        let v = View {
+            fds: &self.fds,
+            shared,
+            sections,
+        };
         self.fds
             .iter()
-            .map(|f| (f.fd, f.kind.state().describe(f, self, sections)))
+            .map(|f| (f.fd, f.kind.state().describe(f, &v)))
             .collect()
+    }
+}
+
+impl Shared {
+    /// Pipes and socket pairs refer to sections of the right kind.
+    pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
+        pipe::validate(&self.pipes, sections)?;
+        socket_pair::validate(&self.socket_pairs, sections)
     }
 }

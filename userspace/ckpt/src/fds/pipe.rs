@@ -3,7 +3,7 @@
 //! restore a new pipe of the same capacity is filled with them, and every fd of the pipe is
 //! an end of that one pipe again. (Pipes to other processes come with process trees.)
 
-use super::{DumpCtx, DumpError, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
+use super::{DumpCtx, DumpError, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::image::{section_is, Section, SectionKind};
 use crate::proc::FdEntry;
 use nix::fcntl::{fcntl, tee, FcntlArg, SpliceFFlags};
@@ -36,47 +36,57 @@ fn is_read_end(e: &FdEntry) -> bool {
     e.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY
 }
 
-/// Whether `entries` hold both a read and a write end of pipe `ino`.
-pub fn both_ends_inside(entries: &[FdEntry], ino: u64) -> bool {
-    let ends = entries
-        .iter()
-        .filter(|o| crate::proc::bracketed_inode(&o.target, "pipe") == Some(ino));
-    let (mut read, mut write) = (false, false);
-    for e in ends {
-        (read, write) = (read || is_read_end(e), write || !is_read_end(e));
+/// Where the ends of a pipe are in the tree.
+#[derive(Debug, Default, Clone, Copy)]
+pub struct Ends {
+    /// A process and fd holding a read end (to peek the bytes through).
+    pub read: Option<(i32, i32)>,
+    pub write: bool,
+}
+
+impl Ends {
+    /// Both ends are the tree's: the pipe can be carried.
+    pub fn inside(&self) -> bool {
+        self.read.is_some() && self.write
     }
-    read && write
+
+    /// Notes fd `e` of process `pid`.
+    pub fn add(&mut self, pid: i32, e: &FdEntry) {
+        if is_read_end(e) {
+            self.read.get_or_insert((pid, e.fd));
+        } else {
+            self.write = true;
+        }
+    }
 }
 
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") else {
         return Ok(None);
     };
-    let end = PipeEnd {
-        pipe: 0,
-        write_end: !is_read_end(e),
+    let end = |pipe| {
+        FdKind::Pipe(PipeEnd {
+            pipe,
+            write_end: !is_read_end(e),
+        })
     };
-    if let Some(&pipe) = ctx.pipe_index.get(&ino) {
-        return Ok(Some(FdKind::Pipe(PipeEnd { pipe, ..end })));
+    if let Some(&pipe) = ctx.shared.pipe_index.get(&ino) {
+        return Ok(Some(end(pipe)));
     }
-    let of_this_pipe = |o: &&FdEntry| crate::proc::bracketed_inode(&o.target, "pipe") == Some(ino);
-    let read_end = ctx
-        .entries
-        .iter()
-        .filter(of_this_pipe)
-        .find(|o| is_read_end(o));
-    let has_write_end = ctx
-        .entries
-        .iter()
-        .filter(of_this_pipe)
-        .any(|o| !is_read_end(o));
-    let (Some(read_end), true) = (read_end, has_write_end) else {
+    let ends = ctx
+        .shared
+        .census
+        .pipes
+        .get(&ino)
+        .copied()
+        .unwrap_or_default();
+    let Some((holder, read_fd)) = ends.read.filter(|_| ends.write) else {
         return Err(super::unsupported(
-            "pipes, sockets and other special files are not supported yet",
+            "a pipe to a process outside the tree (only pipes whose both ends are in the tree \
+             are carried)",
         ));
     };
-    let ours =
-        crate::sys::steal_fd(ctx.pid, read_end.fd).map_err(super::io_error("pidfd_getfd"))?;
+    let ours = crate::sys::steal_fd(holder, read_fd).map_err(super::io_error("pidfd_getfd"))?;
     let capacity = pipe_size(&ours).map_err(super::io_error("F_GETPIPE_SZ"))?;
     let data = peek(&ours).map_err(super::io_error("reading pipe data"))?;
     let data_section = if data.is_empty() {
@@ -88,14 +98,15 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
                 .map_err(DumpError::Image)?,
         )
     };
-    ctx.table.pipes.push(Pipe {
+    let pipes = &mut ctx.shared.table.pipes;
+    pipes.push(Pipe {
         inode: ino,
         capacity,
         data_section,
     });
-    let pipe = ctx.table.pipes.len() - 1;
-    ctx.pipe_index.insert(ino, pipe);
-    Ok(Some(FdKind::Pipe(PipeEnd { pipe, ..end })))
+    let pipe = pipes.len() - 1;
+    ctx.shared.pipe_index.insert(ino, pipe);
+    Ok(Some(end(pipe)))
 }
 
 fn pipe_size(fd: impl AsFd) -> io::Result<u32> {
@@ -125,7 +136,7 @@ fn peek(read_end: &OwnedFd) -> io::Result<Vec<u8>> {
 }
 
 /// A new pipe like `p`, holding `data`: [read end, write end].
-fn make(p: &Pipe, data: &[u8]) -> io::Result<[OwnedFd; 2]> {
+pub fn make(p: &Pipe, data: &[u8]) -> io::Result<[OwnedFd; 2]> {
     let (r, w) = nix::unistd::pipe()?;
     // The original capacity, at least enough for the saved bytes.
     let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(p.capacity as i32));
@@ -139,26 +150,25 @@ impl FdState for PipeEnd {
     }
 
     fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> io::Result<()> {
-        let table = ctx.table;
-        let p = table
+        let ends = ctx
+            .shared
             .pipes
             .get(self.pipe)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let data_section = p.data_section;
-        let ends = ctx.shared_ends(("pipe", self.pipe), |c| make(p, c.blob(data_section)))?;
         super::place_copy(&ends[usize::from(self.write_end)], f)
     }
 
-    fn valid(&self, _f: &Fd, t: &FdTable, _s: &[Section]) -> bool {
-        self.pipe < t.pipes.len()
+    fn valid(&self, _f: &Fd, v: &View) -> bool {
+        self.pipe < v.shared.pipes.len()
     }
 
-    fn describe(&self, _f: &Fd, t: &FdTable, sections: &[Section]) -> String {
-        let bytes = t
+    fn describe(&self, _f: &Fd, v: &View) -> String {
+        let bytes = v
+            .shared
             .pipes
             .get(self.pipe)
             .and_then(|p| p.data_section)
-            .and_then(|i| sections.get(i))
+            .and_then(|i| v.sections.get(i))
             .map_or(0, |s| s.len);
         format!(
             "pipe #{} {} end ({bytes} bytes unread)",

@@ -1,7 +1,6 @@
 //! signalfds with the signals they take, from fdinfo.
 
-use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::signal::SigSet;
 use nix::sys::signalfd::{SfdFlags, SignalFd as NixSignalFd};
@@ -49,7 +48,7 @@ impl FdState for SignalFd {
         place(sfd.into(), f)
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!("signalfd (signals {:#x})", self.mask)
     }
 }

@@ -3,7 +3,7 @@
 //! each end are peeked (not consumed) and, on restore, sent again from the other end of a
 //! new pair. Shut-down sockets and data with fds or credentials in flight are refused.
 
-use super::{DumpCtx, DumpError, Fd, FdKind, FdState, FdTable, RestoreCtx};
+use super::{DumpCtx, DumpError, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::image::{section_is, Section, SectionKind};
 use nix::sys::socket::{
     getsockopt, recv, send, setsockopt, socket, socketpair, sockopt, AddressFamily, MsgFlags,
@@ -25,7 +25,7 @@ pub struct SocketPair {
     pub data_sections: [Option<usize>; 2],
 }
 
-/// One end of a socket pair; `pair` indexes `FdTable::socket_pairs`, `end` is 0 or 1.
+/// One end of a socket pair; `pair` indexes `Shared::socket_pairs`, `end` is 0 or 1.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SocketPairEnd {
     pub pair: usize,
@@ -50,11 +50,7 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<FdK
     let Some(peer) = peer.filter(|&p| p != 0).map(u64::from) else {
         return Ok(None);
     };
-    let peer_inside = ctx
-        .entries
-        .iter()
-        .any(|o| crate::proc::bracketed_inode(&o.target, "socket") == Some(peer));
-    if !peer_inside {
+    if !ctx.shared.census.sockets.contains(&peer) {
         return Ok(None);
     }
     if shutdown != 0 {
@@ -65,23 +61,21 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<FdK
     let queued = peek_queued(s)?;
     let key = inode.min(peer);
     let end = usize::from(inode > peer);
-    let pair = match ctx.pair_index.get(&key) {
-        Some(&i) => i,
-        None => {
-            ctx.table.socket_pairs.push(SocketPair {
-                inodes: [key, inode.max(peer)],
-                data_sections: [None, None],
-            });
-            ctx.pair_index.insert(key, ctx.table.socket_pairs.len() - 1);
-            ctx.table.socket_pairs.len() - 1
-        }
-    };
-    if !queued.is_empty() && ctx.table.socket_pairs[pair].data_sections[end].is_none() {
+    let shared = &mut *ctx.shared;
+    let pairs = &mut shared.table.socket_pairs;
+    let pair = *shared.pair_index.entry(key).or_insert_with(|| {
+        pairs.push(SocketPair {
+            inodes: [key, inode.max(peer)],
+            data_sections: [None, None],
+        });
+        pairs.len() - 1
+    });
+    if !queued.is_empty() && pairs[pair].data_sections[end].is_none() {
         let section = ctx
             .image
             .add_blob(SOCKET_DATA, &queued)
             .map_err(DumpError::Image)?;
-        ctx.table.socket_pairs[pair].data_sections[end] = Some(section);
+        pairs[pair].data_sections[end] = Some(section);
     }
     Ok(Some(FdKind::SocketPairEnd(SocketPairEnd { pair, end })))
 }
@@ -178,7 +172,7 @@ fn parse_diag_reply(buf: &[u8]) -> io::Result<(Option<u32>, u8)> {
 }
 
 /// A new connected pair holding `queued[e]` ready to be read at end `e`.
-fn make(queued: [&[u8]; 2]) -> io::Result<[OwnedFd; 2]> {
+pub fn make(queued: [&[u8]; 2]) -> io::Result<[OwnedFd; 2]> {
     let (a, b) = socketpair(
         AddressFamily::Unix,
         SockType::Stream,
@@ -206,27 +200,25 @@ impl FdState for SocketPairEnd {
     }
 
     fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> io::Result<()> {
-        let table = ctx.table;
-        let sp = table
-            .socket_pairs
+        let ends = ctx
+            .shared
+            .pairs
             .get(self.pair)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let ends = ctx.shared_ends(("socket_pair", self.pair), |c| {
-            make([c.blob(sp.data_sections[0]), c.blob(sp.data_sections[1])])
-        })?;
         super::place_copy(&ends[self.end.min(1)], f)
     }
 
-    fn valid(&self, _f: &Fd, t: &FdTable, _s: &[Section]) -> bool {
-        self.pair < t.socket_pairs.len() && self.end < 2
+    fn valid(&self, _f: &Fd, v: &View) -> bool {
+        self.pair < v.shared.socket_pairs.len() && self.end < 2
     }
 
-    fn describe(&self, _f: &Fd, t: &FdTable, sections: &[Section]) -> String {
-        let bytes = t
+    fn describe(&self, _f: &Fd, v: &View) -> String {
+        let bytes = v
+            .shared
             .socket_pairs
             .get(self.pair)
             .and_then(|sp| sp.data_sections.get(self.end).copied().flatten())
-            .and_then(|i| sections.get(i))
+            .and_then(|i| v.sections.get(i))
             .map_or(0, |s| s.len);
         format!(
             "socket pair {} end {} ({bytes} bytes unread)",

@@ -2,8 +2,7 @@
 //! another program, a socket): not saved; on restore the process gets `ckpt restore`'s own
 //! (like CRIU's --shell-job).
 
-use super::{DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use serde::{Deserialize, Serialize};
 
@@ -19,10 +18,11 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         || e.target.starts_with("/dev/pts/")
         || e.target.starts_with("/dev/tty")
         || e.target == "/dev/console";
-    // A pipe whose both ends the process holds is its own, even at 0-2 (a daemon that closed
-    // its stdio and then made a pipe).
+    // A pipe whose both ends the tree holds is the tree's, even at 0-2 (a daemon that closed
+    // its stdio and then made a pipe; the right side of a shell pipeline).
     let own_pipe = crate::proc::bracketed_inode(&e.target, "pipe")
-        .is_some_and(|ino| super::pipe::both_ends_inside(ctx.entries, ino));
+        .and_then(|ino| ctx.shared.census.pipes.get(&ino))
+        .is_some_and(|ends| ends.inside());
     Ok(((0..=2).contains(&e.fd) && outside && !own_pipe).then(|| {
         FdKind::InheritStdio(InheritedStdio {
             was: e.target.clone(),
@@ -40,7 +40,7 @@ impl FdState for InheritedStdio {
         Ok(())
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!("inherited from the restorer (was {})", self.was)
     }
 }

@@ -2,8 +2,7 @@
 //! time that was left. Unread expirations cannot be set back as a count: if there were any,
 //! the restored timer fires at once (one expiration to read) and goes on from there.
 
-use super::{place, DumpCtx, DumpResult, Fd, FdKind, FdState, FdTable, RestoreCtx};
-use crate::image::Section;
+use super::{place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{
@@ -93,7 +92,7 @@ impl FdState for TimerFd {
         place(tfd.into(), f)
     }
 
-    fn describe(&self, _f: &Fd, _t: &FdTable, _s: &[Section]) -> String {
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!(
             "timerfd (clock {}, fires in {:.3} s, every {:.3} s, {} unread)",
             self.clockid,

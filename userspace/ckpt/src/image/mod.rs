@@ -37,7 +37,9 @@ use std::io;
 use std::path::{Path, PathBuf};
 
 pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
-pub const FORMAT_VERSION: u32 = 1;
+/// 2: pipes and socket pairs moved from each process to the tree (`pipes`, `socket_pairs`
+/// beside `processes`), processes gained `pgid` and `sid`, `zombies` was added.
+pub const FORMAT_VERSION: u32 = 2;
 pub const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]

@@ -59,6 +59,7 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .iter()
         .map(|p| prepare(&img, p))
         .collect::<Result<_, _>>()?;
+    let shared = make_shared(&img)?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
     let mut restorers = Restorers {
@@ -71,6 +72,7 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         go_writer: std::os::fd::AsRawFd::as_raw_fd(&go_out),
         any_pid: m.processes.len() == 1 && m.zombies.is_empty(),
         highest_own_fd: highest_own_fd()?,
+        shared,
     };
     let root = fork_root(&mut restorers)?;
     drop(restorers);
@@ -122,6 +124,20 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         original_pid: m.processes[0].pid,
         processes: m.processes.len(),
     })
+}
+
+/// The tree's pipes and socket pairs with their bytes, above every fd number of the image.
+fn make_shared(img: &Image) -> Result<fds::SharedFds, RestoreError> {
+    let m = &img.manifest;
+    let highest = m
+        .processes
+        .iter()
+        .flat_map(|p| &p.files.fds)
+        .map(|f| f.fd)
+        .max();
+    let read = |i| img.read_section(i).map_err(std::io::Error::other);
+    fds::SharedFds::make(&m.shared, read, highest.unwrap_or(2).max(2) + 1)
+        .map_err(restore_io("recreating the tree's pipes and socket pairs"))
 }
 
 /// The highest fd open in ckpt now: the restorers' working fds go above it.

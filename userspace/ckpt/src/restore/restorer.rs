@@ -11,7 +11,7 @@
 
 use crate::creds::as_fs_user;
 use crate::device::Device;
-use crate::fds::{Blobs, RestoreCtx};
+use crate::fds::{Blobs, RestoreCtx, SharedFds};
 use crate::manifest::{Manifest, Process};
 use crate::memory::MemoryPlan;
 use crate::sys;
@@ -58,6 +58,9 @@ pub struct Restorers<'a> {
     pub any_pid: bool,
     /// The highest fd open in ckpt when it forks.
     pub highest_own_fd: i32,
+    /// The tree's pipes and socket pairs, made by ckpt: each restorer takes the ends its fds
+    /// need and closes the rest.
+    pub shared: SharedFds,
 }
 
 /// The restorer of process `index` (forked with its pid by its parent's restorer, or by
@@ -77,7 +80,7 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
         _ => fail("waiting for ckpt", "the pipe did not end"),
     }
     let (image, dev, highest) = (r.image, r.dev, r.highest_own_fd);
-    become_process(p, &mut r.plans[index], image, dev, highest)
+    become_process(p, &mut r.plans[index], image, dev, highest, &r.shared)
 }
 
 /// Our session and process group, before we fork anyone (children inherit them): a session
@@ -207,12 +210,13 @@ fn become_process(
     image: &File,
     dev: &Device,
     highest_own_fd: i32,
+    shared: &SharedFds,
 ) -> ! {
-    let work = WorkFds::take(p, plan, image, dev, highest_own_fd);
+    let work = WorkFds::take(p, plan, image, dev, highest_own_fd, shared.range());
     if let Err((what, e)) = p.attrs.restore_cwd_umask() {
         fail(&what, e);
     }
-    restore_fds(p, plan, &work);
+    restore_fds(p, plan, &work, shared);
     if let Err((what, e)) = p.attrs.restore_limits() {
         fail(&what, e);
     }
@@ -251,7 +255,15 @@ struct WorkFds {
 }
 
 impl WorkFds {
-    fn take(p: &Process, plan: &Plan, image: &File, dev: &Device, highest_own: i32) -> WorkFds {
+    /// `keep`: the range of the tree's shared objects, open until the fds are restored.
+    fn take(
+        p: &Process,
+        plan: &Plan,
+        image: &File,
+        dev: &Device,
+        highest_own: i32,
+        keep: Option<(i32, i32)>,
+    ) -> WorkFds {
         let max_fd = p.files.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
         let base = max_fd.max(highest_own) + 1;
         let mut work = Vec::new();
@@ -277,7 +289,8 @@ impl WorkFds {
                 .fds
                 .iter()
                 .any(|f| f.fd == fd && matches!(f.kind, crate::fds::FdKind::InheritStdio(_)));
-            if !inherited {
+            let shared = keep.is_some_and(|(lo, hi)| (lo..=hi).contains(&fd));
+            if !inherited && !shared {
                 let _ = sys::close_range(fd as u32, fd as u32);
             }
         }
@@ -297,7 +310,7 @@ impl WorkFds {
 /// The process's fds, made as its own user: files are created and sockets bound by it, so
 /// that they belong to it; existing files are opened as it too, and as root only where it
 /// may not (a daemon that opened them before dropping privileges).
-fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds) {
+fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => match as_fs_user(c.uid[3], c.gid[3], &c.groups) {
             Ok(g) => Some(g),
@@ -317,9 +330,20 @@ fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds) {
     };
     // Temporary fds (shared objects' ends) live above everything else.
     let scratch = work.base + work.count() as i32;
-    let ctx = RestoreCtx::new(&p.files, &plan.blobs, scratch, &reopen);
+    let ctx = RestoreCtx {
+        table: &p.files,
+        shared,
+        blobs: &plan.blobs,
+        scratch,
+        reopen: &reopen,
+    };
     if let Err((what, e)) = crate::fds::restore(ctx) {
         fail(&what, e);
+    }
+    // The ends of the tree's objects this process did not take must not stay open here (a
+    // pipe would never see its end of file).
+    if let Some((lo, hi)) = shared.range() {
+        let _ = sys::close_range(lo as u32, hi as u32);
     }
     drop(fs_user);
 }
