@@ -27,11 +27,13 @@ pub enum CheckpointError {
         target: String,
         why: String,
     },
-    #[error(
-        "cannot checkpoint the mapping at {start:#x} of process {pid} ({name}): mappings of \
-         deleted files, memfds and SysV shared memory are not supported yet"
-    )]
-    UnsupportedMapping { pid: i32, start: u64, name: String },
+    #[error("cannot checkpoint the mapping at {start:#x} of process {pid} ({name}): {why}")]
+    UnsupportedMapping {
+        pid: i32,
+        start: u64,
+        name: String,
+        why: &'static str,
+    },
     #[error("cannot checkpoint the process tree: {0}")]
     Tree(String),
     #[error("process {pid}: {what}: {source}")]

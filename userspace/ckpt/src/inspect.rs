@@ -71,6 +71,9 @@ fn memory_text(out: &mut String, p: &crate::manifest::Process) {
             Backing::Anonymous => String::new(),
             Backing::File { path, offset, .. } => format!("{path} @{offset:#x}"),
             Backing::Special { name } => name.clone(),
+            Backing::Shm { object, offset } => {
+                format!("shared memory object {object} @{offset:#x}")
+            }
         };
         let saved: u64 = v.pages.iter().map(|r| r.len).sum();
         let _ = writeln!(

@@ -15,6 +15,7 @@ pub mod attrs;
 pub mod creds;
 pub mod fds;
 pub mod memory;
+pub mod shmem;
 pub mod signals;
 pub mod thread;
 pub mod tree;

@@ -111,7 +111,7 @@ impl Process {
         if self.threads.first().map(|t| t.tid) != Some(self.pid) {
             return Err("the first thread is not the main thread".into());
         }
-        self.memory.validate(sections)?;
+        self.memory.validate(sections, &shared.memory)?;
         self.files.validate(shared, sections)?;
         if let Some(i) = &self.interceptor {
             i.validate()?;
@@ -207,6 +207,7 @@ mod tests {
                 data_section: None,
             }],
             socket_pairs: vec![],
+            memory: vec![],
         }
     }
 

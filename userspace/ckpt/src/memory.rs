@@ -14,6 +14,7 @@ use crate::device::Device;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
 use crate::image::{ImageWriter, Section, PAGE, PAGES};
 use crate::proc::{self, MapEntry};
+use crate::shmem::{self, ShmDump, ShmObject};
 use crate::stats::Stats;
 use ckpt_abi::{
     CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
@@ -21,6 +22,7 @@ use ckpt_abi::{
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::fs::File;
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
 
@@ -112,6 +114,12 @@ pub enum Backing {
     Special {
         name: String,
     },
+    /// A shared memory object of the tree (anonymous shared memory, a memfd): `object`
+    /// indexes the image's table of them, `offset` is where in it the mapping starts.
+    Shm {
+        object: usize,
+        offset: u64,
+    },
 }
 
 /// `len` bytes of memory at `addr`, stored at `offset` of the image (inside a pages section).
@@ -128,17 +136,17 @@ pub struct PageRun {
 /// The mappings of stopped process `pid`, checked to be ones a restore can recreate.
 pub fn mappings(pid: i32) -> Result<Vec<MapEntry>, CheckpointError> {
     let maps = proc::smaps(pid).map_err(checkpoint_io(pid, "reading smaps"))?;
-    // A mapping of a file that no longer has a name (memfd, SysV shm, a deleted file) cannot
-    // be mapped again by path: refuse now rather than fail at restore.
-    if let Some(m) = maps
-        .iter()
-        .find(|m| m.is_file() && m.name.ends_with(" (deleted)"))
-    {
-        return Err(CheckpointError::UnsupportedMapping {
-            pid,
-            start: m.start,
-            name: m.name.clone(),
-        });
+    // A mapping of a file that no longer has a name cannot be mapped again by path: unless it
+    // is a shared memory object ckpt carries, refuse now rather than fail at restore.
+    for m in &maps {
+        if let Err(why) = shmem::is_object(m) {
+            return Err(CheckpointError::UnsupportedMapping {
+                pid,
+                start: m.start,
+                name: m.name.clone(),
+                why,
+            });
+        }
     }
     Ok(maps
         .into_iter()
@@ -147,14 +155,14 @@ pub fn mappings(pid: i32) -> Result<Vec<MapEntry>, CheckpointError> {
 }
 
 /// Stores the pages of `maps` into the image (through the module) and returns the mappings
-/// with their page runs. `image_path` names the image in errors.
+/// with their page runs; shared memory objects go to `shm` once for the tree. `image_path`
+/// names the image in errors.
 pub fn dump(
     pid: i32,
     dev: &Device,
     maps: &[MapEntry],
     w: &mut ImageWriter,
-    image_path: &Path,
-    stats: &mut Stats,
+    (image_path, stats, shm): (&Path, &mut Stats, &mut ShmDump),
 ) -> Result<Vec<Vma>, CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
@@ -192,7 +200,18 @@ pub fn dump(
         runs.extend(r.runs);
     }
     runs.sort_by_key(|r| r.addr);
-    Ok(maps.iter().map(|m| vma_of(m, &runs)).collect())
+    let mut vmas = Vec::new();
+    for m in maps {
+        let object = match shmem::is_object(m) {
+            Ok(true) => Some(shm.mapped(pid, m, w).map_err(|e| match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => write_err(e),
+                _ => checkpoint_io(pid, "reading a shared memory object")(e),
+            })?),
+            _ => None,
+        };
+        vmas.push(vma_of(m, &runs, object));
+    }
+    Ok(vmas)
 }
 
 const PM_PRESENT: u64 = 1 << 63;
@@ -245,8 +264,9 @@ fn wanted_ranges(
     Ok(())
 }
 
-/// The image's record of mapping `m`, with its part of the dumped page `runs`.
-fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun]) -> Vma {
+/// The image's record of mapping `m`, with its part of the dumped page `runs`; `object`: the
+/// shared memory object it maps.
+fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], object: Option<usize>) -> Vma {
     // The module merges pages that follow each other in memory and in the file, also across
     // adjacent mappings: cut the runs at this mapping's bounds.
     let pages = runs
@@ -262,7 +282,12 @@ fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun]) -> Vma {
             }
         })
         .collect();
-    let backing = if m.is_special() {
+    let backing = if let Some(object) = object {
+        Backing::Shm {
+            object,
+            offset: m.offset,
+        }
+    } else if m.is_special() {
         Backing::Special {
             name: m.name.clone(),
         }
@@ -301,8 +326,9 @@ pub struct MemoryPlan {
 }
 
 /// Opens each mapped file once (per path and writability) and checks it is the one that was
-/// mapped, and lists the mappings and page runs for the module.
-pub fn plan(vmas: &[Vma]) -> Result<MemoryPlan, RestoreError> {
+/// mapped, and lists the mappings and page runs for the module. `shm`: the tree's shared
+/// memory objects, made again.
+pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
     let mut files: Vec<File> = Vec::new();
     let mut file_index: BTreeMap<(String, bool), usize> = BTreeMap::new();
     let mut out = Vec::new();
@@ -311,6 +337,15 @@ pub fn plan(vmas: &[Vma]) -> Result<MemoryPlan, RestoreError> {
         let (mut flags, fd_slot, offset) = match &v.backing {
             Backing::Special { .. } => continue,
             Backing::Anonymous => (0, -1, 0),
+            Backing::Shm { object, offset } => {
+                let obj = shm.get(*object).ok_or_else(|| RestoreError::MappedFile {
+                    path: format!("shared memory object {object}"),
+                    why: "not in the image".into(),
+                })?;
+                let dup = obj.try_clone().map_err(restore_io("duplicating a memfd"))?;
+                files.push(File::from(dup));
+                (CKPT_VMA_FILE, (files.len() - 1) as i32, *offset)
+            }
             Backing::File {
                 path,
                 offset,
@@ -393,11 +428,21 @@ impl MemoryPlan {
 // Checks
 
 impl Memory {
-    /// VMAs sorted and page-aligned, page runs inside their VMA and inside a pages section.
-    pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
+    /// VMAs sorted and page-aligned, page runs inside their VMA and inside a pages section,
+    /// shared memory objects in `shm` (the image's table).
+    pub fn validate(&self, sections: &[Section], shm: &[ShmObject]) -> Result<(), String> {
         let mut prev_end = 0;
         for v in &self.vmas {
-            if v.start % PAGE != 0 || v.end % PAGE != 0 || v.start >= v.end || v.start < prev_end {
+            let bad_object = match v.backing {
+                Backing::Shm { object, offset } => object >= shm.len() || offset % PAGE != 0,
+                _ => false,
+            };
+            if v.start % PAGE != 0
+                || v.end % PAGE != 0
+                || v.start >= v.end
+                || v.start < prev_end
+                || bad_object
+            {
                 return Err(format!("bad VMA {:#x}-{:#x}", v.start, v.end));
             }
             prev_end = v.end;

@@ -430,11 +430,11 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("is ckpt itself"));
     assert!(!img.exists(), "no image after failures");
 
-    // A memfd mapping: refused at checkpoint time, target untouched.
-    let memfd = common::Target::spawn("memfd_target", &[]);
+    // A SysV shared memory mapping: refused at checkpoint time, target untouched.
+    let memfd = common::Target::spawn("sysv_target", &[]);
     fail(
         &["checkpoint", &memfd.pid().to_string(), "-o", imgs],
-        "memfds",
+        "SysV shared memory",
     );
     assert!(!img.exists());
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", memfd.pid())).unwrap();

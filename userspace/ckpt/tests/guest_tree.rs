@@ -351,3 +351,94 @@ fn a_shell_pipeline_goes_on_after_kill_and_restore() {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
+
+/// The numbers of the last line of DIR/root that starts with "root".
+fn root_view(dir: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(dir.join("root")).unwrap_or_default();
+    text.lines()
+        .rev()
+        .find_map(|l| {
+            let v: Vec<u64> = l
+                .strip_prefix("root ")?
+                .split(' ')
+                .filter_map(|w| w.parse().ok())
+                .collect();
+            (v.len() == 5).then_some(v)
+        })
+        .unwrap_or_default()
+}
+
+/// Anonymous shared memory and a memfd shared by a parent and two children: stored once,
+/// shared again after a restore (the parent sees its children count), with the memfd's name,
+/// size and seals.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_memory_stays_shared_after_kill_and_restore() {
+    let d = Dir::new("tree-shm");
+    let mut root = Command::new(prog("shm"))
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut root);
+    let pid: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    wait_for("the children count, seen by the root", || {
+        root_view(&d.0)
+            .get(1..)
+            .is_some_and(|v| v.iter().all(|&n| n > 5))
+    });
+    let img = d.path("shm.img");
+    let stats = ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    root.wait().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    assert_eq!(stats["processes"], 3, "{stats}");
+    let at_checkpoint = root_view(&d.0);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let m = &image.manifest;
+    let mut sizes: Vec<u64> = m.shared.memory.iter().map(|o| o.size).collect();
+    sizes.sort();
+    assert_eq!(sizes, [64 << 10, 1 << 20], "each object once");
+    let memfd = m.shared.memory.iter().find(|o| o.size == 64 << 10).unwrap();
+    assert_eq!(memfd.memfd_name.as_deref(), Some("ckpt-shm-test"));
+    assert_eq!(memfd.seals, libc::F_SEAL_SHRINK | libc::F_SEAL_GROW);
+    // Stored once: the image holds about one copy of each object, not one per process.
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(len < 3 << 20, "image of {len} bytes");
+    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
+
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    // The root sees its children go on counting: the memory is shared again.
+    wait_for("the root sees the children count on", || {
+        let v = root_view(&d.0);
+        v.len() == 5 && (1..5).all(|i| v[i] > at_checkpoint[i] + 5)
+    });
+    let text = std::fs::read_to_string(d.path("root")).unwrap();
+    assert!(!text.contains("bad"), "the patterns survived: {text}");
+    assert!(std::fs::read_to_string(format!("/proc/{pid}/maps"))
+        .unwrap()
+        .contains("memfd:ckpt-shm-test"));
+    unsafe { libc::kill(pid, libc::SIGUSR1) };
+    let want = format!(
+        "seals {} size 65536",
+        libc::F_SEAL_SHRINK | libc::F_SEAL_GROW
+    );
+    wait_for("the memfd is sealed as it was", || {
+        std::fs::read_to_string(d.path("root")).is_ok_and(|t| t.contains(&want))
+    });
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}

@@ -123,7 +123,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let manifest = Manifest {
         processes,
         zombies,
-        shared: shared.table,
+        shared: shared.finish(),
         stats: Some(stats),
     };
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
@@ -214,7 +214,13 @@ impl Dump<'_> {
         let maps = memory::mappings(pid)?;
 
         let mem_t0 = Instant::now();
-        let vmas = memory::dump(pid, dev, &maps, w, image_path, stats)?;
+        let vmas = memory::dump(
+            pid,
+            dev,
+            &maps,
+            w,
+            (image_path, stats, &mut self.shared.shm),
+        )?;
         stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
         let threads = captured
             .into_iter()

@@ -16,6 +16,7 @@ mod epoll;
 mod eventfd;
 mod file;
 mod listen;
+mod memfd;
 mod pipe;
 mod signalfd;
 mod socket;
@@ -28,6 +29,7 @@ pub use epoll::{Epoll, EpollWatch};
 pub use eventfd::EventFd;
 pub use file::PathFile;
 pub use listen::ListeningSocket;
+pub use memfd::MemfdFd;
 pub use pipe::{Pipe, PipeEnd};
 pub use signalfd::SignalFd;
 pub use socket_pair::{SocketPair, SocketPairEnd};
@@ -36,6 +38,7 @@ pub use timerfd::TimerFd;
 
 use crate::image::{ImageWriter, Section};
 use crate::proc::FdEntry;
+use crate::shmem::{ShmDump, ShmObject};
 use nix::fcntl::{fcntl, FcntlArg, FdFlag, OFlag};
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet};
@@ -65,6 +68,7 @@ pub enum FdKind {
     Epoll(Epoll),
     SocketPairEnd(SocketPairEnd),
     Deleted(DeletedFile),
+    Memfd(MemfdFd),
 }
 
 impl FdKind {
@@ -81,6 +85,7 @@ impl FdKind {
             FdKind::Epoll(s) => s,
             FdKind::SocketPairEnd(s) => s,
             FdKind::Deleted(s) => s,
+            FdKind::Memfd(s) => s,
         }
     }
 }
@@ -91,6 +96,7 @@ pub const DUMPERS: &[Dumper] = &[
     stdio::dump,
     socket::dump,
     pipe::dump,
+    memfd::dump,
     deleted::dump,
     epoll::dump,
     eventfd::dump,
@@ -115,6 +121,13 @@ pub struct Shared {
     /// UNIX stream socket pairs with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_pairs: Vec<SocketPair>,
+    /// Shared memory objects (anonymous shared memory, memfds), mapped or held as fds.
+    #[serde(
+        default,
+        skip_serializing_if = "Vec::is_empty",
+        rename = "shared_memory"
+    )]
+    pub memory: Vec<ShmObject>,
 }
 
 /// What a kind's checks and description see: the process's fds, the tree's shared objects,
@@ -201,6 +214,18 @@ pub struct SharedDump {
     /// The kernel object's inode -> its index in the table's pipes or socket pairs.
     pub pipe_index: BTreeMap<u64, usize>,
     pub pair_index: BTreeMap<u64, usize>,
+    /// Shared memory objects (their table goes to `Shared::memory` at the end).
+    pub shm: ShmDump,
+}
+
+impl SharedDump {
+    /// The tree's table, once every process is recorded.
+    pub fn finish(self) -> Shared {
+        Shared {
+            memory: self.shm.table,
+            ..self.table
+        }
+    }
 }
 
 /// The state of one process's fd dump.
@@ -276,13 +301,17 @@ pub struct SharedFds {
     pub pipes: Vec<[OwnedFd; 2]>,
     /// Both ends per pair of `Shared::socket_pairs`.
     pub pairs: Vec<[OwnedFd; 2]>,
+    /// A memfd per object of `Shared::memory`.
+    pub memory: Vec<OwnedFd>,
 }
 
 impl SharedFds {
-    /// Makes every object of `shared`, with its saved bytes (`read` reads a section).
+    /// Makes every object of `shared`, with its saved bytes (`read` reads a small section;
+    /// shared memory is copied from `image`, whose `sections` say where).
     pub fn make(
         shared: &Shared,
         read: impl Fn(usize) -> io::Result<Vec<u8>>,
+        (image, sections): (&std::fs::File, &[Section]),
         min: RawFd,
     ) -> io::Result<SharedFds> {
         let blob = |s: Option<usize>| s.map_or(Ok(Vec::new()), &read);
@@ -302,17 +331,22 @@ impl SharedFds {
                 lift(socket_pair::make([&q[0], &q[1]])?)
             })
             .collect::<io::Result<_>>()?;
-        Ok(SharedFds { pipes, pairs })
+        let memory = shared
+            .memory
+            .iter()
+            .map(|o| above(o.make(image, sections)?, min))
+            .collect::<io::Result<_>>()?;
+        Ok(SharedFds {
+            pipes,
+            pairs,
+            memory,
+        })
     }
 
     /// The range of fd numbers they hold (empty: None).
     pub fn range(&self) -> Option<(RawFd, RawFd)> {
-        let all = self
-            .pipes
-            .iter()
-            .chain(&self.pairs)
-            .flatten()
-            .map(|f| f.as_raw_fd());
+        let ends = self.pipes.iter().chain(&self.pairs).flatten();
+        let all = ends.chain(&self.memory).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
     }
@@ -466,6 +500,7 @@ impl Shared {
     /// Pipes and socket pairs refer to sections of the right kind.
     pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
         pipe::validate(&self.pipes, sections)?;
-        socket_pair::validate(&self.socket_pairs, sections)
+        socket_pair::validate(&self.socket_pairs, sections)?;
+        crate::shmem::validate(&self.memory, sections)
     }
 }

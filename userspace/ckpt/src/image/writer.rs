@@ -148,6 +148,30 @@ impl ImageWriter {
         &self.file
     }
 
+    /// Adds a section of `len` bytes read from the start of `from` (streamed, for content too
+    /// large to hold in memory); returns its index.
+    pub fn add_blob_from(&mut self, kind: SectionKind, from: &File, len: u64) -> io::Result<usize> {
+        self.open_pages = None;
+        let offset = self.pos;
+        let mut sum = Xxh3::new();
+        let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
+        let mut done = 0u64;
+        while done < len {
+            let n = ((len - done) as usize).min(buf.len());
+            from.read_exact_at(&mut buf[..n], done)?;
+            sum.update(&buf[..n]);
+            self.write_all(&buf[..n])?;
+            done += n as u64;
+        }
+        self.sections.push(Section {
+            kind,
+            offset,
+            len,
+            xxh3: sum.digest(),
+        });
+        Ok(self.sections.len() - 1)
+    }
+
     /// Adds a small binary section; returns its index in the manifest's section list.
     pub fn add_blob(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<usize> {
         self.open_pages = None;

@@ -54,12 +54,12 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .collect::<Result<Vec<Vec<_>>, _>>()?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
+    let shared = make_shared(&img)?;
     let plans = m
         .processes
         .iter()
-        .map(|p| prepare(&img, p))
+        .map(|p| prepare(&img, p, &shared.memory))
         .collect::<Result<_, _>>()?;
-    let shared = make_shared(&img)?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
     let mut restorers = Restorers {
@@ -136,7 +136,8 @@ fn make_shared(img: &Image) -> Result<fds::SharedFds, RestoreError> {
         .map(|f| f.fd)
         .max();
     let read = |i| img.read_section(i).map_err(std::io::Error::other);
-    fds::SharedFds::make(&m.shared, read, highest.unwrap_or(2).max(2) + 1)
+    let whole = (&img.file, img.sections.as_slice());
+    fds::SharedFds::make(&m.shared, read, whole, highest.unwrap_or(2).max(2) + 1)
         .map_err(restore_io("recreating the tree's pipes and socket pairs"))
 }
 
@@ -197,7 +198,7 @@ fn read_reports(report: OwnedFd) -> BTreeMap<i32, i32> {
 
 /// Everything the restorer needs, before the fork. Mapped files are opened as the
 /// process's user, as it opened them.
-fn prepare(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
+fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreError> {
     let specials = vdso::check(&p.memory.vmas)?;
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => Some(
@@ -207,7 +208,7 @@ fn prepare(img: &Image, p: &Process) -> Result<Plan, RestoreError> {
         ),
         None => None,
     };
-    let memory = memory::plan(&p.memory.vmas)?;
+    let memory = memory::plan(&p.memory.vmas, shm)?;
     drop(fs_user);
     let blobs = fds::blob_sections(&p.files)
         .into_iter()
