@@ -14,6 +14,9 @@ apt_pkgs=(
   # The debug kernel (KASAN + Rust) must be built with clang: LLVM=-19 needs these too.
   "lld-${CKPT_LLVM_VERSION}" "llvm-${CKPT_LLVM_VERSION}"
   qemu-system-x86 busybox-static util-linux procps
+  # Real programs the guest tests checkpoint (guest_real.rs): a server with workers, a build,
+  # an interpreter with a process pool.
+  nginx-light make python3
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do
@@ -23,7 +26,15 @@ if ((${#missing[@]})); then
   log "apt-get install ${missing[*]}"
   export DEBIAN_FRONTEND=noninteractive
   apt-get update -qq
+  # No service may start on this machine (nginx's package would start one): deny it for the
+  # install, unless the machine already has a policy.
+  policy=/usr/sbin/policy-rc.d
+  own_policy=
+  if [[ ! -e $policy ]]; then
+    printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
+  fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  [[ -n $own_policy ]] && rm -f "$policy"
 fi
 
 if ! command -v rustup >/dev/null; then

@@ -64,7 +64,7 @@ impl Validate for Manifest {
         if self.processes.is_empty() {
             return Err("no process in the image".into());
         }
-        self.shared.validate(sections)?;
+        self.shared.validate(sections, self.processes.len())?;
         for p in &self.processes {
             p.validate(&self.shared, sections)
                 .map_err(|e| format!("process {}: {e}", p.pid))?;
@@ -207,6 +207,7 @@ mod tests {
                 data_section: None,
             }],
             socket_pairs: vec![],
+            listeners: vec![],
             memory: vec![],
         }
     }

@@ -1,6 +1,7 @@
 //! Shared memory objects of the tree: anonymous shared mappings (MAP_SHARED|MAP_ANONYMOUS,
-//! which /proc shows as "/dev/zero (deleted)") and memfds, mapped or held as fds, by any
-//! number of processes. Each object is recorded once (its content, size, name, seals), found
+//! which /proc shows as "/dev/zero (deleted)"), memfds, mapped or held as fds, and mapped
+//! files that were deleted since (a POSIX semaphore or shm object unlinked once set up, a
+//! library replaced by an upgrade), by any number of processes. Each object is recorded once (its content, size, name, seals), found
 //! through /proc/PID/map_files or the fd; on restore ckpt makes one memfd per object, with
 //! that content, before the first restorer forks, and every process maps it (or holds it)
 //! again: the memory is shared as it was. SysV segments are refused (their key and id would
@@ -30,6 +31,9 @@ pub struct ShmObject {
     pub inode: u64,
     /// A memfd's name (without "memfd:"); None for anonymous shared memory.
     pub memfd_name: Option<String>,
+    /// A deleted file's former path (restored as a memfd, for humans).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub deleted_path: Option<String>,
     pub size: u64,
     /// Its `SHMEM_DATA` section (the whole object), if it is not empty.
     pub data_section: Option<usize>,
@@ -41,14 +45,10 @@ pub struct ShmObject {
 /// Whether mapping `m` is of a shared memory object ckpt carries; an error for a kind it
 /// cannot (SysV, deleted files).
 pub fn is_object(m: &MapEntry) -> Result<bool, &'static str> {
-    if m.name == ANON_NAME || (m.name.starts_with(MEMFD_PREFIX) && m.name.ends_with(" (deleted)")) {
-        Ok(true)
-    } else if m.name.starts_with("/SYSV") {
+    if m.name.starts_with("/SYSV") {
         Err("SysV shared memory (shmat) is not supported yet")
-    } else if m.is_file() && m.name.ends_with(" (deleted)") {
-        Err("mappings of deleted files are not supported yet")
     } else {
-        Ok(false)
+        Ok(m.name == ANON_NAME || (m.is_file() && m.name.ends_with(" (deleted)")))
     }
 }
 
@@ -68,7 +68,9 @@ impl ShmDump {
             .name
             .strip_prefix(MEMFD_PREFIX)
             .map(|n| n.trim_end_matches(" (deleted)"));
-        self.record(File::open(path)?, name, w)
+        let was =
+            (name.is_none() && m.name != ANON_NAME).then(|| m.name.trim_end_matches(" (deleted)"));
+        self.record(File::open(path)?, (name, was), w)
     }
 
     /// The memfd held as fd `fd` of `pid` (link target "/memfd:NAME (deleted)").
@@ -83,13 +85,13 @@ impl ShmDump {
         let name = target
             .strip_prefix(MEMFD_PREFIX)
             .map(|n| n.trim_end_matches(" (deleted)"));
-        self.record(file, name, w)
+        self.record(file, (name, None), w)
     }
 
     fn record(
         &mut self,
         file: File,
-        memfd_name: Option<&str>,
+        (memfd_name, was): (Option<&str>, Option<&str>),
         w: &mut ImageWriter,
     ) -> io::Result<usize> {
         let meta = file.metadata()?;
@@ -107,6 +109,7 @@ impl ShmDump {
         self.table.push(ShmObject {
             inode: meta.ino(),
             memfd_name: memfd_name.map(str::to_owned),
+            deleted_path: was.map(str::to_owned),
             size,
             data_section,
             seals,
@@ -120,7 +123,11 @@ impl ShmObject {
     /// A new memfd like the object, holding its content (read from the image `file` where its
     /// section lies), sealed as it was.
     pub fn make(&self, image: &File, sections: &[Section]) -> io::Result<OwnedFd> {
-        let name = self.memfd_name.as_deref().unwrap_or("ckpt-shared-anon");
+        let name = match (&self.memfd_name, &self.deleted_path) {
+            (Some(n), _) => n.as_str(),
+            (None, Some(_)) => "ckpt-deleted-file",
+            (None, None) => "ckpt-shared-anon",
+        };
         let cname =
             std::ffi::CString::new(name).map_err(|_| io::Error::from_raw_os_error(libc::EINVAL))?;
         let fd = memfd_create(

@@ -197,7 +197,7 @@ fn check_image(img: &Path, vpid: i32, port: u16, intercepted: bool) -> Image {
         .collect();
     assert_eq!(listeners.len(), 1, "{:?}", p.files.fds);
     if let FdKind::Listen(l) = &listeners[0].kind {
-        let display = &l.display;
+        let display = &image.manifest.shared.listeners[l.listener].socket.display;
         assert_eq!(display, &format!("127.0.0.1:{port}"));
     }
     assert!(

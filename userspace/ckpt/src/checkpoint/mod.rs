@@ -97,9 +97,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         shared: &mut shared,
     };
     let mut processes = Vec::new();
-    for (m, entries) in tree.members.iter().zip(&fd_entries) {
+    for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
         let p = prepared.get(&m.frozen.pid);
-        processes.push(dump.process(&m.frozen, &m.stat, entries, p)?);
+        processes.push(dump.process((i, &m.frozen), &m.stat, entries, p)?);
     }
     let zombies = tree.zombies.clone();
 
@@ -183,7 +183,7 @@ impl Dump<'_> {
     /// its record.
     fn process(
         &mut self,
-        frozen: &Frozen,
+        (index, frozen): (usize, &Frozen),
         st: &proc::Stat,
         entries: &[FdEntry],
         prepared: Option<&Prepared>,
@@ -227,16 +227,18 @@ impl Dump<'_> {
             .map(|c| c.record(w, to_virtual))
             .collect::<Result<Vec<_>, _>>()
             .map_err(write_err)?;
-        let files = fds::dump(pid, entries, w, self.shared).map_err(|(fd, target, e)| match e {
-            DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
-                pid,
-                fd,
-                target,
-                why,
+        let files = fds::dump((pid, index), entries, w, self.shared).map_err(
+            |(fd, target, e)| match e {
+                DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
+                    pid,
+                    fd,
+                    target,
+                    why,
+                },
+                DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
+                DumpError::Image(source) => write_err(source),
             },
-            DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
-            DumpError::Image(source) => write_err(source),
-        })?;
+        )?;
         Ok(Process {
             pid: to_virtual(pid),
             ppid: to_virtual(st.ppid),

@@ -1,15 +1,20 @@
 //! Listening sockets (TCP over IPv4/IPv6, UNIX stream): recorded by address, backlog and
-//! options, and bound again to the same address at the same fd. Connections waiting in the
-//! accept queue cannot be carried (their other ends are elsewhere): a checkpoint with a
-//! non-empty queue is refused rather than lose them.
+//! options, once per tree however many processes hold them (a pre-fork server's master and
+//! workers share one). On restore ckpt binds each again before the first restorer forks, as
+//! the user of its first holder, in that process's directory and with its umask (a UNIX
+//! socket file belongs to it, a relative path resolves as it did); every holder then takes
+//! it at its fd numbers. Connections waiting in the accept queue cannot be carried (their
+//! other ends are elsewhere): a checkpoint with a non-empty queue is refused rather than
+//! lose them.
 
 use super::socket::{display, storage_of, unix_path, valid_address};
-use super::{place, unsupported, DumpError, Fd, FdState, RestoreCtx, View};
+use super::{unsupported, DumpCtx, DumpError, Fd, FdState, RestoreCtx, View};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
     SockType,
 };
+use nix::sys::stat::{umask, Mode};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -29,8 +34,79 @@ pub struct ListeningSocket {
     pub v6_only: bool,
 }
 
+/// A listening socket of the tree and the process (index in the image) whose user,
+/// directory and umask it is made again with.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SharedListener {
+    #[serde(flatten)]
+    pub socket: ListeningSocket,
+    pub holder: usize,
+}
+
+/// An fd of a listening socket; `listener` indexes `Shared::listeners`.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct ListenEnd {
+    pub listener: usize,
+}
+
+/// Records socket `s` (a copy of an fd of the process being dumped, inode `inode`), which
+/// must listen, once for the tree.
+pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<ListenEnd, DumpError> {
+    if let Some(&listener) = ctx.shared.listen_index.get(&inode) {
+        return Ok(ListenEnd { listener });
+    }
+    let socket = dump(ctx.pid, s, inode)?;
+    let listeners = &mut ctx.shared.table.listeners;
+    listeners.push(SharedListener {
+        socket,
+        holder: ctx.process,
+    });
+    ctx.shared.listen_index.insert(inode, listeners.len() - 1);
+    Ok(ListenEnd {
+        listener: listeners.len() - 1,
+    })
+}
+
+/// Where and as whom a holder made its sockets.
+pub struct HolderEnv<'a> {
+    pub cwd: &'a str,
+    pub umask: u32,
+    pub creds: Option<&'a crate::creds::Creds>,
+}
+
+/// Makes every listener again, each as its holder (`envs[holder]`). Runs in ckpt before the
+/// first restorer forks; its own directory and umask are back when it returns.
+pub fn make_all(listeners: &[SharedListener], envs: &[HolderEnv]) -> io::Result<Vec<OwnedFd>> {
+    let here = std::env::current_dir()?;
+    let made = listeners
+        .iter()
+        .map(|l| {
+            let env = envs
+                .get(l.holder)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+            std::env::set_current_dir(env.cwd)?;
+            let old_umask = umask(Mode::from_bits_truncate(env.umask));
+            let user = match env.creds {
+                Some(c) => Some(crate::creds::as_fs_user(c.uid[3], c.gid[3], &c.groups)?),
+                None => None,
+            };
+            let made = l.socket.make();
+            drop(user);
+            umask(old_umask);
+            made.map_err(|e| {
+                io::Error::new(
+                    e.kind(),
+                    format!("listening again on {}: {e}", l.socket.display),
+                )
+            })
+        })
+        .collect();
+    std::env::set_current_dir(here)?;
+    made
+}
+
 /// Records socket `s` (a copy of one of `pid`'s fds, inode `inode`), which must listen.
-pub fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError> {
+fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError> {
     let why = |e: nix::Error| unsupported(e.to_string());
     let addr =
         super::socket::local_address(s).map_err(|e| unsupported(format!("getsockname: {e}")))?;
@@ -97,8 +173,8 @@ fn tcp_backlog(pid: i32, inode: u64, v6: bool) -> Option<i32> {
 }
 
 impl ListeningSocket {
-    /// A new socket like the recorded one, bound and listening. Runs in the restorer, already
-    /// in the process's directory with its umask and filesystem ids.
+    /// A new socket like the recorded one, bound and listening (in the holder's directory,
+    /// with its umask and filesystem ids).
     fn make(&self) -> io::Result<OwnedFd> {
         let family = AddressFamily::from_i32(self.family)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
@@ -143,29 +219,34 @@ fn remove_stale_socket_file(path: &str) {
     }
 }
 
-impl FdState for ListeningSocket {
+impl FdState for ListenEnd {
     fn what(&self) -> &'static str {
         "the listening socket"
     }
 
-    fn restore(&self, f: &Fd, _ctx: &mut RestoreCtx) -> io::Result<()> {
-        let fd = self.make().map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!("listening again on {}: {e}", self.display),
-            )
-        })?;
-        place(fd, f)
+    fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> io::Result<()> {
+        let socket = ctx
+            .shared
+            .listeners
+            .get(self.listener)
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+        super::place_copy(socket, f)
     }
 
-    fn valid(&self, _f: &Fd, _v: &View) -> bool {
-        valid_address(self.family, &self.addr)
+    fn valid(&self, _f: &Fd, v: &View) -> bool {
+        v.shared
+            .listeners
+            .get(self.listener)
+            .is_some_and(|l| valid_address(l.socket.family, &l.socket.addr))
     }
 
-    fn describe(&self, _f: &Fd, _v: &View) -> String {
-        format!(
-            "listening socket {} (backlog {})",
-            self.display, self.backlog
-        )
+    fn describe(&self, _f: &Fd, v: &View) -> String {
+        match v.shared.listeners.get(self.listener) {
+            Some(l) => format!(
+                "listening socket {} (backlog {})",
+                l.socket.display, l.socket.backlog
+            ),
+            None => "listening socket ?".into(),
+        }
     }
 }

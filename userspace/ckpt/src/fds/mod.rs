@@ -28,7 +28,7 @@ pub use deleted::DeletedFile;
 pub use epoll::{Epoll, EpollWatch};
 pub use eventfd::EventFd;
 pub use file::PathFile;
-pub use listen::ListeningSocket;
+pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use memfd::MemfdFd;
 pub use pipe::{Pipe, PipeEnd};
 pub use signalfd::SignalFd;
@@ -61,7 +61,7 @@ pub enum FdKind {
     Path(PathFile),
     InheritStdio(InheritedStdio),
     Pipe(PipeEnd),
-    Listen(ListeningSocket),
+    Listen(ListenEnd),
     EventFd(EventFd),
     SignalFd(SignalFd),
     TimerFd(TimerFd),
@@ -121,6 +121,9 @@ pub struct Shared {
     /// UNIX stream socket pairs with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_pairs: Vec<SocketPair>,
+    /// Listening sockets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub listeners: Vec<SharedListener>,
     /// Shared memory objects (anonymous shared memory, memfds), mapped or held as fds.
     #[serde(
         default,
@@ -190,11 +193,14 @@ pub type DumpResult = Result<Option<FdKind>, DumpError>;
 pub struct Census {
     pub pipes: BTreeMap<u64, pipe::Ends>,
     pub sockets: BTreeSet<u64>,
+    /// The tree's processes.
+    pub pids: BTreeSet<i32>,
 }
 
 impl Census {
     /// Counts the fds `entries` of process `pid`.
     pub fn add(&mut self, pid: i32, entries: &[FdEntry]) {
+        self.pids.insert(pid);
         for e in entries {
             if let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") {
                 self.pipes.entry(ino).or_default().add(pid, e);
@@ -214,6 +220,7 @@ pub struct SharedDump {
     /// The kernel object's inode -> its index in the table's pipes or socket pairs.
     pub pipe_index: BTreeMap<u64, usize>,
     pub pair_index: BTreeMap<u64, usize>,
+    pub listen_index: BTreeMap<u64, usize>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
     pub shm: ShmDump,
 }
@@ -231,6 +238,8 @@ impl SharedDump {
 /// The state of one process's fd dump.
 pub struct DumpCtx<'a> {
     pub pid: i32,
+    /// Its index in the image's processes.
+    pub process: usize,
     pub image: &'a mut ImageWriter,
     pub shared: &'a mut SharedDump,
 }
@@ -239,12 +248,17 @@ pub struct DumpCtx<'a> {
 /// hold (unread pipe bytes, deleted files) into `image`; objects shared in the tree go to
 /// `shared`. On error, the fd that failed.
 pub fn dump(
-    pid: i32,
+    (pid, process): (i32, usize),
     entries: &[FdEntry],
     image: &mut ImageWriter,
     shared: &mut SharedDump,
 ) -> Result<FdTable, (i32, String, DumpError)> {
-    let mut ctx = DumpCtx { pid, image, shared };
+    let mut ctx = DumpCtx {
+        pid,
+        process,
+        image,
+        shared,
+    };
     let mut table = FdTable::default();
     for e in entries {
         let kind = dump_one(&mut ctx, e).map_err(|err| (e.fd, e.target.clone(), err))?;
@@ -303,6 +317,8 @@ pub struct SharedFds {
     pub pairs: Vec<[OwnedFd; 2]>,
     /// A memfd per object of `Shared::memory`.
     pub memory: Vec<OwnedFd>,
+    /// A socket per listener of `Shared::listeners`.
+    pub listeners: Vec<OwnedFd>,
 }
 
 impl SharedFds {
@@ -312,6 +328,7 @@ impl SharedFds {
         shared: &Shared,
         read: impl Fn(usize) -> io::Result<Vec<u8>>,
         (image, sections): (&std::fs::File, &[Section]),
+        envs: &[HolderEnv],
         min: RawFd,
     ) -> io::Result<SharedFds> {
         let blob = |s: Option<usize>| s.map_or(Ok(Vec::new()), &read);
@@ -336,17 +353,23 @@ impl SharedFds {
             .iter()
             .map(|o| above(o.make(image, sections)?, min))
             .collect::<io::Result<_>>()?;
+        let listeners = listen::make_all(&shared.listeners, envs)?
+            .into_iter()
+            .map(|s| above(s, min))
+            .collect::<io::Result<_>>()?;
         Ok(SharedFds {
             pipes,
             pairs,
             memory,
+            listeners,
         })
     }
 
     /// The range of fd numbers they hold (empty: None).
     pub fn range(&self) -> Option<(RawFd, RawFd)> {
         let ends = self.pipes.iter().chain(&self.pairs).flatten();
-        let all = ends.chain(&self.memory).map(|f| f.as_raw_fd());
+        let singles = self.memory.iter().chain(&self.listeners);
+        let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
     }
@@ -497,10 +520,15 @@ impl FdTable {
 }
 
 impl Shared {
-    /// Pipes and socket pairs refer to sections of the right kind.
-    pub fn validate(&self, sections: &[Section]) -> Result<(), String> {
+    /// Pipes and socket pairs refer to sections of the right kind, listeners to one of the
+    /// image's `processes`.
+    pub fn validate(&self, sections: &[Section], processes: usize) -> Result<(), String> {
         pipe::validate(&self.pipes, sections)?;
         socket_pair::validate(&self.socket_pairs, sections)?;
+        let holders_ok = self.listeners.iter().all(|l| l.holder < processes);
+        if !holders_ok {
+            return Err("a listening socket's holder is not a process of the image".into());
+        }
         crate::shmem::validate(&self.memory, sections)
     }
 }

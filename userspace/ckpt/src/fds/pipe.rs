@@ -36,28 +36,50 @@ fn is_read_end(e: &FdEntry) -> bool {
     e.flags as i32 & libc::O_ACCMODE == libc::O_RDONLY
 }
 
-/// Where the ends of a pipe are in the tree.
+/// Where the ends of a pipe are in the tree: a process and fd holding each.
 #[derive(Debug, Default, Clone, Copy)]
 pub struct Ends {
-    /// A process and fd holding a read end (to peek the bytes through).
     pub read: Option<(i32, i32)>,
-    pub write: bool,
+    pub write: Option<(i32, i32)>,
 }
 
 impl Ends {
     /// Both ends are the tree's: the pipe can be carried.
     pub fn inside(&self) -> bool {
-        self.read.is_some() && self.write
+        self.read.is_some() && self.write.is_some()
     }
 
     /// Notes fd `e` of process `pid`.
     pub fn add(&mut self, pid: i32, e: &FdEntry) {
-        if is_read_end(e) {
-            self.read.get_or_insert((pid, e.fd));
+        let end = if is_read_end(e) {
+            &mut self.read
         } else {
-            self.write = true;
-        }
+            &mut self.write
+        };
+        end.get_or_insert((pid, e.fd));
     }
+}
+
+/// Processes outside `tree` holding pipe `ino` (pid and name), by a scan of every /proc/PID/fd.
+fn holders_outside(ino: u64, tree: &std::collections::BTreeSet<i32>) -> Vec<String> {
+    let target = format!("pipe:[{ino}]");
+    let Ok(all) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids = all.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|p| !tree.contains(p))
+        .filter(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|f| {
+                    std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
+                })
+            })
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} ({})", comm.trim())
+        })
+        .collect()
 }
 
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
@@ -80,15 +102,25 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         .get(&ino)
         .copied()
         .unwrap_or_default();
-    let Some((holder, read_fd)) = ends.read.filter(|_| ends.write) else {
-        return Err(super::unsupported(
-            "a pipe to a process outside the tree (only pipes whose both ends are in the tree \
-             are carried)",
-        ));
-    };
-    let ours = crate::sys::steal_fd(holder, read_fd).map_err(super::io_error("pidfd_getfd"))?;
+    if !ends.inside() {
+        // The other end is outside the tree, or closed everywhere (then it stays closed).
+        let outside = holders_outside(ino, &ctx.shared.census.pids);
+        if !outside.is_empty() {
+            return Err(super::unsupported(format!(
+                "its other end is held by process {} outside the tree (only pipes inside the \
+                 tree are carried)",
+                outside.join(", ")
+            )));
+        }
+    }
+    let (holder, fd) = ends.read.or(ends.write).unwrap_or((ctx.pid, e.fd));
+    let ours = crate::sys::steal_fd(holder, fd).map_err(super::io_error("pidfd_getfd"))?;
     let capacity = pipe_size(&ours).map_err(super::io_error("F_GETPIPE_SZ"))?;
-    let data = peek(&ours).map_err(super::io_error("reading pipe data"))?;
+    // Bytes are in it only for a reader to come: peeked through a read end.
+    let data = match ends.read {
+        Some(_) => peek(&ours).map_err(super::io_error("reading pipe data"))?,
+        None => Vec::new(),
+    };
     let data_section = if data.is_empty() {
         None
     } else {

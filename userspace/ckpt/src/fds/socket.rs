@@ -18,7 +18,7 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     if let Some(kind) = super::socket_pair::dump_end(ctx, &ours, ino)? {
         return Ok(Some(kind));
     }
-    super::listen::dump(ctx.pid, &ours, ino).map(|l| Some(FdKind::Listen(l)))
+    super::listen::dump_end(ctx, &ours, ino).map(|l| Some(FdKind::Listen(l)))
 }
 
 /// The socket's local address as raw `struct sockaddr_*` bytes, as the image keeps it.

@@ -137,7 +137,17 @@ fn make_shared(img: &Image) -> Result<fds::SharedFds, RestoreError> {
         .max();
     let read = |i| img.read_section(i).map_err(std::io::Error::other);
     let whole = (&img.file, img.sections.as_slice());
-    fds::SharedFds::make(&m.shared, read, whole, highest.unwrap_or(2).max(2) + 1)
+    let envs: Vec<fds::HolderEnv> = m
+        .processes
+        .iter()
+        .map(|p| fds::HolderEnv {
+            cwd: &p.attrs.cwd,
+            umask: p.attrs.umask,
+            creds: p.threads.first().and_then(|t| t.creds.as_ref()),
+        })
+        .collect();
+    let min = highest.unwrap_or(2).max(2) + 1;
+    fds::SharedFds::make(&m.shared, read, whole, &envs, min)
         .map_err(restore_io("recreating the tree's pipes and socket pairs"))
 }
 

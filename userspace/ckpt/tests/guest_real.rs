@@ -1,0 +1,198 @@
+//! Real multi-process programs from Debian packages, in the guest: each is checkpointed
+//! mid-work with `--kill`, the whole tree is checked gone, restored, and must finish its work
+//! or keep answering with its data intact. (The bash pipeline is in guest_tree.rs.)
+
+mod common;
+
+use common::{ckpt, ok, Dir};
+use std::io::{Read, Write};
+use std::path::Path;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
+}
+
+fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
+    let t0 = Instant::now();
+    while !cond() {
+        assert!(t0.elapsed() < Duration::from_secs(30), "timed out: {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Checkpoints the tree of `root` (our child) with --kill into `img`; returns the image's
+/// pids once they are all gone.
+fn checkpoint_kill(root: &mut Child, img: &Path) -> Vec<i32> {
+    let pid = root.id() as i32;
+    let out = ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let image = ckpt::manifest::Image::open(img).unwrap();
+    let m = &image.manifest;
+    assert_eq!(stats["processes"].as_u64(), Some(m.processes.len() as u64));
+    root.wait().unwrap();
+    let pids: Vec<i32> = m
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(m.zombies.iter().map(|z| z.pid))
+        .collect();
+    wait_for("no process of the tree is left", || {
+        pids.iter().all(|&p| gone(p))
+    });
+    pids
+}
+
+fn http_get(port: u16, path: &str) -> std::io::Result<String> {
+    let mut s = std::net::TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(10)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut out = String::new();
+    s.read_to_string(&mut out)?;
+    Ok(out)
+}
+
+/// nginx with a master and two workers sharing a listening socket, socket pairs and shared
+/// memory; the workers run as nobody.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn nginx_with_workers_answers_after_kill_and_restore() {
+    let d = Dir::new("real-nginx");
+    std::fs::create_dir_all(d.path("www")).unwrap();
+    std::fs::create_dir_all(d.path("tmp")).unwrap();
+    std::fs::write(d.path("www/index.html"), "hello from a restored nginx\n").unwrap();
+    let port = 18080 + (std::process::id() % 1000) as u16;
+    let root = d.0.display();
+    let conf = format!(
+        "daemon off; master_process on; worker_processes 2; pid {root}/nginx.pid;
+         error_log {root}/error.log; events {{ worker_connections 64; }}
+         http {{ access_log off; client_body_temp_path {root}/tmp/body;
+           proxy_temp_path {root}/tmp/proxy; fastcgi_temp_path {root}/tmp/fastcgi;
+           uwsgi_temp_path {root}/tmp/uwsgi; scgi_temp_path {root}/tmp/scgi;
+           server {{ listen 127.0.0.1:{port}; root {root}/www; }} }}"
+    );
+    std::fs::write(d.path("nginx.conf"), conf).unwrap();
+    let mut master = Command::new("nginx")
+        .args(["-p", &root.to_string(), "-c"])
+        .arg(d.path("nginx.conf"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = master.id() as i32;
+    wait_for("nginx answers", || {
+        http_get(port, "/").is_ok_and(|r| r.contains("hello from a restored nginx"))
+    });
+    let img = d.path("nginx.img");
+    let pids = checkpoint_kill(&mut master, &img);
+    assert_eq!(pids.len(), 3, "a master and two workers: {pids:?}");
+    assert!(
+        http_get(port, "/").is_err(),
+        "nothing listens while it is down"
+    );
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    for i in 0..20 {
+        let r = http_get(port, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
+        assert!(r.contains("hello from a restored nginx"), "{r}");
+    }
+    // Its workers are its own again: they answer after the master is told to quit.
+    unsafe { libc::kill(pid, libc::SIGQUIT) };
+    wait_for("nginx quits as asked", || pids.iter().all(|&p| gone(p)));
+}
+
+/// A parallel build: GNU make -j2 with its jobserver pipe, its shells and their sleeps.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn make_j2_finishes_the_build_after_kill_and_restore() {
+    let d = Dir::new("real-make");
+    std::fs::write(
+        d.path("Makefile"),
+        "N := $(shell seq 1 24)\n\
+         all: $(addprefix out/,$(N))\n\
+         \t@cat $^ > all.txt\n\
+         out/%: | out\n\
+         \t@sleep 0.3; echo target $* > $@\n\
+         out:\n\
+         \t@mkdir -p out\n",
+    )
+    .unwrap();
+    let mut make = Command::new("make")
+        .args(["-j2", "-C"])
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let built = || std::fs::read_dir(d.path("out")).map_or(0, |r| r.count());
+    wait_for("a few targets are built", || built() >= 4);
+    let img = d.path("make.img");
+    let pids = checkpoint_kill(&mut make, &img);
+    assert!(pids.len() >= 2, "make and at least one job: {pids:?}");
+    assert!(built() < 24, "the build was stopped mid-way");
+    // Restored, it finishes: --wait passes make's exit status on.
+    let out = ckpt(&["restore", "--wait", img.to_str().unwrap()]);
+    assert!(out.status.success(), "make after restore: {:?}", out);
+    let all = std::fs::read_to_string(d.path("all.txt")).unwrap();
+    let want: String = (1..=24).map(|i| format!("target {i}\n")).collect();
+    assert_eq!(all, want);
+}
+
+/// Python's multiprocessing: a pool of two worker processes fed through pipes, with a
+/// semaphore in shared memory and the parent's handler threads.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn python_multiprocessing_pool_finishes_after_kill_and_restore() {
+    let d = Dir::new("real-python");
+    let script = d.path("pool.py");
+    std::fs::write(
+        &script,
+        "import multiprocessing as mp, sys, time\n\
+         def work(x):\n\
+         \x20   time.sleep(0.05)\n\
+         \x20   return x * x\n\
+         if __name__ == '__main__':\n\
+         \x20   mp.set_start_method('fork')\n\
+         \x20   out = sys.argv[1]\n\
+         \x20   with mp.Pool(2) as pool:\n\
+         \x20       done = 0\n\
+         \x20       with open(out + '.progress', 'w', buffering=1) as p:\n\
+         \x20           results = []\n\
+         \x20           for r in pool.imap(work, range(300)):\n\
+         \x20               results.append(r)\n\
+         \x20               p.write('%d\\n' % len(results))\n\
+         \x20   open(out, 'w').write(' '.join(map(str, results)))\n",
+    )
+    .unwrap();
+    let out = d.path("result");
+    let mut py = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let progress =
+        || std::fs::read_to_string(d.path("result.progress")).map_or(0, |t| t.lines().count());
+    wait_for("the pool works", || progress() >= 20);
+    let img = d.path("python.img");
+    let pids = checkpoint_kill(&mut py, &img);
+    assert!(pids.len() >= 3, "the parent and two workers: {pids:?}");
+    assert!(progress() < 300, "stopped mid-way");
+    let o = ckpt(&["restore", "--wait", img.to_str().unwrap()]);
+    assert!(o.status.success(), "python after restore: {o:?}");
+    let got = std::fs::read_to_string(&out).unwrap();
+    let want: Vec<String> = (0..300u64).map(|x| (x * x).to_string()).collect();
+    assert_eq!(got, want.join(" "));
+}
