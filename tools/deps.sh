@@ -34,7 +34,7 @@ if ((${#missing[@]})); then
     printf '#!/bin/sh\nexit 101\n' > "$policy" && chmod +x "$policy" && own_policy=1
   fi
   apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
-  [[ -n $own_policy ]] && rm -f "$policy"
+  if [[ -n $own_policy ]]; then rm -f "$policy"; fi
 fi
 
 if ! command -v rustup >/dev/null; then
