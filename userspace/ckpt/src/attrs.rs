@@ -3,12 +3,18 @@
 //! restorer on itself before the restore ioctl (the directory and umask first, as root,
 //! since a daemon may sit in a directory it could not enter itself).
 
-use crate::errors::{checkpoint_io, CheckpointError};
+use crate::errors::{checkpoint_io, restore_io, CheckpointError};
+use crate::inject::Injector;
+use crate::thread;
 use crate::{proc, sys};
 use nix::sys::personality::{self, Persona};
 use nix::sys::stat::{umask, Mode};
 use serde::{Deserialize, Serialize};
 use std::path::Path;
+
+/// prctl(PR_SET_MM, PR_SET_MM_EXE_FILE, fd).
+const PR_SET_MM: u64 = 35;
+const PR_SET_MM_EXE_FILE: u64 = 13;
 
 /// Resource limits 0..RLIMITS are saved (RLIMIT_CPU .. RLIMIT_RTTIME).
 const RLIMITS: u32 = 16;
@@ -58,6 +64,44 @@ pub fn dump(pid: i32, comm: &str, personality: u32, euid: u32) -> Result<Attrs, 
 }
 
 impl Attrs {
+    /// In the restored process (its address space the image's, ckpt's binary no longer
+    /// mapped, still root): /proc/PID/exe names its program again, by injected openat and
+    /// PR_SET_MM_EXE_FILE. Informational for most programs, so a failure is said, not fatal.
+    pub fn restore_exe(&self, inj: &Injector, pid: i32, scratch: u64) {
+        if self.exe.is_empty() || self.exe.ends_with(" (deleted)") {
+            return;
+        }
+        let mut path = self.exe.as_bytes().to_vec();
+        path.push(0);
+        let at = (scratch - 64 - path.len() as u64) & !15;
+        let flags = (libc::O_RDONLY | libc::O_CLOEXEC) as u64;
+        let set = |fd: u64| {
+            let args = [PR_SET_MM, PR_SET_MM_EXE_FILE, fd, 0, 0, 0];
+            thread::call(inj, pid, "PR_SET_MM_EXE_FILE", libc::SYS_prctl, args)
+        };
+        let r = inj
+            .poke(at, &path)
+            .map_err(restore_io("writing the program's path"))
+            .and_then(|()| {
+                let args = [libc::AT_FDCWD as u64, at, flags, 0, 0, 0];
+                thread::call(inj, pid, "opening the program", libc::SYS_openat, args)
+            })
+            .and_then(|fd| {
+                let r = set(fd as u64);
+                let _ = thread::call(
+                    inj,
+                    pid,
+                    "close",
+                    libc::SYS_close,
+                    [fd as u64, 0, 0, 0, 0, 0],
+                );
+                r
+            });
+        if let Err(e) = r {
+            eprintln!("ckpt: /proc/{pid}/exe still names ckpt: {e}");
+        }
+    }
+
     /// In the restorer, first of all: the working directory and umask.
     pub fn restore_cwd_umask(&self) -> Result<(), (String, std::io::Error)> {
         std::env::set_current_dir(Path::new(&self.cwd))

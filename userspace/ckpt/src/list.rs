@@ -165,3 +165,27 @@ pub fn text(apps: &[AppEntry]) -> String {
     }
     s
 }
+
+/// The processes of application `id` under `runtime_dir` to checkpoint, as roots: every live
+/// process of it (its own or reparented) whose parent is not one of them, its first process
+/// first. An error names what is missing.
+pub fn app_roots(runtime_dir: &Path, id: &str) -> Result<Vec<i32>, String> {
+    let dir = runtime_dir.join(id);
+    let app = read_app(&dir)
+        .map_err(|e| format!("no application {id:?} under {}: {e}", runtime_dir.display()))?;
+    let mut pids: Vec<i32> = live_processes(&dir).iter().map(|p| p.pid).collect();
+    if alive(app.root_pid) && !pids.contains(&app.root_pid) {
+        pids.push(app.root_pid);
+    }
+    pids.sort_by_key(|&p| (p != app.root_pid, p));
+    let parent = |p: i32| crate::proc::stat(p).map(|s| s.ppid).unwrap_or(0);
+    let roots: Vec<i32> = pids
+        .iter()
+        .copied()
+        .filter(|&p| !pids.contains(&parent(p)))
+        .collect();
+    if roots.is_empty() {
+        return Err(format!("application {id:?} has no live process"));
+    }
+    Ok(roots)
+}

@@ -40,7 +40,15 @@ enum Command {
     /// Save a running process to an image file. It keeps running unless --kill is given.
     Checkpoint {
         /// The process id: it and every descendant are taken (the tree rooted at it).
-        pid: i32,
+        #[arg(required_unless_present = "app", conflicts_with = "app")]
+        pid: Option<i32>,
+        /// Take every process of an application started with `ckpt run` (with their
+        /// descendants), including ones that were reparented.
+        #[arg(long)]
+        app: Option<String>,
+        /// Where `ckpt run` registered the application (see `ckpt run`).
+        #[arg(long, requires = "app")]
+        runtime_dir: Option<PathBuf>,
         /// The image file to write (default: ckpt-PID.img).
         #[arg(short, long)]
         output: Option<PathBuf>,
@@ -145,7 +153,18 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             json,
             plain,
             flush_timeout,
+            app,
+            runtime_dir,
         } => {
+            let roots = match (pid, &app) {
+                (Some(pid), _) => vec![pid],
+                (None, Some(id)) => {
+                    let dir = runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
+                    ckpt::list::app_roots(&dir, id).map_err(anyhow::Error::msg)?
+                }
+                (None, None) => anyhow::bail!("give a process id or --app ID"),
+            };
+            let pid = roots[0];
             let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
             let opts = ckpt::checkpoint::Options {
                 pid,
@@ -154,6 +173,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 device: &cli.device,
                 plain,
                 single,
+                also: roots[1..].to_vec(),
                 flush_timeout: std::time::Duration::from_secs_f64(flush_timeout),
             };
             let stats = ckpt::checkpoint::checkpoint(&opts)?;

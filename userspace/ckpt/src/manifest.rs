@@ -74,15 +74,17 @@ impl Validate for Manifest {
 }
 
 impl Manifest {
-    /// Pids are unique and positive; every process but the root, and every zombie, is the
-    /// child of a process listed before it (the restore forks them in this order).
+    /// Pids are unique and positive; a process whose parent is in the image comes after it
+    /// (the restore forks them in this order; the others are roots), and so does every
+    /// zombie's.
     fn validate_tree(&self) -> Result<(), String> {
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.processes.iter().enumerate() {
             if p.pid <= 0 || !seen.insert(p.pid) {
                 return Err(format!("process {}: duplicate or bad pid", p.pid));
             }
-            if i > 0 && !self.processes[..i].iter().any(|q| q.pid == p.ppid) {
+            let parent_after = self.processes[i..].iter().any(|q| q.pid == p.ppid);
+            if parent_after {
                 return Err(format!("process {}: its parent is not before it", p.pid));
             }
         }
@@ -93,6 +95,15 @@ impl Manifest {
             }
         }
         Ok(())
+    }
+
+    /// The processes whose parent is not in the image (the first is one), in image order:
+    /// restored as children of `ckpt restore`.
+    pub fn roots(&self) -> Vec<usize> {
+        let inside = |pid: i32| self.processes.iter().any(|q| q.pid == pid);
+        (0..self.processes.len())
+            .filter(|&i| !inside(self.processes[i].ppid))
+            .collect()
     }
 
     /// The processes and zombies whose parent is `pid`, in image order.
@@ -335,9 +346,13 @@ mod tests {
         });
         assert_eq!(tree.validate(&sections), Ok(()));
         assert_eq!(tree.children_of(42).0, vec![1]);
+        // A process whose parent is not in the image is a root (an application's process
+        // that was reparented).
         let mut orphan = tree.clone();
         orphan.processes[1].ppid = 99;
-        assert!(orphan.validate(&sections).is_err());
+        assert_eq!(orphan.validate(&sections), Ok(()));
+        assert_eq!(orphan.roots(), vec![0, 1]);
+        assert_eq!(tree.roots(), vec![0]);
         let mut twice = tree.clone();
         twice.zombies[0].pid = 43;
         assert!(twice.validate(&sections).is_err());

@@ -55,16 +55,18 @@ fn alive(pid: i32) -> bool {
 }
 
 impl FrozenTree {
-    /// Freezes `root` and, unless `single`, every descendant. A process is frozen before its
+    /// Freezes `roots` (the first must exist; the others are an application's other
+    /// processes) and, unless `single`, every descendant. A process is frozen before its
     /// children are listed, so none can fork unseen; the whole tree is listed again once
     /// frozen until nothing new appears (a fork in flight when its parent stopped).
-    pub fn freeze(root: i32, single: bool) -> Result<FrozenTree, CheckpointError> {
+    pub fn freeze(roots: &[i32], single: bool) -> Result<FrozenTree, CheckpointError> {
+        let root = roots.first().copied().unwrap_or(0);
         let mut tree = FrozenTree {
             members: Vec::new(),
             zombies: Vec::new(),
         };
         let mut seen = BTreeSet::new();
-        let mut queue = VecDeque::from([root]);
+        let mut queue = VecDeque::from(roots.to_vec());
         loop {
             while let Some(pid) = queue.pop_front() {
                 if !seen.insert(pid) {
@@ -129,11 +131,19 @@ impl FrozenTree {
     }
 
     /// Checks that every process group and session of the tree can be recreated: its leader
-    /// is a process of the tree that leads it, or it is the root's (inherited from whoever
+    /// is a process of the tree that leads it, or it is a root's (inherited from whoever
     /// restores the tree, as a shell job is).
     pub fn check_groups(&self) -> Result<(), CheckpointError> {
-        let Some(root) = self.members.first() else {
-            return Ok(());
+        let pids: BTreeSet<i32> = self.pids().into_iter().collect();
+        let roots: Vec<&Member> = self
+            .members
+            .iter()
+            .filter(|m| !pids.contains(&m.stat.ppid))
+            .collect();
+        let from_outside = |id: i32, group: bool| {
+            roots
+                .iter()
+                .any(|r| id == if group { r.stat.pgid } else { r.stat.sid })
         };
         let leads = |id: i32, group: bool| {
             self.members.iter().any(|m| {
@@ -151,13 +161,13 @@ impl FrozenTree {
             .map(|m| (m.frozen.pid, m.stat.pgid, m.stat.sid))
             .chain(self.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)));
         for (pid, pgid, sid) in all {
-            if pgid != root.stat.pgid && !leads(pgid, true) {
+            if !from_outside(pgid, true) && !leads(pgid, true) {
                 return Err(CheckpointError::Tree(format!(
                     "process {pid} is in process group {pgid}, whose leader is not a process of \
                      the tree (it exited, or the group was joined from outside): not supported yet"
                 )));
             }
-            if sid != root.stat.sid && !leads(sid, false) {
+            if !from_outside(sid, false) && !leads(sid, false) {
                 return Err(CheckpointError::Tree(format!(
                     "process {pid} is in session {sid}, whose leader is not a process of the \
                      tree: not supported yet"

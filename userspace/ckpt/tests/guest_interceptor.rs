@@ -610,3 +610,104 @@ fn a_daemon_that_dropped_privileges_restores_and_keeps_its_endpoint() {
     kill(rpid, libc::SIGKILL);
     reap(rpid);
 }
+
+/// The processes `ckpt list` shows for the test's application, by kernel pid: (pid,
+/// generation).
+fn app_processes(d: &Dir) -> Vec<(i64, i64)> {
+    let list = list_json(d);
+    let procs = list[0]["processes"].as_array().cloned().unwrap_or_default();
+    procs
+        .iter()
+        .map(|p| {
+            (
+                p["pid"].as_i64().unwrap(),
+                p["generation"].as_i64().unwrap(),
+            )
+        })
+        .collect()
+}
+
+/// An application whose program forked (both processes with their own control thread) is
+/// taken whole with --app: both prepared, frozen, killed, restored with their pids, and both
+/// answer on their endpoints again.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn an_application_of_two_processes_is_taken_whole_with_app() {
+    setup();
+    let d = Dir::new("ic-app");
+    let mut parent = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "fk", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("forker"))
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = parent.id() as i32;
+    let line = common::first_line(&mut parent);
+    let child: i32 = line
+        .trim()
+        .strip_prefix("forked ")
+        .unwrap()
+        .parse()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(30);
+    while app_processes(&d).len() < 2 {
+        assert!(Instant::now() < deadline, "{:?}", list_json(&d));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let img = d.path("app.img");
+    let rt = d.path("rt");
+    let out = ok(&ckpt(&[
+        "checkpoint",
+        "--app",
+        "fk",
+        "--runtime-dir",
+        rt.to_str().unwrap(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["processes"], 2, "{out}");
+    assert_eq!(stats["interceptor"], true, "{out}");
+    parent.wait().unwrap();
+    // The child was reparented to us (subreaper): reap it.
+    // SAFETY: waits for one child of ours.
+    unsafe { libc::waitpid(child, std::ptr::null_mut(), 0) };
+    let image = Image::open(&img).unwrap();
+    let pids: Vec<i32> = image.manifest.processes.iter().map(|p| p.pid).collect();
+    assert_eq!(pids, [pid, child]);
+    assert!(image
+        .manifest
+        .processes
+        .iter()
+        .all(|p| p.interceptor.is_some()));
+
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    // Both control threads make their endpoints again, one restore later.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        let mut procs = app_processes(&d);
+        procs.sort();
+        if procs == [(pid as i64, 1), (child as i64, 1)] {
+            break;
+        }
+        assert!(Instant::now() < deadline, "{procs:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    for p in [child, pid] {
+        // SAFETY: kill and reap our (subreaped) children.
+        unsafe {
+            libc::kill(p, libc::SIGKILL);
+            libc::waitpid(p, std::ptr::null_mut(), 0);
+        }
+    }
+}

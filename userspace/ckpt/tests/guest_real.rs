@@ -103,6 +103,8 @@ fn nginx_with_workers_answers_after_kill_and_restore() {
         .parse()
         .unwrap();
     assert_eq!(restored, pid);
+    let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
+    assert_eq!(exe, Path::new("/usr/sbin/nginx"));
     for i in 0..20 {
         let r = http_get(port, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert!(r.contains("hello from a restored nginx"), "{r}");

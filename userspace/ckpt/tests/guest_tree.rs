@@ -125,6 +125,11 @@ fn restore_and_check(img: &Path, dir: &Path, pids: &[i32], before: &[(char, i32,
         });
         assert_counts_without_gaps(dir, name);
     }
+    // /proc/PID/exe names the program, not ckpt.
+    for &p in &pids[..4] {
+        let exe = std::fs::read_link(format!("/proc/{p}/exe")).unwrap();
+        assert_eq!(exe, prog("tree"), "exe of {p}");
+    }
     // The zombie is still b's to reap, with its status.
     assert_eq!(unsafe { libc::kill(pids[3], libc::SIGUSR1) }, 0);
     let reaped = format!("b reaped {} 7", pids[4]);

@@ -40,6 +40,8 @@ pub struct Options<'a> {
     pub plain: bool,
     /// Only the process itself, not its descendants.
     pub single: bool,
+    /// More processes to take with their descendants (an application's, `--app`).
+    pub also: Vec<i32>,
     /// How long a single-threaded program's main thread may take to flush its stdio.
     pub flush_timeout: Duration,
 }
@@ -57,7 +59,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let flush_us = flush_t0.elapsed().as_micros() as u64;
 
     let mut frozen_at = Instant::now();
-    let mut tree = FrozenTree::freeze(pid, opts.single)?;
+    let roots: Vec<i32> = std::iter::once(pid)
+        .chain(opts.also.iter().copied())
+        .collect();
+    let mut tree = FrozenTree::freeze(&roots, opts.single)?;
     tree.check_groups()?;
     let mut stdio_flushed = !prepared.is_empty();
     for m in &mut tree.members {
@@ -140,12 +145,15 @@ fn prepare_all(pid: i32, opts: &Options) -> BTreeMap<i32, Prepared> {
     if opts.plain {
         return BTreeMap::new();
     }
-    let pids = if opts.single {
-        vec![pid]
+    let roots = std::iter::once(pid).chain(opts.also.iter().copied());
+    let pids: Vec<i32> = if opts.single {
+        roots.collect()
     } else {
-        tree::list(pid)
+        roots.flat_map(tree::list).collect()
     };
+    let mut seen = std::collections::BTreeSet::new();
     pids.into_iter()
+        .filter(|&p| seen.insert(p))
         .filter_map(|p| Some((p, interceptor::prepare(p)?)))
         .collect()
 }

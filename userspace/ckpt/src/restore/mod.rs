@@ -74,8 +74,20 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         highest_own_fd: highest_own_fd()?,
         shared,
     };
-    let root = fork_root(&mut restorers)?;
+    let mut roots = Vec::new();
+    for i in m.roots() {
+        match fork_root(&mut restorers, i) {
+            Ok(pid) => roots.push(pid),
+            Err(e) => {
+                for &pid in &roots {
+                    let _ = sys::kill(pid, libc::SIGKILL);
+                }
+                return Err(e);
+            }
+        }
+    }
     drop(restorers);
+    let root = roots[0];
     // If anything fails from here, the whole tree must die: each restorer dies with its
     // parent, and every restored process is killed (it is also traced with exit-kill).
     let reported = read_reports(report_in);
@@ -85,10 +97,12 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         .map(|p| reported.get(&p.pid).copied().unwrap_or(0))
         .collect();
     let kill_tree = |e: RestoreError| -> RestoreError {
-        for &pid in kernel.iter().chain([&root]).filter(|&&p| p > 0) {
+        for &pid in kernel.iter().chain(&roots).filter(|&&p| p > 0) {
             let _ = sys::kill(pid, libc::SIGKILL);
         }
-        let _ = sys::waitpid(root, 0);
+        for &pid in &roots {
+            let _ = sys::waitpid(pid, 0);
+        }
         e
     };
     if let Some(p) = m.processes.iter().zip(&kernel).find(|(_, &k)| k == 0) {
@@ -160,10 +174,10 @@ fn highest_own_fd() -> Result<i32, RestoreError> {
         .unwrap_or(2))
 }
 
-/// Forks the root's restorer (which forks the rest of the tree): with the original pid if
-/// nobody has it, else (a lone process only) any. Returns its pid.
-fn fork_root(r: &mut Restorers) -> Result<i32, RestoreError> {
-    let want = r.manifest.processes[0].pid;
+/// Forks the restorer of root `index` (which forks the rest of its tree): with the original
+/// pid if nobody has it, else (a lone process only) any. Returns its pid.
+fn fork_root(r: &mut Restorers, index: usize) -> Result<i32, RestoreError> {
+    let want = r.manifest.processes[index].pid;
     let me = nix::unistd::getpid();
     let free = !Path::new(&format!("/proc/{want}")).exists();
     let pid = match sys::fork_with_pid(free.then_some(want)) {
@@ -178,7 +192,7 @@ fn fork_root(r: &mut Restorers) -> Result<i32, RestoreError> {
         Err(e) => return Err(restore_io("clone3")(e)),
     };
     if pid == 0 {
-        restorer::run(r, 0, me);
+        restorer::run(r, index, me);
     }
     if pid != want && !r.any_pid {
         let _ = sys::kill(pid, libc::SIGKILL);
@@ -256,6 +270,7 @@ fn finish_threads(pid: i32, p: &Process, xstates: &[Vec<u8>]) -> Result<Vec<i32>
         [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
     )?;
     crate::signals::discard_pending(&inj, pid, scratch)?;
+    p.attrs.restore_exe(&inj, pid, scratch);
     if let Some(ic) = &p.interceptor {
         ic.restore_ids(&inj, &p.threads, &tids)
             .map_err(restore_io("filling the interceptor's id table"))?;

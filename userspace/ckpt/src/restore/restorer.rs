@@ -70,7 +70,10 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     let p = &m.processes[index];
     dies_with(parent);
     let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
-    join_session_and_group(p, index == 0);
+    join_session_and_group(
+        p,
+        index == 0 || !m.processes.iter().any(|q| q.pid == p.ppid),
+    );
     fork_children(r, p);
     report(&r.report, p.pid);
     // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
