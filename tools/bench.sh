@@ -2,8 +2,10 @@
 # `make bench`: checkpoint and restore of 0 (tiny), 64, 256 and 1024 MiB processes in the test
 # guest, with wall time, frozen time, dump throughput and image size; and the same with CRIU
 # 4.x in the same guest run when tools/criu.sh can provide it (--no-criu skips it). Prints the
-# median of REPS runs (default 3) and ckpt/CRIU ratios. Images live on the guest's tmpfs.
-#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--reps N]
+# median of REPS runs (default 3) and ckpt/CRIU ratios. Then a tree of 8 processes sharing
+# TREE MiB of anonymous shared memory (default 256; 0 skips it), taken and restored whole.
+# Images live on the guest's tmpfs.
+#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--reps N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -11,19 +13,28 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 criu=${6:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 criu=${7:-}
+  tree_prog=$(dirname "$prog")/shmtree
   insmod "$ko"
   set +m
   now() { date +%s%N; }
   ms() { echo "scale=1; $1 / 1000000" | bc; }
   median() { printf '%s\n' "$@" | sort -n | awk '{a[NR]=$1} END {print a[int((NR+1)/2)]}'; }
-  # Starts the counter with $1 MiB, in its own session, all stdio on /dev/null; sets $pid.
+  # Starts the counter (or $2, e.g. the tree) with $1 MiB, in its own session, all stdio on
+  # /dev/null; sets $pid and $family (it and its children).
   start() {
     rm -f /tmp/b.out
-    setsid "$prog" /tmp/b.out "$1" </dev/null >/dev/null 2>&1 &
+    setsid "${2:-$prog}" /tmp/b.out "$1" </dev/null >/dev/null 2>&1 &
     pid=$!
-    disown "$pid" 2>/dev/null || true
     until [[ -s /tmp/b.out ]] && (( $(wc -l < /tmp/b.out) >= 3 )); do sleep 0.05; done
+    # shellcheck disable=SC2207
+    family=($pid $(cat /proc/"$pid"/task/*/children 2>/dev/null))
+  }
+  # Waits until every process of the family is gone (killed ones reaped by init).
+  gone() {
+    for p in "${family[@]}"; do
+      while [[ -e /proc/$p ]]; do sleep 0.01; done
+    done
   }
   # Checks that the restored process writes on; then kills it.
   check_runs() {
@@ -31,17 +42,24 @@ if [[ "${1:-}" == --in-guest ]]; then
     for _ in $(seq 100); do (( $(wc -l < /tmp/b.out) > n + 2 )) && break; sleep 0.05; done
     (( $(wc -l < /tmp/b.out) > n + 2 )) || { echo "bench: the restored process did not run" >&2; exit 1; }
     if grep -qE "mismatch|bad" /tmp/b.out; then echo "bench: restored process reports damage: $(grep -E "mismatch|bad" /tmp/b.out | head -n 3)" >&2; exit 1; fi
-    kill -9 "$1" 2>/dev/null || true
+    local kids; kids=$(cat /proc/"$1"/task/*/children 2>/dev/null || true)
+    # shellcheck disable=SC2086
+    kill -9 "$1" $kids 2>/dev/null || true
   }
   echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)   images on tmpfs   guest: QEMU TCG, 2 vCPU"
   printf '%-6s | %-38s | %-38s | %s\n' "" "ckpt: dump / frozen / restore ms, MiB/s, image" "criu: dump / frozen / restore ms" "ckpt/criu frozen, restore"
-  for mib in $sizes; do
+  rows=()
+  for mib in $sizes; do rows+=("$mib:$prog"); done
+  ((tree > 0)) && rows+=("$tree:$tree_prog")
+  for row in "${rows[@]}"; do
+    mib=${row%%:*} target=${row#*:}
     d=(); f=(); r=(); tp=(); sz=()
     cd_=(); cf=(); cr=()
     for _ in $(seq "$reps"); do
-      start "$mib"
+      start "$mib" "$target"
       t0=$(now); json=$("$ckpt" checkpoint "$pid" -o /tmp/b.img --kill --json); t1=$(now)
-      while [[ -e /proc/$pid ]] && ! grep -q '^State:.*Z' "/proc/$pid/status" 2>/dev/null; do sleep 0.01; done
+      wait "$pid" 2>/dev/null || true
+      gone
       d+=("$(( (t1 - t0) / 1000 ))")
       f+=("$(echo "$json" | sed -n 's/.*"frozen_us": \([0-9]*\).*/\1/p')")
       sz+=("$(stat -c %s /tmp/b.img)")
@@ -50,19 +68,20 @@ if [[ "${1:-}" == --in-guest ]]; then
       check_runs "$newpid"
       rm -f /tmp/b.img
       if [[ -n "$criu" ]]; then
-        start "$mib"
+        start "$mib" "$target"
         rm -rf /tmp/criu && mkdir -p /tmp/criu
         t0=$(now); $criu dump -t "$pid" -D /tmp/criu --display-stats -o dump.log > /tmp/criu/dump.stats 2>&1 \
           || { echo "criu dump failed:"; tail -n 20 /tmp/criu/dump.log; criu=""; kill -9 "$pid"; continue; }
         t1=$(now)
         wait "$pid" 2>/dev/null || true
+        gone
         cd_+=("$(( (t1 - t0) / 1000 ))")
         cf+=("$(awk '/Frozen time/ {print $3}' /tmp/criu/dump.stats)")
         t2=$(now); $criu restore -D /tmp/criu -d -o restore.log > /dev/null 2>&1 \
           || { echo "criu restore failed:"; tail -n 20 /tmp/criu/restore.log; criu=""; continue; }
         t3=$(now)
         cr+=("$(( (t3 - t2) / 1000 ))")
-        check_runs "$(pgrep -n -f "$prog /tmp/b.out" || echo 0)"
+        check_runs "$(pgrep -o -f "$target /tmp/b.out" || echo 0)"
       fi
     done
     md=$(median "${d[@]}"); mf=$(median "${f[@]}"); mr=$(median "${r[@]}"); msz=$(median "${sz[@]}")
@@ -75,19 +94,21 @@ if [[ "${1:-}" == --in-guest ]]; then
     else
       cline="(no CRIU)"; ratio="-"
     fi
-    printf '%4s MiB | %-38s | %-38s | %s\n' "$mib" "$line" "$cline" "$ratio"
+    label="$mib MiB"; [[ $target == "$tree_prog" ]] && label="tree 8x$mib"
+    printf '%12s | %-38s | %-38s | %s\n' "$label" "$line" "$cline" "$ratio"
   done
   rmmod ckpt
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
     --sizes) sizes=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--reps N]" >&2; exit 2 ;;
+    --tree) tree=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--reps N]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -99,4 +120,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem 6144 --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$criu"
+"$here/guest.sh" --mem 6144 --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$criu"

@@ -20,6 +20,7 @@ fn main() {
         ("fdkinds", &[]),
         ("sysv_target", &[]),
         ("shm", &[]),
+        ("shmtree", &[]),
         ("mt_counter", &["-pthread"]),
         ("app", &["-pthread"]),
         ("printer", &[]),
