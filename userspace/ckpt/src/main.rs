@@ -100,6 +100,10 @@ enum Command {
         /// Wait for the restored process and exit with its status.
         #[arg(long)]
         wait: bool,
+        /// Restore into a new pid namespace (each process with its own pid inside), even if
+        /// every pid is free here. A tree whose pids are taken goes there by itself.
+        #[arg(long)]
+        pidns: bool,
     },
     /// Show what an image holds (after verifying every checksum).
     Inspect {
@@ -191,12 +195,20 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
                 print!("{}", ckpt::stats::stats_text(&stats));
             }
         }
-        Command::Restore { image, wait } => {
-            let r = ckpt::restore::restore(&image, &cli.device)?;
+        Command::Restore { image, wait, pidns } => {
+            let opts = ckpt::restore::Options { pidns };
+            let r = ckpt::restore::restore(&image, &cli.device, &opts)?;
             if r.processes > 1 {
                 eprintln!("ckpt: restored a tree of {} processes", r.processes);
             }
-            if r.pid == r.original_pid {
+            if let Some(map) = &r.pidns {
+                let outside: Vec<String> = map.iter().map(|(o, k)| format!("{o} as {k}")).collect();
+                eprintln!(
+                    "ckpt: restored into a new pid namespace (with their own pids inside; outside: {})",
+                    outside.join(", ")
+                );
+                println!("{}", r.pid);
+            } else if r.pid == r.original_pid {
                 println!("{}", r.pid);
             } else {
                 println!("{}", r.pid);
@@ -208,7 +220,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             if wait {
                 use std::io::Write;
                 std::io::stdout().flush().ok();
-                return Ok(ckpt::restore::wait_exit_status(r.pid)?);
+                return Ok(ckpt::restore::wait_exit_status(r.wait_pid)?);
             }
         }
         Command::Run {

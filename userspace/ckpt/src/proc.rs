@@ -308,3 +308,38 @@ pub fn bracketed_inode(target: &str, kind: &str) -> Option<u64> {
         .parse()
         .ok()
 }
+
+/// Our pid as /proc (and so ckpt) sees it: the first NSpid of /proc/self/status, which
+/// differs from getpid() inside a pid namespace /proc was not mounted for.
+pub fn own_pid_seen_by_proc() -> i32 {
+    fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
+        .unwrap_or_else(|| std::process::id() as i32)
+}
+
+/// Whether the calling process is traced (TracerPid in /proc/self/status).
+pub fn traced() -> bool {
+    fs::read_to_string("/proc/self/status").is_ok_and(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("TracerPid:"))
+            .is_some_and(|v| v.trim() != "0")
+    })
+}
+
+/// Thread `tid` of `pid` (as /proc sees them) as the process itself sees it: the last NSpid
+/// of its status (its pid namespace's view; the same number outside any namespace).
+pub fn tid_seen_inside(pid: i32, tid: i32) -> i32 {
+    fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .ok()
+        .and_then(|t| {
+            t.lines()
+                .find_map(|l| l.strip_prefix("NSpid:"))
+                .and_then(|v| v.split_whitespace().last()?.parse().ok())
+        })
+        .unwrap_or(tid)
+}

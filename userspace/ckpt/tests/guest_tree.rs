@@ -447,3 +447,84 @@ fn shared_memory_stays_shared_after_kill_and_restore() {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
+
+/// NSpid of a process: its pid in each namespace, outermost first.
+fn nspid(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .unwrap_or_default()
+        .lines()
+        .find_map(|l| l.strip_prefix("NSpid:"))
+        .map(|v| {
+            v.split_whitespace()
+                .filter_map(|w| w.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// A tree restored while the original still runs: its pids are taken, so it goes into a new
+/// pid namespace where every process has its original pid, under an init that is its parent.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_tree_whose_pids_are_taken_goes_into_a_new_pid_namespace() {
+    let d = Dir::new("tree-pidns");
+    let mut t = spawn_tree(&d.0);
+    let pids = t.pids.clone();
+    wait_for("every process counts", || {
+        ["root", "a", "a1", "b"]
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
+    });
+    let img = d.path("tree.img");
+    ok(&ckpt(&[
+        "checkpoint",
+        &pids[0].to_string(),
+        "-o",
+        img.to_str().unwrap(),
+    ]));
+    // The original keeps running: every pid of the image is taken.
+    let out = ckpt(&["restore", img.to_str().unwrap()]);
+    let outer: i32 = ok(&out).trim().parse().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("new pid namespace"), "{err}");
+    assert_ne!(outer, pids[0]);
+    assert_eq!(
+        nspid(outer),
+        [outer, pids[0]],
+        "the root has its pid inside"
+    );
+    // Its parent is the namespace's init (pid 1 inside); its children have their pids.
+    let (_, init, _, _) = stat_of(outer).unwrap();
+    assert_eq!(nspid(init).last(), Some(&1));
+    let kids: Vec<i32> = std::fs::read_to_string(format!("/proc/{outer}/task/{outer}/children"))
+        .unwrap()
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    let mut inner: Vec<i32> = kids
+        .iter()
+        .filter_map(|&k| nspid(k).last().copied())
+        .collect();
+    inner.sort();
+    let mut want = vec![pids[1], pids[3]];
+    want.sort();
+    assert_eq!(inner, want, "a and b have their pids inside");
+    // It runs: the root's counter goes on (both copies append to the same files).
+    let lines = || {
+        std::fs::read_to_string(d.path("root"))
+            .unwrap()
+            .lines()
+            .count()
+    };
+    let n = lines();
+    wait_for("both copies count", || lines() > n + 10);
+    assert!(matches!(stat_of(outer).map(|s| s.0), Some('S' | 'R')));
+    // Killing the init ends the whole namespace.
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    wait_for("the restored tree is gone", || {
+        gone(outer) && kids.iter().all(|&k| gone(k))
+    });
+    unsafe { libc::kill(pids[0], libc::SIGKILL) };
+    t.root.wait().unwrap();
+    kill_tree(&pids[1..4]);
+}

@@ -13,6 +13,7 @@
 //!
 //! Any failure before the detach kills the whole tree: a half-restored process never runs.
 
+mod pidns;
 mod restorer;
 mod supervise;
 
@@ -29,17 +30,29 @@ use std::io::Read;
 use std::os::fd::OwnedFd;
 use std::path::Path;
 
+/// How to restore.
+#[derive(Debug, Default, Clone)]
+pub struct Options {
+    /// Into a new pid namespace even if every pid is free here.
+    pub pidns: bool,
+}
+
 /// Where the restored tree went.
 pub struct Restored {
-    /// The root's pid.
+    /// The root's pid, as we see it.
     pub pid: i32,
     pub original_pid: i32,
     /// Live processes restored.
     pub processes: usize,
+    /// Our child whose exit status is the root's: the root, or the pid namespace's init.
+    pub wait_pid: i32,
+    /// Restored into a new pid namespace: (original pid, pid as we see it) per process.
+    pub pidns: Option<Vec<(i32, i32)>>,
 }
 
-/// Restores the image at `path`. The restored root process is our child.
-pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
+/// Restores the image at `path`. The restored root process (or the pid namespace's init) is
+/// our child.
+pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
     let m = &img.manifest;
     let xstates = m
@@ -70,24 +83,29 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
         report: report_out,
         go,
         go_writer: std::os::fd::AsRawFd::as_raw_fd(&go_out),
-        any_pid: m.processes.len() == 1 && m.zombies.is_empty(),
+        any_pid: m.processes.len() == 1 && m.zombies.is_empty() && !opts.pidns,
         highest_own_fd: highest_own_fd()?,
         shared,
     };
+    // Our children: the roots' restorers, or the pid namespace's init that forks them.
+    let in_pidns = pidns::needed(m, opts.pidns);
     let mut roots = Vec::new();
-    for i in m.roots() {
-        match fork_root(&mut restorers, i) {
-            Ok(pid) => roots.push(pid),
-            Err(e) => {
-                for &pid in &roots {
-                    let _ = sys::kill(pid, libc::SIGKILL);
+    if in_pidns {
+        roots.push(pidns::fork_init(&mut restorers, &m.roots())?);
+    } else {
+        for i in m.roots() {
+            match fork_root(&mut restorers, i) {
+                Ok(pid) => roots.push(pid),
+                Err(e) => {
+                    for &pid in &roots {
+                        let _ = sys::kill(pid, libc::SIGKILL);
+                    }
+                    return Err(e);
                 }
-                return Err(e);
             }
         }
     }
     drop(restorers);
-    let root = roots[0];
     // If anything fails from here, the whole tree must die: each restorer dies with its
     // parent, and every restored process is killed (it is also traced with exit-kill).
     let reported = read_reports(report_in);
@@ -134,9 +152,17 @@ pub fn restore(path: &Path, device: &Path) -> Result<Restored, RestoreError> {
             .map_err(restore_io("re-raising a pending signal"))?;
     }
     Ok(Restored {
-        pid: root,
+        pid: kernel[0],
         original_pid: m.processes[0].pid,
         processes: m.processes.len(),
+        wait_pid: roots[0],
+        pidns: in_pidns.then(|| {
+            m.processes
+                .iter()
+                .map(|p| p.pid)
+                .zip(kernel.iter().copied())
+                .collect()
+        }),
     })
 }
 
@@ -272,7 +298,12 @@ fn finish_threads(pid: i32, p: &Process, xstates: &[Vec<u8>]) -> Result<Vec<i32>
     crate::signals::discard_pending(&inj, pid, scratch)?;
     p.attrs.restore_exe(&inj, pid, scratch);
     if let Some(ic) = &p.interceptor {
-        ic.restore_ids(&inj, &p.threads, &tids)
+        // The ids the process sees (inside a new pid namespace, not ours).
+        let seen: Vec<i32> = tids
+            .iter()
+            .map(|&t| crate::proc::tid_seen_inside(pid, t))
+            .collect();
+        ic.restore_ids(&inj, &p.threads, &seen)
             .map_err(restore_io("filling the interceptor's id table"))?;
     }
     crate::creds::restore(&inj, &p.threads, &tids, p.attrs.dumpable)?;

@@ -79,7 +79,9 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
     let mut byte = [0u8; 1];
     match nix::unistd::read(&r.go, &mut byte) {
-        Ok(0) => {}
+        // Untraced, ckpt died before it could trace us: nobody would finish the restore.
+        Ok(0) if crate::proc::traced() => {}
+        Ok(0) => sys::exit_now(1),
         _ => fail("waiting for ckpt", "the pipe did not end"),
     }
     let (image, dev, highest) = (r.image, r.dev, r.highest_own_fd);
@@ -163,7 +165,7 @@ fn fork_children(r: &mut Restorers, p: &Process) {
 }
 
 /// Forks with pid `pid` (another if taken and `any_pid`). Returns 0 in the child.
-fn fork_as(pid: i32, any_pid: bool) -> i32 {
+pub fn fork_as(pid: i32, any_pid: bool) -> i32 {
     match sys::fork_with_pid(Some(pid)) {
         Ok(n) => n,
         Err(e) if any_pid && matches!(e.raw_os_error(), Some(libc::EEXIST)) => {
@@ -199,7 +201,7 @@ fn exit_like(z: &Zombie) -> ! {
 /// Tells ckpt our kernel pid, then closes our copy of the report pipe (ckpt sees its end once
 /// every restorer has reported or died).
 fn report(fd: &OwnedFd, original: i32) {
-    let line = format!("{original} {}\n", std::process::id());
+    let line = format!("{original} {}\n", crate::proc::own_pid_seen_by_proc());
     if let Err(e) = crate::fds::write_all(fd, line.as_bytes()) {
         fail("reporting to ckpt", e);
     }

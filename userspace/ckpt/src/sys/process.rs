@@ -27,6 +27,15 @@ pub fn prlimit_set(resource: u32, cur: u64, max: u64) -> io::Result<()> {
 /// clone3 with `set_tid = [pid]` (the restored process gets its old pid), or a plain fork when
 /// `pid` is None. Returns 0 in the child.
 pub fn fork_with_pid(pid: Option<i32>) -> io::Result<i32> {
+    clone3_fork(pid, 0)
+}
+
+/// A fork whose child is pid 1 of a new pid namespace. Returns 0 in the child.
+pub fn fork_into_new_pid_namespace() -> io::Result<i32> {
+    clone3_fork(None, libc::CLONE_NEWPID as u64)
+}
+
+fn clone3_fork(pid: Option<i32>, flags: u64) -> io::Result<i32> {
     #[repr(C)]
     #[derive(Default)]
     struct CloneArgs {
@@ -44,6 +53,7 @@ pub fn fork_with_pid(pid: Option<i32>) -> io::Result<i32> {
     }
     let tid = pid.unwrap_or(0);
     let args = CloneArgs {
+        flags,
         exit_signal: libc::SIGCHLD as u64,
         set_tid: if pid.is_some() {
             &tid as *const i32 as u64
