@@ -21,6 +21,7 @@ fn main() {
         ("sysv_target", &[]),
         ("shm", &[]),
         ("shmtree", &[]),
+        ("cowtree", &[]),
         ("mt_counter", &["-pthread"]),
         ("app", &["-pthread"]),
         ("printer", &[]),

@@ -20,7 +20,7 @@ use ckpt_abi::{
     CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
 };
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
@@ -154,15 +154,35 @@ pub fn mappings(pid: i32) -> Result<Vec<MapEntry>, CheckpointError> {
         .collect())
 }
 
+/// Pages already in the image, by physical frame (from /proc/PID/pagemap, which shows frames
+/// to root): a page a child still shares copy-on-write with its parent is the same frame, and
+/// is stored once; the child's page run points at the parent's copy.
+#[derive(Debug, Default)]
+pub struct Stored {
+    by_frame: HashMap<u64, u64>,
+}
+
+/// What scanning a process's page table gathers.
+struct Scan<'a> {
+    pid: i32,
+    pagemap: File,
+    stored: &'a Stored,
+    /// Pages to dump: address -> frame, to remember where they land.
+    frames: HashMap<u64, u64>,
+    /// Pages already stored (by an earlier process of the tree), as runs into the image.
+    refs: Vec<CkptRestoreRun>,
+}
+
 /// Stores the pages of `maps` into the image (through the module) and returns the mappings
-/// with their page runs; shared memory objects go to `shm` once for the tree. `image_path`
-/// names the image in errors.
+/// with their page runs; shared memory objects go to `shm` once for the tree, pages an
+/// earlier process stored are not stored again (`stored`). `image_path` names the image in
+/// errors.
 pub fn dump(
     pid: i32,
     dev: &Device,
     maps: &[MapEntry],
     w: &mut ImageWriter,
-    (image_path, stats, shm): (&Path, &mut Stats, &mut ShmDump),
+    (image_path, stats, shm, stored): (&Path, &mut Stats, &mut ShmDump, &mut Stored),
 ) -> Result<Vec<Vma>, CheckpointError> {
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
@@ -170,6 +190,13 @@ pub fn dump(
     };
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))
         .map_err(checkpoint_io(pid, "opening pagemap"))?;
+    let mut scan = Scan {
+        pid,
+        pagemap,
+        stored,
+        frames: HashMap::new(),
+        refs: Vec::new(),
+    };
     // Zero pages are left out of anonymous memory only: a zero page of a private file
     // mapping differs from the file's page.
     let (mut anon_ranges, mut file_ranges) = (Vec::new(), Vec::new());
@@ -179,8 +206,10 @@ pub fn dump(
         } else {
             &mut anon_ranges
         };
-        wanted_ranges(pid, m, &pagemap, stats, out)?;
+        scan.wanted_ranges(m, stats, out)?;
     }
+    let (frames, refs) = (scan.frames, scan.refs);
+    stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
     let mut runs: Vec<CkptRestoreRun> = Vec::new();
     for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
         if set.is_empty() {
@@ -199,6 +228,15 @@ pub fn dump(
         stats.pages_skipped_zero += r.pages_zero;
         runs.extend(r.runs);
     }
+    // Where this process's pages landed, for the processes after it.
+    for r in &runs {
+        for i in 0..r.len / PAGE {
+            if let Some(&frame) = frames.get(&(r.addr + i * PAGE)) {
+                stored.by_frame.insert(frame, r.image_offset + i * PAGE);
+            }
+        }
+    }
+    runs.extend(refs);
     runs.sort_by_key(|r| r.addr);
     let mut vmas = Vec::new();
     for m in maps {
@@ -218,50 +256,80 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-/// The ranges of `m` whose pages must be stored: present or swapped pages, except a private
-/// file mapping's clean pages (they come from the file). Shared file mappings and kernel
-/// mappings store nothing.
-fn wanted_ranges(
-    pid: i32,
-    m: &MapEntry,
-    pagemap: &File,
-    stats: &mut Stats,
-    out: &mut Vec<CkptRange>,
-) -> Result<(), CheckpointError> {
-    if m.is_special() || (m.shared && m.is_file()) {
-        return Ok(());
-    }
-    let anonymous = !m.is_file();
-    let npages = ((m.end - m.start) / PAGE) as usize;
-    const BATCH: usize = 4096;
-    let mut entries = vec![0u8; BATCH * 8];
-    let mut first = 0usize;
-    while first < npages {
-        let n = BATCH.min(npages - first);
-        let addr0 = m.start + first as u64 * PAGE;
-        pagemap
-            .read_exact_at(&mut entries[..n * 8], addr0 / PAGE * 8)
-            .map_err(checkpoint_io(pid, "reading /proc/PID/pagemap"))?;
-        stats.pages_scanned += n as u64;
-        for (i, e) in entries[..n * 8].chunks_exact(8).enumerate() {
-            let mut word = [0u8; 8];
-            word.copy_from_slice(e);
-            let e = u64::from_le_bytes(word);
-            if e & (PM_PRESENT | PM_SWAP) == 0 || (e & PM_FILE != 0 && !anonymous) {
-                continue;
+/// The frame number in a pagemap entry (bits 0-54; 0 when not shown).
+const PM_PFN: u64 = (1 << 55) - 1;
+
+impl Scan<'_> {
+    /// The ranges of `m` whose pages must be stored: present or swapped pages, except a
+    /// private file mapping's clean pages (they come from the file) and pages an earlier
+    /// process stored (noted in `refs`). Shared file mappings and kernel mappings store
+    /// nothing.
+    fn wanted_ranges(
+        &mut self,
+        m: &MapEntry,
+        stats: &mut Stats,
+        out: &mut Vec<CkptRange>,
+    ) -> Result<(), CheckpointError> {
+        if m.is_special() || (m.shared && m.is_file()) {
+            return Ok(());
+        }
+        let anonymous = !m.is_file();
+        let npages = ((m.end - m.start) / PAGE) as usize;
+        const BATCH: usize = 4096;
+        let mut entries = vec![0u8; BATCH * 8];
+        let mut first = 0usize;
+        while first < npages {
+            let n = BATCH.min(npages - first);
+            let addr0 = m.start + first as u64 * PAGE;
+            self.pagemap
+                .read_exact_at(&mut entries[..n * 8], addr0 / PAGE * 8)
+                .map_err(checkpoint_io(self.pid, "reading /proc/PID/pagemap"))?;
+            stats.pages_scanned += n as u64;
+            for (i, e) in entries[..n * 8].chunks_exact(8).enumerate() {
+                let mut word = [0u8; 8];
+                word.copy_from_slice(e);
+                let e = u64::from_le_bytes(word);
+                if e & (PM_PRESENT | PM_SWAP) == 0 || (e & PM_FILE != 0 && !anonymous) {
+                    continue;
+                }
+                let addr = addr0 + i as u64 * PAGE;
+                self.take(addr, e, out);
             }
-            let addr = addr0 + i as u64 * PAGE;
-            match out.last_mut() {
-                Some(r) if r.end == addr => r.end += PAGE,
-                _ => out.push(CkptRange {
-                    start: addr,
-                    end: addr + PAGE,
+            first += n;
+        }
+        Ok(())
+    }
+
+    /// Page `addr` (pagemap entry `e`) is wanted: referenced if its frame is stored already,
+    /// else to dump.
+    fn take(&mut self, addr: u64, e: u64, out: &mut Vec<CkptRange>) {
+        let frame = (e & PM_PRESENT != 0)
+            .then_some(e & PM_PFN)
+            .filter(|&f| f != 0);
+        if let Some(&offset) = frame.and_then(|f| self.stored.by_frame.get(&f)) {
+            match self.refs.last_mut() {
+                Some(r) if r.addr + r.len == addr && r.image_offset + r.len == offset => {
+                    r.len += PAGE
+                }
+                _ => self.refs.push(CkptRestoreRun {
+                    addr,
+                    len: PAGE,
+                    image_offset: offset,
                 }),
             }
+            return;
         }
-        first += n;
+        if let Some(f) = frame {
+            self.frames.insert(addr, f);
+        }
+        match out.last_mut() {
+            Some(r) if r.end == addr => r.end += PAGE,
+            _ => out.push(CkptRange {
+                start: addr,
+                end: addr + PAGE,
+            }),
+        }
     }
-    Ok(())
 }
 
 /// The image's record of mapping `m`, with its part of the dumped page `runs`; `object`: the

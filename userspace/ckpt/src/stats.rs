@@ -16,6 +16,10 @@ pub struct Stats {
     pub pages_scanned: u64,
     pub pages_skipped_zero: u64,
     pub pages_written: u64,
+    /// Pages not written again: a process still shares them copy-on-write with one written
+    /// before (its parent).
+    #[serde(default)]
+    pub pages_shared: u64,
     pub image_bytes: u64,
     /// Taken through the interceptor library (flushed, ids virtual) rather than the plain path.
     #[serde(default)]
@@ -64,6 +68,13 @@ pub fn stats_text(s: &Stats) -> String {
     let _ = writeln!(out, "  pages scanned:    {}", s.pages_scanned);
     let _ = writeln!(out, "  pages skipped:    {} (zero)", s.pages_skipped_zero);
     let _ = writeln!(out, "  pages written:    {}", s.pages_written);
+    if s.pages_shared > 0 {
+        let _ = writeln!(
+            out,
+            "  pages shared:     {} (stored once for processes sharing them copy-on-write)",
+            s.pages_shared
+        );
+    }
     let _ = writeln!(
         out,
         "  image size:       {} bytes ({mib:.1} MiB{})",

@@ -528,3 +528,68 @@ fn a_tree_whose_pids_are_taken_goes_into_a_new_pid_namespace() {
     t.root.wait().unwrap();
     kill_tree(&pids[1..4]);
 }
+
+/// Private memory a parent and its children still share copy-on-write is stored once: the
+/// image of four processes with 32 MiB each holds about 32 MiB, and every process gets its
+/// own pages back, the one it changed included.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn copy_on_write_pages_are_stored_once() {
+    let d = Dir::new("tree-cow");
+    let mut root = Command::new(prog("cowtree"))
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut root);
+    let pid: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let names = ["p", "c0", "c1", "c2"];
+    wait_for("all count", || {
+        names
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
+    });
+    let img = d.path("cow.img");
+    let out = ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    root.wait().unwrap();
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(stats["processes"], 4, "{out}");
+    let shared = stats["pages_shared"].as_u64().unwrap();
+    assert!(shared >= 3 * (8192 - 8), "pages stored once: {out}");
+    let len = std::fs::metadata(&img).unwrap().len();
+    assert!(
+        len < 48 << 20,
+        "the image holds one copy of the 32 MiB, not four: {len} bytes"
+    );
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let all: Vec<i32> = image.manifest.processes.iter().map(|p| p.pid).collect();
+    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    let counts: Vec<u64> = names.iter().map(|n| last_count(&d.0, n).unwrap()).collect();
+    for (n, c) in names.iter().zip(&counts) {
+        wait_for(&format!("{n} counts on"), || {
+            last_count(&d.0, n).is_some_and(|x| x > c + 3)
+        });
+        let text = std::fs::read_to_string(d.path(n)).unwrap();
+        assert!(
+            !text.contains("bad"),
+            "{n}'s memory came back wrong: {text}"
+        );
+        assert_counts_without_gaps(&d.0, n);
+    }
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}

@@ -100,6 +100,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         path: opts.output,
         stats: &mut stats,
         shared: &mut shared,
+        stored: &mut memory::Stored::default(),
     };
     let mut processes = Vec::new();
     for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
@@ -184,6 +185,7 @@ struct Dump<'a> {
     path: &'a Path,
     stats: &'a mut Stats,
     shared: &'a mut SharedDump,
+    stored: &'a mut memory::Stored,
 }
 
 impl Dump<'_> {
@@ -222,13 +224,13 @@ impl Dump<'_> {
         let maps = memory::mappings(pid)?;
 
         let mem_t0 = Instant::now();
-        let vmas = memory::dump(
-            pid,
-            dev,
-            &maps,
-            w,
-            (image_path, stats, &mut self.shared.shm),
-        )?;
+        let ctx = (
+            image_path,
+            &mut *stats,
+            &mut self.shared.shm,
+            &mut *self.stored,
+        );
+        let vmas = memory::dump(pid, dev, &maps, w, ctx)?;
         stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
         let threads = captured
             .into_iter()
