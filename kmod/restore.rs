@@ -21,7 +21,7 @@ use crate::abi::{
     CKPT_VMA_SHARED,
 };
 use crate::helpers::{self, FileRef};
-use kernel::{alloc::KVVec, bindings, prelude::*};
+use kernel::{alloc::KVVec, bindings, mm::MmWithUser, prelude::*};
 
 pub(crate) const PAGE: u64 = 4096;
 // mmap() flags: x86-64 UAPI values (asm-generic/mman-common.h, asm/mman.h), absent from the
@@ -139,20 +139,7 @@ fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> R
 
 /// Serves `CKPT_IOC_RESTORE`. See the module documentation above for the sequence.
 pub(crate) fn restore(req: &CkptRestore) -> Result {
-    if req.flags != 0
-        || req._reserved != 0
-        || req.keep_count as usize > CKPT_RESTORE_MAX_KEEP
-        || req.vma_count > CKPT_RESTORE_MAX_VMAS
-        || req.run_count > CKPT_RESTORE_MAX_RUNS
-        || req.cleanup_fd_count > 4096
-    {
-        return Err(EINVAL);
-    }
-    if !helpers::capable(bindings::CAP_CHECKPOINT_RESTORE)
-        && !helpers::capable(bindings::CAP_SYS_ADMIN)
-    {
-        return Err(EPERM);
-    }
+    check_request(req)?;
     let current = kernel::current!();
     if helpers::nr_threads(current) != 1 {
         return Err(EBUSY);
@@ -179,8 +166,42 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
     let runs = helpers::read_user_array::<CkptRestoreRun>(req.runs, req.run_count)?;
     validate_runs(&runs, &vmas, image.size())?;
     let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
+    let fds = fds_to_close(req, &vmas)?;
+    // Collected before touching anything: allocation can still fail cleanly.
+    let old = mappings_to_drop(mm, keep)?;
+    helpers::close_fds_on_return(fds)?;
 
-    // The fds to close on the way out: the image, the VMA files and the caller's own range.
+    // 2-5. Past this point, failure kills the caller.
+    let result = replace_address_space(&old, &vmas, &runs, &image, &mut buf).map(|()| {
+        helpers::set_mm_layout(mm, &req.mm);
+    });
+    if result.is_err() {
+        helpers::force_sigkill_current();
+    }
+    result
+}
+
+/// The request's counts and flags are in bounds, and the caller may restore.
+fn check_request(req: &CkptRestore) -> Result {
+    if req.flags != 0
+        || req._reserved != 0
+        || req.keep_count as usize > CKPT_RESTORE_MAX_KEEP
+        || req.vma_count > CKPT_RESTORE_MAX_VMAS
+        || req.run_count > CKPT_RESTORE_MAX_RUNS
+        || req.cleanup_fd_count > 4096
+    {
+        return Err(EINVAL);
+    }
+    if !helpers::capable(bindings::CAP_CHECKPOINT_RESTORE)
+        && !helpers::capable(bindings::CAP_SYS_ADMIN)
+    {
+        return Err(EPERM);
+    }
+    Ok(())
+}
+
+/// The fds to close on the way out: the image, the VMA files and the caller's own range.
+fn fds_to_close(req: &CkptRestore, vmas: &[NewVma]) -> Result<KVec<u32>> {
     let mut fds = KVec::new();
     let first = req.cleanup_fd_first;
     for fd in first..first.saturating_add(req.cleanup_fd_count) {
@@ -190,74 +211,84 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
     for v in vmas.iter().filter(|v| v.file.is_some()) {
         fds.push(u32::try_from(v.vma.fd).map_err(|_| EBADF)?, GFP_KERNEL)?;
     }
-    // Collect what to unmap before touching anything (allocation can still fail cleanly).
-    let mut old = KVVec::<(usize, usize)>::new();
-    {
-        let lock = mm.mmap_read_lock();
-        let mut addr = 0usize;
-        while let Some(vma) = helpers::find_vma(mm, &lock, addr) {
-            let (start, end) = (vma.start(), vma.end());
-            if end <= addr {
-                return Err(EIO);
-            }
-            if !keep
-                .iter()
-                .any(|k| k.start as usize <= start && end <= k.end as usize)
-            {
-                old.push((start, end), GFP_KERNEL)?;
-            }
-            addr = end;
-        }
-    }
-    helpers::close_fds_on_return(fds)?;
+    Ok(fds)
+}
 
-    // 2-5. Past this point, failure kills the caller.
-    let result = (|| -> Result {
-        for &(start, end) in old.iter() {
-            helpers::vm_munmap(start, end - start)?;
+/// Every mapping of `mm` but the kept ranges: what the restore unmaps.
+fn mappings_to_drop(mm: &MmWithUser, keep: &[CkptRange]) -> Result<KVVec<(usize, usize)>> {
+    let mut old = KVVec::<(usize, usize)>::new();
+    let lock = mm.mmap_read_lock();
+    let mut addr = 0usize;
+    while let Some(vma) = helpers::find_vma(mm, &lock, addr) {
+        let (start, end) = (vma.start(), vma.end());
+        if end <= addr {
+            return Err(EIO);
         }
-        for v in vmas.iter() {
-            let mut flags = MAP_FIXED;
-            flags |= if v.vma.flags & CKPT_VMA_SHARED != 0 {
-                MAP_SHARED
-            } else {
-                MAP_PRIVATE
-            };
-            if v.file.is_none() {
-                flags |= MAP_ANONYMOUS;
-            }
-            if v.vma.flags & CKPT_VMA_GROWSDOWN != 0 {
-                flags |= MAP_GROWSDOWN;
-            }
-            let start = v.vma.start as usize;
-            let len = (v.vma.end - v.vma.start) as usize;
-            let got = helpers::vm_mmap(
-                v.file.as_ref(),
-                start,
-                len,
-                v.vma.prot,
-                flags,
-                v.vma.file_offset,
-            )?;
-            if got != start {
-                return Err(EFAULT);
-            }
+        if !keep
+            .iter()
+            .any(|k| k.start as usize <= start && end <= k.end as usize)
+        {
+            old.push((start, end), GFP_KERNEL)?;
         }
-        for run in runs.iter() {
-            let mut done = 0u64;
-            while done < run.len {
-                let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
-                let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
-                image.read_exact_at(chunk, run.image_offset + done)?;
-                helpers::poke_current((run.addr + done) as usize, chunk)?;
-                done += n as u64;
-            }
-        }
-        helpers::set_mm_layout(mm, &req.mm);
-        Ok(())
-    })();
-    if result.is_err() {
-        helpers::force_sigkill_current();
+        addr = end;
     }
-    result
+    Ok(old)
+}
+
+/// Unmaps `old`, maps every VMA of the image, copies the page runs in. The caller is killed
+/// if this fails part-way.
+fn replace_address_space(
+    old: &[(usize, usize)],
+    vmas: &[NewVma],
+    runs: &[CkptRestoreRun],
+    image: &FileRef,
+    buf: &mut KVVec<u8>,
+) -> Result {
+    for &(start, end) in old.iter() {
+        helpers::vm_munmap(start, end - start)?;
+    }
+    for v in vmas.iter() {
+        map_vma(v)?;
+    }
+    for run in runs.iter() {
+        let mut done = 0u64;
+        while done < run.len {
+            let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
+            let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
+            image.read_exact_at(chunk, run.image_offset + done)?;
+            helpers::poke_current((run.addr + done) as usize, chunk)?;
+            done += n as u64;
+        }
+    }
+    Ok(())
+}
+
+/// Maps one VMA of the image at its address.
+fn map_vma(v: &NewVma) -> Result {
+    let mut flags = MAP_FIXED;
+    flags |= if v.vma.flags & CKPT_VMA_SHARED != 0 {
+        MAP_SHARED
+    } else {
+        MAP_PRIVATE
+    };
+    if v.file.is_none() {
+        flags |= MAP_ANONYMOUS;
+    }
+    if v.vma.flags & CKPT_VMA_GROWSDOWN != 0 {
+        flags |= MAP_GROWSDOWN;
+    }
+    let start = v.vma.start as usize;
+    let len = (v.vma.end - v.vma.start) as usize;
+    let got = helpers::vm_mmap(
+        v.file.as_ref(),
+        start,
+        len,
+        v.vma.prot,
+        flags,
+        v.vma.file_offset,
+    )?;
+    if got != start {
+        return Err(EFAULT);
+    }
+    Ok(())
 }

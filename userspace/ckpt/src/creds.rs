@@ -7,7 +7,6 @@
 
 use crate::errors::{restore_io, RestoreError};
 use crate::inject::Injector;
-use crate::thread::{scratch_area, Thread};
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
@@ -81,12 +80,21 @@ pub fn read(pid: i32, tid: i32) -> io::Result<Creds> {
     })
 }
 
+/// One thread to give its credentials back: its kernel tid, the tid the program knows (for
+/// messages) and what it had.
+pub struct ThreadCreds<'a> {
+    pub tid: i32,
+    pub shown_tid: i32,
+    pub creds: Option<&'a Creds>,
+}
+
 /// Gives every thread the credentials it had (the restorer's are root's), then the process
-/// its dumpable flag (changing the effective ids cleared it).
+/// its dumpable flag (changing the effective ids cleared it). Arguments are written below
+/// `scratch` (memory of the process nothing live uses), the main thread first in `threads`.
 pub fn restore(
     inj: &Injector,
-    threads: &[Thread],
-    tids: &[i32],
+    threads: &[ThreadCreds],
+    scratch: u64,
     dumpable: Option<bool>,
 ) -> Result<(), RestoreError> {
     let last_cap: u64 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
@@ -95,22 +103,31 @@ pub fn restore(
         .unwrap_or(40);
     // Arguments go below the main thread's saved stack pointer and red zone, and below
     // whatever they hold (a group list can be long): nothing live is there.
-    let below = scratch_area(threads) - 64;
-    for (t, &tid) in threads.iter().zip(tids) {
-        if let Some(c) = &t.creds {
-            let calls = Calls {
-                inj,
-                tid,
-                shown_tid: t.tid,
-                below,
-                last_cap: last_cap.min(63),
-            };
+    let below = scratch - 64;
+    for t in threads {
+        let calls = Calls {
+            inj,
+            tid: t.tid,
+            shown_tid: t.shown_tid,
+            below,
+            last_cap: last_cap.min(63),
+        };
+        if let Some(c) = t.creds {
             calls.restore(c)?;
         }
     }
-    if let (Some(d), Some(&main)) = (dumpable, tids.first()) {
-        let args = [libc::PR_SET_DUMPABLE as u64, u64::from(d), 0, 0, 0, 0];
-        crate::thread::call(inj, main, "PR_SET_DUMPABLE", libc::SYS_prctl, args)?;
+    if let (Some(d), Some(main)) = (dumpable, threads.first()) {
+        let calls = Calls {
+            inj,
+            tid: main.tid,
+            shown_tid: main.shown_tid,
+            below,
+            last_cap,
+        };
+        calls.prctl(
+            "PR_SET_DUMPABLE",
+            [libc::PR_SET_DUMPABLE as u64, u64::from(d), 0],
+        )?;
     }
     Ok(())
 }

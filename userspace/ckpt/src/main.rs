@@ -37,39 +37,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Save a running process to an image file. It keeps running unless --kill is given.
-    Checkpoint {
-        /// The process id: it and every descendant are taken (the tree rooted at it).
-        #[arg(required_unless_present = "app", conflicts_with = "app")]
-        pid: Option<i32>,
-        /// Take every process of an application started with `ckpt run` (with their
-        /// descendants), including ones that were reparented.
-        #[arg(long)]
-        app: Option<String>,
-        /// Where `ckpt run` registered the application (see `ckpt run`).
-        #[arg(long, requires = "app")]
-        runtime_dir: Option<PathBuf>,
-        /// The image file to write (default: ckpt-PID.img).
-        #[arg(short, long)]
-        output: Option<PathBuf>,
-        /// Kill the process (the whole tree) once the image is safely written.
-        #[arg(long)]
-        kill: bool,
-        /// Take only the process itself, not its descendants.
-        #[arg(long)]
-        single: bool,
-        /// Print the statistics as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Take the plain path even if the process runs under `ckpt run` (no flushing, ids
-        /// not virtualized).
-        #[arg(long)]
-        plain: bool,
-        /// Seconds a single-threaded program may take to flush its stdio buffers (a blocked
-        /// output holds it up; it is then saved mid-flush and finishes later).
-        #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
-        flush_timeout: f64,
-    },
+    /// Save a running process tree to an image file. It keeps running unless --kill is given.
+    Checkpoint(CheckpointArgs),
     /// Run a program with the interceptor preloaded (inherited by its children), so that its
     /// checkpoints are flushed and consistent and its ids survive restores.
     Run {
@@ -93,18 +62,8 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
-    /// Recreate a process from an image. Prints its pid.
-    Restore {
-        /// The image file.
-        image: PathBuf,
-        /// Wait for the restored process and exit with its status.
-        #[arg(long)]
-        wait: bool,
-        /// Restore into a new pid namespace (each process with its own pid inside), even if
-        /// every pid is free here. A tree whose pids are taken goes there by itself.
-        #[arg(long)]
-        pidns: bool,
-    },
+    /// Recreate a process tree from an image. Prints the root's pid.
+    Restore(RestoreArgs),
     /// Show what an image holds (after verifying every checksum).
     Inspect {
         /// The image file.
@@ -113,6 +72,53 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+}
+
+#[derive(clap::Args)]
+struct CheckpointArgs {
+    /// The process id: it and every descendant are taken (the tree rooted at it).
+    #[arg(required_unless_present = "app", conflicts_with = "app")]
+    pid: Option<i32>,
+    /// Take every process of an application started with `ckpt run` (with their
+    /// descendants), including ones that were reparented.
+    #[arg(long)]
+    app: Option<String>,
+    /// Where `ckpt run` registered the application (see `ckpt run`).
+    #[arg(long, requires = "app")]
+    runtime_dir: Option<PathBuf>,
+    /// The image file to write (default: ckpt-PID.img).
+    #[arg(short, long)]
+    output: Option<PathBuf>,
+    /// Kill the process (the whole tree) once the image is safely written.
+    #[arg(long)]
+    kill: bool,
+    /// Take only the process itself, not its descendants.
+    #[arg(long)]
+    single: bool,
+    /// Print the statistics as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Take the plain path even if the process runs under `ckpt run` (no flushing, ids
+    /// not virtualized).
+    #[arg(long)]
+    plain: bool,
+    /// Seconds a single-threaded program may take to flush its stdio buffers (a blocked
+    /// output holds it up; it is then saved mid-flush and finishes later).
+    #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
+    flush_timeout: f64,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The image file.
+    image: PathBuf,
+    /// Wait for the restored process and exit with its status.
+    #[arg(long)]
+    wait: bool,
+    /// Restore into a new pid namespace (each process with its own pid inside), even if
+    /// every pid is free here. A tree whose pids are taken goes there by itself.
+    #[arg(long)]
+    pidns: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -140,89 +146,10 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         } => {
             let dev = Device::open(&cli.device)?;
             let report = ckpt::info::info(&dev, pid, read.unwrap_or(0), len)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&report).context("encoding JSON")?
-                );
-            } else {
-                print!("{report}");
-            }
+            print_json_or(json, &report, || report.to_string())?;
         }
-        Command::Checkpoint {
-            pid,
-            output,
-            kill,
-            single,
-            json,
-            plain,
-            flush_timeout,
-            app,
-            runtime_dir,
-        } => {
-            let roots = match (pid, &app) {
-                (Some(pid), _) => vec![pid],
-                (None, Some(id)) => {
-                    let dir = runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
-                    ckpt::list::app_roots(&dir, id).map_err(anyhow::Error::msg)?
-                }
-                (None, None) => anyhow::bail!("give a process id or --app ID"),
-            };
-            let pid = roots[0];
-            let output = output.unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
-            let opts = ckpt::checkpoint::Options {
-                pid,
-                output: &output,
-                kill,
-                device: &cli.device,
-                plain,
-                single,
-                also: roots[1..].to_vec(),
-                flush_timeout: std::time::Duration::from_secs_f64(flush_timeout),
-            };
-            let stats = ckpt::checkpoint::checkpoint(&opts)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&stats).context("encoding JSON")?
-                );
-            } else {
-                println!(
-                    "checkpointed process {pid} to {}{}",
-                    output.display(),
-                    if kill { " (killed)" } else { "" }
-                );
-                print!("{}", ckpt::stats::stats_text(&stats));
-            }
-        }
-        Command::Restore { image, wait, pidns } => {
-            let opts = ckpt::restore::Options { pidns };
-            let r = ckpt::restore::restore(&image, &cli.device, &opts)?;
-            if r.processes > 1 {
-                eprintln!("ckpt: restored a tree of {} processes", r.processes);
-            }
-            if let Some(map) = &r.pidns {
-                let outside: Vec<String> = map.iter().map(|(o, k)| format!("{o} as {k}")).collect();
-                eprintln!(
-                    "ckpt: restored into a new pid namespace (with their own pids inside; outside: {})",
-                    outside.join(", ")
-                );
-                println!("{}", r.pid);
-            } else if r.pid == r.original_pid {
-                println!("{}", r.pid);
-            } else {
-                println!("{}", r.pid);
-                eprintln!(
-                    "ckpt: pid {} was taken; the process was restored as pid {}",
-                    r.original_pid, r.pid
-                );
-            }
-            if wait {
-                use std::io::Write;
-                std::io::stdout().flush().ok();
-                return Ok(ckpt::restore::wait_exit_status(r.wait_pid)?);
-            }
-        }
+        Command::Checkpoint(a) => return checkpoint(&cli.device, a),
+        Command::Restore(a) => return restore(&cli.device, a),
         Command::Run {
             id,
             runtime_dir,
@@ -241,26 +168,89 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         Command::List { runtime_dir, json } => {
             let dir = runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
             let apps = ckpt::list::list(&dir);
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&apps).context("encoding JSON")?
-                );
-            } else {
-                print!("{}", ckpt::list::text(&apps));
-            }
+            print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
         Command::Inspect { image, json } => {
             let img = ckpt::manifest::Image::open(&image)?;
-            if json {
-                println!(
-                    "{}",
-                    serde_json::to_string_pretty(&img.manifest).context("encoding JSON")?
-                );
-            } else {
-                print!("{}", ckpt::inspect::summary(&img));
-            }
+            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&img))?;
         }
+    }
+    Ok(0)
+}
+
+/// Prints `value` as JSON, or the text `text` makes.
+fn print_json_or<T: serde::Serialize>(
+    json: bool,
+    value: &T,
+    text: impl FnOnce() -> String,
+) -> anyhow::Result<()> {
+    if json {
+        let out = serde_json::to_string_pretty(value).context("encoding JSON")?;
+        println!("{out}");
+    } else {
+        print!("{}", text());
+    }
+    Ok(())
+}
+
+fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32> {
+    let roots = match (a.pid, &a.app) {
+        (Some(pid), _) => vec![pid],
+        (None, Some(id)) => {
+            let dir = a.runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
+            ckpt::list::app_roots(&dir, id).map_err(anyhow::Error::msg)?
+        }
+        (None, None) => anyhow::bail!("give a process id or --app ID"),
+    };
+    let pid = roots[0];
+    let output = a
+        .output
+        .unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
+    let opts = ckpt::checkpoint::Options {
+        pid,
+        output: &output,
+        kill: a.kill,
+        device,
+        plain: a.plain,
+        single: a.single,
+        also: roots[1..].to_vec(),
+        flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
+    };
+    let stats = ckpt::checkpoint::checkpoint(&opts)?;
+    print_json_or(a.json, &stats, || {
+        let killed = if a.kill { " (killed)" } else { "" };
+        format!(
+            "checkpointed process {pid} to {}{killed}\n{}",
+            output.display(),
+            ckpt::stats::stats_text(&stats)
+        )
+    })?;
+    Ok(0)
+}
+
+fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
+    let opts = ckpt::restore::Options { pidns: a.pidns };
+    let r = ckpt::restore::restore(&a.image, device, &opts)?;
+    if r.processes > 1 {
+        eprintln!("ckpt: restored a tree of {} processes", r.processes);
+    }
+    if let Some(map) = &r.pidns {
+        let outside: Vec<String> = map.iter().map(|(o, k)| format!("{o} as {k}")).collect();
+        eprintln!(
+            "ckpt: restored into a new pid namespace (with their own pids inside; outside: {})",
+            outside.join(", ")
+        );
+    } else if r.pid != r.original_pid {
+        eprintln!(
+            "ckpt: pid {} was taken; the process was restored as pid {}",
+            r.original_pid, r.pid
+        );
+    }
+    println!("{}", r.pid);
+    if a.wait {
+        use std::io::Write;
+        std::io::stdout().flush().ok();
+        return Ok(ckpt::restore::wait_exit_status(r.wait_pid)?);
     }
     Ok(0)
 }

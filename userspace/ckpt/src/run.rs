@@ -174,74 +174,15 @@ pub fn run(opts: RunOptions) -> Result<std::convert::Infallible, RunError> {
         source,
     })?;
     let pid = std::process::id() as i32;
-    let base = Path::new(&prog_name)
-        .file_name()
-        .map(|b| b.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "app".into());
-    let base: String = base
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || "._-".contains(c) {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
-    let id = opts
-        .id
-        .unwrap_or_else(|| format!("{}-{pid}", base.trim_start_matches('.')));
+    let id = match opts.id {
+        Some(id) => id,
+        None => default_id(&prog_name, pid),
+    };
     if !valid_id(&id) {
         return Err(RunError::BadId(id));
     }
-    let runtime_dir = opts.runtime_dir.unwrap_or_else(default_runtime_dir);
-    let rt_err = |source| RunError::RuntimeDir {
-        path: runtime_dir.clone(),
-        source,
-    };
-    std::fs::create_dir_all(&runtime_dir).map_err(rt_err)?;
-    let runtime_dir = std::fs::canonicalize(&runtime_dir).map_err(rt_err)?;
-    let app_dir = runtime_dir.join(&id);
-    if app_dir.as_os_str().len() + "/4194304.sock".len() > SOCKET_PATH_MAX {
-        return Err(RunError::RuntimeDirTooLong(runtime_dir));
-    }
-    if let Ok(old) = crate::list::read_app(&app_dir) {
-        if crate::list::alive(old.root_pid) || !crate::list::live_processes(&app_dir).is_empty() {
-            return Err(RunError::IdInUse(id));
-        }
-    }
-    let _ = std::fs::remove_dir_all(&app_dir);
-    {
-        use std::os::unix::fs::DirBuilderExt;
-        std::fs::DirBuilder::new()
-            .recursive(true)
-            .mode(0o711)
-            .create(&app_dir)
-            .map_err(|source| RunError::RuntimeDir {
-                path: app_dir.clone(),
-                source,
-            })?;
-    }
-    let library = match kind {
-        Linkage::Dynamic => Some(find_library()?),
-        Linkage::Static => {
-            eprintln!(
-                "ckpt run: {} is statically linked, so the interceptor cannot be preloaded into \
-                 it; running it without (checkpoints take the plain path: no flushing, no id \
-                 virtualization)",
-                program.display()
-            );
-            None
-        }
-        Linkage::Elf32 => {
-            eprintln!(
-                "ckpt run: {} is a 32-bit program; the interceptor is 64-bit and checkpoints \
-                 of 32-bit programs are not supported; running it without",
-                program.display()
-            );
-            None
-        }
-    };
+    let (runtime_dir, app_dir) = app_dir(opts.runtime_dir, &id)?;
+    let library = library_for(kind, &program)?;
     let record = AppRecord {
         id: id.clone(),
         root_pid: pid,
@@ -280,4 +221,78 @@ pub fn run(opts: RunOptions) -> Result<std::convert::Infallible, RunError> {
         program: prog_name,
         source,
     })
+}
+
+/// PROGRAM-PID, with the program's base name made safe for an id.
+fn default_id(prog_name: &str, pid: i32) -> String {
+    let base = Path::new(prog_name)
+        .file_name()
+        .map(|b| b.to_string_lossy().into_owned())
+        .unwrap_or_else(|| "app".into());
+    let safe = |c: char| {
+        if c.is_ascii_alphanumeric() || "._-".contains(c) {
+            c
+        } else {
+            '_'
+        }
+    };
+    let base: String = base.chars().map(safe).collect();
+    format!("{}-{pid}", base.trim_start_matches('.'))
+}
+
+/// The runtime directory (made, canonical) and a fresh directory for application `id` in it
+/// (refused while an application with that id still runs).
+fn app_dir(runtime_dir: Option<PathBuf>, id: &str) -> Result<(PathBuf, PathBuf), RunError> {
+    let runtime_dir = runtime_dir.unwrap_or_else(default_runtime_dir);
+    let rt_err = |source| RunError::RuntimeDir {
+        path: runtime_dir.clone(),
+        source,
+    };
+    std::fs::create_dir_all(&runtime_dir).map_err(rt_err)?;
+    let runtime_dir = std::fs::canonicalize(&runtime_dir).map_err(rt_err)?;
+    let app_dir = runtime_dir.join(id);
+    if app_dir.as_os_str().len() + "/4194304.sock".len() > SOCKET_PATH_MAX {
+        return Err(RunError::RuntimeDirTooLong(runtime_dir));
+    }
+    if let Ok(old) = crate::list::read_app(&app_dir) {
+        if crate::list::alive(old.root_pid) || !crate::list::live_processes(&app_dir).is_empty() {
+            return Err(RunError::IdInUse(id.to_owned()));
+        }
+    }
+    let _ = std::fs::remove_dir_all(&app_dir);
+    use std::os::unix::fs::DirBuilderExt;
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o711)
+        .create(&app_dir)
+        .map_err(|source| RunError::RuntimeDir {
+            path: app_dir.clone(),
+            source,
+        })?;
+    Ok((runtime_dir, app_dir))
+}
+
+/// The interceptor library to preload, or None (with a message) for a program it cannot go
+/// into.
+fn library_for(kind: Linkage, program: &Path) -> Result<Option<PathBuf>, RunError> {
+    match kind {
+        Linkage::Dynamic => Ok(Some(find_library()?)),
+        Linkage::Static => {
+            eprintln!(
+                "ckpt run: {} is statically linked, so the interceptor cannot be preloaded into \
+                 it; running it without (checkpoints take the plain path: no flushing, no id \
+                 virtualization)",
+                program.display()
+            );
+            Ok(None)
+        }
+        Linkage::Elf32 => {
+            eprintln!(
+                "ckpt run: {} is a 32-bit program; the interceptor is 64-bit and checkpoints \
+                 of 32-bit programs are not supported; running it without",
+                program.display()
+            );
+            Ok(None)
+        }
+    }
 }

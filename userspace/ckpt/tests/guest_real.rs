@@ -4,22 +4,14 @@
 
 mod common;
 
-use common::{ckpt, ok, Dir};
+use common::{ckpt, gone, ok, Dir};
 use std::io::{Read, Write};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-fn gone(pid: i32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
-}
-
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        assert!(t0.elapsed() < Duration::from_secs(30), "timed out: {what}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    common::wait_for(what, 30, cond)
 }
 
 /// Checkpoints the tree of `root` (our child) with --kill into `img`; returns the image's

@@ -4,10 +4,9 @@
 
 mod common;
 
-use common::{ckpt, ok, prog, Dir};
+use common::{ckpt, gone, ok, prog, spawn_ready, Dir};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
 
 /// (state, ppid, pgid, sid) from /proc/PID/stat; None when the process is gone.
 fn stat_of(pid: i32) -> Option<(char, i32, i32, i32)> {
@@ -21,10 +20,6 @@ fn stat_of(pid: i32) -> Option<(char, i32, i32, i32)> {
     ))
 }
 
-fn gone(pid: i32) -> bool {
-    stat_of(pid).is_none()
-}
-
 /// The last number NAME wrote into DIR/NAME.
 fn last_count(dir: &Path, name: &str) -> Option<u64> {
     let text = std::fs::read_to_string(dir.join(name)).ok()?;
@@ -34,19 +29,8 @@ fn last_count(dir: &Path, name: &str) -> Option<u64> {
 }
 
 /// Waits until `cond` holds (10 s at most).
-fn wait_for(what: &str, mut cond: impl FnMut() -> bool) {
-    let t0 = Instant::now();
-    while !cond() {
-        if t0.elapsed() > Duration::from_secs(10) {
-            let ps = std::process::Command::new("ps")
-                .args(["-eo", "pid,ppid,pgid,sid,stat,wchan:20,comm"])
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
-                .unwrap_or_default();
-            panic!("timed out: {what}\n{ps}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    common::wait_for(what, 10, cond)
 }
 
 /// Each process's lines in DIR/NAME count 0, 1, 2, ... with no gap and no repeat.
@@ -380,14 +364,7 @@ fn root_view(dir: &Path) -> Vec<u64> {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn shared_memory_stays_shared_after_kill_and_restore() {
     let d = Dir::new("tree-shm");
-    let mut root = Command::new(prog("shm"))
-        .arg(&d.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = common::first_line(&mut root);
-    let pid: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let (mut root, pid) = spawn_ready("shm", &[d.0.as_os_str()]);
     wait_for("the children count, seen by the root", || {
         root_view(&d.0)
             .get(1..)
@@ -536,14 +513,7 @@ fn a_tree_whose_pids_are_taken_goes_into_a_new_pid_namespace() {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn copy_on_write_pages_are_stored_once() {
     let d = Dir::new("tree-cow");
-    let mut root = Command::new(prog("cowtree"))
-        .arg(&d.0)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = common::first_line(&mut root);
-    let pid: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let (mut root, pid) = spawn_ready("cowtree", &[d.0.as_os_str()]);
     let names = ["p", "c0", "c1", "c2"];
     wait_for("all count", || {
         names

@@ -64,14 +64,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         .collect();
     let mut tree = FrozenTree::freeze(&roots, opts.single)?;
     tree.check_groups()?;
-    let mut stdio_flushed = !prepared.is_empty();
-    for m in &mut tree.members {
-        if let Some(p) = prepared.get(&m.frozen.pid) {
-            let timeout = opts.flush_timeout;
-            stdio_flushed &= p.flush_stdio(&dev, &mut m.frozen, &mut frozen_at, timeout)?;
-        }
-        m.frozen.redo_interrupted_calls()?;
-    }
+    let stdio_flushed = settle(&dev, &mut tree, &prepared, &mut frozen_at, opts)?;
 
     let write_err = |source| CheckpointError::Write {
         path: opts.output.into(),
@@ -85,29 +78,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    // Every process's fds first: which pipes and sockets are the tree's.
-    let mut fd_entries = Vec::new();
-    let mut shared = SharedDump::default();
-    for m in &tree.members {
-        let pid = m.frozen.pid;
-        let entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;
-        shared.census.add(pid, &entries);
-        fd_entries.push(entries);
-    }
-    let mut dump = Dump {
-        dev: &dev,
-        w: &mut w,
-        path: opts.output,
-        stats: &mut stats,
-        shared: &mut shared,
-        stored: &mut memory::Stored::default(),
-    };
-    let mut processes = Vec::new();
-    for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
-        let p = prepared.get(&m.frozen.pid);
-        processes.push(dump.process((i, &m.frozen), &m.stat, entries, p)?);
-    }
-    let zombies = tree.zombies.clone();
+    let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts.output, &mut stats)?;
 
     // Everything of the tree is captured: unless it is to be killed, let it go now and
     // finish the image (checksums, manifest, fsync) while it runs.
@@ -126,12 +97,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
-    let manifest = Manifest {
-        processes,
-        zombies,
-        shared: shared.finish(),
-        stats: Some(stats),
-    };
+    manifest.stats = Some(stats);
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
     if let Some(tree) = tree {
         tree.kill()?;
@@ -139,6 +105,68 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
+}
+
+/// Once frozen: stdio flushed where the interceptor needs ckpt to do it (a single-threaded
+/// program may be let run a moment to reach a safe point: `frozen_at` restarts), and calls
+/// the kernel never restarts pointed back. Returns whether every prepared process's stdio is
+/// flushed.
+fn settle(
+    dev: &Device,
+    tree: &mut FrozenTree,
+    prepared: &BTreeMap<i32, Prepared>,
+    frozen_at: &mut Instant,
+    opts: &Options,
+) -> Result<bool, CheckpointError> {
+    let mut stdio_flushed = !prepared.is_empty();
+    for m in &mut tree.members {
+        if let Some(p) = prepared.get(&m.frozen.pid) {
+            let timeout = opts.flush_timeout;
+            stdio_flushed &= p.flush_stdio(dev, &mut m.frozen, frozen_at, timeout)?;
+        }
+        m.frozen.redo_interrupted_calls()?;
+    }
+    Ok(stdio_flushed)
+}
+
+/// Dumps every process of the frozen tree into the image; returns the manifest (without
+/// statistics).
+fn dump_tree(
+    dev: &Device,
+    tree: &FrozenTree,
+    prepared: &BTreeMap<i32, Prepared>,
+    w: &mut ImageWriter,
+    path: &Path,
+    stats: &mut Stats,
+) -> Result<Manifest, CheckpointError> {
+    // Every process's fds first: which pipes and sockets are the tree's.
+    let mut fd_entries = Vec::new();
+    let mut shared = SharedDump::default();
+    for m in &tree.members {
+        let pid = m.frozen.pid;
+        let entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;
+        shared.census.add(pid, &entries);
+        fd_entries.push(entries);
+    }
+    let mut dump = Dump {
+        dev,
+        w,
+        path,
+        stats,
+        shared: &mut shared,
+        stored: &mut memory::Stored::default(),
+    };
+    let mut processes = Vec::new();
+    for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
+        let p = prepared.get(&m.frozen.pid);
+        processes.push(dump.process((i, &m.frozen), &m.stat, entries, p)?);
+    }
+    Ok(Manifest {
+        processes,
+        zombies: tree.zombies.clone(),
+        shared: shared.finish(),
+        stats: None,
+    })
 }
 
 /// PREPARE for every process of the tree (as it is now) that runs under `ckpt run`.

@@ -55,31 +55,73 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
     let m = &img.manifest;
-    let xstates = m
-        .processes
-        .iter()
-        .map(|p| {
-            p.threads
-                .iter()
-                .map(|t| img.read_section(t.xstate_section))
-                .collect()
-        })
-        .collect::<Result<Vec<Vec<_>>, _>>()?;
+    let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
-    let shared = make_shared(&img)?;
+    let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    let in_pidns = pidns::needed(m, opts.pidns);
+    let roots = launch(&mut restorers, in_pidns)?;
+    drop(restorers);
+    // From here on, a failure kills the whole tree.
+    let tree = Launched {
+        manifest: m,
+        kernel: {
+            let reported = read_reports(report_in);
+            let pid_of = |p: &Process| reported.get(&p.pid).copied().unwrap_or(0);
+            m.processes.iter().map(pid_of).collect()
+        },
+        roots,
+    };
+    tree.all_reported()?;
+    for &pid in &tree.kernel {
+        supervise::attach(pid).map_err(|e| tree.abort(e))?;
+    }
+    drop(go_out); // every restorer goes on
+    let mut all_tids = Vec::new();
+    for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(&xstates) {
+        supervise::to_restore_exit(pid).map_err(|e| tree.abort(e))?;
+        all_tids.push(finish_threads(pid, p, xstates).map_err(|e| tree.abort(e))?);
+    }
+    tree.release(&all_tids)?;
+    Ok(tree.restored(in_pidns))
+}
+
+/// Every thread's XSAVE state, per process.
+fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
+    let m = &img.manifest;
+    let of_process = |p: &Process| -> Result<Vec<Vec<u8>>, _> {
+        p.threads
+            .iter()
+            .map(|t| img.read_section(t.xstate_section))
+            .collect()
+    };
+    Ok(m.processes
+        .iter()
+        .map(of_process)
+        .collect::<Result<_, _>>()?)
+}
+
+/// Everything the restorers need, made before the first fork: the shared objects, each
+/// process's plan, the report and go pipes. Returns them with the pipes' ends ckpt keeps.
+fn prepare_restorers<'a>(
+    img: &'a Image,
+    dev: &'a crate::device::Device,
+    opts: &Options,
+) -> Result<(Restorers<'a>, OwnedFd, OwnedFd), RestoreError> {
+    let m = &img.manifest;
+    let shared = make_shared(img)?;
     let plans = m
         .processes
         .iter()
-        .map(|p| prepare(&img, p, &shared.memory))
+        .map(|p| prepare(img, p, &shared.memory))
         .collect::<Result<_, _>>()?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
-    let mut restorers = Restorers {
+    let restorers = Restorers {
         manifest: m,
         plans,
         image: &img.file,
-        dev: &dev,
+        dev,
         report: report_out,
         go,
         go_writer: std::os::fd::AsRawFd::as_raw_fd(&go_out),
@@ -87,83 +129,96 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         highest_own_fd: highest_own_fd()?,
         shared,
     };
-    // Our children: the roots' restorers, or the pid namespace's init that forks them.
-    let in_pidns = pidns::needed(m, opts.pidns);
-    let mut roots = Vec::new();
+    Ok((restorers, report_in, go_out))
+}
+
+/// Forks our children: the roots' restorers, or the pid namespace's init that forks them.
+fn launch(r: &mut Restorers, in_pidns: bool) -> Result<Vec<i32>, RestoreError> {
+    let roots = r.manifest.roots();
     if in_pidns {
-        roots.push(pidns::fork_init(&mut restorers, &m.roots())?);
-    } else {
-        for i in m.roots() {
-            match fork_root(&mut restorers, i) {
-                Ok(pid) => roots.push(pid),
-                Err(e) => {
-                    for &pid in &roots {
-                        let _ = sys::kill(pid, libc::SIGKILL);
-                    }
-                    return Err(e);
+        return Ok(vec![pidns::fork_init(r, &roots)?]);
+    }
+    let mut forked = Vec::new();
+    for i in roots {
+        match fork_root(r, i) {
+            Ok(pid) => forked.push(pid),
+            Err(e) => {
+                for &pid in &forked {
+                    let _ = sys::kill(pid, libc::SIGKILL);
                 }
+                return Err(e);
             }
         }
     }
-    drop(restorers);
-    // If anything fails from here, the whole tree must die: each restorer dies with its
-    // parent, and every restored process is killed (it is also traced with exit-kill).
-    let reported = read_reports(report_in);
-    let kernel: Vec<i32> = m
-        .processes
-        .iter()
-        .map(|p| reported.get(&p.pid).copied().unwrap_or(0))
-        .collect();
-    let kill_tree = |e: RestoreError| -> RestoreError {
-        for &pid in kernel.iter().chain(&roots).filter(|&&p| p > 0) {
+    Ok(forked)
+}
+
+/// A tree being restored: its restorers run.
+struct Launched<'a> {
+    manifest: &'a crate::manifest::Manifest,
+    /// Per process of the manifest, its pid as we see it (0: its restorer never reported).
+    kernel: Vec<i32>,
+    /// Our children (the roots' restorers or the namespace's init).
+    roots: Vec<i32>,
+}
+
+impl Launched<'_> {
+    /// Kills every process of the tree (each restorer also dies with its parent, and every
+    /// traced one with us); returns `e`.
+    fn abort(&self, e: RestoreError) -> RestoreError {
+        for &pid in self.kernel.iter().chain(&self.roots).filter(|&&p| p > 0) {
             let _ = sys::kill(pid, libc::SIGKILL);
         }
-        for &pid in &roots {
+        for &pid in &self.roots {
             let _ = sys::waitpid(pid, 0);
         }
         e
-    };
-    if let Some(p) = m.processes.iter().zip(&kernel).find(|(_, &k)| k == 0) {
-        eprintln!(
-            "ckpt restore: the restorer of process {} failed (see above)",
-            p.0.pid
-        );
-        return Err(kill_tree(RestoreError::Child(1)));
     }
-    for &pid in &kernel {
-        supervise::attach(pid).map_err(kill_tree)?;
-    }
-    drop(go_out); // every restorer goes on
-    let mut all_tids = Vec::new();
-    for ((p, &pid), xstates) in m.processes.iter().zip(&kernel).zip(&xstates) {
-        supervise::to_restore_exit(pid).map_err(kill_tree)?;
-        all_tids.push(finish_threads(pid, p, xstates).map_err(kill_tree)?);
-    }
-    // Children first: a parent that runs finds its children running.
-    for tids in all_tids.iter().rev() {
-        for &tid in tids {
-            ptrace::detach(Pid::from_raw(tid), None)
-                .map_err(|e| kill_tree(restore_io("PTRACE_DETACH")(e.into())))?;
+
+    /// Every restorer reported (one that failed said why on stderr).
+    fn all_reported(&self) -> Result<(), RestoreError> {
+        let processes = &self.manifest.processes;
+        match processes.iter().zip(&self.kernel).find(|(_, &k)| k == 0) {
+            Some((p, _)) => {
+                eprintln!(
+                    "ckpt restore: the restorer of process {} failed (see above)",
+                    p.pid
+                );
+                Err(self.abort(RestoreError::Child(1)))
+            }
+            None => Ok(()),
         }
     }
-    for ((p, &pid), tids) in m.processes.iter().zip(&kernel).zip(&all_tids) {
-        let per_thread: Vec<u64> = p.threads.iter().map(|t| t.pending).collect();
-        crate::signals::raise_pending(pid, p.shared_pending, &per_thread, tids)
-            .map_err(restore_io("re-raising a pending signal"))?;
+
+    /// Detaches every thread, children before parents (a parent that runs finds its children
+    /// running), and raises each process's pending signals again.
+    fn release(&self, all_tids: &[Vec<i32>]) -> Result<(), RestoreError> {
+        for tids in all_tids.iter().rev() {
+            for &tid in tids {
+                ptrace::detach(Pid::from_raw(tid), None)
+                    .map_err(|e| self.abort(restore_io("PTRACE_DETACH")(e.into())))?;
+            }
+        }
+        let processes = &self.manifest.processes;
+        for ((p, &pid), tids) in processes.iter().zip(&self.kernel).zip(all_tids) {
+            let per_thread: Vec<u64> = p.threads.iter().map(|t| t.pending).collect();
+            crate::signals::raise_pending(pid, p.shared_pending, &per_thread, tids)
+                .map_err(restore_io("re-raising a pending signal"))?;
+        }
+        Ok(())
     }
-    Ok(Restored {
-        pid: kernel[0],
-        original_pid: m.processes[0].pid,
-        processes: m.processes.len(),
-        wait_pid: roots[0],
-        pidns: in_pidns.then(|| {
-            m.processes
-                .iter()
-                .map(|p| p.pid)
-                .zip(kernel.iter().copied())
-                .collect()
-        }),
-    })
+
+    fn restored(&self, in_pidns: bool) -> Restored {
+        let m = self.manifest;
+        let originals = m.processes.iter().map(|p| p.pid);
+        Restored {
+            pid: self.kernel[0],
+            original_pid: m.processes[0].pid,
+            processes: m.processes.len(),
+            wait_pid: self.roots[0],
+            pidns: in_pidns.then(|| originals.zip(self.kernel.iter().copied()).collect()),
+        }
+    }
 }
 
 /// The tree's pipes and socket pairs with their bytes, above every fd number of the image.
@@ -306,7 +361,17 @@ fn finish_threads(pid: i32, p: &Process, xstates: &[Vec<u8>]) -> Result<Vec<i32>
         ic.restore_ids(&inj, &p.threads, &seen)
             .map_err(restore_io("filling the interceptor's id table"))?;
     }
-    crate::creds::restore(&inj, &p.threads, &tids, p.attrs.dumpable)?;
+    let creds: Vec<crate::creds::ThreadCreds> = p
+        .threads
+        .iter()
+        .zip(&tids)
+        .map(|(t, &tid)| crate::creds::ThreadCreds {
+            tid,
+            shown_tid: t.tid,
+            creds: t.creds.as_ref(),
+        })
+        .collect();
+    crate::creds::restore(&inj, &creds, scratch, p.attrs.dumpable)?;
     thread::set_final_state(&p.threads, &tids, xstates)?;
     Ok(tids)
 }

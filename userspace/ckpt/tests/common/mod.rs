@@ -158,3 +158,41 @@ pub fn first_line(child: &mut Child) -> String {
         .unwrap();
     line
 }
+
+/// Whether process `pid` is gone (a zombie is not).
+pub fn gone(pid: i32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_err()
+}
+
+/// Waits until `cond` holds, `secs` seconds at most; on timeout, fails showing every process.
+pub fn wait_for(what: &str, secs: u64, mut cond: impl FnMut() -> bool) {
+    let t0 = std::time::Instant::now();
+    while !cond() {
+        if t0.elapsed() > std::time::Duration::from_secs(secs) {
+            let ps = Command::new("ps")
+                .args(["-eo", "pid,ppid,pgid,sid,stat,wchan:20,comm"])
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).into_owned())
+                .unwrap_or_default();
+            panic!("timed out: {what}\n{ps}");
+        }
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Spawns a test program with `args`, stdout piped, and reads its "ready PID" line.
+pub fn spawn_ready(name: &str, args: &[&std::ffi::OsStr]) -> (Child, i32) {
+    let mut child = Command::new(prog(name))
+        .args(args)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("spawning {name}: {e}"));
+    let line = first_line(&mut child);
+    let pid = line
+        .trim()
+        .strip_prefix("ready ")
+        .and_then(|p| p.split_whitespace().next()?.parse().ok())
+        .unwrap_or_else(|| panic!("{name} said {line:?}"));
+    (child, pid)
+}
