@@ -71,6 +71,7 @@ fn memory_text(out: &mut String, p: &crate::manifest::Process) {
             Backing::Anonymous => String::new(),
             Backing::File { path, offset, .. } => format!("{path} @{offset:#x}"),
             Backing::Special { name } => name.clone(),
+            Backing::Sysv { segment } => format!("SysV segment {segment}"),
             Backing::Shm { object, offset } => {
                 format!("shared memory object {object} @{offset:#x}")
             }

@@ -17,6 +17,7 @@ pub mod fds;
 pub mod memory;
 pub mod shmem;
 pub mod signals;
+pub mod sysv;
 pub mod thread;
 pub mod tree;
 pub mod vdso;

@@ -119,6 +119,10 @@ struct RestoreArgs {
     /// every pid is free here. A tree whose pids are taken goes there by itself.
     #[arg(long)]
     pidns: bool,
+    /// Restore into a new IPC namespace, where SysV shared memory segments get their ids
+    /// back (in this one they keep their keys, with new ids).
+    #[arg(long)]
+    ipcns: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -229,7 +233,10 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
 }
 
 fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
-    let opts = ckpt::restore::Options { pidns: a.pidns };
+    let opts = ckpt::restore::Options {
+        pidns: a.pidns,
+        ipcns: a.ipcns,
+    };
     let r = ckpt::restore::restore(&a.image, device, &opts)?;
     if r.processes > 1 {
         eprintln!("ckpt: restored a tree of {} processes", r.processes);

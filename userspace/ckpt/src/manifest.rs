@@ -122,7 +122,8 @@ impl Process {
         if self.threads.first().map(|t| t.tid) != Some(self.pid) {
             return Err("the first thread is not the main thread".into());
         }
-        self.memory.validate(sections, &shared.memory)?;
+        self.memory
+            .validate(sections, (&shared.memory, &shared.sysv_shm))?;
         self.files.validate(shared, sections)?;
         if let Some(i) = &self.interceptor {
             i.validate()?;
@@ -220,6 +221,7 @@ mod tests {
             socket_pairs: vec![],
             listeners: vec![],
             memory: vec![],
+            sysv_shm: vec![],
         }
     }
 

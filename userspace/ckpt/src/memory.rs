@@ -120,6 +120,11 @@ pub enum Backing {
         object: usize,
         offset: u64,
     },
+    /// A SysV segment, attached again whole after the restore (`segment` indexes the image's
+    /// table of them).
+    Sysv {
+        segment: usize,
+    },
 }
 
 /// `len` bytes of memory at `addr`, stored at `offset` of the image (inside a pages section).
@@ -240,12 +245,21 @@ pub fn dump(
     runs.sort_by_key(|r| r.addr);
     let mut vmas = Vec::new();
     for m in maps {
-        let object = match shmem::is_object(m) {
-            Ok(true) => Some(shm.mapped(pid, m, w).map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => write_err(e),
-                _ => checkpoint_io(pid, "reading a shared memory object")(e),
-            })?),
-            _ => None,
+        let io_err = |e: std::io::Error| match e.raw_os_error() {
+            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => write_err(e),
+            _ => checkpoint_io(pid, "reading a shared memory object")(e),
+        };
+        let object = if crate::sysv::is_segment(m) {
+            let segment = shm.sysv.attached(m, w).map_err(io_err)?;
+            Some(Backing::Sysv { segment })
+        } else if shmem::is_object(m) == Ok(true) {
+            let object = shm.mapped(pid, m, w).map_err(io_err)?;
+            Some(Backing::Shm {
+                object,
+                offset: m.offset,
+            })
+        } else {
+            None
         };
         vmas.push(vma_of(m, &runs, object));
     }
@@ -332,9 +346,9 @@ impl Scan<'_> {
     }
 }
 
-/// The image's record of mapping `m`, with its part of the dumped page `runs`; `object`: the
-/// shared memory object it maps.
-fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], object: Option<usize>) -> Vma {
+/// The image's record of mapping `m`, with its part of the dumped page `runs`; `shared`: the
+/// shared memory it maps, if it does.
+fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], shared: Option<Backing>) -> Vma {
     // The module merges pages that follow each other in memory and in the file, also across
     // adjacent mappings: cut the runs at this mapping's bounds.
     let pages = runs
@@ -350,11 +364,8 @@ fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], object: Option<usize>) -> Vma {
             }
         })
         .collect();
-    let backing = if let Some(object) = object {
-        Backing::Shm {
-            object,
-            offset: m.offset,
-        }
+    let backing = if let Some(shared) = shared {
+        shared
     } else if m.is_special() {
         Backing::Special {
             name: m.name.clone(),
@@ -403,7 +414,8 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
     let mut runs = Vec::new();
     for v in vmas {
         let (mut flags, fd_slot, offset) = match &v.backing {
-            Backing::Special { .. } => continue,
+            // Not mapped by the module: attached after the restore (`attach_sysv`).
+            Backing::Special { .. } | Backing::Sysv { .. } => continue,
             Backing::Anonymous => (0, -1, 0),
             Backing::Shm { object, offset } => {
                 let obj = shm.get(*object).ok_or_else(|| RestoreError::MappedFile {
@@ -498,11 +510,16 @@ impl MemoryPlan {
 impl Memory {
     /// VMAs sorted and page-aligned, page runs inside their VMA and inside a pages section,
     /// shared memory objects in `shm` (the image's table).
-    pub fn validate(&self, sections: &[Section], shm: &[ShmObject]) -> Result<(), String> {
+    pub fn validate(
+        &self,
+        sections: &[Section],
+        (shm, sysv): (&[ShmObject], &[crate::sysv::SysvSegment]),
+    ) -> Result<(), String> {
         let mut prev_end = 0;
         for v in &self.vmas {
             let bad_object = match v.backing {
                 Backing::Shm { object, offset } => object >= shm.len() || offset % PAGE != 0,
+                Backing::Sysv { segment } => segment >= sysv.len(),
                 _ => false,
             };
             if v.start % PAGE != 0
@@ -547,4 +564,36 @@ fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
                 .checked_add(r.len)
                 .is_some_and(|e| e <= s.offset + s.len)
     })
+}
+
+/// In the restored process `pid` (its address space the image's): attaches every SysV segment
+/// it had at its address (injected shmat), `ids[segment]` being each one's id now.
+pub fn attach_sysv(
+    inj: &crate::inject::Injector,
+    pid: i32,
+    vmas: &[Vma],
+    ids: &[i32],
+) -> Result<(), RestoreError> {
+    let what = "attaching a SysV segment";
+    for v in vmas {
+        let Backing::Sysv { segment } = v.backing else {
+            continue;
+        };
+        let einval = || restore_io(what)(std::io::Error::from_raw_os_error(libc::EINVAL));
+        let id = *ids.get(segment).ok_or_else(einval)?;
+        let mut flags = 0u64;
+        if v.prot & 2 == 0 {
+            flags |= libc::SHM_RDONLY as u64;
+        }
+        if v.prot & 4 != 0 {
+            flags |= libc::SHM_EXEC as u64;
+        }
+        let args = [id as u64, v.start, flags, 0, 0, 0];
+        let at = crate::thread::call(inj, pid, what, libc::SYS_shmat, args)?;
+        if at as u64 != v.start {
+            let e = std::io::Error::other(format!("at {at:#x}, not {:#x}", v.start));
+            return Err(restore_io(what)(e));
+        }
+    }
+    Ok(())
 }

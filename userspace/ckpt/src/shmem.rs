@@ -45,8 +45,8 @@ pub struct ShmObject {
 /// Whether mapping `m` is of a shared memory object ckpt carries; an error for a kind it
 /// cannot (SysV, deleted files).
 pub fn is_object(m: &MapEntry) -> Result<bool, &'static str> {
-    if m.name.starts_with("/SYSV") {
-        Err("SysV shared memory (shmat) is not supported yet")
+    if crate::sysv::is_segment(m) {
+        Ok(false) // crate::sysv's
     } else {
         Ok(m.name == ANON_NAME || (m.is_file() && m.name.ends_with(" (deleted)")))
     }
@@ -56,6 +56,8 @@ pub fn is_object(m: &MapEntry) -> Result<bool, &'static str> {
 #[derive(Debug, Default)]
 pub struct ShmDump {
     pub table: Vec<ShmObject>,
+    /// SysV segments, the other kind of shared memory (their table goes separately).
+    pub sysv: crate::sysv::SysvDump,
     /// (device, inode) -> index in `table`.
     index: BTreeMap<(u64, u64), usize>,
 }

@@ -430,19 +430,37 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     assert!(String::from_utf8_lossy(&o.stderr).contains("is ckpt itself"));
     assert!(!img.exists(), "no image after failures");
 
-    // A SysV shared memory mapping: refused at checkpoint time, target untouched.
-    let memfd = common::Target::spawn("sysv_target", &[]);
+    // A pipe to a process outside the tree (us): refused at checkpoint time, naming who
+    // holds the other end; the target is untouched.
+    let (r, w) = nix::unistd::pipe().unwrap();
+    let w_fd = std::os::fd::AsRawFd::as_raw_fd(&w);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
+    // SAFETY: between fork and exec: dup2 only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(w_fd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut sleeper = cmd.spawn().unwrap();
+    drop(w);
+    std::thread::sleep(std::time::Duration::from_millis(100));
     fail(
-        &["checkpoint", &memfd.pid().to_string(), "-o", imgs],
-        "SysV shared memory",
+        &["checkpoint", &sleeper.id().to_string(), "-o", imgs],
+        "outside the tree",
     );
     assert!(!img.exists());
-    let stat = std::fs::read_to_string(format!("/proc/{}/stat", memfd.pid())).unwrap();
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", sleeper.id())).unwrap();
     assert!(
         stat.contains(") S "),
         "the target is left sleeping, not stopped: {stat}"
     );
-    drop(memfd);
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    drop(r);
 
     // Another user's process, as an unprivileged user: refused (the device is root-only).
     let mut child = start_counter("counter", &d.path("out"), 1);

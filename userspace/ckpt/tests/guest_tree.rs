@@ -563,3 +563,109 @@ fn copy_on_write_pages_are_stored_once() {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
+
+/// The numbers of the last line of DIR/p.
+fn sysv_view(dir: &Path) -> Vec<u64> {
+    let text = std::fs::read_to_string(dir.join("p")).unwrap_or_default();
+    let last = text
+        .lines()
+        .rev()
+        .find(|l| l.starts_with("p "))
+        .unwrap_or("");
+    last.split(' ').filter_map(|w| w.parse().ok()).collect()
+}
+
+/// SysV shared memory a parent and child attach (one with a key, one removed while attached):
+/// recreated with the same key, filled, attached again at the same address by both; the
+/// parent sees the child count on.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn sysv_shared_memory_stays_shared_after_kill_and_restore() {
+    let d = Dir::new("tree-sysv");
+    let key = format!("{:#x}", 0x4c00_0000 + (std::process::id() & 0xffff));
+    let (mut root, pid) = spawn_ready("sysv_target", &[d.0.as_os_str(), key.as_ref()]);
+    wait_for("the parent sees the child count", || {
+        sysv_view(&d.0)
+            .get(1..)
+            .is_some_and(|v| v.iter().all(|&n| n > 5))
+    });
+    let img = d.path("sysv.img");
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    root.wait().unwrap();
+    let at_checkpoint = sysv_view(&d.0);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let m = &image.manifest;
+    assert_eq!(m.shared.sysv_shm.len(), 2, "each segment once");
+    assert!(m.shared.sysv_shm.iter().any(|s| s.removed));
+    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
+    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
+    // The keyed segment is gone with its last process (the test removes it: nobody else does).
+    let keyed = m.shared.sysv_shm.iter().find(|s| !s.removed).unwrap();
+    unsafe { libc::shmctl(keyed.id, libc::IPC_RMID, std::ptr::null_mut()) };
+
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pid);
+    wait_for("the parent sees the child count on", || {
+        let v = sysv_view(&d.0);
+        v.len() == 3 && (1..3).all(|i| v[i] > at_checkpoint[i] + 5)
+    });
+    let text = std::fs::read_to_string(d.path("p")).unwrap();
+    assert!(!text.contains("bad"), "the patterns survived: {text}");
+    let list = std::fs::read_to_string("/proc/sysvipc/shm").unwrap();
+    let want = format!(
+        "{:>10}",
+        i64::from_str_radix(key.trim_start_matches("0x"), 16).unwrap()
+    );
+    assert!(
+        list.lines().any(|l| l.starts_with(&want)),
+        "the key is back: {list}"
+    );
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("the restored tree is gone", || all.iter().all(|&p| gone(p)));
+    for l in list.lines().filter(|l| l.starts_with(&want)) {
+        let id: i32 = l.split_whitespace().nth(1).unwrap().parse().unwrap();
+        unsafe { libc::shmctl(id, libc::IPC_RMID, std::ptr::null_mut()) };
+    }
+    // With --ipcns: a new IPC namespace, where the segments have their ids back too.
+    let out = ckpt(&["restore", "--ipcns", img.to_str().unwrap()]);
+    assert_eq!(ok(&out).trim(), pid.to_string());
+    let inside = Command::new("nsenter")
+        .args([
+            "--ipc",
+            "--target",
+            &pid.to_string(),
+            "cat",
+            "/proc/sysvipc/shm",
+        ])
+        .output()
+        .unwrap();
+    let inside = String::from_utf8_lossy(&inside.stdout);
+    for s in &m.shared.sysv_shm {
+        let id = s.id.to_string();
+        assert!(
+            inside
+                .lines()
+                .any(|l| l.split_whitespace().nth(1) == Some(id.as_str())),
+            "segment {} keeps its id: {inside}",
+            s.id
+        );
+    }
+    assert!(!list.is_empty());
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("the second restored tree is gone", || {
+        all.iter().all(|&p| gone(p))
+    });
+}

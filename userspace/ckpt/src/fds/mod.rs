@@ -124,6 +124,9 @@ pub struct Shared {
     /// Listening sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<SharedListener>,
+    /// SysV shared memory segments attached by the tree's processes.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysv_shm: Vec<crate::sysv::SysvSegment>,
     /// Shared memory objects (anonymous shared memory, memfds), mapped or held as fds.
     #[serde(
         default,
@@ -230,6 +233,7 @@ impl SharedDump {
     pub fn finish(self) -> Shared {
         Shared {
             memory: self.shm.table,
+            sysv_shm: self.shm.sysv.table,
             ..self.table
         }
     }
@@ -319,6 +323,8 @@ pub struct SharedFds {
     pub memory: Vec<OwnedFd>,
     /// A socket per listener of `Shared::listeners`.
     pub listeners: Vec<OwnedFd>,
+    /// The id of each SysV segment of `Shared::sysv_shm`, made again.
+    pub sysv_ids: Vec<i32>,
 }
 
 impl SharedFds {
@@ -329,7 +335,7 @@ impl SharedFds {
         read: impl Fn(usize) -> io::Result<Vec<u8>>,
         (image, sections): (&std::fs::File, &[Section]),
         envs: &[HolderEnv],
-        min: RawFd,
+        (min, same_ipc_ids): (RawFd, bool),
     ) -> io::Result<SharedFds> {
         let blob = |s: Option<usize>| s.map_or(Ok(Vec::new()), &read);
         let lift = |[a, b]: [OwnedFd; 2]| -> io::Result<[OwnedFd; 2]> {
@@ -357,11 +363,24 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let mut sysv_ids = Vec::new();
+        for s in &shared.sysv_shm {
+            match blob(s.data_section).and_then(|data| s.make(&data, same_ipc_ids)) {
+                Ok(id) => sysv_ids.push(id),
+                Err(e) => {
+                    for &id in &sysv_ids {
+                        let _ = crate::sys::sysv_shm_remove(id);
+                    }
+                    return Err(e);
+                }
+            }
+        }
         Ok(SharedFds {
             pipes,
             pairs,
             memory,
             listeners,
+            sysv_ids,
         })
     }
 
@@ -529,6 +548,7 @@ impl Shared {
         if !holders_ok {
             return Err("a listening socket's holder is not a process of the image".into());
         }
-        crate::shmem::validate(&self.memory, sections)
+        crate::shmem::validate(&self.memory, sections)?;
+        crate::sysv::validate(&self.sysv_shm, sections)
     }
 }

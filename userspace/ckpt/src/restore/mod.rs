@@ -35,6 +35,8 @@ use std::path::Path;
 pub struct Options {
     /// Into a new pid namespace even if every pid is free here.
     pub pidns: bool,
+    /// Into a new IPC namespace, where SysV objects get their ids back.
+    pub ipcns: bool,
 }
 
 /// Where the restored tree went.
@@ -54,11 +56,31 @@ pub struct Restored {
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
-    let m = &img.manifest;
     let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
-    let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    let (restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    let sysv_ids = restorers.shared.sysv_ids.clone();
+    let result = restore_tree(restorers, (report_in, go_out), &xstates, opts);
+    if result.is_err() {
+        // The SysV segments made for a restore that failed would outlive it.
+        for &id in &sysv_ids {
+            let _ = sys::sysv_shm_remove(id);
+        }
+    }
+    result
+}
+
+/// Forks the tree's restorers, traces them to their restore ioctls, finishes and releases
+/// every process.
+fn restore_tree(
+    mut restorers: Restorers,
+    (report_in, go_out): (OwnedFd, OwnedFd),
+    xstates: &[Vec<Vec<u8>>],
+    opts: &Options,
+) -> Result<Restored, RestoreError> {
+    let m = restorers.manifest;
+    let sysv_ids = restorers.shared.sysv_ids.clone();
     let in_pidns = pidns::needed(m, opts.pidns);
     let roots = launch(&mut restorers, in_pidns)?;
     drop(restorers);
@@ -78,9 +100,17 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     }
     drop(go_out); // every restorer goes on
     let mut all_tids = Vec::new();
-    for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(&xstates) {
+    for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(xstates) {
         supervise::to_restore_exit(pid).map_err(|e| tree.abort(e))?;
-        all_tids.push(finish_threads(pid, p, xstates).map_err(|e| tree.abort(e))?);
+        let done = finish_threads(pid, p, xstates, &sysv_ids);
+        all_tids.push(done.map_err(|e| tree.abort(e))?);
+    }
+    // Segments removed while attached go again once every process has them attached.
+    for (s, &id) in m.shared.sysv_shm.iter().zip(&sysv_ids) {
+        if s.removed {
+            sys::sysv_shm_remove(id)
+                .map_err(|e| tree.abort(restore_io("removing a SysV segment")(e)))?;
+        }
     }
     tree.release(&all_tids)?;
     Ok(tree.restored(in_pidns))
@@ -109,12 +139,22 @@ fn prepare_restorers<'a>(
     opts: &Options,
 ) -> Result<(Restorers<'a>, OwnedFd, OwnedFd), RestoreError> {
     let m = &img.manifest;
-    let shared = make_shared(img)?;
+    if opts.ipcns {
+        // Ours, and so every restored process's: SysV objects keep their ids there.
+        nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)
+            .map_err(|e| restore_io("entering a new IPC namespace")(e.into()))?;
+    }
+    let shared = make_shared(img, opts.ipcns)?;
     let plans = m
         .processes
         .iter()
         .map(|p| prepare(img, p, &shared.memory))
-        .collect::<Result<_, _>>()?;
+        .collect::<Result<_, _>>()
+        .inspect_err(|_| {
+            for &id in &shared.sysv_ids {
+                let _ = sys::sysv_shm_remove(id);
+            }
+        })?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
     let restorers = Restorers {
@@ -222,7 +262,7 @@ impl Launched<'_> {
 }
 
 /// The tree's pipes and socket pairs with their bytes, above every fd number of the image.
-fn make_shared(img: &Image) -> Result<fds::SharedFds, RestoreError> {
+fn make_shared(img: &Image, ipcns: bool) -> Result<fds::SharedFds, RestoreError> {
     let m = &img.manifest;
     let highest = m
         .processes
@@ -242,7 +282,7 @@ fn make_shared(img: &Image) -> Result<fds::SharedFds, RestoreError> {
         })
         .collect();
     let min = highest.unwrap_or(2).max(2) + 1;
-    fds::SharedFds::make(&m.shared, read, whole, &envs, min)
+    fds::SharedFds::make(&m.shared, read, whole, &envs, (min, ipcns))
         .map_err(restore_io("recreating the tree's pipes and socket pairs"))
 }
 
@@ -331,8 +371,14 @@ fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreErr
 /// tids when free) and given their own state; then the main thread's rseq, names, the
 /// interceptor's ids, credentials (last of the injections: from there on the threads may
 /// lack the privileges the others needed), and finally registers. Returns the kernel tids.
-fn finish_threads(pid: i32, p: &Process, xstates: &[Vec<u8>]) -> Result<Vec<i32>, RestoreError> {
+fn finish_threads(
+    pid: i32,
+    p: &Process,
+    xstates: &[Vec<u8>],
+    sysv_ids: &[i32],
+) -> Result<Vec<i32>, RestoreError> {
     let inj = Injector::find(pid).map_err(restore_io("finding a syscall instruction"))?;
+    memory::attach_sysv(&inj, pid, &p.memory.vmas, sysv_ids)?;
     let mut tids = vec![pid];
     if p.threads.len() > 1 {
         tids.extend(thread::create_others(&inj, pid, &p.threads)?);

@@ -1,12 +1,14 @@
 //! Raw system calls that nix does not cover, in thin checked wrappers grouped by topic; the
 //! rest of ckpt calls nix (or std) directly. Each wrapper says why nix will not do.
 
+mod ipc;
 mod process;
 mod ptrace;
 mod signal;
 mod thread;
 mod wait;
 
+pub use ipc::*;
 pub use process::*;
 pub use ptrace::*;
 pub use signal::*;
