@@ -3,7 +3,8 @@
 # loads the module, starts a program, checkpoints it, kills it, restores it, and shows that it
 # went on exactly where it stopped. Act 2 does the same with a multi-threaded server started
 # under `ckpt run` (the interceptor path): stdio flushed, threads blocked in accept/read/poll
-# undisturbed, every output line exactly once.
+# undisturbed, every output line exactly once. Act 3 takes a whole process tree from a Debian
+# package, nginx with two workers, kills it and brings it back answering.
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -62,6 +63,39 @@ if [[ "${1:-}" == --in-guest ]]; then
   if [[ -s "$dir/bad" ]]; then echo "--- PROBLEM: $(head -n3 "$dir/bad")"; exit 1; fi
   kill -TERM "$rpid"; sleep 1
   echo "--- stopped with SIGTERM; stdout has $(wc -l < "$dir/stdout") lines, $(sort -u "$dir/stdout" | wc -l) distinct: every line exactly once"
+
+  echo
+  echo "=== Act 3: a whole process tree: nginx with two workers (the Debian package)"
+  n=/tmp/ngx
+  mkdir -p "$n/www" "$n/tmp"
+  echo "hello from nginx, pid $$ asked" > "$n/www/index.html"
+  cat > "$n/nginx.conf" <<CONF
+daemon off; master_process on; worker_processes 2; pid $n/nginx.pid; error_log $n/error.log;
+events { worker_connections 64; }
+http { access_log off; client_body_temp_path $n/tmp/b; proxy_temp_path $n/tmp/p;
+  fastcgi_temp_path $n/tmp/f; uwsgi_temp_path $n/tmp/u; scgi_temp_path $n/tmp/s;
+  server { listen 127.0.0.1:7500; root $n/www; } }
+CONF
+  get() { exec 3<>/dev/tcp/127.0.0.1/7500 && printf 'GET / HTTP/1.0\r\n\r\n' >&3 && tail -n1 <&3; exec 3<&-; }
+  nginx -p "$n" -c "$n/nginx.conf" < /dev/null > /dev/null 2>&1 &
+  npid=$!
+  disown "$npid"
+  sleep 2
+  echo "--- the tree (a master and its workers, which run as nobody):"
+  ps -o pid,ppid,user,comm -p "$npid" --ppid "$npid"
+  echo "--- GET / on :7500: $(get)"
+  echo "--- ckpt checkpoint $npid -o /tmp/ngx.img --kill"
+  "$ckpt" checkpoint "$npid" -o /tmp/ngx.img --kill | grep -E 'checkpointed|processes|frozen'
+  sleep 1
+  echo "--- killed: $(pgrep -c nginx || true) nginx processes left; GET / now: $(get 2>&1 || echo refused)"
+  echo "--- ckpt inspect /tmp/ngx.img (the tree):"
+  "$ckpt" inspect /tmp/ngx.img | sed -n '/^tree/,/^process/p' | grep -v '^process'
+  echo "--- ckpt restore /tmp/ngx.img"
+  "$ckpt" restore /tmp/ngx.img < /dev/null
+  sleep 1
+  ps -o pid,ppid,user,comm -p "$npid" --ppid "$npid"
+  echo "--- GET / on :7500 again: $(get)"
+  kill -QUIT "$npid"
   rmmod ckpt
   exit 0
 fi

@@ -65,6 +65,9 @@ pub fn stats_text(s: &Stats) -> String {
     } else {
         let _ = writeln!(out, "  interceptor:      none (plain path)");
     }
+    if s.processes > 1 {
+        let _ = writeln!(out, "  processes:        {}", s.processes);
+    }
     let _ = writeln!(out, "  pages scanned:    {}", s.pages_scanned);
     let _ = writeln!(out, "  pages skipped:    {} (zero)", s.pages_skipped_zero);
     let _ = writeln!(out, "  pages written:    {}", s.pages_written);

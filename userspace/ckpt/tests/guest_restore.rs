@@ -432,7 +432,8 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
 
     // A pipe to a process outside the tree (us): refused at checkpoint time, naming who
     // holds the other end; the target is untouched.
-    let (r, w) = nix::unistd::pipe().unwrap();
+    // Close-on-exec: no other test's child may inherit it (they run in parallel).
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
     let w_fd = std::os::fd::AsRawFd::as_raw_fd(&w);
     let mut cmd = Command::new("sleep");
     cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
