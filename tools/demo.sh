@@ -87,7 +87,7 @@ CONF
   echo "--- ckpt checkpoint $npid -o /tmp/ngx.img --kill"
   "$ckpt" checkpoint "$npid" -o /tmp/ngx.img --kill | grep -E 'checkpointed|processes|frozen'
   sleep 1
-  echo "--- killed: $(pgrep -c nginx || true) nginx processes left; GET / now: $(get 2>&1 || echo refused)"
+  echo "--- killed: $(pgrep -c nginx || true) nginx processes left; GET / now: $( (get) 2>/dev/null || echo "connection refused")"
   echo "--- ckpt inspect /tmp/ngx.img (the tree):"
   "$ckpt" inspect /tmp/ngx.img | sed -n '/^tree/,/^process/p' | grep -v '^process'
   echo "--- ckpt restore /tmp/ngx.img"
