@@ -174,7 +174,15 @@ pub fn app_roots(runtime_dir: &Path, id: &str) -> Result<Vec<i32>, String> {
     let app = read_app(&dir)
         .map_err(|e| format!("no application {id:?} under {}: {e}", runtime_dir.display()))?;
     let mut pids: Vec<i32> = live_processes(&dir).iter().map(|p| p.pid).collect();
-    if alive(app.root_pid) && !pids.contains(&app.root_pid) {
+    // The first process, which may run without the library (static): only if it still is
+    // the application's (its pid may have been reused since).
+    let is_ours = |pid: i32| {
+        std::fs::read(format!("/proc/{pid}/environ")).is_ok_and(|env| {
+            let want = format!("{}={id}", ckpt_abi::interceptor::ENV_APP_ID);
+            env.split(|&b| b == 0).any(|v| v == want.as_bytes())
+        })
+    };
+    if alive(app.root_pid) && !pids.contains(&app.root_pid) && is_ours(app.root_pid) {
         pids.push(app.root_pid);
     }
     pids.sort_by_key(|&p| (p != app.root_pid, p));

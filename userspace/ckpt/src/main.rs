@@ -263,6 +263,14 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
 }
 
 fn main() -> ExitCode {
+    // An image may hold fds up to the hard limit, and a restore holds every process's mapped
+    // files and shared objects at once: the soft limit (often 1024) is not enough.
+    if let Ok((_, hard)) =
+        nix::sys::resource::getrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE)
+    {
+        let _ =
+            nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
+    }
     match run(Cli::parse()) {
         Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
         Err(e) => {

@@ -106,6 +106,17 @@ impl Manifest {
             .collect()
     }
 
+    /// Whether process group `pgid` is made by the restore: its leader is a process of the
+    /// image that recreates it. A root leads its own group only if it also leads its session
+    /// (a job of a shell, which the root was if not, stays in `ckpt restore`'s group, as CRIU's
+    /// shell-job does: made its own, it would be a background job on the terminal).
+    pub fn group_made_inside(&self, pgid: i32) -> bool {
+        let inside = |pid: i32| self.processes.iter().any(|q| q.pid == pid);
+        self.processes
+            .iter()
+            .any(|p| p.pid == pgid && p.pgid == pgid && (inside(p.ppid) || p.sid == p.pid))
+    }
+
     /// The processes and zombies whose parent is `pid`, in image order.
     pub fn children_of(&self, pid: i32) -> (Vec<usize>, Vec<&Zombie>) {
         let procs = (1..self.processes.len())

@@ -214,6 +214,9 @@ pub fn dump(
         scan.wanted_ranges(m, stats, out)?;
     }
     let (frames, refs) = (scan.frames, scan.refs);
+    // A frame is only the same page while its first owner maps it: compare the bytes, and
+    // store again whatever differs (migration or KSM may have reused a frame meanwhile).
+    let refs = verify_refs(pid, refs, w.file(), &mut anon_ranges)?;
     stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
     let mut runs: Vec<CkptRestoreRun> = Vec::new();
     for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
@@ -269,6 +272,60 @@ pub fn dump(
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
+
+/// Keeps the pages of `refs` whose bytes in process `pid` are those stored at their image
+/// offset; the others go to `anon` (to be stored), which stays sorted and merged.
+fn verify_refs(
+    pid: i32,
+    refs: Vec<CkptRestoreRun>,
+    image: &File,
+    anon: &mut Vec<CkptRange>,
+) -> Result<Vec<CkptRestoreRun>, CheckpointError> {
+    if refs.is_empty() {
+        return Ok(refs);
+    }
+    let io = |what: &'static str| checkpoint_io(pid, what);
+    let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("opening /proc/PID/mem"))?;
+    let (mut mine, mut stored) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
+    let mut kept: Vec<CkptRestoreRun> = Vec::new();
+    for r in refs {
+        for i in 0..r.len / PAGE {
+            let (addr, offset) = (r.addr + i * PAGE, r.image_offset + i * PAGE);
+            mem.read_exact_at(&mut mine, addr)
+                .map_err(io("reading a shared page"))?;
+            image
+                .read_exact_at(&mut stored, offset)
+                .map_err(io("reading the image back"))?;
+            if mine != stored {
+                anon.push(CkptRange {
+                    start: addr,
+                    end: addr + PAGE,
+                });
+                continue;
+            }
+            match kept.last_mut() {
+                Some(k) if k.addr + k.len == addr && k.image_offset + k.len == offset => {
+                    k.len += PAGE
+                }
+                _ => kept.push(CkptRestoreRun {
+                    addr,
+                    len: PAGE,
+                    image_offset: offset,
+                }),
+            }
+        }
+    }
+    anon.sort_by_key(|r| r.start);
+    anon.dedup_by(|b, a| {
+        if a.end >= b.start {
+            a.end = a.end.max(b.end);
+            true
+        } else {
+            false
+        }
+    });
+    Ok(kept)
+}
 
 /// The frame number in a pagemap entry (bits 0-54; 0 when not shown).
 const PM_PFN: u64 = (1 << 55) - 1;

@@ -311,15 +311,12 @@ pub fn bracketed_inode(target: &str, kind: &str) -> Option<u64> {
 
 /// Our pid as /proc (and so ckpt) sees it: the first NSpid of /proc/self/status, which
 /// differs from getpid() inside a pid namespace /proc was not mounted for.
-pub fn own_pid_seen_by_proc() -> i32 {
-    fs::read_to_string("/proc/self/status")
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|v| v.split_whitespace().next()?.parse().ok())
-        })
-        .unwrap_or_else(|| std::process::id() as i32)
+pub fn own_pid_seen_by_proc() -> Option<i32> {
+    fs::read_to_string("/proc/self/status").ok().and_then(|t| {
+        t.lines()
+            .find_map(|l| l.strip_prefix("NSpid:"))
+            .and_then(|v| v.split_whitespace().next()?.parse().ok())
+    })
 }
 
 /// Whether the calling process is traced (TracerPid in /proc/self/status).

@@ -18,6 +18,18 @@ use std::io;
 use std::os::fd::{AsFd, OwnedFd};
 use std::os::unix::fs::{FileExt, MetadataExt};
 
+/// F_SEAL_WRITE | F_SEAL_FUTURE_WRITE.
+const WRITE_SEALS: i32 = 0x08 | 0x10;
+
+/// Adds the write seals `o` had to its memfd `fd`, once every process has mapped it.
+pub fn late_seals(o: &ShmObject, fd: &OwnedFd) -> io::Result<()> {
+    let seals = SealFlag::from_bits_retain(o.seals & WRITE_SEALS);
+    if !seals.is_empty() {
+        fcntl(fd.as_fd(), FcntlArg::F_ADD_SEALS(seals))?;
+    }
+    Ok(())
+}
+
 /// The content of a shared memory object.
 pub const SHMEM_DATA: SectionKind = SectionKind::named("shmem_data");
 
@@ -35,11 +47,20 @@ pub struct ShmObject {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub deleted_path: Option<String>,
     pub size: u64,
-    /// Its `SHMEM_DATA` section (the whole object), if it is not empty.
-    pub data_section: Option<usize>,
+    /// The parts that hold data (holes, never written, read as zeros), each with its
+    /// `SHMEM_DATA` section: most of a large shared buffer is often never touched.
+    pub extents: Vec<Extent>,
     /// F_GET_SEALS (memfds).
     #[serde(default)]
     pub seals: i32,
+}
+
+/// `len` bytes of an object at `offset`, saved in section `section`.
+#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Extent {
+    pub offset: u64,
+    pub len: u64,
+    pub section: usize,
 }
 
 /// Whether mapping `m` is of a shared memory object ckpt carries; an error for a kind it
@@ -102,18 +123,24 @@ impl ShmDump {
             return Ok(i);
         }
         let size = meta.len();
-        let data_section = if size == 0 {
-            None
-        } else {
-            Some(w.add_blob_from(SHMEM_DATA, &file, size)?)
-        };
+        let extents = data_extents(&file, size)?
+            .into_iter()
+            .map(|(offset, len)| {
+                let section = w.add_blob_from(SHMEM_DATA, &file, (offset, len))?;
+                Ok(Extent {
+                    offset,
+                    len,
+                    section,
+                })
+            })
+            .collect::<io::Result<_>>()?;
         let seals = fcntl(file.as_fd(), FcntlArg::F_GET_SEALS).unwrap_or(0);
         self.table.push(ShmObject {
             inode: meta.ino(),
             memfd_name: memfd_name.map(str::to_owned),
             deleted_path: was.map(str::to_owned),
             size,
-            data_section,
+            extents,
             seals,
         });
         self.index.insert(key, self.table.len() - 1);
@@ -138,10 +165,14 @@ impl ShmObject {
         )?;
         let file = File::from(fd);
         file.set_len(self.size)?;
-        if let Some(s) = self.data_section.and_then(|i| sections.get(i)) {
-            copy_range(image, s.offset, &file, s.len)?;
+        for e in &self.extents {
+            if let Some(s) = sections.get(e.section) {
+                copy_range(image, s.offset, &file, (e.offset, s.len))?;
+            }
         }
-        let seals = SealFlag::from_bits_truncate(self.seals);
+        // Write seals wait until every process has mapped it (a writable shared mapping of a
+        // write-sealed memfd is refused): see `late_seals`.
+        let seals = SealFlag::from_bits_retain(self.seals & !WRITE_SEALS);
         if !seals.is_empty() {
             fcntl(file.as_fd(), FcntlArg::F_ADD_SEALS(seals))?;
         }
@@ -149,26 +180,56 @@ impl ShmObject {
     }
 }
 
-/// Copies `len` bytes at `from_offset` of `from` to the start of `to`.
-fn copy_range(from: &File, from_offset: u64, to: &File, len: u64) -> io::Result<()> {
+/// Copies `len` bytes at `from_offset` of `from` to `to` at `to_offset`.
+fn copy_range(
+    from: &File,
+    from_offset: u64,
+    to: &File,
+    (to_offset, len): (u64, u64),
+) -> io::Result<()> {
     let mut buf = vec![0u8; (1 << 20).min(len as usize)];
     let mut done = 0u64;
     while done < len {
         let n = ((len - done) as usize).min(buf.len());
         from.read_exact_at(&mut buf[..n], from_offset + done)?;
-        to.write_all_at(&buf[..n], done)?;
+        to.write_all_at(&buf[..n], to_offset + done)?;
         done += n as u64;
     }
     Ok(())
 }
 
-/// The objects refer to sections of the right kind and size.
+/// The (offset, length) ranges of `file` (`size` bytes) that hold data, by SEEK_DATA and
+/// SEEK_HOLE (shmem knows its holes), page-aligned.
+fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
+    use nix::unistd::{lseek, Whence};
+    let mut out = Vec::new();
+    let mut at = 0i64;
+    while (at as u64) < size {
+        let start = match lseek(file.as_fd(), at, Whence::SeekData) {
+            Ok(s) => s,
+            Err(nix::errno::Errno::ENXIO) => break, // only a hole is left
+            Err(e) => return Err(e.into()),
+        };
+        let end = lseek(file.as_fd(), start, Whence::SeekHole)?.min(size as i64);
+        if end > start {
+            out.push((start as u64, (end - start) as u64));
+        }
+        at = end.max(start + 1);
+    }
+    Ok(out)
+}
+
+/// The objects' extents lie inside them, in order, each in a section of the right kind and
+/// size.
 pub fn validate(table: &[ShmObject], sections: &[Section]) -> Result<(), String> {
     for o in table {
-        let ok = match o.data_section {
-            None => o.size == 0,
-            Some(i) => section_is(sections, i, &SHMEM_DATA) && sections[i].len == o.size,
-        };
+        let mut prev_end = 0u64;
+        let ok = o.extents.iter().all(|e| {
+            let end = e.offset.checked_add(e.len);
+            let fits = e.offset >= prev_end && end.is_some_and(|end| end <= o.size);
+            prev_end = end.unwrap_or(u64::MAX);
+            fits && section_is(sections, e.section, &SHMEM_DATA) && sections[e.section].len == e.len
+        });
         if !ok
             || o.memfd_name
                 .as_ref()

@@ -36,8 +36,21 @@ pub fn dump(ts: &CkptTaskState) -> Vec<SigAction> {
         .collect()
 }
 
-/// In the restorer: the handlers (SIGKILL and SIGSTOP have none to set).
+/// In the restorer: the handlers (SIGKILL and SIGSTOP have none to set); every other signal
+/// back to its default (ckpt's runtime ignores SIGPIPE, and a fork keeps that).
 pub fn restore(actions: &[SigAction]) -> Result<(), (String, std::io::Error)> {
+    let default = sys::KernelSigaction {
+        handler: 0,
+        flags: 0,
+        restorer: 0,
+        mask: 0,
+    };
+    for sig in 1..=64u32 {
+        let listed = actions.iter().any(|a| a.signo == sig);
+        if !listed && sig != libc::SIGKILL as u32 && sig != libc::SIGSTOP as u32 {
+            let _ = sys::rt_sigaction(sig, &default);
+        }
+    }
     for a in actions {
         if a.signo == libc::SIGKILL as u32 || a.signo == libc::SIGSTOP as u32 {
             continue;

@@ -107,7 +107,13 @@ impl SysvSegment {
         if same_id {
             std::fs::write("/proc/sys/kernel/shm_next_id", self.id.to_string())?;
         }
-        let id = sys::sysv_shm_create(self.key, self.size, self.mode).map_err(|e| {
+        let mut made = sys::sysv_shm_create(self.key, self.size, self.mode);
+        if matches!(&made, Err(e) if e.raw_os_error() == Some(libc::EEXIST))
+            && remove_stale(self.key)
+        {
+            made = sys::sysv_shm_create(self.key, self.size, self.mode);
+        }
+        let id = made.map_err(|e| {
             io::Error::new(
                 e.kind(),
                 format!(
@@ -127,6 +133,32 @@ impl SysvSegment {
         sys::sysv_shm_set_owner(id, self.uid, self.gid, self.mode)?;
         Ok(id)
     }
+}
+
+/// Removes the segment with `key` if it is a leftover of a program that is gone (nobody
+/// attached, its creator and last user dead: a checkpointed program killed with --kill leaves
+/// its keyed segments behind, as any crashed program does). Returns whether it did.
+fn remove_stale(key: i32) -> bool {
+    let Ok(text) = std::fs::read_to_string("/proc/sysvipc/shm") else {
+        return false;
+    };
+    let alive = |pid: i64| pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists();
+    for line in text.lines().skip(1) {
+        let f: Vec<i64> = line
+            .split_whitespace()
+            .filter_map(|v| v.parse().ok())
+            .collect();
+        // key shmid perms size cpid lpid nattch ...; perms is octal but parses as a number.
+        let (Some(&k), Some(&id), Some(&cpid), Some(&lpid), Some(&nattch)) =
+            (f.first(), f.get(1), f.get(4), f.get(5), f.get(6))
+        else {
+            continue;
+        };
+        if k == i64::from(key) && nattch == 0 && !alive(cpid) && !alive(lpid) {
+            return sys::sysv_shm_remove(id as i32).is_ok();
+        }
+    }
+    false
 }
 
 /// Segments refer to sections of the right kind and size.

@@ -84,6 +84,7 @@ impl FrozenTree {
                 queue.extend(children.into_iter().filter(|c| !seen.contains(c)));
             }
             if queue.is_empty() {
+                tree.parents_first();
                 return Ok(tree);
             }
         }
@@ -120,9 +121,37 @@ impl FrozenTree {
             }
             Err(e) => return Err(e),
         };
+        // Read again now that it cannot change (a child that had just forked may have
+        // called setsid meanwhile).
+        let stat = proc::stat(pid).unwrap_or(stat);
         let children = proc::children(pid).unwrap_or_default();
         self.members.push(Member { stat, frozen });
         Ok(Some(children))
+    }
+
+    /// Orders the members so that every parent comes before its children (with several
+    /// roots, a root may be another's descendant), and drops zombies whose parent is not a
+    /// member (an application's process that exited meanwhile).
+    fn parents_first(&mut self) {
+        let mut ordered: Vec<Member> = Vec::new();
+        let mut rest = std::mem::take(&mut self.members);
+        while !rest.is_empty() {
+            let placed: BTreeSet<i32> = ordered.iter().map(|m| m.frozen.pid).collect();
+            let in_rest: BTreeSet<i32> = rest.iter().map(|m| m.frozen.pid).collect();
+            // Ready: its parent is placed, or is not a member at all.
+            let ready =
+                |m: &Member| placed.contains(&m.stat.ppid) || !in_rest.contains(&m.stat.ppid);
+            let (now, later): (Vec<Member>, Vec<Member>) = rest.into_iter().partition(ready);
+            if now.is_empty() {
+                ordered.extend(later); // a cycle cannot happen; keep everyone anyway
+                break;
+            }
+            ordered.extend(now);
+            rest = later;
+        }
+        self.members = ordered;
+        let pids: BTreeSet<i32> = self.pids().into_iter().collect();
+        self.zombies.retain(|z| pids.contains(&z.ppid));
     }
 
     /// The pids of the live processes.
@@ -187,10 +216,13 @@ impl FrozenTree {
 
     /// Kills every process while still stopped, so none runs past the checkpoint.
     pub fn kill(self) -> Result<(), CheckpointError> {
-        // Children before their parents.
+        // Children before their parents; all of them even if one fails.
+        let mut first_error = None;
         for m in self.members.into_iter().rev() {
-            m.frozen.kill()?;
+            if let Err(e) = m.frozen.kill() {
+                first_error.get_or_insert(e);
+            }
         }
-        Ok(())
+        first_error.map_or(Ok(()), Err)
     }
 }

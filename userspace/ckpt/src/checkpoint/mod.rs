@@ -259,7 +259,7 @@ impl Dump<'_> {
             &mut *self.stored,
         );
         let vmas = memory::dump(pid, dev, &maps, w, ctx)?;
-        stats.memdump_us = mem_t0.elapsed().as_micros() as u64;
+        stats.memdump_us += mem_t0.elapsed().as_micros() as u64;
         let threads = captured
             .into_iter()
             .map(|c| c.record(w, to_virtual))

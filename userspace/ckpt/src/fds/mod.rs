@@ -224,6 +224,8 @@ pub struct SharedDump {
     pub pipe_index: BTreeMap<u64, usize>,
     pub pair_index: BTreeMap<u64, usize>,
     pub listen_index: BTreeMap<u64, usize>,
+    /// Pipes processes outside the tree hold (scanned once, when the first pipe is met).
+    pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
     pub shm: ShmDump,
 }

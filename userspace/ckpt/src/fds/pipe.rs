@@ -60,6 +60,28 @@ impl Ends {
     }
 }
 
+/// Every pipe some process outside `tree` holds (by inode), from a scan of every /proc/PID/fd.
+fn pipes_held_outside(tree: &std::collections::BTreeSet<i32>) -> std::collections::BTreeSet<u64> {
+    let Ok(all) = std::fs::read_dir("/proc") else {
+        return Default::default();
+    };
+    let pids = all.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    let mut out = std::collections::BTreeSet::new();
+    for p in pids.filter(|p| !tree.contains(p) && *p != std::process::id() as i32) {
+        let Ok(fds) = std::fs::read_dir(format!("/proc/{p}/fd")) else {
+            continue;
+        };
+        for f in fds.flatten() {
+            if let Ok(l) = std::fs::read_link(f.path()) {
+                if let Some(ino) = crate::proc::bracketed_inode(&l.to_string_lossy(), "pipe") {
+                    out.insert(ino);
+                }
+            }
+        }
+    }
+    out
+}
+
 /// Processes outside `tree` holding pipe `ino` (pid and name), by a scan of every /proc/PID/fd.
 fn holders_outside(ino: u64, tree: &std::collections::BTreeSet<i32>) -> Vec<String> {
     let target = format!("pipe:[{ino}]");
@@ -102,7 +124,15 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         .get(&ino)
         .copied()
         .unwrap_or_default();
-    if !ends.inside() {
+    // Held outside the tree too (a sub-make's jobserver pipe, a parent that leaked both ends
+    // into it): carried, it would be cut off from that holder. One scan of every process's
+    // fds finds all such pipes.
+    let held_outside = ctx
+        .shared
+        .pipes_outside
+        .get_or_insert_with(|| pipes_held_outside(&ctx.shared.census.pids))
+        .contains(&ino);
+    if held_outside || !ends.inside() {
         // The other end is outside the tree, or closed everywhere (then it stays closed).
         let outside = holders_outside(ino, &ctx.shared.census.pids);
         if !outside.is_empty() {
@@ -169,9 +199,11 @@ fn peek(read_end: &OwnedFd) -> io::Result<Vec<u8>> {
 
 /// A new pipe like `p`, holding `data`: [read end, write end].
 pub fn make(p: &Pipe, data: &[u8]) -> io::Result<[OwnedFd; 2]> {
-    let (r, w) = nix::unistd::pipe()?;
-    // The original capacity, at least enough for the saved bytes.
+    let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_NONBLOCK)?;
+    // The original capacity, which holds the saved bytes (they were in it).
     let _ = fcntl(&w, FcntlArg::F_SETPIPE_SZ(p.capacity as i32));
+    // Non-blocking: bytes that do not fit (a capacity this machine refused) fail here, not
+    // hang; each fd gets its own flags when placed.
     super::write_all(&w, data)?;
     Ok([r, w])
 }
@@ -210,14 +242,19 @@ impl FdState for PipeEnd {
     }
 }
 
-/// The table's pipes refer to sections of the right kind.
+/// The table's pipes refer to sections of the right kind, holding no more than fits.
 pub fn validate(pipes: &[Pipe], sections: &[Section]) -> Result<(), String> {
-    if pipes
-        .iter()
-        .filter_map(|p| p.data_section)
-        .any(|i| !section_is(sections, i, &PIPE_DATA))
-    {
-        return Err("bad pipe data section".into());
+    for p in pipes {
+        let len = p
+            .data_section
+            .and_then(|i| sections.get(i))
+            .map_or(0, |s| s.len);
+        let kind_ok = p
+            .data_section
+            .is_none_or(|i| section_is(sections, i, &PIPE_DATA));
+        if !kind_ok || len > u64::from(p.capacity) || p.capacity > 1 << 30 {
+            return Err(format!("bad pipe (inode {})", p.inode));
+        }
     }
     Ok(())
 }

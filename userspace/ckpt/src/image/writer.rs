@@ -148,9 +148,14 @@ impl ImageWriter {
         &self.file
     }
 
-    /// Adds a section of `len` bytes read from the start of `from` (streamed, for content too
-    /// large to hold in memory); returns its index.
-    pub fn add_blob_from(&mut self, kind: SectionKind, from: &File, len: u64) -> io::Result<usize> {
+    /// Adds a section of the `len` bytes at `start` of `from` (streamed, for content too large
+    /// to hold in memory); returns its index.
+    pub fn add_blob_from(
+        &mut self,
+        kind: SectionKind,
+        from: &File,
+        (start, len): (u64, u64),
+    ) -> io::Result<usize> {
         self.open_pages = None;
         let offset = self.pos;
         let mut sum = Xxh3::new();
@@ -158,7 +163,7 @@ impl ImageWriter {
         let mut done = 0u64;
         while done < len {
             let n = ((len - done) as usize).min(buf.len());
-            from.read_exact_at(&mut buf[..n], done)?;
+            from.read_exact_at(&mut buf[..n], start + done)?;
             sum.update(&buf[..n]);
             self.write_all(&buf[..n])?;
             done += n as u64;

@@ -59,9 +59,17 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
-    let (restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
     let sysv_ids = restorers.shared.sysv_ids.clone();
+    let memfds = std::mem::take(&mut restorers.memfds);
     let result = restore_tree(restorers, (report_in, go_out), &xstates, opts);
+    if result.is_ok() {
+        for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
+            if let Err(e) = crate::shmem::late_seals(o, fd) {
+                eprintln!("ckpt: sealing memfd {:?} again: {e}", o.memfd_name);
+            }
+        }
+    }
     if result.is_err() {
         // The SysV segments made for a restore that failed would outlive it.
         for &id in &sysv_ids {
@@ -157,6 +165,14 @@ fn prepare_restorers<'a>(
         })?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
+    // Kept open past the restorers (write seals go on once every process has mapped them);
+    // made before the restorers' fds are placed above all of ours.
+    let memfds: Vec<OwnedFd> = shared
+        .memory
+        .iter()
+        .map(|f| f.try_clone())
+        .collect::<Result<_, _>>()
+        .map_err(restore_io("keeping the memfds"))?;
     let restorers = Restorers {
         manifest: m,
         plans,
@@ -168,6 +184,7 @@ fn prepare_restorers<'a>(
         any_pid: m.processes.len() == 1 && m.zombies.is_empty() && !opts.pidns,
         highest_own_fd: highest_own_fd()?,
         shared,
+        memfds,
     };
     Ok((restorers, report_in, go_out))
 }
@@ -282,8 +299,9 @@ fn make_shared(img: &Image, ipcns: bool) -> Result<fds::SharedFds, RestoreError>
         })
         .collect();
     let min = highest.unwrap_or(2).max(2) + 1;
-    fds::SharedFds::make(&m.shared, read, whole, &envs, (min, ipcns))
-        .map_err(restore_io("recreating the tree's pipes and socket pairs"))
+    fds::SharedFds::make(&m.shared, read, whole, &envs, (min, ipcns)).map_err(restore_io(
+        "recreating the tree's shared objects (pipes, sockets, shared memory)",
+    ))
 }
 
 /// The highest fd open in ckpt now: the restorers' working fds go above it.

@@ -63,8 +63,19 @@ fn init(r: &mut Restorers, roots: &[usize]) -> ! {
             FIRST_ROOT.store(pid, Ordering::Relaxed);
         }
     }
-    // Nothing of ckpt's may stay open here (its pipes would never see their end of file).
+    // Nothing of ckpt's may stay open here (its pipes would never see their end of file;
+    // whoever reads ckpt restore's output would wait for the whole namespace).
     let _ = sys::close_range(3, u32::MAX);
+    let null = nix::fcntl::open(
+        "/dev/null",
+        nix::fcntl::OFlag::O_RDWR,
+        nix::sys::stat::Mode::empty(),
+    );
+    if let Ok(null) = null {
+        for fd in 0..3 {
+            let _ = sys::dup2(std::os::fd::AsRawFd::as_raw_fd(&null), fd);
+        }
+    }
     let act = SigAction::new(
         SigHandler::Handler(forward),
         SaFlags::SA_RESTART,

@@ -33,8 +33,12 @@ pub struct Plan {
     pub blobs: Blobs,
 }
 
+/// The original pid of the process this restorer becomes (for messages).
+static RESTORING: std::sync::atomic::AtomicI32 = std::sync::atomic::AtomicI32::new(0);
+
 fn fail(what: &str, e: impl std::fmt::Display) -> ! {
-    eprintln!("ckpt restore: {what}: {e}");
+    let pid = RESTORING.load(std::sync::atomic::Ordering::Relaxed);
+    eprintln!("ckpt restore: process {pid}: {what}: {e}");
     sys::exit_now(1);
 }
 
@@ -61,6 +65,9 @@ pub struct Restorers<'a> {
     /// The tree's pipes and socket pairs, made by ckpt: each restorer takes the ends its fds
     /// need and closes the rest.
     pub shared: SharedFds,
+    /// ckpt's own copies of the shared memory objects (not the restorers': taken out before
+    /// the first fork), for what it does after the restores.
+    pub memfds: Vec<OwnedFd>,
 }
 
 /// The restorer of process `index` (forked with its pid by its parent's restorer, or by
@@ -68,12 +75,10 @@ pub struct Restorers<'a> {
 pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     let m = r.manifest;
     let p = &m.processes[index];
+    RESTORING.store(p.pid, std::sync::atomic::Ordering::Relaxed);
     dies_with(parent);
     let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
-    join_session_and_group(
-        p,
-        index == 0 || !m.processes.iter().any(|q| q.pid == p.ppid),
-    );
+    join_session_and_group(p, m.group_made_inside(p.pgid));
     fork_children(r, p);
     report(&r.report, p.pid);
     // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
@@ -93,14 +98,16 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
 /// exists (its leader is an ancestor, or a sibling forked and grouped before us by our
 /// parent, who also does this for us: whichever comes first). The root in a group or session
 /// led from outside the tree keeps ckpt's (a shell job's).
-fn join_session_and_group(p: &Process, is_root: bool) {
+fn join_session_and_group(p: &Process, group_made_inside: bool) {
     use nix::unistd::{getpgrp, setpgid, setsid, Pid};
     let me = Pid::from_raw(0);
     let r = if p.sid == p.pid {
         setsid().map(drop)
+    } else if !group_made_inside {
+        Ok(()) // led from outside the image: inherited (ckpt restore's, for a shell job)
     } else if p.pgid == p.pid {
         setpgid(me, me)
-    } else if !is_root && p.pgid > 0 && getpgrp().as_raw() != p.pgid {
+    } else if getpgrp().as_raw() != p.pgid {
         setpgid(me, Pid::from_raw(p.pgid))
     } else {
         Ok(())
@@ -140,8 +147,10 @@ fn fork_children(r: &mut Restorers, p: &Process) {
         if pid == 0 {
             run(r, i, me);
         }
+        // Its group now, so that it exists before the next sibling joins it (the child does
+        // the same itself; a session leader makes its own).
         let leads_session = c.sid == c.pid;
-        if !leads_session && c.pgid != p.pgid && c.pgid != 0 {
+        if !leads_session && c.pgid != p.pgid && m.group_made_inside(c.pgid) {
             let (child, group) = (
                 nix::unistd::Pid::from_raw(pid),
                 nix::unistd::Pid::from_raw(c.pgid),
@@ -183,7 +192,19 @@ pub fn fork_as(pid: i32, any_pid: bool) -> i32 {
 /// A zombie's end: exits with its status (or dies of its signal).
 fn exit_like(z: &Zombie) -> ! {
     let sig = z.exit_status & 0x7f;
-    if sig != 0 {
+    // Only a terminating signal (not a stop: 0x7f; not one that would stop us), and no core
+    // dump blamed on ckpt.
+    let stops = [
+        libc::SIGSTOP,
+        libc::SIGTSTP,
+        libc::SIGTTIN,
+        libc::SIGTTOU,
+        libc::SIGCONT,
+        libc::SIGCHLD,
+    ];
+    let terminating = sig != 0 && sig != 0x7f && !stops.contains(&sig);
+    let _ = sys::prlimit_set(libc::RLIMIT_CORE, 0, 0);
+    if terminating {
         // SAFETY: resets one signal's disposition to the default and unblocks it in this
         // process, which does nothing else before dying of it.
         unsafe {
@@ -201,7 +222,10 @@ fn exit_like(z: &Zombie) -> ! {
 /// Tells ckpt our kernel pid, then closes our copy of the report pipe (ckpt sees its end once
 /// every restorer has reported or died).
 fn report(fd: &OwnedFd, original: i32) {
-    let line = format!("{original} {}\n", crate::proc::own_pid_seen_by_proc());
+    let Some(seen) = crate::proc::own_pid_seen_by_proc() else {
+        fail("reading NSpid from /proc/self/status", "not there");
+    };
+    let line = format!("{original} {seen}\n");
     if let Err(e) = crate::fds::write_all(fd, line.as_bytes()) {
         fail("reporting to ckpt", e);
     }
