@@ -6,6 +6,7 @@ mod common;
 
 use common::{ckpt, gone, ok, Dir};
 use std::io::{Read, Write};
+use std::os::unix::process::CommandExt;
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 use std::time::Duration;
@@ -189,4 +190,105 @@ fn python_multiprocessing_pool_finishes_after_kill_and_restore() {
     let got = std::fs::read_to_string(&out).unwrap();
     let want: Vec<String> = (0..300u64).map(|x| (x * x).to_string()).collect();
     assert_eq!(got, want.join(" "));
+}
+
+const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
+
+/// Runs `cmd` as the postgres user; its stdout.
+fn as_postgres(cmd: &mut Command) -> String {
+    let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    let out = cmd
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .env("LANG", "C.UTF-8")
+        .stdin(Stdio::null())
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{cmd:?}: {out:?}");
+    String::from_utf8_lossy(&out.stdout).trim().to_owned()
+}
+
+/// A query through psql over the UNIX socket in `dir`.
+fn psql(dir: &Path, port: u16, sql: &str) -> String {
+    as_postgres(Command::new("/usr/bin/psql").args([
+        "-X",
+        "-A",
+        "-t",
+        "-P",
+        "pager=off",
+        "-d",
+        "postgres",
+        "-h",
+        dir.to_str().unwrap(),
+        "-p",
+        &port.to_string(),
+        "-c",
+        sql,
+    ]))
+}
+
+/// PostgreSQL: the postmaster and its background processes (checkpointer, background
+/// writer, WAL writer, autovacuum and logical replication launchers) sharing 128 MiB of
+/// buffers, a SysV interlock segment, pipes and listening sockets: killed and restored, it
+/// keeps its data and takes new connections.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn postgres_keeps_its_data_and_answers_after_kill_and_restore() {
+    let d = Dir::new("real-postgres");
+    let user = nix::unistd::User::from_name("postgres").unwrap().unwrap();
+    nix::unistd::chown(&d.0, Some(user.uid), Some(user.gid)).unwrap();
+    let data = d.path("data");
+    as_postgres(
+        Command::new(format!("{PG_BIN}/initdb"))
+            .args(["-A", "trust", "-D"])
+            .arg(&data),
+    );
+    let port = 15432 + (std::process::id() % 1000) as u16;
+    let mut pg = Command::new(format!("{PG_BIN}/postgres"))
+        .arg("-D")
+        .arg(&data)
+        .args(["-k", d.0.to_str().unwrap(), "-p", &port.to_string()])
+        .args(["-c", "listen_addresses=127.0.0.1"])
+        .uid(user.uid.as_raw())
+        .gid(user.gid.as_raw())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(d.path("pg.log")).unwrap())
+        .spawn()
+        .unwrap();
+    let ready = || {
+        Command::new("/usr/bin/pg_isready")
+            .args(["-h", d.0.to_str().unwrap(), "-p", &port.to_string()])
+            .output()
+            .is_ok_and(|o| o.status.success())
+    };
+    wait_for("postgres accepts connections", ready);
+    psql(
+        &d.0,
+        port,
+        "create table t(x int); insert into t values (1),(2),(3);",
+    );
+    let img = d.path("pg.img");
+    let pids = checkpoint_kill(&mut pg, &img);
+    assert!(
+        pids.len() >= 5,
+        "the postmaster and its background processes: {pids:?}"
+    );
+    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
+        .trim()
+        .parse()
+        .unwrap();
+    assert_eq!(restored, pids[0]);
+    assert_eq!(psql(&d.0, port, "select sum(x) from t;"), "6");
+    assert_eq!(
+        psql(
+            &d.0,
+            port,
+            "insert into t values (4); select sum(x) from t;"
+        ),
+        "INSERT 0 1\n10"
+    );
+    // A fast shutdown, as asked, by the restored postmaster and all its processes.
+    unsafe { libc::kill(restored, libc::SIGINT) };
+    wait_for("postgres shuts down", || pids.iter().all(|&p| gone(p)));
 }
