@@ -15,33 +15,9 @@ fn wait_for(what: &str, cond: impl FnMut() -> bool) {
     common::wait_for(what, 30, cond)
 }
 
-/// Checkpoints the tree of `root` (our child) with --kill into `img`; returns the image's
-/// pids once they are all gone.
+/// Checkpoints the tree of `root` with --kill into `img`; its pids, once all are gone.
 fn checkpoint_kill(root: &mut Child, img: &Path) -> Vec<i32> {
-    let pid = root.id() as i32;
-    let out = ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-        "--json",
-    ]));
-    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
-    let image = ckpt::manifest::Image::open(img).unwrap();
-    let m = &image.manifest;
-    assert_eq!(stats["processes"].as_u64(), Some(m.processes.len() as u64));
-    root.wait().unwrap();
-    let pids: Vec<i32> = m
-        .processes
-        .iter()
-        .map(|p| p.pid)
-        .chain(m.zombies.iter().map(|z| z.pid))
-        .collect();
-    wait_for("no process of the tree is left", || {
-        pids.iter().all(|&p| gone(p))
-    });
-    pids
+    common::checkpoint_kill(root, img).2
 }
 
 fn http_get(port: u16, path: &str) -> std::io::Result<String> {

@@ -309,22 +309,12 @@ fn a_shell_pipeline_goes_on_after_kill_and_restore() {
     };
     wait_for("the pipeline runs", || numbers().len() > 10);
     let img = d.path("pipeline.img");
-    let stats = ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-        "--json",
-    ]));
-    sh.wait().unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
+    let (stats, image, all) = common::checkpoint_kill(&mut sh, &img);
     assert!(stats["processes"].as_u64().unwrap() >= 3, "{stats}");
-    let image = ckpt::manifest::Image::open(&img).unwrap();
-    let m = &image.manifest;
-    assert!(!m.shared.pipes.is_empty(), "the pipe is the tree's");
-    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    wait_for("the pipeline is gone", || all.iter().all(|&p| gone(p)));
+    assert!(
+        !image.manifest.shared.pipes.is_empty(),
+        "the pipe is the tree's"
+    );
     let before = numbers().len();
     let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
         .trim()
@@ -371,19 +361,9 @@ fn shared_memory_stays_shared_after_kill_and_restore() {
             .is_some_and(|v| v.iter().all(|&n| n > 5))
     });
     let img = d.path("shm.img");
-    let stats = ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-        "--json",
-    ]));
-    root.wait().unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&stats).unwrap();
-    assert_eq!(stats["processes"], 3, "{stats}");
+    let (stats, image, all) = common::checkpoint_kill(&mut root, &img);
     let at_checkpoint = root_view(&d.0);
-    let image = ckpt::manifest::Image::open(&img).unwrap();
+    assert_eq!(stats["processes"], 3, "{stats}");
     let m = &image.manifest;
     let mut sizes: Vec<u64> = m.shared.memory.iter().map(|o| o.size).collect();
     sizes.sort();
@@ -394,8 +374,6 @@ fn shared_memory_stays_shared_after_kill_and_restore() {
     // Stored once: the image holds about one copy of each object, not one per process.
     let len = std::fs::metadata(&img).unwrap().len();
     assert!(len < 3 << 20, "image of {len} bytes");
-    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
 
     let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
         .trim()
@@ -521,27 +499,15 @@ fn copy_on_write_pages_are_stored_once() {
             .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
     });
     let img = d.path("cow.img");
-    let out = ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-        "--json",
-    ]));
-    root.wait().unwrap();
-    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(stats["processes"], 4, "{out}");
+    let (stats, _, all) = common::checkpoint_kill(&mut root, &img);
+    assert_eq!(stats["processes"], 4, "{stats}");
     let shared = stats["pages_shared"].as_u64().unwrap();
-    assert!(shared >= 3 * (8192 - 8), "pages stored once: {out}");
+    assert!(shared >= 3 * (8192 - 8), "pages stored once: {stats}");
     let len = std::fs::metadata(&img).unwrap().len();
     assert!(
         len < 48 << 20,
         "the image holds one copy of the 32 MiB, not four: {len} bytes"
     );
-    let image = ckpt::manifest::Image::open(&img).unwrap();
-    let all: Vec<i32> = image.manifest.processes.iter().map(|p| p.pid).collect();
-    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
     let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
         .trim()
         .parse()
@@ -590,21 +556,11 @@ fn sysv_shared_memory_stays_shared_after_kill_and_restore() {
             .is_some_and(|v| v.iter().all(|&n| n > 5))
     });
     let img = d.path("sysv.img");
-    ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
-    root.wait().unwrap();
+    let (_, image, all) = common::checkpoint_kill(&mut root, &img);
     let at_checkpoint = sysv_view(&d.0);
-    let image = ckpt::manifest::Image::open(&img).unwrap();
     let m = &image.manifest;
     assert_eq!(m.shared.sysv_shm.len(), 2, "each segment once");
     assert!(m.shared.sysv_shm.iter().any(|s| s.removed));
-    let all: Vec<i32> = m.processes.iter().map(|p| p.pid).collect();
-    wait_for("the tree is gone", || all.iter().all(|&p| gone(p)));
     // The keyed segment is gone with its last process (the test removes it: nobody else does).
     let keyed = m.shared.sysv_shm.iter().find(|s| !s.removed).unwrap();
     unsafe { libc::shmctl(keyed.id, libc::IPC_RMID, std::ptr::null_mut()) };

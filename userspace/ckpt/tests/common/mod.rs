@@ -196,3 +196,35 @@ pub fn spawn_ready(name: &str, args: &[&std::ffi::OsStr]) -> (Child, i32) {
         .unwrap_or_else(|| panic!("{name} said {line:?}"));
     (child, pid)
 }
+
+/// Checkpoints the tree of `root` (our child) with --kill into `img`; returns the statistics,
+/// the image and its pids (processes and zombies), once every one of them is gone.
+pub fn checkpoint_kill(
+    root: &mut Child,
+    img: &std::path::Path,
+) -> (serde_json::Value, ckpt::manifest::Image, Vec<i32>) {
+    let pid = root.id().to_string();
+    let out = ok(&ckpt(&[
+        "checkpoint",
+        &pid,
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+        "--json",
+    ]));
+    let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let image = ckpt::manifest::Image::open(img).unwrap();
+    let m = &image.manifest;
+    assert_eq!(stats["processes"].as_u64(), Some(m.processes.len() as u64));
+    root.wait().unwrap();
+    let pids: Vec<i32> = m
+        .processes
+        .iter()
+        .map(|p| p.pid)
+        .chain(m.zombies.iter().map(|z| z.pid))
+        .collect();
+    wait_for("no process of the tree is left", 30, || {
+        pids.iter().all(|&p| gone(p))
+    });
+    (stats, image, pids)
+}
