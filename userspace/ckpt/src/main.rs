@@ -182,6 +182,11 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
     Ok(0)
 }
 
+/// Whether fd `fd` of ours is open.
+fn fd_is_open(fd: i32) -> bool {
+    std::fs::read_link(format!("/proc/self/fd/{fd}")).is_ok()
+}
+
 /// Prints `value` as JSON, or the text `text` makes.
 fn print_json_or<T: serde::Serialize>(
     json: bool,
@@ -263,6 +268,14 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
 }
 
 fn main() -> ExitCode {
+    // Started with stdio closed, our own files would land on 0-2 and be taken for the
+    // restored process's inherited stdio: fill them with /dev/null first.
+    for fd in 0..3 {
+        if !fd_is_open(fd) {
+            // The lowest free number: this one. Kept open for good.
+            let _ = std::fs::File::open("/dev/null").map(std::os::fd::IntoRawFd::into_raw_fd);
+        }
+    }
     // An image may hold fds up to the hard limit, and a restore holds every process's mapped
     // files and shared objects at once: the soft limit (often 1024) is not enough.
     if let Ok((_, hard)) =

@@ -475,13 +475,22 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
             Backing::Special { .. } | Backing::Sysv { .. } => continue,
             Backing::Anonymous => (0, -1, 0),
             Backing::Shm { object, offset } => {
-                let obj = shm.get(*object).ok_or_else(|| RestoreError::MappedFile {
-                    path: format!("shared memory object {object}"),
-                    why: "not in the image".into(),
-                })?;
-                let dup = obj.try_clone().map_err(restore_io("duplicating a memfd"))?;
-                files.push(File::from(dup));
-                (CKPT_VMA_FILE, (files.len() - 1) as i32, *offset)
+                // One fd per object, however many mappings it has.
+                let key = (format!("\0shm{object}"), true);
+                let idx = match file_index.get(&key) {
+                    Some(&i) => i,
+                    None => {
+                        let obj = shm.get(*object).ok_or_else(|| RestoreError::MappedFile {
+                            path: format!("shared memory object {object}"),
+                            why: "not in the image".into(),
+                        })?;
+                        let dup = obj.try_clone().map_err(restore_io("duplicating a memfd"))?;
+                        files.push(File::from(dup));
+                        file_index.insert(key, files.len() - 1);
+                        files.len() - 1
+                    }
+                };
+                (CKPT_VMA_FILE, idx as i32, *offset)
             }
             Backing::File {
                 path,

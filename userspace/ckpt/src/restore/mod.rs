@@ -259,8 +259,11 @@ impl Launched<'_> {
         let processes = &self.manifest.processes;
         for ((p, &pid), tids) in processes.iter().zip(&self.kernel).zip(all_tids) {
             let per_thread: Vec<u64> = p.threads.iter().map(|t| t.pending).collect();
-            crate::signals::raise_pending(pid, p.shared_pending, &per_thread, tids)
-                .map_err(restore_io("re-raising a pending signal"))?;
+            // The tree runs already: a signal that cannot be raised again is said, not fatal.
+            if let Err(e) = crate::signals::raise_pending(pid, p.shared_pending, &per_thread, tids)
+            {
+                eprintln!("ckpt: process {}: re-raising a pending signal: {e}", p.pid);
+            }
         }
         Ok(())
     }
