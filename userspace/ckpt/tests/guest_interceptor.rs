@@ -9,7 +9,7 @@
 mod common;
 use ckpt::fds::FdKind;
 use ckpt::manifest::Image;
-use common::{ckpt, ok, Dir};
+use common::{ckpt, ok, restore_root, Dir};
 use std::collections::HashMap;
 use std::io::Read;
 use std::path::Path;
@@ -687,10 +687,7 @@ fn an_application_of_two_processes_is_taken_whole_with_app() {
         .iter()
         .all(|p| p.interceptor.is_some()));
 
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     // Both control threads make their endpoints again, one restore later.
     let deadline = Instant::now() + Duration::from_secs(30);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ckpt, gone, ok, Dir};
+use common::{ckpt, gone, restore_root, Dir};
 use std::io::{Read, Write};
 use std::os::unix::process::CommandExt;
 use std::path::Path;
@@ -67,10 +67,7 @@ fn nginx_with_workers_answers_after_kill_and_restore() {
         http_get(port, "/").is_err(),
         "nothing listens while it is down"
     );
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     let exe = std::fs::read_link(format!("/proc/{pid}/exe")).unwrap();
     assert_eq!(exe, Path::new("/usr/sbin/nginx"));
@@ -250,10 +247,7 @@ fn postgres_keeps_its_data_and_answers_after_kill_and_restore() {
         pids.len() >= 5,
         "the postmaster and its background processes: {pids:?}"
     );
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pids[0]);
     assert_eq!(psql(&d.0, port, "select sum(x) from t;"), "6");
     assert_eq!(

@@ -6,7 +6,7 @@
 //! subreaper so that restored processes (children of `ckpt restore`) are reaped here.
 
 mod common;
-use common::{ckpt, ok, Dir};
+use common::{ckpt, ok, restore_root, Dir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::sync::{Once, RwLock};
@@ -131,11 +131,6 @@ fn checkpoint_kill(child: &mut Child, img: &Path, out: &Path) -> u64 {
 }
 
 /// Restores `img`; returns the pid printed.
-fn restore(img: &Path) -> i32 {
-    let out = ok(&ckpt(&["restore", img.to_str().unwrap()]));
-    out.trim().parse().unwrap()
-}
-
 /// After a restore at byte `from` of `out`, checks the counter went on from `last` with no gap
 /// and no repeat, that its registers, TLS and brk survived, and that its signal handlers work
 /// and its memory is intact.
@@ -164,7 +159,7 @@ fn check_continues(pid: i32, out: &Path, from: usize, last: u64) {
 /// `check_continues`), and kills it.
 fn restore_and_check(img: &Path, out: &Path, last: u64) {
     let from = file_len(out);
-    let pid = restore(img);
+    let pid = restore_root(img);
     check_continues(pid, out, from, last);
     kill_and_reap(pid);
 }
@@ -197,7 +192,7 @@ fn counter_continues_after_kill_and_restore() {
     assert_ne!(before_rseq.0, 0, "glibc registers an rseq area");
     let last = checkpoint_kill(&mut child, &img, &out);
     let from = file_len(&out);
-    let pid = restore(&img);
+    let pid = restore_root(&img);
     assert_eq!(pid, orig, "the original pid was free, so it is reused");
     check_continues(pid, &out, from, last);
     // O_APPEND and the descriptor survive; the position follows the appends.
@@ -261,13 +256,13 @@ fn two_restores_from_one_image_and_checkpoint_of_a_restored_process() {
     let last = checkpoint_kill(&mut child, &img, &out);
     for _ in 0..2 {
         let from = file_len(&out);
-        let pid = restore(&img);
+        let pid = restore_root(&img);
         check_continues(pid, &out, from, last);
         kill_and_reap(pid);
     }
     // Restore, then checkpoint the restored process, and restore that.
     let from = file_len(&out);
-    let pid = restore(&img);
+    let pid = restore_root(&img);
     wait_lines(&out, from, 5);
     ok(&ckpt(&[
         "checkpoint",
@@ -280,7 +275,7 @@ fn two_restores_from_one_image_and_checkpoint_of_a_restored_process() {
     unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
     let last2 = *numbers(&out, 0).last().unwrap();
     let from = file_len(&out);
-    let pid = restore(&img2);
+    let pid = restore_root(&img2);
     check_continues(pid, &out, from, last2);
     kill_and_reap(pid);
 }
@@ -587,7 +582,7 @@ fn a_blocked_pending_signal_stays_pending() {
     wait_text(&out, 0, "pending-usr1");
     let last = checkpoint_kill(&mut child, &img, &out);
     let from = file_len(&out);
-    let pid = restore(&img);
+    let pid = restore_root(&img);
     wait_lines(&out, from, 5);
     assert_eq!(numbers(&out, from)[0], last + 1);
     let text = text_after(&out, from);
@@ -636,7 +631,7 @@ fn pipes_socket_pairs_eventfd_signalfd_timerfd_and_deleted_files() {
             && summary.contains("timerfd (clock 1, fires in 9"),
         "{summary}"
     );
-    let pid = restore(&img);
+    let pid = restore_root(&img);
     // SIGUSR2 is blocked there and goes to its signalfd; SIGUSR1 asks for the report.
     // SAFETY: signalling the restored process.
     unsafe {
@@ -747,7 +742,7 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
     for round in 0..2 {
         let (last_n, last_total) = *mt_lines(&out, 0).last().unwrap();
         let from = file_len(&out);
-        let restored = restore(&img);
+        let restored = restore_root(&img);
         assert_eq!(restored, pid);
         assert_eq!(
             tasks_of(restored),
@@ -863,7 +858,7 @@ fn credentials_of_an_unprivileged_threaded_process_come_back() {
     child.wait().unwrap();
     let (_, total) = *mt_lines(&out, 0).last().unwrap();
     let from = file_len(&out);
-    let restored = restore(&img);
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     // Every thread has its own credentials back, not the restorer's (root's).
     assert_eq!(creds_of(restored), before);

@@ -4,7 +4,7 @@
 
 mod common;
 
-use common::{ckpt, gone, ok, prog, spawn_ready, Dir};
+use common::{ckpt, gone, ok, prog, restore_root, spawn_ready, Dir};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -94,9 +94,8 @@ fn restore_and_check(img: &Path, dir: &Path, pids: &[i32], before: &[(char, i32,
         .iter()
         .map(|n| last_count(dir, n).unwrap())
         .collect();
-    let out = ckpt(&["restore", img.to_str().unwrap()]);
-    let root: i32 = ok(&out).trim().parse().unwrap();
-    assert_eq!(root, pids[0], "{}", String::from_utf8_lossy(&out.stderr));
+    let root = restore_root(img);
+    assert_eq!(root, pids[0]);
     // As it was, but for the root's parent: ckpt restore, gone by now (the root was the
     // child of whoever started it, outside the tree).
     let mut now = shape(pids);
@@ -268,10 +267,7 @@ fn a_process_forking_all_the_time_is_caught_whole() {
     wait_for("every process of the image is gone", || {
         all.iter().all(|&p| gone(p))
     });
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     let from = last_count(&d.0, "root").unwrap();
     wait_for("it counts after the restore", || {
@@ -316,10 +312,7 @@ fn a_shell_pipeline_goes_on_after_kill_and_restore() {
         "the pipe is the tree's"
     );
     let before = numbers().len();
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     wait_for("the pipeline goes on", || numbers().len() > before + 10);
     let n = numbers();
@@ -375,10 +368,7 @@ fn shared_memory_stays_shared_after_kill_and_restore() {
     let len = std::fs::metadata(&img).unwrap().len();
     assert!(len < 3 << 20, "image of {len} bytes");
 
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     // The root sees its children go on counting: the memory is shared again.
     wait_for("the root sees the children count on", || {
@@ -508,10 +498,7 @@ fn copy_on_write_pages_are_stored_once() {
         len < 48 << 20,
         "the image holds one copy of the 32 MiB, not four: {len} bytes"
     );
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     let counts: Vec<u64> = names.iter().map(|n| last_count(&d.0, n).unwrap()).collect();
     for (n, c) in names.iter().zip(&counts) {
@@ -565,10 +552,7 @@ fn sysv_shared_memory_stays_shared_after_kill_and_restore() {
     let keyed = m.shared.sysv_shm.iter().find(|s| !s.removed).unwrap();
     unsafe { libc::shmctl(keyed.id, libc::IPC_RMID, std::ptr::null_mut()) };
 
-    let restored: i32 = ok(&ckpt(&["restore", img.to_str().unwrap()]))
-        .trim()
-        .parse()
-        .unwrap();
+    let restored = restore_root(&img);
     assert_eq!(restored, pid);
     wait_for("the parent sees the child count on", || {
         let v = sysv_view(&d.0);

@@ -228,3 +228,16 @@ pub fn checkpoint_kill(
     });
     (stats, image, pids)
 }
+
+/// Restores `img` and returns the pid `ckpt restore` printed (its root's), failing the test
+/// with ckpt's stderr when it did not restore.
+pub fn restore_root(img: &std::path::Path) -> i32 {
+    let out = ckpt(&["restore", img.to_str().unwrap()]);
+    let text = ok(&out);
+    text.trim().parse().unwrap_or_else(|_| {
+        panic!(
+            "restore printed {text:?}; stderr: {}",
+            String::from_utf8_lossy(&out.stderr)
+        )
+    })
+}
