@@ -33,6 +33,8 @@ pub struct Memory {
     pub vmas: Vec<Vma>,
 }
 
+/// The image's form of the ABI's `CkptMmLayout`: kept apart (serde, an auxv of any length)
+/// so that the image format does not change whenever the ioctl struct does.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
 pub struct MmLayout {
     pub start_code: u64,
