@@ -458,6 +458,25 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     let _ = sleeper.wait();
     drop(r);
 
+    // A pseudo-terminal master (what tmux and screen hold): reopening /dev/ptmx would give
+    // a new, unrelated terminal, so it is refused by name; the target is left running.
+    let mut holder = Command::new("sh")
+        .args(["-c", "exec sleep 1000 3<>/dev/ptmx"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_fd(holder.id(), 3);
+    fail(
+        &["checkpoint", &holder.id().to_string(), "-o", imgs],
+        "pseudo-terminal master",
+    );
+    assert!(!img.exists());
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.id())).unwrap();
+    assert!(stat.contains(") S "), "the holder is left sleeping: {stat}");
+    let _ = holder.kill();
+    let _ = holder.wait();
+
     // Another user's process, as an unprivileged user: refused (the device is root-only).
     let mut child = start_counter("counter", &d.path("out"), 1);
     let o = Command::new("setpriv")
@@ -886,4 +905,21 @@ fn credentials_of_an_unprivileged_threaded_process_come_back() {
         text_after(&out, from)
     );
     kill_and_reap(restored);
+}
+
+/// Waits until process `pid` has fd `fd` open (it has exec'd past its redirections).
+fn wait_for_fd(pid: u32, fd: i32) {
+    let link = format!("/proc/{pid}/fd/{fd}");
+    let start = Instant::now();
+    while std::fs::read_link(&link).is_err() || !comm_is(pid, "sleep") {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "{link} never appeared"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+}
+
+fn comm_is(pid: u32, name: &str) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
 }

@@ -1,12 +1,12 @@
-//! Regular files, directories and character devices, reopened by path with their flags and
-//! offset.
+//! Regular files, directories and the character devices that hold no state of their own,
+//! reopened by path with their flags and offset.
 
 use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::fcntl::OFlag;
 use nix::unistd::{lseek, Whence};
 use serde::{Deserialize, Serialize};
-use std::os::unix::fs::FileTypeExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -26,6 +26,9 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         return Err(unsupported(
             "only regular files, directories and character devices are supported",
         ));
+    }
+    if ft.is_char_device() {
+        stateless_device(meta.rdev(), &e.target)?;
     }
     Ok(Some(FdKind::Path(PathFile {
         path: e.target.clone(),
@@ -51,4 +54,37 @@ impl FdState for PathFile {
     fn describe(&self, f: &Fd, _v: &View) -> String {
         format!("{} (pos {}, flags {:o})", self.path, self.pos, f.flags)
     }
+}
+
+/// Refuses a character device whose open file holds state that reopening its path would lose
+/// (a pty master reopened is a new, unrelated terminal; a tun device, a GPU, a sound card
+/// would lose their setup). Those a reopen gives back as they were: the memory devices
+/// (null, zero, full, random, urandom, kmsg), terminals (a pty slave or console whose other
+/// side is outside the tree stays there).
+fn stateless_device(rdev: u64, path: &str) -> Result<(), super::DumpError> {
+    let (major, minor) = (libc::major(rdev), libc::minor(rdev));
+    const TTY: u32 = 4;
+    const TTYAUX: u32 = 5;
+    const PTMX: u32 = 2;
+    const PTY_SLAVES: std::ops::RangeInclusive<u32> = 136..=143;
+    let carried = match major {
+        1 => [3, 5, 7, 8, 9, 11].contains(&minor),
+        TTY => true,
+        TTYAUX => minor != PTMX,
+        m => PTY_SLAVES.contains(&m),
+    };
+    if carried {
+        return Ok(());
+    }
+    Err(unsupported(if major == TTYAUX {
+        format!(
+            "{path} is a pseudo-terminal master (tmux, screen, script, an ssh server): \
+             ptys are not carried yet"
+        )
+    } else {
+        format!(
+            "{path} is a character device ({major}:{minor}) whose state a reopen would lose: \
+             only memory devices (null, zero, random...) and terminals are carried"
+        )
+    }))
 }
