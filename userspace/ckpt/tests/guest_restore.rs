@@ -443,7 +443,8 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     }
     let mut sleeper = cmd.spawn().unwrap();
     drop(w);
-    std::thread::sleep(std::time::Duration::from_millis(100));
+    // Exec'd: before, the forked child still holds the read end too (close-on-exec).
+    wait_for_fd(sleeper.id(), 5);
     fail(
         &["checkpoint", &sleeper.id().to_string(), "-o", imgs],
         "outside the tree",
