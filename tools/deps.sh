@@ -15,8 +15,9 @@ apt_pkgs=(
   "lld-${CKPT_LLVM_VERSION}" "llvm-${CKPT_LLVM_VERSION}"
   qemu-system-x86 busybox-static util-linux procps
   # Real programs the guest tests checkpoint (guest_real.rs): a server with workers, a build,
-  # an interpreter with a process pool, a database with background processes.
-  nginx-light make python3 postgresql-15 postgresql-client-15
+  # an interpreter with a process pool, a database with background processes, a JIT runtime
+  # with a forked child on an IPC channel.
+  nginx-light make python3 postgresql-15 postgresql-client-15 nodejs
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -80,6 +80,62 @@ fn nginx_with_workers_answers_after_kill_and_restore() {
     wait_for("nginx quits as asked", || pids.iter().all(|&p| gone(p)));
 }
 
+/// Node.js (V8's JIT, libuv's epoll and helper threads) serving HTTP, with a child from
+/// `child_process.fork` that counts and reports over node's IPC channel (a socket pair): the
+/// count goes on from where it was, through the restored channel.
+const NODE_PARENT_AND_CHILD: &str = r#"
+const cp = require('child_process');
+if (process.argv[2] === 'child') {
+  let n = 0;
+  setInterval(() => process.send(++n), 50);
+} else {
+  let last = 0;
+  const child = cp.fork(__filename, ['child']);
+  child.on('message', (m) => { last = m; });
+  require('http').createServer((q, r) => r.end(String(last))).listen(+process.argv[2], '127.0.0.1');
+}
+"#;
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn node_with_a_forked_child_counts_on_after_kill_and_restore() {
+    let d = Dir::new("real-node");
+    std::fs::write(d.path("count.js"), NODE_PARENT_AND_CHILD).unwrap();
+    let port = 19080 + (std::process::id() % 1000) as u16;
+    let mut node = Command::new("node")
+        .arg(d.path("count.js"))
+        .arg(port.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = node.id() as i32;
+    let count = || -> Option<u64> {
+        let r = http_get(port, "/").ok()?;
+        r.rsplit("\r\n\r\n").next()?.trim().parse().ok()
+    };
+    wait_for("node's child has counted", || {
+        count().is_some_and(|n| n > 5)
+    });
+    let img = d.path("node.img");
+    let pids = checkpoint_kill(&mut node, &img);
+    assert_eq!(pids.len(), 2, "node and its child: {pids:?}");
+    let at_checkpoint = count();
+    assert!(at_checkpoint.is_none(), "nothing answers while it is down");
+    let restored = restore_root(&img);
+    assert_eq!(restored, pid);
+    let first = count().expect("node answers after restore");
+    // The child's messages reach the parent again, and the count did not start over.
+    wait_for("the count goes on over the IPC channel", || {
+        count().is_some_and(|n| n > first + 5)
+    });
+    assert!(first > 5, "the count started over: {first}");
+    for &p in &pids {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("node is gone", || pids.iter().all(|&p| gone(p)));
+}
+
 /// A parallel build: GNU make -j2 with its jobserver pipe, its shells and their sleeps.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
