@@ -171,6 +171,9 @@ pub struct FdEntry {
     pub target: String,
     pub pos: u64,
     pub flags: u32,
+    /// The file locks taken through this fd, as fdinfo's "lock:" lines show them
+    /// ("FLOCK  ADVISORY  WRITE 1234 00:1f:56 0 EOF").
+    pub locks: Vec<String>,
 }
 
 pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
@@ -195,11 +198,17 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
         let flags = get("flags:")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0);
+        let locks = info
+            .lines()
+            .filter_map(|l| l.strip_prefix("lock:"))
+            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+            .collect();
         out.push(FdEntry {
             fd,
             target,
             pos,
             flags,
+            locks,
         });
     }
     out.sort_by_key(|e| e.fd);

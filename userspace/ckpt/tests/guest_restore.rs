@@ -383,6 +383,41 @@ fn restore_after_module_reload() {
     restore_and_check(&img, &out, last);
 }
 
+/// A held file lock is not carried: the checkpoint says so, naming the file, rather than
+/// dropping it silently.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_held_file_lock_is_said_at_checkpoint() {
+    let d = Dir::new("lock");
+    let lock = d.path("pidfile");
+    let mut holder = Command::new("sh")
+        .arg("-c")
+        .arg(format!(
+            "exec 3>{}; flock 3; exec sleep 1000",
+            lock.display()
+        ))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for_fd(holder.id(), 3);
+    let img = d.path("img");
+    let out = ckpt(&[
+        "checkpoint",
+        &holder.id().to_string(),
+        "-o",
+        img.to_str().unwrap(),
+    ]);
+    ok(&out);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("holds a file lock on {}", lock.display())) && err.contains("FLOCK"),
+        "{err}"
+    );
+    let _ = holder.kill();
+    let _ = holder.wait();
+}
+
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn bad_targets_get_clear_errors_and_stay_untouched() {

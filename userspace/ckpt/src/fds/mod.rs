@@ -268,6 +268,7 @@ pub fn dump(
     let mut table = FdTable::default();
     for e in entries {
         let kind = dump_one(&mut ctx, e).map_err(|err| (e.fd, e.target.clone(), err))?;
+        warn_of_locks(pid, e);
         table.fds.push(Fd {
             fd: e.fd,
             flags: e.flags,
@@ -275,6 +276,18 @@ pub fn dump(
         });
     }
     Ok(table)
+}
+
+/// File locks are not carried yet: said, not refused (a lock held for a moment, as SQLite's,
+/// is common and harmless to drop), so that a program relying on one is not a surprise.
+fn warn_of_locks(pid: i32, e: &FdEntry) {
+    for lock in &e.locks {
+        eprintln!(
+            "ckpt: warning: process {pid} holds a file lock on {} (fd {}: {lock}); locks are \
+             not carried: the restored process will not hold it",
+            e.target, e.fd
+        );
+    }
 }
 
 fn dump_one(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
