@@ -51,6 +51,17 @@ struct Tree {
     pids: Vec<i32>,
 }
 
+/// The test tree, once each of its counting processes has counted a few times.
+fn spawn_counting_tree(dir: &Path) -> Tree {
+    let t = spawn_tree(dir);
+    wait_for("every process counts", || {
+        ["root", "a", "a1", "b"]
+            .iter()
+            .all(|n| last_count(dir, n).is_some_and(|c| c > 2))
+    });
+    t
+}
+
 fn spawn_tree(dir: &Path) -> Tree {
     let mut root = Command::new(prog("tree"))
         .arg(dir)
@@ -133,13 +144,8 @@ fn kill_tree(pids: &[i32]) {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_tree_with_a_zombie_a_session_and_two_groups_comes_back_twice() {
     let d = Dir::new("tree");
-    let mut t = spawn_tree(&d.0);
+    let mut t = spawn_counting_tree(&d.0);
     let pids = t.pids.clone();
-    wait_for("every process counts", || {
-        ["root", "a", "a1", "b"]
-            .iter()
-            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
-    });
     let before = shape(&pids);
     let img = d.path("tree.img");
     let out = ok(&ckpt(&[
@@ -413,13 +419,8 @@ fn nspid(pid: i32) -> Vec<i32> {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_tree_whose_pids_are_taken_goes_into_a_new_pid_namespace() {
     let d = Dir::new("tree-pidns");
-    let mut t = spawn_tree(&d.0);
+    let mut t = spawn_counting_tree(&d.0);
     let pids = t.pids.clone();
-    wait_for("every process counts", || {
-        ["root", "a", "a1", "b"]
-            .iter()
-            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
-    });
     let img = d.path("tree.img");
     ok(&ckpt(&[
         "checkpoint",
