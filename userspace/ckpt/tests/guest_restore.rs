@@ -578,14 +578,7 @@ fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
     let (_m, d, out, img) = begin("corrupt", false);
     let bad = d.path("bad");
     let mut child = start_counter("counter", &out, 1);
-    ok(&ckpt(&[
-        "checkpoint",
-        &child.id().to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
-    child.wait().unwrap();
+    common::checkpoint_kill(&mut child, &img);
     let good = std::fs::read(&img).unwrap();
     let mut rng = fastrand::Rng::with_seed(7);
     for i in 0..40 {
@@ -785,14 +778,7 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
     }
     let tasks = tasks_of(pid);
     assert_eq!(tasks.len(), 8);
-    ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
-    child.wait().unwrap();
+    common::checkpoint_kill(&mut child, &img);
     let mut pid = pid;
     for round in 0..2 {
         let (last_n, last_total) = *mt_lines(&out, 0).last().unwrap();

@@ -254,25 +254,7 @@ fn a_process_forking_all_the_time_is_caught_whole() {
         last_count(&d.0, "root").is_some_and(|n| n > from + 5)
     });
     // Killed with --kill and restored: it goes on forking and counting.
-    ok(&ckpt(&[
-        "checkpoint",
-        &pid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
-    root.wait().unwrap();
-    let image = ckpt::manifest::Image::open(&img).unwrap();
-    let m = &image.manifest;
-    let all: Vec<i32> = m
-        .processes
-        .iter()
-        .map(|p| p.pid)
-        .chain(m.zombies.iter().map(|z| z.pid))
-        .collect();
-    wait_for("every process of the image is gone", || {
-        all.iter().all(|&p| gone(p))
-    });
+    common::checkpoint_kill(&mut root, &img);
     let restored = restore_root(&img);
     assert_eq!(restored, pid);
     let from = last_count(&d.0, "root").unwrap();
