@@ -19,6 +19,7 @@ fn main() {
         ("counter_static", &["-static"]),
         ("fdkinds", &[]),
         ("sysv_target", &[]),
+        ("sysv_ipc", &[]),
         ("shm", &[]),
         ("shmtree", &[]),
         ("cowtree", &[]),

@@ -43,6 +43,7 @@ pub fn summary(img: &Image) -> String {
         }
         let _ = writeln!(out, "  signal handlers: {}", p.sigactions.len());
     }
+    sysv_text(&mut out, &img.manifest.shared);
     if let Some(s) = &img.manifest.stats {
         let _ = writeln!(out, "checkpoint statistics:");
         let s = Stats {
@@ -84,6 +85,36 @@ fn memory_text(out: &mut String, p: &crate::manifest::Process) {
             v.end,
             if v.shared { 's' } else { 'p' },
             saved
+        );
+    }
+}
+
+/// The tree's SysV objects, one line each.
+fn sysv_text(out: &mut String, shared: &crate::fds::Shared) {
+    for s in &shared.sysv_shm {
+        let gone = if s.removed { ", removed" } else { "" };
+        let _ = writeln!(
+            out,
+            "SysV segment key {:#x} id {}: {} bytes, mode {:o}{gone}",
+            s.key, s.id, s.size, s.mode
+        );
+    }
+    for s in &shared.sysv_sem {
+        let _ = writeln!(
+            out,
+            "SysV semaphore set key {:#x} id {}: values {:?}, mode {:o}",
+            s.key, s.id, s.values, s.mode
+        );
+    }
+    for q in &shared.sysv_msg {
+        let bytes: u64 = q.messages.iter().map(|m| m.len).sum();
+        let _ = writeln!(
+            out,
+            "SysV message queue key {:#x} id {}: {} messages, {bytes} bytes, mode {:o}",
+            q.key,
+            q.id,
+            q.messages.len(),
+            q.mode
         );
     }
 }

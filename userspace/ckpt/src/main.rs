@@ -119,8 +119,9 @@ struct RestoreArgs {
     /// every pid is free here. A tree whose pids are taken goes there by itself.
     #[arg(long)]
     pidns: bool,
-    /// Restore into a new IPC namespace, where SysV shared memory segments get their ids
-    /// back (in this one they keep their keys, with new ids).
+    /// Restore into a new IPC namespace, where the SysV objects (shared memory, semaphore
+    /// sets, message queues) are sure to get their ids back; in this one they keep their
+    /// keys and get their ids back where no other object has taken them.
     #[arg(long)]
     ipcns: bool,
 }

@@ -233,6 +233,24 @@ mod tests {
             listeners: vec![],
             memory: vec![],
             sysv_shm: vec![],
+            sysv_sem: vec![crate::sysv::SemSet {
+                key: 0x51,
+                id: 3,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                values: vec![1, 0, 32767],
+            }],
+            sysv_msg: vec![crate::sysv::MsgQueue {
+                key: 0,
+                id: 4,
+                mode: 0o600,
+                uid: 0,
+                gid: 0,
+                max_bytes: 16384,
+                messages: vec![],
+                data_section: None,
+            }],
         }
     }
 

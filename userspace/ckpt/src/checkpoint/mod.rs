@@ -64,6 +64,8 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         .collect();
     let mut tree = FrozenTree::freeze(&roots, opts.single)?;
     tree.check_groups()?;
+    // SysV objects are read where the tree's processes see them.
+    crate::sysv::enter_namespace(&tree.pids()).map_err(CheckpointError::Tree)?;
     let stdio_flushed = settle(&dev, &mut tree, &prepared, &mut frozen_at, opts)?;
 
     let write_err = |source| CheckpointError::Write {
@@ -148,6 +150,12 @@ fn dump_tree(
         shared.census.add(pid, &entries);
         fd_entries.push(entries);
     }
+    // Semaphore sets and message queues (found through their users' pids) before the long
+    // part, so that one shared with a process outside the tree is refused early.
+    let pids = (tree.members.iter().map(|m| m.frozen.pid))
+        .chain(tree.zombies.iter().map(|z| z.pid))
+        .collect();
+    let (sysv_sem, sysv_msg) = crate::sysv::dump(&pids, w).map_err(CheckpointError::Tree)?;
     let mut dump = Dump {
         dev,
         w,
@@ -164,7 +172,11 @@ fn dump_tree(
     Ok(Manifest {
         processes,
         zombies: tree.zombies.clone(),
-        shared: shared.finish(),
+        shared: fds::Shared {
+            sysv_sem,
+            sysv_msg,
+            ..shared.finish()
+        },
         stats: None,
     })
 }

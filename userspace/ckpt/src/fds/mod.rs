@@ -127,6 +127,12 @@ pub struct Shared {
     /// SysV shared memory segments attached by the tree's processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::sysv::SysvSegment>,
+    /// SysV semaphore sets the tree's processes use.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysv_sem: Vec<crate::sysv::SemSet>,
+    /// SysV message queues the tree's processes use, with their messages.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub sysv_msg: Vec<crate::sysv::MsgQueue>,
     /// Shared memory objects (anonymous shared memory, memfds), mapped or held as fds.
     #[serde(
         default,
@@ -338,8 +344,8 @@ pub struct SharedFds {
     pub memory: Vec<OwnedFd>,
     /// A socket per listener of `Shared::listeners`.
     pub listeners: Vec<OwnedFd>,
-    /// The id of each SysV segment of `Shared::sysv_shm`, made again.
-    pub sysv_ids: Vec<i32>,
+    /// The ids of the SysV objects of `Shared`, made again.
+    pub sysv: crate::sysv::Made,
 }
 
 impl SharedFds {
@@ -378,24 +384,13 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
-        let mut sysv_ids = Vec::new();
-        for s in &shared.sysv_shm {
-            match blob(s.data_section).and_then(|data| s.make(&data, same_ipc_ids)) {
-                Ok(id) => sysv_ids.push(id),
-                Err(e) => {
-                    for &id in &sysv_ids {
-                        let _ = crate::sys::sysv_shm_remove(id);
-                    }
-                    return Err(e);
-                }
-            }
-        }
+        let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
             pairs,
             memory,
             listeners,
-            sysv_ids,
+            sysv,
         })
     }
 
@@ -564,6 +559,8 @@ impl Shared {
             return Err("a listening socket's holder is not a process of the image".into());
         }
         crate::shmem::validate(&self.memory, sections)?;
-        crate::sysv::validate(&self.sysv_shm, sections)
+        crate::sysv::shm::validate(&self.sysv_shm, sections)?;
+        crate::sysv::sem::validate(&self.sysv_sem)?;
+        crate::sysv::msg::validate(&self.sysv_msg, sections)
     }
 }

@@ -60,9 +60,9 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
-    let sysv_ids = restorers.shared.sysv_ids.clone();
     let memfds = std::mem::take(&mut restorers.memfds);
-    let result = restore_tree(restorers, (report_in, go_out), &xstates, opts);
+    let sysv = std::mem::take(&mut restorers.shared.sysv);
+    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, opts);
     if result.is_ok() {
         for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
             if let Err(e) = crate::shmem::late_seals(o, fd) {
@@ -71,10 +71,8 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         }
     }
     if result.is_err() {
-        // The SysV segments made for a restore that failed would outlive it.
-        for &id in &sysv_ids {
-            let _ = sys::sysv_shm_remove(id);
-        }
+        // The SysV objects made for a restore that failed would outlive it.
+        sysv.remove_all();
     }
     result
 }
@@ -83,12 +81,13 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
 /// every process.
 fn restore_tree(
     mut restorers: Restorers,
+    sysv: &crate::sysv::Made,
     (report_in, go_out): (OwnedFd, OwnedFd),
     xstates: &[Vec<Vec<u8>>],
     opts: &Options,
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
-    let sysv_ids = restorers.shared.sysv_ids.clone();
+    let sysv_ids = &sysv.shm;
     let in_pidns = pidns::needed(m, opts.pidns);
     let roots = launch(&mut restorers, in_pidns)?;
     drop(restorers);
@@ -110,11 +109,11 @@ fn restore_tree(
     let mut all_tids = Vec::new();
     for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(xstates) {
         supervise::to_restore_exit(pid).map_err(|e| tree.abort(e))?;
-        let done = finish_threads(pid, p, xstates, &sysv_ids);
+        let done = finish_threads(pid, p, xstates, sysv_ids);
         all_tids.push(done.map_err(|e| tree.abort(e))?);
     }
     // Segments removed while attached go again once every process has them attached.
-    for (s, &id) in m.shared.sysv_shm.iter().zip(&sysv_ids) {
+    for (s, &id) in m.shared.sysv_shm.iter().zip(sysv_ids) {
         if s.removed {
             sys::sysv_shm_remove(id)
                 .map_err(|e| tree.abort(restore_io("removing a SysV segment")(e)))?;
@@ -158,11 +157,7 @@ fn prepare_restorers<'a>(
         .iter()
         .map(|p| prepare(img, p, &shared.memory))
         .collect::<Result<_, _>>()
-        .inspect_err(|_| {
-            for &id in &shared.sysv_ids {
-                let _ = sys::sysv_shm_remove(id);
-            }
-        })?;
+        .inspect_err(|_| shared.sysv.remove_all())?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
     let ((report_in, report_out), (go, go_out)) = (pipe()?, pipe()?);
     // Kept open past the restorers (write seals go on once every process has mapped them);

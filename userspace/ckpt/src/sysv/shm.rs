@@ -1,10 +1,11 @@
 //! SysV shared memory segments the tree's processes have attached: recorded once (key, id,
 //! size, owner, mode, whether it was removed while attached, its content through a read-only
-//! attach by ckpt); on restore ckpt creates each again with the same key (in a new IPC
-//! namespace with `--ipcns`, with the same id too), fills it, and every process attaches it
+//! attach by ckpt); on restore ckpt creates each again with the same key and id (see
+//! `super::create_keyed`), fills it, and every process attaches it
 //! again at its address (injected shmat, once its address space is the image's); a segment
 //! that had been removed is removed again once all are attached.
 
+use super::Kind;
 use crate::image::{section_is, ImageWriter, Section, SectionKind};
 use crate::proc::MapEntry;
 use crate::sys;
@@ -101,64 +102,45 @@ fn find(id: i32) -> io::Result<SysvSegment> {
 }
 
 impl SysvSegment {
-    /// Creates the segment again (same key; same id when `same_id`, in a fresh IPC
-    /// namespace), with its content and owner. Returns its id.
-    pub fn make(&self, content: &[u8], same_id: bool) -> io::Result<i32> {
-        if same_id {
-            std::fs::write("/proc/sys/kernel/shm_next_id", self.id.to_string())?;
-        }
-        let mut made = sys::sysv_shm_create(self.key, self.size, self.mode);
-        if matches!(&made, Err(e) if e.raw_os_error() == Some(libc::EEXIST))
-            && remove_stale(self.key)
+    /// Creates the segment again (same key and id, `super::create_keyed`; `fresh`: in a new
+    /// IPC namespace), with its content and owner. Returns its id.
+    pub fn make(&self, content: &[u8], fresh: bool) -> io::Result<i32> {
+        let create = || sys::sysv_shm_create(self.key, self.size, self.mode);
+        let id = super::create_keyed(Kind::Shm, (self.key, self.id), fresh, create)?;
+        let filled = if content.is_empty() {
+            Ok(())
+        } else {
+            sys::sysv_shm_write(id, content)
+        };
+        if let Err(e) =
+            filled.and_then(|()| sys::sysv_shm_set_owner(id, self.uid, self.gid, self.mode))
         {
-            made = sys::sysv_shm_create(self.key, self.size, self.mode);
+            let _ = sys::sysv_shm_remove(id);
+            return Err(e);
         }
-        let id = made.map_err(|e| {
-            io::Error::new(
-                e.kind(),
-                format!(
-                    "SysV segment key {:#x}: {e}{}",
-                    self.key,
-                    if e.raw_os_error() == Some(libc::EEXIST) {
-                        " (it exists here: restore with --ipcns)"
-                    } else {
-                        ""
-                    }
-                ),
-            )
-        })?;
-        if !content.is_empty() {
-            sys::sysv_shm_write(id, content)?;
-        }
-        sys::sysv_shm_set_owner(id, self.uid, self.gid, self.mode)?;
         Ok(id)
     }
 }
 
-/// Removes the segment with `key` if it is a leftover of a program that is gone (nobody
-/// attached, its creator and last user dead: a checkpointed program killed with --kill leaves
-/// its keyed segments behind, as any crashed program does). Returns whether it did.
-fn remove_stale(key: i32) -> bool {
-    let Ok(text) = std::fs::read_to_string("/proc/sysvipc/shm") else {
-        return false;
-    };
-    let alive = |pid: i64| pid > 0 && std::path::Path::new(&format!("/proc/{pid}")).exists();
+/// The segment's creator and last user (None while someone has it attached).
+pub(super) fn last_users(id: i32) -> io::Result<Option<Vec<i32>>> {
+    let text = std::fs::read_to_string("/proc/sysvipc/shm")?;
     for line in text.lines().skip(1) {
         let f: Vec<i64> = line
             .split_whitespace()
             .filter_map(|v| v.parse().ok())
             .collect();
         // key shmid perms size cpid lpid nattch ...; perms is octal but parses as a number.
-        let (Some(&k), Some(&id), Some(&cpid), Some(&lpid), Some(&nattch)) =
-            (f.first(), f.get(1), f.get(4), f.get(5), f.get(6))
+        let (Some(&shmid), Some(&cpid), Some(&lpid), Some(&nattch)) =
+            (f.get(1), f.get(4), f.get(5), f.get(6))
         else {
             continue;
         };
-        if k == i64::from(key) && nattch == 0 && !alive(cpid) && !alive(lpid) {
-            return sys::sysv_shm_remove(id as i32).is_ok();
+        if shmid == i64::from(id) {
+            return Ok((nattch == 0).then_some(vec![cpid as i32, lpid as i32]));
         }
     }
-    false
+    Err(io::Error::from_raw_os_error(libc::EINVAL))
 }
 
 /// Segments refer to sections of the right kind and size.
