@@ -14,7 +14,7 @@ mod task;
 pub(crate) use file::{close_fds_on_return, dump_page, FileRef};
 pub(crate) use mm::{
     access_process_vm, find_vma, mm_layout, mm_sole_user, pin_remote_pages, poke_current,
-    read_user_array, set_mm_layout, task_mm, vm_mmap, vm_munmap, PinnedPage,
+    read_user_array, set_mm_layout, task_mm, vm_mmap, vm_munmap, vma_is_private_anon, PinnedPage,
 };
 pub(crate) use task::{
     c_layout, caller_has_ptrace_cap_over, capable, current_ids, fatal_signal_pending,

@@ -3,8 +3,10 @@
 //!
 //! Sequence (see docs/design.md, "Restore"):
 //! 1. copy every argument into kernel memory and validate all of it (never trust the image);
-//! 2. point of no return: unmap every mapping but the kept ranges (vDSO/vvar);
-//! 3. map every VMA (`vm_mmap`, files through the caller's fds);
+//! 2. point of no return: unmap every mapping but the kept ranges (vDSO/vvar) and the memory
+//!    the caller put in place (`CKPT_VMA_IN_PLACE`: private anonymous memory mapped before it
+//!    forked, shared copy-on-write with its children as when checkpointed);
+//! 3. map every other VMA (`vm_mmap`, files through the caller's fds);
 //! 4. copy page runs from the image file into place (FOLL_FORCE writes, so read-only mappings
 //!    need no mprotect dance);
 //! 5. install the mm layout (brk, arg/env, auxv, ...).
@@ -17,8 +19,8 @@
 use crate::abi::{
     CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_PROT_EXEC,
     CKPT_PROT_READ, CKPT_PROT_WRITE, CKPT_RESTORE_MAX_KEEP, CKPT_RESTORE_MAX_RUNS,
-    CKPT_RESTORE_MAX_VMAS, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_KNOWN_FLAGS,
-    CKPT_VMA_SHARED,
+    CKPT_RESTORE_MAX_VMAS, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_IN_PLACE,
+    CKPT_VMA_KNOWN_FLAGS, CKPT_VMA_SHARED,
 };
 use crate::helpers::{self, FileRef};
 use kernel::{alloc::KVVec, bindings, mm::MmWithUser, prelude::*};
@@ -95,6 +97,10 @@ fn validate_vmas(raw: KVVec<CkptRestoreVma>, keep: &[CkptRange]) -> Result<KVVec
             return Err(EINVAL);
         }
         prev_end = vma.end;
+        let in_place = vma.flags & CKPT_VMA_IN_PLACE != 0;
+        if in_place && vma.flags & (CKPT_VMA_FILE | CKPT_VMA_SHARED) != 0 {
+            return Err(EINVAL);
+        }
         let file = if vma.flags & CKPT_VMA_FILE != 0 {
             if !aligned(vma.file_offset) {
                 return Err(EINVAL);
@@ -133,6 +139,10 @@ fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> R
         if vma.vma.flags & CKPT_VMA_FILE != 0 && vma.vma.flags & CKPT_VMA_SHARED != 0 {
             return Err(EINVAL);
         }
+        // Memory in place keeps what the caller put there.
+        if vma.vma.flags & CKPT_VMA_IN_PLACE != 0 {
+            return Err(EINVAL);
+        }
     }
     Ok(())
 }
@@ -168,7 +178,8 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
     let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
     let fds = fds_to_close(req, &vmas)?;
     // Collected before touching anything: allocation can still fail cleanly.
-    let old = mappings_to_drop(mm, keep)?;
+    let in_place = in_place_ranges(&vmas)?;
+    let old = mappings_to_drop(mm, keep, &in_place)?;
     helpers::close_fds_on_return(fds)?;
 
     // 2-5. Past this point, failure kills the caller.
@@ -214,8 +225,23 @@ fn fds_to_close(req: &CkptRestore, vmas: &[NewVma]) -> Result<KVec<u32>> {
     Ok(fds)
 }
 
-/// Every mapping of `mm` but the kept ranges: what the restore unmaps.
-fn mappings_to_drop(mm: &MmWithUser, keep: &[CkptRange]) -> Result<KVVec<(usize, usize)>> {
+/// The memory the caller put in place, sorted (the VMA list is).
+fn in_place_ranges(vmas: &[NewVma]) -> Result<KVVec<(usize, usize)>> {
+    let mut out = KVVec::new();
+    for v in vmas.iter().filter(|v| v.vma.flags & CKPT_VMA_IN_PLACE != 0) {
+        out.push((v.vma.start as usize, v.vma.end as usize), GFP_KERNEL)?;
+    }
+    Ok(out)
+}
+
+/// Every mapping of `mm` but the kept ranges, less the memory `in_place` (sorted): what the
+/// restore unmaps. Checks that the memory in place is there: private anonymous mappings
+/// cover each of its ranges.
+fn mappings_to_drop(
+    mm: &MmWithUser,
+    keep: &[CkptRange],
+    in_place: &[(usize, usize)],
+) -> Result<KVVec<(usize, usize)>> {
     let mut old = KVVec::<(usize, usize)>::new();
     let lock = mm.mmap_read_lock();
     let mut addr = 0usize;
@@ -224,13 +250,36 @@ fn mappings_to_drop(mm: &MmWithUser, keep: &[CkptRange]) -> Result<KVVec<(usize,
         if end <= addr {
             return Err(EIO);
         }
-        if !keep
+        addr = end;
+        if keep
             .iter()
             .any(|k| k.start as usize <= start && end <= k.end as usize)
         {
-            old.push((start, end), GFP_KERNEL)?;
+            continue;
         }
-        addr = end;
+        let mut cursor = start;
+        let first = in_place.partition_point(|p| p.1 <= start);
+        for &(p_start, p_end) in in_place.iter().skip(first) {
+            if p_start >= end {
+                break;
+            }
+            if p_start > cursor {
+                old.push((cursor, p_start), GFP_KERNEL)?;
+            }
+            cursor = cursor.max(p_end);
+        }
+        if cursor < end {
+            old.push((cursor, end), GFP_KERNEL)?;
+        }
+    }
+    for &(start, end) in in_place {
+        let mut at = start;
+        while at < end {
+            match helpers::find_vma(mm, &lock, at) {
+                Some(m) if m.start() <= at && helpers::vma_is_private_anon(m) => at = m.end(),
+                _ => return Err(EINVAL),
+            }
+        }
     }
     Ok(old)
 }
@@ -247,7 +296,7 @@ fn replace_address_space(
     for &(start, end) in old.iter() {
         helpers::vm_munmap(start, end - start)?;
     }
-    for v in vmas.iter() {
+    for v in vmas.iter().filter(|v| v.vma.flags & CKPT_VMA_IN_PLACE == 0) {
         map_vma(v)?;
     }
     for run in runs.iter() {

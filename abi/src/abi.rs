@@ -166,7 +166,13 @@ pub const CKPT_VMA_SHARED: u32 = 1 << 0;
 pub const CKPT_VMA_GROWSDOWN: u32 = 1 << 1;
 /// [`CkptRestoreVma::flags`]: the mapping is backed by the file `fd` (else anonymous).
 pub const CKPT_VMA_FILE: u32 = 1 << 2;
-pub const CKPT_VMA_KNOWN_FLAGS: u32 = CKPT_VMA_SHARED | CKPT_VMA_GROWSDOWN | CKPT_VMA_FILE;
+/// [`CkptRestoreVma::flags`]: private anonymous memory the caller already has in place, with
+/// its content: mapped before it forked its children, who inherit it and share its pages
+/// copy-on-write, as they did when checkpointed. The restore leaves it as it is (neither
+/// unmapped nor mapped again); no page run may write into it.
+pub const CKPT_VMA_IN_PLACE: u32 = 1 << 3;
+pub const CKPT_VMA_KNOWN_FLAGS: u32 =
+    CKPT_VMA_SHARED | CKPT_VMA_GROWSDOWN | CKPT_VMA_FILE | CKPT_VMA_IN_PLACE;
 
 /// [`CkptRestoreVma::prot`] bits (the `PROT_*` values).
 pub const CKPT_PROT_READ: u32 = 1;

@@ -51,6 +51,14 @@ pub(crate) fn find_vma<'a>(
     Some(unsafe { VmaRef::from_raw(vma) })
 }
 
+/// Whether `vma` is private anonymous memory (no file, not shared).
+pub(crate) fn vma_is_private_anon(vma: &VmaRef) -> bool {
+    // SAFETY: `vma` is valid while the caller holds the mmap lock (the `VmaRef` borrow);
+    // `vm_file` is only read.
+    let file = unsafe { (*vma.as_ptr()).vm_file };
+    file.is_null() && vma.flags() & kernel::mm::virt::flags::SHARED == 0
+}
+
 /// Reads `buf.len()` bytes at `addr` of `task`'s memory, as ptrace's PEEKDATA would
 /// (FOLL_FORCE: read-protected pages of a task we may ptrace are readable). Returns how many
 /// bytes were read; short at the end of a readable range, 0 if none.

@@ -12,6 +12,7 @@ pub mod stats;
 
 // Resources, each with its saved state, dump and restore.
 pub mod attrs;
+pub mod cow;
 pub mod creds;
 pub mod fds;
 pub mod memory;

@@ -17,7 +17,8 @@ use crate::proc::{self, MapEntry};
 use crate::shmem::{self, ShmDump, ShmObject};
 use crate::stats::Stats;
 use ckpt_abi::{
-    CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_SHARED,
+    CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN,
+    CKPT_VMA_IN_PLACE, CKPT_VMA_SHARED,
 };
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
@@ -561,6 +562,18 @@ fn open_mapped_file(path: &str, writable: bool, inode: u64) -> Result<File, Rest
 
 impl MemoryPlan {
     /// In the restorer, once its files sit at known numbers: `fds[i]` is `files[i]`'s.
+    /// Flags the mappings the restorer put in place (`crate::cow`) so that the module leaves
+    /// them, and drops their page runs (their content is there).
+    pub fn mark_in_place(&mut self, ranges: &[(u64, u64)]) {
+        for v in &mut self.vmas {
+            if ranges.contains(&(v.start, v.end)) {
+                v.flags |= CKPT_VMA_IN_PLACE;
+            }
+        }
+        let inside = |a: u64| ranges.iter().any(|&(s, e)| s <= a && a < e);
+        self.runs.retain(|r| !inside(r.addr));
+    }
+
     pub fn set_file_fds(&mut self, fds: &[i32]) {
         for v in self.vmas.iter_mut() {
             if v.flags & CKPT_VMA_FILE != 0 {

@@ -457,12 +457,24 @@ fn a_tree_whose_pids_are_taken_goes_into_a_new_pid_namespace() {
     kill_tree(&pids[1..4]);
 }
 
+/// The physical frame of the page at `addr` of `pid` (None if not present), from
+/// /proc/PID/pagemap (frames are shown to root).
+fn frame(pid: i32, addr: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut entry = [0u8; 8];
+    f.read_exact_at(&mut entry, addr / 4096 * 8).unwrap();
+    let e = u64::from_ne_bytes(entry);
+    (e >> 63 == 1).then_some(e & ((1 << 55) - 1))
+}
+
 /// Private memory a parent and its children still share copy-on-write is stored once: the
-/// image of four processes with 32 MiB each holds about 32 MiB, and every process gets its
-/// own pages back, the one it changed included.
+/// image of four processes with 32 MiB each holds about 32 MiB. Every process gets its own
+/// pages back, the one it changed included, and the pages they shared are shared again (the
+/// same physical frames in all four).
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn copy_on_write_pages_are_stored_once() {
+fn copy_on_write_pages_are_stored_once_and_shared_again() {
     let d = Dir::new("tree-cow");
     let (mut root, pid) = spawn_ready("cowtree", &[d.0.as_os_str()]);
     let names = ["p", "c0", "c1", "c2"];
@@ -472,8 +484,15 @@ fn copy_on_write_pages_are_stored_once() {
             .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
     });
     let img = d.path("cow.img");
-    let (stats, _, all) = common::checkpoint_kill(&mut root, &img);
+    let (stats, image, all) = common::checkpoint_kill(&mut root, &img);
     assert_eq!(stats["processes"], 4, "{stats}");
+    let region = image.manifest.processes[0]
+        .memory
+        .vmas
+        .iter()
+        .find(|v| v.end - v.start == 32 << 20)
+        .expect("the 32 MiB mapping")
+        .start;
     let shared = stats["pages_shared"].as_u64().unwrap();
     assert!(shared >= 3 * (8192 - 8), "pages stored once: {stats}");
     let len = std::fs::metadata(&img).unwrap().len();
@@ -494,6 +513,28 @@ fn copy_on_write_pages_are_stored_once() {
             "{n}'s memory came back wrong: {text}"
         );
         assert_counts_without_gaps(&d.0, n);
+    }
+    // Pages 0-2 each belong to one child; the rest are the parent's, shared by all.
+    let children = &all[1..4];
+    for page in (3..8192).step_by(211) {
+        let addr = region + page * 4096;
+        let parents = frame(pid, addr).expect("present in the parent");
+        for &c in children {
+            assert_eq!(
+                frame(c, addr),
+                Some(parents),
+                "page {page} of {c} is shared"
+            );
+        }
+    }
+    for &c in children {
+        let own = (0..3)
+            .filter(|k| frame(c, region + k * 4096) != frame(pid, region + k * 4096))
+            .count();
+        assert_eq!(
+            own, 1,
+            "process {c} has its own copy of the page it changed"
+        );
     }
     for &p in all.iter().rev() {
         unsafe { libc::kill(p, libc::SIGKILL) };

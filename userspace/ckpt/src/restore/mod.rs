@@ -171,6 +171,7 @@ fn prepare_restorers<'a>(
     let restorers = Restorers {
         manifest: m,
         plans,
+        cow: crate::cow::plan(m),
         image: &img.file,
         dev,
         report: report_out,
@@ -379,6 +380,7 @@ fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreErr
         memory,
         specials,
         blobs,
+        in_place: Vec::new(),
     })
 }
 

@@ -31,6 +31,9 @@ pub struct Plan {
     pub specials: Specials,
     /// The small sections the fds need (pipe and socket data, deleted files).
     pub blobs: Blobs,
+    /// The private memory the restorer put in place before forking (`crate::cow`); its
+    /// children's restorers read their copy of it to know what they inherited.
+    pub in_place: Vec<crate::cow::Range>,
 }
 
 /// The original pid of the process this restorer becomes (for messages).
@@ -47,6 +50,9 @@ pub struct Restorers<'a> {
     pub manifest: &'a Manifest,
     /// Per process of the manifest.
     pub plans: Vec<Plan>,
+    /// Per process: the private memory its restorer puts in place to share it copy-on-write
+    /// with its children (`crate::cow::plan`).
+    pub cow: Vec<Vec<crate::cow::Range>>,
     pub image: &'a File,
     pub dev: &'a Device,
     /// Where each restorer writes "ORIGINAL_PID KERNEL_PID".
@@ -79,6 +85,11 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     dies_with(parent);
     let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
     join_session_and_group(p, m.group_made_inside(p.pgid));
+    let inherited = crate::cow::parent_index(m, index)
+        .map(|i| r.plans[i].in_place.clone())
+        .unwrap_or_default();
+    let wanted = (&r.cow[index][..], &inherited[..]);
+    r.plans[index].in_place = crate::cow::put_in_place(m, index, wanted, r.image);
     fork_children(r, p);
     report(&r.report, p.pid);
     // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
@@ -256,6 +267,7 @@ fn become_process(
         fail(what, e);
     }
     plan.memory.set_file_fds(&work.files);
+    plan.memory.mark_in_place(&plan.in_place);
     let mut req = request(p, plan, &work);
     match plan.specials.move_into_place() {
         Ok(()) => {}

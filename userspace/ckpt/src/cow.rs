@@ -1,0 +1,211 @@
+//! Private memory a parent and its children shared copy-on-write when checkpointed, shared
+//! again after a restore. The image stores such a page once: the children's page runs point
+//! at the parent's copy (`memory::dump`). On restore, a restorer puts those private
+//! anonymous mappings in place itself, with their content, before it forks its children's
+//! restorers: they inherit them copy-on-write, as fork made them. Each child then changes
+//! only the pages where its own image differs from its parent's (written, or dropped back
+//! to zero) before forking its own children, and the module's RESTORE leaves that memory as
+//! it is (`CKPT_VMA_IN_PLACE`).
+//!
+//! Only mappings with the same bounds in parent and child are shared again (a heap that grew
+//! after the fork is not), and never a stack. Anything that goes wrong here (a mapping of the
+//! restorer's own where the memory goes, a failed read) only costs the sharing: that memory
+//! is then restored as usual, a copy per process.
+
+use crate::manifest::Manifest;
+use crate::memory::{Backing, Vma};
+use nix::sys::mman::{madvise, mmap_anonymous, mprotect, munmap, MapFlags, MmapAdvise, ProtFlags};
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::num::NonZeroUsize;
+use std::os::unix::fs::FileExt;
+use std::ptr::NonNull;
+
+const PAGE: u64 = 4096;
+
+/// A mapping's bounds.
+pub type Range = (u64, u64);
+
+/// Whether `v` can be put in place: private anonymous memory, not a stack.
+fn candidate(v: &Vma) -> bool {
+    matches!(v.backing, Backing::Anonymous) && !v.shared && !v.growsdown
+}
+
+/// Page address -> where its bytes are in the image, for the pages of `v` that are stored.
+fn pages(v: &Vma) -> BTreeMap<u64, u64> {
+    let mut out = BTreeMap::new();
+    for r in &v.pages {
+        for k in 0..r.len / PAGE {
+            out.insert(r.addr + k * PAGE, r.offset + k * PAGE);
+        }
+    }
+    out
+}
+
+fn vma_at(vmas: &[Vma], (start, end): Range) -> Option<&Vma> {
+    vmas.iter()
+        .find(|v| v.start == start && v.end == end && candidate(v))
+}
+
+/// Which mappings each process's restorer should put in place (by index in the manifest):
+/// those a child has with the same bounds and at least one page in common, and those its
+/// parent puts in place that it has too (it inherits them).
+pub fn plan(m: &Manifest) -> Vec<Vec<Range>> {
+    let mut wanted = vec![Vec::new(); m.processes.len()];
+    for (i, p) in m.processes.iter().enumerate() {
+        let (children, _) = m.children_of(p.pid);
+        wanted[i] = p
+            .memory
+            .vmas
+            .iter()
+            .filter(|v| candidate(v))
+            .filter(|v| {
+                let mine = pages(v);
+                children.iter().any(|&c| {
+                    let theirs = vma_at(&m.processes[c].memory.vmas, (v.start, v.end));
+                    theirs.is_some_and(|t| pages(t).iter().any(|(a, o)| mine.get(a) == Some(o)))
+                })
+            })
+            .map(|v| (v.start, v.end))
+            .collect();
+    }
+    // What a parent puts in place, its children that have it use too: top-down.
+    for i in order(m) {
+        let Some(parent) = parent_index(m, i) else {
+            continue;
+        };
+        let inherited: Vec<Range> = wanted[parent]
+            .iter()
+            .copied()
+            .filter(|&r| vma_at(&m.processes[i].memory.vmas, r).is_some())
+            .collect();
+        for r in inherited {
+            if !wanted[i].contains(&r) {
+                wanted[i].push(r);
+            }
+        }
+    }
+    wanted
+}
+
+/// The index of the parent of process `i`, if it is in the image.
+pub fn parent_index(m: &Manifest, i: usize) -> Option<usize> {
+    let ppid = m.processes.get(i)?.ppid;
+    m.processes.iter().position(|q| q.pid == ppid)
+}
+
+/// Process indices, parents before their children.
+fn order(m: &Manifest) -> Vec<usize> {
+    let mut out = Vec::new();
+    let mut todo: Vec<usize> = (0..m.processes.len())
+        .filter(|&i| parent_index(m, i).is_none())
+        .collect();
+    while let Some(i) = todo.pop() {
+        out.push(i);
+        todo.extend(m.children_of(m.processes[i].pid).0);
+    }
+    out
+}
+
+/// In the restorer of process `i`, before it forks: puts the mappings `wanted` in place with
+/// the process's content. `inherited`: what its parent's restorer had put in place (and it
+/// inherited over fork). Returns what is in place.
+pub fn put_in_place(
+    m: &Manifest,
+    i: usize,
+    (wanted, inherited): (&[Range], &[Range]),
+    image: &File,
+) -> Vec<Range> {
+    let mine = &m.processes[i].memory.vmas;
+    let parents = parent_index(m, i).map(|p| &m.processes[p].memory.vmas[..]);
+    for &r in inherited.iter().filter(|r| !wanted.contains(r)) {
+        unmap(r);
+    }
+    let mut done = Vec::new();
+    for &r in wanted {
+        let Some(v) = vma_at(mine, r) else { continue };
+        let from_parent = parents
+            .and_then(|p| vma_at(p, r))
+            .filter(|_| inherited.contains(&r));
+        let ok = match from_parent {
+            Some(pv) => adjust(pv, v, image),
+            None => map_fresh(v, image),
+        };
+        if ok.is_ok() {
+            done.push(r);
+        } else {
+            unmap(r);
+        }
+    }
+    done
+}
+
+/// Maps `v` where it was, with its stored pages.
+fn map_fresh(v: &Vma, image: &File) -> nix::Result<()> {
+    let len = NonZeroUsize::new((v.end - v.start) as usize).ok_or(nix::Error::EINVAL)?;
+    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED_NOREPLACE;
+    // SAFETY: MAP_FIXED_NOREPLACE never replaces a mapping: it fails where the restorer
+    // has anything of its own.
+    let at = unsafe { mmap_anonymous(NonZeroUsize::new(v.start as usize), len, rw, flags)? };
+    if at.as_ptr() as u64 != v.start {
+        // A kernel that ignores the flag put it elsewhere.
+        // SAFETY: the mapping just made, which nothing uses.
+        let _ = unsafe { munmap(at, len.get()) };
+        return Err(nix::Error::EEXIST);
+    }
+    let runs = v.pages.iter().map(|r| (r.addr, r.len, r.offset));
+    fill(runs, image)?;
+    protect(v)
+}
+
+/// Turns the parent's copy `pv` of the mapping (inherited) into this process's `v`: writes
+/// the pages stored differently, drops those it does not have (zero again).
+fn adjust(pv: &Vma, v: &Vma, image: &File) -> nix::Result<()> {
+    let (theirs, mine) = (pages(pv), pages(v));
+    let differ = mine
+        .iter()
+        .filter(|(a, o)| theirs.get(a) != Some(o))
+        .map(|(&a, &o)| (a, PAGE, o));
+    let only_theirs = theirs.keys().filter(|a| !mine.contains_key(a));
+    let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
+    // SAFETY: the mapping is this process's, at an address only the image uses.
+    unsafe { mprotect(page_ptr(v.start)?, (v.end - v.start) as usize, rw)? };
+    fill(differ, image)?;
+    for &a in only_theirs {
+        // SAFETY: private anonymous memory of ours: its page reads as zero again.
+        unsafe { madvise(page_ptr(a)?, PAGE as usize, MmapAdvise::MADV_DONTNEED)? };
+    }
+    protect(v)
+}
+
+/// Reads each run (address, length, image offset) from the image into place.
+fn fill(runs: impl Iterator<Item = (u64, u64, u64)>, image: &File) -> nix::Result<()> {
+    for (addr, len, offset) in runs {
+        // SAFETY: the run lies in a mapping of ours made writable for this (validated with
+        // the image: inside its VMA); no Rust reference points into it.
+        let dest = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };
+        image
+            .read_exact_at(dest, offset)
+            .map_err(|e| nix::Error::from_raw(e.raw_os_error().unwrap_or(libc::EIO)))?;
+    }
+    Ok(())
+}
+
+/// Gives the mapping its protection.
+fn protect(v: &Vma) -> nix::Result<()> {
+    let prot = ProtFlags::from_bits_truncate(v.prot as i32);
+    // SAFETY: the mapping is ours, at an address only the image uses.
+    unsafe { mprotect(page_ptr(v.start)?, (v.end - v.start) as usize, prot) }
+}
+
+fn unmap((start, end): Range) {
+    if let Ok(at) = page_ptr(start) {
+        // SAFETY: memory put in place for the image, which nothing of the restorer uses.
+        let _ = unsafe { munmap(at, (end - start) as usize) };
+    }
+}
+
+fn page_ptr(addr: u64) -> nix::Result<NonNull<libc::c_void>> {
+    NonNull::new(addr as *mut libc::c_void).ok_or(nix::Error::EINVAL)
+}
