@@ -17,7 +17,7 @@ apt_pkgs=(
   # Real programs the guest tests checkpoint (guest_real.rs): a server with workers, a build,
   # an interpreter with a process pool, a database with background processes, a JIT runtime
   # with a forked child on an IPC channel.
-  nginx-light make python3 postgresql-15 postgresql-client-15 nodejs
+  nginx-light make python3 postgresql-15 postgresql-client-15 nodejs tmux
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

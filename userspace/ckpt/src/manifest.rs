@@ -57,6 +57,9 @@ pub struct Process {
     /// which may differ from the kernel's after an earlier restore.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub interceptor: Option<InterceptorState>,
+    /// The controlling terminal of the session it leads, when that is a pty of the tree.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ctty: Option<crate::fds::Ctty>,
 }
 
 impl Validate for Manifest {
@@ -139,6 +142,12 @@ impl Process {
         if let Some(i) = &self.interceptor {
             i.validate()?;
         }
+        let ctty_ok = self.ctty.is_none_or(|c| {
+            self.sid == self.pid && shared.ptys.get(c.pty).is_some_and(|p| p.termios.is_some())
+        });
+        if !ctty_ok {
+            return Err("its controlling terminal is not a pty of the image".into());
+        }
         Ok(())
     }
 }
@@ -219,6 +228,7 @@ mod tests {
             }],
             shared_pending: 0,
             interceptor: None,
+            ctty: None,
         }
     }
 
@@ -231,6 +241,7 @@ mod tests {
             }],
             socket_pairs: vec![],
             listeners: vec![],
+            ptys: vec![],
             memory: vec![],
             sysv_shm: vec![],
             sysv_sem: vec![crate::sysv::SemSet {

@@ -91,6 +91,9 @@ pub struct Stat {
     pub ppid: i32,
     pub pgid: i32,
     pub sid: i32,
+    /// The controlling terminal's device number (0: none) and its foreground process group.
+    pub tty_nr: u64,
+    pub tpgid: i32,
     pub flags: u64,
     pub threads: u32,
     /// The exit status as wait(2) reports it (a zombie's).
@@ -117,6 +120,8 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
         ppid: field(4)?.parse().map_err(|_| bad())?,
         pgid: field(5)?.parse().map_err(|_| bad())?,
         sid: field(6)?.parse().map_err(|_| bad())?,
+        tty_nr: field(7)?.parse::<i64>().map_err(|_| bad())? as u64,
+        tpgid: field(8)?.parse().map_err(|_| bad())?,
         flags: field(9)?.parse().map_err(|_| bad())?,
         threads: field(20)?.parse().map_err(|_| bad())?,
         exit_code: field(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),

@@ -318,3 +318,154 @@ fn postgres_keeps_its_data_and_answers_after_kill_and_restore() {
     unsafe { libc::kill(restored, libc::SIGINT) };
     wait_for("postgres shuts down", || pids.iter().all(|&p| gone(p)));
 }
+
+/// `tmux -S SOCK ARGS...` (its output).
+fn tmux(sock: &Path, args: &[&str]) -> String {
+    let out = Command::new("tmux")
+        .arg("-S")
+        .arg(sock)
+        .args(args)
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout).into_owned()
+}
+
+/// The last "tick N" a tmux pane shows.
+fn last_tick(sock: &Path, pane: &str) -> Option<u64> {
+    let screen = tmux(sock, &["capture-pane", "-p", "-t", pane]);
+    screen
+        .lines()
+        .rev()
+        .find_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
+}
+
+/// The controlling terminal's device number of `pid` (field 7 of /proc/PID/stat).
+fn tty_nr(pid: i32) -> u64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
+    let fields: Vec<&str> = stat[stat.rfind(')').unwrap() + 2..].split(' ').collect();
+    fields[4].parse().unwrap()
+}
+
+/// tmux (a server holding pty masters, a pane running an interactive bash on its terminal, a
+/// pane printing a count), checkpointed with --kill and restored: the counting pane's screen
+/// goes on, the interactive shell reads what is typed into it and answers, each pane keeps its
+/// /dev/pts number and its shell its controlling terminal.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tmux_panes_go_on_after_kill_and_restore() {
+    let d = Dir::new("real-tmux");
+    let sock = d.path("sock");
+    let home = d.0.display().to_string();
+    let status = Command::new("tmux")
+        .env_clear()
+        .envs([("PATH", "/usr/bin:/bin"), ("HOME", home.as_str())])
+        .arg("-S")
+        .arg(&sock)
+        .args([
+            "-f",
+            "/dev/null",
+            "new-session",
+            "-d",
+            "-s",
+            "t",
+            "-x",
+            "80",
+            "-y",
+            "24",
+        ])
+        .arg("bash --norc --noprofile -i")
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let count = "i=0; while :; do echo tick $i; i=$((i+1)); sleep 0.2; done";
+    tmux(&sock, &["new-window", "-d", "-t", "t:1", count]);
+    wait_for("the pane counts", || {
+        last_tick(&sock, "t:1").is_some_and(|n| n > 3)
+    });
+    let server: i32 = tmux(&sock, &["display", "-p", "#{pid}"])
+        .trim()
+        .parse()
+        .unwrap();
+    let panes = tmux(
+        &sock,
+        &["list-panes", "-a", "-F", "#{pane_pid} #{pane_tty}"],
+    );
+    let panes: Vec<(i32, String)> = panes
+        .lines()
+        .map(|l| {
+            let (pid, tty) = l.split_once(' ').unwrap();
+            (pid.parse().unwrap(), tty.to_string())
+        })
+        .collect();
+    assert_eq!(panes.len(), 2, "{panes:?}");
+    let ttys: Vec<u64> = panes.iter().map(|&(p, _)| tty_nr(p)).collect();
+    assert!(ttys.iter().all(|&t| t != 0), "each pane has its terminal");
+
+    let img = d.path("tmux.img");
+    let out = ckpt(&[
+        "checkpoint",
+        &server.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    wait_for("tmux is gone", || {
+        gone(server) && panes.iter().all(|&(p, _)| gone(p))
+    });
+    let at_checkpoint = last_tick(&sock, "t:1");
+    assert!(
+        at_checkpoint.is_none(),
+        "no server answers while it is down"
+    );
+    let m = ckpt::manifest::Image::open(&img).unwrap().manifest;
+    assert_eq!(m.shared.ptys.len(), 2, "two ptys");
+
+    let restored = restore_root(&img);
+    assert_eq!(restored, server);
+    let before = last_tick(&sock, "t:1").expect("the pane's screen is back");
+    wait_for("the pane counts on", || {
+        last_tick(&sock, "t:1").is_some_and(|n| n > before + 3)
+    });
+    tmux(
+        &sock,
+        &["send-keys", "-t", "t:0", "echo hello-$((6*7))", "Enter"],
+    );
+    wait_for("the shell answers", || {
+        tmux(&sock, &["capture-pane", "-p", "-t", "t:0"]).contains("hello-42")
+    });
+    // The terminal keeps its size (rows, columns).
+    tmux(
+        &sock,
+        &[
+            "send-keys",
+            "-t",
+            "t:0",
+            "echo size-$(stty size | tr ' ' x)",
+            "Enter",
+        ],
+    );
+    wait_for("stty answers", || {
+        tmux(&sock, &["capture-pane", "-p", "-t", "t:0"]).contains("size-24x80")
+    });
+    let after = tmux(
+        &sock,
+        &["list-panes", "-a", "-F", "#{pane_pid} #{pane_tty}"],
+    );
+    for (pid, tty) in &panes {
+        assert!(after.contains(&format!("{pid} {tty}")), "{after}");
+        let fd0 = std::fs::read_link(format!("/proc/{pid}/fd/0")).unwrap();
+        assert_eq!(fd0, Path::new(tty), "the pane's program is on its terminal");
+    }
+    let ttys_after: Vec<u64> = panes.iter().map(|&(p, _)| tty_nr(p)).collect();
+    assert_eq!(
+        ttys_after, ttys,
+        "each shell keeps its controlling terminal"
+    );
+    tmux(&sock, &["kill-server"]);
+    wait_for("tmux quits as asked", || gone(server));
+}

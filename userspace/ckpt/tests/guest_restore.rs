@@ -494,10 +494,10 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     let _ = sleeper.wait();
     drop(r);
 
-    // A pseudo-terminal master (what tmux and screen hold): reopening /dev/ptmx would give
-    // a new, unrelated terminal, so it is refused by name; the target is left running.
+    // A device whose open file holds state (/dev/fuse: a mount's channel): a reopen would
+    // give a new, unrelated one, so it is refused by name; the target is left running.
     let mut holder = Command::new("sh")
-        .args(["-c", "exec sleep 1000 3<>/dev/ptmx"])
+        .args(["-c", "exec sleep 1000 3<>/dev/fuse"])
         .stdin(Stdio::null())
         .stdout(Stdio::null())
         .spawn()
@@ -505,7 +505,7 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     wait_for_fd(holder.id(), 3);
     fail(
         &["checkpoint", &holder.id().to_string(), "-o", imgs],
-        "pseudo-terminal master",
+        "/dev/fuse is a character device (10:229) whose state a reopen would lose",
     );
     assert!(!img.exists());
     let stat = std::fs::read_to_string(format!("/proc/{}/stat", holder.id())).unwrap();

@@ -169,6 +169,10 @@ fn dump_tree(
         let p = prepared.get(&m.frozen.pid);
         processes.push(dump.process((i, &m.frozen), &m.stat, entries, p)?);
     }
+    // Once every pty is recorded: the sessions whose controlling terminal is one of them.
+    for (p, m) in processes.iter_mut().zip(&tree.members) {
+        p.ctty = fds::controlling_terminal(&m.stat, m.frozen.pid, &shared);
+    }
     Ok(Manifest {
         processes,
         zombies: tree.zombies.clone(),
@@ -304,6 +308,7 @@ impl Dump<'_> {
             threads,
             shared_pending,
             interceptor: prepared.map(Prepared::state),
+            ctty: None,
         })
     }
 }

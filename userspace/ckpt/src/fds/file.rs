@@ -77,10 +77,7 @@ fn stateless_device(rdev: u64, path: &str) -> Result<(), super::DumpError> {
         return Ok(());
     }
     Err(unsupported(if major == TTYAUX {
-        format!(
-            "{path} is a pseudo-terminal master (tmux, screen, script, an ssh server): \
-             ptys are not carried yet"
-        )
+        format!("{path} is a terminal device ({major}:{minor}) ckpt cannot reopen")
     } else {
         format!(
             "{path} is a character device ({major}:{minor}) whose state a reopen would lose: \

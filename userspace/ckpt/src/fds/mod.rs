@@ -18,6 +18,7 @@ mod file;
 mod listen;
 mod memfd;
 mod pipe;
+pub mod pty;
 mod signalfd;
 mod socket;
 mod socket_pair;
@@ -31,6 +32,7 @@ pub use file::PathFile;
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use memfd::MemfdFd;
 pub use pipe::{Pipe, PipeEnd};
+pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
 pub use socket_pair::{SocketPair, SocketPairEnd};
 pub use stdio::InheritedStdio;
@@ -69,6 +71,7 @@ pub enum FdKind {
     SocketPairEnd(SocketPairEnd),
     Deleted(DeletedFile),
     Memfd(MemfdFd),
+    Pty(PtyEnd),
 }
 
 impl FdKind {
@@ -86,6 +89,7 @@ impl FdKind {
             FdKind::SocketPairEnd(s) => s,
             FdKind::Deleted(s) => s,
             FdKind::Memfd(s) => s,
+            FdKind::Pty(s) => s,
         }
     }
 }
@@ -94,6 +98,7 @@ impl FdKind {
 /// Stdio to the outside comes first (it may be a pipe or a socket); plain paths last.
 pub const DUMPERS: &[Dumper] = &[
     stdio::dump,
+    pty::dump,
     socket::dump,
     pipe::dump,
     memfd::dump,
@@ -124,6 +129,9 @@ pub struct Shared {
     /// Listening sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<SharedListener>,
+    /// Pseudo-terminals whose master the tree holds.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub ptys: Vec<Pty>,
     /// SysV shared memory segments attached by the tree's processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::sysv::SysvSegment>,
@@ -204,6 +212,8 @@ pub struct Census {
     pub sockets: BTreeSet<u64>,
     /// The tree's processes.
     pub pids: BTreeSet<i32>,
+    /// Pty index -> (pid, fd) of a master the tree holds.
+    pub pty_masters: BTreeMap<u32, (i32, i32)>,
 }
 
 impl Census {
@@ -215,6 +225,10 @@ impl Census {
                 self.pipes.entry(ino).or_default().add(pid, e);
             } else if let Some(ino) = crate::proc::bracketed_inode(&e.target, "socket") {
                 self.sockets.insert(ino);
+            } else if e.target == "/dev/ptmx" || e.target == "/dev/pts/ptmx" {
+                if let Some(index) = pty::master_index(pid, e) {
+                    self.pty_masters.entry(index).or_insert((pid, e.fd));
+                }
             }
         }
     }
@@ -230,6 +244,8 @@ pub struct SharedDump {
     pub pipe_index: BTreeMap<u64, usize>,
     pub pair_index: BTreeMap<u64, usize>,
     pub listen_index: BTreeMap<u64, usize>,
+    /// Pty index -> its index in the table's ptys.
+    pub pty_index: BTreeMap<u32, usize>,
     /// Pipes processes outside the tree hold (scanned once, when the first pipe is met).
     pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
@@ -254,6 +270,16 @@ pub struct DumpCtx<'a> {
     pub process: usize,
     pub image: &'a mut ImageWriter,
     pub shared: &'a mut SharedDump,
+}
+
+/// The controlling terminal of the session process `pid` leads (its `stat`), if it is a pty
+/// of the tree.
+pub fn controlling_terminal(st: &crate::proc::Stat, pid: i32, shared: &SharedDump) -> Option<Ctty> {
+    let index = pty::slave_index(st.tty_nr).filter(|_| st.sid == pid)?;
+    Some(Ctty {
+        pty: *shared.pty_index.get(&index)?,
+        foreground: st.tpgid,
+    })
 }
 
 /// Records every descriptor of `pid` (its `entries`, from /proc), writing the data some kinds
@@ -344,6 +370,8 @@ pub struct SharedFds {
     pub memory: Vec<OwnedFd>,
     /// A socket per listener of `Shared::listeners`.
     pub listeners: Vec<OwnedFd>,
+    /// Each pty of `Shared::ptys`, made again.
+    pub ptys: Vec<PtyFds>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
 }
@@ -384,12 +412,25 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let ptys = shared
+            .ptys
+            .iter()
+            .map(|p| {
+                let made = pty::make(p)?;
+                let slave = made.slave.map(|s| above(s, min)).transpose()?;
+                Ok(PtyFds {
+                    master: above(made.master, min)?,
+                    slave,
+                })
+            })
+            .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
             pairs,
             memory,
             listeners,
+            ptys,
             sysv,
         })
     }
@@ -397,7 +438,11 @@ impl SharedFds {
     /// The range of fd numbers they hold (empty: None).
     pub fn range(&self) -> Option<(RawFd, RawFd)> {
         let ends = self.pipes.iter().chain(&self.pairs).flatten();
-        let singles = self.memory.iter().chain(&self.listeners);
+        let pty_fds = self
+            .ptys
+            .iter()
+            .flat_map(|p| std::iter::once(&p.master).chain(&p.slave));
+        let singles = self.memory.iter().chain(&self.listeners).chain(pty_fds);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -559,6 +604,7 @@ impl Shared {
             return Err("a listening socket's holder is not a process of the image".into());
         }
         crate::shmem::validate(&self.memory, sections)?;
+        pty::validate(&self.ptys)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;
         crate::sysv::sem::validate(&self.sysv_sem)?;
         crate::sysv::msg::validate(&self.sysv_msg, sections)

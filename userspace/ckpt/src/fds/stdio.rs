@@ -23,11 +23,19 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let own_pipe = crate::proc::bracketed_inode(&e.target, "pipe")
         .and_then(|ino| ctx.shared.census.pipes.get(&ino))
         .is_some_and(|ends| ends.inside());
-    Ok(((0..=2).contains(&e.fd) && outside && !own_pipe).then(|| {
-        FdKind::InheritStdio(InheritedStdio {
-            was: e.target.clone(),
-        })
-    }))
+    // A terminal whose master the tree holds (a program under tmux) is the tree's too.
+    let own_pty = e
+        .target
+        .strip_prefix("/dev/pts/")
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| ctx.shared.census.pty_masters.contains_key(&n));
+    Ok(
+        ((0..=2).contains(&e.fd) && outside && !own_pipe && !own_pty).then(|| {
+            FdKind::InheritStdio(InheritedStdio {
+                was: e.target.clone(),
+            })
+        }),
+    )
 }
 
 impl FdState for InheritedStdio {

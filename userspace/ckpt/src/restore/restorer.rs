@@ -85,6 +85,12 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     dies_with(parent);
     let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
     join_session_and_group(p, m.group_made_inside(p.pgid));
+    // Before any child is forked: they inherit it.
+    if let Some(c) = &p.ctty {
+        if let Err(e) = crate::fds::pty::take_as_controlling(c, &r.shared.ptys) {
+            fail("taking its controlling terminal", e);
+        }
+    }
     let inherited = crate::cow::parent_index(m, index)
         .map(|i| r.plans[i].in_place.clone())
         .unwrap_or_default();
@@ -253,6 +259,15 @@ fn become_process(
     shared: &SharedFds,
 ) -> ! {
     let work = WorkFds::take(p, plan, image, dev, highest_own_fd, shared.range());
+    // Every process group exists by now (each restorer made its own before reporting).
+    if let Some(c) = &p.ctty {
+        if let Err(e) = crate::fds::pty::set_foreground(c, &shared.ptys) {
+            eprintln!(
+                "ckpt restore: process {}: its terminal's foreground group {}: {e}",
+                p.pid, c.foreground
+            );
+        }
+    }
     if let Err((what, e)) = p.attrs.restore_cwd_umask() {
         fail(&what, e);
     }

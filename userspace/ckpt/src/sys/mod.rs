@@ -6,6 +6,7 @@ mod process;
 mod ptrace;
 mod signal;
 mod thread;
+mod tty;
 mod wait;
 
 pub use ipc::*;
@@ -13,6 +14,7 @@ pub use process::*;
 pub use ptrace::*;
 pub use signal::*;
 pub use thread::*;
+pub use tty::*;
 pub use wait::*;
 
 use std::io;
