@@ -69,7 +69,11 @@ impl Plan {
 
     /// Every helper's pid.
     pub fn helper_pids(&self) -> Vec<i32> {
-        self.sessions.keys().chain(self.groups.keys()).copied().collect()
+        self.sessions
+            .keys()
+            .chain(self.groups.keys())
+            .copied()
+            .collect()
     }
 
     /// Whether no helper is needed.
@@ -238,7 +242,12 @@ impl<'a> Tree<'a> {
                 // the group's other members too.
                 self.single_creator(g, Some(l.ppid))?;
             }
-        } else if self.procs.iter().filter(inherited_root).any(|r| r.pgid == g) {
+        } else if self
+            .procs
+            .iter()
+            .filter(inherited_root)
+            .any(|r| r.pgid == g)
+        {
             return Ok(()); // led from outside, a root's: inherited
         } else if plan.sessions.contains_key(&g) {
             // The session helper's setsid made it; only the roots it forks can join it.

@@ -164,6 +164,7 @@ fn dump_tree(
     Ok(Manifest {
         processes,
         zombies: tree.zombies.clone(),
+        gone_leaders: tree.gone_leaders.clone(),
         shared: shared.finish(),
         stats: None,
     })
