@@ -141,12 +141,8 @@ impl Manifest {
         live.chain(zombies).collect()
     }
 
-    /// How the restore makes the tree's groups and sessions (an image from before process
-    /// trees has no ids: nothing to make).
+    /// How the restore makes the tree's groups and sessions.
     pub fn groups(&self) -> Result<Plan, String> {
-        if self.processes.iter().any(|p| p.pgid == 0 || p.sid == 0) {
-            return Ok(Plan::default());
-        }
         let gone: BTreeSet<i32> = self.gone_leaders.iter().copied().collect();
         crate::groups::plan(&self.group_ids(), &gone)
     }

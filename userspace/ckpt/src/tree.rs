@@ -178,7 +178,8 @@ impl FrozenTree {
         let gone: BTreeSet<i32> = ids
             .iter()
             .flat_map(|p| [p.pgid, p.sid])
-            .filter(|id| !pids.contains(id) && !proc_exists(*id))
+            // 0: the session and group of the kernel's first process, nobody's to make.
+            .filter(|&id| id > 0 && !pids.contains(&id) && !proc_exists(id))
             .collect();
         crate::groups::plan(&ids, &gone).map_err(CheckpointError::Tree)?;
         self.gone_leaders = gone.into_iter().collect();

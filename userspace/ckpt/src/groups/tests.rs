@@ -47,6 +47,9 @@ fn a_shell_job_inherits_its_session_and_group() {
     // A shell job leading its own group still takes the restorer's (not a background job).
     let plan2 = super::plan(&[p(20, 7, 20, 5), p(21, 20, 20, 5)], &gone(&[])).unwrap();
     assert!(!plan2.makes_group(20));
+    // In the session and group of the kernel's first process (0), as in the test guest.
+    let plan3 = super::plan(&[p(22, 1, 0, 0), p(23, 22, 23, 0)], &gone(&[])).unwrap();
+    assert!(plan3.no_helpers() && plan3.makes_group(23) && !plan3.makes_group(0));
 }
 
 #[test]
