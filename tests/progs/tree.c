@@ -13,7 +13,13 @@
  *   tree DIR churn
  * The root alone, forking a short-lived child every 5 ms (each writes nothing and exits after
  * 30 ms; the root reaps them) while counting in DIR/root: for the test that a fork during the
- * freeze is caught or finished, never half-seen. */
+ * freeze is caught or finished, never half-seen.
+ *   tree DIR zombies
+ * Zombies that led their own group or session. The root (in its caller's session and
+ * group) forks z1, which leads a new group and exits with status 3 once m has joined that
+ * group; m, which counts in DIR/m; z2, which makes its own session and exits with status 5.
+ * When z1 and z2 are zombies it prints "ready ROOT Z1 M Z2" and counts in DIR/root; on
+ * SIGUSR1 it reaps them, writing "root reaped PID STATUS" for each. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -45,7 +51,25 @@ static int open_out(const char *name)
 	return fd;
 }
 
-/* Counts forever into DIR/NAME; b also answers SIGUSR1 by reaping `zombie`. */
+/* Answers SIGUSR1 (once per signal) by reaping `zombie` (-1: every zombie child), writing
+ * "NAME reaped PID STATUS" to fd for each. */
+static void reap_on_usr1(int fd, const char *name, pid_t zombie)
+{
+	if (!got_usr1 || zombie == 0)
+		return;
+	got_usr1 = 0;
+	int status = 0;
+	pid_t r;
+	while ((r = waitpid(zombie, &status, WNOHANG)) > 0) {
+		char line[128];
+		int len = snprintf(line, sizeof line, "%s reaped %d %d\n", name, (int)r,
+				   WIFEXITED(status) ? WEXITSTATUS(status) : -1);
+		if (write(fd, line, len) != len)
+			exit(3);
+	}
+}
+
+/* Counts forever into DIR/NAME; b and the zombies' root also answer SIGUSR1 by reaping. */
 static void count(const char *name, pid_t zombie)
 {
 	int fd = open_out(name);
@@ -54,15 +78,7 @@ static void count(const char *name, pid_t zombie)
 		int len = snprintf(line, sizeof line, "%s %lu\n", name, n);
 		if (write(fd, line, len) != len)
 			exit(3);
-		if (got_usr1 && zombie > 0) {
-			int status = 0;
-			pid_t r = waitpid(zombie, &status, WNOHANG);
-			len = snprintf(line, sizeof line, "b reaped %d %d\n", (int)r,
-				       WIFEXITED(status) ? WEXITSTATUS(status) : -1);
-			if (write(fd, line, len) != len)
-				exit(3);
-			got_usr1 = 0;
-		}
+		reap_on_usr1(fd, name, zombie);
 		sleep_ms(20);
 	}
 }
@@ -86,6 +102,64 @@ static void churn(void)
 	}
 }
 
+/* Waits (1 s at most) until `pid` is a zombie. */
+static void wait_zombie(pid_t pid)
+{
+	for (int i = 0; i < 500; i++) {
+		char path[64], st[512];
+		snprintf(path, sizeof path, "/proc/%d/stat", (int)pid);
+		FILE *f = fopen(path, "r");
+		if (!f)
+			return;
+		size_t n = fread(st, 1, sizeof st - 1, f);
+		fclose(f);
+		st[n] = 0;
+		char *p = strrchr(st, ')');
+		if (p && p[2] == 'Z')
+			return;
+		sleep_ms(2);
+	}
+}
+
+static void zombie_leaders(void)
+{
+	signal(SIGUSR1, on_usr1);
+	int gate[2];
+	if (pipe(gate) < 0)
+		exit(5);
+	pid_t z1 = fork();
+	if (z1 == 0) {
+		char c;
+		close(gate[1]);
+		setpgid(0, 0);
+		/* Until the root closes the gate: m has joined our group by then. */
+		while (read(gate[0], &c, 1) > 0)
+			;
+		_exit(3);
+	}
+	close(gate[0]);
+	setpgid(z1, z1);
+	pid_t m = fork();
+	if (m == 0) {
+		close(gate[1]);
+		setpgid(0, z1);
+		count("m", 0);
+	}
+	setpgid(m, z1);
+	pid_t z2 = fork();
+	if (z2 == 0) {
+		close(gate[1]);
+		setsid();
+		_exit(5);
+	}
+	close(gate[1]);
+	wait_zombie(z1);
+	wait_zombie(z2);
+	printf("ready %d %d %d %d\n", (int)getpid(), (int)z1, (int)m, (int)z2);
+	fflush(stdout);
+	count("root", -1);
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -93,6 +167,8 @@ int main(int argc, char **argv)
 	dir = argv[1];
 	if (argc > 2 && strcmp(argv[2], "churn") == 0)
 		churn();
+	if (argc > 2 && strcmp(argv[2], "zombies") == 0)
+		zombie_leaders();
 	if (setsid() < 0)
 		return 4;
 	int ready[2];
@@ -139,20 +215,7 @@ int main(int argc, char **argv)
 			z = got[i];
 	}
 	/* z must have exited before the checkpoint: it is a zombie then. */
-	for (int i = 0; i < 500; i++) {
-		char path[64], st[512];
-		snprintf(path, sizeof path, "/proc/%d/stat", (int)z);
-		FILE *f = fopen(path, "r");
-		if (!f)
-			break;
-		size_t n = fread(st, 1, sizeof st - 1, f);
-		fclose(f);
-		st[n] = 0;
-		char *p = strrchr(st, ')');
-		if (p && p[2] == 'Z')
-			break;
-		sleep_ms(2);
-	}
+	wait_zombie(z);
 	printf("ready %d %d %d %d %d\n", (int)getpid(), (int)a, (int)a1, (int)b, (int)z);
 	fflush(stdout);
 	count("root", 0);

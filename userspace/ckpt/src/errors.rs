@@ -82,6 +82,8 @@ pub enum RestoreError {
         "the restored process failed while preparing (exit status {0}); see its message above"
     )]
     Child(i32),
+    #[error("cannot restore the process tree: {0}")]
+    Tree(String),
     #[error("the module refused the restore: {0}")]
     Ioctl(std::io::Error),
     #[error("giving thread {tid} its credentials back: {what}: {source}")]

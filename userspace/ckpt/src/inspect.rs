@@ -157,4 +157,12 @@ fn tree_text(out: &mut String, m: &crate::manifest::Manifest) {
             indent = 2 * d
         );
     }
+    if !m.gone_leaders.is_empty() {
+        let ids: Vec<String> = m.gone_leaders.iter().map(|g| g.to_string()).collect();
+        let _ = writeln!(
+            out,
+            "  groups/sessions whose leader had exited (made by helpers): {}",
+            ids.join(" ")
+        );
+    }
 }

@@ -28,6 +28,7 @@ pub mod device;
 pub mod errors;
 pub mod flush;
 pub mod freeze;
+pub mod groups;
 pub mod inject;
 pub mod interceptor;
 pub mod proc;

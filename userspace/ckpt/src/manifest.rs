@@ -4,6 +4,7 @@
 
 use crate::attrs::Attrs;
 use crate::fds::{FdTable, Shared};
+use crate::groups::{Ids, Plan};
 use crate::image::{Section, Validate};
 use crate::interceptor::InterceptorState;
 use crate::memory::Memory;
@@ -12,6 +13,7 @@ use crate::stats::Stats;
 use crate::thread::Thread;
 use crate::tree::Zombie;
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeSet;
 
 /// An image of this version, verified.
 pub type Image = crate::image::Image<Manifest>;
@@ -23,6 +25,11 @@ pub struct Manifest {
     /// Its children that had exited and were not reaped yet.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub zombies: Vec<Zombie>,
+    /// Process group and session ids whose leader had exited at checkpoint (a double-fork
+    /// daemon's session, a pipeline whose first command ended): the restore makes them with
+    /// helper processes of these pids (`crate::groups`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gone_leaders: Vec<i32>,
     /// Kernel objects the processes' fds share (pipes, socket pairs).
     #[serde(flatten)]
     pub shared: Shared,
@@ -79,7 +86,7 @@ impl Validate for Manifest {
 impl Manifest {
     /// Pids are unique and positive; a process whose parent is in the image comes after it
     /// (the restore forks them in this order; the others are roots), and so does every
-    /// zombie's.
+    /// zombie's; a gone group or session leader is none of them.
     fn validate_tree(&self) -> Result<(), String> {
         let mut seen = std::collections::BTreeSet::new();
         for (i, p) in self.processes.iter().enumerate() {
@@ -97,6 +104,15 @@ impl Manifest {
                 return Err(format!("zombie {}: bad pid or parent", z.pid));
             }
         }
+        if let Some(g) = self
+            .gone_leaders
+            .iter()
+            .find(|&&g| g <= 0 || seen.contains(&g))
+        {
+            return Err(format!(
+                "gone leader {g}: bad pid, or a process of the image"
+            ));
+        }
         Ok(())
     }
 
@@ -109,15 +125,29 @@ impl Manifest {
             .collect()
     }
 
-    /// Whether process group `pgid` is made by the restore: its leader is a process of the
-    /// image that recreates it. A root leads its own group only if it also leads its session
-    /// (a job of a shell, which the root was if not, stays in `ckpt restore`'s group, as CRIU's
-    /// shell-job does: made its own, it would be a background job on the terminal).
-    pub fn group_made_inside(&self, pgid: i32) -> bool {
-        let inside = |pid: i32| self.processes.iter().any(|q| q.pid == pid);
-        self.processes
-            .iter()
-            .any(|p| p.pid == pgid && p.pgid == pgid && (inside(p.ppid) || p.sid == p.pid))
+    /// Every process's and zombie's ids, for `groups::plan`.
+    pub fn group_ids(&self) -> Vec<Ids> {
+        let live = self.processes.iter().map(|p| Ids {
+            pid: p.pid,
+            ppid: p.ppid,
+            pgid: p.pgid,
+            sid: p.sid,
+            zombie: false,
+        });
+        let zombies = self.zombies.iter().map(|z| Ids {
+            pid: z.pid,
+            ppid: z.ppid,
+            pgid: z.pgid,
+            sid: z.sid,
+            zombie: true,
+        });
+        live.chain(zombies).collect()
+    }
+
+    /// How the restore makes the tree's groups and sessions.
+    pub fn groups(&self) -> Result<Plan, String> {
+        let gone: BTreeSet<i32> = self.gone_leaders.iter().copied().collect();
+        crate::groups::plan(&self.group_ids(), &gone)
     }
 
     /// The processes and zombies whose parent is `pid`, in image order.
@@ -272,6 +302,7 @@ mod tests {
         let m = Manifest {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
+            gone_leaders: vec![],
             shared: sample_shared(),
             stats: None,
         };
@@ -364,6 +395,7 @@ mod tests {
         let good = Manifest {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
+            gone_leaders: vec![],
             shared: sample_shared(),
             stats: None,
         };
@@ -401,5 +433,13 @@ mod tests {
         let mut reversed = tree.clone();
         reversed.processes.swap(0, 1);
         assert!(reversed.validate(&sections).is_err());
+        // A gone leader's pid is free: not a process's or a zombie's.
+        let mut gone = tree.clone();
+        gone.gone_leaders = vec![40];
+        assert_eq!(gone.validate(&sections), Ok(()));
+        for bad in [0, 43, 44] {
+            gone.gone_leaders = vec![bad];
+            assert!(gone.validate(&sections).is_err(), "gone leader {bad}");
+        }
     }
 }

@@ -1,11 +1,12 @@
 //! Process trees: the processes a checkpoint takes (the target and every descendant), frozen
 //! together so that no process of the tree runs while any state is read; zombies waiting to
-//! be reaped; process groups and sessions. Restore recreates the tree top-down (see
+//! be reaped; process groups and sessions (checked by `groups`). Restore recreates the tree top-down (see
 //! `restore::restorer`): each restorer forks its children's restorers with their pids before
 //! it becomes its process, so parent links, pids, groups and sessions come back.
 
 use crate::errors::CheckpointError;
 use crate::freeze::Frozen;
+use crate::groups::Ids;
 use crate::proc;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeSet, VecDeque};
@@ -35,6 +36,8 @@ pub struct Member {
 pub struct FrozenTree {
     pub members: Vec<Member>,
     pub zombies: Vec<Zombie>,
+    /// Group and session ids whose leader had exited (set by `check_groups`).
+    pub gone_leaders: Vec<i32>,
 }
 
 /// The pids of the tree rooted at `root` as it is now, parents first (not frozen: it may
@@ -47,6 +50,12 @@ pub fn list(root: i32) -> Vec<i32> {
         i += 1;
     }
     out
+}
+
+/// Whether a process (or zombie) `pid` exists. A group's or session's id stays allocated
+/// while anyone is in it, so no other process can have taken its leader's pid.
+fn proc_exists(pid: i32) -> bool {
+    std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
 /// Whether `pid` exists and has not exited.
@@ -64,6 +73,7 @@ impl FrozenTree {
         let mut tree = FrozenTree {
             members: Vec::new(),
             zombies: Vec::new(),
+            gone_leaders: Vec::new(),
         };
         let mut seen = BTreeSet::new();
         let mut queue = VecDeque::from(roots.to_vec());
@@ -159,51 +169,40 @@ impl FrozenTree {
         self.members.iter().map(|m| m.frozen.pid).collect()
     }
 
-    /// Checks that every process group and session of the tree can be recreated: its leader
-    /// is a process of the tree that leads it, or it is a root's (inherited from whoever
-    /// restores the tree, as a shell job is).
-    pub fn check_groups(&self) -> Result<(), CheckpointError> {
-        let pids: BTreeSet<i32> = self.pids().into_iter().collect();
-        let roots: Vec<&Member> = self
-            .members
+    /// Checks that every process group and session of the tree can be made again
+    /// (`groups::plan`), and records the ids whose leader has exited (no process has that
+    /// pid any more): a restore makes those with helper processes.
+    pub fn check_groups(&mut self) -> Result<(), CheckpointError> {
+        let ids = self.ids();
+        let pids: BTreeSet<i32> = ids.iter().map(|p| p.pid).collect();
+        let gone: BTreeSet<i32> = ids
             .iter()
-            .filter(|m| !pids.contains(&m.stat.ppid))
+            .flat_map(|p| [p.pgid, p.sid])
+            // 0: the session and group of the kernel's first process, nobody's to make.
+            .filter(|&id| id > 0 && !pids.contains(&id) && !proc_exists(id))
             .collect();
-        let from_outside = |id: i32, group: bool| {
-            roots
-                .iter()
-                .any(|r| id == if group { r.stat.pgid } else { r.stat.sid })
-        };
-        let leads = |id: i32, group: bool| {
-            self.members.iter().any(|m| {
-                m.frozen.pid == id
-                    && if group {
-                        m.stat.pgid == id
-                    } else {
-                        m.stat.sid == id
-                    }
-            })
-        };
-        let all = self
-            .members
-            .iter()
-            .map(|m| (m.frozen.pid, m.stat.pgid, m.stat.sid))
-            .chain(self.zombies.iter().map(|z| (z.pid, z.pgid, z.sid)));
-        for (pid, pgid, sid) in all {
-            if !from_outside(pgid, true) && !leads(pgid, true) {
-                return Err(CheckpointError::Tree(format!(
-                    "process {pid} is in process group {pgid}, whose leader is not a process of \
-                     the tree (it exited, or the group was joined from outside): not supported yet"
-                )));
-            }
-            if !from_outside(sid, false) && !leads(sid, false) {
-                return Err(CheckpointError::Tree(format!(
-                    "process {pid} is in session {sid}, whose leader is not a process of the \
-                     tree: not supported yet"
-                )));
-            }
-        }
+        crate::groups::plan(&ids, &gone).map_err(CheckpointError::Tree)?;
+        self.gone_leaders = gone.into_iter().collect();
         Ok(())
+    }
+
+    /// Every process's and zombie's ids.
+    fn ids(&self) -> Vec<Ids> {
+        let live = self.members.iter().map(|m| Ids {
+            pid: m.frozen.pid,
+            ppid: m.stat.ppid,
+            pgid: m.stat.pgid,
+            sid: m.stat.sid,
+            zombie: false,
+        });
+        let zombies = self.zombies.iter().map(|z| Ids {
+            pid: z.pid,
+            ppid: z.ppid,
+            pgid: z.pgid,
+            sid: z.sid,
+            zombie: true,
+        });
+        live.chain(zombies).collect()
     }
 
     /// Lets every process go.

@@ -804,3 +804,283 @@ fn sysv_shared_memory_stays_shared_after_kill_and_restore() {
         all.iter().all(|&p| gone(p))
     });
 }
+
+/// (ppid, pgid, sid) of each of `pids`, as /proc shows them now.
+fn ids_of(pids: &[i32]) -> Vec<(i32, i32, i32)> {
+    pids.iter()
+        .map(|&p| {
+            let (_, ppid, pgid, sid) = stat_of(p).unwrap_or_else(|| panic!("{p} is gone"));
+            (ppid, pgid, sid)
+        })
+        .collect()
+}
+
+/// The children /proc lists for `pid`.
+fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
+
+/// No process of `m` has a child that is one of the restore's helpers (a fork of ckpt, or
+/// one with a helper's pid): they are gone before the tree runs. (Other children may be
+/// new: the bash loops start a sleep every 50 ms.)
+fn no_helper_children(m: &ckpt::manifest::Manifest) {
+    for p in &m.processes {
+        for c in children_of(p.pid) {
+            let comm = std::fs::read_to_string(format!("/proc/{c}/comm")).unwrap_or_default();
+            assert_ne!(
+                comm.trim(),
+                "ckpt",
+                "process {} has a child {c} of ckpt's",
+                p.pid
+            );
+            assert!(!m.gone_leaders.contains(&c), "{c} is a helper's pid");
+        }
+    }
+}
+
+/// A bash loop writing "NAME N" lines to DIR/NAME every 50 ms.
+fn bash_counter(dir: &Path, name: &str) -> String {
+    format!(
+        "i=0; while :; do echo {name} $i >> {}/{name}; i=$((i+1)); sleep 0.05; done",
+        dir.display()
+    )
+}
+
+/// The pid a bash process wrote into DIR/NAME.pid.
+fn pid_file(dir: &Path, name: &str) -> Option<i32> {
+    std::fs::read_to_string(dir.join(format!("{name}.pid")))
+        .ok()?
+        .trim()
+        .parse()
+        .ok()
+}
+
+/// A double-fork daemon (util-linux setsid -f, bash): the session leader exited, its child
+/// d (reparented to init) counts and has a counting child e of its own. Killed and restored,
+/// both come back with their pids, parents, group and session (made again by a helper with
+/// the leader's pid, which is gone again) and count on without a gap; restored again into a
+/// new pid namespace, they are still in one session and group led by nobody.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_daemon_whose_session_leader_exited_comes_back_in_its_session() {
+    let d = Dir::new("tree-daemon");
+    let dir = d.0.display();
+    let daemon = format!(
+        "echo $BASHPID > {dir}/d.pid; (echo $BASHPID > {dir}/e.pid; {}) & {}",
+        bash_counter(&d.0, "e"),
+        bash_counter(&d.0, "d")
+    );
+    // setsid forks (its own process exits at once); the child leads a new session and runs
+    // bash, which starts the daemon in the background and exits.
+    let status = Command::new("setsid")
+        .args(["-f", "bash", "-c", &format!("({daemon}) & exit 0")])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .unwrap();
+    assert!(status.success());
+    wait_for("d and e count", || {
+        ["d", "e"]
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2) && pid_file(&d.0, n).is_some())
+    });
+    let pids = [pid_file(&d.0, "d").unwrap(), pid_file(&d.0, "e").unwrap()];
+    let before = ids_of(&pids);
+    let leader = before[0].2;
+    wait_for("the session leader exits", || gone(leader));
+    assert_eq!(before[1].0, pids[0], "e is d's child");
+    assert_eq!((before[0].1, before[1].1), (leader, leader), "group");
+    assert_eq!(before[1].2, leader, "e in the session");
+
+    let img = d.path("daemon.img");
+    let (_, image, all) = common::checkpoint_kill_pid(pids[0], &img, || {});
+    let m = &image.manifest;
+    // Shown if the test fails.
+    println!("{}", ok(&ckpt(&["inspect", img.to_str().unwrap()])));
+    assert_eq!(m.gone_leaders, [leader], "the leader is recorded as gone");
+    let names = ["d", "e"];
+    let at_checkpoint: Vec<String> = names
+        .iter()
+        .map(|n| std::fs::read_to_string(d.path(n)).unwrap())
+        .collect();
+    let counts: Vec<u64> = names.iter().map(|n| last_count(&d.0, n).unwrap()).collect();
+
+    assert_eq!(restore_root(&img), pids[0]);
+    assert_eq!(
+        ids_of(&pids),
+        before,
+        "parents, group and session as they were"
+    );
+    assert!(gone(leader), "the session helper is gone");
+    no_helper_children(m);
+    for (name, from) in names.iter().zip(&counts) {
+        wait_for(&format!("{name} counts on"), || {
+            last_count(&d.0, name).is_some_and(|n| n > from + 3)
+        });
+        assert_counts_without_gaps(&d.0, name);
+    }
+    kill_all(&all);
+
+    // Into a new pid namespace: the helper is forked by the namespace's init.
+    for (n, text) in names.iter().zip(&at_checkpoint) {
+        std::fs::write(d.path(n), text).unwrap();
+    }
+    let out = ckpt(&["restore", "--pidns", img.to_str().unwrap()]);
+    let outer: i32 = ok(&out).trim().parse().unwrap();
+    assert_eq!(nspid(outer).last(), Some(&pids[0]));
+    let e_outer = children_of(outer)
+        .into_iter()
+        .find(|&c| nspid(c).last() == Some(&pids[1]))
+        .expect("e is d's child inside");
+    let inside = ids_of(&[outer, e_outer]);
+    let (group, session) = (inside[0].1, inside[0].2);
+    assert_eq!(group, session, "the helper's setsid made both");
+    assert_eq!((inside[1].1, inside[1].2), (group, session), "e is in them");
+    assert!(gone(session), "led by nobody: the helper is gone");
+    for (name, from) in names.iter().zip(&counts) {
+        wait_for(&format!("{name} counts on in the namespace"), || {
+            last_count(&d.0, name).is_some_and(|n| n > from + 3)
+        });
+        assert_counts_without_gaps(&d.0, name);
+    }
+    let init = inside[0].0;
+    unsafe { libc::kill(init, libc::SIGKILL) };
+    wait_for("the namespace is gone", || gone(outer) && gone(e_outer));
+}
+
+fn kill_all(pids: &[i32]) {
+    for &p in pids.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("the restored tree is gone", || {
+        pids.iter().all(|&p| gone(p))
+    });
+}
+
+/// A real bash with job control: a pipeline whose first command has exited, its two other
+/// members still running in the pipeline's process group, led by nobody. Killed and
+/// restored, they are back in that group (made by a helper child of bash, reaped before
+/// bash runs: bash never sees it) and count on.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_pipeline_whose_first_command_exited_keeps_its_group() {
+    let d = Dir::new("tree-pgrp");
+    let dir = d.0.display();
+    let script = format!(
+        "set -m; : | {{ echo $BASHPID > {dir}/a.pid; {}; }} | {{ echo $BASHPID > {dir}/b.pid; {}; }}",
+        bash_counter(&d.0, "a"),
+        bash_counter(&d.0, "b")
+    );
+    let mut sh = Command::new("bash")
+        .args(["-c", &script])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let bash = sh.id() as i32;
+    wait_for("a and b count", || {
+        ["a", "b"]
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2) && pid_file(&d.0, n).is_some())
+    });
+    let pids = [
+        bash,
+        pid_file(&d.0, "a").unwrap(),
+        pid_file(&d.0, "b").unwrap(),
+    ];
+    let before = ids_of(&pids);
+    let group = before[1].1;
+    assert_ne!(group, before[0].1, "the pipeline has its own group");
+    assert_eq!(before[2].1, group, "a and b share it");
+    wait_for("the pipeline's first command is reaped", || gone(group));
+
+    let img = d.path("pgrp.img");
+    let (_, image, all) = common::checkpoint_kill(&mut sh, &img);
+    let m = &image.manifest;
+    assert!(m.gone_leaders.contains(&group), "{:?}", m.gone_leaders);
+    let counts: Vec<u64> = ["a", "b"]
+        .iter()
+        .map(|n| last_count(&d.0, n).unwrap())
+        .collect();
+    assert_eq!(restore_root(&img), bash);
+    // bash's own ids come from ckpt restore (ours, as at checkpoint), its parent is init now.
+    let mut now = ids_of(&pids);
+    now[0].0 = before[0].0;
+    assert_eq!(now, before, "group, session and parents as they were");
+    assert!(gone(group), "the group's helper is gone");
+    no_helper_children(m);
+    for (name, from) in ["a", "b"].iter().zip(&counts) {
+        wait_for(&format!("{name} counts on"), || {
+            last_count(&d.0, name).is_some_and(|n| n > from + 3)
+        });
+        assert_counts_without_gaps(&d.0, name);
+    }
+    kill_all(&all);
+}
+
+/// Zombies that led their own group (with a live member) and their own session come back
+/// as such: the group's member is in the zombie's group again, and their parent reaps them
+/// with their statuses.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn zombies_that_led_a_group_or_a_session_come_back_leading_them() {
+    let d = Dir::new("tree-zombie-leaders");
+    let mut root = Command::new(prog("tree"))
+        .arg(&d.0)
+        .arg("zombies")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut root);
+    let words: Vec<&str> = line.split_whitespace().collect();
+    assert_eq!(words.first(), Some(&"ready"), "tree said {line:?}");
+    let ids: Vec<i32> = words[1..].iter().map(|w| w.parse().unwrap()).collect();
+    let [pid, z1, m, z2] = ids[..] else {
+        panic!("tree said {line:?}")
+    };
+    let state = |p: i32| stat_of(p).unwrap().0;
+    wait_for("m and the root count", || {
+        ["m", "root"]
+            .iter()
+            .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
+    });
+    let pids = [pid, z1, m, z2];
+    let before = ids_of(&pids);
+    assert_eq!(before[2].1, z1, "m is in z1's group");
+    assert_eq!((before[3].1, before[3].2), (z2, z2), "z2 leads its session");
+
+    let img = d.path("zombies.img");
+    let (_, image, all) = common::checkpoint_kill(&mut root, &img);
+    assert_eq!(image.manifest.zombies.len(), 2);
+    let counts: Vec<u64> = ["m", "root"]
+        .iter()
+        .map(|n| last_count(&d.0, n).unwrap())
+        .collect();
+    assert_eq!(restore_root(&img), pid);
+    let mut now = ids_of(&pids);
+    now[0].0 = before[0].0;
+    assert_eq!(now, before, "groups and sessions as they were");
+    assert_eq!((state(z1), state(z2)), ('Z', 'Z'));
+    for (name, from) in ["m", "root"].iter().zip(&counts) {
+        wait_for(&format!("{name} counts on"), || {
+            last_count(&d.0, name).is_some_and(|n| n > from + 3)
+        });
+        assert_counts_without_gaps(&d.0, name);
+    }
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    for want in [format!("root reaped {z1} 3"), format!("root reaped {z2} 5")] {
+        wait_for(&want, || {
+            std::fs::read_to_string(d.path("root")).is_ok_and(|t| t.contains(&want))
+        });
+    }
+    let live: Vec<i32> = image.manifest.processes.iter().map(|p| p.pid).collect();
+    assert!(all.starts_with(&live));
+    kill_all(&live);
+}

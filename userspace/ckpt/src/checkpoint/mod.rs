@@ -176,6 +176,7 @@ fn dump_tree(
     Ok(Manifest {
         processes,
         zombies: tree.zombies.clone(),
+        gone_leaders: tree.gone_leaders.clone(),
         shared: fds::Shared {
             sysv_sem,
             sysv_msg,

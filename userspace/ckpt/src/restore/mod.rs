@@ -88,7 +88,7 @@ fn restore_tree(
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
     let sysv_ids = &sysv.shm;
-    let in_pidns = pidns::needed(m, opts.pidns);
+    let in_pidns = pidns::needed(m, &restorers.groups, opts.pidns);
     let roots = launch(&mut restorers, in_pidns)?;
     drop(restorers);
     // From here on, a failure kills the whole tree.
@@ -151,6 +151,7 @@ fn prepare_restorers<'a>(
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)
             .map_err(|e| restore_io("entering a new IPC namespace")(e.into()))?;
     }
+    let groups = m.groups().map_err(RestoreError::Tree)?;
     let shared = make_shared(img, opts.ipcns)?;
     let plans = m
         .processes
@@ -177,7 +178,13 @@ fn prepare_restorers<'a>(
         report: report_out,
         go,
         go_writer: std::os::fd::AsRawFd::as_raw_fd(&go_out),
-        any_pid: m.processes.len() == 1 && m.zombies.is_empty() && !opts.pidns,
+        // A lone process whose pid is taken may take another (nothing refers to it), but not
+        // one a helper must fork: ckpt would not know its pid.
+        any_pid: m.processes.len() == 1
+            && m.zombies.is_empty()
+            && groups.no_helpers()
+            && !opts.pidns,
+        groups,
         highest_own_fd: highest_own_fd()?,
         shared,
         memfds,
@@ -186,24 +193,62 @@ fn prepare_restorers<'a>(
 }
 
 /// Forks our children: the roots' restorers, or the pid namespace's init that forks them.
+/// Returns them in the manifest's order of roots (a root forked by a session helper is our
+/// child too once the helper has exited).
 fn launch(r: &mut Restorers, in_pidns: bool) -> Result<Vec<i32>, RestoreError> {
     let roots = r.manifest.roots();
     if in_pidns {
         return Ok(vec![pidns::fork_init(r, &roots)?]);
     }
     let mut forked = Vec::new();
-    for i in roots {
-        match fork_root(r, i) {
-            Ok(pid) => forked.push(pid),
-            Err(e) => {
-                for &pid in &forked {
-                    let _ = sys::kill(pid, libc::SIGKILL);
-                }
-                return Err(e);
-            }
+    if let Err(e) = fork_roots(r, &roots, &mut forked) {
+        // The session helpers' roots see ckpt gone (or untraced) and exit by themselves.
+        for &(_, pid) in &forked {
+            let _ = sys::kill(pid, libc::SIGKILL);
+        }
+        return Err(e);
+    }
+    let ours = |pid: i32| forked.iter().find(|f| f.0 == pid).map_or(pid, |f| f.1);
+    let m = r.manifest;
+    Ok(roots.iter().map(|&i| ours(m.processes[i].pid)).collect())
+}
+
+/// Forks the roots' restorers (into `forked`: original pid, ours), then the session helpers, which fork the
+/// other roots; as a subreaper meanwhile, so that those become our children when their
+/// helper exits. Waits for every helper.
+fn fork_roots(
+    r: &mut Restorers,
+    roots: &[usize],
+    forked: &mut Vec<(i32, i32)>,
+) -> Result<(), RestoreError> {
+    for &i in roots {
+        let pid = r.manifest.processes[i].pid;
+        if r.groups.session_helper_of(pid).is_none() {
+            forked.push((pid, fork_root(r, i)?));
         }
     }
-    Ok(forked)
+    let sessions: Vec<i32> = r.groups.sessions.keys().copied().collect();
+    if sessions.is_empty() {
+        return Ok(());
+    }
+    let was = nix::sys::prctl::get_child_subreaper().unwrap_or(false);
+    let reaper = |on| {
+        nix::sys::prctl::set_child_subreaper(on)
+            .map_err(|e| restore_io("PR_SET_CHILD_SUBREAPER")(e.into()))
+    };
+    reaper(true)?;
+    let result = sessions.into_iter().try_for_each(|sid| {
+        let pid = restorer::fork_session_helper(r, sid)
+            .map_err(restore_io(format!("forking the helper of session {sid}")))?;
+        let status = sys::waitpid(pid, 0).map_err(restore_io("waiting for a session helper"))?;
+        match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
+            (true, 0) => Ok(()),
+            (true, code) => Err(RestoreError::Child(code)),
+            _ => Err(RestoreError::Child(128 + libc::WTERMSIG(status))),
+        }
+    });
+    reaper(was)?;
+    result
 }
 
 /// A tree being restored: its restorers run.
@@ -330,7 +375,7 @@ fn fork_root(r: &mut Restorers, index: usize) -> Result<i32, RestoreError> {
         Err(e) => return Err(restore_io("clone3")(e)),
     };
     if pid == 0 {
-        restorer::run(r, index, me);
+        restorer::run(r, index, restorer::Parent::direct(me));
     }
     if pid != want && !r.any_pid {
         let _ = sys::kill(pid, libc::SIGKILL);

@@ -8,6 +8,7 @@
 
 use super::restorer::{self, Restorers};
 use crate::errors::{restore_io, RestoreError};
+use crate::groups::Plan;
 use crate::manifest::Manifest;
 use crate::sys;
 use nix::sys::signal::Signal::{SIGHUP, SIGINT, SIGQUIT, SIGTERM, SIGUSR1, SIGUSR2};
@@ -16,15 +17,17 @@ use std::path::Path;
 use std::sync::atomic::{AtomicI32, Ordering};
 
 /// Whether the tree must go into a new pid namespace: asked for, or a pid of a tree (more
-/// than one process, or zombies) is taken here. A lone process takes another pid instead.
-pub fn needed(m: &Manifest, asked: bool) -> bool {
-    let tree = m.processes.len() > 1 || !m.zombies.is_empty();
+/// than one process, zombies, or helpers for groups and sessions, whose pids count too) is
+/// taken here. A lone process takes another pid instead.
+pub fn needed(m: &Manifest, groups: &Plan, asked: bool) -> bool {
+    let tree = m.processes.len() > 1 || !m.zombies.is_empty() || !groups.no_helpers();
     let taken = |pid: i32| Path::new(&format!("/proc/{pid}")).exists();
     let pids = m
         .processes
         .iter()
         .map(|p| p.pid)
-        .chain(m.zombies.iter().map(|z| z.pid));
+        .chain(m.zombies.iter().map(|z| z.pid))
+        .chain(groups.helper_pids());
     asked || (tree && pids.clone().any(taken))
 }
 
@@ -53,16 +56,26 @@ extern "C" fn forward(sig: libc::c_int) {
 /// Pid 1 of the new namespace. Never returns.
 fn init(r: &mut Restorers, roots: &[usize]) -> ! {
     let me = nix::unistd::getpid();
-    for (n, &i) in roots.iter().enumerate() {
+    for &i in roots {
         let want = r.manifest.processes[i].pid;
-        let pid = restorer::fork_as(want, false);
-        if pid == 0 {
-            restorer::run(r, i, me);
+        if r.groups.session_helper_of(want).is_some() {
+            continue; // forked by its session's helper, below
         }
-        if n == 0 {
-            FIRST_ROOT.store(pid, Ordering::Relaxed);
+        if restorer::fork_as(want, false) == 0 {
+            restorer::run(r, i, restorer::Parent::direct(me));
         }
     }
+    // Their roots become our children when the helpers exit (we reap the helpers below).
+    let sessions: Vec<i32> = r.groups.sessions.keys().copied().collect();
+    for sid in sessions {
+        if let Err(e) = restorer::fork_session_helper(r, sid) {
+            eprintln!("ckpt restore: forking the helper of session {sid}: {e}");
+            sys::exit_now(1);
+        }
+    }
+    // Inside, every root has its original pid.
+    let first = roots.first().map_or(0, |&i| r.manifest.processes[i].pid);
+    FIRST_ROOT.store(first, Ordering::Relaxed);
     // Nothing of ckpt's may stay open here (its pipes would never see their end of file;
     // whoever reads ckpt restore's output would wait for the whole namespace).
     let _ = sys::close_range(3, u32::MAX);

@@ -1,7 +1,10 @@
 //! The restorers: one process per process of the image, which becomes it. `ckpt restore`
 //! forks the root's; each forks its children's (with their pids, so parent links come back),
 //! its zombies, and sets its session and its children's process groups, before it becomes
-//! its own process. Dying with its parent (PR_SET_PDEATHSIG), signals blocked, it reports its
+//! its own process. Groups and sessions whose leader is gone are made by short-lived helper
+//! processes with the leader's pid (`crate::groups`): a session's is forked by ckpt (or the
+//! pid namespace's init) and forks that session's roots; a group's is a child of the
+//! restorer that forks the group's members, gone before that restorer reports. Dying with its parent (PR_SET_PDEATHSIG), signals blocked, it reports its
 //! kernel pid to ckpt and stops until ckpt traces it. Then it sets on itself everything that
 //! can only be set from inside (fds, directory, umask, limits, personality, handlers, the main
 //! thread's per-thread state), moves its vDSO where the image had it, and calls
@@ -21,6 +24,7 @@ use ckpt_abi::{CkptRange, CkptRestore, CKPT_IOC_RESTORE};
 use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::sys::stat::Mode;
+use nix::unistd::{getpid, Pid};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::path::Path;
@@ -66,6 +70,8 @@ pub struct Restorers<'a> {
     /// Whether a taken pid may be replaced by another (a lone process: nothing refers to
     /// its pid).
     pub any_pid: bool,
+    /// How groups and sessions are made: which helpers fork what.
+    pub groups: crate::groups::Plan,
     /// The highest fd open in ckpt when it forks.
     pub highest_own_fd: i32,
     /// The tree's pipes and socket pairs, made by ckpt: each restorer takes the ends its fds
@@ -76,15 +82,29 @@ pub struct Restorers<'a> {
     pub memfds: Vec<OwnedFd>,
 }
 
-/// The restorer of process `index` (forked with its pid by its parent's restorer, or by
-/// ckpt for the root, whose pid is `parent`). Never returns.
-pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
+/// A restorer's parent: the process that forks it or, for a root that a session helper
+/// forks, the process it is reparented to when the helper exits (`helper`).
+#[derive(Debug, Clone, Copy)]
+pub struct Parent {
+    pub pid: Pid,
+    pub helper: Option<Pid>,
+}
+
+impl Parent {
+    pub fn direct(pid: Pid) -> Parent {
+        Parent { pid, helper: None }
+    }
+}
+
+/// The restorer of process `index` (forked with its pid by its parent's restorer, by a
+/// session helper, or by ckpt for a root). Never returns.
+pub fn run(r: &mut Restorers, index: usize, parent: Parent) -> ! {
     let m = r.manifest;
     let p = &m.processes[index];
     RESTORING.store(p.pid, std::sync::atomic::Ordering::Relaxed);
     dies_with(parent);
     let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
-    join_session_and_group(p, m.group_made_inside(p.pgid));
+    join_session_and_group((p.pid, p.pgid, p.sid), r.groups.makes_group(p.pgid));
     // Before any child is forked: they inherit it.
     if let Some(c) = &p.ctty {
         if let Err(e) = crate::fds::pty::take_as_controlling(c, &r.shared.ptys) {
@@ -96,7 +116,8 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
         .unwrap_or_default();
     let wanted = (&r.cow[index][..], &inherited[..]);
     r.plans[index].in_place = crate::cow::put_in_place(m, index, wanted, r.image);
-    fork_children(r, p);
+    let me = Parent::direct(getpid());
+    fork_children(r, (p.pid, p.pgid), m.children_of(p.pid), me);
     report(&r.report, p.pid);
     // ckpt traces us (PTRACE_SEIZE), then closes the pipe: end of file.
     let mut byte = [0u8; 1];
@@ -110,40 +131,69 @@ pub fn run(r: &mut Restorers, index: usize, parent: nix::unistd::Pid) -> ! {
     become_process(p, &mut r.plans[index], image, dev, highest, &r.shared)
 }
 
-/// Our session and process group, before we fork anyone (children inherit them): a session
-/// leader makes its session; a group leader its group; a member joins its group, which
-/// exists (its leader is an ancestor, or a sibling forked and grouped before us by our
-/// parent, who also does this for us: whichever comes first). The root in a group or session
-/// led from outside the tree keeps ckpt's (a shell job's).
-fn join_session_and_group(p: &Process, group_made_inside: bool) {
-    use nix::unistd::{getpgrp, setpgid, setsid, Pid};
+/// Forks the helper of session `sid`, whose leader is gone (see `crate::groups`): with pid
+/// `sid`, it makes the session, forks the roots in it and exits; they are reparented to us,
+/// who must be a subreaper or a pid namespace's init. Returns its pid.
+pub fn fork_session_helper(r: &mut Restorers, sid: i32) -> std::io::Result<i32> {
+    let outside = getpid();
+    let pid = sys::fork_with_pid(Some(sid))?;
+    if pid == 0 {
+        RESTORING.store(sid, std::sync::atomic::Ordering::Relaxed);
+        dies_with(Parent::direct(outside));
+        let _ = sys::close_range(r.go_writer as u32, r.go_writer as u32);
+        if let Err(e) = nix::unistd::setsid() {
+            fail(&format!("making session {sid} (its leader is gone)"), e);
+        }
+        let m = r.manifest;
+        let roots = r.groups.sessions.get(&sid).cloned().unwrap_or_default();
+        let roots = (0..m.processes.len())
+            .filter(|&i| roots.contains(&m.processes[i].pid))
+            .collect();
+        let parent = Parent {
+            pid: outside,
+            helper: Some(getpid()),
+        };
+        fork_children(r, (sid, sid), (roots, Vec::new()), parent);
+        sys::exit_now(0);
+    }
+    Ok(pid)
+}
+
+/// Our session and process group (`ids`: pid, pgid, sid), before we fork anyone (children
+/// inherit them): a session leader makes its session; a group leader its group; a member
+/// joins its group, which exists (its leader is an ancestor, or a sibling or helper forked
+/// and grouped before us by our parent, who also does this for us: whichever comes first).
+/// A group the restore does not make (`made`: a shell job's) is inherited from ckpt restore.
+fn join_session_and_group((pid, pgid, sid): (i32, i32, i32), made: bool) {
+    use nix::unistd::{getpgrp, setpgid, setsid};
     let me = Pid::from_raw(0);
-    let r = if p.sid == p.pid {
+    let r = if sid == pid {
         setsid().map(drop)
-    } else if !group_made_inside {
+    } else if !made {
         Ok(()) // led from outside the image: inherited (ckpt restore's, for a shell job)
-    } else if p.pgid == p.pid {
+    } else if pgid == pid {
         setpgid(me, me)
-    } else if getpgrp().as_raw() != p.pgid {
-        setpgid(me, Pid::from_raw(p.pgid))
+    } else if getpgrp().as_raw() != pgid {
+        setpgid(me, Pid::from_raw(pgid))
     } else {
         Ok(())
     };
     if let Err(e) = r {
-        fail(
-            &format!("joining process group {} (session {})", p.pgid, p.sid),
-            e,
-        );
+        fail(&format!("joining process group {pgid} (session {sid})"), e);
     }
 }
 
 /// Dies if `parent` does (before ckpt traces us with exit-kill, and for our descendants);
-/// exits now if it already has. Blocks every signal.
-fn dies_with(parent: nix::unistd::Pid) {
+/// exits now if it already has. Forked by a session helper, first waits for it to exit (its
+/// end would kill us). Blocks every signal.
+fn dies_with(parent: Parent) {
+    if let Some(helper) = parent.helper {
+        wait_reparented(helper);
+    }
     if let Err(e) = nix::sys::prctl::set_pdeathsig(nix::sys::signal::Signal::SIGKILL) {
         fail("PR_SET_PDEATHSIG", e);
     }
-    if nix::unistd::getppid() != parent {
+    if nix::unistd::getppid() != parent.pid {
         sys::exit_now(1);
     }
     if let Err(e) = sigprocmask(SigmaskHow::SIG_SETMASK, Some(&SigSet::all()), None) {
@@ -151,42 +201,124 @@ fn dies_with(parent: nix::unistd::Pid) {
     }
 }
 
-/// Forks the restorers of `p`'s children (group leaders first, each put in its process
-/// group here, where the group is sure to exist), then its zombies.
-fn fork_children(r: &mut Restorers, p: &Process) {
-    let me = nix::unistd::getpid();
+/// Waits (10 s at most) until our parent is no longer `helper`, which exits once it has
+/// forked its session's roots.
+fn wait_reparented(helper: Pid) {
+    for _ in 0..10_000 {
+        if nix::unistd::getppid() != helper {
+            return;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(1));
+    }
+    fail("waiting for the session helper to exit", "it did not");
+}
+
+/// Forks what `host` (pid, pgid: a process of the image or a session helper) forks, in this
+/// order: the helpers of groups whose leader is gone, each made its group's leader; the
+/// zombies that lead their group or session (each waited for, so that the group exists);
+/// the restorers of `children` (group leaders first, each put in its process group here,
+/// where the group is sure to exist), which get `parent`; the other zombies. Then the group
+/// helpers end (killed and reaped here: nothing of the image sees them); their groups live
+/// on with their members.
+fn fork_children(
+    r: &mut Restorers,
+    host: (i32, i32),
+    (mut children, zombies): (Vec<usize>, Vec<&Zombie>),
+    parent: Parent,
+) {
     let m = r.manifest;
-    let (mut children, zombies) = m.children_of(p.pid);
+    let helpers: Vec<Pid> = r
+        .groups
+        .group_helpers_of(host.0)
+        .into_iter()
+        .map(fork_group_helper)
+        .collect();
+    let (leaders, others): (Vec<&Zombie>, Vec<&Zombie>) = zombies
+        .into_iter()
+        .partition(|z| z.pgid == z.pid || z.sid == z.pid);
+    for z in leaders {
+        fork_zombie(z, r.groups.makes_group(z.pgid));
+    }
     children.sort_by_key(|&i| m.processes[i].pgid != m.processes[i].pid);
     for i in children {
-        let c = &m.processes[i];
-        let pid = fork_as(c.pid, r.any_pid);
-        if pid == 0 {
-            run(r, i, me);
-        }
-        // Its group now, so that it exists before the next sibling joins it (the child does
-        // the same itself; a session leader makes its own).
-        let leads_session = c.sid == c.pid;
-        if !leads_session && c.pgid != p.pgid && m.group_made_inside(c.pgid) {
-            let (child, group) = (
-                nix::unistd::Pid::from_raw(pid),
-                nix::unistd::Pid::from_raw(c.pgid),
-            );
-            if let Err(e) = nix::unistd::setpgid(child, group) {
-                fail(
-                    &format!("putting process {} in process group {}", c.pid, c.pgid),
-                    e,
-                );
-            }
+        fork_child(r, i, host.1, parent);
+    }
+    for z in others {
+        fork_zombie(z, r.groups.makes_group(z.pgid));
+    }
+    for h in helpers {
+        let _ = nix::sys::signal::kill(h, nix::sys::signal::Signal::SIGKILL);
+        if let Err(e) = sys::waitpid(h.as_raw(), 0) {
+            fail(&format!("reaping the helper of process group {h}"), e);
         }
     }
-    for z in zombies {
-        if fork_as(z.pid, false) == 0 {
-            let _ = nix::sys::prctl::set_name(
-                &std::ffi::CString::new(z.comm.clone()).unwrap_or_default(),
+}
+
+/// Forks the restorer of process `index`, and puts it in its group (unless it inherits
+/// it from us, whose group is `own_pgid`, or makes its own session) so that the group
+/// exists before the next sibling joins it.
+fn fork_child(r: &mut Restorers, index: usize, own_pgid: i32, parent: Parent) {
+    let c = &r.manifest.processes[index];
+    let pid = fork_as(c.pid, r.any_pid);
+    if pid == 0 {
+        run(r, index, parent);
+    }
+    let leads_session = c.sid == c.pid;
+    if !leads_session && c.pgid != own_pgid && r.groups.makes_group(c.pgid) {
+        let (child, group) = (Pid::from_raw(pid), Pid::from_raw(c.pgid));
+        if let Err(e) = nix::unistd::setpgid(child, group) {
+            fail(
+                &format!("putting process {} in process group {}", c.pid, c.pgid),
+                e,
             );
-            exit_like(z);
         }
+    }
+}
+
+/// The helper of a process group whose leader is gone: a child with the leader's pid,
+/// made leader of its own group here (so the group exists on return), waiting to be killed.
+fn fork_group_helper(pgid: i32) -> Pid {
+    let me = getpid();
+    let pid = fork_as(pgid, false);
+    if pid == 0 {
+        dies_with(Parent::direct(me));
+        loop {
+            nix::unistd::pause(); // every signal is blocked: only SIGKILL ends it
+        }
+    }
+    let helper = Pid::from_raw(pid);
+    if let Err(e) = nix::unistd::setpgid(helper, helper) {
+        fail(
+            &format!("making process group {pgid} (its leader is gone)"),
+            e,
+        );
+    }
+    helper
+}
+
+/// Forks zombie `z`, which takes its session and group (`made`: as `join_session_and_group`)
+/// and exits with its status; waits until it has exited (not reaping it) and checks that it
+/// is in the group and session it leads.
+fn fork_zombie(z: &Zombie, made: bool) {
+    let pid = fork_as(z.pid, false);
+    if pid == 0 {
+        RESTORING.store(z.pid, std::sync::atomic::Ordering::Relaxed);
+        let _ =
+            nix::sys::prctl::set_name(&std::ffi::CString::new(z.comm.clone()).unwrap_or_default());
+        join_session_and_group((z.pid, z.pgid, z.sid), made);
+        exit_like(z);
+    }
+    if let Err(e) = sys::wait_exit_keep_zombie(pid) {
+        fail(&format!("waiting for zombie {} to exit", z.pid), e);
+    }
+    let child = Pid::from_raw(pid);
+    let pgid_ok = !made || nix::unistd::getpgid(Some(child)).is_ok_and(|g| g.as_raw() == z.pgid);
+    let sid_ok = z.sid != z.pid || nix::unistd::getsid(Some(child)).is_ok_and(|s| s == child);
+    if !pgid_ok || !sid_ok {
+        fail(
+            &format!("zombie {}", z.pid),
+            format!("not in its group {} and session {}", z.pgid, z.sid),
+        );
     }
 }
 

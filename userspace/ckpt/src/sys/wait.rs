@@ -37,3 +37,27 @@ pub fn waitpid(pid: i32, flags: libc::c_int) -> io::Result<libc::c_int> {
         }
     }
 }
+
+/// Waits until child `pid` has exited, leaving it a zombie (waitid WEXITED | WNOWAIT).
+pub fn wait_exit_keep_zombie(pid: i32) -> io::Result<()> {
+    loop {
+        // SAFETY: a zeroed siginfo_t is a valid out-buffer for waitid.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        // SAFETY: waits for one child of ours; `info` is a valid out-pointer.
+        let r = unsafe {
+            libc::waitid(
+                libc::P_PID,
+                pid as libc::id_t,
+                &mut info,
+                libc::WEXITED | libc::WNOWAIT,
+            )
+        };
+        if r == 0 {
+            return Ok(());
+        }
+        let e = io::Error::last_os_error();
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
+        }
+    }
+}

@@ -203,10 +203,22 @@ pub fn checkpoint_kill(
     root: &mut Child,
     img: &std::path::Path,
 ) -> (serde_json::Value, ckpt::manifest::Image, Vec<i32>) {
-    let pid = root.id().to_string();
+    let pid = root.id() as i32;
+    checkpoint_kill_pid(pid, img, || {
+        root.wait().unwrap();
+    })
+}
+
+/// Checkpoints the tree of `pid` with --kill into `img`, calls `reap` (which reaps the root
+/// if it is ours); returns as `checkpoint_kill` does.
+pub fn checkpoint_kill_pid(
+    pid: i32,
+    img: &std::path::Path,
+    reap: impl FnOnce(),
+) -> (serde_json::Value, ckpt::manifest::Image, Vec<i32>) {
     let out = ok(&ckpt(&[
         "checkpoint",
-        &pid,
+        &pid.to_string(),
         "-o",
         img.to_str().unwrap(),
         "--kill",
@@ -216,7 +228,7 @@ pub fn checkpoint_kill(
     let image = ckpt::manifest::Image::open(img).unwrap();
     let m = &image.manifest;
     assert_eq!(stats["processes"].as_u64(), Some(m.processes.len() as u64));
-    root.wait().unwrap();
+    reap();
     let pids: Vec<i32> = m
         .processes
         .iter()
