@@ -16,8 +16,10 @@ apt_pkgs=(
   qemu-system-x86 busybox-static util-linux procps
   # Real programs the guest tests checkpoint (guest_real.rs): a server with workers, a build,
   # an interpreter with a process pool, a database with background processes, a JIT runtime
-  # with a forked child on an IPC channel.
+  # with a forked child on an IPC channel, a terminal multiplexer.
   nginx-light make python3 postgresql-15 postgresql-client-15 nodejs tmux
+  # The network lock that holds back packets of TCP connections while their process is down.
+  nftables
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -20,6 +20,7 @@ fn main() {
         ("fdkinds", &[]),
         ("sysv_target", &[]),
         ("sysv_ipc", &[]),
+        ("tcpecho", &[]),
         ("shm", &[]),
         ("shmtree", &[]),
         ("cowtree", &[]),

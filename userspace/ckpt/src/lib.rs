@@ -16,6 +16,7 @@ pub mod cow;
 pub mod creds;
 pub mod fds;
 pub mod memory;
+pub mod netlock;
 pub mod shmem;
 pub mod signals;
 pub mod sysv;

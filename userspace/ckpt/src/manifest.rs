@@ -30,6 +30,11 @@ pub struct Manifest {
     /// helper processes of these pids (`crate::groups`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gone_leaders: Vec<i32>,
+    /// The nftables table holding back the peers' packets of the tree's TCP connections
+    /// since a checkpoint with --kill (`crate::netlock`): `ckpt restore` deletes it once the
+    /// connections are made again.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub netlock: Option<String>,
     /// Kernel objects the processes' fds share (pipes, socket pairs).
     #[serde(flatten)]
     pub shared: Shared,
@@ -272,6 +277,7 @@ mod tests {
             socket_pairs: vec![],
             listeners: vec![],
             ptys: vec![],
+            tcp: vec![],
             memory: vec![],
             sysv_shm: vec![],
             sysv_sem: vec![crate::sysv::SemSet {
@@ -303,6 +309,7 @@ mod tests {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
             gone_leaders: vec![],
+            netlock: None,
             shared: sample_shared(),
             stats: None,
         };
@@ -396,6 +403,7 @@ mod tests {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
             gone_leaders: vec![],
+            netlock: None,
             shared: sample_shared(),
             stats: None,
         };

@@ -22,6 +22,7 @@ use crate::freeze::Frozen;
 use crate::image::ImageWriter;
 use crate::manifest::{Manifest, Process};
 use crate::memory::Memory;
+use crate::netlock::NetLock;
 use crate::proc::FdEntry;
 use crate::stats::Stats;
 use crate::tree::FrozenTree;
@@ -67,6 +68,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     // SysV objects are read where the tree's processes see them.
     crate::sysv::enter_namespace(&tree.pids()).map_err(CheckpointError::Tree)?;
     let stdio_flushed = settle(&dev, &mut tree, &prepared, &mut frozen_at, opts)?;
+    let lock = lock_connections(&tree)?;
 
     let write_err = |source| CheckpointError::Write {
         path: opts.output.into(),
@@ -81,18 +83,21 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         ..Stats::default()
     };
     let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts.output, &mut stats)?;
+    // Killed, the tree's connections stay locked until the restore lifts the lock.
+    manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
 
     // Everything of the tree is captured: unless it is to be killed, let it go now and
     // finish the image (checksums, manifest, fsync) while it runs.
-    let tree = if opts.kill {
-        Some(tree)
+    let (tree, lock) = if opts.kill {
+        (Some(tree), Some(lock))
     } else {
+        lock.release();
         tree.release()?;
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
         for p in std::mem::take(&mut prepared).into_values() {
             p.client.done();
         }
-        None
+        (None, None)
     };
     w.checksum_external().map_err(write_err)?;
     if opts.kill {
@@ -102,11 +107,39 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     manifest.stats = Some(stats);
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
     if let Some(tree) = tree {
+        if let Some(lock) = &lock {
+            lock.arm_for_kill().map_err(|e| {
+                CheckpointError::Tree(format!("putting its TCP connections in repair mode: {e}"))
+            })?;
+        }
         tree.kill()?;
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
+    // Killed in repair mode, the connections ended silently; their peers' packets are held
+    // back until the restore.
+    if let Some(lock) = lock {
+        lock.keep();
+    }
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
+}
+
+/// Holds back the packets to the tree's established TCP connections (`crate::netlock`).
+fn lock_connections(tree: &FrozenTree) -> Result<NetLock, CheckpointError> {
+    let locking =
+        |e: std::io::Error| CheckpointError::Tree(format!("locking its TCP connections: {e}"));
+    let (sockets, endpoints) = fds::tcp::established_in(&tree.pids()).map_err(locking)?;
+    let lock = NetLock::take(sockets, &endpoints).map_err(locking)?;
+    // For the test of a ckpt killed while the lock is on.
+    if let Some(secs) = std::env::var("CKPT_TEST_PAUSE_LOCKED")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        if lock.table().is_some() {
+            std::thread::sleep(Duration::from_secs_f64(secs));
+        }
+    }
+    Ok(lock)
 }
 
 /// Once frozen: stdio flushed where the interceptor needs ckpt to do it (a single-threaded
@@ -177,6 +210,7 @@ fn dump_tree(
         processes,
         zombies: tree.zombies.clone(),
         gone_leaders: tree.gone_leaders.clone(),
+        netlock: None,
         shared: fds::Shared {
             sysv_sem,
             sysv_msg,

@@ -23,6 +23,7 @@ mod signalfd;
 mod socket;
 mod socket_pair;
 mod stdio;
+pub mod tcp;
 mod timerfd;
 
 pub use deleted::DeletedFile;
@@ -36,6 +37,7 @@ pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
 pub use socket_pair::{SocketPair, SocketPairEnd};
 pub use stdio::InheritedStdio;
+pub use tcp::{TcpConnection, TcpEnd};
 pub use timerfd::TimerFd;
 
 use crate::image::{ImageWriter, Section};
@@ -72,6 +74,7 @@ pub enum FdKind {
     Deleted(DeletedFile),
     Memfd(MemfdFd),
     Pty(PtyEnd),
+    Tcp(TcpEnd),
 }
 
 impl FdKind {
@@ -90,6 +93,7 @@ impl FdKind {
             FdKind::Deleted(s) => s,
             FdKind::Memfd(s) => s,
             FdKind::Pty(s) => s,
+            FdKind::Tcp(s) => s,
         }
     }
 }
@@ -132,6 +136,9 @@ pub struct Shared {
     /// Pseudo-terminals whose master the tree holds.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub ptys: Vec<Pty>,
+    /// Established TCP connections.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp: Vec<TcpConnection>,
     /// SysV shared memory segments attached by the tree's processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::sysv::SysvSegment>,
@@ -246,6 +253,8 @@ pub struct SharedDump {
     pub listen_index: BTreeMap<u64, usize>,
     /// Pty index -> its index in the table's ptys.
     pub pty_index: BTreeMap<u32, usize>,
+    /// Socket inode -> its index in the table's TCP connections.
+    pub tcp_index: BTreeMap<u64, usize>,
     /// Pipes processes outside the tree hold (scanned once, when the first pipe is met).
     pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
@@ -372,6 +381,8 @@ pub struct SharedFds {
     pub listeners: Vec<OwnedFd>,
     /// Each pty of `Shared::ptys`, made again.
     pub ptys: Vec<PtyFds>,
+    /// Each connection of `Shared::tcp`, made again.
+    pub tcp: Vec<OwnedFd>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
 }
@@ -424,6 +435,10 @@ impl SharedFds {
                 })
             })
             .collect::<io::Result<_>>()?;
+        let tcp = tcp::make_all(&shared.tcp, &blob)?
+            .into_iter()
+            .map(|s| above(s, min))
+            .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
@@ -431,6 +446,7 @@ impl SharedFds {
             memory,
             listeners,
             ptys,
+            tcp,
             sysv,
         })
     }
@@ -442,7 +458,9 @@ impl SharedFds {
             .ptys
             .iter()
             .flat_map(|p| std::iter::once(&p.master).chain(&p.slave));
-        let singles = self.memory.iter().chain(&self.listeners).chain(pty_fds);
+        let singles = (self.memory.iter().chain(&self.listeners))
+            .chain(pty_fds)
+            .chain(&self.tcp);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -605,6 +623,7 @@ impl Shared {
         }
         crate::shmem::validate(&self.memory, sections)?;
         pty::validate(&self.ptys)?;
+        tcp::validate(&self.tcp, sections, processes)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;
         crate::sysv::sem::validate(&self.sysv_sem)?;
         crate::sysv::msg::validate(&self.sysv_msg, sections)

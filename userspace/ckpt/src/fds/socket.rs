@@ -18,6 +18,9 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     if let Some(kind) = super::socket_pair::dump_end(ctx, &ours, ino)? {
         return Ok(Some(kind));
     }
+    if let Some(end) = super::tcp::dump_end(ctx, &ours, ino)? {
+        return Ok(Some(FdKind::Tcp(end)));
+    }
     super::listen::dump_end(ctx, &ours, ino).map(|l| Some(FdKind::Listen(l)))
 }
 
@@ -27,7 +30,7 @@ pub fn local_address(s: &OwnedFd) -> io::Result<Vec<u8>> {
     Ok(sockaddr_bytes(&addr))
 }
 
-fn sockaddr_bytes(addr: &SockaddrStorage) -> Vec<u8> {
+pub(crate) fn sockaddr_bytes(addr: &SockaddrStorage) -> Vec<u8> {
     // nix gives a UNIX address its own length but any other the whole storage's: cut IP
     // addresses to their struct, as getsockname reports them.
     let len = match addr.family() {

@@ -60,6 +60,10 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    // The TCP connections are made again: their peers' packets may come through.
+    if let Some(table) = &img.manifest.netlock {
+        lift_netlock(table);
+    }
     let memfds = std::mem::take(&mut restorers.memfds);
     let sysv = std::mem::take(&mut restorers.shared.sysv);
     let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, opts);
@@ -75,6 +79,16 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         sysv.remove_all();
     }
     result
+}
+
+/// Deletes the table holding back the peers' packets since the checkpoint (gone already if
+/// the image was restored before).
+fn lift_netlock(table: &str) {
+    if crate::netlock::table_exists(table) {
+        if let Err(e) = crate::netlock::delete_table(table) {
+            eprintln!("ckpt restore: lifting the network lock {table}: {e}");
+        }
+    }
 }
 
 /// Forks the tree's restorers, traces them to their restore ioctls, finishes and releases

@@ -1,0 +1,117 @@
+/* TCP connections for the channel tests.
+ *   tcpecho DIR PORT        a pair: the parent listens on 127.0.0.1:PORT and forks a client
+ *                           that connects; the client sends two numbered lines at a time
+ *                           ("N\n" and "N+1\n") and reads them back, appending "c N" for
+ *                           each to DIR/c ("bad ..." if a reply is not the next number); the
+ *                           parent echoes what it reads, waiting 20 ms between reads (so
+ *                           bytes sit in the queues), and prints "ready PID" once connected.
+ *   tcpecho DIR PORT serve  only the server, echoing one connection at a time; prints
+ *                           "ready PID" once listening. */
+#define _GNU_SOURCE
+#include <arpa/inet.h>
+#include <fcntl.h>
+#include <netinet/in.h>
+#include <netinet/tcp.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/socket.h>
+#include <time.h>
+#include <unistd.h>
+
+static void nap(long ms)
+{
+	struct timespec ts = {0, ms * 1000 * 1000};
+	nanosleep(&ts, NULL);
+}
+
+static void echo(int c)
+{
+	char buf[4096];
+	for (;;) {
+		ssize_t n = read(c, buf, sizeof buf);
+		if (n <= 0)
+			return;
+		if (write(c, buf, (size_t)n) != n)
+			return;
+		nap(20);
+	}
+}
+
+/* Reads one line ("N\n") from `s` into a number; -1 at the end. */
+static long read_number(int s)
+{
+	char line[32];
+	size_t k = 0;
+	while (k < sizeof line - 1) {
+		if (read(s, &line[k], 1) != 1)
+			return -1;
+		if (line[k++] == '\n')
+			break;
+	}
+	line[k] = 0;
+	return atol(line);
+}
+
+static int client(const char *dir, struct sockaddr_in *addr)
+{
+	int s = socket(AF_INET, SOCK_STREAM, 0);
+	if (s < 0 || connect(s, (struct sockaddr *)addr, sizeof *addr) != 0)
+		return 10;
+	int one = 1;
+	setsockopt(s, IPPROTO_TCP, TCP_NODELAY, &one, sizeof one);
+	char path[4096];
+	snprintf(path, sizeof path, "%s/c", dir);
+	int out = open(path, O_WRONLY | O_CREAT | O_APPEND, 0644);
+	if (out < 0)
+		return 11;
+	for (long n = 1;; n += 2) {
+		char req[64];
+		int len = snprintf(req, sizeof req, "%ld\n%ld\n", n, n + 1);
+		if (write(s, req, (size_t)len) != len)
+			return 12;
+		for (long want = n; want < n + 2; want++) {
+			long got = read_number(s);
+			char line[96];
+			int k = got == want ? snprintf(line, sizeof line, "c %ld\n", want)
+					    : snprintf(line, sizeof line, "bad want %ld got %ld\n", want, got);
+			if (write(out, line, (size_t)k) != k || got < 0)
+				return 13;
+		}
+	}
+}
+
+int main(int argc, char **argv)
+{
+	if (argc < 3)
+		return 1;
+	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
+	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	int l = socket(AF_INET, SOCK_STREAM, 0);
+	int one = 1;
+	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
+	if (l < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(l, 8) != 0)
+		return 2;
+	if (argc > 3 && strcmp(argv[3], "serve") == 0) {
+		printf("ready %d\n", (int)getpid());
+		fflush(stdout);
+		for (;;) {
+			int c = accept(l, NULL, NULL);
+			if (c < 0)
+				return 3;
+			echo(c);
+			close(c);
+		}
+	}
+	if (fork() == 0) {
+		close(l);
+		return client(argv[1], &addr);
+	}
+	int c = accept(l, NULL, NULL);
+	if (c < 0)
+		return 3;
+	printf("ready %d\n", (int)getpid());
+	fflush(stdout);
+	echo(c);
+	return 0;
+}

@@ -1,0 +1,174 @@
+//! Established TCP connections, in the guest: both ends in the tree; a client outside the
+//! tree that keeps its connection across the server's checkpoint with --kill and restore
+//! (the network lock holds its packets back meanwhile); and a ckpt killed while the lock is
+//! on, which must leave neither the lock nor a broken connection behind.
+
+mod common;
+
+use common::{gone, restore_root, spawn_ready, Dir};
+use std::io::{BufRead, BufReader, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::process::Command;
+use std::time::Duration;
+
+fn wait_for(what: &str, cond: impl FnMut() -> bool) {
+    common::wait_for(what, 30, cond)
+}
+
+fn port() -> u16 {
+    20000 + (std::process::id() % 5000) as u16
+}
+
+/// The ckpt tables nftables has.
+fn lock_tables() -> Vec<String> {
+    let out = Command::new("nft")
+        .args(["list", "tables"])
+        .output()
+        .unwrap();
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains("ckpt_"))
+        .map(String::from)
+        .collect()
+}
+
+/// The "c N" counts in DIR/c, and whether a line says "bad".
+fn counts(dir: &Path) -> (Vec<u64>, bool) {
+    let text = std::fs::read_to_string(dir.join("c")).unwrap_or_default();
+    let nums = text
+        .lines()
+        .filter_map(|l| l.strip_prefix("c ")?.parse().ok())
+        .collect();
+    (nums, text.contains("bad"))
+}
+
+/// A server and its client, both in the tree, over loopback TCP with bytes in flight:
+/// killed and restored, both ends come back connected, every reply arrives once and in order.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn both_ends_of_a_loopback_connection_come_back() {
+    let d = Dir::new("tcp-pair");
+    let port = port().to_string();
+    let (mut root, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), port.as_ref()]);
+    wait_for("the client counts", || counts(&d.0).0.len() > 10);
+    let img = d.path("pair.img");
+    let (_, image, all) = common::checkpoint_kill(&mut root, &img);
+    let m = &image.manifest;
+    assert_eq!(m.shared.tcp.len(), 2, "both ends: {:?}", m.shared.tcp);
+    assert_eq!(m.shared.listeners.len(), 1);
+    let at_checkpoint = counts(&d.0).0.len();
+    assert_eq!(restore_root(&img), pid);
+    wait_for("the client counts on", || {
+        counts(&d.0).0.len() > at_checkpoint + 10
+    });
+    let (nums, bad) = counts(&d.0);
+    assert!(!bad, "a reply was lost, repeated or out of order");
+    assert!(
+        nums.iter().enumerate().all(|(i, &n)| n == i as u64 + 1),
+        "every reply once, in order"
+    );
+    assert!(
+        lock_tables().is_empty(),
+        "the lock is lifted: {:?}",
+        lock_tables()
+    );
+    for &p in all.iter().rev() {
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
+
+/// One request and its reply over `s`.
+fn ask(s: &mut TcpStream, reader: &mut BufReader<TcpStream>, n: u64) -> u64 {
+    writeln!(s, "{n}").unwrap();
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    line.trim()
+        .parse()
+        .unwrap_or_else(|_| panic!("reply {line:?}"))
+}
+
+/// A client outside the tree keeps its connection to a server checkpointed with --kill: while
+/// the server is down the network lock holds its packets back (no reset); after the restore
+/// its pending request is answered and every reply arrives exactly once.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_client_outside_keeps_its_connection_across_kill_and_restore() {
+    let d = Dir::new("tcp-outside");
+    let port = port() + 1;
+    let p = port.to_string();
+    let (mut server, pid) =
+        spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "serve".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    for n in 1..=5 {
+        assert_eq!(ask(&mut s, &mut reader, n), n);
+    }
+    let img = d.path("server.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    assert_eq!(image.manifest.shared.tcp.len(), 1);
+    let table = image.manifest.netlock.clone().expect("a network lock");
+    assert!(
+        lock_tables().iter().any(|t| t.contains(&table)),
+        "the lock holds while the server is down"
+    );
+    // A request while it is down: held back, not refused.
+    writeln!(s, "6").unwrap();
+    std::thread::sleep(Duration::from_secs(1));
+    assert_eq!(restore_root(&img), pid);
+    assert!(
+        lock_tables().is_empty(),
+        "the lock is lifted after the restore"
+    );
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(
+        line.trim(),
+        "6",
+        "the request sent while it was down is answered"
+    );
+    for n in 7..=12 {
+        assert_eq!(ask(&mut s, &mut reader, n), n, "every reply once");
+    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
+/// A ckpt killed while the connections are locked (repair mode on, packets held back): its
+/// guard lifts the lock, the server goes on and its client gets its replies.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_killed_ckpt_leaves_no_lock_behind() {
+    let d = Dir::new("tcp-killed");
+    let port = port() + 2;
+    let p = port.to_string();
+    let (mut server, pid) =
+        spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "serve".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    assert_eq!(ask(&mut s, &mut reader, 1), 1);
+    let img = d.path("never.img");
+    let mut c = Command::new(common::ckpt_bin())
+        .args([
+            "checkpoint",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--kill",
+        ])
+        .env("CKPT_TEST_PAUSE_LOCKED", "60")
+        .spawn()
+        .unwrap();
+    wait_for("the lock is on", || !lock_tables().is_empty());
+    c.kill().unwrap();
+    c.wait().unwrap();
+    wait_for("the guard lifts the lock", || lock_tables().is_empty());
+    assert!(!img.exists(), "no image under the final name");
+    for n in 2..=5 {
+        assert_eq!(ask(&mut s, &mut reader, n), n, "the connection works");
+    }
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
