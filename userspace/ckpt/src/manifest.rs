@@ -230,6 +230,7 @@ mod tests {
                 data_section: None,
             }],
             socket_pairs: vec![],
+            unix_dgram: vec![],
             listeners: vec![],
             memory: vec![],
             sysv_shm: vec![],
