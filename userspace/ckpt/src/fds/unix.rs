@@ -8,12 +8,12 @@
 //! an empty datagram is skipped once peeked), as CRIU does; the program's own peek offset is
 //! put back afterwards.
 
-use super::socket::{sockaddr_bytes, storage_of, unix_path, valid_address};
+use super::socket::{storage_of, unix_path, valid_address};
 use super::{unsupported, DumpError};
 use nix::sys::socket::{
     getsockopt, recvmsg, send, sendto, setsockopt, shutdown, socket, sockopt, AddressFamily,
     ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockProtocol, SockType, SockaddrLike,
-    SockaddrStorage,
+    SockaddrStorage, UnixAddr,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{self, IoSliceMut};
@@ -229,6 +229,17 @@ fn peek_all(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpErro
     Ok(q)
 }
 
+/// The raw `struct sockaddr_un` of `a`, of its own length (empty: unnamed).
+fn unix_addr_bytes(a: &UnixAddr) -> Vec<u8> {
+    let len = a.len() as usize;
+    if len <= 2 || len > std::mem::size_of::<libc::sockaddr_un>() {
+        return Vec::new();
+    }
+    // SAFETY: a UnixAddr holds a whole sockaddr_un at `as_ptr()`, of which `len` bytes are
+    // the address (checked above to be within it).
+    unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), len) }.to_vec()
+}
+
 fn clamp_offset(n: usize) -> Result<i32, DumpError> {
     i32::try_from(n).map_err(|_| unsupported("more than 2 GiB queued"))
 }
@@ -256,7 +267,9 @@ fn peek_one(
     if !ty.is_stream() {
         flags |= MsgFlags::MSG_TRUNC; // the whole length back, not what fit
     }
-    let msg = match recvmsg::<SockaddrStorage>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
+    // UnixAddr, not SockaddrStorage: it keeps the length the kernel gave (an abstract name's
+    // bytes end there, not at the first NUL).
+    let msg = match recvmsg::<UnixAddr>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
         Ok(m) => m,
         Err(nix::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(unsupported(format!("peeking its queue: {e}"))),
@@ -277,12 +290,7 @@ fn peek_one(
              yet",
         ));
     }
-    let from = msg
-        .address
-        .filter(|a| a.family() == Some(AddressFamily::Unix))
-        .map(|a| sockaddr_bytes(&a))
-        .filter(|a| a.len() > 2)
-        .unwrap_or_default();
+    let from = msg.address.map(|a| unix_addr_bytes(&a)).unwrap_or_default();
     Ok(Some((msg.bytes, from)))
 }
 

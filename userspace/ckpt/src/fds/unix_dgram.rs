@@ -269,3 +269,51 @@ pub fn validate(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A named server's queue, sent by a client with an abstract name, is recorded with each
+    /// sender and passes validation.
+    #[test]
+    fn a_named_servers_queue_is_recorded_with_its_senders() {
+        let dir = std::env::temp_dir().join(format!("ckpt-dg-{}", std::process::id()));
+        let server = std::os::unix::net::UnixDatagram::bind(&dir).unwrap();
+        let me = format!("\0ckpt-dg-test-{}", std::process::id());
+        let addr = <std::os::unix::net::SocketAddr as std::os::linux::net::SocketAddrExt>::from_abstract_name(&me.as_bytes()[1..]);
+        let client = std::os::unix::net::UnixDatagram::bind_addr(&addr.unwrap()).unwrap();
+        client.send_to(b"one", &dir).unwrap();
+        client.send_to(b"three", &dir).unwrap();
+        let cfd = OwnedFd::from(client);
+        let cname = Name::dump(std::process::id() as i32, &cfd, None, true).unwrap();
+        assert_eq!(cname.display(), format!("@{}", &me[1..]));
+        assert!(cname.is_abstract() && cname.file.is_none());
+        let fd = OwnedFd::from(server);
+        let q = unix::peek_queue(&fd, UnixType::Dgram, false).unwrap();
+        assert_eq!(q.messages.len(), 2);
+        assert_eq!(
+            super::super::socket::unix_path(&q.messages[0].from),
+            format!("@{}", &me[1..])
+        );
+        let name = Name::dump(std::process::id() as i32, &fd, None, false);
+        let s = DgramSocket {
+            inode: 1,
+            holder: 0,
+            name,
+            peer: None,
+            data_section: Some(0),
+            messages: q.messages,
+            shutdown: 0,
+            opts: UnixOpts::read(&fd).unwrap(),
+        };
+        let sections = [Section {
+            kind: SOCKET_DATA,
+            offset: 4096,
+            len: q.data.len() as u64,
+            xxh3: 0,
+        }];
+        assert_eq!(validate(std::slice::from_ref(&s), &sections, 1), Ok(()));
+        std::fs::remove_file(dir).unwrap();
+    }
+}
