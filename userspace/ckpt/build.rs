@@ -30,6 +30,7 @@ fn main() {
         ("dropper", &[]),
         ("forker", &[]),
         ("tree", &[]),
+        ("unix_socks", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

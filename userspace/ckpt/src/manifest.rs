@@ -275,6 +275,7 @@ mod tests {
                 data_section: None,
             }],
             socket_pairs: vec![],
+            unix_dgram: vec![],
             listeners: vec![],
             ptys: vec![],
             tcp: vec![],

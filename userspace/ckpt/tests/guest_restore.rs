@@ -945,3 +945,119 @@ fn wait_for_fd(pid: u32, fd: i32) {
 fn comm_is(pid: u32, name: &str) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c.trim() == name)
 }
+
+/// A UNIX socket pair of `kind` ("dgram" or "seqpacket") with 100 messages queued each way
+/// (tests/progs/unix_socks.c), checkpointed with --kill and restored: every message is read
+/// back in order with its length and bytes, and the options and shutdown state are kept.
+fn unix_pair_comes_back(kind: &str, type_name: &str) {
+    let (_m, _d, out, img) = begin(&format!("unix-{kind}"), false);
+    let args = ["pair".as_ref(), kind.as_ref(), out.as_os_str()];
+    let (mut child, pid) = common::spawn_ready("unix_socks", &args);
+    let (_, image, _) = common::checkpoint_kill(&mut child, &img);
+    let sp = &image.manifest.shared.socket_pairs;
+    assert_eq!(sp.len(), 1, "one pair");
+    for end in &sp[0].ends {
+        assert_eq!(end.messages.len(), 100, "100 messages queued at each end");
+    }
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(
+        summary.contains(&format!("{type_name} socket pair 0 end 0 (100 messages, ")),
+        "{summary}"
+    );
+    let restored = restore_root(&img);
+    assert_eq!(restored, pid);
+    // SAFETY: signalling the restored process.
+    unsafe { libc::kill(restored, libc::SIGUSR1) };
+    wait_text(&out, 0, "done");
+    let text = text_after(&out, 0);
+    let line = |p: &str| {
+        let l = text.lines().find(|l| l.starts_with(p));
+        l.unwrap_or_else(|| panic!("no {p:?} in:\n{text}"))
+            .to_owned()
+    };
+    assert_eq!(
+        line("before ").replace("before", "after"),
+        line("after "),
+        "options kept:\n{text}"
+    );
+    assert!(line("before ").contains("passcred=1 nonblock=1"), "{text}");
+    // b's side was shut down by a's SHUT_WR (seqpacket): its end of file comes after the
+    // messages.
+    let b_end = if kind == "dgram" { "empty" } else { "eof" };
+    assert!(
+        text.contains(&format!("at-b 100 of 100 ok, then {b_end}\n")),
+        "{text}"
+    );
+    assert!(text.contains("at-a 100 of 100 ok, then empty\n"), "{text}");
+    if kind == "seqpacket" {
+        assert!(text.contains("send after shutdown: EPIPE"), "{text}");
+    }
+    kill_and_reap(restored);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_datagram_socket_pair_keeps_100_queued_messages() {
+    unix_pair_comes_back("dgram", "datagram");
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_seqpacket_socket_pair_keeps_its_messages_and_shutdown() {
+    unix_pair_comes_back("seqpacket", "seqpacket");
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn unix_sockets_with_a_peer_outside_or_fds_in_flight_are_refused() {
+    let (_m, d, out, img) = begin("unix-refused", false);
+    let imgs = img.to_str().unwrap();
+    // One end of a stream pair in a sleeping process, the other here (close-on-exec: no other
+    // test's child inherits it).
+    let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
+    // SAFETY: between fork and exec: dup2 only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 5) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut sleeper = cmd.spawn().unwrap();
+    drop(theirs);
+    wait_for_fd(sleeper.id(), 5);
+    let o = ckpt(&["checkpoint", &sleeper.id().to_string(), "-o", imgs]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    let me = format!("held by process {} ", std::process::id());
+    for want in [
+        "fd 5 ",
+        "UNIX stream socket",
+        "is connected to socket:[",
+        &me,
+        "--external",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err:?}");
+    }
+    assert!(!img.exists());
+    let stat = std::fs::read_to_string(format!("/proc/{}/stat", sleeper.id())).unwrap();
+    assert!(stat.contains(") S "), "the target is left sleeping: {stat}");
+    let _ = sleeper.kill();
+    let _ = sleeper.wait();
+    drop(ours);
+
+    // A file descriptor in flight (SCM_RIGHTS) between two sockets of the process.
+    let (mut holder, pid) = common::spawn_ready("unix_socks", &["scm".as_ref(), out.as_os_str()]);
+    let o = ckpt(&["checkpoint", &pid.to_string(), "-o", imgs]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    assert!(err.contains("SCM_RIGHTS"), "{err}");
+    assert!(!img.exists());
+    let _ = holder.kill();
+    let _ = holder.wait();
+    drop(d);
+}

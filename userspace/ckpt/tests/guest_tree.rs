@@ -1084,3 +1084,131 @@ fn zombies_that_led_a_group_or_a_session_come_back_leading_them() {
     assert!(all.starts_with(&live));
     kill_all(&live);
 }
+
+/// The numbers of the lines "PREFIX N" in `out`.
+fn numbered(out: &Path, prefix: &str) -> Vec<u64> {
+    std::fs::read_to_string(out)
+        .unwrap_or_default()
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.parse().ok())
+        .collect()
+}
+
+/// Each number once, in order, from `first`.
+fn assert_consecutive(nums: &[u64], first: u64, what: &str) {
+    for (i, n) in nums.iter().enumerate() {
+        assert_eq!(
+            *n,
+            first + i as u64,
+            "{what}: a message lost or repeated: {nums:?}"
+        );
+    }
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_unix_stream_server_and_its_client_keep_talking_after_kill_and_restore() {
+    let d = Dir::new("unix-stream");
+    let (sock, out) = (d.path("srv.sock"), d.path("out"));
+    let args = ["stream".as_ref(), sock.as_os_str(), out.as_os_str()];
+    let (mut root, client) = spawn_ready("unix_socks", &args);
+    wait_for("they talk", || numbered(&out, "c ").len() > 5);
+    let img = d.path("img");
+    let (_, image, all) = common::checkpoint_kill(&mut root, &img);
+    let sh = &image.manifest.shared;
+    assert_eq!(
+        (sh.listeners.len(), sh.socket_pairs.len()),
+        (1, 1),
+        "{sh:?}"
+    );
+    let names: Vec<String> = (sh.socket_pairs[0].ends.iter())
+        .filter_map(|e| Some(e.name.as_ref()?.display()))
+        .collect();
+    assert_eq!(
+        names,
+        [sock.to_string_lossy()],
+        "the accepted end has the server's name"
+    );
+    let seen = numbered(&out, "c ").len();
+
+    let restored = restore_root(&img);
+    wait_for("they talk on", || numbered(&out, "c ").len() > seen + 10);
+    // SAFETY: signalling the restored processes.
+    unsafe {
+        libc::kill(restored, libc::SIGUSR2);
+        libc::kill(client, libc::SIGUSR2);
+    }
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_for("both say their names", || {
+        text().matches("names ").count() == 2
+    });
+    let t = text();
+    let s = sock.to_string_lossy();
+    assert!(
+        t.contains(&format!("names server local={s} peer=(unnamed)\n")),
+        "{t}"
+    );
+    assert!(
+        t.contains(&format!("names client local=(unnamed) peer={s}\n")),
+        "{t}"
+    );
+    assert!(!t.contains("bad") && !t.contains("error"), "{t}");
+    assert_consecutive(&numbered(&out, "c "), 0, "client");
+    assert_consecutive(&numbered(&out, "s "), 0, "server");
+    // The listening socket is back at its path.
+    assert!(std::os::unix::net::UnixStream::connect(&sock).is_ok());
+    kill_tree(&[restored, client]);
+    drop(all);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_named_unix_datagram_server_and_its_client_come_back_with_queued_messages() {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let d = Dir::new("unix-dgram");
+    let (sock, out) = (d.path("dgram.sock"), d.path("out"));
+    let args = ["dgram".as_ref(), sock.as_os_str(), out.as_os_str()];
+    let (mut root, client) = spawn_ready("unix_socks", &args);
+    let text = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_for("the client queued its messages", || {
+        text().contains("c-sent")
+    });
+    let img = d.path("img");
+    let (_, image, all) = common::checkpoint_kill(&mut root, &img);
+    let dg = &image.manifest.shared.unix_dgram;
+    assert_eq!(dg.len(), 2, "server and client: {dg:?}");
+    let server = dg
+        .iter()
+        .find(|s| !s.messages.is_empty())
+        .expect("the server's queue");
+    assert_eq!(server.messages.len(), 5);
+    let client_name = format!("@ckpt-dgc-{client}");
+    let client_sock = dg
+        .iter()
+        .find(|s| s.peer.is_some())
+        .expect("the connected client");
+    assert_eq!(
+        client_sock.name.as_ref().map(|n| n.display()),
+        Some(client_name.clone())
+    );
+
+    let restored = restore_root(&img);
+    let m = std::fs::symlink_metadata(&sock).unwrap();
+    assert!(m.file_type().is_socket());
+    assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 65534, 65534));
+    // SAFETY: signalling the restored server.
+    unsafe { libc::kill(restored, libc::SIGUSR1) };
+    wait_for("they talk on", || numbered(&out, "c ").len() > 10);
+    let t = text();
+    for k in 0..5 {
+        let q = format!("q{k}{}", ".".repeat(k * 3));
+        let want = format!("s-queued {q} from={client_name}\n");
+        assert!(t.contains(&want), "{want:?} not in\n{t}");
+        assert!(t.contains(&format!("c-reply r{k}\n")), "{t}");
+    }
+    assert!(!t.contains("bad") && !t.contains("error"), "{t}");
+    assert_consecutive(&numbered(&out, "c "), 5, "client");
+    assert_consecutive(&numbered(&out, "s "), 5, "server");
+    kill_tree(&[restored, client]);
+    drop(all);
+}

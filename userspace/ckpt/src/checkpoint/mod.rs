@@ -214,7 +214,7 @@ fn dump_tree(
         shared: fds::Shared {
             sysv_sem,
             sysv_msg,
-            ..shared.finish()
+            ..shared.finish().map_err(CheckpointError::Tree)?
         },
         stats: None,
     })

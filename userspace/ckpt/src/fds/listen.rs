@@ -1,4 +1,4 @@
-//! Listening sockets (TCP over IPv4/IPv6, UNIX stream): recorded by address, backlog and
+//! Listening sockets (TCP over IPv4/IPv6, UNIX stream and seqpacket): recorded by address, backlog and
 //! options, once per tree however many processes hold them (a pre-fork server's master and
 //! workers share one). On restore ckpt binds each again before the first restorer forks, as
 //! the user of its first holder, in that process's directory and with its umask (a UNIX
@@ -7,7 +7,7 @@
 //! other ends are elsewhere): a checkpoint with a non-empty queue is refused rather than
 //! lose them.
 
-use super::socket::{display, storage_of, unix_path, valid_address};
+use super::socket::{display, remove_stale_socket_file, storage_of, unix_path, valid_address};
 use super::{unsupported, DumpCtx, DumpError, Fd, FdState, RestoreCtx, View};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
@@ -32,6 +32,9 @@ pub struct ListeningSocket {
     pub reuse_port: bool,
     /// IPV6_V6ONLY (AF_INET6 only).
     pub v6_only: bool,
+    /// A UNIX seqpacket socket (else stream).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub seqpacket: bool,
 }
 
 /// A listening socket of the tree and the process (index in the image) whose user,
@@ -117,9 +120,12 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
             "connected and unbound sockets are not supported yet (only listening ones)",
         ));
     }
-    if ty != SockType::Stream || ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
+    let seqpacket = ty == SockType::SeqPacket && family == libc::AF_UNIX;
+    if !(ty == SockType::Stream || seqpacket)
+        || ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family)
+    {
         return Err(unsupported(
-            "only TCP and UNIX stream listening sockets are supported",
+            "only TCP and UNIX stream and seqpacket listening sockets are supported",
         ));
     }
     if !valid_address(family, &addr) {
@@ -151,6 +157,7 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
         reuse_addr: getsockopt(s, sockopt::ReuseAddr).unwrap_or(false),
         reuse_port: getsockopt(s, sockopt::ReusePort).unwrap_or(false),
         v6_only: family == libc::AF_INET6 && getsockopt(s, sockopt::Ipv6V6Only).unwrap_or(false),
+        seqpacket,
     })
 }
 
@@ -179,7 +186,11 @@ impl ListeningSocket {
         let family = AddressFamily::from_i32(self.family)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EAFNOSUPPORT))?;
         let addr = storage_of(&self.addr)?;
-        let fd = socket(family, SockType::Stream, SockFlag::empty(), None)?;
+        let ty = match self.seqpacket {
+            true => SockType::SeqPacket,
+            false => SockType::Stream,
+        };
+        let fd = socket(family, ty, SockFlag::empty(), None)?;
         // TCP: the checkpointed process's connections may linger in TIME_WAIT.
         if self.reuse_addr || self.family != libc::AF_UNIX {
             setsockopt(&fd, sockopt::ReuseAddr, &true)?;
@@ -199,23 +210,6 @@ impl ListeningSocket {
         let backlog = Backlog::new(self.backlog).unwrap_or(Backlog::MAXALLOWABLE);
         listen(&fd, backlog)?;
         Ok(fd)
-    }
-}
-
-/// A socket file left by the checkpointed process is replaced, but only if nobody listens on
-/// it any more (else bind fails: the address is in use, e.g. the original still runs).
-fn remove_stale_socket_file(path: &str) {
-    use std::os::unix::fs::FileTypeExt;
-    if path.starts_with('@') {
-        return; // abstract: no file
-    }
-    let stale = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
-        && matches!(
-            std::os::unix::net::UnixStream::connect(path),
-            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
-        );
-    if stale {
-        let _ = std::fs::remove_file(path);
     }
 }
 

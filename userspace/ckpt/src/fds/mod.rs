@@ -25,6 +25,8 @@ mod socket_pair;
 mod stdio;
 pub mod tcp;
 mod timerfd;
+mod unix;
+mod unix_dgram;
 
 pub use deleted::DeletedFile;
 pub use epoll::{Epoll, EpollWatch};
@@ -35,10 +37,12 @@ pub use memfd::MemfdFd;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
-pub use socket_pair::{SocketPair, SocketPairEnd};
+pub use socket_pair::{EndState, SocketPair, SocketPairEnd};
 pub use stdio::InheritedStdio;
 pub use tcp::{TcpConnection, TcpEnd};
 pub use timerfd::TimerFd;
+pub use unix::{Message, Name, SockFile, UnixOpts, UnixType};
+pub use unix_dgram::{DgramEnd, DgramSocket};
 
 use crate::image::{ImageWriter, Section};
 use crate::proc::FdEntry;
@@ -71,6 +75,7 @@ pub enum FdKind {
     TimerFd(TimerFd),
     Epoll(Epoll),
     SocketPairEnd(SocketPairEnd),
+    UnixDgram(DgramEnd),
     Deleted(DeletedFile),
     Memfd(MemfdFd),
     Pty(PtyEnd),
@@ -90,6 +95,7 @@ impl FdKind {
             FdKind::TimerFd(s) => s,
             FdKind::Epoll(s) => s,
             FdKind::SocketPairEnd(s) => s,
+            FdKind::UnixDgram(s) => s,
             FdKind::Deleted(s) => s,
             FdKind::Memfd(s) => s,
             FdKind::Pty(s) => s,
@@ -127,9 +133,12 @@ pub struct Shared {
     /// Pipes with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub pipes: Vec<Pipe>,
-    /// UNIX stream socket pairs with both ends in the tree.
+    /// Connected pairs of UNIX sockets (any type) with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_pairs: Vec<SocketPair>,
+    /// The other UNIX datagram sockets of the tree (named, unbound, connected one way).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unix_dgram: Vec<DgramSocket>,
     /// Listening sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<SharedListener>,
@@ -255,6 +264,11 @@ pub struct SharedDump {
     pub pty_index: BTreeMap<u32, usize>,
     /// Socket inode -> its index in the table's TCP connections.
     pub tcp_index: BTreeMap<u64, usize>,
+    /// Socket pair ends already recorded (by inode).
+    pub ends_seen: BTreeSet<u64>,
+    /// Datagram sockets: inode -> index in the table; (index, peer's inode) to resolve.
+    pub dgram_index: BTreeMap<u64, usize>,
+    pub dgram_peers: Vec<(usize, u64)>,
     /// Pipes processes outside the tree hold (scanned once, when the first pipe is met).
     pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
@@ -262,13 +276,15 @@ pub struct SharedDump {
 }
 
 impl SharedDump {
-    /// The tree's table, once every process is recorded.
-    pub fn finish(self) -> Shared {
-        Shared {
+    /// The tree's table, once every process is recorded (datagram sockets' peers resolved).
+    pub fn finish(mut self) -> Result<Shared, String> {
+        let dgram = &mut self.table.unix_dgram;
+        unix_dgram::resolve_peers(dgram, &self.dgram_index, &self.dgram_peers)?;
+        Ok(Shared {
             memory: self.shm.table,
             sysv_shm: self.shm.sysv.table,
             ..self.table
-        }
+        })
     }
 }
 
@@ -342,6 +358,29 @@ fn dump_one(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
     ))
 }
 
+/// Processes outside `tree` holding the `kind` ("pipe", "socket") with inode `ino` (pid and
+/// name), by a scan of every /proc/PID/fd.
+pub(crate) fn holders_outside(kind: &str, ino: u64, tree: &BTreeSet<i32>) -> Vec<String> {
+    let target = format!("{kind}:[{ino}]");
+    let Ok(all) = std::fs::read_dir("/proc") else {
+        return Vec::new();
+    };
+    let pids = all.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
+    pids.filter(|p| !tree.contains(p))
+        .filter(|p| {
+            std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
+                fds.flatten().any(|f| {
+                    std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
+                })
+            })
+        })
+        .map(|p| {
+            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
+            format!("{p} ({})", comm.trim())
+        })
+        .collect()
+}
+
 /// A numeric field of the fd's /proc fdinfo, in `radix`.
 pub(crate) fn fdinfo_number(pid: i32, fd: i32, name: &str, radix: u32) -> Option<u64> {
     crate::proc::fdinfo_field(pid, fd, name)
@@ -375,6 +414,8 @@ pub struct SharedFds {
     pub pipes: Vec<[OwnedFd; 2]>,
     /// Both ends per pair of `Shared::socket_pairs`.
     pub pairs: Vec<[OwnedFd; 2]>,
+    /// A socket per entry of `Shared::unix_dgram`.
+    pub dgram: Vec<OwnedFd>,
     /// A memfd per object of `Shared::memory`.
     pub memory: Vec<OwnedFd>,
     /// A socket per listener of `Shared::listeners`.
@@ -406,13 +447,26 @@ impl SharedFds {
             .iter()
             .map(|p| lift(pipe::make(p, &blob(p.data_section)?)?))
             .collect::<io::Result<_>>()?;
+        // Pairs before listeners: an accepted end takes its listener's path name for a moment.
+        let taken: Vec<&[u8]> = shared
+            .listeners
+            .iter()
+            .map(|l| l.socket.addr.as_slice())
+            .collect();
         let pairs = shared
             .socket_pairs
             .iter()
             .map(|sp| {
                 let q = [blob(sp.data_sections[0])?, blob(sp.data_sections[1])?];
-                lift(socket_pair::make([&q[0], &q[1]])?)
+                let env = envs
+                    .get(sp.holder)
+                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
+                lift(socket_pair::make(sp, [&q[0], &q[1]], env, &taken)?)
             })
+            .collect::<io::Result<_>>()?;
+        let dgram = unix_dgram::make_all(&shared.unix_dgram, &blob, envs)?
+            .into_iter()
+            .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
         let memory = shared
             .memory
@@ -443,6 +497,7 @@ impl SharedFds {
         Ok(SharedFds {
             pipes,
             pairs,
+            dgram,
             memory,
             listeners,
             ptys,
@@ -460,7 +515,8 @@ impl SharedFds {
             .flat_map(|p| std::iter::once(&p.master).chain(&p.slave));
         let singles = (self.memory.iter().chain(&self.listeners))
             .chain(pty_fds)
-            .chain(&self.tcp);
+            .chain(&self.tcp)
+            .chain(&self.dgram);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -616,7 +672,8 @@ impl Shared {
     /// image's `processes`.
     pub fn validate(&self, sections: &[Section], processes: usize) -> Result<(), String> {
         pipe::validate(&self.pipes, sections)?;
-        socket_pair::validate(&self.socket_pairs, sections)?;
+        socket_pair::validate(&self.socket_pairs, sections, processes)?;
+        unix_dgram::validate(&self.unix_dgram, sections, processes)?;
         let holders_ok = self.listeners.iter().all(|l| l.holder < processes);
         if !holders_ok {
             return Err("a listening socket's holder is not a process of the image".into());

@@ -82,28 +82,6 @@ fn pipes_held_outside(tree: &std::collections::BTreeSet<i32>) -> std::collection
     out
 }
 
-/// Processes outside `tree` holding pipe `ino` (pid and name), by a scan of every /proc/PID/fd.
-fn holders_outside(ino: u64, tree: &std::collections::BTreeSet<i32>) -> Vec<String> {
-    let target = format!("pipe:[{ino}]");
-    let Ok(all) = std::fs::read_dir("/proc") else {
-        return Vec::new();
-    };
-    let pids = all.filter_map(|e| e.ok()?.file_name().to_str()?.parse::<i32>().ok());
-    pids.filter(|p| !tree.contains(p))
-        .filter(|p| {
-            std::fs::read_dir(format!("/proc/{p}/fd")).is_ok_and(|fds| {
-                fds.flatten().any(|f| {
-                    std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == target.as_str())
-                })
-            })
-        })
-        .map(|p| {
-            let comm = std::fs::read_to_string(format!("/proc/{p}/comm")).unwrap_or_default();
-            format!("{p} ({})", comm.trim())
-        })
-        .collect()
-}
-
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") else {
         return Ok(None);
@@ -134,7 +112,7 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         .contains(&ino);
     if held_outside || !ends.inside() {
         // The other end is outside the tree, or closed everywhere (then it stays closed).
-        let outside = holders_outside(ino, &ctx.shared.census.pids);
+        let outside = super::holders_outside("pipe", ino, &ctx.shared.census.pids);
         if !outside.is_empty() {
             return Err(super::unsupported(format!(
                 "its other end is held by process {} outside the tree (only pipes inside the \

@@ -1,11 +1,15 @@
 //! Sockets: one copy of the target's fd (pidfd_getfd) answers which kind it is, then the
-//! kind's module records it: a UNIX stream socket whose peer the process also holds is one
-//! end of a socket pair, else it must be a listening socket. Also the address helpers both
-//! use.
+//! kind's module records it: a listening socket (`listen`); a UNIX socket connected to one
+//! that is connected back to it (`socket_pair`); another UNIX datagram socket
+//! (`unix_dgram`). A UNIX socket whose peer no process of the tree holds is refused, naming
+//! the peer. Also the address helpers they use.
 
-use super::{DumpCtx, DumpResult, FdKind};
+use super::unix::{self, Diag, UnixType};
+use super::{unsupported, DumpCtx, DumpError, DumpResult, FdKind};
 use crate::proc::FdEntry;
-use nix::sys::socket::{getsockname, AddressFamily, SockaddrLike, SockaddrStorage};
+use nix::sys::socket::{
+    getpeername, getsockname, getsockopt, sockopt, AddressFamily, SockaddrLike, SockaddrStorage,
+};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
@@ -14,14 +18,78 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         return Ok(None);
     };
     let ours = crate::sys::steal_fd(ctx.pid, e.fd)
-        .map_err(|err| super::unsupported(format!("pidfd_getfd: {err}")))?;
-    if let Some(kind) = super::socket_pair::dump_end(ctx, &ours, ino)? {
-        return Ok(Some(kind));
+        .map_err(|err| unsupported(format!("pidfd_getfd: {err}")))?;
+    let unix = local_address(&ours).ok().and_then(|a| family_of(&a)) == Some(libc::AF_UNIX);
+    if unix && !getsockopt(&ours, sockopt::AcceptConn).unwrap_or(false) {
+        return dump_unix(ctx, &ours, ino).map(Some);
     }
     if let Some(end) = super::tcp::dump_end(ctx, &ours, ino)? {
         return Ok(Some(FdKind::Tcp(end)));
     }
     super::listen::dump_end(ctx, &ours, ino).map(|l| Some(FdKind::Listen(l)))
+}
+
+/// A UNIX socket that does not listen, by where its peer is.
+fn dump_unix(ctx: &mut DumpCtx, s: &OwnedFd, ino: u64) -> Result<FdKind, DumpError> {
+    let ty = getsockopt(s, sockopt::SockType)
+        .ok()
+        .and_then(UnixType::of)
+        .ok_or_else(|| unsupported("a UNIX socket of an unknown type"))?;
+    let diag = |i| unix::diag(i).map_err(|e| unsupported(format!("sock_diag: {e}")));
+    let d = diag(ino)?;
+    if d.peer != 0 && !ctx.shared.census.sockets.contains(&d.peer) {
+        return Err(peer_outside(ctx, s, ty, d.peer));
+    }
+    let peers_peer = match d.peer {
+        0 => 0,
+        p => diag(p)?.peer,
+    };
+    match (ty, d.peer) {
+        (_, p) if p != 0 && peers_peer == ino => {
+            super::socket_pair::dump_end(ctx, s, (ino, ty), &d)
+        }
+        (UnixType::Dgram, 0) => super::unix_dgram::dump_end(ctx, s, ino, &d),
+        (UnixType::Dgram, _) if peers_peer == 0 => super::unix_dgram::dump_end(ctx, s, ino, &d),
+        (UnixType::Dgram, p) => Err(unsupported(format!(
+            "it is connected to the datagram socket socket:[{p}], which is connected to another one (socket:[{peers_peer}]); not supported yet"
+        ))),
+        (_, _) => Err(unconnected(ty, &d)),
+    }
+}
+
+/// Why a stream or seqpacket socket that neither listens nor has a peer is refused.
+fn unconnected(ty: UnixType, d: &Diag) -> DumpError {
+    let why = match d.shutdown {
+        0 => "not connected and not listening",
+        _ => "its peer has closed the connection",
+    };
+    unsupported(format!(
+        "a UNIX {} socket {why}: not supported yet",
+        ty.name()
+    ))
+}
+
+/// The refusal of a socket connected to one no process of the tree holds, naming both.
+fn peer_outside(ctx: &DumpCtx, s: &OwnedFd, ty: UnixType, peer: u64) -> DumpError {
+    let name = |a: Option<Vec<u8>>| match a.filter(|a| a.len() > 2) {
+        Some(a) => unix_path(&a),
+        None => "unnamed".into(),
+    };
+    let local = name(local_address(s).ok());
+    let remote = name(
+        getpeername::<SockaddrStorage>(s.as_raw_fd())
+            .ok()
+            .map(|a| sockaddr_bytes(&a)),
+    );
+    let holders = super::holders_outside("socket", peer, &ctx.shared.census.pids);
+    let held = match holders.is_empty() {
+        true => String::new(),
+        false => format!(", held by process {}", holders.join(", ")),
+    };
+    unsupported(format!(
+        "the UNIX {} socket ({local}) is connected to socket:[{peer}] ({remote}){held} outside the tree; sockets whose peer is outside the tree are not supported (--external is not implemented yet)",
+        ty.name()
+    ))
 }
 
 /// The socket's local address as raw `struct sockaddr_*` bytes, as the image keeps it.
@@ -85,6 +153,23 @@ pub fn unix_path(addr: &[u8]) -> String {
             let end = p.iter().position(|&b| b == 0).unwrap_or(p.len());
             String::from_utf8_lossy(&p[..end]).into_owned()
         }
+    }
+}
+
+/// A socket file left by the checkpointed process is replaced, but only if nobody listens on
+/// it any more (else bind fails: the address is in use, e.g. the original still runs).
+pub(crate) fn remove_stale_socket_file(path: &str) {
+    use std::os::unix::fs::FileTypeExt;
+    if path.starts_with('@') {
+        return; // abstract: no file
+    }
+    let stale = std::fs::symlink_metadata(path).is_ok_and(|m| m.file_type().is_socket())
+        && matches!(
+            std::os::unix::net::UnixStream::connect(path),
+            Err(e) if e.raw_os_error() == Some(libc::ECONNREFUSED)
+        );
+    if stale {
+        let _ = std::fs::remove_file(path);
     }
 }
 
