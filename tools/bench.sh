@@ -4,8 +4,11 @@
 # 4.x in the same guest run when tools/criu.sh can provide it (--no-criu skips it). Prints the
 # median of REPS runs (default 3) and ckpt/CRIU ratios. Then a tree of 8 processes sharing
 # TREE MiB of anonymous shared memory (default 256; 0 skips it), taken and restored whole.
+# Then a server with TCP established connections (default 100; 0 skips it) to clients
+# outside its tree, checkpointed with --kill and restored: dump and restore time and the
+# longest time the clients saw no progress (CRIU with --tcp-established).
 # Images live on the guest's tmpfs.
-#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--reps N]
+#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--reps N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -13,7 +16,7 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 criu=${7:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 criu=${8:-}
   tree_prog=$(dirname "$prog")/shmtree
   insmod "$ko"
   set +m
@@ -45,6 +48,70 @@ if [[ "${1:-}" == --in-guest ]]; then
     local kids; kids=$(cat /proc/"$1"/task/*/children 2>/dev/null || true)
     # shellcheck disable=SC2086
     kill -9 "$1" $kids 2>/dev/null || true
+  }
+  # One run of the TCP row with $1 (ckpt or criu): sets $dump_ms $restore_ms $stall_ms, or
+  # returns 1 if the tool failed.
+  tcp_once() {
+    local port=$((30000 + RANDOM % 20000)) bprog spid cpid t0 t1 t2 t3
+    bprog=$(dirname "$prog")/tcpbench
+    rm -f /tmp/srv.out /tmp/cli.out /tmp/gap.out
+    setsid "$bprog" server "$port" </dev/null >/tmp/srv.out 2>&1 &
+    spid=$!
+    until grep -q ready /tmp/srv.out 2>/dev/null; do sleep 0.05; done
+    "$bprog" clients "$port" "$tcp" /tmp/gap.out </dev/null >/tmp/cli.out 2>&1 &
+    cpid=$!
+    until grep -q ready /tmp/cli.out 2>/dev/null; do sleep 0.05; done
+    sleep 0.5; kill -USR1 "$cpid"; until [[ -s /tmp/gap.out ]]; do sleep 0.02; done
+    rm -f /tmp/gap.out /tmp/t.img; rm -rf /tmp/criu; mkdir -p /tmp/criu
+    local ok=1
+    t0=$(now)
+    if [[ $1 == ckpt ]]; then
+      "$ckpt" checkpoint "$spid" -o /tmp/t.img --kill >/dev/null || ok=0
+    else
+      $criu dump -t "$spid" -D /tmp/criu --tcp-established --network-lock nftables -o dump.log >/dev/null 2>&1 || ok=0
+    fi
+    t1=$(now)
+    wait "$spid" 2>/dev/null || true
+    t2=$(now)
+    if ((ok)) && [[ $1 == ckpt ]]; then
+      "$ckpt" restore /tmp/t.img >/dev/null || ok=0
+    elif ((ok)); then
+      $criu restore -D /tmp/criu --tcp-established --network-lock nftables -d -o restore.log >/dev/null 2>&1 || ok=0
+    fi
+    t3=$(now)
+    if ((ok)); then
+      sleep 1; kill -USR1 "$cpid"
+      for _ in $(seq 600); do [[ -s /tmp/gap.out ]] && break; sleep 0.05; done
+    fi
+    stall_ms=$(awk '{print $2}' /tmp/gap.out 2>/dev/null || true)
+    kill -9 "$cpid" 2>/dev/null || true
+    pkill -9 -f "tcpbench server $port" 2>/dev/null || true
+    wait "$cpid" 2>/dev/null || true
+    if ((!ok)) || [[ -z $stall_ms ]]; then
+      [[ $1 == criu ]] && { echo "criu failed:"; tail -n 5 /tmp/criu/dump.log /tmp/criu/restore.log 2>/dev/null; }
+      return 1
+    fi
+    dump_ms=$(( (t1 - t0) / 1000000 )); restore_ms=$(( (t3 - t2) / 1000000 ))
+  }
+  tcp_bench() {
+    local tool d r s line cline
+    printf '\n%-16s | %-32s | %-32s\n' "$tcp TCP conns" "ckpt: dump / restore / stall ms" "criu: dump / restore / stall ms"
+    local -A D R S
+    for tool in ckpt ${criu:+criu}; do
+      d=(); r=(); s=()
+      for _ in $(seq "$reps"); do
+        tcp_once "$tool" || { d=(); break; }
+        d+=("$dump_ms"); r+=("$restore_ms"); s+=("$stall_ms")
+      done
+      if ((${#d[@]})); then
+        D[$tool]=$(median "${d[@]}"); R[$tool]=$(median "${r[@]}"); S[$tool]=$(median "${s[@]}")
+      fi
+    done
+    line="(failed)"; cline="(no CRIU)"
+    [[ -n ${D[ckpt]:-} ]] && line=$(printf '%7s / %7s / %7s' "${D[ckpt]}" "${R[ckpt]}" "${S[ckpt]}")
+    [[ -n $criu ]] && cline="(failed)"
+    [[ -n ${D[criu]:-} ]] && cline=$(printf '%7s / %7s / %7s' "${D[criu]}" "${R[criu]}" "${S[criu]}")
+    printf '%-16s | %-32s | %-32s\n' "server" "$line" "$cline"
   }
   echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)   images on tmpfs   guest: QEMU TCG, 2 vCPU"
   printf '%-6s | %-38s | %-38s | %s\n' "" "ckpt: dump / frozen / restore ms, MiB/s, image" "criu: dump / frozen / restore ms" "ckpt/criu frozen, restore"
@@ -97,18 +164,20 @@ if [[ "${1:-}" == --in-guest ]]; then
     label="$mib MiB"; [[ $target == "$tree_prog" ]] && label="tree 8x$mib"
     printf '%12s | %-38s | %-38s | %s\n' "$label" "$line" "$cline" "$ratio"
   done
+  ((tcp > 0)) && tcp_bench
   rmmod ckpt
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
     --sizes) sizes=$2; shift 2 ;;
     --reps) reps=$2; shift 2 ;;
     --tree) tree=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--reps N]" >&2; exit 2 ;;
+    --tcp) tcp=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--reps N]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -120,4 +189,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem 6144 --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$criu"
+"$here/guest.sh" --mem 6144 --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$criu"

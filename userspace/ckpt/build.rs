@@ -21,6 +21,7 @@ fn main() {
         ("sysv_target", &[]),
         ("sysv_ipc", &[]),
         ("tcpecho", &[]),
+        ("tcpbench", &[]),
         ("shm", &[]),
         ("shmtree", &[]),
         ("cowtree", &[]),
