@@ -139,14 +139,7 @@ impl Manifest {
             sid: p.sid,
             zombie: false,
         });
-        let zombies = self.zombies.iter().map(|z| Ids {
-            pid: z.pid,
-            ppid: z.ppid,
-            pgid: z.pgid,
-            sid: z.sid,
-            zombie: true,
-        });
-        live.chain(zombies).collect()
+        live.chain(self.zombies.iter().map(Ids::from)).collect()
     }
 
     /// How the restore makes the tree's groups and sessions.

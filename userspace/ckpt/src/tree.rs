@@ -195,14 +195,7 @@ impl FrozenTree {
             sid: m.stat.sid,
             zombie: false,
         });
-        let zombies = self.zombies.iter().map(|z| Ids {
-            pid: z.pid,
-            ppid: z.ppid,
-            pgid: z.pgid,
-            sid: z.sid,
-            zombie: true,
-        });
-        live.chain(zombies).collect()
+        live.chain(self.zombies.iter().map(Ids::from)).collect()
     }
 
     /// Lets every process go.
@@ -223,5 +216,17 @@ impl FrozenTree {
             }
         }
         first_error.map_or(Ok(()), Err)
+    }
+}
+
+impl From<&Zombie> for crate::groups::Ids {
+    fn from(z: &Zombie) -> crate::groups::Ids {
+        crate::groups::Ids {
+            pid: z.pid,
+            ppid: z.ppid,
+            pgid: z.pgid,
+            sid: z.sid,
+            zombie: true,
+        }
     }
 }

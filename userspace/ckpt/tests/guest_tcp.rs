@@ -88,20 +88,34 @@ fn ask(s: &mut TcpStream, reader: &mut BufReader<TcpStream>, n: u64) -> u64 {
         .unwrap_or_else(|_| panic!("reply {line:?}"))
 }
 
+/// The echo server (`tcpecho serve`) on port `port() + offset`, and a connection to it.
+fn server_and_client(
+    name: &str,
+    offset: u16,
+) -> (
+    Dir,
+    std::process::Child,
+    i32,
+    TcpStream,
+    BufReader<TcpStream>,
+) {
+    let d = Dir::new(name);
+    let port = port() + offset;
+    let p = port.to_string();
+    let (server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "serve".as_ref()]);
+    let s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let reader = BufReader::new(s.try_clone().unwrap());
+    (d, server, pid, s, reader)
+}
+
 /// A client outside the tree keeps its connection to a server checkpointed with --kill: while
 /// the server is down the network lock holds its packets back (no reset); after the restore
 /// its pending request is answered and every reply arrives exactly once.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_client_outside_keeps_its_connection_across_kill_and_restore() {
-    let d = Dir::new("tcp-outside");
-    let port = port() + 1;
-    let p = port.to_string();
-    let (mut server, pid) =
-        spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "serve".as_ref()]);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let (d, mut server, pid, mut s, mut reader) = server_and_client("tcp-outside", 1);
     for n in 1..=5 {
         assert_eq!(ask(&mut s, &mut reader, n), n);
     }
@@ -140,14 +154,7 @@ fn a_client_outside_keeps_its_connection_across_kill_and_restore() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_killed_ckpt_leaves_no_lock_behind() {
-    let d = Dir::new("tcp-killed");
-    let port = port() + 2;
-    let p = port.to_string();
-    let (mut server, pid) =
-        spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "serve".as_ref()]);
-    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let (d, mut server, pid, mut s, mut reader) = server_and_client("tcp-killed", 2);
     assert_eq!(ask(&mut s, &mut reader, 1), 1);
     let img = d.path("never.img");
     let mut c = Command::new(common::ckpt_bin())
