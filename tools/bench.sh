@@ -55,12 +55,13 @@ if [[ "${1:-}" == --in-guest ]]; then
     local port=$((30000 + RANDOM % 20000)) bprog spid cpid t0 t1 t2 t3
     bprog=$(dirname "$prog")/tcpbench
     rm -f /tmp/srv.out /tmp/cli.out /tmp/gap.out
-    setsid "$bprog" server "$port" </dev/null >/tmp/srv.out 2>&1 &
-    spid=$!
+    # Started from a subshell that exits at once (reaped by init, not this shell's jobs).
+    (setsid "$bprog" server "$port" </dev/null >/tmp/srv.out 2>&1 &)
     until grep -q ready /tmp/srv.out 2>/dev/null; do sleep 0.05; done
-    "$bprog" clients "$port" "$tcp" /tmp/gap.out </dev/null >/tmp/cli.out 2>&1 &
-    cpid=$!
+    spid=$(awk '{print $2}' /tmp/srv.out)
+    ("$bprog" clients "$port" "$tcp" /tmp/gap.out </dev/null >/tmp/cli.out 2>&1 & echo $! >/tmp/cli.pid)
     until grep -q ready /tmp/cli.out 2>/dev/null; do sleep 0.05; done
+    cpid=$(cat /tmp/cli.pid)
     sleep 0.5; kill -USR1 "$cpid"; until [[ -s /tmp/gap.out ]]; do sleep 0.02; done
     rm -f /tmp/gap.out /tmp/t.img; rm -rf /tmp/criu; mkdir -p /tmp/criu
     local ok=1
@@ -71,7 +72,7 @@ if [[ "${1:-}" == --in-guest ]]; then
       $criu dump -t "$spid" -D /tmp/criu --tcp-established --network-lock nftables -o dump.log >/dev/null 2>&1 || ok=0
     fi
     t1=$(now)
-    wait "$spid" 2>/dev/null || true
+    while ((ok)) && [[ -e /proc/$spid ]]; do sleep 0.01; done
     t2=$(now)
     if ((ok)) && [[ $1 == ckpt ]]; then
       "$ckpt" restore /tmp/t.img >/dev/null || ok=0
@@ -86,7 +87,6 @@ if [[ "${1:-}" == --in-guest ]]; then
     stall_ms=$(awk '{print $2}' /tmp/gap.out 2>/dev/null || true)
     kill -9 "$cpid" 2>/dev/null || true
     pkill -9 -f "tcpbench server $port" 2>/dev/null || true
-    wait "$cpid" 2>/dev/null || true
     if ((!ok)) || [[ -z $stall_ms ]]; then
       [[ $1 == criu ]] && { echo "criu failed:"; tail -n 5 /tmp/criu/dump.log /tmp/criu/restore.log 2>/dev/null; }
       return 1
