@@ -256,6 +256,64 @@ fn psql(dir: &Path, port: u16, sql: &str) -> String {
     ]))
 }
 
+/// A psql session over TCP (127.0.0.1:`port`), kept open: `ask` sends SQL and returns its
+/// output.
+struct PsqlSession {
+    child: Child,
+    input: std::process::ChildStdin,
+    output: std::io::BufReader<std::process::ChildStdout>,
+}
+
+impl PsqlSession {
+    fn open(port: u16) -> PsqlSession {
+        let mut child = Command::new("/usr/bin/psql")
+            .args([
+                "-X",
+                "-q",
+                "-A",
+                "-t",
+                "-P",
+                "pager=off",
+                "-v",
+                "ON_ERROR_STOP=1",
+            ])
+            .args([
+                "-h",
+                "127.0.0.1",
+                "-p",
+                &port.to_string(),
+                "-U",
+                "postgres",
+                "postgres",
+            ])
+            .stdin(Stdio::piped())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let input = child.stdin.take().unwrap();
+        let output = std::io::BufReader::new(child.stdout.take().unwrap());
+        PsqlSession {
+            child,
+            input,
+            output,
+        }
+    }
+
+    fn ask(&mut self, sql: &str) -> String {
+        writeln!(self.input, "{sql}\n\\echo END-OF-ANSWER").unwrap();
+        let mut lines = Vec::new();
+        loop {
+            let mut line = String::new();
+            let n = std::io::BufRead::read_line(&mut self.output, &mut line).unwrap();
+            assert!(n > 0, "psql ended; it said: {lines:?}");
+            if line.trim() == "END-OF-ANSWER" {
+                return lines.join("\n");
+            }
+            lines.push(line.trim_end().to_string());
+        }
+    }
+}
+
 /// PostgreSQL: the postmaster and its background processes (checkpointer, background
 /// writer, WAL writer, autovacuum and logical replication launchers) sharing 128 MiB of
 /// buffers, a SysV interlock segment, pipes and listening sockets: killed and restored, it
@@ -297,6 +355,13 @@ fn postgres_keeps_its_data_and_answers_after_kill_and_restore() {
         port,
         "create table t(x int); insert into t values (1),(2),(3);",
     );
+    // A client connected over TCP, in the middle of a transaction: its backend is a process
+    // of the tree, the client is not.
+    let mut session = PsqlSession::open(port);
+    assert_eq!(
+        session.ask("begin; insert into t values (100); select count(*) from t;"),
+        "4"
+    );
     let img = d.path("pg.img");
     let pids = checkpoint_kill(&mut pg, &img);
     assert!(
@@ -314,6 +379,13 @@ fn postgres_keeps_its_data_and_answers_after_kill_and_restore() {
         ),
         "INSERT 0 1\n10"
     );
+    // The session goes on over the same connection and commits its transaction.
+    assert_eq!(
+        session.ask("insert into t values (200); commit; select sum(x) from t;"),
+        "310"
+    );
+    drop(session.input);
+    let _ = session.child.wait();
     // A fast shutdown, as asked, by the restored postmaster and all its processes.
     unsafe { libc::kill(restored, libc::SIGINT) };
     wait_for("postgres shuts down", || pids.iter().all(|&p| gone(p)));
