@@ -226,8 +226,10 @@ pub fn dump(frozen: &Frozen, to_virtual: impl Fn(i32) -> i32) -> Result<Timers, 
     let unsupported = |why: String| CheckpointError::Unsupported { pid, why };
     let text = std::fs::read_to_string(format!("/proc/{pid}/timers"))
         .map_err(checkpoint_io(pid, "reading /proc/PID/timers"))?;
-    let listed = parse_listing(&text)
+    let mut listed = parse_listing(&text)
         .ok_or_else(|| unsupported(format!("/proc/{pid}/timers is not understood: {text:?}")))?;
+    // /proc lists the newest first; the image keeps them by id.
+    listed.sort_by_key(|l| l.id);
     for l in &listed {
         if !CLOCKS.contains(&l.clock) {
             return Err(unsupported(format!(
