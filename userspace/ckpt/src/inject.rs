@@ -169,11 +169,12 @@ impl Borrowed {
         if seccomp {
             options |= libc::PTRACE_O_SUSPEND_SECCOMP;
         }
-        sys::ptrace_set_options_raw(tid, options).map_err(|e| {
-            io::Error::new(
+        sys::ptrace_set_options_raw(tid, options).map_err(|e| match seccomp {
+            true => io::Error::new(
                 e.kind(),
                 format!("suspending its seccomp filter for ckpt's calls: {e}"),
-            )
+            ),
+            false => e,
         })?;
         Ok(Borrowed {
             inj,
