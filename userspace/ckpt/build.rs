@@ -32,6 +32,7 @@ fn main() {
         ("forker", &[]),
         ("tree", &[]),
         ("unix_socks", &[]),
+        ("timers", &["-pthread"]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

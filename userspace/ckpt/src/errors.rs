@@ -36,6 +36,8 @@ pub enum CheckpointError {
     },
     #[error("cannot checkpoint the process tree: {0}")]
     Tree(String),
+    #[error("cannot checkpoint process {pid}: {why}")]
+    Unsupported { pid: i32, why: String },
     #[error("process {pid}: {what}: {source}")]
     Io {
         pid: i32,

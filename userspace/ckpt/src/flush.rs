@@ -186,7 +186,7 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
 /// state, and a new interrupt stop to be in, so that the kernel's own restart handling applies
 /// when it is let go, as if nothing had happened (a sleep restarts with its remaining time).
 /// Held signals are queued again.
-fn put_back(
+pub(crate) fn put_back(
     tid: i32,
     saved: &libc::user_regs_struct,
     xstate: &[u8],

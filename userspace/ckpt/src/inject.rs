@@ -60,18 +60,34 @@ impl Injector {
     /// Runs syscall `nr` with `args` in thread `tid` (which must be in a ptrace stop) and
     /// returns its result (negative: -errno). Returns also the new tid reported by a
     /// PTRACE_EVENT_CLONE on the way, if any. The thread is left at the syscall-exit stop.
+    /// A signal the thread would take on the way is suppressed (a restored process has all
+    /// of them blocked until it is let go).
     pub fn syscall(&self, tid: i32, nr: i64, args: [u64; 6]) -> io::Result<(i64, Option<i32>)> {
-        let mut regs = ptrace::getregs(Pid::from_raw(tid))?;
+        self.run(tid, nr, args, None)
+    }
+
+    /// `syscall`, for a live process: the signals the thread takes on the way are kept in
+    /// `held` with their siginfo (for the caller to queue again), not lost.
+    fn run(
+        &self,
+        tid: i32,
+        nr: i64,
+        args: [u64; 6],
+        mut held: Option<&mut Vec<libc::siginfo_t>>,
+    ) -> io::Result<(i64, Option<i32>)> {
+        let t = Pid::from_raw(tid);
+        let mut regs = ptrace::getregs(t)?;
         regs.rip = self.gadget;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
             (args[0], args[1], args[2], args[3], args[4], args[5]);
-        ptrace::setregs(Pid::from_raw(tid), regs)?;
+        ptrace::setregs(t, regs)?;
         let mut syscall_stops = 0;
         let mut new_tid = None;
-        for _ in 0..16 {
-            ptrace::syscall(Pid::from_raw(tid), None)?;
+        // Bounded: each pending signal costs a stop (real-time ones queue).
+        for _ in 0..4096 {
+            ptrace::syscall(t, None)?;
             let status = sys::waitpid(tid, libc::__WALL)?;
             if !libc::WIFSTOPPED(status) {
                 return Err(io::Error::other(format!(
@@ -79,14 +95,19 @@ impl Injector {
                 )));
             }
             if status >> 16 == libc::PTRACE_EVENT_CLONE {
-                new_tid = Some(ptrace::getevent(Pid::from_raw(tid))? as i32);
+                new_tid = Some(ptrace::getevent(t)? as i32);
                 continue;
             }
             if libc::WSTOPSIG(status) == (libc::SIGTRAP | 0x80) {
                 syscall_stops += 1;
                 if syscall_stops == 2 {
-                    let regs = ptrace::getregs(Pid::from_raw(tid))?;
+                    let regs = ptrace::getregs(t)?;
                     return Ok((regs.rax as i64, new_tid));
+                }
+            } else if status >> 16 == 0 {
+                // A signal-delivery stop: resuming with no signal suppresses it.
+                if let Some(held) = held.as_deref_mut() {
+                    held.push(ptrace::getsiginfo(t)?);
                 }
             }
         }
@@ -105,5 +126,120 @@ impl Injector {
         let mut buf = vec![0u8; len];
         mem.read_exact_at(&mut buf, addr)?;
         Ok(buf)
+    }
+}
+
+/// A frozen thread of a live process, lent to ckpt at checkpoint to run system calls that
+/// read state only the process itself can ask for (its timers). Taken, it has its registers,
+/// FPU state and the stack memory the arguments use saved; given back, all of that is put
+/// back and the thread re-enters an interrupt stop (`flush::put_back`), so that the kernel's
+/// restart handling applies when it is let go, as if nothing had happened. Signals it takes
+/// meanwhile are queued again as they came (siginfo kept when the kernel allows it). A
+/// process with a seccomp filter has it suspended for the thread while lent: an injected
+/// call must not be judged (or killed) by it.
+pub struct Borrowed {
+    inj: Injector,
+    tid: i32,
+    regs: libc::user_regs_struct,
+    xstate: Vec<u8>,
+    /// Argument memory below the thread's stack pointer (below the red zone), and what was
+    /// there.
+    scratch: u64,
+    saved: Vec<u8>,
+    /// Signals pending for the whole process before: those taken are queued to it again.
+    shared_before: u64,
+    held: Vec<libc::siginfo_t>,
+    returned: bool,
+}
+
+/// Bytes of argument memory a borrowed thread offers.
+pub const SCRATCH_LEN: usize = 256;
+
+impl Borrowed {
+    /// Borrows thread `tid` of `pid`, which must be at the interrupt stop of a freeze.
+    pub fn take(pid: i32, tid: i32) -> io::Result<Borrowed> {
+        let inj = Injector::find(pid)?;
+        let regs = ptrace::getregs(Pid::from_raw(tid))?;
+        let xstate = sys::ptrace_get_xstate(tid)?;
+        let scratch = (regs.rsp.wrapping_sub(1024) & !15).wrapping_sub(SCRATCH_LEN as u64);
+        let saved = inj.peek(scratch, SCRATCH_LEN)?;
+        let (_, shared_before) = proc::pending_signals(pid)?;
+        let seccomp = proc::status_field(pid, "Seccomp").is_ok_and(|v| v.trim() != "0");
+        let mut options = libc::PTRACE_O_TRACESYSGOOD;
+        if seccomp {
+            options |= libc::PTRACE_O_SUSPEND_SECCOMP;
+        }
+        sys::ptrace_set_options_raw(tid, options).map_err(|e| match seccomp {
+            true => io::Error::new(
+                e.kind(),
+                format!("suspending its seccomp filter for ckpt's calls: {e}"),
+            ),
+            false => e,
+        })?;
+        Ok(Borrowed {
+            inj,
+            tid,
+            regs,
+            xstate,
+            scratch,
+            saved,
+            shared_before,
+            held: Vec::new(),
+            returned: false,
+        })
+    }
+
+    /// Where arguments may go: `SCRATCH_LEN` bytes.
+    pub fn scratch(&self) -> u64 {
+        self.scratch
+    }
+
+    pub fn poke(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        self.inj.poke(addr, data)
+    }
+
+    pub fn peek(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        self.inj.peek(addr, len)
+    }
+
+    /// Runs syscall `nr` in the thread; its result (negative: -errno).
+    pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
+        let (r, _) = self.inj.run(self.tid, nr, args, Some(&mut self.held))?;
+        Ok(r)
+    }
+
+    /// Puts everything back (see the type's comment).
+    pub fn give_back(mut self) -> io::Result<()> {
+        self.put_back()
+    }
+
+    fn put_back(&mut self) -> io::Result<()> {
+        self.returned = true;
+        let tid = self.tid;
+        self.inj.poke(self.scratch, &self.saved)?;
+        sys::ptrace_set_options_raw(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+        crate::flush::put_back(tid, &self.regs, &self.xstate, &mut Vec::new())?;
+        for info in self.held.drain(..) {
+            let sig = info.si_signo;
+            let to_process = sig > 0 && sig <= 64 && self.shared_before & (1 << (sig - 1)) != 0;
+            let thread = (!to_process).then_some(tid);
+            let pid = self.inj.pid;
+            if sys::sigqueueinfo(pid, thread, sig, &info).is_err() {
+                // Made by the kernel or by kill: the kernel will not take its siginfo back.
+                let _ = match thread {
+                    Some(tid) => sys::tgkill(pid, tid, sig),
+                    None => sys::kill(pid, sig),
+                };
+            }
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Borrowed {
+    fn drop(&mut self) {
+        if !self.returned {
+            let _ = self.put_back();
+        }
     }
 }

@@ -42,6 +42,9 @@ pub fn summary(img: &Image) -> String {
             let _ = writeln!(out, "    {fd}: {what}");
         }
         let _ = writeln!(out, "  signal handlers: {}", p.sigactions.len());
+        for t in p.timers.describe() {
+            let _ = writeln!(out, "  {t}");
+        }
     }
     sysv_text(&mut out, &img.manifest.shared);
     if let Some(s) = &img.manifest.stats {

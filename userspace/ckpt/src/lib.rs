@@ -21,6 +21,7 @@ pub mod shmem;
 pub mod signals;
 pub mod sysv;
 pub mod thread;
+pub mod timers;
 pub mod tree;
 pub mod vdso;
 

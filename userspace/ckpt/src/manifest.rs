@@ -11,6 +11,7 @@ use crate::memory::Memory;
 use crate::signals::SigAction;
 use crate::stats::Stats;
 use crate::thread::Thread;
+use crate::timers::Timers;
 use crate::tree::Zombie;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeSet;
@@ -72,6 +73,9 @@ pub struct Process {
     /// The controlling terminal of the session it leads, when that is a pty of the tree.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ctty: Option<crate::fds::Ctty>,
+    /// POSIX timers and itimers.
+    #[serde(default, skip_serializing_if = "Timers::is_empty")]
+    pub timers: Timers,
 }
 
 impl Validate for Manifest {
@@ -170,6 +174,8 @@ impl Process {
         if let Some(i) = &self.interceptor {
             i.validate()?;
         }
+        let tids: Vec<i32> = self.threads.iter().map(|t| t.tid).collect();
+        self.timers.validate(&tids)?;
         let ctty_ok = self.ctty.is_none_or(|c| {
             self.sid == self.pid && shared.ptys.get(c.pty).is_some_and(|p| p.termios.is_some())
         });
@@ -257,6 +263,7 @@ mod tests {
             shared_pending: 0,
             interceptor: None,
             ctty: None,
+            timers: Timers::default(),
         }
     }
 

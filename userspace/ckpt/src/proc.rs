@@ -155,6 +155,15 @@ pub fn umask(pid: i32) -> io::Result<u32> {
         .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, "no Umask in status"))
 }
 
+/// The value of field `name` ("Seccomp", ...) of /proc/PID/status.
+pub fn status_field(pid: i32, name: &str) -> io::Result<String> {
+    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    text.lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+        .map(|v| v.trim().to_owned())
+        .ok_or_else(|| io::Error::new(io::ErrorKind::InvalidData, format!("no {name} in status")))
+}
+
 /// (SigPnd, ShdPnd) of /proc/PID/status: signals pending for the thread and the process.
 pub fn pending_signals(pid: i32) -> io::Result<(u64, u64)> {
     let text = fs::read_to_string(format!("/proc/{pid}/status"))?;

@@ -541,3 +541,75 @@ fn tmux_panes_go_on_after_kill_and_restore() {
     tmux(&sock, &["kill-server"]);
     wait_for("tmux quits as asked", || gone(server));
 }
+
+/// Python's signal.setitimer (ITIMER_REAL every 100 ms, a handler counting): the count goes
+/// on at its rate after --kill and restore, and Python still reads its interval back.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn python_setitimer_ticks_on_after_kill_and_restore() {
+    let d = Dir::new("real-python-itimer");
+    let script = d.path("tick.py");
+    std::fs::write(
+        &script,
+        "import signal, sys, time\n\
+         n = 0\n\
+         def tick(sig, frame):\n\
+         \x20   global n\n\
+         \x20   n += 1\n\
+         signal.signal(signal.SIGALRM, tick)\n\
+         signal.setitimer(signal.ITIMER_REAL, 0.1, 0.1)\n\
+         out = open(sys.argv[1], 'a', buffering=1)\n\
+         while True:\n\
+         \x20   time.sleep(0.2)\n\
+         \x20   out.write('%d %d %s\\n' % (time.monotonic_ns() // 1000000, n,\n\
+         \x20             signal.getitimer(signal.ITIMER_REAL)[1]))\n",
+    )
+    .unwrap();
+    let out = d.path("ticks");
+    let mut py = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // (time ms, ticks, interval) per line after byte `from`.
+    let lines = |from: usize| -> Vec<(i64, i64, String)> {
+        let text = std::fs::read_to_string(&out).unwrap_or_default();
+        text.get(from..)
+            .unwrap_or("")
+            .lines()
+            .filter_map(|l| {
+                let mut w = l.split_whitespace();
+                let t = w.next()?.parse().ok()?;
+                let n = w.next()?.parse().ok()?;
+                Some((t, n, w.next()?.to_owned()))
+            })
+            .collect()
+    };
+    wait_for("python ticks", || lines(0).last().is_some_and(|l| l.1 >= 5));
+    let img = d.path("python.img");
+    checkpoint_kill(&mut py, &img);
+    let before = lines(0).last().cloned().unwrap();
+    let from = std::fs::metadata(&out).unwrap().len() as usize;
+    let pid = restore_root(&img);
+    wait_for("python ticks for 2 s after the restore", || {
+        let l = lines(from);
+        l.len() >= 2 && l[l.len() - 1].0 - l[0].0 >= 2000
+    });
+    let l = lines(from);
+    let (first, last) = (&l[0], &l[l.len() - 1]);
+    assert!(
+        first.1 >= before.1,
+        "the count went back: {before:?} then {first:?}"
+    );
+    let (dt, dn) = (last.0 - first.0, last.1 - first.1);
+    assert!(
+        dn * 2 >= dt / 100 - 2 && dn <= dt / 100 + dt / 500 + 2,
+        "{dn} ticks in {dt} ms, one every 100 ms expected"
+    );
+    assert_eq!(last.2, "0.1", "the interval Python reads back");
+    // SAFETY: ending the restored process (init reaps it: `ckpt restore` has exited).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("python gone", || gone(pid));
+}

@@ -1061,3 +1061,268 @@ fn unix_sockets_with_a_peer_outside_or_fds_in_flight_are_refused() {
     let _ = holder.wait();
     drop(d);
 }
+
+/// CLOCK_MONOTONIC in milliseconds, as tests/progs/timers.c reports it.
+fn mono_ms() -> i64 {
+    let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();
+    t.tv_sec() * 1000 + t.tv_nsec() / 1_000_000
+}
+
+/// The "st" lines of tests/progs/timers.c after byte `from`: their numeric fields.
+fn timer_lines(out: &Path, from: usize) -> Vec<std::collections::BTreeMap<String, i64>> {
+    text_after(out, from)
+        .lines()
+        .filter_map(|l| l.strip_prefix("st "))
+        .map(|l| {
+            l.split_whitespace()
+                .filter_map(|w| w.split_once('='))
+                .filter_map(|(k, v)| Some((k.to_owned(), v.parse().ok()?)))
+                .collect()
+        })
+        .collect()
+}
+
+/// Waits until a status line of timers.c after byte `from` satisfies `cond`; returns it.
+fn wait_timer_line(
+    out: &Path,
+    from: usize,
+    what: &str,
+    cond: impl Fn(&std::collections::BTreeMap<String, i64>) -> bool,
+) -> std::collections::BTreeMap<String, i64> {
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if let Some(l) = timer_lines(out, from).into_iter().find(|l| cond(l)) {
+            return l;
+        }
+        assert!(Instant::now() < deadline, "never: {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+/// A count that goes up every `period_ms` went up at that rate between two status lines
+/// (fewer only by a slow guest's coalesced expirations, never more).
+fn check_rate(
+    name: &str,
+    first: &std::collections::BTreeMap<String, i64>,
+    last: &std::collections::BTreeMap<String, i64>,
+    period_ms: i64,
+) {
+    let (dt, dn) = (last["t"] - first["t"], last[name] - first[name]);
+    let expected = dt / period_ms;
+    assert!(
+        dn * 2 >= expected - 2 && dn <= expected + expected / 5 + 2,
+        "{name}: {dn} expirations in {dt} ms, every {period_ms} ms expected"
+    );
+}
+
+/// `at` (ms, CLOCK_MONOTONIC) is when a timer armed between `t0` and `t1` with `left_ms` to
+/// go fires, give or take what a slow guest adds.
+fn fired_on_time(what: &str, at: i64, (t0, t1): (i64, i64), left_ms: i64) {
+    assert!(
+        at >= t0 + left_ms - 50 && at <= t1 + left_ms + 1500,
+        "{what} fired at {at}, expected {left_ms} ms after the restore ({t0}..{t1})"
+    );
+}
+
+/// POSIX timers (periodic with a value, one-shot, to a thread, SIGEV_NONE), ITIMER_REAL and
+/// ITIMER_PROF, and a child's alarm, through a checkpoint with --kill, a pause, a restore
+/// and a live checkpoint: same ids, counts go on at their rates, the time left is what was
+/// left at the checkpoint (the pause does not count), the one-shot timers fire once on time.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn posix_timers_itimers_and_alarm_go_on_after_kill_and_restore() {
+    let (_m, d, out, img) = begin("timers", false);
+    let (mut child, pid) = common::spawn_ready("timers", &[out.as_os_str()]);
+    let before = wait_timer_line(&out, 0, "5 ticks of timer A", |l| l["a"] >= 5);
+    assert_eq!((before["abad"], before["cbad"], before["err"]), (0, 0, 0));
+    let listing = |pid: i32| std::fs::read_to_string(format!("/proc/{pid}/timers")).unwrap();
+    let proc_before = listing(pid);
+    let kid_pid: i32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    child.wait().unwrap();
+    // Killed with its parent, it is ours to reap (we are a subreaper).
+    kill_and_reap(kid_pid);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let last_before = timer_lines(&out, 0).pop().unwrap();
+    assert_eq!(last_before["bn"], 0, "B fired before the checkpoint");
+
+    // The image: every timer with its settings and the time left.
+    let (p, kid) = (&image.manifest.processes[0], &image.manifest.processes[1]);
+    let t = &p.timers.posix;
+    assert_eq!(t.iter().map(|t| t.id).collect::<Vec<_>>(), [0, 1, 2, 3]);
+    assert_eq!(
+        (t[0].notify, t[0].signo, t[0].value & 0xffff_ffff),
+        (0, 10, 0x1234)
+    );
+    assert_eq!(t[0].interval_ns, 100_000_000);
+    assert!(t[1].value_ns > 0 && t[1].value_ns < 8_000_000_000 && t[1].interval_ns == 0);
+    assert_eq!((t[2].notify, t[2].thread), (4, Some(p.threads[1].tid)));
+    assert_eq!(
+        (t[2].value & 0xffff_ffff, t[2].interval_ns),
+        (0x5678, 200_000_000)
+    );
+    assert_eq!(t[3].notify, 1);
+    assert!(t[3].value_ns > 990_000_000_000);
+    let real = p.timers.real.expect("ITIMER_REAL");
+    assert_eq!(real.interval_us, 150_000);
+    let prof = p.timers.prof.expect("ITIMER_PROF");
+    assert!(prof.value_us > 400_000_000 && prof.value_us <= 500_100_000 && prof.interval_us == 0);
+    assert!(p.timers.virt.is_none());
+    let alarm = kid.timers.real.expect("the child's alarm");
+    assert!(alarm.value_us > 0 && alarm.value_us < 9_000_000 && alarm.interval_us == 0);
+    assert!(kid.timers.posix.is_empty());
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(
+        summary.contains("POSIX timer 2 (clock 1, signal 36 to thread"),
+        "{summary}"
+    );
+    assert!(summary.contains("itimer real: fires in"), "{summary}");
+
+    // Down for a while: that time must not count.
+    std::thread::sleep(Duration::from_millis(1500));
+    let from = file_len(&out);
+    let t0 = mono_ms();
+    assert_eq!(restore_root(&img), pid);
+    let t1 = mono_ms();
+    assert_eq!(
+        listing(pid),
+        proc_before,
+        "/proc/PID/timers after the restore"
+    );
+
+    let first = wait_timer_line(&out, from, "a line", |_| true);
+    let ms = |ns: u64| (ns / 1_000_000) as i64;
+    // The time left just after the restore: what the image had, less the time since it was
+    // armed (between t0 and t1).
+    for (name, left) in [("bleft", ms(t[1].value_ns)), ("dleft", ms(t[3].value_ns))] {
+        let (lo, hi) = (left - (first["t"] - t0) - 20, left - (first["t"] - t1) + 20);
+        assert!(
+            first[name] >= lo && first[name] <= hi,
+            "{name} {} after the restore, expected {lo}..{hi}",
+            first[name]
+        );
+    }
+    assert!(first["a"] >= last_before["a"] && first["alrm"] >= last_before["alrm"]);
+    let last = wait_timer_line(&out, from, "2.5 s after the restore", |l| {
+        l["t"] >= t1 + 2500
+    });
+    check_rate("a", &first, &last, 100);
+    check_rate("c", &first, &last, 200);
+    check_rate("alrm", &first, &last, 150);
+    assert_eq!((last["abad"], last["cbad"], last["err"]), (0, 0, 0));
+    assert!(last["profleft"] > 0 && last["profleft"] <= ms(prof.value_us * 1000) + 10);
+
+    // The one-shots: B once, on time; the child's alarm, on time.
+    let fired = wait_timer_line(&out, from, "B fires", |l| l["bn"] > 0);
+    fired_on_time("B", fired["b"], (t0, t1), ms(t[1].value_ns));
+    wait_text(&out, from, "child-alarm ");
+    let text = text_after(&out, from);
+    let alarm_at: i64 = text
+        .lines()
+        .find_map(|l| l.strip_prefix("child-alarm "))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap();
+    fired_on_time(
+        "the child's alarm",
+        alarm_at,
+        (t0, t1),
+        ms(alarm.value_us * 1000),
+    );
+
+    // A checkpoint of the live process changes nothing for it: its timers' signals taken
+    // while lending a thread come back as they were (si_code SI_TIMER, value, id).
+    let from2 = file_len(&out);
+    let live = wait_timer_line(&out, from2, "a line", |_| true);
+    let img2 = d.path("img2");
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img2.to_str().unwrap(),
+    ]));
+    let t2 = mono_ms();
+    let after = wait_timer_line(&out, from2, "2 s after", |l| l["t"] >= t2 + 2000);
+    assert_eq!(
+        (
+            after["abad"],
+            after["cbad"],
+            after["err"],
+            after["aother"],
+            after["bn"]
+        ),
+        (0, 0, 0, live["aother"], 1)
+    );
+    check_rate("a", &live, &after, 100);
+    assert_eq!(listing(pid), proc_before);
+    let again = ckpt::manifest::Image::open(&img2).unwrap();
+    assert_eq!(again.manifest.processes[0].timers.posix.len(), 4);
+    kill_and_reap(pid);
+    kill_and_reap(kid.pid);
+}
+
+/// Reading timers at checkpoint lends a frozen thread to injected calls. A signal pending for
+/// the process while frozen is taken on the way and must come back as it was (sigqueue's si_code and
+/// value), the thread's registers untouched.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_thread_lent_at_checkpoint_gives_its_signals_back() {
+    use nix::sys::ptrace;
+    use nix::unistd::Pid;
+    let (_m, _d, out, _img) = begin("lend", false);
+    let (mut child, pid) = common::spawn_ready("timers", &[out.as_os_str()]);
+    wait_timer_line(&out, 0, "3 ticks of timer A", |l| l["a"] >= 3);
+    let frozen = ckpt::freeze::Frozen::freeze(pid).unwrap();
+    // A real-time signal (they queue: a timer's pending SIGUSR1 would swallow a second one).
+    let sig = libc::SIGRTMIN() + 3;
+    // SAFETY: sigqueue to our child with a plain value.
+    let sent = unsafe {
+        libc::sigqueue(
+            pid,
+            sig,
+            libc::sigval {
+                sival_ptr: 0x1234 as *mut _,
+            },
+        )
+    };
+    assert_eq!(sent, 0);
+    let bit = 1u64 << (sig - 1);
+    let shared = || ckpt::proc::pending_signals(pid).unwrap().1;
+    assert_ne!(shared() & bit, 0);
+    let regs = |tid: i32| {
+        let r = ptrace::getregs(Pid::from_raw(tid)).unwrap();
+        (
+            r.rip, r.rsp, r.rax, r.orig_rax, r.rcx, r.r11, r.rdi, r.eflags,
+        )
+    };
+    let before: Vec<_> = frozen.tids.iter().map(|&t| regs(t)).collect();
+    let timers = ckpt::timers::dump(&frozen, |t| t).unwrap();
+    assert_eq!(timers.posix.len(), 4);
+    let after: Vec<_> = frozen.tids.iter().map(|&t| regs(t)).collect();
+    assert_eq!(before, after, "registers of the lent thread");
+    assert_ne!(
+        shared() & bit,
+        0,
+        "the signal is pending again, for the process"
+    );
+    frozen.release().unwrap();
+    let l = wait_timer_line(&out, 0, "the queued signal", |l| l["q"] + l["qbad"] > 0);
+    assert_eq!((l["q"], l["qbad"], l["abad"]), (1, 0, 0));
+    let kid: i32 = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap()
+        .trim()
+        .parse()
+        .unwrap();
+    let _ = child.kill();
+    let _ = child.wait();
+    kill_and_reap(kid);
+}

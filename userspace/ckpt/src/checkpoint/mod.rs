@@ -287,6 +287,9 @@ impl Dump<'_> {
         // Ids as the application sees them (they differ from the kernel's after a restore that
         // could not get the original ones back).
         let to_virtual = |k: i32| prepared.map_or(k, |p| p.ready.to_virtual(k));
+        // First: reading them lends a thread, which is then put back exactly as it was (its
+        // registers, FPU state and pending signals, captured below).
+        let timers = crate::timers::dump(frozen, to_virtual)?;
         let captured = frozen
             .tids
             .iter()
@@ -344,6 +347,7 @@ impl Dump<'_> {
             shared_pending,
             interceptor: prepared.map(Prepared::state),
             ctty: None,
+            timers,
         })
     }
 }

@@ -484,6 +484,16 @@ fn finish_threads(
         ic.restore_ids(&inj, &p.threads, &seen)
             .map_err(restore_io("filling the interceptor's id table"))?;
     }
+    // Armed as late as possible, but before the credentials drop (alarm clocks need
+    // CAP_WAKE_ALARM); a timer firing now leaves its signal pending until the process runs.
+    if !p.timers.is_empty() {
+        let image_tids: Vec<i32> = p.threads.iter().map(|t| t.tid).collect();
+        let seen: Vec<i32> = tids
+            .iter()
+            .map(|&t| crate::proc::tid_seen_inside(pid, t))
+            .collect();
+        crate::timers::restore(&inj, pid, &p.timers, (&image_tids, &seen), scratch)?;
+    }
     let creds: Vec<crate::creds::ThreadCreds> = p
         .threads
         .iter()

@@ -81,3 +81,10 @@ pub fn ptrace_get_rseq(pid: i32) -> io::Result<RseqConfiguration> {
     )?;
     Ok(conf)
 }
+
+/// PTRACE_SETOPTIONS with PTRACE_O_SUSPEND_SECCOMP, which nix's `Options` lacks: a syscall
+/// ckpt injects into a process with a seccomp filter must not be judged by it (CRIU does the
+/// same). Needs CAP_SYS_ADMIN.
+pub fn ptrace_set_options_raw(pid: i32, options: libc::c_int) -> io::Result<()> {
+    ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
+}

@@ -48,3 +48,24 @@ pub fn sigaltstack(sp: u64, size: u64, flags: u32) -> io::Result<()> {
     // SAFETY: `ss` is valid; the kernel only stores it.
     check_int(unsafe { libc::sigaltstack(&ss, std::ptr::null_mut()) }).map(drop)
 }
+
+/// Queues signal `sig` with the siginfo `info` to process `pid` (rt_sigqueueinfo) or, with
+/// `tid`, to that thread (rt_tgsigqueueinfo): a signal taken from a stopped thread goes back
+/// as it came (a timer's si_code, id and value). nix has neither call. The kernel refuses
+/// (EPERM) siginfo it made itself or a kill made (si_code >= 0, SI_TKILL).
+pub fn sigqueueinfo(
+    pid: i32,
+    tid: Option<i32>,
+    sig: i32,
+    info: &libc::siginfo_t,
+) -> io::Result<()> {
+    let info = info as *const libc::siginfo_t;
+    // SAFETY: `info` is a whole siginfo_t the kernel only reads.
+    check(unsafe {
+        match tid {
+            Some(tid) => libc::syscall(libc::SYS_rt_tgsigqueueinfo, pid, tid, sig, info),
+            None => libc::syscall(libc::SYS_rt_sigqueueinfo, pid, sig, info),
+        }
+    })
+    .map(drop)
+}
