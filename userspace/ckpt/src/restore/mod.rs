@@ -222,9 +222,10 @@ impl Launched<'_> {
         for &pid in self.kernel.iter().chain(&self.roots).filter(|&&p| p > 0) {
             let _ = sys::kill(pid, libc::SIGKILL);
         }
-        for &pid in &self.roots {
-            let _ = sys::waitpid(pid, 0);
-        }
+        // Every child and tracee until none is left: the killed tracees first of all, since
+        // only their tracer may reap them, and a pid namespace's init, when it dies, waits
+        // for every process of its namespace to be reaped.
+        while sys::waitpid(-1, libc::__WALL).is_ok() {}
         e
     }
 
