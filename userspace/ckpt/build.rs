@@ -29,6 +29,7 @@ fn main() {
         ("dropper", &[]),
         ("forker", &[]),
         ("tree", &[]),
+        ("locks", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

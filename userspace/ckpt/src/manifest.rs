@@ -201,6 +201,7 @@ mod tests {
                         }),
                     },
                 ],
+                locks: vec![],
             },
             threads: vec![Thread {
                 tid: 42,

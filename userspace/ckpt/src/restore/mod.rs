@@ -416,6 +416,9 @@ fn finish_threads(
         [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
     )?;
     crate::signals::discard_pending(&inj, pid, scratch)?;
+    // POSIX locks belong to the process's fd table: taken by the process itself, now that the
+    // module has closed the restorer's working fds (closing a file's fd drops them).
+    crate::fds::locks::take_posix(&inj, pid, &p.files, scratch)?;
     p.attrs.restore_exe(&inj, pid, scratch);
     if let Some(ic) = &p.interceptor {
         // The ids the process sees (inside a new pid namespace, not ours).
