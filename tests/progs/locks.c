@@ -4,7 +4,8 @@
  *   20 ms); the child creates DIR/child-locked once it holds the byte.
  * ofd: takes OFD locks on DIR/file, bytes 0-99 for reading and 200 to EOF for writing, then
  *   forks a child that runs `flock DIR/flocked sleep 1000` (util-linux): the child, flock and
- *   sleep share the OFD locks' open file; flock and sleep share the flock. */
+ *   sleep share the OFD locks' open file; flock and sleep share the flock.
+ * lease: takes a read lease on DIR/file (F_SETLEASE), waits. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <stdio.h>
@@ -83,12 +84,26 @@ static void ofd(const char *dir, int fd)
 		pause();
 }
 
+static void lease(const char *path)
+{
+	/* A read lease: nobody, this process included, may have the file open for writing. */
+	int fd = open(path, O_CREAT | O_RDONLY, 0644);
+	if (fd < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) < 0)
+		die("F_SETLEASE");
+	printf("ready %d\n", (int)getpid());
+	fflush(stdout);
+	for (;;)
+		pause();
+}
+
 int main(int argc, char **argv)
 {
 	char path[4096];
 	if (argc != 3)
 		return 2;
 	snprintf(path, sizeof path, "%s/file", argv[2]);
+	if (strcmp(argv[1], "lease") == 0)
+		lease(path);
 	int fd = open(path, O_CREAT | O_RDWR, 0644);
 	if (fd < 0)
 		die("open");
