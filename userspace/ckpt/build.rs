@@ -33,6 +33,7 @@ fn main() {
         ("tree", &[]),
         ("unix_socks", &[]),
         ("timers", &["-pthread"]),
+        ("locks", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

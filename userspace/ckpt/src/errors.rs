@@ -88,6 +88,10 @@ pub enum RestoreError {
     Tree(String),
     #[error("the module refused the restore: {0}")]
     Ioctl(std::io::Error),
+    /// A file lock the image holds could not be taken again (the text names the file and
+    /// the holder).
+    #[error("{0}")]
+    Lock(String),
     #[error("giving thread {tid} its credentials back: {what}: {source}")]
     Creds {
         tid: i32,

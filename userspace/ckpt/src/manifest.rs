@@ -244,6 +244,7 @@ mod tests {
                         }),
                     },
                 ],
+                locks: vec![],
             },
             threads: vec![Thread {
                 tid: 42,

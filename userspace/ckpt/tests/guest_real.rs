@@ -613,3 +613,84 @@ fn python_setitimer_ticks_on_after_kill_and_restore() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("python gone", || gone(pid));
 }
+
+/// Runs `sqlite3 DB ARGS...` (each argument a statement or dot-command, run in order in one
+/// session).
+fn sqlite3(db: &Path, args: &[&str]) -> std::process::Output {
+    Command::new("sqlite3").arg(db).args(args).output().unwrap()
+}
+
+/// The POSIX write locks /proc/locks shows on `path`, by holder pid.
+fn posix_write_locks(path: &Path) -> Vec<i32> {
+    use std::os::unix::fs::MetadataExt;
+    let ino = std::fs::metadata(path).map(|m| m.ino()).unwrap_or(0);
+    let text = std::fs::read_to_string("/proc/locks").unwrap();
+    text.lines()
+        .filter_map(|l| {
+            let w: Vec<&str> = l.split_whitespace().collect();
+            let [_, "POSIX", _, "WRITE", pid, inode, ..] = w[..] else {
+                return None;
+            };
+            (inode.rsplit(':').next()? == ino.to_string()).then(|| pid.parse().ok())?
+        })
+        .collect()
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn sqlite3_keeps_its_open_write_transaction_after_kill_and_restore() {
+    // WAL mode: the writer's locks are POSIX locks on DB-shm, a file it also maps (the
+    // restorer's fds of mapped files are closed by the restore ioctl: the locks must come
+    // after it).
+    let d = Dir::new("real-sqlite3");
+    let (db, shm) = (d.path("db"), d.path("db-shm"));
+    let setup = [
+        "PRAGMA journal_mode=WAL",
+        "CREATE TABLE t(x)",
+        "INSERT INTO t VALUES(1)",
+    ];
+    assert!(sqlite3(&db, &setup).status.success());
+    let steps = [
+        "BEGIN IMMEDIATE",
+        "INSERT INTO t VALUES(2)",
+        ".shell exec sleep 1000",
+        "COMMIT",
+    ];
+    let mut writer = Command::new("sqlite3")
+        .arg(&db)
+        .args(steps)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = writer.id() as i32;
+    wait_for("the transaction is open (the writer runs sleep)", || {
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+            .is_ok_and(|c| !c.trim().is_empty())
+            && posix_write_locks(&shm).contains(&pid)
+    });
+    let locked = |what: &str| {
+        let out = sqlite3(&db, &["INSERT INTO t VALUES(3)"]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success() && err.contains("locked"),
+            "{what}: {err}"
+        );
+    };
+    locked("before the checkpoint");
+    let img = d.path("sqlite3.img");
+    let pids = checkpoint_kill(&mut writer, &img);
+    assert_eq!(restore_root(&img), pid);
+    assert!(
+        posix_write_locks(&shm).contains(&pid),
+        "the write lock is back"
+    );
+    locked("after the restore");
+    // The sleep ends: the writer commits its transaction and exits.
+    let sleep = pids.iter().copied().find(|&p| p != pid).unwrap();
+    unsafe { libc::kill(sleep, libc::SIGKILL) };
+    wait_for("the writer commits and exits", || gone(pid));
+    let rows = sqlite3(&db, &["SELECT x FROM t"]);
+    assert_eq!(String::from_utf8_lossy(&rows.stdout), "1\n2\n");
+    assert!(sqlite3(&db, &["INSERT INTO t VALUES(3)"]).status.success());
+}

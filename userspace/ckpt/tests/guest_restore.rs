@@ -383,11 +383,11 @@ fn restore_after_module_reload() {
     restore_and_check(&img, &out, last);
 }
 
-/// A held file lock is not carried: the checkpoint says so, naming the file, rather than
-/// dropping it silently.
+/// A lone process holding a flock (taken by a shell, kept across exec) holds it again after
+/// `--kill` and restore; one holding a lease is refused at checkpoint, by name, untouched.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn a_held_file_lock_is_said_at_checkpoint() {
+fn a_held_flock_comes_back_and_a_lease_is_refused() {
     let d = Dir::new("lock");
     let lock = d.path("pidfile");
     let mut holder = Command::new("sh")
@@ -400,22 +400,44 @@ fn a_held_file_lock_is_said_at_checkpoint() {
         .stdout(Stdio::null())
         .spawn()
         .unwrap();
+    let pid = holder.id() as i32;
     wait_for_fd(holder.id(), 3);
+    common::wait_for("the shell became sleep", 10, || {
+        std::fs::read_to_string(format!("/proc/{pid}/comm")).is_ok_and(|c| c == "sleep\n")
+    });
+    let flock_free = || {
+        let mut cmd = Command::new("flock");
+        cmd.arg("-n").arg(&lock).arg("true");
+        cmd.status().unwrap().success()
+    };
+    assert!(!flock_free());
     let img = d.path("img");
+    common::checkpoint_kill(&mut holder, &img);
+    assert!(flock_free(), "the killed process left its lock");
+    assert_eq!(restore_root(&img), pid);
+    assert!(!flock_free(), "the restored process holds its flock");
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+    assert!(fdinfo.contains("FLOCK  ADVISORY  WRITE"), "{fdinfo}");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+
+    let (mut leaser, lpid) = common::spawn_ready("locks", &["lease".as_ref(), d.0.as_os_str()]);
     let out = ckpt(&[
         "checkpoint",
-        &holder.id().to_string(),
+        &lpid.to_string(),
         "-o",
         img.to_str().unwrap(),
+        "--kill",
     ]);
-    ok(&out);
     let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    let file = d.path("file");
     assert!(
-        err.contains(&format!("holds a file lock on {}", lock.display())) && err.contains("FLOCK"),
+        err.contains(&file.display().to_string()) && err.contains("lease"),
         "{err}"
     );
-    let _ = holder.kill();
-    let _ = holder.wait();
+    assert!(!common::gone(lpid), "the refused process is left running");
+    let _ = leaser.kill();
+    let _ = leaser.wait();
 }
 
 #[test]

@@ -1,6 +1,7 @@
 //! Process trees, in the guest: a whole tree checkpointed, killed and restored (parent links,
 //! pids, a session, two process groups, a zombie), twice from one image; `--single`; a
-//! process that forks all the time.
+//! process that forks all the time; file locks (POSIX with a waiter, flock, OFD) carried, and
+//! refused while the original holds them.
 
 mod common;
 
@@ -1211,4 +1212,275 @@ fn a_named_unix_datagram_server_and_its_client_come_back_with_queued_messages() 
     assert_consecutive(&numbered(&out, "s "), 5, "server");
     kill_tree(&[restored, client]);
     drop(all);
+}
+
+/// A lock /proc/locks shows (or a request waiting for one: `waiting`).
+#[derive(Debug)]
+struct Held {
+    waiting: bool,
+    kind: String,
+    write: bool,
+    pid: i32,
+    start: String,
+    end: String,
+}
+
+/// What /proc/locks shows on the file whose inode is `ino`.
+fn locks_on(ino: u64) -> Vec<Held> {
+    let text = std::fs::read_to_string("/proc/locks").unwrap();
+    text.lines()
+        .filter_map(|line| {
+            let mut w: Vec<&str> = line.split_whitespace().skip(1).collect();
+            let waiting = w.first() == Some(&"->");
+            if waiting {
+                w.remove(0);
+            }
+            let [kind, _, mode, pid, inode, start, end] = w[..] else {
+                return None;
+            };
+            (inode.rsplit(':').next()?.parse::<u64>().ok()? == ino).then(|| Held {
+                waiting,
+                kind: kind.to_owned(),
+                write: mode == "WRITE",
+                pid: pid.parse().unwrap_or(0),
+                start: start.to_owned(),
+                end: end.to_owned(),
+            })
+        })
+        .collect()
+}
+
+fn inode(path: &Path) -> u64 {
+    use std::os::unix::fs::MetadataExt;
+    std::fs::metadata(path).unwrap().ino()
+}
+
+/// Tries, from this process (outside the tree), a lock on `len` bytes from `start` of `path`
+/// with fcntl `cmd` (F_SETLK, F_OFD_SETLK); the errno when refused. Dropped with the fd.
+fn try_lock(path: &Path, cmd: i32, write: bool, start: i64, len: i64) -> Result<(), i32> {
+    use std::os::fd::AsRawFd;
+    let f = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .unwrap();
+    // SAFETY: a plain C struct; all zeroes is a valid value.
+    let mut fl: libc::flock = unsafe { std::mem::zeroed() };
+    fl.l_type = if write { libc::F_WRLCK } else { libc::F_RDLCK } as i16;
+    fl.l_whence = libc::SEEK_SET as i16;
+    (fl.l_start, fl.l_len) = (start, len);
+    // SAFETY: `fl` is a valid struct flock for the call.
+    let r = unsafe { libc::fcntl(f.as_raw_fd(), cmd, &fl) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error().raw_os_error().unwrap_or(0))
+    } else {
+        Ok(())
+    }
+}
+
+/// Every lock of the image with the pid of the process that takes it again.
+fn image_locks(m: &ckpt::manifest::Manifest) -> Vec<(i32, ckpt::fds::FileLock)> {
+    m.processes
+        .iter()
+        .flat_map(|p| p.files.locks.iter().map(|l| (p.pid, l.clone())))
+        .collect()
+}
+
+/// The only child of `pid`.
+fn only_child(pid: i32) -> i32 {
+    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let kids: Vec<i32> = text
+        .split_whitespace()
+        .map(|w| w.parse().unwrap())
+        .collect();
+    assert_eq!(kids.len(), 1, "children of {pid}: {kids:?}");
+    kids[0]
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_posix_lock_and_the_process_waiting_for_it_come_back_after_kill_and_restore() {
+    use ckpt::fds::LockKind;
+    let d = Dir::new("locks-posix");
+    let (mut root, pid) = spawn_ready("locks", &["posix".as_ref(), d.0.as_os_str()]);
+    let waiter = only_child(pid);
+    let file = d.path("file");
+    let ino = inode(&file);
+    wait_for("the child waits for byte 15", || {
+        locks_on(ino).iter().any(|l| l.waiting && l.pid == waiter)
+    });
+    let img = d.path("posix.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    let recorded = image_locks(&image.manifest);
+    assert_eq!(recorded.len(), 1, "{recorded:?}");
+    let (holder, l) = &recorded[0];
+    assert_eq!(*holder, pid);
+    assert!(l.kind == LockKind::Posix && l.write, "{l:?}");
+    assert_eq!((l.start, l.end), (10, Some(19)));
+    assert_eq!(restore_root(&img), pid);
+    wait_for(
+        "the holder holds bytes 10-19 and the child waits for byte 15",
+        || {
+            let now = locks_on(ino);
+            let held = now.iter().any(|l| {
+                !l.waiting && l.kind == "POSIX" && l.write && l.pid == pid && l.start == "10"
+            });
+            held && now
+                .iter()
+                .any(|l| l.waiting && l.pid == waiter && l.start == "15")
+        },
+    );
+    assert_eq!(
+        try_lock(&file, libc::F_SETLK, false, 12, 1),
+        Err(libc::EAGAIN),
+        "a process outside takes a byte the restored process holds"
+    );
+    assert!(!d.path("child-locked").exists());
+    std::fs::write(d.path("release"), "").unwrap();
+    wait_for("the child gets byte 15 once the holder lets go", || {
+        d.path("child-locked").exists()
+    });
+    let now = locks_on(ino);
+    assert!(
+        now.iter()
+            .any(|l| !l.waiting && l.pid == waiter && l.start == "15" && l.end == "15"),
+        "{now:?}"
+    );
+    kill_tree(&pids);
+}
+
+/// Runs `flock -n PATH true` (util-linux): whether it got the lock.
+fn flock_free(path: &Path) -> bool {
+    Command::new("flock")
+        .arg("-n")
+        .arg(path)
+        .arg("true")
+        .status()
+        .unwrap()
+        .success()
+}
+
+/// Starts `locks ofd` in `d` and waits until its flock child holds DIR/flocked; returns it
+/// and the pids of the tree (locks, flock, sleep).
+fn spawn_ofd_tree(d: &Dir) -> (Child, [i32; 3]) {
+    let (root, pid) = spawn_ready("locks", &["ofd".as_ref(), d.0.as_os_str()]);
+    let flock = only_child(pid);
+    let mut sleep = 0;
+    wait_for("flock runs sleep", || {
+        std::fs::read_to_string(format!("/proc/{flock}/task/{flock}/children"))
+            .ok()
+            .and_then(|t| t.split_whitespace().next()?.parse().ok())
+            .is_some_and(|s| {
+                sleep = s;
+                std::fs::read_to_string(format!("/proc/{s}/comm")).unwrap_or_default() == "sleep\n"
+            })
+    });
+    (root, [pid, flock, sleep])
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn flock_and_ofd_locks_come_back_after_kill_and_restore() {
+    use ckpt::fds::LockKind;
+    let d = Dir::new("locks-ofd");
+    let (mut root, [pid, flock, _]) = spawn_ofd_tree(&d);
+    let (file, flocked) = (d.path("file"), d.path("flocked"));
+    assert!(!flock_free(&flocked));
+    let img = d.path("ofd.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    // Each lock once, though three processes share the OFD locks' file and two the flock's.
+    let mut recorded: Vec<(i32, LockKind, bool)> = image_locks(&image.manifest)
+        .into_iter()
+        .map(|(p, l)| (p, l.kind, l.write))
+        .collect();
+    recorded.sort_by_key(|r| (r.0, r.2));
+    let want = [
+        (pid, LockKind::Ofd, false),
+        (pid, LockKind::Ofd, true),
+        (flock, LockKind::Flock, true),
+    ];
+    let mut want = want.to_vec();
+    want.sort_by_key(|r| (r.0, r.2));
+    assert_eq!(recorded, want);
+    assert!(flock_free(&flocked), "the killed tree left the flock");
+    assert_eq!(restore_root(&img), pid);
+    let flocks = locks_on(inode(&flocked));
+    assert!(
+        flocks
+            .iter()
+            .any(|l| l.kind == "FLOCK" && l.write && l.pid == flock && !l.waiting),
+        "{flocks:?}"
+    );
+    assert!(!flock_free(&flocked), "flock -n took the restored flock");
+    // The OFD locks are the restored process's open file's, with their ranges and modes.
+    let ofd = locks_on(inode(&file));
+    let has = |write: bool, start: &str, end: &str| {
+        ofd.iter()
+            .any(|l| l.kind == "OFDLCK" && l.write == write && l.start == start && l.end == end)
+    };
+    assert!(has(false, "0", "99") && has(true, "200", "EOF"), "{ofd:?}");
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/3")).unwrap();
+    assert_eq!(fdinfo.matches("OFDLCK").count(), 2, "{fdinfo}");
+    let ofd_lock = |write, start, len| try_lock(&file, libc::F_OFD_SETLK, write, start, len);
+    assert_eq!(ofd_lock(false, 50, 1), Ok(()), "a read lock shares");
+    assert_eq!(
+        ofd_lock(true, 50, 1),
+        Err(libc::EAGAIN),
+        "a write lock does not"
+    );
+    assert_eq!(
+        ofd_lock(true, 300, 1),
+        Err(libc::EAGAIN),
+        "200 to EOF is held"
+    );
+    assert_eq!(ofd_lock(true, 150, 1), Ok(()), "the gap is free");
+    kill_tree(&pids);
+}
+
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn restore_is_refused_while_the_original_holds_its_locks() {
+    // OFD and flock locks (taken by the restorer) and a POSIX lock (taken by the restored
+    // process after its restore ioctl): two trees, checkpointed without --kill.
+    let d = Dir::new("locks-refused");
+    let (mut ofd_root, ofd_pids) = spawn_ofd_tree(&d);
+    let pd = Dir::new("locks-refused-posix");
+    let (mut posix_root, posix_pid) = spawn_ready("locks", &["posix".as_ref(), pd.0.as_os_str()]);
+    let waiter = only_child(posix_pid);
+    for (dir, root) in [(&d, ofd_pids[0]), (&pd, posix_pid)] {
+        let img = dir.path("live.img");
+        ok(&ckpt(&[
+            "checkpoint",
+            &root.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+        ]));
+        let out = ckpt(&["restore", img.to_str().unwrap()]);
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            !out.status.success(),
+            "restored while the original holds: {err}"
+        );
+        let file = dir.path("file");
+        let holder = format!("is locked by process {root} (locks)");
+        assert!(
+            err.contains(&format!("{} {holder}", file.display())),
+            "the message names the file and its holder: {err}"
+        );
+    }
+    // The originals kept theirs.
+    assert!(!flock_free(&d.path("flocked")));
+    assert_eq!(
+        try_lock(&pd.path("file"), libc::F_SETLK, true, 10, 1),
+        Err(libc::EAGAIN)
+    );
+    // Our children first (a zombie is not gone until reaped), then the rest.
+    for (root, rest) in [
+        (&mut ofd_root, &ofd_pids[1..]),
+        (&mut posix_root, &[waiter][..]),
+    ] {
+        unsafe { libc::kill(root.id() as i32, libc::SIGKILL) };
+        root.wait().unwrap();
+        kill_tree(rest);
+    }
 }

@@ -16,6 +16,7 @@ mod epoll;
 mod eventfd;
 mod file;
 mod listen;
+pub mod locks;
 mod memfd;
 mod pipe;
 pub mod pty;
@@ -33,6 +34,7 @@ pub use epoll::{Epoll, EpollWatch};
 pub use eventfd::EventFd;
 pub use file::PathFile;
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
+pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
@@ -124,6 +126,10 @@ pub const DUMPERS: &[Dumper] = &[
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct FdTable {
     pub fds: Vec<Fd>,
+    /// The file locks the process takes again, each through one of its fds (a lock its open
+    /// file description shares with an earlier process of the image is that process's).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub locks: Vec<FileLock>,
 }
 
 /// The kernel objects the tree's fds share, possibly across processes: each is one object
@@ -273,6 +279,8 @@ pub struct SharedDump {
     pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
     pub shm: ShmDump,
+    /// The file locks recorded so far (each is recorded once).
+    pub locks: locks::Seen,
 }
 
 impl SharedDump {
@@ -325,7 +333,8 @@ pub fn dump(
     let mut table = FdTable::default();
     for e in entries {
         let kind = dump_one(&mut ctx, e).map_err(|err| (e.fd, e.target.clone(), err))?;
-        warn_of_locks(pid, e);
+        locks::dump(&mut ctx, e, &kind, &mut table.locks)
+            .map_err(|err| (e.fd, e.target.clone(), err))?;
         table.fds.push(Fd {
             fd: e.fd,
             flags: e.flags,
@@ -333,18 +342,6 @@ pub fn dump(
         });
     }
     Ok(table)
-}
-
-/// File locks are not carried yet: said, not refused (a lock held for a moment, as SQLite's,
-/// is common and harmless to drop), so that a program relying on one is not a surprise.
-fn warn_of_locks(pid: i32, e: &FdEntry) {
-    for lock in &e.locks {
-        eprintln!(
-            "ckpt: warning: process {pid} holds a file lock on {} (fd {}: {lock}); locks are \
-             not carried: the restored process will not hold it",
-            e.target, e.fd
-        );
-    }
 }
 
 fn dump_one(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
@@ -650,7 +647,7 @@ impl FdTable {
                 return Err(format!("bad fd {}", f.fd));
             }
         }
-        Ok(())
+        locks::validate(&self.locks, &self.fds)
     }
 
     /// One line per fd, for `ckpt inspect`.
@@ -662,7 +659,13 @@ impl FdTable {
         };
         self.fds
             .iter()
-            .map(|f| (f.fd, f.kind.state().describe(f, &v)))
+            .map(|f| {
+                let mut line = f.kind.state().describe(f, &v);
+                for l in self.locks.iter().filter(|l| l.fd == f.fd) {
+                    line += &format!(", holds a {}", l.describe());
+                }
+                (f.fd, line)
+            })
             .collect()
     }
 }

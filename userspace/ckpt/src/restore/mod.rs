@@ -281,9 +281,10 @@ impl Launched<'_> {
         for &pid in self.kernel.iter().chain(&self.roots).filter(|&&p| p > 0) {
             let _ = sys::kill(pid, libc::SIGKILL);
         }
-        for &pid in &self.roots {
-            let _ = sys::waitpid(pid, 0);
-        }
+        // Every child and tracee until none is left: the killed tracees first of all, since
+        // only their tracer may reap them, and a pid namespace's init, when it dies, waits
+        // for every process of its namespace to be reaped.
+        while sys::waitpid(-1, libc::__WALL).is_ok() {}
         e
     }
 
@@ -474,6 +475,9 @@ fn finish_threads(
         [libc::PR_SET_PDEATHSIG as u64, 0, 0, 0, 0, 0],
     )?;
     crate::signals::discard_pending(&inj, pid, scratch)?;
+    // POSIX locks belong to the process's fd table: taken by the process itself, now that the
+    // module has closed the restorer's working fds (closing a file's fd drops them).
+    crate::fds::locks::take_posix(&inj, pid, &p.files, scratch)?;
     p.attrs.restore_exe(&inj, pid, scratch);
     if let Some(ic) = &p.interceptor {
         // The ids the process sees (inside a new pid namespace, not ours).

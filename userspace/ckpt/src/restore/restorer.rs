@@ -528,6 +528,11 @@ fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
     if let Err((what, e)) = crate::fds::restore(ctx) {
         fail(&what, e);
     }
+    // Its flock and OFD locks, on the open files just made (its POSIX locks come after the
+    // restore ioctl, which closes files of the process's and would drop them).
+    if let Err(why) = crate::fds::locks::take_on_files(&p.files) {
+        fail("taking its file locks again", why);
+    }
     // The ends of the tree's objects this process did not take must not stay open here (a
     // pipe would never see its end of file).
     if let Some((lo, hi)) = shared.range() {

@@ -1,6 +1,7 @@
 //! Raw system calls that nix does not cover, in thin checked wrappers grouped by topic; the
 //! rest of ckpt calls nix (or std) directly. Each wrapper says why nix will not do.
 
+mod file;
 mod ipc;
 mod process;
 mod ptrace;
@@ -10,6 +11,7 @@ mod thread;
 mod tty;
 mod wait;
 
+pub use file::*;
 pub use ipc::*;
 pub use process::*;
 pub use ptrace::*;
