@@ -29,8 +29,29 @@ fn http_get(port: u16, path: &str) -> std::io::Result<String> {
     Ok(out)
 }
 
+/// One HTTP/1.1 request on the kept-alive connection `s`; the body of the answer.
+fn http_again(s: &mut std::net::TcpStream) -> String {
+    write!(s, "GET / HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    let mut reader = std::io::BufReader::new(s.try_clone().unwrap());
+    let mut len = 0;
+    loop {
+        let mut line = String::new();
+        std::io::BufRead::read_line(&mut reader, &mut line).unwrap();
+        if let Some(v) = line.to_ascii_lowercase().strip_prefix("content-length:") {
+            len = v.trim().parse().unwrap();
+        }
+        if line == "\r\n" || line.is_empty() {
+            break;
+        }
+    }
+    let mut body = vec![0u8; len];
+    reader.read_exact(&mut body).unwrap();
+    String::from_utf8_lossy(&body).into_owned()
+}
+
 /// nginx with a master and two workers sharing a listening socket, socket pairs and shared
-/// memory; the workers run as nobody.
+/// memory; the workers run as nobody. A client keeps an HTTP/1.1 connection to a worker
+/// across the checkpoint with --kill and the restore, and is served on over it.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn nginx_with_workers_answers_after_kill_and_restore() {
@@ -60,6 +81,11 @@ fn nginx_with_workers_answers_after_kill_and_restore() {
     wait_for("nginx answers", || {
         http_get(port, "/").is_ok_and(|r| r.contains("hello from a restored nginx"))
     });
+    // A client with a kept-alive connection to a worker, across the checkpoint.
+    let mut kept = std::net::TcpStream::connect(("127.0.0.1", port)).unwrap();
+    kept.set_read_timeout(Some(Duration::from_secs(60)))
+        .unwrap();
+    assert!(http_again(&mut kept).contains("hello from a restored nginx"));
     let img = d.path("nginx.img");
     let pids = checkpoint_kill(&mut master, &img);
     assert_eq!(pids.len(), 3, "a master and two workers: {pids:?}");
@@ -74,6 +100,10 @@ fn nginx_with_workers_answers_after_kill_and_restore() {
     for i in 0..20 {
         let r = http_get(port, "/").unwrap_or_else(|e| panic!("request {i}: {e}"));
         assert!(r.contains("hello from a restored nginx"), "{r}");
+    }
+    // The kept-alive connection is served on by its restored worker.
+    for _ in 0..3 {
+        assert!(http_again(&mut kept).contains("hello from a restored nginx"));
     }
     // Its workers are its own again: they answer after the master is told to quit.
     unsafe { libc::kill(pid, libc::SIGQUIT) };
