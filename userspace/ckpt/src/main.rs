@@ -106,6 +106,21 @@ struct CheckpointArgs {
     /// output holds it up; it is then saved mid-flush and finishes later).
     #[arg(long, default_value_t = 10.0, value_parser = parse_secs)]
     flush_timeout: f64,
+    /// Carry connections to processes outside the tree instead of refusing them. `unix`: a
+    /// UNIX stream or seqpacket socket whose peer is outside is connected again to its peer's
+    /// name on restore (a new connection: the protocol starts over, bytes queued from the old
+    /// one are dropped), or, if the peer is unnamed, comes back with its peer gone (end of
+    /// file after what was queued). A datagram socket connected to a named socket outside
+    /// (/dev/log) is connected again by default.
+    #[arg(long, value_enum, value_name = "KIND")]
+    external: Vec<External>,
+}
+
+/// What `--external` carries.
+#[derive(Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+enum External {
+    /// UNIX sockets whose peer is outside the tree.
+    Unix,
 }
 
 #[derive(clap::Args)]
@@ -225,6 +240,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         single: a.single,
         also: roots[1..].to_vec(),
         flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
+        external_unix: a.external.contains(&External::Unix),
     };
     let stats = ckpt::checkpoint::checkpoint(&opts)?;
     print_json_or(a.json, &stats, || {

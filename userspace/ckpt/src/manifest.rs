@@ -277,6 +277,7 @@ mod tests {
             }],
             socket_pairs: vec![],
             unix_dgram: vec![],
+            unix_external: vec![],
             listeners: vec![],
             ptys: vec![],
             tcp: vec![],

@@ -45,6 +45,9 @@ pub struct Options<'a> {
     pub also: Vec<i32>,
     /// How long a single-threaded program's main thread may take to flush its stdio.
     pub flush_timeout: Duration,
+    /// Carry UNIX stream and seqpacket sockets whose peer is outside the tree (reconnected
+    /// on restore, or with their peer gone) instead of refusing them: `--external unix`.
+    pub external_unix: bool,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -82,7 +85,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts.output, &mut stats)?;
+    let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts, &mut stats)?;
     // Killed, the tree's connections stay locked until the restore lifts the lock.
     manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
 
@@ -171,12 +174,16 @@ fn dump_tree(
     tree: &FrozenTree,
     prepared: &BTreeMap<i32, Prepared>,
     w: &mut ImageWriter,
-    path: &Path,
+    opts: &Options,
     stats: &mut Stats,
 ) -> Result<Manifest, CheckpointError> {
+    let path = opts.output;
     // Every process's fds first: which pipes and sockets are the tree's.
     let mut fd_entries = Vec::new();
-    let mut shared = SharedDump::default();
+    let mut shared = SharedDump {
+        external_unix: opts.external_unix,
+        ..SharedDump::default()
+    };
     for m in &tree.members {
         let pid = m.frozen.pid;
         let entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;

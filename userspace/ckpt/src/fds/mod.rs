@@ -28,6 +28,7 @@ pub mod tcp;
 mod timerfd;
 mod unix;
 mod unix_dgram;
+mod unix_external;
 
 pub use deleted::DeletedFile;
 pub use epoll::{Epoll, EpollWatch};
@@ -45,6 +46,7 @@ pub use tcp::{TcpConnection, TcpEnd};
 pub use timerfd::TimerFd;
 pub use unix::{Message, Name, SockFile, UnixOpts, UnixType};
 pub use unix_dgram::{DgramEnd, DgramSocket};
+pub use unix_external::{ExternalEnd, ExternalSocket, Reconnect};
 
 use crate::image::{ImageWriter, Section};
 use crate::proc::FdEntry;
@@ -78,6 +80,7 @@ pub enum FdKind {
     Epoll(Epoll),
     SocketPairEnd(SocketPairEnd),
     UnixDgram(DgramEnd),
+    UnixExternal(ExternalEnd),
     Deleted(DeletedFile),
     Memfd(MemfdFd),
     Pty(PtyEnd),
@@ -98,6 +101,7 @@ impl FdKind {
             FdKind::Epoll(s) => s,
             FdKind::SocketPairEnd(s) => s,
             FdKind::UnixDgram(s) => s,
+            FdKind::UnixExternal(s) => s,
             FdKind::Deleted(s) => s,
             FdKind::Memfd(s) => s,
             FdKind::Pty(s) => s,
@@ -145,6 +149,9 @@ pub struct Shared {
     /// The other UNIX datagram sockets of the tree (named, unbound, connected one way).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unix_dgram: Vec<DgramSocket>,
+    /// UNIX sockets of the tree whose peer is outside it, with how each comes back.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unix_external: Vec<ExternalSocket>,
     /// Listening sockets.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub listeners: Vec<SharedListener>,
@@ -275,6 +282,11 @@ pub struct SharedDump {
     /// Datagram sockets: inode -> index in the table; (index, peer's inode) to resolve.
     pub dgram_index: BTreeMap<u64, usize>,
     pub dgram_peers: Vec<(usize, u64)>,
+    /// UNIX sockets whose peer is outside: inode -> index in the table.
+    pub external_index: BTreeMap<u64, usize>,
+    /// `ckpt checkpoint --external unix`: stream and seqpacket sockets whose peer is outside
+    /// the tree are carried (reconnected, or with their peer gone) instead of refused.
+    pub external_unix: bool,
     /// Pipes processes outside the tree hold (scanned once, when the first pipe is met).
     pub pipes_outside: Option<BTreeSet<u64>>,
     /// Shared memory objects (their table goes to `Shared::memory` at the end).
@@ -413,6 +425,8 @@ pub struct SharedFds {
     pub pairs: Vec<[OwnedFd; 2]>,
     /// A socket per entry of `Shared::unix_dgram`.
     pub dgram: Vec<OwnedFd>,
+    /// A socket per entry of `Shared::unix_external`.
+    pub external: Vec<OwnedFd>,
     /// A memfd per object of `Shared::memory`.
     pub memory: Vec<OwnedFd>,
     /// A socket per listener of `Shared::listeners`.
@@ -465,6 +479,10 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let external = unix_external::make_all(&shared.unix_external, &blob, envs)?
+            .into_iter()
+            .map(|s| above(s, min))
+            .collect::<io::Result<_>>()?;
         let memory = shared
             .memory
             .iter()
@@ -495,6 +513,7 @@ impl SharedFds {
             pipes,
             pairs,
             dgram,
+            external,
             memory,
             listeners,
             ptys,
@@ -513,7 +532,8 @@ impl SharedFds {
         let singles = (self.memory.iter().chain(&self.listeners))
             .chain(pty_fds)
             .chain(&self.tcp)
-            .chain(&self.dgram);
+            .chain(&self.dgram)
+            .chain(&self.external);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -677,6 +697,7 @@ impl Shared {
         pipe::validate(&self.pipes, sections)?;
         socket_pair::validate(&self.socket_pairs, sections, processes)?;
         unix_dgram::validate(&self.unix_dgram, sections, processes)?;
+        unix_external::validate(&self.unix_external, sections, processes)?;
         let holders_ok = self.listeners.iter().all(|l| l.holder < processes);
         if !holders_ok {
             return Err("a listening socket's holder is not a process of the image".into());

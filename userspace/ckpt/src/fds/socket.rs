@@ -1,8 +1,9 @@
 //! Sockets: one copy of the target's fd (pidfd_getfd) answers which kind it is, then the
 //! kind's module records it: a listening socket (`listen`); a UNIX socket connected to one
 //! that is connected back to it (`socket_pair`); another UNIX datagram socket
-//! (`unix_dgram`). A UNIX socket whose peer no process of the tree holds is refused, naming
-//! the peer. Also the address helpers they use.
+//! (`unix_dgram`); one whose peer no process of the tree holds (`unix_external`: carried
+//! when it can be connected again, or with `--external unix`; else refused, naming the peer).
+//! Also the address helpers they use.
 
 use super::unix::{self, Diag, UnixType};
 use super::{unsupported, DumpCtx, DumpError, DumpResult, FdKind};
@@ -38,7 +39,8 @@ fn dump_unix(ctx: &mut DumpCtx, s: &OwnedFd, ino: u64) -> Result<FdKind, DumpErr
     let diag = |i| unix::diag(i).map_err(|e| unsupported(format!("sock_diag: {e}")));
     let d = diag(ino)?;
     if d.peer != 0 && !ctx.shared.census.sockets.contains(&d.peer) {
-        return Err(peer_outside(ctx, s, ty, d.peer));
+        let refusal = |ctx: &DumpCtx| peer_outside(ctx, s, ty, d.peer);
+        return super::unix_external::dump_end(ctx, s, (ino, ty), &d, refusal);
     }
     let peers_peer = match d.peer {
         0 => 0,
@@ -86,8 +88,12 @@ fn peer_outside(ctx: &DumpCtx, s: &OwnedFd, ty: UnixType, peer: u64) -> DumpErro
         true => String::new(),
         false => format!(", held by process {}", holders.join(", ")),
     };
+    let then = match remote.as_str() {
+        "unnamed" => "restored with its peer gone: end of file".to_owned(),
+        r => format!("connected again to {r} on restore: a new connection"),
+    };
     unsupported(format!(
-        "the UNIX {} socket ({local}) is connected to socket:[{peer}] ({remote}){held} outside the tree; sockets whose peer is outside the tree are not supported (--external is not implemented yet)",
+        "the UNIX {} socket ({local}) is connected to socket:[{peer}] ({remote}){held} outside the tree; `ckpt checkpoint --external unix` carries it ({then})",
         ty.name()
     ))
 }

@@ -178,7 +178,7 @@ pub struct Queue {
 const MAX_MESSAGES: usize = 1 << 20;
 
 /// Peeks everything queued at socket `s` of type `ty` (shut down for reading: `rcv_shut`),
-/// without consuming it. Refuses file descriptors in flight.
+/// without consuming it. Refuses file descriptors in flight, saying how many there are.
 pub fn peek_queue(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpError> {
     let why = |e: nix::Error| unsupported(format!("SO_PEEK_OFF: {e}"));
     let saved = getsockopt(s, PeekOff).map_err(why)?;
@@ -193,7 +193,8 @@ fn peek_all(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpErro
     let inq = bytes_queued(s)?;
     let mut q = Queue::default();
     let mut buf = vec![0u8; 64 * 1024];
-    while let Some((len, from)) = peek_one(s, &mut buf, ty)? {
+    let mut rights = Rights::default();
+    while let Some((len, from)) = peek_one(s, &mut buf, ty, &mut rights)? {
         // A stream at its end of file, or a seqpacket socket shut down for reading with all
         // its bytes seen (an empty message after a shutdown is not told apart from the end).
         let end = ty.is_stream() || (rcv_shut && q.data.len() == inq);
@@ -218,6 +219,7 @@ fn peek_all(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpErro
             return Err(unsupported("its receive queue does not end"));
         }
     }
+    rights.refuse()?;
     // SIOCINQ counts every byte of a stream or seqpacket queue (a datagram's first only).
     if ty != UnixType::Dgram && q.data.len() != inq {
         return Err(unsupported(format!(
@@ -227,6 +229,29 @@ fn peek_all(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpErro
         )));
     }
     Ok(q)
+}
+
+/// The file descriptors in flight seen in a queue (SCM_RIGHTS), counted to be named.
+#[derive(Default)]
+struct Rights {
+    fds: usize,
+    messages: usize,
+    /// Some did not fit the control buffer (more than 64 in one message).
+    truncated: bool,
+}
+
+impl Rights {
+    fn refuse(&self) -> Result<(), DumpError> {
+        if self.messages == 0 {
+            return Ok(());
+        }
+        let more = if self.truncated { "at least " } else { "" };
+        Err(unsupported(format!(
+            "{more}{} file descriptor(s) are in flight in its queue (SCM_RIGHTS, in {} \
+             message(s)); carrying them is not supported yet",
+            self.fds, self.messages
+        )))
+    }
 }
 
 /// The raw `struct sockaddr_un` of `a`, of its own length (empty: unnamed).
@@ -260,6 +285,7 @@ fn peek_one(
     s: &OwnedFd,
     buf: &mut [u8],
     ty: UnixType,
+    seen: &mut Rights,
 ) -> Result<Option<(usize, Vec<u8>)>, DumpError> {
     let mut iov = [IoSliceMut::new(buf)];
     let mut cmsg = nix::cmsg_space!([RawFd; 64], libc::ucred);
@@ -278,17 +304,19 @@ fn peek_one(
     for c in msg.cmsgs().map_err(|e| unsupported(format!("{e}")))? {
         if let ControlMessageOwned::ScmRights(fds) = c {
             rights = true;
+            seen.fds += fds.len();
             // A peek gives us copies of the fds in flight: not ours to keep.
             for fd in fds {
                 let _ = nix::unistd::close(fd);
             }
         }
     }
-    if rights || msg.flags.contains(MsgFlags::MSG_CTRUNC) {
-        return Err(unsupported(
-            "file descriptors are in flight in its queue (SCM_RIGHTS); they cannot be carried \
-             yet",
-        ));
+    // Credentials (SO_PASSCRED) also come as control messages; a truncation with no fds
+    // seen is still taken for fds that did not fit.
+    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
+    if rights || truncated {
+        seen.messages += 1;
+        seen.truncated |= truncated;
     }
     let from = msg.address.map(|a| unix_addr_bytes(&a)).unwrap_or_default();
     Ok(Some((msg.bytes, from)))
@@ -597,6 +625,10 @@ mod tests {
         )
         .unwrap();
         let err = peek_queue(&b, UnixType::Stream, false).unwrap_err();
-        assert!(matches!(err, DumpError::Unsupported(ref w) if w.contains("SCM_RIGHTS")));
+        let DumpError::Unsupported(why) = err else {
+            panic!("{err:?}");
+        };
+        assert!(why.contains("1 file descriptor(s) are in flight"), "{why}");
+        assert!(why.contains("SCM_RIGHTS, in 1 message(s)"), "{why}");
     }
 }
