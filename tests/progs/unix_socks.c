@@ -12,7 +12,13 @@
  *                              the client queues 5 messages ("c-sent"), the server reads them
  *                              only on SIGUSR1 (with their sender), then they exchange numbered
  *                              messages.
- *   scm OUT                    a stream pair with a file descriptor in flight. */
+ *   scm OUT                    a stream pair with a file descriptor in flight.
+ *   logger PATH OUT            a datagram socket connected to PATH (a socket of the test,
+ *                              playing /dev/log) sends "log N" every 20 ms (like syslog(3)).
+ *   client PATH OUT            a stream socket connected to PATH (a server of the test)
+ *                              writes "c N\n" every 20 ms; says "error ..." when one fails.
+ *   reader FD OUT              on SIGUSR1, reads inherited socket FD to its end and says
+ *                              "read <bytes> then eof|error". */
 #define _GNU_SOURCE
 #include <errno.h>
 #include <fcntl.h>
@@ -290,6 +296,43 @@ static _Noreturn void scm(void) {
     for (;;) pause();
 }
 
+/* ---- peers outside the tree */
+
+static int connected_to(const char *path, int type) {
+    struct sockaddr_un a = {.sun_family = AF_UNIX};
+    snprintf(a.sun_path, sizeof a.sun_path, "%s", path);
+    int s = socket(AF_UNIX, type, 0);
+    if (s < 0 || connect(s, (struct sockaddr *)&a, sizeof a)) die("connect");
+    return s;
+}
+
+static _Noreturn void outside(const char *kind, const char *path) {
+    int dgram = !strcmp(kind, "logger");
+    int s = connected_to(path, dgram ? SOCK_DGRAM : SOCK_STREAM);
+    signal(SIGPIPE, SIG_IGN);
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    for (unsigned i = 0;; i++) {
+        char buf[64];
+        int n = snprintf(buf, sizeof buf, dgram ? "log %u" : "c %u\n", i);
+        if (send(s, buf, n, 0) != n) say("error send %u: %s\n", i, strerror(errno));
+        usleep(20000);
+    }
+}
+
+static _Noreturn void reader(int fd) {
+    printf("ready %d\n", getpid());
+    fflush(stdout);
+    while (!go) pause();
+    char buf[256];
+    size_t got = 0;
+    ssize_t n;
+    while ((n = read(fd, buf + got, sizeof buf - 1 - got)) > 0) got += n;
+    buf[got] = 0;
+    say("read %s then %s\n", buf, n == 0 ? "eof" : "error");
+    for (;;) pause();
+}
+
 int main(int argc, char **argv) {
     if (argc < 3) return 2;
     out_path = argv[argc - 1];
@@ -298,5 +341,8 @@ int main(int argc, char **argv) {
     if (!strcmp(argv[1], "stream") && argc == 4) return stream(argv[2]);
     if (!strcmp(argv[1], "dgram") && argc == 4) dgram(argv[2]);
     if (!strcmp(argv[1], "scm")) scm();
+    if ((!strcmp(argv[1], "logger") || !strcmp(argv[1], "client")) && argc == 4)
+        outside(argv[1], argv[2]);
+    if (!strcmp(argv[1], "reader") && argc == 4) reader(atoi(argv[2]));
     return 2;
 }

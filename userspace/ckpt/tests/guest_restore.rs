@@ -489,10 +489,11 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     let w_fd = std::os::fd::AsRawFd::as_raw_fd(&w);
     let mut cmd = Command::new("sleep");
     cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: between fork and exec: dup2 only.
+    // SAFETY: between fork and exec: dup2 and fcntl only.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(w_fd, 5) < 0 {
+            // dup2 onto itself would leave close-on-exec set: cleared either way.
+            if libc::dup2(w_fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -1040,10 +1041,11 @@ fn unix_sockets_with_a_peer_outside_or_fds_in_flight_are_refused() {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
     let mut cmd = Command::new("sleep");
     cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: between fork and exec: dup2 only.
+    // SAFETY: between fork and exec: dup2 and fcntl only.
     unsafe {
         std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(fd, 5) < 0 {
+            // dup2 onto itself would leave close-on-exec set: cleared either way.
+            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
                 return Err(std::io::Error::last_os_error());
             }
             Ok(())
@@ -1078,10 +1080,204 @@ fn unix_sockets_with_a_peer_outside_or_fds_in_flight_are_refused() {
     let err = String::from_utf8_lossy(&o.stderr).into_owned();
     assert_eq!(o.status.code(), Some(1), "{err}");
     assert!(err.contains("SCM_RIGHTS"), "{err}");
+    assert!(
+        err.contains("1 file descriptor(s) are in flight in its queue"),
+        "{err}"
+    );
     assert!(!img.exists());
     let _ = holder.kill();
     let _ = holder.wait();
     drop(d);
+}
+
+/// The number in a "log N" datagram or a "c N" line.
+fn number_in(text: &str) -> u64 {
+    let n = text.split_whitespace().nth(1);
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no number in {text:?}"))
+}
+
+/// The next "log N" datagram at `server`.
+fn next_log(server: &std::os::unix::net::UnixDatagram) -> u64 {
+    let mut buf = [0u8; 64];
+    let n = server.recv(&mut buf).expect("a log line within 30 s");
+    number_in(&String::from_utf8_lossy(&buf[..n]))
+}
+
+/// A program logging through a datagram socket connected to a named socket outside the tree
+/// (the test's, playing /dev/log) is carried without being asked: after --kill and restore
+/// its next lines arrive at the test's socket, going on from where it was.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_program_logging_to_a_socket_outside_logs_there_after_restore() {
+    let (_m, d, out, img) = begin("unix-ext-log", false);
+    let log = d.path("log");
+    let server = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let args = ["logger".as_ref(), log.as_os_str(), out.as_os_str()];
+    let (mut child, pid) = common::spawn_ready("unix_socks", &args);
+    let first = next_log(&server);
+    let (_, image, _) = common::checkpoint_kill(&mut child, &img);
+    let ext = &image.manifest.shared.unix_external;
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    assert_eq!(ext[0].reconnect, ckpt::fds::Reconnect::Name);
+    assert_eq!(ext[0].sock_type, ckpt::fds::UnixType::Dgram);
+    let peer = ext[0].peer.as_ref().map(|p| p.display());
+    assert_eq!(peer.as_deref(), log.to_str());
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    let want = format!("connected again to {} on restore", log.display());
+    assert!(summary.contains(&want), "{summary}");
+    // What it sent before it was frozen.
+    server.set_nonblocking(true).unwrap();
+    let mut last = first;
+    let mut buf = [0u8; 64];
+    while let Ok(n) = server.recv(&mut buf) {
+        last = number_in(&String::from_utf8_lossy(&buf[..n]));
+    }
+    server.set_nonblocking(false).unwrap();
+    let restored = restore_root(&img);
+    assert_eq!(restored, pid);
+    assert_eq!(next_log(&server), last + 1, "it goes on where it was");
+    assert_eq!(next_log(&server), last + 2);
+    assert!(
+        !text_after(&out, 0).contains("error"),
+        "{}",
+        text_after(&out, 0)
+    );
+    kill_and_reap(restored);
+}
+
+/// Reads "c N" lines from `conn` until end of file; the last N.
+fn last_line_number(conn: std::os::unix::net::UnixStream) -> u64 {
+    use std::io::BufRead;
+    let lines = std::io::BufReader::new(conn).lines();
+    let last = lines.map_while(Result::ok).last().expect("lines");
+    number_in(&last)
+}
+
+/// A stream client in the tree connected to a server outside (the test): refused without
+/// the option, naming the peer and the option; with `--external unix` it is connected to the
+/// server's path again on restore (a second connection the server accepts), where its writes
+/// go on.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_stream_client_of_a_server_outside_is_reconnected_with_external_unix() {
+    use std::io::BufRead;
+    let (_m, d, out, img) = begin("unix-ext-stream", false);
+    let srv = d.path("srv");
+    let listener = std::os::unix::net::UnixListener::bind(&srv).unwrap();
+    let args = ["client".as_ref(), srv.as_os_str(), out.as_os_str()];
+    let (mut child, pid) = common::spawn_ready("unix_socks", &args);
+    let (conn, _) = listener.accept().unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut first = String::new();
+    let mut reader = std::io::BufReader::new(conn.try_clone().unwrap());
+    reader.read_line(&mut first).unwrap();
+    assert_eq!(first, "c 0\n");
+
+    let imgs = img.to_str().unwrap();
+    let o = ckpt(&["checkpoint", &pid.to_string(), "-o", imgs]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert_eq!(o.status.code(), Some(1), "{err}");
+    for want in [
+        "UNIX stream socket",
+        srv.to_str().unwrap(),
+        "--external unix",
+    ] {
+        assert!(err.contains(want), "{want:?} not in {err:?}");
+    }
+    assert!(!img.exists());
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line, "c 1\n", "the client goes on, untouched");
+
+    let (_, image, _) = common::checkpoint_kill_with(pid, &img, &["--external", "unix"], || {
+        child.wait().unwrap();
+    });
+    let ext = &image.manifest.shared.unix_external;
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    assert_eq!(ext[0].reconnect, ckpt::fds::Reconnect::Name);
+    let summary = ok(&ckpt(&["inspect", imgs]));
+    let want = format!(
+        "reconnected to {} on restore (a new connection)",
+        srv.display()
+    );
+    assert!(summary.contains(&want), "{summary}");
+    drop(conn);
+    let last = last_line_number(reader.into_inner());
+
+    let restored = restore_root(&img);
+    assert_eq!(restored, pid);
+    listener.set_nonblocking(true).unwrap();
+    let (second, _) = listener.accept().expect("the restore connected again");
+    second.set_nonblocking(false).unwrap();
+    second
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
+    let mut reader = std::io::BufReader::new(second);
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(
+        line,
+        format!("c {}\n", last + 1),
+        "its writes arrive on the new one"
+    );
+    assert!(
+        !text_after(&out, 0).contains("error"),
+        "{}",
+        text_after(&out, 0)
+    );
+    kill_and_reap(restored);
+}
+
+/// With `--external unix`, a socket whose peer outside is unnamed (the other end of a pair
+/// the test holds) comes back with its peer gone: what was queued, then end of file.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
+    use std::io::Write;
+    let (_m, _d, out, img) = begin("unix-ext-gone", false);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    let mut cmd = Command::new(common::prog("unix_socks"));
+    cmd.args(["reader".as_ref(), "5".as_ref(), out.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: between fork and exec: dup2 and fcntl only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // dup2 onto itself would leave close-on-exec set: cleared either way.
+            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    ours.write_all(b"hello").unwrap();
+    let pid = child.id() as i32;
+    let (_, image, _) = common::checkpoint_kill_with(pid, &img, &["--external", "unix"], || {
+        child.wait().unwrap();
+    });
+    let ext = &image.manifest.shared.unix_external;
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    assert_eq!(ext[0].reconnect, ckpt::fds::Reconnect::Gone);
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(summary.contains("restored with its peer gone"), "{summary}");
+    let restored = restore_root(&img);
+    // SAFETY: signalling the restored process.
+    unsafe { libc::kill(restored, libc::SIGUSR1) };
+    wait_text(&out, 0, "read ");
+    // Our end is still open, but the restored socket's peer is not it.
+    assert_eq!(text_after(&out, 0), "read hello then eof\n");
+    drop(ours);
+    kill_and_reap(restored);
 }
 
 /// CLOCK_MONOTONIC in milliseconds, as tests/progs/timers.c reports it.

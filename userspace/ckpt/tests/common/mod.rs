@@ -216,14 +216,27 @@ pub fn checkpoint_kill_pid(
     img: &std::path::Path,
     reap: impl FnOnce(),
 ) -> (serde_json::Value, ckpt::manifest::Image, Vec<i32>) {
-    let out = ok(&ckpt(&[
+    checkpoint_kill_with(pid, img, &[], reap)
+}
+
+/// `checkpoint_kill_pid` with more options for `ckpt checkpoint`.
+pub fn checkpoint_kill_with(
+    pid: i32,
+    img: &std::path::Path,
+    extra: &[&str],
+    reap: impl FnOnce(),
+) -> (serde_json::Value, ckpt::manifest::Image, Vec<i32>) {
+    let pid_s = pid.to_string();
+    let mut args = vec![
         "checkpoint",
-        &pid.to_string(),
+        &pid_s,
         "-o",
         img.to_str().unwrap(),
         "--kill",
         "--json",
-    ]));
+    ];
+    args.extend_from_slice(extra);
+    let out = ok(&ckpt(&args));
     let stats: serde_json::Value = serde_json::from_str(&out).unwrap();
     let image = ckpt::manifest::Image::open(img).unwrap();
     let m = &image.manifest;
