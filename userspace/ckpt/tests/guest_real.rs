@@ -644,6 +644,74 @@ fn python_setitimer_ticks_on_after_kill_and_restore() {
     wait_for("python gone", || gone(pid));
 }
 
+/// The N of the next "tick N" record at `log` (a syslog datagram: "<14>tick N\0").
+fn next_tick(log: &std::os::unix::net::UnixDatagram) -> u64 {
+    let mut buf = [0u8; 256];
+    let n = log.recv(&mut buf).expect("a record within 30 s");
+    tick_in(&buf[..n])
+}
+
+fn tick_in(record: &[u8]) -> u64 {
+    let text = String::from_utf8_lossy(record);
+    let n = text.trim_end_matches('\0').rsplit(' ').next();
+    n.and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("not a tick record: {text:?}"))
+}
+
+/// Python's `logging.handlers.SysLogHandler` keeps a datagram socket connected to the
+/// syslog socket (here the test's, playing /dev/log, outside the tree): carried without
+/// asking, connected to the same path again, the next records arrive there in order.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn python_syslog_handler_logs_on_to_the_same_socket_after_kill_and_restore() {
+    let d = Dir::new("real-python-syslog");
+    let log_path = d.path("log");
+    let log = std::os::unix::net::UnixDatagram::bind(&log_path).unwrap();
+    log.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    let script = d.path("syslog.py");
+    std::fs::write(
+        &script,
+        "import logging, logging.handlers, sys, time\n\
+         h = logging.handlers.SysLogHandler(address=sys.argv[1])\n\
+         log = logging.getLogger('t')\n\
+         log.addHandler(h)\n\
+         log.setLevel(logging.INFO)\n\
+         n = 0\n\
+         while True:\n\
+         \x20   log.info('tick %d', n)\n\
+         \x20   n += 1\n\
+         \x20   time.sleep(0.02)\n",
+    )
+    .unwrap();
+    let mut py = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&log_path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    assert_eq!(next_tick(&log), 0);
+    let img = d.path("python.img");
+    let (_, image, _) = common::checkpoint_kill(&mut py, &img);
+    let ext = &image.manifest.shared.unix_external;
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    assert_eq!(ext[0].reconnect, ckpt::fds::Reconnect::Name);
+    // What it logged before it was frozen.
+    log.set_nonblocking(true).unwrap();
+    let mut last = 0;
+    let mut buf = [0u8; 256];
+    while let Ok(n) = log.recv(&mut buf) {
+        last = tick_in(&buf[..n]);
+    }
+    log.set_nonblocking(false).unwrap();
+    let pid = restore_root(&img);
+    assert_eq!(next_tick(&log), last + 1, "it logs on where it was");
+    assert_eq!(next_tick(&log), last + 2);
+    // SAFETY: ending the restored process (init reaps it: `ckpt restore` has exited).
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("python gone", || gone(pid));
+}
+
 /// Runs `sqlite3 DB ARGS...` (each argument a statement or dot-command, run in order in one
 /// session).
 fn sqlite3(db: &Path, args: &[&str]) -> std::process::Output {
