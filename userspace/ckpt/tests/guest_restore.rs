@@ -1136,7 +1136,19 @@ fn a_program_logging_to_a_socket_outside_logs_there_after_restore() {
     while let Ok(n) = server.recv(&mut buf) {
         last = number_in(&String::from_utf8_lossy(&buf[..n]));
     }
-    server.set_nonblocking(false).unwrap();
+    // Nothing at the path: the restore fails naming it, and leaves nothing behind.
+    drop(server);
+    std::fs::remove_file(&log).unwrap();
+    let o = ckpt(&["restore", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&o.stderr).into_owned();
+    assert!(!o.status.success(), "{err}");
+    let want = format!("again to {} (its peer outside the tree", log.display());
+    assert!(err.contains(&want), "{want:?} not in {err:?}");
+    assert!(common::gone(pid), "no process is left of a failed restore");
+    let server = std::os::unix::net::UnixDatagram::bind(&log).unwrap();
+    server
+        .set_read_timeout(Some(Duration::from_secs(30)))
+        .unwrap();
     let restored = restore_root(&img);
     assert_eq!(restored, pid);
     assert_eq!(next_log(&server), last + 1, "it goes on where it was");
