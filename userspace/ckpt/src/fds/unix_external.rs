@@ -112,32 +112,13 @@ pub fn dump_end(
     if !by_default && !ctx.shared.external_unix {
         return Err(refusal(ctx));
     }
-    let q = unix::peek_queue(s, ty, d.shutdown & 1 != 0)?;
     // Kept: a gone peer's bytes (sent from the other end of a new pair), and a named
     // datagram socket's messages (sent to its name before it connects).
     let keep = match reconnect {
         Reconnect::Gone => true,
         Reconnect::Name => ty == UnixType::Dgram && own.is_some(),
     };
-    let (data, messages, dropped) = match keep {
-        true => (q.data, q.messages, 0),
-        false => (Vec::new(), Vec::new(), q.data.len() as u64),
-    };
-    if dropped > 0 {
-        eprintln!(
-            "ckpt: warning: {dropped} bytes queued at the UNIX {} socket socket:[{inode}] \
-             (peer outside the tree) are not carried: it is connected anew on restore",
-            ty.name()
-        );
-    }
-    let data_section = match data.is_empty() {
-        true => None,
-        false => Some(
-            ctx.image
-                .add_blob(SOCKET_DATA, &data)
-                .map_err(DumpError::Image)?,
-        ),
-    };
+    let (data_section, messages, dropped) = dump_queue(ctx, s, (inode, ty), d, keep)?;
     let socket = ExternalSocket {
         inode,
         peer_inode: d.peer,
@@ -158,6 +139,37 @@ pub fn dump_end(
     Ok(FdKind::UnixExternal(ExternalEnd {
         socket: table.len() - 1,
     }))
+}
+
+/// The queue of socket `s` (inode, type, sock_diag's `d`): its data section and messages if
+/// it is to be kept, else how many bytes are dropped (said in a warning).
+fn dump_queue(
+    ctx: &mut DumpCtx,
+    s: &OwnedFd,
+    (inode, ty): (u64, UnixType),
+    d: &Diag,
+    keep: bool,
+) -> Result<(Option<usize>, Vec<Message>, u64), DumpError> {
+    let q = unix::peek_queue(s, ty, d.shutdown & 1 != 0)?;
+    if !keep && !q.data.is_empty() {
+        let dropped = q.data.len() as u64;
+        eprintln!(
+            "ckpt: warning: {dropped} bytes queued at the UNIX {} socket socket:[{inode}] \
+             (peer outside the tree) are not carried: it is connected anew on restore",
+            ty.name()
+        );
+        return Ok((None, Vec::new(), dropped));
+    }
+    if !keep || q.data.is_empty() {
+        // Nothing, or only empty datagrams (kept: they are messages too).
+        let messages = if keep { q.messages } else { Vec::new() };
+        return Ok((None, messages, 0));
+    }
+    let section = ctx
+        .image
+        .add_blob(SOCKET_DATA, &q.data)
+        .map_err(DumpError::Image)?;
+    Ok((Some(section), q.messages, 0))
 }
 
 /// The name of the socket `s` is connected to (None: unnamed).
