@@ -694,3 +694,49 @@ fn sqlite3_keeps_its_open_write_transaction_after_kill_and_restore() {
     assert_eq!(String::from_utf8_lossy(&rows.stdout), "1\n2\n");
     assert!(sqlite3(&db, &["INSERT INTO t VALUES(3)"]).status.success());
 }
+
+/// GNU tail -F (coreutils) follows a file through inotify (watches on the file and its
+/// directory); its polling fallback is set to an hour, so only the restored watches can show
+/// it lines appended after the restore, and the file being replaced.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tail_follows_its_file_through_inotify_after_kill_and_restore() {
+    let d = Dir::new("real-tail");
+    let (log, out) = (d.path("log"), d.path("out"));
+    std::fs::write(&log, "one\n").unwrap();
+    let mut tail = Command::new("tail")
+        .args(["-F", "-s", "3600", "-n", "+1"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = tail.id() as i32;
+    let printed = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_for("tail prints the first line", || printed().contains("one\n"));
+    let uses_inotify = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|f| {
+                std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:inotify")
+            })
+        })
+    };
+    wait_for("tail watches with inotify", uses_inotify);
+    let img = d.path("tail.img");
+    checkpoint_kill(&mut tail, &img);
+    assert_eq!(restore_root(&img), pid);
+    assert!(uses_inotify(), "the restored tail has no inotify instance");
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"two\n").unwrap();
+    wait_for("tail prints a line appended after the restore", || {
+        printed().contains("one\ntwo\n")
+    });
+    // Replaced: tail -F follows the name (its directory's watch sees the rename).
+    std::fs::write(d.path("log.new"), "three\n").unwrap();
+    std::fs::rename(d.path("log.new"), &log).unwrap();
+    wait_for("tail follows the replaced file", || {
+        printed().contains("three\n")
+    });
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("tail is gone", || gone(pid));
+}

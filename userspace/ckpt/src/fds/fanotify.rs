@@ -74,7 +74,7 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         if line.starts_with("flags:") {
             header = Some((notify::hex(&f, "flags")?, notify::hex(&f, "event-flags")?));
         } else {
-            marks.push(mark(&f)?);
+            marks.push(mark(&f, ctx.pid)?);
         }
     }
     let (flags, event_flags) =
@@ -89,9 +89,9 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
 }
 
 /// One mark line of fdinfo.
-fn mark(f: &[(&str, &str)]) -> Result<FanotifyMark, DumpError> {
+fn mark(f: &[(&str, &str)], pid: i32) -> Result<FanotifyMark, DumpError> {
     let on = if notify::field(f, "ino").is_some() {
-        MarkOn::Inode(notify::watched(f)?)
+        MarkOn::Inode(notify::watched(f, pid)?)
     } else if let Some(id) = notify::field(f, "mnt_id") {
         let id = u32::from_str_radix(id, 16).map_err(|_| unsupported("a bad mnt_id"))?;
         let path = notify::mount_point(id).ok_or_else(|| {

@@ -50,7 +50,7 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         let f = notify::fields(line);
         let wd: i32 = notify::hex(&f, "wd")?;
         let mask: u32 = notify::hex(&f, "mask")?;
-        let object = notify::watched(&f).map_err(|e| about_watch(wd, e))?;
+        let object = notify::watched(&f, ctx.pid).map_err(|e| about_watch(wd, e))?;
         watches.push(InotifyWatch { wd, mask, object });
     }
     watches.sort_by_key(|w| w.wd);

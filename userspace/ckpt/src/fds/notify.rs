@@ -124,14 +124,14 @@ pub fn mount_of_dev(sdev: u32) -> Option<PathBuf> {
 
 /// The object a mark line (`fields`) watches, found by path. A deleted or unreachable object
 /// is refused, naming it.
-pub fn watched(f: &[(&str, &str)]) -> Result<Watched, DumpError> {
+pub fn watched(f: &[(&str, &str)], pid: i32) -> Result<Watched, DumpError> {
     let ino: u64 = hex(f, "ino")?;
     let sdev: u32 = hex(f, "sdev")?;
     let (major, minor) = split_sdev(sdev);
     let name = format!("inode {ino} on device {major}:{minor}");
     let path = match by_handle(f, sdev)? {
         Some(p) => Some(p),
-        None => by_search(sdev, ino),
+        None => by_search(sdev, ino).or_else(|| held_open(pid, (major, minor), ino)),
     };
     let path = path.ok_or_else(|| {
         unsupported(format!(
@@ -189,6 +189,18 @@ fn by_handle(f: &[(&str, &str)], sdev: u32) -> Result<Option<PathBuf>, DumpError
         )));
     }
     Ok(Some(link))
+}
+
+/// A file process `pid` holds open with that inode: the name of a deleted object that no
+/// handle or search finds (for the error).
+fn held_open(pid: i32, (major, minor): (u32, u32), ino: u64) -> Option<PathBuf> {
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?;
+    fds.flatten()
+        .find(|e| {
+            std::fs::metadata(e.path())
+                .is_ok_and(|m| m.ino() == ino && m.dev() == libc::makedev(major, minor))
+        })
+        .and_then(|e| std::fs::read_link(e.path()).ok())
 }
 
 /// Up to this many directory entries are looked at when searching for a watched inode.
@@ -280,5 +292,48 @@ mod tests {
         assert!(hex::<u32>(&f, "nothing").is_err());
         assert_eq!(split_sdev(0x0010_0003), (1, 3));
         assert_eq!(unescape("/a\\040b\\134c"), "/a b\\c");
+    }
+}
+
+#[cfg(test)]
+mod found {
+    use super::*;
+    use nix::sys::inotify::{AddWatchFlags, InitFlags, Inotify};
+    use std::os::fd::{AsFd, AsRawFd};
+
+    /// The mark lines of our own inotify instance `ino`.
+    fn marks(ino: &Inotify) -> Vec<String> {
+        let info =
+            std::fs::read_to_string(format!("/proc/self/fdinfo/{}", ino.as_fd().as_raw_fd()))
+                .unwrap_or_default();
+        info.lines()
+            .filter_map(|l| l.strip_prefix("inotify ").map(str::to_owned))
+            .collect()
+    }
+
+    #[test]
+    fn a_watched_file_is_found_by_path_and_a_deleted_one_refused() {
+        let dir = std::env::temp_dir().join(format!("ckpt-notify-unit-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let (kept, gone) = (dir.join("kept"), dir.join("gone"));
+        std::fs::write(&kept, "").unwrap();
+        let held = std::fs::File::create(&gone).unwrap();
+        let ino = Inotify::init(InitFlags::IN_CLOEXEC).unwrap();
+        ino.add_watch(&kept, AddWatchFlags::IN_MODIFY).unwrap();
+        let m = marks(&ino);
+        let w = watched(&fields(&m[0]), std::process::id() as i32)
+            .ok()
+            .unwrap();
+        assert_eq!(Path::new(&w.path), kept.canonicalize().unwrap());
+        ino.add_watch(&gone, AddWatchFlags::IN_MODIFY).unwrap();
+        std::fs::remove_file(&gone).unwrap();
+        let m = marks(&ino);
+        let line = m.iter().find(|l| !l.contains(&format!("ino:{:x} ", w.ino)));
+        match watched(&fields(line.unwrap()), std::process::id() as i32) {
+            Err(DumpError::Unsupported(why)) => assert!(why.contains("deleted"), "{why}"),
+            other => panic!("a deleted object was not refused: {other:?}"),
+        }
+        drop(held);
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }
