@@ -77,6 +77,9 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
             marks.push(mark(&f, ctx.pid)?);
         }
     }
+    // fdinfo lists the newest mark first: recorded (and added again) oldest first, so that
+    // the restored instance lists them as the original did.
+    marks.reverse();
     let (flags, event_flags) =
         header.ok_or_else(|| unsupported("its fdinfo shows no fanotify flags"))?;
     let dropped = notify::unread_events(ctx.pid, e.fd, "a fanotify instance")?;
