@@ -7,11 +7,13 @@
  * OUTFILE: "ino wd=<wd> mask=<hex> name=<name>" and, for fanotify events on paths under DIR
  * from other processes, "fan mask=<hex> path=<path>". Prints "ready PID" on stdout when set up.
  * With "deleted", it also watches DIR/gone, held open and unlinked (its watch stays while
- * the file is open): a checkpoint must refuse it. */
+ * the file is open): a checkpoint must refuse it. With "unread", it writes to DIR/file itself
+ * before saying "ready" (an event queued at both instances) and reads nothing until SIGUSR1. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <limits.h>
 #include <poll.h>
+#include <signal.h>
 #include <stdio.h>
 #include <string.h>
 #include <sys/fanotify.h>
@@ -20,6 +22,8 @@
 #include <unistd.h>
 
 static int out;
+static volatile sig_atomic_t go = 1;
+static void on_usr1(int s) { (void)s; go = 1; }
 static char dir[PATH_MAX / 2];
 
 static void say(const char *line)
@@ -108,8 +112,22 @@ int main(int argc, char **argv)
 	if (fan < 0 || fanotify_mark(fan, FAN_MARK_ADD, FAN_MODIFY, AT_FDCWD, file) ||
 	    fanotify_mark(fan, FAN_MARK_ADD | FAN_MARK_MOUNT, FAN_CLOSE_WRITE, AT_FDCWD, dir))
 		return 3;
+	sigset_t usr1, none;
+	sigemptyset(&usr1);
+	sigemptyset(&none);
+	sigaddset(&usr1, SIGUSR1);
+	if (argc > 3 && strcmp(argv[3], "unread") == 0) {
+		sigprocmask(SIG_BLOCK, &usr1, NULL);
+		signal(SIGUSR1, on_usr1);
+		go = 0;
+		int f = open(file, O_WRONLY | O_APPEND);
+		if (f < 0 || write(f, "x\n", 2) != 2 || close(f))
+			return 1;
+	}
 	printf("ready %d\n", getpid());
 	fflush(stdout);
+	while (!go)
+		sigsuspend(&none);
 	for (;;) {
 		struct pollfd p[2] = { { ino, POLLIN, 0 }, { fan, POLLIN, 0 } };
 		if (poll(p, 2, -1) < 0)

@@ -1451,3 +1451,44 @@ fn a_watch_on_a_deleted_file_is_refused_by_name() {
     let _ = child.kill();
     let _ = child.wait();
 }
+
+/// Events queued and unread at the checkpoint are dropped with a warning (a queue cannot be
+/// read without consuming it): `ckpt inspect` says how many bytes; the restored program then
+/// sees only the events that come after.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn unread_notify_events_are_dropped_with_a_warning() {
+    let (_m, d, out, img) = begin("notify-unread", false);
+    let args = [out.as_os_str(), d.0.as_os_str(), "unread".as_ref()];
+    let (mut child, pid) = common::spawn_ready("notify", &args);
+    let res = ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    ok(&res);
+    child.wait().unwrap();
+    for what in ["an inotify instance at fd 4", "a fanotify instance at fd 5"] {
+        assert!(
+            err.contains(what) && err.contains("bytes of unread events"),
+            "no warning for {what}: {err}"
+        );
+    }
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(summary.contains("bytes of events dropped)"), "{summary}");
+    let from = file_len(&out);
+    let pid = restore_root(&img);
+    // SAFETY: signalling the restored process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    std::fs::write(d.path("w/marker"), "").unwrap();
+    wait_text(&out, from, "ino wd=3 mask=100 name=marker\n");
+    let text = text_after(&out, from);
+    assert!(
+        text.starts_with("ino wd=3 mask=100 name=marker\n"),
+        "an event from before the checkpoint was delivered:\n{text}"
+    );
+    kill_and_reap(pid);
+}
