@@ -131,7 +131,7 @@ pub fn watched(f: &[(&str, &str)], pid: i32) -> Result<Watched, DumpError> {
     let name = format!("inode {ino} on device {major}:{minor}");
     let path = match by_handle(f, sdev)? {
         Some(p) => Some(p),
-        None => by_search(sdev, ino).or_else(|| held_open(pid, (major, minor), ino)),
+        None => by_search(pid, sdev, ino).or_else(|| held_open(pid, (major, minor), ino)),
     };
     let path = path.ok_or_else(|| {
         unsupported(format!(
@@ -206,23 +206,37 @@ fn held_open(pid: i32, (major, minor): (u32, u32), ino: u64) -> Option<PathBuf> 
 /// Up to this many directory entries are looked at when searching for a watched inode.
 const SEARCH_LIMIT: usize = 100_000;
 
-/// The object's path found by its inode number under a mount of its filesystem (for
-/// filesystems that give no file handle), looking at no more than [`SEARCH_LIMIT`] entries and
-/// staying on that filesystem.
-fn by_search(sdev: u32, ino: u64) -> Option<PathBuf> {
-    let root = mount_of_dev(sdev)?;
-    let dev = std::fs::metadata(&root).ok()?.dev();
-    if std::fs::metadata(&root).ok()?.ino() == ino {
+/// The object's path found by its inode number (for filesystems that give no file handle):
+/// under the watching process's working directory first (a program often watches near it),
+/// then under a mount of its filesystem, looking at no more than [`SEARCH_LIMIT`] entries in
+/// all and staying on that filesystem.
+fn by_search(pid: i32, sdev: u32, ino: u64) -> Option<PathBuf> {
+    let (major, minor) = split_sdev(sdev);
+    let dev = libc::makedev(major, minor);
+    let cwd = std::fs::read_link(format!("/proc/{pid}/cwd")).ok();
+    let mut budget = SEARCH_LIMIT;
+    [cwd, mount_of_dev(sdev)]
+        .into_iter()
+        .flatten()
+        .filter(|root| std::fs::metadata(root).is_ok_and(|m| m.dev() == dev))
+        .find_map(|root| search_under(root, (dev, ino), &mut budget))
+}
+
+/// Depth first under `root`, on device `dev` only, for inode `ino`; each entry looked at
+/// takes one from `budget`.
+fn search_under(root: PathBuf, (dev, ino): (u64, u64), budget: &mut usize) -> Option<PathBuf> {
+    if std::fs::metadata(&root).is_ok_and(|m| m.ino() == ino) {
         return Some(root);
     }
     let mut todo = vec![root];
-    let mut seen = 0;
     while let Some(dir) = todo.pop() {
-        for e in std::fs::read_dir(&dir).ok()?.flatten() {
-            seen += 1;
-            if seen > SEARCH_LIMIT {
-                return None;
-            }
+        // A directory we cannot read is skipped, not the end of the search.
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            *budget = budget.checked_sub(1)?;
+            // lstat: symbolic links are not followed (no loops, no other filesystems).
             let Ok(m) = e.metadata() else { continue };
             if m.dev() != dev {
                 continue;
