@@ -34,6 +34,7 @@ fn main() {
         ("unix_socks", &[]),
         ("timers", &["-pthread"]),
         ("locks", &[]),
+        ("notify", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

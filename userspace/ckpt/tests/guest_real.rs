@@ -792,3 +792,109 @@ fn sqlite3_keeps_its_open_write_transaction_after_kill_and_restore() {
     assert_eq!(String::from_utf8_lossy(&rows.stdout), "1\n2\n");
     assert!(sqlite3(&db, &["INSERT INTO t VALUES(3)"]).status.success());
 }
+
+/// The inotify watches of process `pid` (every instance), as "wd:N ino:N sdev:N mask:N",
+/// sorted.
+fn inotify_watches(pid: i32) -> Vec<String> {
+    let mut watches = Vec::new();
+    for f in std::fs::read_dir(format!("/proc/{pid}/fdinfo"))
+        .unwrap()
+        .flatten()
+    {
+        let info = std::fs::read_to_string(f.path()).unwrap_or_default();
+        let lines = info.lines().filter_map(|l| l.strip_prefix("inotify "));
+        watches.extend(lines.map(|l| l.split(' ').take(4).collect::<Vec<_>>().join(" ")));
+    }
+    watches.sort();
+    watches
+}
+
+/// GNU tail -F (coreutils) follows a file through inotify (watches on the file and its
+/// directory); its polling fallback is set to an hour, so only the restored watches can show
+/// it lines appended after the restore, and the file being replaced.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tail_follows_its_file_through_inotify_after_kill_and_restore() {
+    let d = Dir::new("real-tail");
+    let (log, out) = (d.path("log"), d.path("out"));
+    std::fs::write(&log, "one\n").unwrap();
+    let mut tail = Command::new("tail")
+        .args(["-F", "-s", "3600", "-n", "+1"])
+        .arg(&log)
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(&out).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = tail.id() as i32;
+    let printed = || std::fs::read_to_string(&out).unwrap_or_default();
+    wait_for("tail prints the first line", || printed().contains("one\n"));
+    let uses_inotify = || {
+        std::fs::read_dir(format!("/proc/{pid}/fd")).is_ok_and(|fds| {
+            fds.flatten().any(|f| {
+                std::fs::read_link(f.path()).is_ok_and(|l| l.as_os_str() == "anon_inode:inotify")
+            })
+        })
+    };
+    wait_for("tail watches with inotify", uses_inotify);
+    let before = inotify_watches(pid);
+    assert!(
+        before.len() >= 2,
+        "tail watches the file and its directory: {before:?}"
+    );
+    let img = d.path("tail.img");
+    checkpoint_kill(&mut tail, &img);
+    assert_eq!(restore_root(&img), pid);
+    assert_eq!(
+        inotify_watches(pid),
+        before,
+        "the same watches, wds and inodes"
+    );
+    let mut f = std::fs::OpenOptions::new().append(true).open(&log).unwrap();
+    f.write_all(b"two\n").unwrap();
+    wait_for("tail prints a line appended after the restore", || {
+        printed().contains("one\ntwo\n")
+    });
+    // Replaced: tail -F follows the name (its directory's watch sees the rename).
+    std::fs::write(d.path("log.new"), "three\n").unwrap();
+    std::fs::rename(d.path("log.new"), &log).unwrap();
+    wait_for("tail follows the replaced file", || {
+        printed().contains("three\n")
+    });
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("tail is gone", || gone(pid));
+}
+
+/// tail -F on a file of the guest's root filesystem (9p, read-only: open_by_handle_at cannot
+/// open its handles), so its watched objects are found by inode number, under its working
+/// directory: it comes back with the same watches.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tail_of_a_file_on_a_filesystem_without_handles_comes_back() {
+    let d = Dir::new("real-tail-9p");
+    let here = env!("CARGO_MANIFEST_DIR");
+    let mut tail = Command::new("tail")
+        .args(["-F", "-s", "3600", "Cargo.toml"])
+        .current_dir(here)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = tail.id() as i32;
+    wait_for("tail watches with inotify", || {
+        inotify_watches(pid).len() >= 2
+    });
+    let before = inotify_watches(pid);
+    let img = d.path("tail.img");
+    checkpoint_kill(&mut tail, &img);
+    let summary = common::ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    let file = format!("{here}/Cargo.toml");
+    assert!(summary.contains(&file), "{file} not in:\n{summary}");
+    assert_eq!(restore_root(&img), pid);
+    assert_eq!(
+        inotify_watches(pid),
+        before,
+        "the same watches, wds and inodes"
+    );
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("tail is gone", || gone(pid));
+}

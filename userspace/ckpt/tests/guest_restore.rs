@@ -1556,3 +1556,147 @@ fn a_thread_lent_at_checkpoint_gives_its_signals_back() {
     let _ = child.wait();
     kill_and_reap(kid);
 }
+
+/// Whether `out` after byte `from` has a fanotify event on `path` with one of `masks`.
+fn fan_event(out: &Path, from: usize, path: &Path, masks: &[u32]) -> bool {
+    let text = text_after(out, from);
+    text.lines().any(|l| {
+        let Some(rest) = l.strip_prefix("fan mask=") else {
+            return false;
+        };
+        let (mask, p) = rest.split_once(" path=").unwrap_or(("", ""));
+        let mask = u32::from_str_radix(mask, 16).unwrap_or(0);
+        Path::new(p) == path && masks.contains(&mask)
+    })
+}
+
+/// tests/progs/notify.c: inotify watches with gaps in their numbering (wds 3 and 5 left of
+/// 1-5) and fanotify marks on an inode and a mount come back: events after the restore are
+/// reported with the original wds, and each mark catches what it caught before.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn inotify_and_fanotify_watches_come_back_with_their_wds() {
+    let (_m, d, out, img) = begin("notify", false);
+    let (mut child, pid) = common::spawn_ready("notify", &[out.as_os_str(), d.0.as_os_str()]);
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    child.wait().unwrap();
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    let (w, file, other) = (d.path("w"), d.path("file"), d.path("other"));
+    for want in [
+        format!(
+            "inotify (wd 3 {} mask 0x300, wd 5 {} mask 0x2)",
+            w.display(),
+            file.display()
+        ),
+        format!(
+            "fanotify (flags 0x1, event flags 0x8000; {} mask 0x2, mount ",
+            file.display()
+        ),
+    ] {
+        assert!(summary.contains(&want), "no {want:?} in:\n{summary}");
+    }
+    let from = file_len(&out);
+    let pid = restore_root(&img);
+    let fdinfo = std::fs::read_to_string(format!("/proc/{pid}/fdinfo/4")).unwrap();
+    let mut wds: Vec<&str> = (fdinfo.lines())
+        .filter_map(|l| l.strip_prefix("inotify ")?.split(' ').next())
+        .collect();
+    wds.sort();
+    assert_eq!(wds, ["wd:3", "wd:5"], "{fdinfo}");
+    std::fs::write(w.join("new"), "").unwrap();
+    std::fs::OpenOptions::new()
+        .append(true)
+        .open(&file)
+        .and_then(|mut f| std::io::Write::write_all(&mut f, b"more\n"))
+        .unwrap();
+    std::fs::write(&other, "other\n").unwrap();
+    std::fs::remove_file(w.join("new")).unwrap();
+    wait_text(&out, from, "ino wd=3 mask=100 name=new\n");
+    wait_text(&out, from, "ino wd=5 mask=2 name=\n");
+    wait_text(&out, from, "ino wd=3 mask=200 name=new\n");
+    // The inode mark (FAN_MODIFY) on file, the mount mark (FAN_CLOSE_WRITE) on other.
+    common::wait_for("fanotify events", 30, || {
+        fan_event(&out, from, &file, &[0x2, 0xa]) && fan_event(&out, from, &other, &[0x8])
+    });
+    let text = text_after(&out, from);
+    for gone in ["wd=1 ", "wd=2 ", "wd=4 "] {
+        assert!(
+            !text.contains(gone),
+            "an event for removed watch {gone}:\n{text}"
+        );
+    }
+    kill_and_reap(pid);
+}
+
+/// A watch on a file deleted while held open is refused by name; the process runs on.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_watch_on_a_deleted_file_is_refused_by_name() {
+    let (_m, d, out, img) = begin("notify-deleted", false);
+    let args = [out.as_os_str(), d.0.as_os_str(), "deleted".as_ref()];
+    let (mut child, pid) = common::spawn_ready("notify", &args);
+    let res = ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    assert_eq!(res.status.code(), Some(1), "{err}");
+    let gone = d.path("gone");
+    assert!(
+        err.contains(&gone.display().to_string()) && err.contains("deleted"),
+        "{err}"
+    );
+    assert!(!common::gone(pid), "the refused process is left running");
+    let _ = child.kill();
+    let _ = child.wait();
+}
+
+/// Events queued and unread at the checkpoint are dropped with a warning (a queue cannot be
+/// read without consuming it): `ckpt inspect` says how many bytes; the restored program then
+/// sees only the events that come after.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn unread_notify_events_are_dropped_with_a_warning() {
+    let (_m, d, out, img) = begin("notify-unread", false);
+    let args = [out.as_os_str(), d.0.as_os_str(), "unread".as_ref()];
+    let (mut child, pid) = common::spawn_ready("notify", &args);
+    let res = ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]);
+    let err = String::from_utf8_lossy(&res.stderr);
+    ok(&res);
+    child.wait().unwrap();
+    for what in ["an inotify instance at fd 4", "a fanotify instance at fd 5"] {
+        assert!(
+            err.contains(what) && err.contains("bytes of unread events"),
+            "no warning for {what}: {err}"
+        );
+    }
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(summary.contains("bytes of events dropped)"), "{summary}");
+    let from = file_len(&out);
+    let pid = restore_root(&img);
+    // SAFETY: signalling the restored process.
+    assert_eq!(unsafe { libc::kill(pid, libc::SIGUSR1) }, 0);
+    std::fs::write(d.path("w/marker"), "").unwrap();
+    wait_text(&out, from, "ino wd=3 mask=100 name=marker\n");
+    let text = text_after(&out, from);
+    assert!(
+        text.starts_with("ino wd=3 mask=100 name=marker\n"),
+        "an event from before the checkpoint was delivered:\n{text}"
+    );
+    kill_and_reap(pid);
+}

@@ -14,10 +14,13 @@
 mod deleted;
 mod epoll;
 mod eventfd;
+mod fanotify;
 mod file;
+mod inotify;
 mod listen;
 pub mod locks;
 mod memfd;
+mod notify;
 mod pipe;
 pub mod pty;
 mod signalfd;
@@ -33,10 +36,13 @@ mod unix_external;
 pub use deleted::DeletedFile;
 pub use epoll::{Epoll, EpollWatch};
 pub use eventfd::EventFd;
+pub use fanotify::{Fanotify, FanotifyMark, MarkOn};
 pub use file::PathFile;
+pub use inotify::{Inotify, InotifyWatch};
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
+pub use notify::Watched;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
@@ -85,6 +91,8 @@ pub enum FdKind {
     Memfd(MemfdFd),
     Pty(PtyEnd),
     Tcp(TcpEnd),
+    Inotify(Inotify),
+    Fanotify(Fanotify),
 }
 
 impl FdKind {
@@ -106,6 +114,8 @@ impl FdKind {
             FdKind::Memfd(s) => s,
             FdKind::Pty(s) => s,
             FdKind::Tcp(s) => s,
+            FdKind::Inotify(s) => s,
+            FdKind::Fanotify(s) => s,
         }
     }
 }
@@ -123,6 +133,8 @@ pub const DUMPERS: &[Dumper] = &[
     eventfd::dump,
     timerfd::dump,
     signalfd::dump,
+    inotify::dump,
+    fanotify::dump,
     file::dump,
 ];
 
@@ -544,6 +556,9 @@ impl SharedFds {
 /// a daemon opened before dropping privileges).
 pub type Reopen<'a> = &'a dyn Fn(&Path, OFlag) -> io::Result<OwnedFd>;
 
+/// Root's filesystem identity while the returned guard lives.
+pub type AsRoot<'a> = &'a dyn Fn() -> io::Result<Box<dyn std::any::Any>>;
+
 /// The state of one process's fd restore, in the restorer.
 pub struct RestoreCtx<'a> {
     pub table: &'a FdTable,
@@ -552,6 +567,9 @@ pub struct RestoreCtx<'a> {
     /// Temporary fds go at or above this number, clear of every fd of the image.
     pub scratch: RawFd,
     pub reopen: Reopen<'a>,
+    /// Gives the restorer root's filesystem identity until the guard is dropped (for what the
+    /// process's user may not reach, as `reopen` does).
+    pub as_root: AsRoot<'a>,
 }
 
 impl RestoreCtx<'_> {

@@ -516,6 +516,8 @@ fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
             r => Ok(r?),
         }
     };
+    let as_root =
+        || -> std::io::Result<Box<dyn std::any::Any>> { Ok(Box::new(as_fs_user(0, 0, &[])?)) };
     // Temporary fds (shared objects' ends) live above everything else.
     let scratch = work.base + work.count() as i32;
     let ctx = RestoreCtx {
@@ -524,6 +526,7 @@ fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
         blobs: &plan.blobs,
         scratch,
         reopen: &reopen,
+        as_root: &as_root,
     };
     if let Err((what, e)) = crate::fds::restore(ctx) {
         fail(&what, e);
