@@ -179,3 +179,122 @@ fn a_killed_ckpt_leaves_no_lock_behind() {
     server.kill().unwrap();
     server.wait().unwrap();
 }
+
+/// `--tcp-close`: without --kill the connection is left alone and nothing is locked; with
+/// it, the restored server finds its connection ended (reset: its read returns ECONNRESET,
+/// or end of file) and accepts new ones.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tcp_close_ends_the_connection_and_the_server_goes_on() {
+    let (d, mut server, pid, mut s, mut reader) = server_and_client("tcp-close", 3);
+    assert_eq!(ask(&mut s, &mut reader, 1), 1);
+    let img = d.path("live.img");
+    let out = common::ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--tcp-close",
+    ]);
+    common::ok(&out);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    assert!(image.manifest.shared.tcp.is_empty());
+    assert_eq!(image.manifest.shared.tcp_closed.len(), 1);
+    assert!(image.manifest.netlock.is_none());
+    assert!(lock_tables().is_empty(), "nothing locked");
+    assert_eq!(
+        ask(&mut s, &mut reader, 2),
+        2,
+        "the original connection goes on"
+    );
+
+    let img = d.path("closed.img");
+    let out = common::ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--tcp-close",
+        "--kill",
+    ]);
+    common::ok(&out);
+    server.wait().unwrap();
+    wait_for("the server is gone", || gone(pid));
+    assert!(lock_tables().is_empty(), "no lock with --tcp-close");
+    let inspect = common::ok(&common::ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(inspect.contains("recorded closed"), "{inspect}");
+    assert_eq!(restore_root(&img), pid);
+    let ends = || std::fs::read_to_string(d.path("s")).unwrap_or_default();
+    wait_for("the server sees its connection end", || {
+        ends().contains("end")
+    });
+    let end = ends();
+    assert!(
+        end == "end 0\n" || end == format!("end {}\n", libc::ECONNRESET),
+        "end of file or ECONNRESET: {end:?}"
+    );
+    let port = port() + 3;
+    let mut s2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader2 = BufReader::new(s2.try_clone().unwrap());
+    for n in 1..=3 {
+        assert_eq!(
+            ask(&mut s2, &mut reader2, n),
+            n,
+            "a new connection is served"
+        );
+    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
+/// Whether /proc/net/tcp shows a socket on local port `port` in state `state` (hex).
+fn tcp_state_on(port: u16, state: &str) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let local = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&state)
+    })
+}
+
+/// A connection whose client has shut down its side (CLOSE_WAIT at the server, with unread
+/// bytes before the FIN) is carried: after restore the server reads the bytes, then end of
+/// file, and its close reaches the client.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
+    let d = Dir::new("tcp-closewait");
+    let port = port() + 4;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "hold".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"hello, half closed").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSE_WAIT", || {
+        tcp_state_on(port, "08")
+    });
+    let img = d.path("cw.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert!(tcp[0].fin_received, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 18);
+    assert_eq!(restore_root(&img), pid);
+    assert!(lock_tables().is_empty(), "the lock is lifted");
+    assert!(tcp_state_on(port, "08"), "CLOSE_WAIT again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hello, half closed|EOF");
+    let mut rest = Vec::new();
+    use std::io::Read;
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the server's close ends the client's side: {rest:?}"
+    );
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}

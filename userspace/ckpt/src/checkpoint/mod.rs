@@ -36,6 +36,8 @@ pub struct Options<'a> {
     pub pid: i32,
     pub output: &'a Path,
     pub kill: bool,
+    /// Record TCP connections as closed (`--tcp-close`): nothing is locked.
+    pub tcp_close: bool,
     pub device: &'a Path,
     /// Do not use the interceptor even if the process runs under `ckpt run`.
     pub plain: bool,
@@ -68,7 +70,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     // SysV objects are read where the tree's processes see them.
     crate::sysv::enter_namespace(&tree.pids()).map_err(CheckpointError::Tree)?;
     let stdio_flushed = settle(&dev, &mut tree, &prepared, &mut frozen_at, opts)?;
-    let lock = lock_connections(&tree)?;
+    let lock = match opts.tcp_close {
+        true => NetLock::none(),
+        false => lock_connections(&tree)?,
+    };
 
     let write_err = |source| CheckpointError::Write {
         path: opts.output.into(),
@@ -82,7 +87,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts.output, &mut stats)?;
+    let mut manifest = dump_tree(&dev, &tree, &prepared, (&mut w, opts), &mut stats)?;
     // Killed, the tree's connections stay locked until the restore lifts the lock.
     manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
 
@@ -170,13 +175,16 @@ fn dump_tree(
     dev: &Device,
     tree: &FrozenTree,
     prepared: &BTreeMap<i32, Prepared>,
-    w: &mut ImageWriter,
-    path: &Path,
+    (w, opts): (&mut ImageWriter, &Options),
     stats: &mut Stats,
 ) -> Result<Manifest, CheckpointError> {
+    let path = opts.output;
     // Every process's fds first: which pipes and sockets are the tree's.
     let mut fd_entries = Vec::new();
-    let mut shared = SharedDump::default();
+    let mut shared = SharedDump {
+        tcp_close: opts.tcp_close,
+        ..SharedDump::default()
+    };
     for m in &tree.members {
         let pid = m.frozen.pid;
         let entries = proc::fds(pid).map_err(checkpoint_io(pid, "listing fds"))?;

@@ -18,6 +18,7 @@ mod file;
 mod listen;
 pub mod locks;
 mod memfd;
+mod packet;
 mod pipe;
 pub mod pty;
 mod signalfd;
@@ -25,7 +26,9 @@ mod socket;
 mod socket_pair;
 mod stdio;
 pub mod tcp;
+mod tcp_closed;
 mod timerfd;
+pub mod udp;
 mod unix;
 mod unix_dgram;
 
@@ -36,13 +39,16 @@ pub use file::PathFile;
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
+pub use packet::MARK as PACKET_MARK;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
 pub use socket_pair::{EndState, SocketPair, SocketPairEnd};
 pub use stdio::InheritedStdio;
 pub use tcp::{TcpConnection, TcpEnd};
+pub use tcp_closed::{ClosedTcp, TcpClosedEnd};
 pub use timerfd::TimerFd;
+pub use udp::{Datagram, UdpEnd, UdpSocket};
 pub use unix::{Message, Name, SockFile, UnixOpts, UnixType};
 pub use unix_dgram::{DgramEnd, DgramSocket};
 
@@ -82,6 +88,8 @@ pub enum FdKind {
     Memfd(MemfdFd),
     Pty(PtyEnd),
     Tcp(TcpEnd),
+    Udp(UdpEnd),
+    TcpClosed(TcpClosedEnd),
 }
 
 impl FdKind {
@@ -102,6 +110,8 @@ impl FdKind {
             FdKind::Memfd(s) => s,
             FdKind::Pty(s) => s,
             FdKind::Tcp(s) => s,
+            FdKind::Udp(s) => s,
+            FdKind::TcpClosed(s) => s,
         }
     }
 }
@@ -154,6 +164,12 @@ pub struct Shared {
     /// Established TCP connections.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpConnection>,
+    /// TCP connections recorded as closed (`ckpt checkpoint --tcp-close`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_closed: Vec<ClosedTcp>,
+    /// UDP sockets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp: Vec<UdpSocket>,
     /// SysV shared memory segments attached by the tree's processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::sysv::SysvSegment>,
@@ -270,6 +286,11 @@ pub struct SharedDump {
     pub pty_index: BTreeMap<u32, usize>,
     /// Socket inode -> its index in the table's TCP connections.
     pub tcp_index: BTreeMap<u64, usize>,
+    /// Socket inode -> its index in the table's closed TCP connections, UDP sockets.
+    pub tcp_closed_index: BTreeMap<u64, usize>,
+    pub udp_index: BTreeMap<u64, usize>,
+    /// Record TCP connections as closed instead of carrying them (`--tcp-close`).
+    pub tcp_close: bool,
     /// Socket pair ends already recorded (by inode).
     pub ends_seen: BTreeSet<u64>,
     /// Datagram sockets: inode -> index in the table; (index, peer's inode) to resolve.
@@ -421,6 +442,10 @@ pub struct SharedFds {
     pub ptys: Vec<PtyFds>,
     /// Each connection of `Shared::tcp`, made again.
     pub tcp: Vec<OwnedFd>,
+    /// A reset socket per entry of `Shared::tcp_closed`.
+    pub tcp_closed: Vec<OwnedFd>,
+    /// Each socket of `Shared::udp`, made again.
+    pub udp: Vec<OwnedFd>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
 }
@@ -490,6 +515,13 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let tcp_closed = (shared.tcp_closed.iter())
+            .map(|c| above(c.make()?, min))
+            .collect::<io::Result<_>>()?;
+        let udp = udp::make_all(&shared.udp, &blob)?
+            .into_iter()
+            .map(|s| above(s, min))
+            .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
@@ -499,6 +531,8 @@ impl SharedFds {
             listeners,
             ptys,
             tcp,
+            tcp_closed,
+            udp,
             sysv,
         })
     }
@@ -513,6 +547,8 @@ impl SharedFds {
         let singles = (self.memory.iter().chain(&self.listeners))
             .chain(pty_fds)
             .chain(&self.tcp)
+            .chain(&self.tcp_closed)
+            .chain(&self.udp)
             .chain(&self.dgram);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
@@ -684,6 +720,8 @@ impl Shared {
         crate::shmem::validate(&self.memory, sections)?;
         pty::validate(&self.ptys)?;
         tcp::validate(&self.tcp, sections, processes)?;
+        tcp_closed::validate_closed(&self.tcp_closed)?;
+        udp::validate(&self.udp, sections, processes)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;
         crate::sysv::sem::validate(&self.sysv_sem)?;
         crate::sysv::msg::validate(&self.sysv_msg, sections)

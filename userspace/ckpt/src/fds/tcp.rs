@@ -10,7 +10,7 @@
 //! sent for real. A connection whose both ends are in the tree comes back whole.
 
 use super::socket::{display, storage_of, valid_address};
-use super::{unsupported, DumpCtx, DumpError, Fd, FdState, RestoreCtx, View};
+use super::{unsupported, DumpCtx, DumpError, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::image::{section_is, Section, SectionKind};
 use crate::sys;
 use nix::sys::socket::{
@@ -24,8 +24,11 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// A connection's queued bytes: the send queue, then the receive queue.
 pub const TCP_QUEUES: SectionKind = SectionKind::named("tcp_queues");
 
-/// tcpi_state of an established connection.
+/// tcpi_state of an established connection, and of one whose peer has sent its FIN.
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_CLOSE_WAIT: u8 = 8;
+/// A socket never connected, or whose connection is over.
+const TCP_CLOSE: u8 = 7;
 /// tcpi_options bits and TCP option codes (RFC 793/1323/2018).
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
@@ -65,6 +68,10 @@ pub struct TcpConnection {
     pub keepalive: bool,
     /// The process (index in the image) as whose user it is made again.
     pub holder: usize,
+    /// CLOSE_WAIT: the peer's FIN was received (after the receive queue's bytes; `recv_seq`
+    /// counts it).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub fin_received: bool,
 }
 
 /// An fd of a connection; `conn` indexes `Shared::tcp`.
@@ -82,29 +89,44 @@ pub fn is_tcp(s: &OwnedFd) -> bool {
     stream && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
 }
 
-/// Whether TCP socket `s` is an established connection.
-pub fn is_established(s: &OwnedFd) -> bool {
-    sys::tcp_info(s).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED)
+/// Whether TCP socket `s` is a connection ckpt carries: established, or half closed by its
+/// peer (CLOSE_WAIT).
+pub fn is_carried(s: &OwnedFd) -> bool {
+    sys::tcp_info(s).is_ok_and(|i| [TCP_ESTABLISHED, TCP_CLOSE_WAIT].contains(&i.tcpi_state))
 }
 
-/// Records socket `s` (a copy of an fd of the process being dumped, inode `inode`), an
-/// established connection whose packets are held back (`crate::netlock`), once for the tree.
-/// None if `s` is not a connected TCP socket.
-pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<TcpEnd>, DumpError> {
+/// Records socket `s` (a copy of an fd of the process being dumped, inode `inode`), a
+/// connection whose packets are held back (`crate::netlock`), once for the tree; with
+/// `--tcp-close`, as closed. None if `s` is not a connected TCP socket.
+pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<FdKind>, DumpError> {
     if !is_tcp(s) || getsockopt(s, sockopt::AcceptConn).unwrap_or(false) {
         return Ok(None);
     }
     if let Some(&conn) = ctx.shared.tcp_index.get(&inode) {
-        return Ok(Some(TcpEnd { conn }));
+        return Ok(Some(FdKind::Tcp(TcpEnd { conn })));
     }
     let state = sys::tcp_info(s).map(|i| i.tcpi_state).unwrap_or(0);
-    if state != TCP_ESTABLISHED {
+    if ctx.shared.tcp_close && state != TCP_CLOSE {
+        return super::tcp_closed::dump_closed(ctx, s, inode).map(|c| Some(FdKind::TcpClosed(c)));
+    }
+    if ![TCP_ESTABLISHED, TCP_CLOSE_WAIT].contains(&state) {
         return Err(unsupported(format!(
-            "a TCP socket in state {} (only established connections and listening sockets \
-             are carried)",
+            "a TCP socket in state {} (only established connections, those whose peer has \
+             closed its side (CLOSE_WAIT) and listening sockets are carried; --tcp-close \
+             records connections as closed)",
             state_name(state)
         )));
     }
+    dump_connection(ctx, s, inode, state == TCP_CLOSE_WAIT).map(|e| Some(FdKind::Tcp(e)))
+}
+
+/// Reads connection `s` in repair mode and records it.
+fn dump_connection(
+    ctx: &mut DumpCtx,
+    s: &OwnedFd,
+    inode: u64,
+    fin_received: bool,
+) -> Result<TcpEnd, DumpError> {
     sys::tcp_set_repair(s, true).map_err(super::io_error("TCP_REPAIR"))?;
     let read = read(s);
     // Back at once: the process must never run with it on (it could not read).
@@ -112,6 +134,7 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<Tcp
     let (mut c, queues) = read.map_err(super::io_error("reading the TCP connection"))?;
     off.map_err(super::io_error("leaving TCP_REPAIR"))?;
     c.holder = ctx.process;
+    c.fin_received = fin_received;
     if !queues.is_empty() {
         c.data_section = Some(
             ctx.image
@@ -122,9 +145,9 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<Tcp
     let table = &mut ctx.shared.table.tcp;
     table.push(c);
     ctx.shared.tcp_index.insert(inode, table.len() - 1);
-    Ok(Some(TcpEnd {
+    Ok(TcpEnd {
         conn: table.len() - 1,
-    }))
+    })
 }
 
 fn state_name(state: u8) -> &'static str {
@@ -185,6 +208,7 @@ fn read(s: &OwnedFd) -> io::Result<(TcpConnection, Vec<u8>)> {
         nodelay: getsockopt(s, sockopt::TcpNoDelay).unwrap_or(false),
         keepalive: getsockopt(s, sockopt::KeepAlive).unwrap_or(false),
         holder: 0,
+        fin_received: false,
     };
     Ok((c, queues))
 }
@@ -222,7 +246,7 @@ impl TcpConnection {
         let s = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         sys::tcp_set_repair(&s, true)?;
         sys::tcp_select_queue(&s, sys::TCP_RECV_QUEUE)?;
-        sys::tcp_set_queue_seq(&s, self.recv_seq.wrapping_sub(self.recv_len))?;
+        sys::tcp_set_queue_seq(&s, self.data_end().wrapping_sub(self.recv_len))?;
         sys::tcp_select_queue(&s, sys::TCP_SEND_QUEUE)?;
         sys::tcp_set_queue_seq(&s, self.send_seq.wrapping_sub(self.send_len))?;
         bind(s.as_raw_fd(), &storage_of(&self.local)?)?;
@@ -235,20 +259,62 @@ impl TcpConnection {
         send_all(&s, received)?;
         sys::tcp_select_queue(&s, sys::TCP_SEND_QUEUE)?;
         send_all(&s, sent)?;
-        let [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup] = self.window;
-        let w = sys::TcpRepairWindow {
-            snd_wl1,
-            snd_wnd,
-            max_window,
-            rcv_wnd,
-            rcv_wup,
-        };
-        sys::tcp_set_repair_window(&s, w)?;
+        sys::tcp_set_repair_window(&s, self.repair_window())?;
+        if self.fin_received {
+            self.receive_fin(&s)?;
+        }
         sys::tcp_set_repair(&s, false)?;
         send_all(&s, unsent)?;
         setsockopt(&s, sockopt::TcpNoDelay, &self.nodelay)?;
         setsockopt(&s, sockopt::KeepAlive, &self.keepalive)?;
         Ok(s)
+    }
+
+    /// The sequence number after the received bytes (before the peer's FIN, if any).
+    fn data_end(&self) -> u32 {
+        self.recv_seq.wrapping_sub(u32::from(self.fin_received))
+    }
+
+    /// The window as recorded; before a FIN is received again, as it was before that FIN
+    /// (which moved the window's start by one).
+    fn repair_window(&self) -> sys::TcpRepairWindow {
+        let [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup] = self.window;
+        let fin = u32::from(self.fin_received);
+        sys::TcpRepairWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd: rcv_wnd.wrapping_add(fin),
+            rcv_wup: rcv_wup.wrapping_sub(fin),
+        }
+    }
+
+    /// The peer's FIN, received again (CLOSE_WAIT): nothing but the peer can put a FIN in
+    /// the receive side, so a packet like the one it sent is made (`packet`), after the
+    /// received bytes and acknowledging what it had acknowledged.
+    fn receive_fin(&self, s: &OwnedFd) -> io::Result<()> {
+        let (local, peer) = self.endpoints().ok_or_else(einval)?;
+        let scale = match self.options & TCPI_OPT_WSCALE {
+            0 => 0,
+            _ => self.snd_wscale,
+        };
+        let seg = super::packet::TcpSegment {
+            seq: self.data_end(),
+            ack: self.send_seq.wrapping_sub(self.send_len),
+            flags: super::packet::TCP_FIN | super::packet::TCP_ACK,
+            window: u16::try_from(self.window[1] >> scale).unwrap_or(u16::MAX),
+        };
+        super::packet::send_tcp(peer, local, &seg)?;
+        // Received on this CPU at once, as a rule; not trusted to be.
+        for _ in 0..200 {
+            if sys::tcp_info(s)?.tcpi_state == TCP_CLOSE_WAIT {
+                return Ok(());
+            }
+            std::thread::sleep(std::time::Duration::from_millis(5));
+        }
+        Err(io::Error::other(
+            "the peer's FIN, sent again, was not received",
+        ))
     }
 
     fn repair_options(&self) -> Vec<sys::TcpRepairOpt> {
@@ -283,6 +349,10 @@ pub fn socket_addr(raw: &[u8]) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::from((v6.ip(), v6.port())))
 }
 
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
 fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = send(s.as_raw_fd(), data, MsgFlags::empty())?;
@@ -312,8 +382,14 @@ impl FdState for TcpEnd {
     fn describe(&self, _f: &Fd, v: &View) -> String {
         match v.shared.tcp.get(self.conn) {
             Some(c) => format!(
-                "TCP connection {} ({} bytes to send, {} received unread)",
-                c.display, c.send_len, c.recv_len
+                "TCP connection {} ({} bytes to send, {} received unread{})",
+                c.display,
+                c.send_len,
+                c.recv_len,
+                match c.fin_received {
+                    true => ", then the peer's FIN: CLOSE_WAIT",
+                    false => "",
+                }
             ),
             None => "TCP connection ?".into(),
         }
@@ -389,7 +465,7 @@ pub fn established_in(
             let Ok(s) = sys::steal_fd(pid, e.fd) else {
                 continue; // its dump says why
             };
-            if !is_tcp(&s) || !is_established(&s) {
+            if !is_tcp(&s) || !is_carried(&s) {
                 continue;
             }
             let local = super::socket::local_address(&s)
