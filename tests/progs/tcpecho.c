@@ -10,7 +10,10 @@
  *                           "end 0" (end of file) or "end ERRNO" (a read failed) to DIR/s.
  *   tcpecho DIR PORT hold   the server, but it reads nothing of its first connection until
  *                           DIR/go exists; then reads it to its end and writes what it read
- *                           and "|EOF" (or "|ERR ERRNO") to DIR/got, closes it and serves. */
+ *                           and "|EOF" (or "|ERR ERRNO") to DIR/got, closes it and serves.
+ *   tcpecho DIR PORT ask    a client: connects to 127.0.0.1:PORT, sends "request", shuts
+ *                           down its sending side and prints "ready PID"; once DIR/go
+ *                           exists, reads the connection to its end into DIR/got as above. */
 #define _GNU_SOURCE
 #include <arpa/inet.h>
 #include <errno.h>
@@ -125,6 +128,17 @@ int main(int argc, char **argv)
 		return 1;
 	struct sockaddr_in addr = {.sin_family = AF_INET, .sin_port = htons((unsigned short)atoi(argv[2]))};
 	addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	if (argc > 3 && strcmp(argv[3], "ask") == 0) {
+		int s = socket(AF_INET, SOCK_STREAM, 0);
+		if (s < 0 || connect(s, (struct sockaddr *)&addr, sizeof addr) != 0)
+			return 4;
+		if (write(s, "request", 7) != 7 || shutdown(s, SHUT_WR) != 0)
+			return 5;
+		printf("ready %d\n", (int)getpid());
+		fflush(stdout);
+		hold(argv[1], s);
+		return 0;
+	}
 	int l = socket(AF_INET, SOCK_STREAM, 0);
 	int one = 1;
 	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);

@@ -5,6 +5,7 @@
 
 mod common;
 
+use ckpt::fds::tcp::TcpState;
 use common::{gone, restore_root, spawn_ready, Dir};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -250,11 +251,17 @@ fn tcp_close_ends_the_connection_and_the_server_goes_on() {
 
 /// Whether /proc/net/tcp shows a socket on local port `port` in state `state` (hex).
 fn tcp_state_on(port: u16, state: &str) -> bool {
+    tcp_state_at(1, port, state)
+}
+
+/// Whether /proc/net/tcp shows a socket whose address `field` (1 local, 2 remote) is
+/// 127.0.0.1:`port` in state `state` (hex).
+fn tcp_state_at(field: usize, port: u16, state: &str) -> bool {
     let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
-    let local = format!("0100007F:{port:04X}");
+    let addr = format!("0100007F:{port:04X}");
     table.lines().skip(1).any(|l| {
         let f: Vec<&str> = l.split_whitespace().collect();
-        f.get(1) == Some(&local.as_str()) && f.get(3) == Some(&state)
+        f.get(field) == Some(&addr.as_str()) && f.get(3) == Some(&state)
     })
 }
 
@@ -279,7 +286,7 @@ fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
     let (_, image, _) = common::checkpoint_kill(&mut server, &img);
     let tcp = &image.manifest.shared.tcp;
     assert_eq!(tcp.len(), 1);
-    assert!(tcp[0].fin_received, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].state, TcpState::CloseWait, "{:?}", tcp[0]);
     assert_eq!(tcp[0].recv_len, 18);
     assert_eq!(restore_root(&img), pid);
     assert!(lock_tables().is_empty(), "the lock is lifted");
@@ -297,4 +304,41 @@ fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
     );
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("the server is gone", || gone(pid));
+}
+
+/// A client in the tree that has shut down its side, its FIN acknowledged (FIN_WAIT2), is
+/// carried: after restore the peer outside (this test) still reads its end of file, and
+/// what the peer sends then, and its close, reach the client.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_fin_wait2_connection_comes_back_half_closed() {
+    use std::io::Read;
+    let d = Dir::new("tcp-finwait2");
+    let port = port() + 5;
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let p = port.to_string();
+    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = Vec::new();
+    s.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"request");
+    wait_for("the client's side is in FIN_WAIT2", || {
+        tcp_state_at(2, port, "05")
+    });
+    let img = d.path("fw2.img");
+    let (_, image, _) = common::checkpoint_kill(&mut client, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::FinWait2, "{:?}", tcp[0]);
+    assert_eq!((tcp[0].send_len, tcp[0].recv_len), (0, 0));
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_at(2, port, "05"), "FIN_WAIT2 again");
+    s.write_all(b"reply").unwrap();
+    drop(s);
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the client reads its connection", || !got().is_empty());
+    assert_eq!(got(), "reply|EOF");
+    wait_for("the client is done", || gone(pid));
 }
