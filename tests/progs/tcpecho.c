@@ -11,6 +11,8 @@
  *   tcpecho DIR PORT hold   the server, but it reads nothing of its first connection until
  *                           DIR/go exists; then reads it to its end and writes what it read
  *                           and "|EOF" (or "|ERR ERRNO") to DIR/got, closes it and serves.
+ *   tcpecho DIR PORT shut   as hold, but it shuts down its sending side of the connection
+ *                           once DIR/shut exists (before DIR/go).
  *   tcpecho DIR PORT ask    a client: connects to 127.0.0.1:PORT, sends "request", shuts
  *                           down its sending side and prints "ready PID"; once DIR/go
  *                           exists, reads the connection to its end into DIR/got as above. */
@@ -144,8 +146,9 @@ int main(int argc, char **argv)
 	setsockopt(l, SOL_SOCKET, SO_REUSEADDR, &one, sizeof one);
 	if (l < 0 || bind(l, (struct sockaddr *)&addr, sizeof addr) != 0 || listen(l, 8) != 0)
 		return 2;
-	if (argc > 3 && (strcmp(argv[3], "serve") == 0 || strcmp(argv[3], "hold") == 0)) {
-		int held = strcmp(argv[3], "hold") == 0;
+	if (argc > 3 && (strcmp(argv[3], "serve") == 0 || strcmp(argv[3], "hold") == 0 ||
+			 strcmp(argv[3], "shut") == 0)) {
+		int held = strcmp(argv[3], "serve") != 0, shut = strcmp(argv[3], "shut") == 0;
 		printf("ready %d\n", (int)getpid());
 		fflush(stdout);
 		for (;;) {
@@ -153,6 +156,12 @@ int main(int argc, char **argv)
 			if (c < 0)
 				return 3;
 			if (held) {
+				char path[4096];
+				snprintf(path, sizeof path, "%s/shut", argv[1]);
+				while (shut && access(path, F_OK) != 0)
+					nap(50);
+				if (shut)
+					shutdown(c, SHUT_WR);
 				hold(argv[1], c);
 				held = 0;
 			} else {

@@ -342,3 +342,124 @@ fn a_fin_wait2_connection_comes_back_half_closed() {
     assert_eq!(got(), "reply|EOF");
     wait_for("the client is done", || gone(pid));
 }
+
+/// An nftables table of the test's own that drops the packets `rule` matches, deleted on
+/// drop: a peer whose acknowledgements do not arrive.
+struct Dropping(String);
+
+impl Dropping {
+    fn new(name: &str, rule: &str) -> Dropping {
+        let text = format!(
+            "table inet {name} {{\n chain c {{\n type filter hook input priority -160; policy accept;\n {rule}\n }}\n}}\n"
+        );
+        let mut c = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success(), "nft {text}");
+        Dropping(name.into())
+    }
+}
+
+impl Drop for Dropping {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
+
+/// A client in the tree whose FIN (and last bytes) the peer has not acknowledged
+/// (FIN_WAIT1: the peer's acknowledgements are dropped) is carried with its unacknowledged
+/// bytes: once the peer's packets pass again, the FIN is acknowledged (FIN_WAIT2: the
+/// sequence numbers are the ones the peer expects), and the peer's reply and close reach it.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_fin_wait1_connection_comes_back_and_finishes_closing() {
+    use std::io::Read;
+    let d = Dir::new("tcp-finwait1");
+    let port = port() + 6;
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let acks = Dropping::new(
+        &format!("inettest_fw1_{port}"),
+        &format!("tcp sport {port} tcp flags & syn == 0 drop"),
+    );
+    let p = port.to_string();
+    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = Vec::new();
+    s.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"request");
+    wait_for("the client's side is in FIN_WAIT1", || {
+        tcp_state_at(2, port, "04")
+    });
+    let img = d.path("fw1.img");
+    let (_, image, _) = common::checkpoint_kill(&mut client, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::FinWait1, "{:?}", tcp[0]);
+    assert_eq!((tcp[0].send_len, tcp[0].unsent), (7, 0), "unacknowledged");
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_at(2, port, "04"), "FIN_WAIT1 again");
+    drop(acks);
+    wait_for("the FIN is acknowledged", || tcp_state_at(2, port, "05"));
+    s.write_all(b"reply").unwrap();
+    drop(s);
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the client reads its connection", || !got().is_empty());
+    assert_eq!(got(), "reply|EOF");
+    wait_for("the client is done", || gone(pid));
+}
+
+/// A server in the tree that has shut down its side after its client did (LAST_ACK: the
+/// client's acknowledgements are dropped) is carried with its unread bytes: after restore
+/// it reads them and end of file, and once the client's packets pass again its FIN is
+/// acknowledged and the connection ends.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_last_ack_connection_comes_back_and_ends() {
+    let d = Dir::new("tcp-lastack");
+    let port = port() + 7;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "shut".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"hi").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSE_WAIT", || {
+        tcp_state_on(port, "08")
+    });
+    let mine = s.local_addr().unwrap().port();
+    let acks = Dropping::new(
+        &format!("inettest_la_{port}"),
+        // Its acknowledgements only (its FIN went before; the one the restore makes again
+        // must pass).
+        &format!("tcp sport {mine} tcp flags & (syn | fin) == 0 drop"),
+    );
+    std::fs::write(d.path("shut"), b"").unwrap();
+    wait_for("the server's side is in LAST_ACK", || {
+        tcp_state_on(port, "09")
+    });
+    let img = d.path("la.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::LastAck, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 2);
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_on(port, "09"), "LAST_ACK again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hi|EOF");
+    drop(acks);
+    wait_for("the server's FIN is acknowledged", || {
+        !tcp_state_on(port, "09")
+    });
+    drop(s);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
