@@ -463,3 +463,55 @@ fn a_last_ack_connection_comes_back_and_ends() {
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("the server is gone", || gone(pid));
 }
+
+/// Both sides closing at once (CLOSING: the server's FIN is not acknowledged, the client's
+/// FIN has arrived; the server's FINs are dropped): carried, the server reads its bytes and
+/// end of file, and once its FIN passes again the connection ends.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_closing_connection_comes_back_and_ends() {
+    use std::io::Read;
+    let d = Dir::new("tcp-closing");
+    let port = port() + 8;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "shut".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"hi").unwrap();
+    let fins = Dropping::new(
+        &format!("inettest_cl_{port}"),
+        &format!("tcp sport {port} tcp flags & fin == fin drop"),
+    );
+    std::fs::write(d.path("shut"), b"").unwrap();
+    wait_for("the server's side is in FIN_WAIT1", || {
+        tcp_state_on(port, "04")
+    });
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSING", || {
+        tcp_state_on(port, "0B")
+    });
+    let img = d.path("cl.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::Closing, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 2);
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_on(port, "0B"), "CLOSING again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hi|EOF");
+    drop(fins);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the server's FIN reaches the client: {rest:?}"
+    );
+    wait_for("the server's FIN is acknowledged", || {
+        !tcp_state_on(port, "0B")
+    });
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
