@@ -129,3 +129,29 @@ fn a_connected_udp_pair_in_the_tree_comes_back() {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
 }
+
+/// A restore while the original still holds the port fails, naming the address.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_taken_udp_port_fails_the_restore_by_name() {
+    let d = Dir::new("udp-taken");
+    let port = port() + 1;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("udpecho", &["serve".as_ref(), p.as_ref(), "0".as_ref()]);
+    let img = d.path("live.img");
+    common::ok(&common::ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+    ]));
+    let out = common::ckpt(&["restore", img.to_str().unwrap()]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "restored while the port is taken");
+    assert!(
+        err.contains(&format!("127.0.0.1:{port}")) && err.contains("port is taken"),
+        "{err}"
+    );
+    server.kill().unwrap();
+    server.wait().unwrap();
+}
