@@ -92,6 +92,12 @@ struct CheckpointArgs {
     /// Kill the process (the whole tree) once the image is safely written.
     #[arg(long)]
     kill: bool,
+    /// Record TCP connections as closed instead of carrying them: no network lock; after a
+    /// restore each is a socket whose peer has reset it (the next read fails with
+    /// ECONNRESET, then reads return end of file). Without --kill the original connections
+    /// are left alone; with it they end as the processes do.
+    #[arg(long)]
+    tcp_close: bool,
     /// Take only the process itself, not its descendants.
     #[arg(long)]
     single: bool,
@@ -235,6 +241,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         pid,
         output: &output,
         kill: a.kill,
+        tcp_close: a.tcp_close,
         device,
         plain: a.plain,
         single: a.single,

@@ -281,6 +281,8 @@ mod tests {
             listeners: vec![],
             ptys: vec![],
             tcp: vec![],
+            tcp_closed: vec![],
+            udp: vec![],
             memory: vec![],
             sysv_shm: vec![],
             sysv_sem: vec![crate::sysv::SemSet {

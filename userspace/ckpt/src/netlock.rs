@@ -51,6 +51,15 @@ impl NetLock {
         Ok(lock)
     }
 
+    /// No lock (nothing to hold back).
+    pub fn none() -> NetLock {
+        NetLock {
+            sockets: Vec::new(),
+            table: None,
+            guard: None,
+        }
+    }
+
     /// Right before the tree is killed: every connection in repair mode, so that closing it
     /// sends nothing.
     pub fn arm_for_kill(&self) -> io::Result<()> {
@@ -121,9 +130,11 @@ fn table_text(name: &str, endpoints: &[(SocketAddr, SocketAddr)]) -> String {
             local.port()
         ));
     }
+    // Packets a restore makes on the peers' behalf (a FIN received again) come through.
     format!(
         "table inet {name} {{\n  chain hold {{\n    type filter hook input priority -150; \
-         policy accept;\n{rules}  }}\n}}\n"
+         policy accept;\n    meta mark {:#x} accept\n{rules}  }}\n}}\n",
+        crate::fds::PACKET_MARK
     )
 }
 
@@ -217,5 +228,6 @@ mod tests {
         );
         assert!(t.contains("ip6 saddr ::1 tcp sport 5555 ip6 daddr ::1 tcp dport 80 drop"));
         assert!(t.contains("hook input"));
+        assert!(t.contains("meta mark 0x636b7074 accept\n    ip saddr"));
     }
 }

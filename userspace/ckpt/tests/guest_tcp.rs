@@ -5,6 +5,7 @@
 
 mod common;
 
+use ckpt::fds::tcp::TcpState;
 use common::{gone, restore_root, spawn_ready, Dir};
 use std::io::{BufRead, BufReader, Write};
 use std::net::TcpStream;
@@ -178,4 +179,339 @@ fn a_killed_ckpt_leaves_no_lock_behind() {
     }
     server.kill().unwrap();
     server.wait().unwrap();
+}
+
+/// `--tcp-close`: without --kill the connection is left alone and nothing is locked; with
+/// it, the restored server finds its connection ended (reset: its read returns ECONNRESET,
+/// or end of file) and accepts new ones.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn tcp_close_ends_the_connection_and_the_server_goes_on() {
+    let (d, mut server, pid, mut s, mut reader) = server_and_client("tcp-close", 3);
+    assert_eq!(ask(&mut s, &mut reader, 1), 1);
+    let img = d.path("live.img");
+    let out = common::ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--tcp-close",
+    ]);
+    common::ok(&out);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    assert!(image.manifest.shared.tcp.is_empty());
+    assert_eq!(image.manifest.shared.tcp_closed.len(), 1);
+    assert!(image.manifest.netlock.is_none());
+    assert!(lock_tables().is_empty(), "nothing locked");
+    assert_eq!(
+        ask(&mut s, &mut reader, 2),
+        2,
+        "the original connection goes on"
+    );
+
+    let img = d.path("closed.img");
+    let out = common::ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--tcp-close",
+        "--kill",
+    ]);
+    common::ok(&out);
+    server.wait().unwrap();
+    wait_for("the server is gone", || gone(pid));
+    assert!(lock_tables().is_empty(), "no lock with --tcp-close");
+    let inspect = common::ok(&common::ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(inspect.contains("recorded closed"), "{inspect}");
+    assert_eq!(restore_root(&img), pid);
+    let ends = || std::fs::read_to_string(d.path("s")).unwrap_or_default();
+    wait_for("the server sees its connection end", || {
+        ends().contains("end")
+    });
+    let end = ends();
+    assert!(
+        end == "end 0\n" || end == format!("end {}\n", libc::ECONNRESET),
+        "end of file or ECONNRESET: {end:?}"
+    );
+    let port = port() + 3;
+    let mut s2 = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s2.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut reader2 = BufReader::new(s2.try_clone().unwrap());
+    for n in 1..=3 {
+        assert_eq!(
+            ask(&mut s2, &mut reader2, n),
+            n,
+            "a new connection is served"
+        );
+    }
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
+/// Whether /proc/net/tcp shows a socket on local port `port` in state `state` (hex).
+fn tcp_state_on(port: u16, state: &str) -> bool {
+    tcp_state_at(1, port, state)
+}
+
+/// Whether /proc/net/tcp shows a socket whose address `field` (1 local, 2 remote) is
+/// 127.0.0.1:`port` in state `state` (hex).
+fn tcp_state_at(field: usize, port: u16, state: &str) -> bool {
+    let table = std::fs::read_to_string("/proc/net/tcp").unwrap_or_default();
+    let addr = format!("0100007F:{port:04X}");
+    table.lines().skip(1).any(|l| {
+        let f: Vec<&str> = l.split_whitespace().collect();
+        f.get(field) == Some(&addr.as_str()) && f.get(3) == Some(&state)
+    })
+}
+
+/// A connection whose client has shut down its side (CLOSE_WAIT at the server, with unread
+/// bytes before the FIN) is carried: after restore the server reads the bytes, then end of
+/// file, and its close reaches the client.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
+    let d = Dir::new("tcp-closewait");
+    let port = port() + 4;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "hold".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"hello, half closed").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSE_WAIT", || {
+        tcp_state_on(port, "08")
+    });
+    let img = d.path("cw.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::CloseWait, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 18);
+    assert_eq!(restore_root(&img), pid);
+    assert!(lock_tables().is_empty(), "the lock is lifted");
+    assert!(tcp_state_on(port, "08"), "CLOSE_WAIT again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hello, half closed|EOF");
+    let mut rest = Vec::new();
+    use std::io::Read;
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the server's close ends the client's side: {rest:?}"
+    );
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
+/// A client in the tree that has shut down its side, its FIN acknowledged (FIN_WAIT2), is
+/// carried: after restore the peer outside (this test) still reads its end of file, and
+/// what the peer sends then, and its close, reach the client.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_fin_wait2_connection_comes_back_half_closed() {
+    use std::io::Read;
+    let d = Dir::new("tcp-finwait2");
+    let port = port() + 5;
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let p = port.to_string();
+    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = Vec::new();
+    s.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"request");
+    wait_for("the client's side is in FIN_WAIT2", || {
+        tcp_state_at(2, port, "05")
+    });
+    let img = d.path("fw2.img");
+    let (_, image, _) = common::checkpoint_kill(&mut client, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::FinWait2, "{:?}", tcp[0]);
+    assert_eq!((tcp[0].send_len, tcp[0].recv_len), (0, 0));
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_at(2, port, "05"), "FIN_WAIT2 again");
+    s.write_all(b"reply").unwrap();
+    drop(s);
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the client reads its connection", || !got().is_empty());
+    assert_eq!(got(), "reply|EOF");
+    wait_for("the client is done", || gone(pid));
+}
+
+/// An nftables table of the test's own that drops the packets `rule` matches, deleted on
+/// drop: a peer whose acknowledgements do not arrive.
+struct Dropping(String);
+
+impl Dropping {
+    fn new(name: &str, rule: &str) -> Dropping {
+        let text = format!(
+            "table inet {name} {{\n chain c {{\n type filter hook input priority -160; policy accept;\n {rule}\n }}\n}}\n"
+        );
+        let mut c = Command::new("nft")
+            .args(["-f", "-"])
+            .stdin(std::process::Stdio::piped())
+            .spawn()
+            .unwrap();
+        c.stdin.take().unwrap().write_all(text.as_bytes()).unwrap();
+        assert!(c.wait().unwrap().success(), "nft {text}");
+        Dropping(name.into())
+    }
+}
+
+impl Drop for Dropping {
+    fn drop(&mut self) {
+        let _ = Command::new("nft")
+            .args(["delete", "table", "inet", &self.0])
+            .status();
+    }
+}
+
+/// A client in the tree whose FIN (and last bytes) the peer has not acknowledged
+/// (FIN_WAIT1: the peer's acknowledgements are dropped) is carried with its unacknowledged
+/// bytes: once the peer's packets pass again, the FIN is acknowledged (FIN_WAIT2: the
+/// sequence numbers are the ones the peer expects), and the peer's reply and close reach it.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_fin_wait1_connection_comes_back_and_finishes_closing() {
+    use std::io::Read;
+    let d = Dir::new("tcp-finwait1");
+    let port = port() + 6;
+    let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
+    let acks = Dropping::new(
+        &format!("inettest_fw1_{port}"),
+        &format!("tcp sport {port} tcp flags & syn == 0 drop"),
+    );
+    let p = port.to_string();
+    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = Vec::new();
+    s.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"request");
+    wait_for("the client's side is in FIN_WAIT1", || {
+        tcp_state_at(2, port, "04")
+    });
+    let img = d.path("fw1.img");
+    let (_, image, _) = common::checkpoint_kill(&mut client, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::FinWait1, "{:?}", tcp[0]);
+    assert_eq!((tcp[0].send_len, tcp[0].unsent), (7, 0), "unacknowledged");
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_at(2, port, "04"), "FIN_WAIT1 again");
+    drop(acks);
+    wait_for("the FIN is acknowledged", || tcp_state_at(2, port, "05"));
+    s.write_all(b"reply").unwrap();
+    drop(s);
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the client reads its connection", || !got().is_empty());
+    assert_eq!(got(), "reply|EOF");
+    wait_for("the client is done", || gone(pid));
+}
+
+/// A server in the tree that has shut down its side after its client did (LAST_ACK: the
+/// client's acknowledgements are dropped) is carried with its unread bytes: after restore
+/// it reads them and end of file, and once the client's packets pass again its FIN is
+/// acknowledged and the connection ends.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_last_ack_connection_comes_back_and_ends() {
+    let d = Dir::new("tcp-lastack");
+    let port = port() + 7;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "shut".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.write_all(b"hi").unwrap();
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSE_WAIT", || {
+        tcp_state_on(port, "08")
+    });
+    let mine = s.local_addr().unwrap().port();
+    let acks = Dropping::new(
+        &format!("inettest_la_{port}"),
+        // Its acknowledgements only (its FIN went before; the one the restore makes again
+        // must pass).
+        &format!("tcp sport {mine} tcp flags & (syn | fin) == 0 drop"),
+    );
+    std::fs::write(d.path("shut"), b"").unwrap();
+    wait_for("the server's side is in LAST_ACK", || {
+        tcp_state_on(port, "09")
+    });
+    let img = d.path("la.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::LastAck, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 2);
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_on(port, "09"), "LAST_ACK again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hi|EOF");
+    drop(acks);
+    wait_for("the server's FIN is acknowledged", || {
+        !tcp_state_on(port, "09")
+    });
+    drop(s);
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
+/// Both sides closing at once (CLOSING: the server's FIN is not acknowledged, the client's
+/// FIN has arrived; the server's FINs are dropped): carried, the server reads its bytes and
+/// end of file, and once its FIN passes again the connection ends.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_closing_connection_comes_back_and_ends() {
+    use std::io::Read;
+    let d = Dir::new("tcp-closing");
+    let port = port() + 8;
+    let p = port.to_string();
+    let (mut server, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "shut".as_ref()]);
+    let mut s = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    s.write_all(b"hi").unwrap();
+    let fins = Dropping::new(
+        &format!("inettest_cl_{port}"),
+        &format!("tcp sport {port} tcp flags & fin == fin drop"),
+    );
+    std::fs::write(d.path("shut"), b"").unwrap();
+    wait_for("the server's side is in FIN_WAIT1", || {
+        tcp_state_on(port, "04")
+    });
+    s.shutdown(std::net::Shutdown::Write).unwrap();
+    wait_for("the server's side is in CLOSING", || {
+        tcp_state_on(port, "0B")
+    });
+    let img = d.path("cl.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, TcpState::Closing, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, 2);
+    assert_eq!(restore_root(&img), pid);
+    assert!(tcp_state_on(port, "0B"), "CLOSING again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    assert_eq!(got(), "hi|EOF");
+    drop(fins);
+    let mut rest = Vec::new();
+    s.read_to_end(&mut rest).unwrap();
+    assert!(
+        rest.is_empty(),
+        "the server's FIN reaches the client: {rest:?}"
+    );
+    wait_for("the server's FIN is acknowledged", || {
+        !tcp_state_on(port, "0B")
+    });
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
 }

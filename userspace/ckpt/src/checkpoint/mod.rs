@@ -36,6 +36,8 @@ pub struct Options<'a> {
     pub pid: i32,
     pub output: &'a Path,
     pub kill: bool,
+    /// Record TCP connections as closed (`--tcp-close`): nothing is locked.
+    pub tcp_close: bool,
     pub device: &'a Path,
     /// Do not use the interceptor even if the process runs under `ckpt run`.
     pub plain: bool,
@@ -71,7 +73,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     // SysV objects are read where the tree's processes see them.
     crate::sysv::enter_namespace(&tree.pids()).map_err(CheckpointError::Tree)?;
     let stdio_flushed = settle(&dev, &mut tree, &prepared, &mut frozen_at, opts)?;
-    let lock = lock_connections(&tree)?;
+    let lock = match opts.tcp_close {
+        true => NetLock::none(),
+        false => lock_connections(&tree)?,
+    };
 
     let write_err = |source| CheckpointError::Write {
         path: opts.output.into(),
@@ -85,7 +90,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let mut manifest = dump_tree(&dev, &tree, &prepared, &mut w, opts, &mut stats)?;
+    let mut manifest = dump_tree(&dev, &tree, &prepared, (&mut w, opts), &mut stats)?;
     // Killed, the tree's connections stay locked until the restore lifts the lock.
     manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
 
@@ -173,8 +178,7 @@ fn dump_tree(
     dev: &Device,
     tree: &FrozenTree,
     prepared: &BTreeMap<i32, Prepared>,
-    w: &mut ImageWriter,
-    opts: &Options,
+    (w, opts): (&mut ImageWriter, &Options),
     stats: &mut Stats,
 ) -> Result<Manifest, CheckpointError> {
     let path = opts.output;
@@ -182,6 +186,7 @@ fn dump_tree(
     let mut fd_entries = Vec::new();
     let mut shared = SharedDump {
         external_unix: opts.external_unix,
+        tcp_close: opts.tcp_close,
         ..SharedDump::default()
     };
     for m in &tree.members {

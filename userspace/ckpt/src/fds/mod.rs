@@ -21,6 +21,7 @@ mod listen;
 pub mod locks;
 mod memfd;
 mod notify;
+mod packet;
 mod pipe;
 pub mod pty;
 mod signalfd;
@@ -28,7 +29,9 @@ mod socket;
 mod socket_pair;
 mod stdio;
 pub mod tcp;
+mod tcp_closed;
 mod timerfd;
+pub mod udp;
 mod unix;
 mod unix_dgram;
 mod unix_external;
@@ -43,13 +46,16 @@ pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
 pub use notify::Watched;
+pub use packet::MARK as PACKET_MARK;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use signalfd::SignalFd;
 pub use socket_pair::{EndState, SocketPair, SocketPairEnd};
 pub use stdio::InheritedStdio;
 pub use tcp::{TcpConnection, TcpEnd};
+pub use tcp_closed::{ClosedTcp, TcpClosedEnd};
 pub use timerfd::TimerFd;
+pub use udp::{Datagram, UdpEnd, UdpSocket};
 pub use unix::{Message, Name, SockFile, UnixOpts, UnixType};
 pub use unix_dgram::{DgramEnd, DgramSocket};
 pub use unix_external::{ExternalEnd, ExternalSocket, Reconnect};
@@ -93,6 +99,8 @@ pub enum FdKind {
     Tcp(TcpEnd),
     Inotify(Inotify),
     Fanotify(Fanotify),
+    Udp(UdpEnd),
+    TcpClosed(TcpClosedEnd),
 }
 
 impl FdKind {
@@ -116,6 +124,8 @@ impl FdKind {
             FdKind::Tcp(s) => s,
             FdKind::Inotify(s) => s,
             FdKind::Fanotify(s) => s,
+            FdKind::Udp(s) => s,
+            FdKind::TcpClosed(s) => s,
         }
     }
 }
@@ -173,6 +183,12 @@ pub struct Shared {
     /// Established TCP connections.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpConnection>,
+    /// TCP connections recorded as closed (`ckpt checkpoint --tcp-close`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tcp_closed: Vec<ClosedTcp>,
+    /// UDP sockets.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub udp: Vec<UdpSocket>,
     /// SysV shared memory segments attached by the tree's processes.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub sysv_shm: Vec<crate::sysv::SysvSegment>,
@@ -289,6 +305,11 @@ pub struct SharedDump {
     pub pty_index: BTreeMap<u32, usize>,
     /// Socket inode -> its index in the table's TCP connections.
     pub tcp_index: BTreeMap<u64, usize>,
+    /// Socket inode -> its index in the table's closed TCP connections, UDP sockets.
+    pub tcp_closed_index: BTreeMap<u64, usize>,
+    pub udp_index: BTreeMap<u64, usize>,
+    /// Record TCP connections as closed instead of carrying them (`--tcp-close`).
+    pub tcp_close: bool,
     /// Socket pair ends already recorded (by inode).
     pub ends_seen: BTreeSet<u64>,
     /// Datagram sockets: inode -> index in the table; (index, peer's inode) to resolve.
@@ -447,6 +468,10 @@ pub struct SharedFds {
     pub ptys: Vec<PtyFds>,
     /// Each connection of `Shared::tcp`, made again.
     pub tcp: Vec<OwnedFd>,
+    /// A reset socket per entry of `Shared::tcp_closed`.
+    pub tcp_closed: Vec<OwnedFd>,
+    /// Each socket of `Shared::udp`, made again.
+    pub udp: Vec<OwnedFd>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
 }
@@ -520,6 +545,13 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let tcp_closed = (shared.tcp_closed.iter())
+            .map(|c| above(c.make()?, min))
+            .collect::<io::Result<_>>()?;
+        let udp = udp::make_all(&shared.udp, &blob)?
+            .into_iter()
+            .map(|s| above(s, min))
+            .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
@@ -530,6 +562,8 @@ impl SharedFds {
             listeners,
             ptys,
             tcp,
+            tcp_closed,
+            udp,
             sysv,
         })
     }
@@ -544,6 +578,8 @@ impl SharedFds {
         let singles = (self.memory.iter().chain(&self.listeners))
             .chain(pty_fds)
             .chain(&self.tcp)
+            .chain(&self.tcp_closed)
+            .chain(&self.udp)
             .chain(&self.dgram)
             .chain(&self.external);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
@@ -723,6 +759,8 @@ impl Shared {
         crate::shmem::validate(&self.memory, sections)?;
         pty::validate(&self.ptys)?;
         tcp::validate(&self.tcp, sections, processes)?;
+        tcp_closed::validate_closed(&self.tcp_closed)?;
+        udp::validate(&self.udp, sections, processes)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;
         crate::sysv::sem::validate(&self.sysv_sem)?;
         crate::sysv::msg::validate(&self.sysv_msg, sections)

@@ -24,8 +24,11 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     if unix && !getsockopt(&ours, sockopt::AcceptConn).unwrap_or(false) {
         return dump_unix(ctx, &ours, ino).map(Some);
     }
-    if let Some(end) = super::tcp::dump_end(ctx, &ours, ino)? {
-        return Ok(Some(FdKind::Tcp(end)));
+    if let Some(kind) = super::tcp::dump_end(ctx, &ours, ino)? {
+        return Ok(Some(kind));
+    }
+    if let Some(end) = super::udp::dump_end(ctx, &ours, ino)? {
+        return Ok(Some(FdKind::Udp(end)));
     }
     super::listen::dump_end(ctx, &ours, ino).map(|l| Some(FdKind::Listen(l)))
 }

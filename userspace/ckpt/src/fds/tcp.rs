@@ -10,12 +10,12 @@
 //! sent for real. A connection whose both ends are in the tree comes back whole.
 
 use super::socket::{display, storage_of, valid_address};
-use super::{unsupported, DumpCtx, DumpError, Fd, FdState, RestoreCtx, View};
+use super::{unsupported, DumpCtx, DumpError, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::image::{section_is, Section, SectionKind};
 use crate::sys;
 use nix::sys::socket::{
-    bind, connect, getpeername, getsockopt, recv, send, setsockopt, socket, sockopt, AddressFamily,
-    MsgFlags, SockFlag, SockType, SockaddrStorage,
+    bind, connect, getpeername, getsockopt, recv, send, setsockopt, shutdown, socket, sockopt,
+    AddressFamily, MsgFlags, Shutdown, SockFlag, SockType, SockaddrStorage,
 };
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -24,8 +24,15 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// A connection's queued bytes: the send queue, then the receive queue.
 pub const TCP_QUEUES: SectionKind = SectionKind::named("tcp_queues");
 
-/// tcpi_state of an established connection.
+/// tcpi_state values (include/net/tcp_states.h).
 const TCP_ESTABLISHED: u8 = 1;
+const TCP_FIN_WAIT1: u8 = 4;
+const TCP_FIN_WAIT2: u8 = 5;
+/// A socket never connected, or whose connection is over.
+const TCP_CLOSE: u8 = 7;
+const TCP_CLOSE_WAIT: u8 = 8;
+const TCP_LAST_ACK: u8 = 9;
+const TCP_CLOSING: u8 = 11;
 /// tcpi_options bits and TCP option codes (RFC 793/1323/2018).
 const TCPI_OPT_TIMESTAMPS: u8 = 1;
 const TCPI_OPT_SACK: u8 = 2;
@@ -65,6 +72,75 @@ pub struct TcpConnection {
     pub keepalive: bool,
     /// The process (index in the image) as whose user it is made again.
     pub holder: usize,
+    /// Where it was in closing: which FINs it had sent and received (each counted in
+    /// `send_seq` or `recv_seq`, not in the queues' lengths).
+    #[serde(default, skip_serializing_if = "TcpState::is_established")]
+    pub state: TcpState,
+}
+
+/// The states of a connection ckpt carries.
+#[derive(Debug, Clone, Copy, Default, Serialize, Deserialize, PartialEq, Eq)]
+#[serde(rename_all = "SCREAMING_SNAKE_CASE")]
+pub enum TcpState {
+    #[default]
+    Established,
+    /// The peer's FIN received.
+    CloseWait,
+    /// Ours sent, not acknowledged.
+    FinWait1,
+    /// Ours sent and acknowledged.
+    FinWait2,
+    /// The peer's FIN received, then ours sent, not acknowledged.
+    LastAck,
+    /// Ours sent, then the peer's received, ours not acknowledged.
+    Closing,
+}
+
+impl TcpState {
+    fn of(tcpi_state: u8) -> Option<TcpState> {
+        Some(match tcpi_state {
+            TCP_ESTABLISHED => TcpState::Established,
+            TCP_CLOSE_WAIT => TcpState::CloseWait,
+            TCP_FIN_WAIT1 => TcpState::FinWait1,
+            TCP_FIN_WAIT2 => TcpState::FinWait2,
+            TCP_LAST_ACK => TcpState::LastAck,
+            TCP_CLOSING => TcpState::Closing,
+            _ => return None,
+        })
+    }
+
+    fn tcpi(self) -> u8 {
+        match self {
+            TcpState::Established => TCP_ESTABLISHED,
+            TcpState::CloseWait => TCP_CLOSE_WAIT,
+            TcpState::FinWait1 => TCP_FIN_WAIT1,
+            TcpState::FinWait2 => TCP_FIN_WAIT2,
+            TcpState::LastAck => TCP_LAST_ACK,
+            TcpState::Closing => TCP_CLOSING,
+        }
+    }
+
+    pub fn is_established(&self) -> bool {
+        *self == TcpState::Established
+    }
+
+    pub fn fin_received(self) -> bool {
+        matches!(
+            self,
+            TcpState::CloseWait | TcpState::LastAck | TcpState::Closing
+        )
+    }
+
+    pub fn fin_sent(self) -> bool {
+        matches!(
+            self,
+            TcpState::FinWait1 | TcpState::FinWait2 | TcpState::LastAck | TcpState::Closing
+        )
+    }
+
+    pub fn name(self) -> &'static str {
+        state_name(self.tcpi())
+    }
 }
 
 /// An fd of a connection; `conn` indexes `Shared::tcp`.
@@ -82,36 +158,58 @@ pub fn is_tcp(s: &OwnedFd) -> bool {
     stream && matches!(family, Some(libc::AF_INET | libc::AF_INET6))
 }
 
-/// Whether TCP socket `s` is an established connection.
-pub fn is_established(s: &OwnedFd) -> bool {
-    sys::tcp_info(s).is_ok_and(|i| i.tcpi_state == TCP_ESTABLISHED)
+/// Whether TCP socket `s` is a connection ckpt carries: established, or closing (see
+/// [`TcpState`]).
+pub fn is_carried(s: &OwnedFd) -> bool {
+    sys::tcp_info(s).is_ok_and(|i| TcpState::of(i.tcpi_state).is_some())
 }
 
-/// Records socket `s` (a copy of an fd of the process being dumped, inode `inode`), an
-/// established connection whose packets are held back (`crate::netlock`), once for the tree.
-/// None if `s` is not a connected TCP socket.
-pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<TcpEnd>, DumpError> {
+/// Records socket `s` (a copy of an fd of the process being dumped, inode `inode`), a
+/// connection whose packets are held back (`crate::netlock`), once for the tree; with
+/// `--tcp-close`, as closed. None if `s` is not a connected TCP socket.
+pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<FdKind>, DumpError> {
     if !is_tcp(s) || getsockopt(s, sockopt::AcceptConn).unwrap_or(false) {
         return Ok(None);
     }
     if let Some(&conn) = ctx.shared.tcp_index.get(&inode) {
-        return Ok(Some(TcpEnd { conn }));
+        return Ok(Some(FdKind::Tcp(TcpEnd { conn })));
     }
     let state = sys::tcp_info(s).map(|i| i.tcpi_state).unwrap_or(0);
-    if state != TCP_ESTABLISHED {
+    if ctx.shared.tcp_close && state != TCP_CLOSE {
+        return super::tcp_closed::dump_closed(ctx, s, inode).map(|c| Some(FdKind::TcpClosed(c)));
+    }
+    let Some(state) = TcpState::of(state) else {
         return Err(unsupported(format!(
-            "a TCP socket in state {} (only established connections and listening sockets \
-             are carried)",
+            "a TCP socket in state {} (connections ESTABLISHED, CLOSE_WAIT, FIN_WAIT1, \
+             FIN_WAIT2, LAST_ACK or CLOSING and listening sockets are carried; --tcp-close \
+             records connections as closed)",
             state_name(state)
         )));
-    }
+    };
+    dump_connection(ctx, s, inode, state).map(|e| Some(FdKind::Tcp(e)))
+}
+
+/// Reads connection `s` in repair mode and records it.
+fn dump_connection(
+    ctx: &mut DumpCtx,
+    s: &OwnedFd,
+    inode: u64,
+    state: TcpState,
+) -> Result<TcpEnd, DumpError> {
     sys::tcp_set_repair(s, true).map_err(super::io_error("TCP_REPAIR"))?;
-    let read = read(s);
+    let read = read(s, state);
     // Back at once: the process must never run with it on (it could not read).
     let off = sys::tcp_set_repair(s, false);
     let (mut c, queues) = read.map_err(super::io_error("reading the TCP connection"))?;
     off.map_err(super::io_error("leaving TCP_REPAIR"))?;
     c.holder = ctx.process;
+    if c.unsent > 0 && matches!(state, TcpState::LastAck | TcpState::Closing) {
+        return Err(unsupported(format!(
+            "a TCP connection in state {} whose FIN waits behind {} unsent bytes",
+            state.name(),
+            c.unsent
+        )));
+    }
     if !queues.is_empty() {
         c.data_section = Some(
             ctx.image
@@ -122,9 +220,9 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<Option<Tcp
     let table = &mut ctx.shared.table.tcp;
     table.push(c);
     ctx.shared.tcp_index.insert(inode, table.len() - 1);
-    Ok(Some(TcpEnd {
+    Ok(TcpEnd {
         conn: table.len() - 1,
-    }))
+    })
 }
 
 fn state_name(state: u8) -> &'static str {
@@ -147,17 +245,23 @@ fn state_name(state: u8) -> &'static str {
 }
 
 /// A connection in repair mode as it is now, and its queued bytes (send queue first).
-fn read(s: &OwnedFd) -> io::Result<(TcpConnection, Vec<u8>)> {
+fn read(s: &OwnedFd, state: TcpState) -> io::Result<(TcpConnection, Vec<u8>)> {
     let local = super::socket::local_address(s)?;
     let peer_addr: SockaddrStorage = getpeername(s.as_raw_fd())?;
     let peer = super::socket::sockaddr_bytes(&peer_addr);
     let family = super::socket::family_of(&local).unwrap_or(-1);
     let info = sys::tcp_info(s)?;
-    let (send_len, unsent, recv_len) = (
+    let (mut send_len, mut unsent, recv_len) = (
         sys::socket_send_queued(s)?,
         sys::socket_send_unsent(s)?,
         sys::socket_recv_queued(s)?,
     );
+    // Our FIN, in the send queue until acknowledged (and unsent until sent), is no byte.
+    // (SIOCINQ leaves the peer's out already.)
+    if state.fin_sent() {
+        send_len = send_len.saturating_sub(1);
+        unsent = unsent.saturating_sub(1);
+    }
     sys::tcp_select_queue(s, sys::TCP_SEND_QUEUE)?;
     let send_seq = sys::tcp_queue_seq(s)?;
     let mut queues = peek(s, send_len)?;
@@ -185,6 +289,7 @@ fn read(s: &OwnedFd) -> io::Result<(TcpConnection, Vec<u8>)> {
         nodelay: getsockopt(s, sockopt::TcpNoDelay).unwrap_or(false),
         keepalive: getsockopt(s, sockopt::KeepAlive).unwrap_or(false),
         holder: 0,
+        state,
     };
     Ok((c, queues))
 }
@@ -222,9 +327,9 @@ impl TcpConnection {
         let s = socket(family, SockType::Stream, SockFlag::SOCK_CLOEXEC, None)?;
         sys::tcp_set_repair(&s, true)?;
         sys::tcp_select_queue(&s, sys::TCP_RECV_QUEUE)?;
-        sys::tcp_set_queue_seq(&s, self.recv_seq.wrapping_sub(self.recv_len))?;
+        sys::tcp_set_queue_seq(&s, self.data_end().wrapping_sub(self.recv_len))?;
         sys::tcp_select_queue(&s, sys::TCP_SEND_QUEUE)?;
-        sys::tcp_set_queue_seq(&s, self.send_seq.wrapping_sub(self.send_len))?;
+        sys::tcp_set_queue_seq(&s, self.send_end().wrapping_sub(self.send_len))?;
         bind(s.as_raw_fd(), &storage_of(&self.local)?)?;
         connect(s.as_raw_fd(), &storage_of(&self.peer)?)?;
         sys::tcp_set_repair_options(&s, &self.repair_options())?;
@@ -235,20 +340,107 @@ impl TcpConnection {
         send_all(&s, received)?;
         sys::tcp_select_queue(&s, sys::TCP_SEND_QUEUE)?;
         send_all(&s, sent)?;
-        let [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup] = self.window;
-        let w = sys::TcpRepairWindow {
-            snd_wl1,
-            snd_wnd,
-            max_window,
-            rcv_wnd,
-            rcv_wup,
-        };
-        sys::tcp_set_repair_window(&s, w)?;
+        sys::tcp_set_repair_window(&s, self.repair_window())?;
+        self.close_as_it_was(&s)?;
         sys::tcp_set_repair(&s, false)?;
         send_all(&s, unsent)?;
+        if self.state.fin_sent() && !unsent.is_empty() {
+            // FIN_WAIT1 with bytes not sent yet: its FIN goes after them, for real.
+            shutdown(s.as_raw_fd(), Shutdown::Write)?;
+        }
         setsockopt(&s, sockopt::TcpNoDelay, &self.nodelay)?;
         setsockopt(&s, sockopt::KeepAlive, &self.keepalive)?;
         Ok(s)
+    }
+
+    /// The sequence number after the received bytes (before the peer's FIN, if any).
+    fn data_end(&self) -> u32 {
+        self.recv_seq
+            .wrapping_sub(u32::from(self.state.fin_received()))
+    }
+
+    /// The sequence number after the bytes to send (before our FIN, if any).
+    fn send_end(&self) -> u32 {
+        self.send_seq.wrapping_sub(u32::from(self.state.fin_sent()))
+    }
+
+    /// In repair mode, once the queues are back: the FINs sent and received again, in the
+    /// order they were, so that the kernel's state is the recorded one.
+    fn close_as_it_was(&self, s: &OwnedFd) -> io::Result<()> {
+        let fin_now = self.unsent == 0;
+        match self.state {
+            TcpState::Established => Ok(()),
+            TcpState::CloseWait => self.receive_fin(s, TCP_CLOSE_WAIT),
+            TcpState::FinWait1 if fin_now => send_fin_in_repair(s),
+            TcpState::FinWait1 => Ok(()),
+            TcpState::FinWait2 => {
+                send_fin_in_repair(s)?;
+                self.receive_ack_of_fin(s)
+            }
+            TcpState::LastAck => {
+                self.receive_fin(s, TCP_CLOSE_WAIT)?;
+                send_fin_in_repair(s)
+            }
+            TcpState::Closing => {
+                send_fin_in_repair(s)?;
+                self.receive_fin(s, TCP_CLOSING)
+            }
+        }
+        .and_then(|()| match self.state {
+            TcpState::FinWait1 if !fin_now => Ok(()),
+            st => wait_state(s, st.tcpi()),
+        })
+    }
+
+    /// The peer's window field, as it sent it.
+    fn peer_window(&self) -> u16 {
+        let scale = match self.options & TCPI_OPT_WSCALE {
+            0 => 0,
+            _ => self.snd_wscale,
+        };
+        u16::try_from(self.window[1] >> scale).unwrap_or(u16::MAX)
+    }
+
+    /// The peer's acknowledgement of our FIN (FIN_WAIT2), made as it sent it (`packet`).
+    fn receive_ack_of_fin(&self, s: &OwnedFd) -> io::Result<()> {
+        let (local, peer) = self.endpoints().ok_or_else(einval)?;
+        let seg = super::packet::TcpSegment {
+            seq: self.data_end(),
+            ack: self.send_seq,
+            flags: super::packet::TCP_ACK,
+            window: self.peer_window(),
+        };
+        super::packet::send_tcp(peer, local, &seg)?;
+        wait_state(s, TCP_FIN_WAIT2)
+    }
+
+    /// The window as recorded; before a FIN is received again, as it was before that FIN
+    /// (which moved the window's start by one).
+    fn repair_window(&self) -> sys::TcpRepairWindow {
+        let [snd_wl1, snd_wnd, max_window, rcv_wnd, rcv_wup] = self.window;
+        let fin = u32::from(self.state.fin_received());
+        sys::TcpRepairWindow {
+            snd_wl1,
+            snd_wnd,
+            max_window,
+            rcv_wnd: rcv_wnd.wrapping_add(fin),
+            rcv_wup: rcv_wup.wrapping_sub(fin),
+        }
+    }
+
+    /// The peer's FIN, received again (then the state is `expect`): nothing but the peer
+    /// can put a FIN in the receive side, so a packet like the one it sent is made
+    /// (`packet`), after the received bytes and acknowledging what it had acknowledged.
+    fn receive_fin(&self, s: &OwnedFd, expect: u8) -> io::Result<()> {
+        let (local, peer) = self.endpoints().ok_or_else(einval)?;
+        let seg = super::packet::TcpSegment {
+            seq: self.data_end(),
+            ack: self.send_end().wrapping_sub(self.send_len),
+            flags: super::packet::TCP_FIN | super::packet::TCP_ACK,
+            window: self.peer_window(),
+        };
+        super::packet::send_tcp(peer, local, &seg)?;
+        wait_state(s, expect)
     }
 
     fn repair_options(&self) -> Vec<sys::TcpRepairOpt> {
@@ -283,6 +475,35 @@ pub fn socket_addr(raw: &[u8]) -> Option<std::net::SocketAddr> {
     Some(std::net::SocketAddr::from((v6.ip(), v6.port())))
 }
 
+/// Our FIN, queued and counted as sent without going out (repair mode, send queue: as the
+/// sent bytes were).
+fn send_fin_in_repair(s: &OwnedFd) -> io::Result<()> {
+    sys::tcp_select_queue(s, sys::TCP_SEND_QUEUE)?;
+    shutdown(s.as_raw_fd(), Shutdown::Write)?;
+    Ok(())
+}
+
+/// Waits for the made packets to be received: on this CPU at once, as a rule; not trusted
+/// to be.
+fn wait_state(s: &OwnedFd, state: u8) -> io::Result<()> {
+    for _ in 0..200 {
+        if sys::tcp_info(s)?.tcpi_state == state {
+            return Ok(());
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    let now = sys::tcp_info(s)?.tcpi_state;
+    Err(io::Error::other(format!(
+        "closing it as it was: in state {} instead of {}",
+        state_name(now),
+        state_name(state)
+    )))
+}
+
+fn einval() -> io::Error {
+    io::Error::from_raw_os_error(libc::EINVAL)
+}
+
 fn send_all(s: &OwnedFd, mut data: &[u8]) -> io::Result<()> {
     while !data.is_empty() {
         let n = send(s.as_raw_fd(), data, MsgFlags::empty())?;
@@ -312,8 +533,14 @@ impl FdState for TcpEnd {
     fn describe(&self, _f: &Fd, v: &View) -> String {
         match v.shared.tcp.get(self.conn) {
             Some(c) => format!(
-                "TCP connection {} ({} bytes to send, {} received unread)",
-                c.display, c.send_len, c.recv_len
+                "TCP connection {} ({} bytes to send, {} received unread{})",
+                c.display,
+                c.send_len,
+                c.recv_len,
+                match c.state {
+                    TcpState::Established => String::new(),
+                    st => format!(", {}", st.name()),
+                }
             ),
             None => "TCP connection ?".into(),
         }
@@ -389,7 +616,7 @@ pub fn established_in(
             let Ok(s) = sys::steal_fd(pid, e.fd) else {
                 continue; // its dump says why
             };
-            if !is_tcp(&s) || !is_established(&s) {
+            if !is_tcp(&s) || !is_carried(&s) {
                 continue;
             }
             let local = super::socket::local_address(&s)
