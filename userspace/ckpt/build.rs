@@ -22,6 +22,7 @@ fn main() {
         ("sysv_ipc", &[]),
         ("tcpecho", &[]),
         ("tcpbench", &[]),
+        ("fifo", &[]),
         ("udpecho", &[]),
         ("shm", &[]),
         ("shmtree", &[]),

@@ -281,6 +281,7 @@ mod tests {
             listeners: vec![],
             ptys: vec![],
             tcp: vec![],
+            fifos: vec![],
             tcp_closed: vec![],
             udp: vec![],
             memory: vec![],

@@ -836,11 +836,11 @@ fn tail_follows_its_file_through_inotify_after_kill_and_restore() {
         })
     };
     wait_for("tail watches with inotify", uses_inotify);
+    // It adds its watches one by one: both must be there before the checkpoint.
+    wait_for("tail watches the file and its directory", || {
+        inotify_watches(pid).len() >= 2
+    });
     let before = inotify_watches(pid);
-    assert!(
-        before.len() >= 2,
-        "tail watches the file and its directory: {before:?}"
-    );
     let img = d.path("tail.img");
     checkpoint_kill(&mut tail, &img);
     assert_eq!(restore_root(&img), pid);

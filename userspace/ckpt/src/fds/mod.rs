@@ -15,6 +15,7 @@ mod deleted;
 mod epoll;
 mod eventfd;
 mod fanotify;
+mod fifo;
 mod file;
 mod inotify;
 mod listen;
@@ -40,6 +41,7 @@ pub use deleted::DeletedFile;
 pub use epoll::{Epoll, EpollWatch};
 pub use eventfd::EventFd;
 pub use fanotify::{Fanotify, FanotifyMark, MarkOn};
+pub use fifo::{Fifo, FifoEnd};
 pub use file::PathFile;
 pub use inotify::{Inotify, InotifyWatch};
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
@@ -99,6 +101,7 @@ pub enum FdKind {
     Tcp(TcpEnd),
     Inotify(Inotify),
     Fanotify(Fanotify),
+    Fifo(FifoEnd),
     Udp(UdpEnd),
     TcpClosed(TcpClosedEnd),
 }
@@ -124,6 +127,7 @@ impl FdKind {
             FdKind::Tcp(s) => s,
             FdKind::Inotify(s) => s,
             FdKind::Fanotify(s) => s,
+            FdKind::Fifo(s) => s,
             FdKind::Udp(s) => s,
             FdKind::TcpClosed(s) => s,
         }
@@ -145,6 +149,7 @@ pub const DUMPERS: &[Dumper] = &[
     signalfd::dump,
     inotify::dump,
     fanotify::dump,
+    fifo::dump,
     file::dump,
 ];
 
@@ -183,6 +188,9 @@ pub struct Shared {
     /// Established TCP connections.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp: Vec<TcpConnection>,
+    /// Named pipes (FIFOs) open in the tree.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fifos: Vec<Fifo>,
     /// TCP connections recorded as closed (`ckpt checkpoint --tcp-close`).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub tcp_closed: Vec<ClosedTcp>,
@@ -305,6 +313,8 @@ pub struct SharedDump {
     pub pty_index: BTreeMap<u32, usize>,
     /// Socket inode -> its index in the table's TCP connections.
     pub tcp_index: BTreeMap<u64, usize>,
+    /// FIFO inode -> its index in the table's FIFOs.
+    pub fifo_index: BTreeMap<u64, usize>,
     /// Socket inode -> its index in the table's closed TCP connections, UDP sockets.
     pub tcp_closed_index: BTreeMap<u64, usize>,
     pub udp_index: BTreeMap<u64, usize>,
@@ -468,6 +478,8 @@ pub struct SharedFds {
     pub ptys: Vec<PtyFds>,
     /// Each connection of `Shared::tcp`, made again.
     pub tcp: Vec<OwnedFd>,
+    /// Each FIFO of `Shared::fifos`, opened read-write.
+    pub fifos: Vec<OwnedFd>,
     /// A reset socket per entry of `Shared::tcp_closed`.
     pub tcp_closed: Vec<OwnedFd>,
     /// Each socket of `Shared::udp`, made again.
@@ -552,6 +564,9 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
+        let fifos = (shared.fifos.iter())
+            .map(|f| above(f.make(&blob(f.data_section)?)?, min))
+            .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
         Ok(SharedFds {
             pipes,
@@ -564,6 +579,7 @@ impl SharedFds {
             tcp,
             tcp_closed,
             udp,
+            fifos,
             sysv,
         })
     }
@@ -581,7 +597,8 @@ impl SharedFds {
             .chain(&self.tcp_closed)
             .chain(&self.udp)
             .chain(&self.dgram)
-            .chain(&self.external);
+            .chain(&self.external)
+            .chain(&self.fifos);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -759,6 +776,7 @@ impl Shared {
         crate::shmem::validate(&self.memory, sections)?;
         pty::validate(&self.ptys)?;
         tcp::validate(&self.tcp, sections, processes)?;
+        fifo::validate(&self.fifos, sections)?;
         tcp_closed::validate_closed(&self.tcp_closed)?;
         udp::validate(&self.udp, sections, processes)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;

@@ -155,7 +155,7 @@ fn pipe_size(fd: impl AsFd) -> io::Result<u32> {
 
 /// The bytes in the pipe whose read end is `read_end`, without consuming them (tee(2) into a
 /// pipe of ours of the same capacity, then read from that).
-fn peek(read_end: &OwnedFd) -> io::Result<Vec<u8>> {
+pub(super) fn peek(read_end: &OwnedFd) -> io::Result<Vec<u8>> {
     let cap = pipe_size(read_end)?;
     let (r, w) = nix::unistd::pipe()?;
     fcntl(&w, FcntlArg::F_SETPIPE_SZ(cap as i32))?;
