@@ -38,6 +38,20 @@ static const char *out_path;
 static volatile sig_atomic_t go, names;
 
 static void on_usr1(int s) { (void)s; go = 1; }
+
+/* Waits for SIGUSR1 without the race of `wait_go();` (a signal between the test
+ * and the pause would be missed: more likely right after a restore, which redoes the pause
+ * after a handler that ran first). */
+static void wait_go(void)
+{
+    sigset_t usr1, old;
+    sigemptyset(&usr1);
+    sigaddset(&usr1, SIGUSR1);
+    sigprocmask(SIG_BLOCK, &usr1, &old);
+    while (!go)
+        sigsuspend(&old);
+    sigprocmask(SIG_SETMASK, &old, NULL);
+}
 static void on_usr2(int s) { (void)s; names = 1; }
 
 static void say(const char *fmt, ...) {
@@ -131,7 +145,7 @@ static int pair(const char *kind) {
     options(a, b, "before");
     printf("ready %d\n", getpid());
     fflush(stdout);
-    while (!go) pause();
+    wait_go();
     options(a, b, "after");
     drain(b, 0, dgram, "at-b");
     drain(a, 1, dgram, "at-a");
@@ -247,7 +261,7 @@ static _Noreturn void dgram(const char *path) {
     }
     printf("ready %d\n", child);
     fflush(stdout);
-    while (!go) pause();
+    wait_go();
     char buf[128];
     for (int k = 0; k < 5; k++) {
         struct sockaddr_un from = {0};
@@ -323,7 +337,7 @@ static _Noreturn void outside(const char *kind, const char *path) {
 static _Noreturn void reader(int fd) {
     printf("ready %d\n", getpid());
     fflush(stdout);
-    while (!go) pause();
+    wait_go();
     char buf[256];
     size_t got = 0;
     ssize_t n;

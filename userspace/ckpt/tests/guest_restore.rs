@@ -989,9 +989,9 @@ fn unix_pair_comes_back(kind: &str, type_name: &str) {
     );
     let restored = restore_root(&img);
     assert_eq!(restored, pid);
-    // SAFETY: signalling the restored process.
-    unsafe { libc::kill(restored, libc::SIGUSR1) };
-    wait_text(&out, 0, "done");
+    common::signal_until(restored, libc::SIGUSR1, "it reads its queue", || {
+        text_after(&out, 0).contains("done")
+    });
     let text = text_after(&out, 0);
     let line = |p: &str| {
         let l = text.lines().find(|l| l.starts_with(p));
@@ -1283,9 +1283,9 @@ fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
     let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
     assert!(summary.contains("restored with its peer gone"), "{summary}");
     let restored = restore_root(&img);
-    // SAFETY: signalling the restored process.
-    unsafe { libc::kill(restored, libc::SIGUSR1) };
-    wait_text(&out, 0, "read ");
+    common::signal_until(restored, libc::SIGUSR1, "it reads its socket", || {
+        text_after(&out, 0).contains("read ")
+    });
     // Our end is still open, but the restored socket's peer is not it.
     assert_eq!(text_after(&out, 0), "read hello then eof\n");
     drop(ours);

@@ -1197,9 +1197,9 @@ fn a_named_unix_datagram_server_and_its_client_come_back_with_queued_messages() 
     let m = std::fs::symlink_metadata(&sock).unwrap();
     assert!(m.file_type().is_socket());
     assert_eq!((m.mode() & 0o7777, m.uid(), m.gid()), (0o640, 65534, 65534));
-    // SAFETY: signalling the restored server.
-    unsafe { libc::kill(restored, libc::SIGUSR1) };
-    wait_for("they talk on", || numbered(&out, "c ").len() > 10);
+    common::signal_until(restored, libc::SIGUSR1, "they talk on", || {
+        numbered(&out, "c ").len() > 10
+    });
     let t = text();
     for k in 0..5 {
         let q = format!("q{k}{}", ".".repeat(k * 3));

@@ -266,3 +266,19 @@ pub fn restore_root(img: &std::path::Path) -> i32 {
         )
     })
 }
+
+/// Sends `sig` to the restored process `pid` until `cond` holds (30 s at most). A process
+/// waiting in pause() or sigsuspend() at the checkpoint is made to redo that call once let
+/// go; a signal sent in that instant runs its handler first and the call then waits for
+/// another (design.md, Known limits), so a test that wakes it signals again rather than once.
+pub fn signal_until(pid: i32, sig: i32, what: &str, mut cond: impl FnMut() -> bool) {
+    let mut last = std::time::Instant::now() - std::time::Duration::from_secs(1);
+    wait_for(what, 30, || {
+        if last.elapsed() >= std::time::Duration::from_millis(500) {
+            // SAFETY: signalling a process of the test.
+            unsafe { libc::kill(pid, sig) };
+            last = std::time::Instant::now();
+        }
+        cond()
+    });
+}
