@@ -52,6 +52,32 @@ fn counts(dir: &Path) -> (Vec<u64>, bool) {
     (nums, text.contains("bad"))
 }
 
+/// Checkpoints the `hold` server `pid` with --kill, its one connection in `state`
+/// (/proc/net/tcp code `code`) with `unread` bytes it has not read; restores it, checks the
+/// connection is back in that state and the network lock lifted, then lets the server read:
+/// returns what it read ("...|EOF").
+fn carry_in_state(
+    (server, pid): (&mut std::process::Child, i32),
+    d: &Dir,
+    (state, code, port): (TcpState, &str, u16),
+    unread: u32,
+) -> String {
+    let img = d.path(&format!("{code}.img"));
+    let (_, image, _) = common::checkpoint_kill(server, &img);
+    let tcp = &image.manifest.shared.tcp;
+    assert_eq!(tcp.len(), 1);
+    assert_eq!(tcp[0].state, state, "{:?}", tcp[0]);
+    assert_eq!(tcp[0].recv_len, unread);
+    let table = image.manifest.netlock.clone().expect("a network lock");
+    assert_eq!(restore_root(&img), pid);
+    assert!(!lock_held(&table), "the lock is lifted");
+    assert!(tcp_state_on(port, code), "{state:?} again");
+    std::fs::write(d.path("go"), b"").unwrap();
+    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
+    wait_for("the server reads its connection", || !got().is_empty());
+    got()
+}
+
 /// A server and its client, both in the tree, over loopback TCP with bytes in flight:
 /// killed and restored, both ends come back connected, every reply arrives once and in order.
 #[test]
@@ -294,20 +320,13 @@ fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
     wait_for("the server's side is in CLOSE_WAIT", || {
         tcp_state_on(port, "08")
     });
-    let img = d.path("cw.img");
-    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
-    let tcp = &image.manifest.shared.tcp;
-    assert_eq!(tcp.len(), 1);
-    assert_eq!(tcp[0].state, TcpState::CloseWait, "{:?}", tcp[0]);
-    assert_eq!(tcp[0].recv_len, 18);
-    let table = image.manifest.netlock.clone().expect("a network lock");
-    assert_eq!(restore_root(&img), pid);
-    assert!(!lock_held(&table), "the lock is lifted");
-    assert!(tcp_state_on(port, "08"), "CLOSE_WAIT again");
-    std::fs::write(d.path("go"), b"").unwrap();
-    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
-    wait_for("the server reads its connection", || !got().is_empty());
-    assert_eq!(got(), "hello, half closed|EOF");
+    let got = carry_in_state(
+        (&mut server, pid),
+        &d,
+        (TcpState::CloseWait, "08", port),
+        18,
+    );
+    assert_eq!(got, "hello, half closed|EOF");
     let mut rest = Vec::new();
     use std::io::Read;
     s.read_to_end(&mut rest).unwrap();
@@ -456,18 +475,8 @@ fn a_last_ack_connection_comes_back_and_ends() {
     wait_for("the server's side is in LAST_ACK", || {
         tcp_state_on(port, "09")
     });
-    let img = d.path("la.img");
-    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
-    let tcp = &image.manifest.shared.tcp;
-    assert_eq!(tcp.len(), 1);
-    assert_eq!(tcp[0].state, TcpState::LastAck, "{:?}", tcp[0]);
-    assert_eq!(tcp[0].recv_len, 2);
-    assert_eq!(restore_root(&img), pid);
-    assert!(tcp_state_on(port, "09"), "LAST_ACK again");
-    std::fs::write(d.path("go"), b"").unwrap();
-    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
-    wait_for("the server reads its connection", || !got().is_empty());
-    assert_eq!(got(), "hi|EOF");
+    let got = carry_in_state((&mut server, pid), &d, (TcpState::LastAck, "09", port), 2);
+    assert_eq!(got, "hi|EOF");
     drop(acks);
     wait_for("the server's FIN is acknowledged", || {
         !tcp_state_on(port, "09")
@@ -503,18 +512,8 @@ fn a_closing_connection_comes_back_and_ends() {
     wait_for("the server's side is in CLOSING", || {
         tcp_state_on(port, "0B")
     });
-    let img = d.path("cl.img");
-    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
-    let tcp = &image.manifest.shared.tcp;
-    assert_eq!(tcp.len(), 1);
-    assert_eq!(tcp[0].state, TcpState::Closing, "{:?}", tcp[0]);
-    assert_eq!(tcp[0].recv_len, 2);
-    assert_eq!(restore_root(&img), pid);
-    assert!(tcp_state_on(port, "0B"), "CLOSING again");
-    std::fs::write(d.path("go"), b"").unwrap();
-    let got = || std::fs::read_to_string(d.path("got")).unwrap_or_default();
-    wait_for("the server reads its connection", || !got().is_empty());
-    assert_eq!(got(), "hi|EOF");
+    let got = carry_in_state((&mut server, pid), &d, (TcpState::Closing, "0B", port), 2);
+    assert_eq!(got, "hi|EOF");
     drop(fins);
     let mut rest = Vec::new();
     s.read_to_end(&mut rest).unwrap();
