@@ -203,7 +203,7 @@ pub(crate) fn put_back(
 
 /// Waits for the interrupt stop a PTRACE_INTERRUPT asked for, letting the thread through any
 /// other stop first (syscall stops; signals, which are held back into `held`).
-fn to_interrupt_stop(tid: i32, held: &mut Vec<i32>) -> std::io::Result<()> {
+pub(crate) fn to_interrupt_stop(tid: i32, held: &mut Vec<i32>) -> std::io::Result<()> {
     loop {
         let status = sys::waitpid(tid, libc::__WALL)?;
         if !libc::WIFSTOPPED(status) {

@@ -395,13 +395,20 @@ pub fn set_names(inj: &Injector, threads: &[Thread], tids: &[i32], main_comm: &s
     }
 }
 
-/// The registers to resume with. A thread stopped inside a system call shows the kernel's
-/// internal restart code in rax; like the kernel on signal return, rewind to redo the call.
-/// (An interrupted sleep restarts with its full duration: the remaining time is not saved.)
-fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct {
+/// The registers to resume with, and whether the kernel is to decide the restart of the
+/// system call the thread was in. A thread stopped inside a call shows the kernel's internal
+/// restart code in rax. ERESTARTSYS, ERESTARTNOINTR and ERESTARTNOHAND are left there with
+/// the call's number: released from a stop inside get_signal (`set_final_state`), the kernel
+/// itself restarts the call, or fails it with EINTR if a signal handler runs first, as it
+/// would have without the checkpoint. ERESTART_RESTARTBLOCK (a sleep) needs the kernel's
+/// restart block, which a restored task does not have: rewound here to be made again (with
+/// its full duration: the remaining time is not saved).
+fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> (libc::user_regs_struct, bool) {
     let mut out = *now;
+    let in_call = (r.orig_rax as i64) >= 0;
+    let by_kernel = in_call && sys::KERNEL_RESTARTED.contains(&(r.rax as i64));
     let (mut rax, mut rip) = (r.rax, r.rip);
-    if (r.orig_rax as i64) >= 0 && sys::RESTART_CODES.contains(&(r.rax as i64)) {
+    if in_call && !by_kernel && sys::RESTART_CODES.contains(&(r.rax as i64)) {
         rax = r.orig_rax;
         rip = r.rip - 2;
     }
@@ -409,25 +416,40 @@ fn resume_regs(r: &Regs, now: &libc::user_regs_struct) -> libc::user_regs_struct
         (r.r15, r.r14, r.r13, r.r12, r.rbp, r.rbx);
     (out.r11, out.r10, out.r9, out.r8) = (r.r11, r.r10, r.r9, r.r8);
     (out.rax, out.rcx, out.rdx, out.rsi, out.rdi) = (rax, r.rcx, r.rdx, r.rsi, r.rdi);
-    // No syscall-restart processing on the way out: that was decided above.
-    out.orig_rax = u64::MAX;
+    // No syscall-restart processing on the way out, unless the kernel is to decide it.
+    out.orig_rax = if by_kernel { r.orig_rax } else { u64::MAX };
     (out.rip, out.eflags, out.rsp) = (rip, r.eflags, r.rsp);
     (out.fs_base, out.gs_base) = (r.fs_base, r.gs_base);
     // cs, ss and the data segment selectors stay those the kernel gave this task.
-    out
+    (out, by_kernel)
 }
 
-/// Last of all: each thread's registers, XSAVE state and signal mask, through ptrace.
+/// Last of all: each thread's registers, XSAVE state and signal mask, through ptrace. A
+/// thread whose call the kernel is to restart is first taken to a stop inside get_signal (an
+/// interrupt stop), from which its release runs the kernel's restart logic on these
+/// registers.
 pub fn set_final_state(
-    threads: &[Thread],
+    (pid, threads): (i32, &[Thread]),
     tids: &[i32],
     xstates: &[Vec<u8>],
 ) -> Result<(), RestoreError> {
     for ((t, &tid), xstate) in threads.iter().zip(tids).zip(xstates) {
-        let pid = Pid::from_raw(tid);
-        let now = ptrace::getregs(pid).map_err(|e| restore_io("PTRACE_GETREGS")(e.into()))?;
-        ptrace::setregs(pid, resume_regs(&t.regs, &now))
-            .map_err(|e| restore_io("PTRACE_SETREGS")(e.into()))?;
+        let ptid = Pid::from_raw(tid);
+        let now = ptrace::getregs(ptid).map_err(|e| restore_io("PTRACE_GETREGS")(e.into()))?;
+        let (regs, by_kernel) = resume_regs(&t.regs, &now);
+        if by_kernel {
+            let mut held = Vec::new();
+            ptrace::interrupt(ptid)
+                .and_then(|()| ptrace::cont(ptid, None))
+                .map_err(std::io::Error::from)
+                .and_then(|()| crate::flush::to_interrupt_stop(tid, &mut held))
+                .map_err(restore_io("stopping a thread inside get_signal"))?;
+            // Signals that came meanwhile: pending again, delivered once it runs.
+            for sig in held {
+                let _ = sys::tgkill(pid, tid, sig);
+            }
+        }
+        ptrace::setregs(ptid, regs).map_err(|e| restore_io("PTRACE_SETREGS")(e.into()))?;
         sys::ptrace_set_xstate(tid, xstate)
             .map_err(restore_io("PTRACE_SETREGSET NT_X86_XSTATE"))?;
         sys::ptrace_set_sigmask(tid, t.sigmask).map_err(restore_io("PTRACE_SETSIGMASK"))?;

@@ -509,7 +509,7 @@ fn finish_threads(
         })
         .collect();
     crate::creds::restore(&inj, &creds, scratch, p.attrs.dumpable)?;
-    thread::set_final_state(&p.threads, &tids, xstates)?;
+    thread::set_final_state((pid, &p.threads), &tids, xstates)?;
     Ok(tids)
 }
 

@@ -42,3 +42,7 @@ pub(crate) fn check_int(ret: libc::c_int) -> io::Result<libc::c_int> {
 /// The kernel's internal "restart this system call" results (ERESTARTSYS, ERESTARTNOINTR,
 /// ERESTARTNOHAND, ERESTART_RESTARTBLOCK), as a stopped thread's rax shows them.
 pub const RESTART_CODES: [i64; 4] = [-512, -513, -514, -516];
+
+/// Those the kernel's signal code can restart for a thread it releases (all but
+/// ERESTART_RESTARTBLOCK, which needs the task's restart block).
+pub const KERNEL_RESTARTED: [i64; 3] = [-512, -513, -514];
