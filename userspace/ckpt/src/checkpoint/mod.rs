@@ -136,7 +136,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
 fn lock_connections(tree: &FrozenTree) -> Result<NetLock, CheckpointError> {
     let locking =
         |e: std::io::Error| CheckpointError::Tree(format!("locking its TCP connections: {e}"));
-    let (sockets, endpoints) = fds::tcp::established_in(&tree.pids()).map_err(locking)?;
+    let (sockets, endpoints) = fds::tcp::connections_in(&tree.pids()).map_err(locking)?;
     let lock = NetLock::take(sockets, &endpoints).map_err(locking)?;
     // For the test of a ckpt killed while the lock is on.
     if let Some(secs) = std::env::var("CKPT_TEST_PAUSE_LOCKED")

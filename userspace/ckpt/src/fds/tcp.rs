@@ -594,10 +594,10 @@ pub fn make_all(
         .collect()
 }
 
-/// Copies of the established TCP connections the processes `pids` hold (each once), with
-/// their local and peer addresses.
+/// Copies of the TCP connections the processes `pids` hold that are carried (established or
+/// closing; each once), with their local and peer addresses: what the network lock covers.
 #[allow(clippy::type_complexity)]
-pub fn established_in(
+pub fn connections_in(
     pids: &[i32],
 ) -> io::Result<(
     Vec<OwnedFd>,
