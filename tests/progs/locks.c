@@ -5,9 +5,11 @@
  * ofd: takes OFD locks on DIR/file, bytes 0-99 for reading and 200 to EOF for writing, then
  *   forks a child that runs `flock DIR/flocked sleep 1000` (util-linux): the child, flock and
  *   sleep share the OFD locks' open file; flock and sleep share the flock.
- * lease: takes a read lease on DIR/file (F_SETLEASE), waits. */
+ * lease: takes a read lease on DIR/file (F_SETLEASE) broken with SIGUSR2 (F_SETSIG), waits;
+ *        when the lease is broken, writes "broken by signal N" to DIR/broken and gives it up. */
 #define _GNU_SOURCE
 #include <fcntl.h>
+#include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -84,11 +86,27 @@ static void ofd(const char *dir, int fd)
 		pause();
 }
 
-static void lease(const char *path)
+static int lease_fd;
+static char broken_path[4096];
+
+static void on_break(int sig)
+{
+	char line[64];
+	int n = snprintf(line, sizeof line, "broken by signal %d\n", sig);
+	int out = open(broken_path, O_WRONLY | O_CREAT | O_TRUNC, 0644);
+	if (out >= 0 && write(out, line, (size_t)n) == n)
+		close(out);
+	fcntl(lease_fd, F_SETLEASE, F_UNLCK);
+}
+
+static void lease(const char *dir, const char *path)
 {
 	/* A read lease: nobody, this process included, may have the file open for writing. */
-	int fd = open(path, O_CREAT | O_RDONLY, 0644);
-	if (fd < 0 || fcntl(fd, F_SETLEASE, F_RDLCK) < 0)
+	snprintf(broken_path, sizeof broken_path, "%s/broken", dir);
+	signal(SIGUSR2, on_break);
+	lease_fd = open(path, O_CREAT | O_RDONLY, 0644);
+	if (lease_fd < 0 || fcntl(lease_fd, F_SETSIG, SIGUSR2) < 0 ||
+	    fcntl(lease_fd, F_SETLEASE, F_RDLCK) < 0)
 		die("F_SETLEASE");
 	printf("ready %d\n", (int)getpid());
 	fflush(stdout);
@@ -103,7 +121,7 @@ int main(int argc, char **argv)
 		return 2;
 	snprintf(path, sizeof path, "%s/file", argv[2]);
 	if (strcmp(argv[1], "lease") == 0)
-		lease(path);
+		lease(argv[2], path);
 	int fd = open(path, O_CREAT | O_RDWR, 0644);
 	if (fd < 0)
 		die("open");

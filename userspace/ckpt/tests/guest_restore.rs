@@ -394,10 +394,11 @@ fn restore_after_module_reload() {
 }
 
 /// A lone process holding a flock (taken by a shell, kept across exec) holds it again after
-/// `--kill` and restore; one holding a lease is refused at checkpoint, by name, untouched.
+/// `--kill` and restore; one holding a read lease with its own break signal holds it again,
+/// and hears of its break through that signal.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn a_held_flock_comes_back_and_a_lease_is_refused() {
+fn a_held_flock_and_a_lease_come_back() {
     let d = Dir::new("lock");
     let lock = d.path("pidfile");
     let mut holder = Command::new("sh")
@@ -430,24 +431,38 @@ fn a_held_flock_comes_back_and_a_lease_is_refused() {
     assert!(fdinfo.contains("FLOCK  ADVISORY  WRITE"), "{fdinfo}");
     unsafe { libc::kill(pid, libc::SIGKILL) };
 
+    // A read lease with its own break signal (SIGUSR2): back with the restored process as
+    // its holder; an open for writing from outside breaks it, and the program hears of it
+    // through that signal.
     let (mut leaser, lpid) = common::spawn_ready("locks", &["lease".as_ref(), d.0.as_os_str()]);
-    let out = ckpt(&[
-        "checkpoint",
-        &lpid.to_string(),
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]);
-    let err = String::from_utf8_lossy(&out.stderr);
-    assert_eq!(out.status.code(), Some(1), "{err}");
-    let file = d.path("file");
+    let img = d.path("lease.img");
+    let (_, image, _) = common::checkpoint_kill(&mut leaser, &img);
+    let leases: Vec<_> = image.manifest.processes[0].files.locks.clone();
+    assert_eq!(leases.len(), 1, "{leases:?}");
+    assert_eq!(leases[0].signal, libc::SIGUSR2);
+    assert_eq!(restore_root(&img), lpid);
+    let locks = std::fs::read_to_string("/proc/locks").unwrap();
     assert!(
-        err.contains(&file.display().to_string()) && err.contains("lease"),
-        "{err}"
+        locks
+            .lines()
+            .any(|l| l.contains("LEASE") && l.contains(&format!(" {lpid} "))),
+        "{locks}"
     );
-    assert!(!common::gone(lpid), "the refused process is left running");
-    let _ = leaser.kill();
-    let _ = leaser.wait();
+    let file = d.path("file");
+    use std::os::unix::fs::OpenOptionsExt;
+    let opened = std::fs::OpenOptions::new()
+        .write(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(&file);
+    assert!(
+        matches!(&opened, Err(e) if e.raw_os_error() == Some(libc::EWOULDBLOCK)),
+        "the lease holds off a writer: {opened:?}"
+    );
+    common::wait_for("the program hears of the break", 10, || {
+        std::fs::read_to_string(d.path("broken"))
+            .is_ok_and(|t| t == format!("broken by signal {}\n", libc::SIGUSR2))
+    });
+    unsafe { libc::kill(lpid, libc::SIGKILL) };
 }
 
 #[test]

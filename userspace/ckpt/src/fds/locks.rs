@@ -12,8 +12,10 @@
 //! among them the files it maps, on the way out of that ioctl, and closing any fd of a file
 //! drops every POSIX lock the process holds on it. All calls are non-blocking: a lock someone
 //! else holds now fails the restore, naming the file and the holder.
-//! Leases are refused: their break signal (F_SETSIG) is not visible in /proc, and a restored
-//! lease without it would notify with SIGIO, which kills a program that does not expect it.
+//! Leases (F_SETLEASE) are the open file description's too: recorded with the signal that
+//! announces their break (F_GETSIG through a copy of the fd) and taken again by the
+//! restorer, whose pid is the process's (the lease's owner). A lease being broken at the
+//! checkpoint, and NFS delegations, are refused.
 
 use super::{placed, unsupported, DumpCtx, DumpError, Fd, FdKind, FdTable};
 use crate::errors::RestoreError;
@@ -35,6 +37,8 @@ pub enum LockKind {
     Posix,
     /// fcntl F_OFD_SETLK: the open file description's, a byte range.
     Ofd,
+    /// fcntl F_SETLEASE: the open file description's, whole file, broken with `signal`.
+    Lease,
 }
 
 /// A lock the process takes again through its fd `fd`.
@@ -50,6 +54,13 @@ pub struct FileLock {
     /// Last byte of the range; none: to the end of the file, however far it grows.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub end: Option<u64>,
+    /// A lease's break signal (F_SETSIG; 0: SIGIO).
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub signal: i32,
+}
+
+fn is_zero(v: &i32) -> bool {
+    *v == 0
 }
 
 impl FileLock {
@@ -60,11 +71,13 @@ impl FileLock {
                 LockKind::Flock => "flock",
                 LockKind::Posix => "POSIX",
                 LockKind::Ofd => "OFD",
+                LockKind::Lease => "lease:",
             },
             if self.write { "write" } else { "read" },
         );
         match (self.kind, self.end) {
             (LockKind::Flock, _) => format!("{kind} {mode} lock"),
+            (LockKind::Lease, _) => format!("{kind} {mode} lease"),
             (_, Some(end)) => format!("{kind} {mode} lock on bytes {}-{end}", self.start),
             (_, None) => format!("{kind} {mode} lock from byte {} to EOF", self.start),
         }
@@ -123,18 +136,23 @@ fn parse(text: &str) -> Result<Line, DumpError> {
         Some("FLOCK") => LockKind::Flock,
         Some("POSIX") => LockKind::Posix,
         Some("OFDLCK") => LockKind::Ofd,
-        Some("LEASE" | "DELEG") => {
+        Some("LEASE") => LockKind::Lease,
+        Some("DELEG") => return Err(unsupported("it holds an NFS delegation: not carried")),
+        _ => return Err(bad()),
+    };
+    let [_, state, mode, _pid, inode, start, end] = w[..] else {
+        return Err(bad());
+    };
+    match (kind, state) {
+        (LockKind::Lease, "ACTIVE")
+        | (LockKind::Flock | LockKind::Posix | LockKind::Ofd, "ADVISORY") => {}
+        (LockKind::Lease, _) => {
             return Err(unsupported(
-                "it holds a file lease (F_SETLEASE): leases are not carried (their break \
-                 signal is not visible to ckpt, and the default one, SIGIO, would kill a \
-                 program that set another)",
+                "it holds a file lease that is being broken: retry once the break is over",
             ))
         }
         _ => return Err(bad()),
-    };
-    let [_, "ADVISORY", mode, _pid, inode, start, end] = w[..] else {
-        return Err(bad());
-    };
+    }
     let write = match mode {
         "WRITE" => true,
         "READ" => false,
@@ -199,19 +217,24 @@ pub fn dump(
     let mut file_recorded: Option<bool> = None;
     for text in &e.locks {
         let l = parse(text)?;
+        let signal = match l.kind {
+            LockKind::Lease => lease_signal(pid, e.fd)?,
+            _ => 0,
+        };
         let lock = FileLock {
             kind: l.kind,
             fd: e.fd,
             write: l.write,
             start: l.start,
             end: l.end,
+            signal,
         };
         let seen = &mut ctx.shared.locks;
         let new = match l.kind {
             LockKind::Posix => seen
                 .posix
                 .insert((pid, l.inode.clone(), l.start, l.end, l.write)),
-            LockKind::Flock | LockKind::Ofd => match file_recorded {
+            LockKind::Flock | LockKind::Ofd | LockKind::Lease => match file_recorded {
                 Some(recorded) => !recorded,
                 None => {
                     let recorded = seen
@@ -232,6 +255,13 @@ pub fn dump(
     Ok(())
 }
 
+/// The signal fd `fd` of `pid` announces a lease break with (F_GETSIG on a copy of it: the
+/// setting belongs to the open file description).
+fn lease_signal(pid: i32, fd: i32) -> Result<i32, DumpError> {
+    let ours = crate::sys::steal_fd(pid, fd).map_err(super::io_error("pidfd_getfd"))?;
+    crate::sys::io_signal(std::os::fd::AsFd::as_fd(&ours)).map_err(super::io_error("F_GETSIG"))
+}
+
 // ---------------------------------------------------------------------------------------------
 // Restore
 
@@ -245,6 +275,7 @@ pub fn take_on_files(table: &FdTable) -> Result<(), String> {
             LockKind::Ofd => fcntl(fd, FcntlArg::F_OFD_SETLK(&l.flock()))
                 .map(drop)
                 .map_err(io::Error::from),
+            LockKind::Lease => crate::sys::set_lease(fd, l.signal, l.write),
             LockKind::Posix => continue, // by the process itself, see take_posix
         };
         // Ourselves as /proc shows us (getpid differs inside a new pid namespace).
@@ -353,13 +384,15 @@ pub fn validate(locks: &[FileLock], fds: &[Fd]) -> Result<(), String> {
             .any(|f| f.fd == l.fd && !matches!(f.kind, FdKind::InheritStdio(_)));
         let max = i64::MAX as u64;
         let range_ok = match l.kind {
-            LockKind::Flock => l.start == 0 && l.end.is_none(),
+            LockKind::Flock | LockKind::Lease => l.start == 0 && l.end.is_none(),
             LockKind::Posix | LockKind::Ofd => {
                 // A numeric end is below OFFSET_MAX (which fdinfo shows as EOF).
                 l.start < max && l.end.is_none_or(|end| end >= l.start && end < max)
             }
         };
-        if !fd_ok || !range_ok {
+        let signal_ok =
+            (0..=64).contains(&l.signal) && (l.signal == 0 || l.kind == LockKind::Lease);
+        if !fd_ok || !range_ok || !signal_ok {
             return Err(format!("bad file lock ({}) on fd {}", l.describe(), l.fd));
         }
     }
@@ -383,10 +416,14 @@ mod tests {
     }
 
     #[test]
-    fn leases_and_odd_lines_are_refused() {
-        let lease = parse("LEASE ACTIVE READ 7 00:1f:12 0 EOF");
-        assert!(matches!(lease, Err(DumpError::Unsupported(w)) if w.contains("lease")));
+    fn leases_are_read_and_breaking_leases_and_odd_lines_are_refused() {
+        let lease = parse("LEASE ACTIVE READ 7 00:1f:12 0 EOF").ok().unwrap();
+        assert!(lease.kind == LockKind::Lease && !lease.write && lease.end.is_none());
+        let breaking = parse("LEASE BREAKING READ 7 00:1f:12 0 EOF");
+        assert!(matches!(breaking, Err(DumpError::Unsupported(w)) if w.contains("being broken")));
+        assert!(parse("DELEG ACTIVE READ 7 00:1f:12 0 EOF").is_err());
         for odd in [
+            "FLOCK ACTIVE WRITE 1 00:1f:12 0 EOF",
             "POSIX *NOINODE* WRITE 1 <none>:0 0 EOF",
             "POSIX ADVISORY UNLCK 1 00:1f:12 0 EOF",
             "UNKNOWN UNKNOWN WRITE 1 00:1f:12 0 EOF",
@@ -405,6 +442,7 @@ mod tests {
             write: true,
             start: 100,
             end: Some(199),
+            signal: 0,
         };
         let b = l.flock_bytes();
         assert_eq!(std::mem::size_of::<libc::flock>(), b.len());
@@ -432,6 +470,7 @@ mod tests {
             write: false,
             start: 4,
             end: Some(4),
+            signal: 0,
         };
         assert!(validate(std::slice::from_ref(&ok), &fds).is_ok());
         let bad = [

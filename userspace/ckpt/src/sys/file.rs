@@ -57,3 +57,25 @@ pub fn open_by_handle(
         Ok(std::os::fd::OwnedFd::from_raw_fd(fd as i32))
     }
 }
+
+/// fcntl commands the libc crate does not name (asm-generic/fcntl.h).
+const F_SETSIG: i32 = 10;
+const F_GETSIG: i32 = 11;
+
+/// fcntl(F_GETSIG): the signal sent for the open file's I/O events and lease breaks (0:
+/// SIGIO). nix has no F_GETSIG/F_SETSIG/F_SETLEASE.
+pub fn io_signal(fd: BorrowedFd) -> io::Result<i32> {
+    // SAFETY: plain syscall on a descriptor the caller borrows.
+    check_int(unsafe { libc::fcntl(fd.as_raw_fd(), F_GETSIG) })
+}
+
+/// fcntl(F_SETSIG, sig) then fcntl(F_SETLEASE): a read or write lease on the open file,
+/// broken with `sig` (0: SIGIO); its owner is the caller's process.
+pub fn set_lease(fd: BorrowedFd, sig: i32, write: bool) -> io::Result<()> {
+    let kind = if write { libc::F_WRLCK } else { libc::F_RDLCK };
+    // SAFETY: plain syscalls on a descriptor the caller borrows.
+    unsafe {
+        check_int(libc::fcntl(fd.as_raw_fd(), F_SETSIG, sig))?;
+        check_int(libc::fcntl(fd.as_raw_fd(), libc::F_SETLEASE, kind)).map(drop)
+    }
+}
