@@ -8,7 +8,7 @@ mod common;
 use ckpt::fds::tcp::TcpState;
 use common::{gone, restore_root, spawn_ready, Dir};
 use std::io::{BufRead, BufReader, Write};
-use std::net::TcpStream;
+use std::net::{TcpListener, TcpStream};
 use std::path::Path;
 use std::process::Command;
 use std::time::Duration;
@@ -44,12 +44,21 @@ fn lock_tables() -> Vec<String> {
 
 /// The "c N" counts in DIR/c, and whether a line says "bad".
 fn counts(dir: &Path) -> (Vec<u64>, bool) {
-    let text = std::fs::read_to_string(dir.join("c")).unwrap_or_default();
-    let nums = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("c ")?.parse().ok())
-        .collect();
-    (nums, text.contains("bad"))
+    common::numbered_lines(&dir.join("c"), "c ")
+}
+
+/// A client of the tree (`tcpecho ask`) connected to our listener `l`, which has sent its
+/// request and shut down its side: the process, its pid and our end of the connection.
+fn asking_client(d: &Dir, l: &TcpListener) -> (std::process::Child, i32, TcpStream) {
+    use std::io::Read;
+    let port = l.local_addr().unwrap().port().to_string();
+    let (client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), port.as_ref(), "ask".as_ref()]);
+    let (mut s, _) = l.accept().unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let mut request = Vec::new();
+    s.read_to_end(&mut request).unwrap();
+    assert_eq!(request, b"request");
+    (client, pid, s)
 }
 
 /// Checkpoints the `hold` server `pid` with --kill, its one connection in `state`
@@ -344,17 +353,10 @@ fn a_close_wait_connection_comes_back_with_its_data_and_fin() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_fin_wait2_connection_comes_back_half_closed() {
-    use std::io::Read;
     let d = Dir::new("tcp-finwait2");
     let port = port() + 5;
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
-    let p = port.to_string();
-    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut request = Vec::new();
-    s.read_to_end(&mut request).unwrap();
-    assert_eq!(request, b"request");
+    let (mut client, pid, mut s) = asking_client(&d, &l);
     wait_for("the client's side is in FIN_WAIT2", || {
         tcp_state_at(2, port, "05")
     });
@@ -410,7 +412,6 @@ impl Drop for Dropping {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_fin_wait1_connection_comes_back_and_finishes_closing() {
-    use std::io::Read;
     let d = Dir::new("tcp-finwait1");
     let port = port() + 6;
     let l = std::net::TcpListener::bind(("127.0.0.1", port)).unwrap();
@@ -418,13 +419,7 @@ fn a_fin_wait1_connection_comes_back_and_finishes_closing() {
         &format!("inettest_fw1_{port}"),
         &format!("tcp sport {port} tcp flags & syn == 0 drop"),
     );
-    let p = port.to_string();
-    let (mut client, pid) = spawn_ready("tcpecho", &[d.0.as_os_str(), p.as_ref(), "ask".as_ref()]);
-    let (mut s, _) = l.accept().unwrap();
-    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
-    let mut request = Vec::new();
-    s.read_to_end(&mut request).unwrap();
-    assert_eq!(request, b"request");
+    let (mut client, pid, mut s) = asking_client(&d, &l);
     wait_for("the client's side is in FIN_WAIT1", || {
         tcp_state_at(2, port, "04")
     });

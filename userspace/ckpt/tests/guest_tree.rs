@@ -544,12 +544,7 @@ fn copy_on_write_pages_are_stored_once_and_shared_again() {
 
 /// The "p N" counts in DIR/p, and whether any line says "bad".
 fn turns(dir: &Path) -> (Vec<u64>, bool) {
-    let text = std::fs::read_to_string(dir.join("p")).unwrap_or_default();
-    let counts = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("p ")?.parse().ok())
-        .collect();
-    (counts, text.contains("bad"))
+    common::numbered_lines(&dir.join("p"), "p ")
 }
 
 /// The id of the SysV object of `kind` ("sem", "msg") with `key` in our IPC namespace.
@@ -1088,11 +1083,7 @@ fn zombies_that_led_a_group_or_a_session_come_back_leading_them() {
 
 /// The numbers of the lines "PREFIX N" in `out`.
 fn numbered(out: &Path, prefix: &str) -> Vec<u64> {
-    std::fs::read_to_string(out)
-        .unwrap_or_default()
-        .lines()
-        .filter_map(|l| l.strip_prefix(prefix)?.parse().ok())
-        .collect()
+    common::numbered_lines(out, prefix).0
 }
 
 /// Each number once, in order, from `first`.
@@ -1487,11 +1478,10 @@ fn restore_is_refused_while_the_original_holds_its_locks() {
 
 /// The "c N" numbers in DIR/c.
 fn fifo_counts(dir: &Path) -> Vec<u64> {
-    let text = std::fs::read_to_string(dir.join("c")).unwrap_or_default();
-    assert!(!text.contains("bad"), "a line was lost or repeated: {text}");
-    text.lines()
-        .filter_map(|l| l.strip_prefix("c ")?.parse().ok())
-        .collect()
+    let (nums, bad) = common::numbered_lines(&dir.join("c"), "c ");
+    let text = || std::fs::read_to_string(dir.join("c")).unwrap_or_default();
+    assert!(!bad, "a line was lost or repeated: {}", text());
+    nums
 }
 
 /// Named pipes (tests/progs/fifo.c): a writer and a reader of the tree on a FIFO with bytes

@@ -17,12 +17,7 @@ fn port() -> u16 {
 
 /// The "c N" counts in DIR/c, and whether a line says "bad".
 fn counts(dir: &Path) -> (Vec<u64>, bool) {
-    let text = std::fs::read_to_string(dir.join("c")).unwrap_or_default();
-    let nums = text
-        .lines()
-        .filter_map(|l| l.strip_prefix("c ")?.parse().ok())
-        .collect();
-    (nums, text.contains("bad"))
+    common::numbered_lines(&dir.join("c"), "c ")
 }
 
 /// Every reply `c` receives within `secs` seconds, counted by number (as text).

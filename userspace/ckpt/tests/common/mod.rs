@@ -282,3 +282,14 @@ pub fn signal_until(pid: i32, sig: i32, what: &str, mut cond: impl FnMut() -> bo
         cond()
     });
 }
+
+/// The numbers N of the lines "PREFIX N" in the file `path` (none while it does not exist),
+/// and whether any line says "bad" (the test programs' word for a lost or repeated step).
+pub fn numbered_lines(path: &std::path::Path, prefix: &str) -> (Vec<u64>, bool) {
+    let text = std::fs::read_to_string(path).unwrap_or_default();
+    let nums = text
+        .lines()
+        .filter_map(|l| l.strip_prefix(prefix)?.parse().ok())
+        .collect();
+    (nums, text.contains("bad"))
+}
