@@ -118,3 +118,20 @@ fn abandoned_writer_leaves_nothing() {
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 0);
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// An image holds secrets: only its owner may read it, even when the umask would allow more,
+/// and also when it replaces an older image that others could read.
+#[test]
+fn image_is_readable_by_its_owner_only() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmpdir();
+    let p = d.join("img");
+    std::fs::write(&p, b"an older, world-readable image").unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let old = nix::sys::stat::umask(nix::sys::stat::Mode::empty());
+    sample_image(&p);
+    nix::sys::stat::umask(old);
+    let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o7777;
+    assert_eq!(mode, 0o600, "image mode {mode:o}");
+    std::fs::remove_dir_all(d).unwrap();
+}

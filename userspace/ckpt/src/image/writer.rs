@@ -6,7 +6,7 @@ use super::{Envelope, Meta, Section, SectionKind, FORMAT_VERSION, PAGE, PAGES};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh3::{xxh3_64, Xxh3};
 
@@ -46,6 +46,9 @@ impl ImageWriter {
             .write(true)
             .read(true)
             .create_new(true)
+            // The image holds the whole memory of the process, keys and passwords included:
+            // only its owner reads it, whatever the umask.
+            .mode(0o600)
             .open(&tmp)?;
         let mut w = ImageWriter {
             file,
