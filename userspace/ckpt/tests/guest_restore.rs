@@ -688,6 +688,37 @@ fn a_blocked_pending_signal_stays_pending() {
     kill_and_reap(pid);
 }
 
+/// A thread waiting in sigsuspend() runs with the call's temporary mask; after the restore the
+/// call returns to the thread's own mask (which ptrace does not show; the module reads it).
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn sigsuspend_returns_to_the_programs_own_mask() {
+    let (_m, _d, out, img) = begin("sigsuspend", false);
+    let (mut child, pid) = common::spawn_ready("sigmask", &[out.as_os_str()]);
+    let waiting = || {
+        let tasks = std::fs::read_dir(format!("/proc/{pid}/task")).unwrap();
+        tasks.flatten().any(|t| {
+            let sys = std::fs::read_to_string(t.path().join("syscall")).unwrap_or_default();
+            sys.split_whitespace().next() == Some("130") // rt_sigsuspend
+        })
+    };
+    common::wait_for("a thread of sigmask waits in sigsuspend", 30, waiting);
+    common::checkpoint_kill(&mut child, &img);
+    assert_eq!(restore_root(&img), pid);
+    common::signal_until(
+        pid,
+        libc::SIGUSR2,
+        "the restored program reports its mask",
+        || std::fs::read_to_string(&out).is_ok_and(|t| t.ends_with('\n')),
+    );
+    let report = std::fs::read_to_string(&out).unwrap();
+    assert_eq!(report, "usr1-blocked 1 usr2-blocked 1\n");
+    let mut status = 0;
+    // SAFETY: reaping the restored program (reparented to us, the subreaper).
+    assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+    assert_eq!(status, 0, "sigmask exit status");
+}
+
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn pipes_socket_pairs_eventfd_signalfd_timerfd_and_deleted_files() {
