@@ -38,6 +38,7 @@ fn main() {
         ("locks", &[]),
         ("notify", &[]),
         ("sigmask", &["-pthread"]),
+        ("relay", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

@@ -708,3 +708,70 @@ fn an_application_of_two_processes_is_taken_whole_with_app() {
         }
     }
 }
+
+/// Data in flight between two processes of an application under `ckpt run` is taken
+/// consistently: a writer's lines sit in its stdio buffer and in a full pipe to a reader of
+/// the same application when it is checkpointed (once without --kill, then with --kill and
+/// restored); the reader still gets every line exactly once and in order, from the original
+/// after the first checkpoint and from the restored copy after the second.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn lines_in_flight_between_two_processes_arrive_once() {
+    setup();
+    let d = Dir::new("ic-relay");
+    let lines = 1_000_000;
+    let mut writer = Command::new(common::ckpt_bin())
+        .args(["run", "--id", "relay", "--runtime-dir"])
+        .arg(d.path("rt"))
+        .arg("--")
+        .arg(common::prog("relay"))
+        .arg(&d.0)
+        .arg(lines.to_string())
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(std::fs::File::create(d.path("stderr")).unwrap())
+        .spawn()
+        .unwrap();
+    let pid = writer.id() as i32;
+    let line = common::first_line(&mut writer);
+    let reader: i32 = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+    let progress = || -> u64 {
+        let text = std::fs::read_to_string(d.path("progress")).unwrap_or_default();
+        text.trim().parse().unwrap_or(0)
+    };
+    let wait_progress =
+        |min: u64| common::wait_for("the reader gets lines", 120, || progress() >= min);
+    wait_progress(20_000);
+    while app_processes(&d).len() < 2 {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let img = d.path("img");
+    let stats = checkpoint_json(pid, &img, &[]);
+    assert_eq!(stats["processes"], 2, "{stats}");
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    // The original goes on.
+    let after_first = progress();
+    wait_progress(after_first + 10_000);
+    std::fs::remove_file(&img).unwrap();
+    let stats = checkpoint_json(pid, &img, &["--kill"]);
+    assert_eq!(stats["interceptor"], true, "{stats}");
+    writer.wait().unwrap();
+    // SAFETY: reaps the reader, reparented to us (subreaper).
+    unsafe { libc::waitpid(reader, std::ptr::null_mut(), 0) };
+    assert!(
+        !d.path("result").exists(),
+        "the relay finished before the checkpoint: make it longer"
+    );
+    let at_kill = progress();
+    assert_eq!(restore_root(&img), pid);
+    common::wait_for("the restored relay finishes", 300, || {
+        d.path("result").exists()
+    });
+    let result = std::fs::read_to_string(d.path("result")).unwrap();
+    assert_eq!(
+        result,
+        format!("done {lines}\n"),
+        "progress at the kill: {at_kill}"
+    );
+    assert_eq!(reap(pid), 0, "the writer's exit status");
+}
