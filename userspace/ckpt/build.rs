@@ -37,6 +37,7 @@ fn main() {
         ("timers", &["-pthread"]),
         ("locks", &[]),
         ("notify", &[]),
+        ("ptypair", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.
