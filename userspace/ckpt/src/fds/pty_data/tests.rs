@@ -13,6 +13,10 @@ struct Pty {
 }
 
 fn pty(settings: impl FnOnce(&mut Termios)) -> Pty {
+    assert!(
+        nix::unistd::geteuid().is_root(),
+        "putting input back uses TIOCSTI on a terminal that is not ours: run as root, as ckpt"
+    );
     let p = openpty(None, None).unwrap();
     let mut t = tcgetattr(&p.slave).unwrap();
     settings(&mut t);
