@@ -242,12 +242,20 @@ pub fn carry(
     let what = |verb: &str| format!("{verb} the bytes in flight in /dev/pts/{index}");
     let master_flags = NonBlocking::on(master.as_fd()).map_err(io_error("F_SETFL"))?;
     set_nonblocking(slave).map_err(io_error("F_SETFL"))?;
-    let (q, stopped) =
-        take(master.as_fd(), slave.as_fd(), &t, packet).map_err(io_error(what("reading")))?;
+    // Without the right to put input back, it is left where it is.
+    let with_input = may_push_input();
+    let (q, stopped) = take(master.as_fd(), slave.as_fd(), &t, (packet, with_input))
+        .map_err(io_error(what("reading")))?;
     put_back((master.as_fd(), slave.as_fd()), &t, packet, &q)
         .map_err(io_error(what("putting back")))?;
     master_flags.restore().map_err(io_error("F_SETFL"))?;
     warn(index, &q, &t, stopped);
+    if !with_input {
+        eprintln!(
+            "ckpt: warning: input /dev/pts/{index}'s program had not read is not carried: \
+             putting it back (TIOCSTI) needs CAP_SYS_ADMIN"
+        );
+    }
     if q.is_empty() {
         return Ok(None);
     }
@@ -259,16 +267,19 @@ pub fn carry(
     Ok(Some(q.recorded(section)))
 }
 
-/// Takes the input, then the output (taking the input may echo what the flip buffer still
-/// held: that echo is output). Also says how many bytes are left to the master when the
-/// output is stopped.
+/// Takes the input (if `with_input`), then the output (taking the input may echo what the
+/// flip buffer still held: that echo is output). Also says how many bytes are left to the
+/// master when the output is stopped.
 fn take(
     master: BorrowedFd,
     slave: BorrowedFd,
     t: &libc::termios,
-    packet: bool,
+    (packet, with_input): (bool, bool),
 ) -> io::Result<(Queue, Option<u32>)> {
-    let input = take_input(slave, t)?;
+    let input = match with_input {
+        true => take_input(slave, t)?,
+        false => Vec::new(),
+    };
     match take_output(master, slave, packet) {
         Ok((output, status, stopped)) => Ok((
             Queue {
@@ -464,6 +475,11 @@ fn put_back(
         remake_status(slave, t, q.status)?;
     }
     let plan = plan_input(&q.input, t);
+    if !plan.push.is_empty() && !may_push_input() {
+        return Err(io::Error::other(
+            "putting back the input the program had not read (TIOCSTI) needs CAP_SYS_ADMIN",
+        ));
+    }
     let mut temp = TempTermios::new(slave, t);
     if !plan.push.is_empty() {
         temp.set(&plan.termios)?;
@@ -741,6 +757,16 @@ impl Drop for NonBlocking<'_> {
             let _ = fcntl(self.fd, FcntlArg::F_SETFL(f));
         }
     }
+}
+
+/// TIOCSTI on a terminal that is not the caller's controlling terminal needs CAP_SYS_ADMIN
+/// (capability 21) in the effective set.
+fn may_push_input() -> bool {
+    let status = std::fs::read_to_string("/proc/self/status").unwrap_or_default();
+    (status.lines())
+        .find_map(|l| l.strip_prefix("CapEff:"))
+        .and_then(|c| u64::from_str_radix(c.trim(), 16).ok())
+        .is_some_and(|c| c & (1 << 21) != 0)
 }
 
 /// O_NONBLOCK on ckpt's own open of a slave.

@@ -44,7 +44,7 @@ fn same_termios(a: &libc::termios, b: &libc::termios) -> bool {
 fn take_back(p: &Pty, packet: bool) -> Queue {
     let t = termios(&p.ours);
     let flags = NonBlocking::on(p.master.as_fd()).unwrap();
-    let (q, stopped) = take(p.master.as_fd(), p.ours.as_fd(), &t, packet).unwrap();
+    let (q, stopped) = take(p.master.as_fd(), p.ours.as_fd(), &t, (packet, true)).unwrap();
     assert_eq!(stopped, None);
     put_back((p.master.as_fd(), p.ours.as_fd()), &t, packet, &q).unwrap();
     flags.restore().unwrap();
