@@ -39,6 +39,7 @@ fn main() {
         ("notify", &[]),
         ("sigmask", &["-pthread"]),
         ("relay", &[]),
+        ("ptypair", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

@@ -441,6 +441,14 @@ fn last_tick(sock: &Path, pane: &str) -> Option<u64> {
         .find_map(|l| l.strip_prefix("tick ")?.trim().parse().ok())
 }
 
+/// Whether a child of `pid` runs `comm`.
+fn runs_child(pid: i32, comm: &str) -> bool {
+    let kids =
+        std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    kids.split_whitespace()
+        .any(|k| std::fs::read_to_string(format!("/proc/{k}/comm")).is_ok_and(|c| c.trim() == comm))
+}
+
 /// The controlling terminal's device number of `pid` (field 7 of /proc/PID/stat).
 fn tty_nr(pid: i32) -> u64 {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap();
@@ -450,8 +458,9 @@ fn tty_nr(pid: i32) -> u64 {
 
 /// tmux (a server holding pty masters, a pane running an interactive bash on its terminal, a
 /// pane printing a count), checkpointed with --kill and restored: the counting pane's screen
-/// goes on, the interactive shell reads what is typed into it and answers, each pane keeps its
-/// /dev/pts number and its shell its controlling terminal.
+/// goes on, the interactive shell runs the line typed ahead while it ran sleep (it waited in
+/// the pty) and reads what is typed into it and answers, each pane keeps its /dev/pts number
+/// and its shell its controlling terminal.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn tmux_panes_go_on_after_kill_and_restore() {
@@ -502,6 +511,19 @@ fn tmux_panes_go_on_after_kill_and_restore() {
     assert_eq!(panes.len(), 2, "{panes:?}");
     let ttys: Vec<u64> = panes.iter().map(|&(p, _)| tty_nr(p)).collect();
     assert!(ttys.iter().all(|&t| t != 0), "each pane has its terminal");
+    // Type-ahead: a line typed while the shell runs a command waits, echoed and unread, in
+    // the pane's terminal; the shell runs it once the command is done.
+    let shell: i32 = tmux(&sock, &["display", "-p", "-t", "t:0", "#{pane_pid}"])
+        .trim()
+        .parse()
+        .unwrap();
+    tmux(&sock, &["send-keys", "-t", "t:0", "sleep 8", "Enter"]);
+    wait_for("the shell runs sleep", || runs_child(shell, "sleep"));
+    let typed = "echo typed-$((6*7))";
+    tmux(&sock, &["send-keys", "-t", "t:0", typed, "Enter"]);
+    wait_for("the typed line is echoed", || {
+        tmux(&sock, &["capture-pane", "-p", "-t", "t:0"]).contains(typed)
+    });
 
     let img = d.path("tmux.img");
     let out = ckpt(&[
@@ -526,12 +548,24 @@ fn tmux_panes_go_on_after_kill_and_restore() {
     );
     let m = ckpt::manifest::Image::open(&img).unwrap().manifest;
     assert_eq!(m.shared.ptys.len(), 2, "two ptys");
+    let waiting = (m.shared.ptys.iter())
+        .filter_map(|p| p.queued.as_ref())
+        .map(|q| q.input_bytes())
+        .sum::<u64>();
+    assert_eq!(
+        waiting,
+        typed.len() as u64 + 1,
+        "the typed line is in the image"
+    );
 
     let restored = restore_root(&img);
     assert_eq!(restored, server);
     let before = last_tick(&sock, "t:1").expect("the pane's screen is back");
     wait_for("the pane counts on", || {
         last_tick(&sock, "t:1").is_some_and(|n| n > before + 3)
+    });
+    wait_for("the typed-ahead line runs once sleep is done", || {
+        tmux(&sock, &["capture-pane", "-p", "-t", "t:0"]).contains("typed-42")
     });
     tmux(
         &sock,

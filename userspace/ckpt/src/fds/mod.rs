@@ -25,6 +25,7 @@ mod notify;
 mod packet;
 mod pipe;
 pub mod pty;
+pub mod pty_data;
 mod shared;
 mod signalfd;
 mod socket;

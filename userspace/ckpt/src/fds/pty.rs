@@ -5,12 +5,13 @@
 //! object, every slave fd a new open of the new slave. A session whose controlling terminal
 //! it is gets it back (`Ctty`), with its foreground process group.
 //!
-//! Not carried: bytes written to one side and not yet read on the other (a warning says how
-//! many); a terminal multiplexer reads its panes at once, so there rarely are any. A slave
-//! whose master is outside the tree (the caller's terminal, an ssh session) is a plain
-//! terminal, reopened by path (`file.rs`).
+//! The bytes written to one side and not yet read on the other come along (`pty_data.rs`).
+//! A slave whose master is outside the tree (the caller's terminal, an ssh session) is a
+//! plain terminal, reopened by path (`file.rs`).
 
+use super::pty_data::{self, Queue, Queued};
 use super::{DumpCtx, DumpError, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use crate::image::Section;
 use crate::proc::FdEntry;
 use crate::sys;
 use nix::sys::termios::{tcgetattr, tcsetattr, SetArg, Termios};
@@ -38,6 +39,10 @@ pub struct Pty {
     pub uid: u32,
     pub gid: u32,
     pub mode: u32,
+    /// What it held, unread, each way (absent: nothing, or an image from before this was
+    /// carried).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub queued: Option<Queued>,
 }
 
 /// `struct termios`, field by field.
@@ -126,13 +131,15 @@ fn record(ctx: &mut DumpCtx, index: u32) -> Result<usize, DumpError> {
     })?;
     let master = sys::steal_fd(pid, fd).map_err(super::io_error("pidfd_getfd"))?;
     let locked = sys::pty_locked(&master).map_err(super::io_error("TIOCGPTLCK"))?;
-    let termios = if locked {
-        None
+    let packet_mode = sys::pty_packet_mode(&master).map_err(super::io_error("TIOCGPKT"))?;
+    // A locked pty's slave cannot be opened: no settings, and no bytes can be read from it.
+    let (termios, queued) = if locked {
+        (None, None)
     } else {
         let slave = sys::pty_peer(&master).map_err(super::io_error("TIOCGPTPEER"))?;
-        warn_of_unread(ctx.pid, index, &master, &slave);
         let t = tcgetattr(&slave).map_err(|e| super::io_error("tcgetattr")(e.into()))?;
-        Some(TermiosState::from(&t))
+        let queued = pty_data::carry(ctx.image, index, (&master, &slave), &t, packet_mode)?;
+        (Some(TermiosState::from(&t)), queued)
     };
     let node = std::fs::metadata(format!("/dev/pts/{index}"));
     let (uid, gid, mode) = node.map_or((0, 0, 0o620), |m| (m.uid(), m.gid(), m.mode() & 0o7777));
@@ -140,28 +147,16 @@ fn record(ctx: &mut DumpCtx, index: u32) -> Result<usize, DumpError> {
         index,
         termios,
         window: sys::window_size(&master).map_err(super::io_error("TIOCGWINSZ"))?,
-        packet_mode: sys::pty_packet_mode(&master).map_err(super::io_error("TIOCGPKT"))?,
+        packet_mode,
         locked,
         uid,
         gid,
         mode,
+        queued,
     });
     let i = ctx.shared.table.ptys.len() - 1;
     ctx.shared.pty_index.insert(index, i);
     Ok(i)
-}
-
-/// Bytes in flight in the pty are not carried: said.
-fn warn_of_unread(pid: i32, index: u32, master: &OwnedFd, slave: &OwnedFd) {
-    let waiting = |fd: &OwnedFd| sys::bytes_waiting(fd).unwrap_or(0);
-    let (to_master, to_slave) = (waiting(master), waiting(slave));
-    if to_master + to_slave > 0 {
-        eprintln!(
-            "ckpt: warning: /dev/pts/{index} (process {pid}'s terminal) holds {to_master} bytes \
-             not yet read by its master and {to_slave} not yet read by the program: they are \
-             not carried"
-        );
-    }
 }
 
 impl From<&Termios> for TermiosState {
@@ -206,8 +201,8 @@ pub struct PtyFds {
 }
 
 /// Makes pty `p` again: a master with the same index if it is free, the slave's settings and
-/// owner, the master's modes.
-pub fn make(p: &Pty) -> io::Result<PtyFds> {
+/// owner, the master's modes, then the bytes it held (`data`: its section's).
+pub fn make(p: &Pty, data: &[u8]) -> io::Result<PtyFds> {
     let master = open_master(p.index)?;
     sys::set_pty_locked(&master, false)?;
     let slave = match &p.termios {
@@ -223,6 +218,11 @@ pub fn make(p: &Pty) -> io::Result<PtyFds> {
     };
     sys::set_window_size(&master, p.window)?;
     sys::set_pty_packet_mode(&master, p.packet_mode)?;
+    // After packet mode: the status byte the master had not read is made again.
+    if let (Some(q), Some(t)) = (&p.queued, &p.termios) {
+        let q = Queue::from_image(q, data)?;
+        pty_data::refill(&master, &t.to_termios(), p.packet_mode, &q)?;
+    }
     sys::set_pty_locked(&master, p.locked)?;
     Ok(PtyFds { master, slave })
 }
@@ -299,11 +299,21 @@ impl FdState for PtyEnd {
     }
 
     fn describe(&self, _f: &Fd, v: &View) -> String {
-        let index = v.shared.ptys.get(self.pty).map_or(0, |p| p.index);
-        match self.slave {
-            true => format!("terminal /dev/pts/{index} (of pty {})", self.pty),
-            false => format!("pty master of /dev/pts/{index} (pty {})", self.pty),
+        let p = v.shared.ptys.get(self.pty);
+        let index = p.map_or(0, |p| p.index);
+        if self.slave {
+            return format!("terminal /dev/pts/{index} (of pty {})", self.pty);
         }
+        let queued = p
+            .and_then(|p| p.queued.as_ref())
+            .map_or(String::new(), |q| {
+                format!(
+                    ", {} bytes queued to the master, {} to the program",
+                    q.output,
+                    q.input_bytes()
+                )
+            });
+        format!("pty master of /dev/pts/{index} (pty {}){queued}", self.pty)
     }
 }
 
@@ -326,12 +336,21 @@ pub fn set_foreground(c: &Ctty, ptys: &[PtyFds]) -> io::Result<()> {
     Ok(())
 }
 
-/// Ptys have sane settings (image data is never trusted).
-pub fn validate(ptys: &[Pty]) -> Result<(), String> {
+/// Ptys have sane settings, and bytes in flight only with a slave's settings, in a section of
+/// their kind (image data is never trusted).
+pub fn validate(ptys: &[Pty], sections: &[Section]) -> Result<(), String> {
     for p in ptys {
         let cc_ok = p.termios.as_ref().is_none_or(|t| t.cc.len() <= 32);
         if !cc_ok || p.index >= 1 << 20 || (p.termios.is_none() && !p.locked) {
             return Err(format!("bad pty /dev/pts/{}", p.index));
+        }
+        if let Some(q) = &p.queued {
+            let t = p
+                .termios
+                .as_ref()
+                .ok_or("bytes in flight in a locked pty")?;
+            q.validate(pty_data::reads_lines(t.lflag), sections)
+                .map_err(|e| format!("pty /dev/pts/{}: {e}", p.index))?;
         }
     }
     Ok(())

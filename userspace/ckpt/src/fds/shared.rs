@@ -226,7 +226,7 @@ impl SharedFds {
             .ptys
             .iter()
             .map(|p| {
-                let made = pty::make(p)?;
+                let made = pty::make(p, &blob(p.queued.as_ref().and_then(|q| q.section))?)?;
                 let slave = made.slave.map(|s| above(s, min)).transpose()?;
                 Ok(PtyFds {
                     master: above(made.master, min)?,
@@ -299,7 +299,7 @@ impl Shared {
             return Err("a listening socket's holder is not a process of the image".into());
         }
         crate::shmem::validate(&self.memory, sections)?;
-        pty::validate(&self.ptys)?;
+        pty::validate(&self.ptys, sections)?;
         tcp::validate(&self.tcp, sections, processes)?;
         fifo::validate(&self.fifos, sections)?;
         tcp_closed::validate_closed(&self.tcp_closed)?;

@@ -1,6 +1,6 @@
 //! Terminal ioctls nix does not wrap (it has termios and openpty, not these): a pty's index,
 //! lock and packet mode, the slave opened from its master, window size, the controlling
-//! terminal, bytes waiting to be read.
+//! terminal, bytes waiting to be read, input handed to the line discipline.
 
 use super::check_int;
 use std::io;
@@ -83,4 +83,17 @@ pub fn set_controlling_terminal(fd: impl AsFd) -> io::Result<()> {
 /// FIONREAD: bytes waiting to be read.
 pub fn bytes_waiting(fd: impl AsFd) -> io::Result<u32> {
     get_int(fd, libc::FIONREAD).map(|n| n as u32)
+}
+
+/// TIOCSTI: hands one byte to the terminal's line discipline as if it had just arrived
+/// (synchronously: the line discipline has processed it when the call returns). Needs
+/// CAP_SYS_ADMIN on a terminal that is not the caller's controlling terminal.
+pub fn push_input(fd: impl AsFd, byte: u8) -> io::Result<()> {
+    // SAFETY: TIOCSTI reads one byte from the pointer it is given.
+    check_int(unsafe { libc::ioctl(fd.as_fd().as_raw_fd(), libc::TIOCSTI, &byte) }).map(drop)
+}
+
+/// TIOCGETD: the terminal's line discipline (0: N_TTY).
+pub fn line_discipline(fd: impl AsFd) -> io::Result<i32> {
+    get_int(fd, libc::TIOCGETD)
 }
