@@ -37,6 +37,7 @@ fn main() {
         ("timers", &["-pthread"]),
         ("locks", &[]),
         ("notify", &[]),
+        ("shared_fds", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.
