@@ -249,7 +249,9 @@ fn make_as(
         scratch,
         reopen: &reopen,
     };
-    let made = maker.make(f.flags, &ctx);
+    // Never ckpt's controlling terminal (a terminal opened by a session leader without one
+    // would be); the kernel keeps O_NOCTTY out of the open file's flags.
+    let made = maker.make(f.flags | libc::O_NOCTTY as u32, &ctx);
     nix::sys::stat::umask(old_umask);
     drop(user);
     made
