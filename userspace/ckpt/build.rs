@@ -40,6 +40,7 @@ fn main() {
         ("sigmask", &["-pthread"]),
         ("relay", &[]),
         ("ptypair", &[]),
+        ("shared_fds", &[]),
     ];
     for (name, flags) in list {
         // counter_static is counter.c linked statically.

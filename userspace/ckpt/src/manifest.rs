@@ -88,6 +88,8 @@ impl Validate for Manifest {
             p.validate(&self.shared, sections)
                 .map_err(|e| format!("process {}: {e}", p.pid))?;
         }
+        let tables: Vec<&crate::fds::FdTable> = self.processes.iter().map(|p| &p.files).collect();
+        crate::fds::validate_shared_watches(&self.shared, &tables)?;
         self.validate_tree()
     }
 }
@@ -285,6 +287,7 @@ mod tests {
             tcp_closed: vec![],
             udp: vec![],
             memory: vec![],
+            open_files: vec![],
             sysv_shm: vec![],
             sysv_sem: vec![crate::sysv::SemSet {
                 key: 0x51,

@@ -185,6 +185,10 @@ pub struct FdEntry {
     pub target: String,
     pub pos: u64,
     pub flags: u32,
+    /// The file's mount id and inode number (fdinfo's mnt_id and ino): with the target,
+    /// position and flags, what tells open file descriptions apart before kcmp is asked.
+    pub mnt_id: i32,
+    pub ino: u64,
     /// The file locks taken through this fd, as fdinfo's "lock:" lines show them
     /// ("FLOCK  ADVISORY  WRITE 1234 00:1f:56 0 EOF").
     pub locks: Vec<String>,
@@ -212,6 +216,8 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
         let flags = get("flags:")
             .and_then(|v| u32::from_str_radix(v, 8).ok())
             .unwrap_or(0);
+        let mnt_id = get("mnt_id:").and_then(|v| v.parse().ok()).unwrap_or(-1);
+        let ino = get("ino:").and_then(|v| v.parse().ok()).unwrap_or(0);
         let locks = info
             .lines()
             .filter_map(|l| l.strip_prefix("lock:"))
@@ -222,6 +228,8 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
             target,
             pos,
             flags,
+            mnt_id,
+            ino,
             locks,
         });
     }

@@ -1,7 +1,8 @@
 //! Process trees, in the guest: a whole tree checkpointed, killed and restored (parent links,
 //! pids, a session, two process groups, a zombie), twice from one image; `--single`; a
 //! process that forks all the time; file locks (POSIX with a waiter, flock, OFD) carried, and
-//! refused while the original holds them.
+//! refused while the original holds them; open file descriptions a parent and child share
+//! (a file's offset, an eventfd, a timerfd, a flock, an epoll instance) one again.
 
 mod common;
 
@@ -1530,4 +1531,278 @@ fn named_pipes_come_back_with_their_bytes() {
     for &p in all.iter().rev() {
         unsafe { libc::kill(p, libc::SIGKILL) };
     }
+}
+
+/// Starts `shared_fds MODE` (tests/progs/shared_fds.c) in a new directory: the directory, the
+/// parent (our child) and the pids of the parent and its child.
+fn spawn_shared(mode: &str) -> (Dir, Child, i32, i32) {
+    let d = Dir::new(&format!("shared-{mode}"));
+    let mut root = Command::new(prog("shared_fds"))
+        .arg(mode)
+        .arg(&d.0)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut root);
+    let pids: Vec<i32> = line
+        .strip_prefix("ready ")
+        .map(|w| {
+            w.split_whitespace()
+                .filter_map(|p| p.parse().ok())
+                .collect()
+        })
+        .unwrap_or_default();
+    assert_eq!(pids.len(), 2, "shared_fds said {line:?}");
+    (d, root, pids[0], pids[1])
+}
+
+/// The numbers N of the lines "WORD N" that `who` ("parent", "child") logged in `d`.
+fn logged(d: &Dir, who: &str, word: &str) -> Vec<u64> {
+    let text = std::fs::read_to_string(d.path(who)).unwrap_or_default();
+    let prefix = format!("{word} ");
+    text.lines()
+        .filter_map(|l| l.strip_prefix(&prefix)?.parse().ok())
+        .collect()
+}
+
+/// Whether `who` logged the line `line`.
+fn logged_line(d: &Dir, who: &str, line: &str) -> bool {
+    let text = std::fs::read_to_string(d.path(who)).unwrap_or_default();
+    text.lines().any(|l| l == line)
+}
+
+/// The index of the tree's shared open file whose kind `is` picks, checking that fd `fd` of
+/// every process is a copy of it (one open file description, recorded once).
+fn shared_at(
+    m: &ckpt::manifest::Manifest,
+    fd: i32,
+    is: impl Fn(&ckpt::fds::FdKind) -> bool,
+) -> usize {
+    use ckpt::fds::FdKind;
+    let files = &m.shared.open_files;
+    let found: Vec<usize> = (0..files.len()).filter(|&i| is(&files[i].kind)).collect();
+    assert_eq!(found.len(), 1, "recorded once: {files:?}");
+    for p in &m.processes {
+        let f = p.files.fds.iter().find(|f| f.fd == fd).unwrap();
+        assert!(
+            matches!(&f.kind, FdKind::OpenFile(end) if end.open_file == found[0]),
+            "fd {fd} of {} is {:?}",
+            p.pid,
+            f.kind
+        );
+    }
+    found[0]
+}
+
+/// The records "P 000042\n" and "C 000042\n" of DIR/log: each process's numbers, in file
+/// order; fails on anything else (a record written over another, a hole).
+fn records(d: &Dir) -> (Vec<u64>, Vec<u64>) {
+    let bytes = std::fs::read(d.path("log")).unwrap_or_default();
+    let (mut p, mut c) = (Vec::new(), Vec::new());
+    // A record being written may be cut short: only whole ones.
+    for rec in bytes.chunks_exact(9) {
+        let text = std::str::from_utf8(rec).unwrap_or("");
+        let n = text.get(2..8).and_then(|n| n.parse().ok());
+        match (text.get(..2), n, text.ends_with('\n')) {
+            (Some("P "), Some(n), true) => p.push(n),
+            (Some("C "), Some(n), true) => c.push(n),
+            _ => panic!("a torn record {text:?} in the log"),
+        }
+    }
+    (p, c)
+}
+
+/// A regular file the parent opened before forking: both processes write through one open
+/// file description, so one offset. After --kill and restore they still do: every record
+/// lands after the last one, none overwrites another (with an offset each, both would write
+/// from the checkpoint's position on, over each other, and numbers would go missing).
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_description_of_a_file_keeps_one_offset_after_kill_and_restore() {
+    use ckpt::fds::FdKind;
+    let (d, mut root, parent, _) = spawn_shared("file");
+    wait_for("both write", || {
+        let (p, c) = records(&d);
+        p.len() > 5 && c.len() > 5
+    });
+    let img = d.path("file.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    let log = shared_at(
+        &image.manifest,
+        3,
+        |k| matches!(k, FdKind::Path(p) if p.path.ends_with("/log")),
+    );
+    let at_checkpoint = records(&d);
+    let size = std::fs::metadata(d.path("log")).unwrap().len();
+    match &image.manifest.shared.open_files[log].kind {
+        FdKind::Path(p) => assert_eq!(p.pos, size, "the offset is the file's end"),
+        k => panic!("{k:?}"),
+    }
+    assert_eq!(restore_root(&img), parent);
+    wait_for("both write on", || {
+        let (p, c) = records(&d);
+        p.len() > at_checkpoint.0.len() + 20 && c.len() > at_checkpoint.1.len() + 20
+    });
+    let (p, c) = records(&d);
+    for (who, nums) in [("parent", &p), ("child", &c)] {
+        let expected: Vec<u64> = (0..nums.len() as u64).collect();
+        assert_eq!(
+            *nums, expected,
+            "the {who}'s records, each once and in order"
+        );
+    }
+    kill_tree(&pids);
+}
+
+/// An eventfd made before the fork: the child adds to it, the parent reads the sum. After
+/// --kill and restore it is still one counter: once the child stops, the parent has read
+/// every unit the child wrote, before the checkpoint and after.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_description_of_an_eventfd_is_one_counter_after_kill_and_restore() {
+    use ckpt::fds::FdKind;
+    let (d, mut root, parent, _) = spawn_shared("eventfd");
+    wait_for("the child writes and the parent reads", || {
+        logged(&d, "child", "wrote").len() > 5 && !logged(&d, "parent", "sum").is_empty()
+    });
+    let img = d.path("eventfd.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    shared_at(&image.manifest, 3, |k| matches!(k, FdKind::EventFd(_)));
+    let wrote = logged(&d, "child", "wrote").len();
+    assert_eq!(restore_root(&img), parent);
+    wait_for("the child writes on", || {
+        logged(&d, "child", "wrote").len() > wrote + 5
+    });
+    std::fs::write(d.path("stop"), "").unwrap();
+    common::wait_for("the child stops", 30, || {
+        !logged(&d, "child", "stopped").is_empty()
+    });
+    let total = logged(&d, "child", "stopped")[0];
+    common::wait_for("the parent has read every unit the child wrote", 30, || {
+        logged(&d, "parent", "sum").last() == Some(&total)
+    });
+    kill_tree(&pids);
+}
+
+/// A timerfd made and armed (for an hour) by the parent before the fork; the child waits in
+/// read. After --kill and restore it is one timer: it is still armed as the child sees it,
+/// and when the parent arms it again for 50 ms, the child's read returns.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_description_of_a_timerfd_the_parent_arms_fires_for_the_child() {
+    use ckpt::fds::FdKind;
+    let (d, mut root, parent, child) = spawn_shared("timerfd");
+    let img = d.path("timerfd.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    let t = shared_at(&image.manifest, 3, |k| matches!(k, FdKind::TimerFd(_)));
+    match &image.manifest.shared.open_files[t].kind {
+        FdKind::TimerFd(t) => assert!(t.value_ns > 3000 * 1_000_000_000, "{t:?}"),
+        k => panic!("{k:?}"),
+    }
+    assert_eq!(restore_root(&img), parent);
+    let info = std::fs::read_to_string(format!("/proc/{child}/fdinfo/3")).unwrap();
+    let left: u64 = info
+        .lines()
+        .find_map(|l| l.strip_prefix("it_value: ("))
+        .and_then(|v| v.split(',').next()?.trim().parse().ok())
+        .unwrap_or_else(|| panic!("{info}"));
+    assert!(left > 3000, "armed for about an hour still: {info}");
+    assert!(logged(&d, "child", "fired").is_empty());
+    std::fs::write(d.path("arm"), "").unwrap();
+    wait_for("the parent arms it", || logged_line(&d, "parent", "armed"));
+    common::wait_for("the child's read returns", 30, || {
+        logged(&d, "child", "fired") == [1]
+    });
+    kill_tree(&pids);
+}
+
+/// flock taken by the parent on a file it opened before the fork: the lock belongs to the
+/// open file description both hold. After --kill and restore it is held by that one
+/// description: when the parent closes its fd the child still holds it, and the child can
+/// take it again through its own fd.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_description_keeps_its_flock_while_one_holder_keeps_its_fd() {
+    use ckpt::fds::{FdKind, LockKind};
+    let (d, mut root, parent, _) = spawn_shared("flock");
+    let lockfile = d.path("lockfile");
+    assert!(!flock_free(&lockfile));
+    let img = d.path("flock.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    shared_at(
+        &image.manifest,
+        3,
+        |k| matches!(k, FdKind::Path(p) if p.path.ends_with("/lockfile")),
+    );
+    let recorded = image_locks(&image.manifest);
+    assert!(
+        matches!(&recorded[..], [(p, l)] if *p == parent && l.kind == LockKind::Flock),
+        "once: {recorded:?}"
+    );
+    assert!(flock_free(&lockfile), "the killed tree left the lock");
+    assert_eq!(restore_root(&img), parent);
+    assert!(!flock_free(&lockfile), "flock -n took the restored lock");
+    let flocks: Vec<Held> = (locks_on(inode(&lockfile)).into_iter())
+        .filter(|l| l.kind == "FLOCK")
+        .collect();
+    assert_eq!(flocks.len(), 1, "{flocks:?}");
+    std::fs::write(d.path("close"), "").unwrap();
+    wait_for("the parent closes its fd", || {
+        logged_line(&d, "parent", "closed")
+    });
+    assert!(
+        !flock_free(&lockfile),
+        "the child's fd still holds the lock"
+    );
+    std::fs::write(d.path("relock"), "").unwrap();
+    wait_for("the child locks again", || {
+        logged_line(&d, "child", "relock ok") || logged(&d, "child", "relock failed").len() == 1
+    });
+    assert!(
+        logged_line(&d, "child", "relock ok"),
+        "the child's own fd is the lock's description: {:?}",
+        std::fs::read_to_string(d.path("child"))
+    );
+    kill_tree(&pids);
+}
+
+/// An epoll instance made before the fork, watching eventfd A (fd 3, both hold it); the child
+/// adds its own eventfd B at fd 10 (where the parent has another file) and waits on the
+/// instance. After --kill and restore it is one interest list: a unit the parent adds to A
+/// wakes the child, so does B (the child's watch, added back by the child), and a new
+/// eventfd the parent adds after the restore reaches the child's wait.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_description_of_an_epoll_instance_keeps_one_interest_list() {
+    use ckpt::fds::FdKind;
+    let (d, mut root, parent, _) = spawn_shared("epoll");
+    wait_for("the child sees A's first unit", || {
+        logged(&d, "child", "event") == [1]
+    });
+    let img = d.path("epoll.img");
+    let (_, image, pids) = common::checkpoint_kill(&mut root, &img);
+    let ep = shared_at(&image.manifest, 4, |k| matches!(k, FdKind::Epoll(_)));
+    match &image.manifest.shared.open_files[ep].kind {
+        FdKind::Epoll(e) => {
+            let mut by: Vec<(i32, Option<usize>)> =
+                e.watches.iter().map(|w| (w.fd, w.by)).collect();
+            by.sort();
+            assert_eq!(by, [(3, Some(0)), (10, Some(1))], "who adds each watch");
+        }
+        k => panic!("{k:?}"),
+    }
+    assert_eq!(restore_root(&img), parent);
+    for (poke, event) in [("poke-a", vec![1, 1]), ("poke-b", vec![1, 1, 2])] {
+        std::fs::write(d.path(poke), "").unwrap();
+        common::wait_for(&format!("{poke} wakes the child"), 30, || {
+            logged(&d, "child", "event") == event
+        });
+    }
+    std::fs::write(d.path("add"), "").unwrap();
+    wait_for("the parent adds C", || logged_line(&d, "parent", "added"));
+    common::wait_for("the parent's new watch reaches the child", 30, || {
+        logged(&d, "child", "event") == [1, 1, 2, 3]
+    });
+    kill_tree(&pids);
 }

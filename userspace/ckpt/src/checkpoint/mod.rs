@@ -195,6 +195,12 @@ fn dump_tree(
         shared.census.add(pid, &entries);
         fd_entries.push(entries);
     }
+    // Which fds are one open file description (fork, dup): recorded once, made once.
+    let root = tree.members.first().map_or(0, |m| m.frozen.pid);
+    (shared.census.descriptions.group()).map_err(checkpoint_io(
+        root,
+        "comparing the tree's open files (kcmp)",
+    ))?;
     // Semaphore sets and message queues (found through their users' pids) before the long
     // part, so that one shared with a process outside the tree is refused early.
     let pids = (tree.members.iter().map(|m| m.frozen.pid))

@@ -1,7 +1,8 @@
 //! Files deleted while open: their content is saved, and on restore an unnamed file in the
 //! same directory (O_TMPFILE, or a memfd where that is impossible) takes their place.
 
-use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, Make, MakeCtx};
+use super::{RestoreCtx, View};
 use crate::image::{section_is, SectionKind};
 use crate::proc::FdEntry;
 use nix::fcntl::{open, OFlag};
@@ -63,17 +64,7 @@ impl FdState for DeletedFile {
     }
 
     fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> std::io::Result<()> {
-        let dir = Path::new(&self.path).parent().unwrap_or(Path::new("/"));
-        // Kept above all targets while in use.
-        let unnamed = super::above(anonymous_file(dir, self.mode)?, ctx.scratch)?;
-        super::write_all(&unnamed, ctx.blob(Some(self.data_section)))?;
-        // Reopened with the original flags (O_APPEND, access mode, ...).
-        let flags = OFlag::from_bits_retain(f.flags as i32)
-            - (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC);
-        let proc_path = format!("/proc/self/fd/{}", unnamed.as_raw_fd());
-        let file = open(Path::new(&proc_path), flags, Mode::empty())?;
-        lseek(&file, self.pos as i64, Whence::SeekSet)?;
-        place(file, f)
+        place(self.make(f.flags, &ctx.making())?, f)
     }
 
     fn valid(&self, _f: &Fd, v: &View) -> bool {
@@ -86,5 +77,21 @@ impl FdState for DeletedFile {
             "{} (deleted; {saved} bytes saved, pos {})",
             self.path, self.pos
         )
+    }
+}
+
+impl Make for DeletedFile {
+    fn make(&self, flags: u32, ctx: &MakeCtx) -> std::io::Result<OwnedFd> {
+        let dir = Path::new(&self.path).parent().unwrap_or(Path::new("/"));
+        // Kept above all targets while in use.
+        let unnamed = super::above(anonymous_file(dir, self.mode)?, ctx.scratch)?;
+        super::write_all(&unnamed, ctx.blob(self.data_section))?;
+        // Reopened with the original flags (O_APPEND, access mode, ...).
+        let flags = OFlag::from_bits_retain(flags as i32)
+            - (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC);
+        let proc_path = format!("/proc/self/fd/{}", unnamed.as_raw_fd());
+        let file = open(Path::new(&proc_path), flags, Mode::empty())?;
+        lseek(&file, self.pos as i64, Whence::SeekSet)?;
+        Ok(file)
     }
 }

@@ -1,9 +1,11 @@
 //! eventfds with their counter (and semaphore mode), from fdinfo.
 
-use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, Make, MakeCtx};
+use super::{RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::eventfd::{EfdFlags, EventFd as NixEventFd};
 use serde::{Deserialize, Serialize};
+use std::os::fd::OwnedFd;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct EventFd {
@@ -26,7 +28,22 @@ impl FdState for EventFd {
         "the eventfd"
     }
 
-    fn restore(&self, f: &Fd, _ctx: &mut RestoreCtx) -> std::io::Result<()> {
+    fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> std::io::Result<()> {
+        place(self.make(f.flags, &ctx.making())?, f)
+    }
+
+    fn describe(&self, _f: &Fd, _v: &View) -> String {
+        format!(
+            "eventfd (count {}{})",
+            self.count,
+            if self.semaphore { ", semaphore" } else { "" }
+        )
+    }
+}
+
+impl Make for EventFd {
+    /// Its status flags come when it is placed.
+    fn make(&self, _flags: u32, _ctx: &MakeCtx) -> std::io::Result<OwnedFd> {
         let flags = if self.semaphore {
             EfdFlags::EFD_SEMAPHORE
         } else {
@@ -37,14 +54,6 @@ impl FdState for EventFd {
         if self.count > 0 {
             efd.write(self.count)?;
         }
-        place(efd.into(), f)
-    }
-
-    fn describe(&self, _f: &Fd, _v: &View) -> String {
-        format!(
-            "eventfd (count {}{})",
-            self.count,
-            if self.semaphore { ", semaphore" } else { "" }
-        )
+        Ok(efd.into())
     }
 }

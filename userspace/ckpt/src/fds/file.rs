@@ -1,11 +1,13 @@
 //! Regular files, directories and the character devices that hold no state of their own,
 //! reopened by path with their flags and offset.
 
-use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{place, unsupported, DumpCtx, DumpResult, Fd, FdKind, FdState, Make, MakeCtx};
+use super::{RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::fcntl::OFlag;
 use nix::unistd::{lseek, Whence};
 use serde::{Deserialize, Serialize};
+use std::os::fd::OwnedFd;
 use std::os::unix::fs::{FileTypeExt, MetadataExt};
 use std::path::Path;
 
@@ -42,17 +44,23 @@ impl FdState for PathFile {
     }
 
     fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> std::io::Result<()> {
-        let flags = OFlag::from_bits_retain(f.flags as i32)
+        place(self.make(f.flags, &ctx.making())?, f)
+    }
+
+    fn describe(&self, f: &Fd, _v: &View) -> String {
+        format!("{} (pos {}, flags {:o})", self.path, self.pos, f.flags)
+    }
+}
+
+impl Make for PathFile {
+    fn make(&self, flags: u32, ctx: &MakeCtx) -> std::io::Result<OwnedFd> {
+        let flags = OFlag::from_bits_retain(flags as i32)
             - (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC);
         let file = (ctx.reopen)(Path::new(&self.path), flags)
             .map_err(|e| std::io::Error::new(e.kind(), format!("reopening {}: {e}", self.path)))?;
         // Directories and devices may not seek; that is fine.
         let _ = lseek(&file, self.pos as i64, Whence::SeekSet);
-        place(file, f)
-    }
-
-    fn describe(&self, f: &Fd, _v: &View) -> String {
-        format!("{} (pos {}, flags {:o})", self.path, self.pos, f.flags)
+        Ok(file)
     }
 }
 

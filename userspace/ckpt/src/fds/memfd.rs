@@ -2,13 +2,14 @@
 //! (`crate::shmem`, the same one its mappings use); the fd is opened on it again with its
 //! flags and offset.
 
-use super::{place, DumpCtx, DumpError, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{place, DumpCtx, DumpError, DumpResult, Fd, FdKind, FdState, Make, MakeCtx};
+use super::{RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::fcntl::{open, OFlag};
 use nix::sys::stat::Mode;
 use nix::unistd::{lseek, Whence};
 use serde::{Deserialize, Serialize};
-use std::os::fd::AsRawFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -39,18 +40,7 @@ impl FdState for MemfdFd {
     }
 
     fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> std::io::Result<()> {
-        let object = ctx
-            .shared
-            .memory
-            .get(self.object)
-            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
-        // Its own open file (offset, flags), on the same object.
-        let flags = OFlag::from_bits_retain(f.flags as i32)
-            - (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC);
-        let path = format!("/proc/self/fd/{}", object.as_raw_fd());
-        let file = open(Path::new(&path), flags, Mode::empty())?;
-        lseek(&file, self.pos as i64, Whence::SeekSet)?;
-        place(file, f)
+        place(self.make(f.flags, &ctx.making())?, f)
     }
 
     fn valid(&self, _f: &Fd, v: &View) -> bool {
@@ -66,5 +56,21 @@ impl FdState for MemfdFd {
             self.object,
             self.pos
         )
+    }
+}
+
+impl Make for MemfdFd {
+    /// An open file (offset, flags) of its own on the object.
+    fn make(&self, flags: u32, ctx: &MakeCtx) -> std::io::Result<OwnedFd> {
+        let object = ctx
+            .memory
+            .get(self.object)
+            .ok_or_else(|| std::io::Error::from_raw_os_error(libc::EINVAL))?;
+        let flags = OFlag::from_bits_retain(flags as i32)
+            - (OFlag::O_CREAT | OFlag::O_EXCL | OFlag::O_TRUNC);
+        let path = format!("/proc/self/fd/{}", object.as_raw_fd());
+        let file = open(Path::new(&path), flags, Mode::empty())?;
+        lseek(&file, self.pos as i64, Whence::SeekSet)?;
+        Ok(file)
     }
 }

@@ -7,7 +7,8 @@
 //!
 //! Checkpoint: every fd of the target is offered to the dumpers in order; the first that
 //! recognises it records it (objects several fds share, such as a pipe, are recorded once in
-//! the [`FdTable`]). Restore runs in the restorer child, which has closed everything but its
+//! the tree's [`Shared`] table; so is an open file description several fds share, see
+//! `open_file`). Restore runs in the restorer child, which has closed everything but its
 //! working fds (all above every fd of the image): each fd is made and moved to its number;
 //! the kinds that refer to other fds (epoll) come last; close-on-exec is set at the end.
 
@@ -22,6 +23,7 @@ mod listen;
 pub mod locks;
 mod memfd;
 mod notify;
+mod open_file;
 mod packet;
 mod pipe;
 pub mod pty;
@@ -50,6 +52,7 @@ pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
 pub use notify::Watched;
+pub use open_file::{validate_watches as validate_shared_watches, OpenFile, OpenFileEnd};
 pub use packet::MARK as PACKET_MARK;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
@@ -107,6 +110,7 @@ pub enum FdKind {
     Fifo(FifoEnd),
     Udp(UdpEnd),
     TcpClosed(TcpClosedEnd),
+    OpenFile(OpenFileEnd),
 }
 
 impl FdKind {
@@ -133,6 +137,31 @@ impl FdKind {
             FdKind::Fifo(s) => s,
             FdKind::Udp(s) => s,
             FdKind::TcpClosed(s) => s,
+            FdKind::OpenFile(s) => s,
+        }
+    }
+
+    /// The kinds whose object can be made apart from placing it (so once, by ckpt, for an
+    /// open file description several fds share). The others are one object of the tree
+    /// already (pipes, sockets, ptys, FIFOs), or made by their process only.
+    pub fn maker(&self) -> Option<&dyn Make> {
+        match self {
+            FdKind::Path(s) => Some(s),
+            FdKind::Deleted(s) => Some(s),
+            FdKind::Memfd(s) => Some(s),
+            FdKind::EventFd(s) => Some(s),
+            FdKind::TimerFd(s) => Some(s),
+            FdKind::SignalFd(s) => Some(s),
+            FdKind::Epoll(s) => Some(s),
+            _ => None,
+        }
+    }
+
+    /// The section a restore of it reads (a deleted file's content).
+    fn blob_section(&self) -> Option<usize> {
+        match self {
+            FdKind::Deleted(d) => Some(d.data_section),
+            _ => None,
         }
     }
 }
@@ -191,6 +220,31 @@ pub trait FdState {
     }
     /// One line for `ckpt inspect`.
     fn describe(&self, f: &Fd, v: &View) -> String;
+}
+
+/// A kind whose object is made apart from being placed at its number.
+pub trait Make {
+    /// A new object like the recorded one, open with `flags` (open(2) flags as fdinfo showed
+    /// them), not placed anywhere yet.
+    fn make(&self, flags: u32, ctx: &MakeCtx) -> io::Result<OwnedFd>;
+}
+
+/// What making an object needs, in ckpt before the restorers fork or in a restorer.
+pub struct MakeCtx<'a> {
+    /// Section contents by index (a deleted file's).
+    pub blobs: &'a Blobs,
+    /// The tree's shared memory objects, made (a memfd's fd is opened on its object).
+    pub memory: &'a [OwnedFd],
+    /// Temporary fds go at or above this number, clear of every fd of the image.
+    pub scratch: RawFd,
+    pub reopen: Reopen<'a>,
+}
+
+impl MakeCtx<'_> {
+    /// A saved section's bytes (empty if it was not read: the image was validated).
+    pub fn blob(&self, section: usize) -> &[u8] {
+        self.blobs.get(&section).map_or(&[], Vec::as_slice)
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -269,6 +323,14 @@ pub fn dump(
 }
 
 fn dump_one(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
+    match ctx.shared.census.descriptions.of(ctx.pid, e.fd) {
+        Some(description) => open_file::dump(ctx, e, description),
+        None => dump_alone(ctx, e),
+    }
+}
+
+/// Records `e` as an fd of its own: the first dumper that knows its kind.
+fn dump_alone(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
     for dumper in DUMPERS {
         if let Some(kind) = dumper(ctx, e)? {
             return Ok(kind);
@@ -320,10 +382,7 @@ pub fn blob_sections(table: &FdTable) -> Vec<usize> {
     table
         .fds
         .iter()
-        .filter_map(|f| match &f.kind {
-            FdKind::Deleted(d) => Some(d.data_section),
-            _ => None,
-        })
+        .filter_map(|f| f.kind.blob_section())
         .collect()
 }
 
@@ -334,8 +393,24 @@ pub type Reopen<'a> = &'a dyn Fn(&Path, OFlag) -> io::Result<OwnedFd>;
 /// Root's filesystem identity while the returned guard lives.
 pub type AsRoot<'a> = &'a dyn Fn() -> io::Result<Box<dyn std::any::Any>>;
 
+/// Opens `path` with the caller's filesystem identity, which is the restored process's user
+/// when `as_user`; where that user may not (a daemon opened the file before dropping its
+/// privileges), as root.
+pub fn reopen_as_user(path: &Path, flags: OFlag, as_user: bool) -> io::Result<OwnedFd> {
+    let open = || nix::fcntl::open(path, flags, nix::sys::stat::Mode::empty());
+    match open() {
+        Err(nix::Error::EACCES | nix::Error::EPERM) if as_user => {
+            let _root = crate::creds::as_fs_user(0, 0, &[])?;
+            Ok(open()?)
+        }
+        r => Ok(r?),
+    }
+}
+
 /// The state of one process's fd restore, in the restorer.
 pub struct RestoreCtx<'a> {
+    /// The process's index in the image.
+    pub process: usize,
     pub table: &'a FdTable,
     pub shared: &'a SharedFds,
     pub blobs: &'a Blobs,
@@ -354,6 +429,16 @@ impl RestoreCtx<'_> {
             .and_then(|i| self.blobs.get(&i))
             .map_or(&[], Vec::as_slice)
     }
+
+    /// What the kinds' `make` needs, from the restorer's context.
+    pub fn making(&self) -> MakeCtx<'_> {
+        MakeCtx {
+            blobs: self.blobs,
+            memory: &self.shared.memory,
+            scratch: self.scratch,
+            reopen: self.reopen,
+        }
+    }
 }
 
 /// Restores every fd of `table` in the restorer. On error, what failed.
@@ -370,6 +455,8 @@ pub fn restore(mut ctx: RestoreCtx) -> Result<(), (String, io::Error)> {
                 .map_err(|e| (format!("recreating {} of fd {}", s.what(), f.fd), e))?;
         }
     }
+    // Once every fd is placed: what the process adds to the epoll instances it shares.
+    open_file::add_watches(&ctx)?;
     // Close-on-exec as it was (dup2 cleared it on every fd placed that way).
     for f in table.fds.iter() {
         if !matches!(f.kind, FdKind::InheritStdio(_)) {

@@ -1,7 +1,8 @@
 //! The kernel objects the tree's fds share, possibly across processes (pipes, sockets,
-//! ptys, FIFOs, shared memory, SysV objects): the table the image keeps (`Shared`), how it is
-//! built at checkpoint (`Census`, `SharedDump`) and made again before the restorers fork
-//! (`SharedFds`), and its checks. Each kind's own state, dump and restore stay in its module.
+//! ptys, FIFOs, shared memory, SysV objects, open file descriptions): the table the image
+//! keeps (`Shared`), how it is built at checkpoint (`Census`, `SharedDump`) and made again
+//! before the restorers fork (`SharedFds`), and its checks. Each kind's own state, dump and
+//! restore stay in its module.
 
 use super::*;
 
@@ -55,10 +56,15 @@ pub struct Shared {
         rename = "shared_memory"
     )]
     pub memory: Vec<ShmObject>,
+    /// Open file descriptions several fds share (fork, dup, SCM_RIGHTS) whose kind is made
+    /// once: files, deleted files, memfd fds, eventfds, timerfds, signalfds, epoll instances.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub open_files: Vec<OpenFile>,
 }
 
 /// Where the tree's pipes and sockets are, from every process's fds: a pipe is the tree's
-/// when both its ends are among them, a socket pair when both its sockets are.
+/// when both its ends are among them, a socket pair when both its sockets are; and which
+/// fds are one open file description.
 #[derive(Debug, Default)]
 pub struct Census {
     pub pipes: BTreeMap<u64, pipe::Ends>,
@@ -67,12 +73,15 @@ pub struct Census {
     pub pids: BTreeSet<i32>,
     /// Pty index -> (pid, fd) of a master the tree holds.
     pub pty_masters: BTreeMap<u32, (i32, i32)>,
+    /// Which fds are one open file description (`group` it once every process is added).
+    pub descriptions: open_file::Descriptions,
 }
 
 impl Census {
     /// Counts the fds `entries` of process `pid`.
     pub fn add(&mut self, pid: i32, entries: &[FdEntry]) {
         self.pids.insert(pid);
+        self.descriptions.add(pid, entries);
         for e in entries {
             if let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") {
                 self.pipes.entry(ino).or_default().add(pid, e);
@@ -124,6 +133,9 @@ pub struct SharedDump {
     pub shm: ShmDump,
     /// The file locks recorded so far (each is recorded once).
     pub locks: locks::Seen,
+    /// The census's shared descriptions met so far -> their index in the table's open files
+    /// (None: their kind is not made once, each fd goes its own way).
+    pub open_file_index: BTreeMap<usize, Option<usize>>,
 }
 
 impl SharedDump {
@@ -165,6 +177,11 @@ pub struct SharedFds {
     pub tcp_closed: Vec<OwnedFd>,
     /// Each socket of `Shared::udp`, made again.
     pub udp: Vec<OwnedFd>,
+    /// Each open file description of `Shared::open_files`, made again.
+    pub open_files: Vec<OwnedFd>,
+    /// The watches of the shared epoll instances (by index in `open_files`), each added by
+    /// the restorer of the process it names.
+    pub watches: Vec<(usize, EpollWatch)>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
 }
@@ -213,11 +230,13 @@ impl SharedFds {
             .into_iter()
             .map(|s| above(s, min))
             .collect::<io::Result<_>>()?;
-        let memory = shared
+        let memory: Vec<OwnedFd> = shared
             .memory
             .iter()
             .map(|o| above(o.make(image, sections)?, min))
             .collect::<io::Result<_>>()?;
+        // After the shared memory: a memfd's open file is opened on its object.
+        let open_files = open_file::make_all(&shared.open_files, envs, &memory, &read, min)?;
         let listeners = listen::make_all(&shared.listeners, envs)?
             .into_iter()
             .map(|s| above(s, min))
@@ -261,6 +280,8 @@ impl SharedFds {
             tcp_closed,
             udp,
             fifos,
+            open_files,
+            watches: open_file::watches_of(&shared.open_files),
             sysv,
         })
     }
@@ -279,7 +300,8 @@ impl SharedFds {
             .chain(&self.udp)
             .chain(&self.dgram)
             .chain(&self.external)
-            .chain(&self.fifos);
+            .chain(&self.fifos)
+            .chain(&self.open_files);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -304,6 +326,7 @@ impl Shared {
         fifo::validate(&self.fifos, sections)?;
         tcp_closed::validate_closed(&self.tcp_closed)?;
         udp::validate(&self.udp, sections, processes)?;
+        open_file::validate(&self.open_files, self, sections, processes)?;
         crate::sysv::shm::validate(&self.sysv_shm, sections)?;
         crate::sysv::sem::validate(&self.sysv_sem)?;
         crate::sysv::msg::validate(&self.sysv_msg, sections)

@@ -1,10 +1,12 @@
 //! signalfds with the signals they take, from fdinfo.
 
-use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{fdinfo_number, place, DumpCtx, DumpResult, Fd, FdKind, FdState, Make, MakeCtx};
+use super::{RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::signal::SigSet;
 use nix::sys::signalfd::{SfdFlags, SignalFd as NixSignalFd};
 use serde::{Deserialize, Serialize};
+use std::os::fd::OwnedFd;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct SignalFd {
@@ -43,12 +45,18 @@ impl FdState for SignalFd {
         "the signalfd"
     }
 
-    fn restore(&self, f: &Fd, _ctx: &mut RestoreCtx) -> std::io::Result<()> {
-        let sfd = NixSignalFd::with_flags(&sigset_of(self.mask), SfdFlags::empty())?;
-        place(sfd.into(), f)
+    fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> std::io::Result<()> {
+        place(self.make(f.flags, &ctx.making())?, f)
     }
 
     fn describe(&self, _f: &Fd, _v: &View) -> String {
         format!("signalfd (signals {:#x})", self.mask)
+    }
+}
+
+impl Make for SignalFd {
+    /// Its status flags come when it is placed. (Whoever reads it reads its own signals.)
+    fn make(&self, _flags: u32, _ctx: &MakeCtx) -> std::io::Result<OwnedFd> {
+        Ok(NixSignalFd::with_flags(&sigset_of(self.mask), SfdFlags::empty())?.into())
     }
 }

@@ -2,7 +2,7 @@
 //! time that was left. Unread expirations cannot be set back as a count: if there were any,
 //! the restored timer fires at once (one expiration to read) and goes on from there.
 
-use super::{place, DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
+use super::{place, DumpCtx, DumpResult, Fd, FdKind, FdState, Make, MakeCtx, RestoreCtx, View};
 use crate::proc::FdEntry;
 use nix::sys::time::TimeSpec;
 use nix::sys::timerfd::{
@@ -10,6 +10,7 @@ use nix::sys::timerfd::{
 };
 use serde::{Deserialize, Serialize};
 use std::io;
+use std::os::fd::OwnedFd;
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct TimerFd {
@@ -78,18 +79,8 @@ impl FdState for TimerFd {
         "the timerfd"
     }
 
-    fn restore(&self, f: &Fd, _ctx: &mut RestoreCtx) -> io::Result<()> {
-        let tfd = NixTimerFd::new(clock(self.clockid)?, TimerFlags::empty())?;
-        let first = if self.ticks > 0 { 1 } else { self.value_ns };
-        let expiration = match (first, self.interval_ns) {
-            (0, _) => None,
-            (v, 0) => Some(Expiration::OneShot(timespec(v))),
-            (v, i) => Some(Expiration::IntervalDelayed(timespec(v), timespec(i))),
-        };
-        if let Some(e) = expiration {
-            tfd.set(e, TimerSetTimeFlags::empty())?;
-        }
-        place(tfd.into(), f)
+    fn restore(&self, f: &Fd, ctx: &mut RestoreCtx) -> io::Result<()> {
+        place(self.make(f.flags, &ctx.making())?, f)
     }
 
     fn describe(&self, _f: &Fd, _v: &View) -> String {
@@ -100,5 +91,22 @@ impl FdState for TimerFd {
             self.interval_ns as f64 / 1e9,
             self.ticks
         )
+    }
+}
+
+impl Make for TimerFd {
+    /// Armed at once with the time that was left; its status flags come when it is placed.
+    fn make(&self, _flags: u32, _ctx: &MakeCtx) -> io::Result<OwnedFd> {
+        let tfd = NixTimerFd::new(clock(self.clockid)?, TimerFlags::empty())?;
+        let first = if self.ticks > 0 { 1 } else { self.value_ns };
+        let expiration = match (first, self.interval_ns) {
+            (0, _) => None,
+            (v, 0) => Some(Expiration::OneShot(timespec(v))),
+            (v, i) => Some(Expiration::IntervalDelayed(timespec(v), timespec(i))),
+        };
+        if let Some(e) = expiration {
+            tfd.set(e, TimerSetTimeFlags::empty())?;
+        }
+        Ok(tfd.into())
     }
 }

@@ -21,9 +21,8 @@ use crate::sys;
 use crate::tree::Zombie;
 use crate::vdso::{MoveError, Specials};
 use ckpt_abi::{CkptRange, CkptRestore, CKPT_IOC_RESTORE};
-use nix::fcntl::{fcntl, open, FcntlArg, OFlag};
+use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
-use nix::sys::stat::Mode;
 use nix::unistd::{getpid, Pid};
 use std::fs::File;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
@@ -128,7 +127,14 @@ pub fn run(r: &mut Restorers, index: usize, parent: Parent) -> ! {
         _ => fail("waiting for ckpt", "the pipe did not end"),
     }
     let (image, dev, highest) = (r.image, r.dev, r.highest_own_fd);
-    become_process(p, &mut r.plans[index], image, dev, highest, &r.shared)
+    become_process(
+        (index, p),
+        &mut r.plans[index],
+        image,
+        dev,
+        highest,
+        &r.shared,
+    )
 }
 
 /// Forks the helper of session `sid`, whose leader is gone (see `crate::groups`): with pid
@@ -383,7 +389,7 @@ fn report(fd: &OwnedFd, original: i32) {
 
 /// Becomes process `p`. Never returns.
 fn become_process(
-    p: &Process,
+    (index, p): (usize, &Process),
     plan: &mut Plan,
     image: &File,
     dev: &Device,
@@ -403,7 +409,7 @@ fn become_process(
     if let Err((what, e)) = p.attrs.restore_cwd_umask() {
         fail(&what, e);
     }
-    restore_fds(p, plan, &work, shared);
+    restore_fds((index, p), plan, &work, shared);
     if let Err((what, e)) = p.attrs.restore_limits() {
         fail(&what, e);
     }
@@ -498,7 +504,7 @@ impl WorkFds {
 /// The process's fds, made as its own user: files are created and sockets bound by it, so
 /// that they belong to it; existing files are opened as it too, and as root only where it
 /// may not (a daemon that opened them before dropping privileges).
-fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
+fn restore_fds((index, p): (usize, &Process), plan: &Plan, work: &WorkFds, shared: &SharedFds) {
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => match as_fs_user(c.uid[3], c.gid[3], &c.groups) {
             Ok(g) => Some(g),
@@ -507,20 +513,13 @@ fn restore_fds(p: &Process, plan: &Plan, work: &WorkFds, shared: &SharedFds) {
         None => None,
     };
     let as_user = fs_user.is_some();
-    let reopen = move |path: &Path, flags: OFlag| -> std::io::Result<OwnedFd> {
-        match open(path, flags, Mode::empty()) {
-            Err(nix::Error::EACCES | nix::Error::EPERM) if as_user => {
-                let _root = as_fs_user(0, 0, &[])?;
-                Ok(open(path, flags, Mode::empty())?)
-            }
-            r => Ok(r?),
-        }
-    };
+    let reopen = move |path: &Path, flags: OFlag| crate::fds::reopen_as_user(path, flags, as_user);
     let as_root =
         || -> std::io::Result<Box<dyn std::any::Any>> { Ok(Box::new(as_fs_user(0, 0, &[])?)) };
     // Temporary fds (shared objects' ends) live above everything else.
     let scratch = work.base + work.count() as i32;
     let ctx = RestoreCtx {
+        process: index,
         table: &p.files,
         shared,
         blobs: &plan.blobs,

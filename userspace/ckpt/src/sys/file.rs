@@ -1,5 +1,6 @@
-//! Files: flock on an fd the caller keeps, and kcmp of two processes' fds (nix's `Flock`
-//! owns its fd and unlocks on drop; nix has no kcmp).
+//! Files: flock on an fd the caller keeps, and kcmp of two processes' fds or of an fd and
+//! an epoll instance's watched file (nix's `Flock` owns its fd and unlocks on drop; nix has
+//! no kcmp).
 
 use super::{check, check_int};
 use std::io;
@@ -21,10 +22,54 @@ pub fn flock_nonblocking(fd: BorrowedFd, exclusive: bool) -> io::Result<()> {
 /// Whether fd `a.1` of process `a.0` and fd `b.1` of process `b.0` are one open file
 /// description (kcmp KCMP_FILE; needs ptrace access to both).
 pub fn same_open_file(a: (i32, i32), b: (i32, i32)) -> io::Result<bool> {
+    Ok(compare_open_files(a, b)? == std::cmp::Ordering::Equal)
+}
+
+/// kcmp's answer as an ordering: 0 equal, 1 less, 2 greater (it compares the kernel's
+/// pointers, scrambled by a per-boot bijection, so the order is total and stable).
+fn kcmp_ordering(r: libc::c_long) -> io::Result<std::cmp::Ordering> {
+    match r {
+        0 => Ok(std::cmp::Ordering::Equal),
+        1 => Ok(std::cmp::Ordering::Less),
+        2 => Ok(std::cmp::Ordering::Greater),
+        _ => Err(io::Error::other(format!("kcmp answered {r}"))),
+    }
+}
+
+/// The order kcmp KCMP_FILE gives fd `a.1` of process `a.0` and fd `b.1` of process `b.0`:
+/// equal when they are one open file description. Sorting fds by it puts the fds of each
+/// description next to each other.
+pub fn compare_open_files(a: (i32, i32), b: (i32, i32)) -> io::Result<std::cmp::Ordering> {
     const KCMP_FILE: libc::c_long = 0;
     // SAFETY: kcmp takes only numbers and touches no memory of ours.
-    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, a.0, b.0, KCMP_FILE, a.1, b.1) })?;
-    Ok(r == 0)
+    kcmp_ordering(check(unsafe {
+        libc::syscall(libc::SYS_kcmp, a.0, b.0, KCMP_FILE, a.1, b.1)
+    })?)
+}
+
+/// Whether fd `file.1` of process `file.0` is the file that the epoll instance at fd `efd` of
+/// process `pid` watches as its `toff`-th item added under fd number `tfd` (kcmp
+/// KCMP_EPOLL_TFD: the only way to name a watched file, which epoll holds by pointer).
+pub fn is_epoll_target(
+    file: (i32, i32),
+    (pid, efd): (i32, i32),
+    (tfd, toff): (i32, u32),
+) -> io::Result<bool> {
+    const KCMP_EPOLL_TFD: libc::c_long = 7;
+    // struct kcmp_epoll_slot { __u32 efd, tfd, toff; }
+    let slot: [u32; 3] = [efd as u32, tfd as u32, toff];
+    // SAFETY: the kernel reads the 12-byte slot, which lives across the call.
+    let r = check(unsafe {
+        libc::syscall(
+            libc::SYS_kcmp,
+            file.0,
+            pid,
+            KCMP_EPOLL_TFD,
+            file.1,
+            slot.as_ptr(),
+        )
+    })?;
+    Ok(kcmp_ordering(r)? == std::cmp::Ordering::Equal)
 }
 
 /// open_by_handle_at(mount, handle, O_PATH): the object a file handle (as /proc fdinfo shows
