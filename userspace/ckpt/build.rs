@@ -39,6 +39,7 @@ fn main() {
         ("notify", &[]),
         ("sigmask", &["-pthread"]),
         ("relay", &[]),
+        ("scribbler", &[]),
         ("ptypair", &[]),
         ("shared_fds", &[]),
     ];

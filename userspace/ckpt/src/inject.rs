@@ -149,6 +149,8 @@ pub struct Borrowed {
     /// Signals pending for the whole process before: those taken are queued to it again.
     shared_before: u64,
     held: Vec<libc::siginfo_t>,
+    /// The ptrace options set while lent.
+    options: libc::c_int,
     returned: bool,
 }
 
@@ -185,6 +187,7 @@ impl Borrowed {
             saved,
             shared_before,
             held: Vec::new(),
+            options,
             returned: false,
         })
     }
@@ -206,6 +209,21 @@ impl Borrowed {
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
         let (r, _) = self.inj.run(self.tid, nr, args, Some(&mut self.held))?;
         Ok(r)
+    }
+
+    /// Runs a clone-like syscall `nr` in the thread with the new process traced from its
+    /// birth (PTRACE_O_TRACECLONE for the call only: it is stopped before it runs any code,
+    /// and the option is not left on the program's thread). Returns the call's result and
+    /// the new process's pid, reported by the kernel.
+    pub fn syscall_tracing_clone(
+        &mut self,
+        nr: i64,
+        args: [u64; 6],
+    ) -> io::Result<(i64, Option<i32>)> {
+        sys::ptrace_set_options_raw(self.tid, self.options | libc::PTRACE_O_TRACECLONE)?;
+        let r = self.inj.run(self.tid, nr, args, Some(&mut self.held));
+        sys::ptrace_set_options_raw(self.tid, self.options)?;
+        r
     }
 
     /// Puts everything back (see the type's comment).

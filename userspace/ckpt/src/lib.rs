@@ -34,6 +34,7 @@ pub mod groups;
 pub mod inject;
 pub mod interceptor;
 pub mod proc;
+pub mod snapshot;
 pub mod sys;
 
 // Other commands.

@@ -98,6 +98,11 @@ struct CheckpointArgs {
     /// are left alone; with it they end as the processes do.
     #[arg(long)]
     tcp_close: bool,
+    /// Write every page while the tree is frozen. By default a checkpoint without --kill
+    /// stops the tree only to take a copy-on-write snapshot of each process's private
+    /// memory and writes the pages from it while the tree runs on.
+    #[arg(long, conflicts_with = "kill")]
+    no_snapshot: bool,
     /// Take only the process itself, not its descendants.
     #[arg(long)]
     single: bool,
@@ -242,6 +247,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         output: &output,
         kill: a.kill,
         tcp_close: a.tcp_close,
+        snapshot: !a.kill && !a.no_snapshot,
         device,
         plain: a.plain,
         single: a.single,

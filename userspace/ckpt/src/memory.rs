@@ -181,17 +181,54 @@ struct Scan<'a> {
     refs: Vec<CkptRestoreRun>,
 }
 
-/// Stores the pages of `maps` into the image (through the module) and returns the mappings
-/// with their page runs; shared memory objects go to `shm` once for the tree, pages an
-/// earlier process stored are not stored again (`stored`). `image_path` names the image in
-/// errors.
-pub fn dump(
+/// The shared memory each of `maps` shows, stored into the image once for the tree (SysV
+/// segments, shared memory objects; `None` for the other mappings). Read while the process is
+/// frozen: a snapshot (`crate::snapshot`) shares this memory with the running process.
+pub fn dump_objects(
     pid: i32,
-    dev: &Device,
     maps: &[MapEntry],
     w: &mut ImageWriter,
-    (image_path, stats, shm, stored): (&Path, &mut Stats, &mut ShmDump, &mut Stored),
+    (image_path, shm): (&Path, &mut ShmDump),
+) -> Result<Vec<Option<Backing>>, CheckpointError> {
+    let io_err = |e: std::io::Error| match e.raw_os_error() {
+        Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => CheckpointError::Write {
+            path: image_path.into(),
+            source: e,
+        },
+        _ => checkpoint_io(pid, "reading a shared memory object")(e),
+    };
+    let mut objects = Vec::with_capacity(maps.len());
+    for m in maps {
+        let object = if crate::sysv::is_segment(m) {
+            let segment = shm.sysv.attached(m, w).map_err(io_err)?;
+            Some(Backing::Sysv { segment })
+        } else if shmem::is_object(m) == Ok(true) {
+            let object = shm.mapped(pid, m, w).map_err(io_err)?;
+            Some(Backing::Shm {
+                object,
+                offset: m.offset,
+            })
+        } else {
+            None
+        };
+        objects.push(object);
+    }
+    Ok(objects)
+}
+
+/// Stores the private pages of `maps` into the image (through the module), read from process
+/// `source`: the frozen process itself, or its copy-on-write snapshot. Returns the mappings
+/// with their page runs and their shared memory (`objects`, from [`dump_objects`]). Pages an
+/// earlier process stored are not stored again (`stored`). `image_path` names the image in
+/// errors.
+pub fn dump_pages(
+    source: i32,
+    dev: &Device,
+    (maps, objects): (&[MapEntry], Vec<Option<Backing>>),
+    w: &mut ImageWriter,
+    (image_path, stats, stored): (&Path, &mut Stats, &mut Stored),
 ) -> Result<Vec<Vma>, CheckpointError> {
+    let pid = source;
     let write_err = |source| CheckpointError::Write {
         path: image_path.into(),
         source,
@@ -249,27 +286,11 @@ pub fn dump(
     }
     runs.extend(refs);
     runs.sort_by_key(|r| r.addr);
-    let mut vmas = Vec::new();
-    for m in maps {
-        let io_err = |e: std::io::Error| match e.raw_os_error() {
-            Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG) => write_err(e),
-            _ => checkpoint_io(pid, "reading a shared memory object")(e),
-        };
-        let object = if crate::sysv::is_segment(m) {
-            let segment = shm.sysv.attached(m, w).map_err(io_err)?;
-            Some(Backing::Sysv { segment })
-        } else if shmem::is_object(m) == Ok(true) {
-            let object = shm.mapped(pid, m, w).map_err(io_err)?;
-            Some(Backing::Shm {
-                object,
-                offset: m.offset,
-            })
-        } else {
-            None
-        };
-        vmas.push(vma_of(m, &runs, object));
-    }
-    Ok(vmas)
+    Ok(maps
+        .iter()
+        .zip(objects)
+        .map(|(m, object)| vma_of(m, &runs, object))
+        .collect())
 }
 
 const PM_PRESENT: u64 = 1 << 63;

@@ -30,6 +30,10 @@ pub struct Stats {
     /// The program's stdio buffers were flushed before the snapshot.
     #[serde(default)]
     pub stdio_flushed: bool,
+    /// Processes whose private memory was written from a copy-on-write snapshot after the
+    /// tree was let go (not counted in `frozen_us`).
+    #[serde(default)]
+    pub snapshots: u32,
 }
 
 pub fn stats_text(s: &Stats) -> String {
@@ -64,6 +68,13 @@ pub fn stats_text(s: &Stats) -> String {
         );
     } else {
         let _ = writeln!(out, "  interceptor:      none (plain path)");
+    }
+    if s.snapshots > 0 {
+        let _ = writeln!(
+            out,
+            "  snapshots:        {} (pages written from them after the tree was let go)",
+            s.snapshots
+        );
     }
     if s.processes > 1 {
         let _ = writeln!(out, "  processes:        {}", s.processes);

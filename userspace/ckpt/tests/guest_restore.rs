@@ -688,6 +688,90 @@ fn a_blocked_pending_signal_stays_pending() {
     kill_and_reap(pid);
 }
 
+/// The lines of `out` (the scribbler's reports).
+fn reports(out: &Path) -> Vec<String> {
+    let text = std::fs::read_to_string(out).unwrap_or_default();
+    text.lines().map(String::from).collect()
+}
+
+/// Asks the scribbler `pid` to check its memory; returns its report.
+fn scribbler_check(pid: i32, out: &Path) -> String {
+    let before = reports(out).len();
+    common::signal_until(pid, libc::SIGUSR1, "the scribbler reports", || {
+        reports(out).len() > before
+    });
+    reports(out).pop().unwrap()
+}
+
+/// A checkpoint that lets the program run on takes its memory as it was at the freeze,
+/// although the program rewrites it as fast as it can meanwhile: the pages come from a
+/// copy-on-write snapshot (and the original goes on unharmed). A program with a
+/// MADV_WIPEONFORK page is not snapshotted (a fork would see that page empty): its pages
+/// are all written while it is frozen.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_live_checkpoint_of_a_program_rewriting_its_memory_is_consistent() {
+    let (_m, d, _, img) = begin("scribbler", false);
+    for (wipe, snapshots) in [(false, 1), (true, 0)] {
+        let out = d.path(if wipe { "wipe.out" } else { "out" });
+        let mut args = vec![out.as_os_str(), "64".as_ref()];
+        if wipe {
+            args.push("wipe".as_ref());
+        }
+        let (mut child, pid) = common::spawn_ready("scribbler", &args);
+        let stats = common::checkpoint_json(pid, &img, &[]);
+        assert_eq!(stats["snapshots"], snapshots, "wipe {wipe}: {stats}");
+        let original = scribbler_check(pid, &out);
+        assert!(
+            original.starts_with("ok "),
+            "the original after the checkpoint: {original}"
+        );
+        kill_and_reap(pid);
+        let _ = child.wait();
+        assert_eq!(restore_root(&img), pid);
+        let restored = scribbler_check(pid, &out);
+        assert!(
+            restored.starts_with("ok "),
+            "the restored copy (wipe {wipe}): {restored}"
+        );
+        kill_and_reap(pid);
+        std::fs::remove_file(&img).unwrap();
+    }
+}
+
+/// A ckpt killed while it writes a snapshot's pages leaves nothing behind: the snapshot dies
+/// with it (no process, no zombie under the target), no image takes the final name, and the
+/// program, which ran on meanwhile, is whole and can be checkpointed again.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_ckpt_killed_while_it_holds_a_snapshot_leaves_nothing() {
+    let (_m, _d, out, img) = begin("snapshot-kill", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "16".as_ref()]);
+    let children =
+        || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut c = Command::new(common::ckpt_bin())
+        .args(["checkpoint", &pid.to_string(), "-o", img.to_str().unwrap()])
+        .env("CKPT_TEST_PAUSE_SNAPSHOT", "60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for("the snapshot exists", 60, || !children().trim().is_empty());
+    let snapshot: i32 = children().trim().parse().unwrap();
+    // The program runs while ckpt holds the snapshot.
+    assert!(scribbler_check(pid, &out).starts_with("ok "));
+    c.kill().unwrap();
+    c.wait().unwrap();
+    common::wait_for("the snapshot is gone", 30, || common::gone(snapshot));
+    assert_eq!(children().trim(), "", "a child left under the target");
+    assert!(!img.exists(), "no image under the final name");
+    assert!(scribbler_check(pid, &out).starts_with("ok "));
+    let stats = common::checkpoint_json(pid, &img, &[]);
+    assert_eq!(stats["snapshots"], 1, "{stats}");
+    assert_eq!(children().trim(), "");
+    kill_and_reap(pid);
+    let _ = child.wait();
+}
+
 /// A thread waiting in sigsuspend() runs with the call's temporary mask; after the restore the
 /// call returns to the thread's own mask (which ptrace does not show; the module reads it).
 #[test]

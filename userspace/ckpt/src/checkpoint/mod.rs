@@ -6,9 +6,11 @@
 //! 3. Freeze the whole tree (`crate::tree`, every thread of every process through
 //!    `crate::freeze`); flush single-threaded programs' stdio.
 //! 4. Dump each resource of each process into the image (`dump_process`): threads,
-//!    attributes, signals, memory, fds.
-//! 5. Let the tree go (or, with `--kill`, kill it once the image is durable) and finish the
-//!    image (checksums, manifest, fsync, rename).
+//!    attributes, signals, memory, fds. Without `--kill`, each process's private memory is
+//!    only snapshotted (`crate::snapshot`).
+//! 5. Let the tree go (or, with `--kill`, kill it once the image is durable), write the
+//!    snapshots' pages (`LatePages`) and finish the image (checksums, manifest, fsync,
+//!    rename).
 //!
 //! Any failure detaches and leaves every process running and untouched, and no file under
 //! the final name.
@@ -21,9 +23,10 @@ use crate::fds::{DumpError, SharedDump};
 use crate::freeze::Frozen;
 use crate::image::ImageWriter;
 use crate::manifest::{Manifest, Process};
-use crate::memory::Memory;
+use crate::memory::{Backing, Memory};
 use crate::netlock::NetLock;
-use crate::proc::FdEntry;
+use crate::proc::{FdEntry, MapEntry};
+use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 use crate::tree::FrozenTree;
 use crate::{attrs, fds, memory, proc, signals, thread, tree};
@@ -38,6 +41,9 @@ pub struct Options<'a> {
     pub kill: bool,
     /// Record TCP connections as closed (`--tcp-close`): nothing is locked.
     pub tcp_close: bool,
+    /// Write private pages from copy-on-write snapshots once the tree runs again
+    /// (`crate::snapshot`), rather than while it is frozen. Not with `kill`.
+    pub snapshot: bool,
     pub device: &'a Path,
     /// Do not use the interceptor even if the process runs under `ckpt run`.
     pub plain: bool,
@@ -90,7 +96,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let mut manifest = dump_tree(&dev, &tree, &prepared, (&mut w, opts), &mut stats)?;
+    let (mut manifest, late) = dump_tree(&dev, &tree, &prepared, (&mut w, opts), &mut stats)?;
     // Killed, the tree's connections stay locked until the restore lifts the lock.
     manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
 
@@ -107,6 +113,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         }
         (None, None)
     };
+    late.write(&dev, &mut manifest, (&mut w, opts.output), &mut stats)?;
     w.checksum_external().map_err(write_err)?;
     if opts.kill {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
@@ -173,14 +180,14 @@ fn settle(
 }
 
 /// Dumps every process of the frozen tree into the image; returns the manifest (without
-/// statistics).
+/// statistics) and the pages still to write from snapshots once the tree runs again.
 fn dump_tree(
     dev: &Device,
     tree: &FrozenTree,
     prepared: &BTreeMap<i32, Prepared>,
     (w, opts): (&mut ImageWriter, &Options),
     stats: &mut Stats,
-) -> Result<Manifest, CheckpointError> {
+) -> Result<(Manifest, LatePages), CheckpointError> {
     let path = opts.output;
     // Every process's fds first: which pipes and sockets are the tree's.
     let mut fd_entries = Vec::new();
@@ -207,13 +214,15 @@ fn dump_tree(
         .chain(tree.zombies.iter().map(|z| z.pid))
         .collect();
     let (sysv_sem, sysv_msg) = crate::sysv::dump(&pids, w).map_err(CheckpointError::Tree)?;
+    let mut late = LatePages::default();
     let mut dump = Dump {
         dev,
         w,
         path,
         stats,
         shared: &mut shared,
-        stored: &mut memory::Stored::default(),
+        late: &mut late,
+        snapshot: opts.snapshot,
     };
     let mut processes = Vec::new();
     for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
@@ -224,7 +233,7 @@ fn dump_tree(
     for (p, m) in processes.iter_mut().zip(&tree.members) {
         p.ctty = fds::controlling_terminal(&m.stat, m.frozen.pid, &shared);
     }
-    Ok(Manifest {
+    let manifest = Manifest {
         processes,
         zombies: tree.zombies.clone(),
         gone_leaders: tree.gone_leaders.clone(),
@@ -235,7 +244,61 @@ fn dump_tree(
             ..shared.finish().map_err(CheckpointError::Tree)?
         },
         stats: None,
-    })
+    };
+    Ok((manifest, late))
+}
+
+/// The private pages of the processes whose memory was snapshotted, written once the tree
+/// runs again; and which frames the image holds already (a child's pages still shared
+/// copy-on-write with its parent are stored once).
+#[derive(Default)]
+struct LatePages {
+    pending: Vec<Pending>,
+    stored: memory::Stored,
+}
+
+/// A process whose private pages are still to be read from its snapshot.
+struct Pending {
+    /// Its place in the manifest's processes.
+    index: usize,
+    snapshot: Snapshot,
+    maps: Vec<MapEntry>,
+    objects: Vec<Option<Backing>>,
+}
+
+impl LatePages {
+    /// Writes every snapshot's pages into the image and completes the process records
+    /// with their mappings; each snapshot is killed once read.
+    fn write(
+        self,
+        dev: &Device,
+        manifest: &mut Manifest,
+        (w, image_path): (&mut ImageWriter, &Path),
+        stats: &mut Stats,
+    ) -> Result<(), CheckpointError> {
+        let mut stored = self.stored;
+        // For the test of a ckpt killed while it holds snapshots.
+        if let Some(secs) = std::env::var("CKPT_TEST_PAUSE_SNAPSHOT")
+            .ok()
+            .and_then(|v| v.parse().ok())
+        {
+            if !self.pending.is_empty() {
+                std::thread::sleep(Duration::from_secs_f64(secs));
+            }
+        }
+        for p in self.pending {
+            let t0 = Instant::now();
+            let source = p.snapshot.pid();
+            let ctx = (image_path, &mut *stats, &mut stored);
+            let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects), w, ctx)?;
+            let process = manifest.processes.get_mut(p.index).ok_or_else(|| {
+                CheckpointError::Tree(format!("no process record {} for a snapshot", p.index))
+            })?;
+            process.memory.vmas = vmas;
+            stats.memdump_us += t0.elapsed().as_micros() as u64;
+        }
+        Ok(())
+    }
 }
 
 /// PREPARE for every process of the tree (as it is now) that runs under `ckpt run`.
@@ -282,7 +345,10 @@ struct Dump<'a> {
     path: &'a Path,
     stats: &'a mut Stats,
     shared: &'a mut SharedDump,
-    stored: &'a mut memory::Stored,
+    /// Where snapshotted processes go, and the frames stored already.
+    late: &'a mut LatePages,
+    /// Snapshot private memory (else every page is written while frozen).
+    snapshot: bool,
 }
 
 impl Dump<'_> {
@@ -324,13 +390,22 @@ impl Dump<'_> {
         let maps = memory::mappings(pid)?;
 
         let mem_t0 = Instant::now();
-        let ctx = (
-            image_path,
-            &mut *stats,
-            &mut self.shared.shm,
-            &mut *self.stored,
-        );
-        let vmas = memory::dump(pid, dev, &maps, w, ctx)?;
+        let objects = memory::dump_objects(pid, &maps, w, (image_path, &mut self.shared.shm))?;
+        let vmas = if self.snapshot && Snapshot::can_copy(&maps) {
+            let snapshot = Snapshot::take(frozen)
+                .map_err(checkpoint_io(pid, "taking a copy-on-write snapshot"))?;
+            stats.snapshots += 1;
+            self.late.pending.push(Pending {
+                index,
+                snapshot,
+                maps,
+                objects,
+            });
+            Vec::new() // completed by `LatePages::write`
+        } else {
+            let ctx = (image_path, &mut *stats, &mut self.late.stored);
+            memory::dump_pages(pid, dev, (&maps, objects), w, ctx)?
+        };
         stats.memdump_us += mem_t0.elapsed().as_micros() as u64;
         let threads = captured
             .into_iter()

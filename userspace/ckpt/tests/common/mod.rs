@@ -293,3 +293,12 @@ pub fn numbered_lines(path: &std::path::Path, prefix: &str) -> (Vec<u64>, bool) 
         .collect();
     (nums, text.contains("bad"))
 }
+
+/// `ckpt checkpoint PID -o IMG --json EXTRA...` (the process keeps running unless EXTRA has
+/// --kill); returns the statistics, failing the test with ckpt's stderr if it failed.
+pub fn checkpoint_json(pid: i32, img: &std::path::Path, extra: &[&str]) -> serde_json::Value {
+    let pid_s = pid.to_string();
+    let mut args = vec!["checkpoint", &pid_s, "-o", img.to_str().unwrap(), "--json"];
+    args.extend_from_slice(extra);
+    serde_json::from_str(&ok(&ckpt(&args))).unwrap()
+}
