@@ -7,6 +7,8 @@
 # Then a server with TCP established connections (default 100; 0 skips it) to clients
 # outside its tree, checkpointed with --kill and restored: dump and restore time and the
 # longest time the clients saw no progress (CRIU with --tcp-established).
+# Last, a live checkpoint (the process runs on) of each size: how long it is frozen (ckpt's
+# copy-on-write snapshot against CRIU's --leave-running).
 # Images live on the guest's tmpfs.
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--reps N]
 set -euo pipefail
@@ -113,6 +115,38 @@ if [[ "${1:-}" == --in-guest ]]; then
     [[ -n ${D[criu]:-} ]] && cline=$(printf '%7s / %7s / %7s' "${D[criu]}" "${R[criu]}" "${S[criu]}")
     printf '%-16s | %-32s | %-32s\n' "server" "$line" "$cline"
   }
+  # Frozen time of checkpoints that let the process run on, per size.
+  live_bench() {
+    local mib f cf line cline
+    printf '\n%-12s | %-24s | %-24s | %s\n' "live" "ckpt: frozen / total ms" "criu: frozen / total ms" "ckpt/criu frozen"
+    for mib in $sizes; do
+      f=(); t=(); cf=(); ct=()
+      for _ in $(seq "$reps"); do
+        start "$mib"
+        json=$("$ckpt" checkpoint "$pid" -o /tmp/b.img --json)
+        f+=("$(echo "$json" | sed -n 's/.*"frozen_us": \([0-9]*\).*/\1/p')")
+        t+=("$(echo "$json" | sed -n 's/.*"total_us": \([0-9]*\).*/\1/p')")
+        kill -9 "$pid"; wait "$pid" 2>/dev/null || true; rm -f /tmp/b.img
+        if [[ -n "$criu" ]]; then
+          start "$mib"
+          rm -rf /tmp/criu && mkdir -p /tmp/criu
+          t0=$(now)
+          $criu dump -t "$pid" -D /tmp/criu --leave-running --display-stats -o dump.log > /tmp/criu/dump.stats 2>&1 \
+            || { echo "criu live dump failed:"; tail -n 20 /tmp/criu/dump.log; criu=""; }
+          t1=$(now)
+          cf+=("$(awk '/Frozen time/ {print $3}' /tmp/criu/dump.stats)"); ct+=("$(( (t1 - t0) / 1000 ))")
+          kill -9 "$pid"; wait "$pid" 2>/dev/null || true
+        fi
+      done
+      line=$(printf '%9.1f / %9.1f' "$(ms "$(median "${f[@]}")"000)" "$(ms "$(median "${t[@]}")"000)")
+      cline="(no CRIU)"; ratio="-"
+      if ((${#cf[@]})) && [[ -n "${cf[0]}" ]]; then
+        cline=$(printf '%9.1f / %9.1f' "$(ms "$(median "${cf[@]}")"000)" "$(ms "$(median "${ct[@]}")"000)")
+        ratio=$(printf '%.3fx' "$(echo "scale=4; $(median "${f[@]}") / $(median "${cf[@]}")" | bc)")
+      fi
+      printf '%12s | %-24s | %-24s | %s\n' "$mib MiB" "$line" "$cline" "$ratio"
+    done
+  }
   echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)   images on tmpfs   guest: QEMU TCG, 2 vCPU"
   printf '%-6s | %-38s | %-38s | %s\n' "" "ckpt: dump / frozen / restore ms, MiB/s, image" "criu: dump / frozen / restore ms" "ckpt/criu frozen, restore"
   rows=()
@@ -165,6 +199,7 @@ if [[ "${1:-}" == --in-guest ]]; then
     printf '%12s | %-38s | %-38s | %s\n' "$label" "$line" "$cline" "$ratio"
   done
   ((tcp > 0)) && tcp_bench
+  live_bench
   rmmod ckpt
   exit 0
 fi

@@ -233,6 +233,7 @@ fn dump_tree(
     for (p, m) in processes.iter_mut().zip(&tree.members) {
         p.ctty = fds::controlling_terminal(&m.stat, m.frozen.pid, &shared);
     }
+    late.snapshot(tree, stats)?;
     let manifest = Manifest {
         processes,
         zombies: tree.zombies.clone(),
@@ -261,12 +262,27 @@ struct LatePages {
 struct Pending {
     /// Its place in the manifest's processes.
     index: usize,
-    snapshot: Snapshot,
+    /// Taken by `LatePages::snapshot` once every process is dumped.
+    snapshot: Option<Snapshot>,
     maps: Vec<MapEntry>,
     objects: Vec<Option<Backing>>,
 }
 
 impl LatePages {
+    /// Snapshots the processes waiting for it, last thing before the tree is let go: a
+    /// snapshot holds what its process holds (its fds), which would look like a process
+    /// outside the tree to the dump of later processes.
+    fn snapshot(&mut self, tree: &FrozenTree, stats: &mut Stats) -> Result<(), CheckpointError> {
+        for p in &mut self.pending {
+            let frozen = &tree.members[p.index].frozen;
+            let taken = Snapshot::take(frozen)
+                .map_err(checkpoint_io(frozen.pid, "taking a copy-on-write snapshot"))?;
+            p.snapshot = Some(taken);
+            stats.snapshots += 1;
+        }
+        Ok(())
+    }
+
     /// Writes every snapshot's pages into the image and completes the process records
     /// with their mappings; each snapshot is killed once read.
     fn write(
@@ -288,7 +304,13 @@ impl LatePages {
         }
         for p in self.pending {
             let t0 = Instant::now();
-            let source = p.snapshot.pid();
+            let Some(snapshot) = &p.snapshot else {
+                return Err(CheckpointError::Tree(format!(
+                    "process record {} has no snapshot",
+                    p.index
+                )));
+            };
+            let source = snapshot.pid();
             let ctx = (image_path, &mut *stats, &mut stored);
             let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects), w, ctx)?;
             let process = manifest.processes.get_mut(p.index).ok_or_else(|| {
@@ -392,12 +414,9 @@ impl Dump<'_> {
         let mem_t0 = Instant::now();
         let objects = memory::dump_objects(pid, &maps, w, (image_path, &mut self.shared.shm))?;
         let vmas = if self.snapshot && Snapshot::can_copy(&maps) {
-            let snapshot = Snapshot::take(frozen)
-                .map_err(checkpoint_io(pid, "taking a copy-on-write snapshot"))?;
-            stats.snapshots += 1;
             self.late.pending.push(Pending {
                 index,
-                snapshot,
+                snapshot: None,
                 maps,
                 objects,
             });
