@@ -161,7 +161,8 @@ s64 ckpt_helper_file_size(struct file *file)
  * it is all zero. Drops the page reference in every case. Returns 1 if written, 0 if skipped,
  * a negative errno on failure.
  */
-int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, bool skip_zero)
+int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, bool skip_zero,
+			  void *hash)
 {
 	void *kaddr = kmap_local_page(page);
 	ssize_t n;
@@ -170,6 +171,8 @@ int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, boo
 	if (skip_zero && !memchr_inv(kaddr, 0, PAGE_SIZE)) {
 		ret = 0;
 	} else {
+		/* Checksummed while mapped and hot: the image is never read back. */
+		ckpt_rust_hash_page(hash, kaddr);
 		n = kernel_write(file, kaddr, PAGE_SIZE, pos);
 		ret = n == PAGE_SIZE ? 1 : (n < 0 ? (int)n : -EIO);
 	}

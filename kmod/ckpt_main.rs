@@ -23,6 +23,9 @@ mod layout;
 mod query;
 mod restore;
 mod target;
+#[allow(unreachable_pub, dead_code)]
+#[path = "../abi/src/xxh64.rs"]
+mod xxh64;
 
 use abi::{
     CkptDumpPages, CkptQuery, CkptRestore, CkptRestoreRun, CkptRestoreVma, CkptTaskState,

@@ -1,8 +1,8 @@
 // SPDX-License-Identifier: GPL-2.0
 //! `CKPT_IOC_DUMP_PAGES`: copies pages of a stopped target straight from its memory into the
 //! image file (one copy, no trip through user space), leaving out all-zero pages if asked.
-//! User space chooses which ranges (the present ones, from /proc/PID/pagemap) and checksums
-//! the written bytes after letting the target go.
+//! User space chooses which ranges (the present ones, from /proc/PID/pagemap); the module
+//! checksums what it writes as it goes (XXH64, the section's checksum in the image).
 
 use crate::abi::{
     CkptDumpPages, CkptRange, CkptRestoreRun, CKPT_DUMP_MAX_RANGES, CKPT_DUMP_SKIP_ZERO,
@@ -10,6 +10,7 @@ use crate::abi::{
 use crate::helpers::{self, FileRef, PinnedPage};
 use crate::restore::{PAGE, USER_TOP};
 use crate::target::Target;
+use crate::xxh64::Xxh64;
 use kernel::{
     alloc::KVVec,
     prelude::*,
@@ -50,6 +51,7 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
     let start_pos = req.file_offset as i64;
     let mut pos = start_pos;
     let mut zero = 0u64;
+    let mut hash = Xxh64::new();
     let mut batch = KVec::<PinnedPage>::with_capacity(64, GFP_KERNEL)?;
     for r in ranges.iter() {
         let mut addr = r.start;
@@ -66,7 +68,7 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
             for (i, page) in batch.drain_all().enumerate() {
                 let page_addr = addr + i as u64 * PAGE;
                 let at = pos as u64;
-                if !helpers::dump_page(page, &image, &mut pos, skip_zero)? {
+                if !helpers::dump_page(page, &image, &mut pos, skip_zero, &mut hash)? {
                     zero += 1;
                     continue;
                 }
@@ -107,5 +109,6 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
     req.run_count = runs.len() as u32;
     req.bytes_written = (pos - start_pos) as u64;
     req.pages_zero = zero;
+    req.xxh64 = hash.digest();
     Ok(())
 }

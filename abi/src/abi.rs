@@ -12,7 +12,7 @@
 //! - bump [`CKPT_ABI_VERSION`] on any change.
 
 /// Version of this ABI. User space refuses to talk to a module that reports another one.
-pub const CKPT_ABI_VERSION: u32 = 3;
+pub const CKPT_ABI_VERSION: u32 = 4;
 
 /// The ioctl "type" byte. 0xCC is not listed in Documentation/userspace-api/ioctl/ioctl-number.rst.
 pub const CKPT_IOC_MAGIC: u32 = 0xCC;
@@ -288,6 +288,9 @@ pub struct CkptDumpPages {
     pub bytes_written: u64,
     /// Out: pages skipped because they were all zero.
     pub pages_zero: u64,
+    /// Out: XXH64 (seed 0, `crate::xxh64`) of the `bytes_written` bytes written, computed
+    /// while copying: the image's checksum of that page section.
+    pub xxh64: u64,
 }
 
 /// What `CKPT_IOC_VERSION` reports for this build of the ABI (the module and user space both
@@ -361,7 +364,7 @@ const _: () = {
     assert!(size_of::<CkptRestoreRun>() == 24);
     assert!(size_of::<CkptRestore>() == 32 + 16 * CKPT_RESTORE_MAX_KEEP + 16 + 600);
     assert!(offset_of!(CkptRestore, mm) == 112);
-    assert!(size_of::<CkptDumpPages>() == 64);
+    assert!(size_of::<CkptDumpPages>() == 72);
     assert!(offset_of!(CkptDumpPages, bytes_written) == 48);
     assert!(offset_of!(CkptVersionInfo, query_size) == 8);
     assert!(size_of::<CkptQuery>() == 56);

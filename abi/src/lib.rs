@@ -12,3 +12,5 @@ mod shared;
 pub use shared::*;
 
 pub mod interceptor;
+
+pub mod xxh64;

@@ -4,6 +4,7 @@
 //! and writing pinned pages into the image.
 
 use super::mm::PinnedPage;
+use crate::xxh64::Xxh64;
 use core::ffi::c_void;
 use core::ptr::NonNull;
 use kernel::{bindings, prelude::*};
@@ -17,6 +18,7 @@ extern "C" {
         file: *mut c_void,
         pos: *mut i64,
         skip_zero: bool,
+        hash: *mut c_void,
     ) -> i32;
     fn ckpt_helper_file_can(file: *mut c_void, read: bool, write: bool) -> bool;
 }
@@ -146,20 +148,50 @@ pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
     Ok(())
 }
 
-/// Writes `page` to `file` at `*pos` (advancing it) unless `skip_zero` and it is all zero.
-/// Returns whether it was written.
+/// Writes `page` to `file` at `*pos` (advancing it) unless `skip_zero` and it is all zero,
+/// feeding what it writes to `hash`. Returns whether it was written.
 pub(crate) fn dump_page(
     page: PinnedPage,
     file: &FileRef,
     pos: &mut i64,
     skip_zero: bool,
+    hash: &mut Xxh64,
 ) -> Result<bool> {
     // The helper drops the page's reference.
     let raw = page.into_raw().as_ptr();
-    // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held.
-    let ret = unsafe { ckpt_helper_dump_page(raw.cast(), file.as_ptr().cast(), pos, skip_zero) };
+    let hash: *mut Xxh64 = hash;
+    // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held;
+    // `hash` is a live, exclusively borrowed `Xxh64`, which the helper only passes back to
+    // `ckpt_rust_hash_page` during the call.
+    let ret = unsafe {
+        ckpt_helper_dump_page(
+            raw.cast(),
+            file.as_ptr().cast(),
+            pos,
+            skip_zero,
+            hash.cast(),
+        )
+    };
     if ret < 0 {
         return Err(Error::from_errno(ret));
     }
     Ok(ret == 1)
+}
+
+/// Called by `ckpt_helper_dump_page` with the page it is about to write, mapped.
+///
+/// # Safety
+///
+/// `hash` is the `Xxh64` `dump_page` passed down (valid, not otherwise borrowed during the
+/// call) and `page` is the kernel address of a mapped page of `PAGE_SIZE` bytes.
+#[no_mangle]
+pub(super) unsafe extern "C" fn ckpt_rust_hash_page(hash: *mut c_void, page: *const c_void) {
+    // SAFETY: see the function's contract.
+    let (hash, bytes) = unsafe {
+        (
+            &mut *hash.cast::<Xxh64>(),
+            core::slice::from_raw_parts(page.cast::<u8>(), kernel::page::PAGE_SIZE),
+        )
+    };
+    hash.update(bytes);
 }

@@ -68,6 +68,8 @@ pub struct DumpedPages {
     pub runs: Vec<CkptRestoreRun>,
     pub bytes_written: u64,
     pub pages_zero: u64,
+    /// The XXH64 of the bytes written (the module computed it while copying).
+    pub xxh64: u64,
 }
 
 /// An open, ABI-checked `/dev/ckpt`.
@@ -228,6 +230,7 @@ impl Device {
             runs,
             bytes_written: req.bytes_written,
             pages_zero: req.pages_zero,
+            xxh64: req.xxh64,
         })
     }
 

@@ -64,6 +64,15 @@ pub fn checkpoint_io(
 pub enum RestoreError {
     #[error(transparent)]
     Image(#[from] crate::image::ImageError),
+    #[error(
+        "refusing to restore {} as root: {why}. Whoever can write an image can make a root \
+         restore run any program as any user; --trust-image restores it anyway",
+        path.display()
+    )]
+    Untrusted {
+        path: std::path::PathBuf,
+        why: String,
+    },
     #[error("{0}")]
     Device(#[from] crate::device::DeviceError),
     #[error("the image holds {0} processes; this version restores one")]

@@ -150,6 +150,11 @@ struct RestoreArgs {
     /// keys and get their ids back where no other object has taken them.
     #[arg(long)]
     ipcns: bool,
+    /// Restore as root an image that a user other than root and the image's own users owns,
+    /// or that group or others may write (refused otherwise: such an image could make root
+    /// run anything).
+    #[arg(long)]
+    trust_image: bool,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -271,6 +276,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
     let opts = ckpt::restore::Options {
         pidns: a.pidns,
         ipcns: a.ipcns,
+        trust_image: a.trust_image,
     };
     let r = ckpt::restore::restore(&a.image, device, &opts)?;
     if r.processes > 1 {

@@ -399,13 +399,13 @@ mod tests {
                 kind: crate::image::PAGES,
                 offset: at,
                 len: 2 * PAGE,
-                xxh3: 0,
+                xxh64: 0,
             },
             crate::image::Section {
                 kind: XSTATE,
                 offset: at + 2 * PAGE,
                 len: 832,
-                xxh3: 0,
+                xxh64: 0,
             },
         ];
         let good = Manifest {

@@ -270,7 +270,7 @@ pub fn dump_pages(
                 Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
                 _ => checkpoint_io(pid, "dumping pages")(e),
             })?;
-        w.external_pages_written(r.bytes_written)
+        w.external_pages_written(r.bytes_written, r.xxh64)
             .map_err(write_err)?;
         stats.pages_written += r.bytes_written / PAGE;
         stats.pages_skipped_zero += r.pages_zero;

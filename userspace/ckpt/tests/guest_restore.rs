@@ -772,6 +772,36 @@ fn a_ckpt_killed_while_it_holds_a_snapshot_leaves_nothing() {
     let _ = child.wait();
 }
 
+/// Root restores only an image that root or a user its processes run as owns and that
+/// nobody else may write: whoever can write an image could make a root restore run anything.
+/// `--trust-image` restores it anyway.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn root_refuses_an_image_others_could_have_written() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_m, _d, out, img) = begin("trust", false);
+    let mut child = start_counter("counter", &out, 1);
+    let last = checkpoint_kill(&mut child, &img, &out);
+    let img_s = img.to_str().unwrap();
+    let refused = |why: &str| {
+        let o = ckpt(&["restore", img_s]);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "restored an untrusted image");
+        assert!(err.contains(why) && err.contains("--trust-image"), "{err}");
+    };
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o666)).unwrap();
+    refused("writable by everyone (mode 0666)");
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o600)).unwrap();
+    std::os::unix::fs::chown(&img, Some(4242), None).unwrap();
+    refused("owned by uid 4242, who is neither root nor a user its processes run as (0)");
+    std::fs::set_permissions(&img, std::fs::Permissions::from_mode(0o620)).unwrap();
+    let from = file_len(&out);
+    let o = ckpt(&["restore", img_s, "--trust-image"]);
+    let pid: i32 = ok(&o).trim().parse().unwrap();
+    check_continues(pid, &out, from, last);
+    kill_and_reap(pid);
+}
+
 /// A thread waiting in sigsuspend() runs with the call's temporary mask; after the restore the
 /// call returns to the thread's own mask (which ptrace does not show; the module reads it).
 #[test]

@@ -114,7 +114,6 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         (None, None)
     };
     late.write(&dev, &mut manifest, (&mut w, opts.output), &mut stats)?;
-    w.checksum_external().map_err(write_err)?;
     if opts.kill {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }

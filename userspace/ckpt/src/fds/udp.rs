@@ -407,7 +407,7 @@ mod tests {
             kind: UDP_QUEUE,
             offset: 4096,
             len: 8,
-            xxh3: 0,
+            xxh64: 0,
         }];
         assert_eq!(validate(std::slice::from_ref(&u), &sections, 1), Ok(()));
         let taken = u.make().unwrap_err();

@@ -311,7 +311,7 @@ mod tests {
             kind: SOCKET_DATA,
             offset: 4096,
             len: q.data.len() as u64,
-            xxh3: 0,
+            xxh64: 0,
         }];
         assert_eq!(validate(std::slice::from_ref(&s), &sections, 1), Ok(()));
         std::fs::remove_file(dir).unwrap();

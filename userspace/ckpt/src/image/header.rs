@@ -3,7 +3,7 @@
 
 use super::{corrupt, ImageError, FORMAT_VERSION, MAGIC};
 use std::path::Path;
-use xxhash_rust::xxh3::xxh3_64;
+use xxhash_rust::xxh64::xxh64;
 
 pub(super) const HEADER_LEN: usize = 136;
 
@@ -39,7 +39,7 @@ impl Header {
         b[104..112].copy_from_slice(&self.manifest_len.to_le_bytes());
         b[112..120].copy_from_slice(&self.file_len.to_le_bytes());
         b[120..128].copy_from_slice(&self.manifest_sum.to_le_bytes());
-        let sum = xxh3_64(&b[..128]);
+        let sum = xxh64(&b[..128], 0);
         b[128..136].copy_from_slice(&sum.to_le_bytes());
         b
     }
@@ -59,7 +59,7 @@ impl Header {
                 found: version,
             });
         }
-        if xxh3_64(&b[..128]) != u64_at(128) {
+        if xxh64(&b[..128], 0) != u64_at(128) {
             return Err(corrupt(path, "header checksum mismatch"));
         }
         if u32_at(12) as usize != HEADER_LEN {

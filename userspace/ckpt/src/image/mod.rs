@@ -39,7 +39,7 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// 2: pipes and socket pairs moved from each process to the tree (`pipes`, `socket_pairs`
 /// beside `processes`), processes gained `pgid` and `sid`, `zombies` was added.
-pub const FORMAT_VERSION: u32 = 2;
+pub const FORMAT_VERSION: u32 = 3;
 pub const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -100,7 +100,7 @@ pub struct Section {
     pub kind: SectionKind,
     pub offset: u64,
     pub len: u64,
-    pub xxh3: u64,
+    pub xxh64: u64,
 }
 
 /// Facts about an image as a whole, kept in the manifest next to the caller's fields.

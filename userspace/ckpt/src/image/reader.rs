@@ -7,7 +7,7 @@ use std::fs::File;
 use std::io::Read;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// The manifest is JSON metadata; anything larger than this is not a ckpt image.
 const MAX_MANIFEST: u64 = 256 << 20;
@@ -72,7 +72,7 @@ impl<M: DeserializeOwned + Validate> Image<M> {
         let mut json = vec![0u8; h.manifest_len as usize];
         file.read_exact_at(&mut json, h.manifest_offset)
             .map_err(io_err)?;
-        if xxh3_64(&json) != h.manifest_sum {
+        if xxh64(&json, 0) != h.manifest_sum {
             return Err(corrupt(path, "manifest checksum mismatch"));
         }
         let envelope: Envelope<M> =
@@ -139,7 +139,7 @@ impl<M> Image<M> {
                 return Err(corrupt(path, format!("pages section {i} not page-aligned")));
             }
             check_zero(pos, s.offset, &self.file)?;
-            let mut sum = Xxh3::new();
+            let mut sum = Xxh64::new(0);
             let mut at = s.offset;
             let mut chunk = vec![0u8; 1 << 20];
             while at < end {
@@ -150,7 +150,7 @@ impl<M> Image<M> {
                 sum.update(&chunk[..n]);
                 at += n as u64;
             }
-            if sum.digest() != s.xxh3 {
+            if sum.digest() != s.xxh64 {
                 return Err(corrupt(
                     path,
                     format!("section {i} ({:?}) checksum mismatch", s.kind),

@@ -135,3 +135,24 @@ fn image_is_readable_by_its_owner_only() {
     assert_eq!(mode, 0o600, "image mode {mode:o}");
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// The module's XXH64 (the checksum of page sections, computed while it writes them)
+/// agrees with the crate that verifies images, for whole stripes and pages.
+#[test]
+fn the_modules_xxh64_agrees_with_the_verifier() {
+    let data: Vec<u8> = (0..3 * PAGE as usize + 96)
+        .map(|i| (i * 31 + i / 7) as u8)
+        .collect();
+    for len in [0, 32, 64, 4096, 3 * 4096, 3 * 4096 + 96] {
+        let mut h = ckpt_abi::xxh64::Xxh64::new();
+        // Fed in pieces, as the module feeds pages.
+        for piece in data[..len].chunks(4096) {
+            h.update(piece);
+        }
+        assert_eq!(
+            h.digest(),
+            xxhash_rust::xxh64::xxh64(&data[..len], 0),
+            "len {len}"
+        );
+    }
+}

@@ -8,7 +8,7 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
-use xxhash_rust::xxh3::{xxh3_64, Xxh3};
+use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// Writes an image under a temporary name in the destination directory; [`finish`] makes it
 /// durable and gives it its name. Dropped unfinished, it removes the temporary file.
@@ -21,10 +21,9 @@ pub struct ImageWriter {
     pos: u64,
     sections: Vec<Section>,
     /// The pages section being appended to: (index in `sections`, running checksum).
-    open_pages: Option<(usize, Box<Xxh3>)>,
+    open_pages: Option<(usize, Box<Xxh64>)>,
     /// Sections written by someone else (the kernel module): their checksum is computed at
     /// `finish`, by reading them back.
-    unchecked: Vec<usize>,
     done: bool,
 }
 
@@ -57,7 +56,6 @@ impl ImageWriter {
             pos: 0,
             sections: Vec::new(),
             open_pages: None,
-            unchecked: Vec::new(),
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -88,16 +86,16 @@ impl ImageWriter {
                 kind: PAGES,
                 offset: self.pos,
                 len: 0,
-                xxh3: 0,
+                xxh64: 0,
             });
-            self.open_pages = Some((self.sections.len() - 1, Box::new(Xxh3::new())));
+            self.open_pages = Some((self.sections.len() - 1, Box::new(Xxh64::new(0))));
         }
         let offset = self.pos;
         self.write_all(data)?;
         let (idx, sum) = self.open_pages.as_mut().unwrap();
         sum.update(data);
         self.sections[*idx].len += data.len() as u64;
-        self.sections[*idx].xxh3 = sum.digest();
+        self.sections[*idx].xxh64 = sum.digest();
         Ok(offset)
     }
 
@@ -110,8 +108,9 @@ impl ImageWriter {
     }
 
     /// Records `len` bytes of pages written by someone else at the offset
-    /// `external_pages_offset` returned, as a new pages section.
-    pub fn external_pages_written(&mut self, len: u64) -> io::Result<()> {
+    /// `external_pages_offset` returned, as a new pages section whose XXH64 the writer
+    /// computed while writing (nothing is read back).
+    pub fn external_pages_written(&mut self, len: u64, xxh64: u64) -> io::Result<()> {
         assert_eq!(len % PAGE, 0);
         if len == 0 {
             return Ok(());
@@ -120,29 +119,10 @@ impl ImageWriter {
             kind: PAGES,
             offset: self.pos,
             len,
-            xxh3: 0,
+            xxh64,
         });
-        self.unchecked.push(self.sections.len() - 1);
         self.pos += len;
         self.file.seek(SeekFrom::Start(self.pos))?;
-        Ok(())
-    }
-
-    /// Computes the checksums of externally written sections (by reading them back).
-    pub fn checksum_external(&mut self) -> io::Result<()> {
-        let mut buf = vec![0u8; 1 << 20];
-        for &i in &self.unchecked {
-            let s = self.sections[i].clone();
-            let (mut at, end, mut sum) = (s.offset, s.offset + s.len, Xxh3::new());
-            while at < end {
-                let n = ((end - at) as usize).min(buf.len());
-                self.file.read_exact_at(&mut buf[..n], at)?;
-                sum.update(&buf[..n]);
-                at += n as u64;
-            }
-            self.sections[i].xxh3 = sum.digest();
-        }
-        self.unchecked.clear();
         Ok(())
     }
 
@@ -161,7 +141,7 @@ impl ImageWriter {
     ) -> io::Result<usize> {
         self.open_pages = None;
         let offset = self.pos;
-        let mut sum = Xxh3::new();
+        let mut sum = Xxh64::new(0);
         let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
         let mut done = 0u64;
         while done < len {
@@ -175,7 +155,7 @@ impl ImageWriter {
             kind,
             offset,
             len,
-            xxh3: sum.digest(),
+            xxh64: sum.digest(),
         });
         Ok(self.sections.len() - 1)
     }
@@ -189,21 +169,14 @@ impl ImageWriter {
             kind,
             offset,
             len: data.len() as u64,
-            xxh3: xxh3_64(data),
+            xxh64: xxh64(data, 0),
         });
         Ok(self.sections.len() - 1)
     }
 
     /// Writes the manifest (the envelope with the sections, then `manifest`'s fields) and the
-    /// header, fsyncs, and renames into place. Returns the size. Sections written externally
-    /// must have been checksummed ([`checksum_external`]).
-    ///
-    /// [`checksum_external`]: ImageWriter::checksum_external
+    /// header, fsyncs, and renames into place. Returns the size.
     pub fn finish<M: Serialize>(mut self, manifest: &M) -> io::Result<u64> {
-        assert!(
-            self.unchecked.is_empty(),
-            "external sections not checksummed"
-        );
         let envelope = Envelope {
             meta: Meta::now(),
             sections: std::mem::take(&mut self.sections),
@@ -219,7 +192,7 @@ impl ImageWriter {
             manifest_offset,
             manifest_len: json.len() as u64,
             file_len: self.pos,
-            manifest_sum: xxh3_64(&json),
+            manifest_sum: xxh64(&json, 0),
         };
         self.file.write_all_at(&header.encode(), 0)?;
         self.file.sync_all()?;

@@ -16,6 +16,7 @@
 mod pidns;
 mod restorer;
 mod supervise;
+mod trust;
 
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
@@ -37,6 +38,9 @@ pub struct Options {
     pub pidns: bool,
     /// Into a new IPC namespace, where SysV objects get their ids back.
     pub ipcns: bool,
+    /// Restore as root an image that someone other than root or its processes' users could
+    /// have written (`--trust-image`).
+    pub trust_image: bool,
 }
 
 /// Where the restored tree went.
@@ -56,6 +60,7 @@ pub struct Restored {
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
+    trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
     let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;

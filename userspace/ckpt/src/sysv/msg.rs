@@ -143,7 +143,7 @@ mod tests {
             kind: SYSV_MSG_DATA,
             offset: 0,
             len: 10,
-            xxh3: 0,
+            xxh64: 0,
         }];
         assert!(validate(&[queue(&[4, 6], Some(0))], &sections).is_ok());
         assert!(validate(&[queue(&[4, 7], Some(0))], &sections).is_err());

@@ -247,7 +247,7 @@ fn a_queue_goes_through_the_image_unchanged() {
         kind: PTY_DATA,
         offset: 4096,
         len,
-        xxh3: 0,
+        xxh64: 0,
     };
     assert!(rec.validate(true, &[section(bytes.len() as u64)]).is_ok());
     assert!(rec.validate(false, &[section(bytes.len() as u64)]).is_err());
