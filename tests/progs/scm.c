@@ -6,8 +6,8 @@
  *                  child over a stream socket pair ("F", "P", "S", one fd each); then one end
  *                  of a seqpacket pair over whose other end it sent a memfd and an eventfd
  *                  (count 5) first ("N"; "M", "E" in its own queue), then "done". It keeps
- *                  the file and the seqpacket pair's other end open and closes the rest it
- *                  sent. The child says "child ready" and receives only on SIGUSR1, then says
+ *                  the file (with a flock on it) and the seqpacket pair's other end open and
+ *                  closes the rest it sent. The child says "child ready" and receives only on SIGUSR1, then says
  *                  "file <5 bytes it reads>", "memfd <its bytes>", "eventfd <its count>" and
  *                  every 20 ms writes "p N" into the pipe and sends "s N" over the socket; the
  *                  parent says each "p N" it reads, answers "r N", and the child says "c N"
@@ -29,6 +29,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <sys/eventfd.h>
+#include <sys/file.h>
 #include <sys/mman.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
@@ -190,6 +191,8 @@ static _Noreturn void pass(const char *dir) {
     const char *text = "0123456789abcdefghijklmnopqrstuvwxyz";
     if (file < 0 || write(file, text, strlen(text)) != (ssize_t)strlen(text)) die("data file");
     lseek(file, 7, SEEK_SET);
+    /* A lock of the open file in flight, kept by the parent's fd of it. */
+    if (flock(file, LOCK_EX)) die("flock");
     int pipefd[2], talk[2], chan[2];
     if (pipe(pipefd) || socketpair(AF_UNIX, SOCK_STREAM, 0, talk) ||
         socketpair(AF_UNIX, SOCK_STREAM, 0, chan))

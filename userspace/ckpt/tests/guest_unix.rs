@@ -39,7 +39,8 @@ fn kill_all(pids: &[i32]) {
 /// when the tree is checkpointed and killed. After the restore it gets them with their tags,
 /// reads the file from offset 7, the memfd's bytes and the eventfd's count, and talks to the
 /// parent through the pipe and the socket, which are one pipe and one pair with the parent's
-/// ends again; the parent sees the child's reads move its own file offset (one open file).
+/// ends again; the parent sees the child's reads move its own file offset (one open file),
+/// and its flock of that file is held again.
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn descriptors_in_flight_reach_the_child_after_kill_and_restore() {
@@ -116,6 +117,16 @@ fn descriptors_in_flight_reach_the_child_after_kill_and_restore() {
     unsafe { libc::kill(parent, libc::SIGUSR2) };
     wait_for("the parent says its offset", || text(&out).contains("pos "));
     assert!(text(&out).contains("pos 12\n"), "{}", text(&out));
+    // The flock of that open file is held again (through the parent's fd).
+    let other = std::fs::File::open(&data).unwrap();
+    // SAFETY: flock on a file of ours.
+    let r = unsafe {
+        libc::flock(
+            std::os::fd::AsRawFd::as_raw_fd(&other),
+            libc::LOCK_SH | libc::LOCK_NB,
+        )
+    };
+    assert_eq!(r, -1, "the parent's flock is held");
     kill_all(&[child, parent]);
     drop(all);
 }

@@ -17,7 +17,7 @@
 //! sockets of the tree (pairs, datagram sockets, listeners, those connected outside) and what
 //! ckpt makes once (files, deleted files, memfds, eventfds, timerfds, signalfds); anything
 //! else in flight (an epoll instance, inotify, a pty, a network socket...) is refused by
-//! name, as is a file in flight holding a lock.
+//! name, as is a file holding a lock that only a message holds.
 
 use super::unix::{self, Queue, UnixType};
 use super::{
@@ -225,9 +225,11 @@ fn in_its_queue(e: &FdEntry, err: DumpError) -> DumpError {
 /// The kind of descriptor `e` (ckpt's copy of one in flight), by the dumpers, when it is a
 /// kind carried in flight.
 fn dump_kind(ctx: &mut DumpCtx, e: &FdEntry) -> Result<FdKind, DumpError> {
-    if !e.locks.is_empty() {
+    // A lock of an open file a process also holds is taken again through that process's fd.
+    let shared_file = ctx.shared.census.descriptions.of(ctx.pid, e.fd).is_some();
+    if !e.locks.is_empty() && !shared_file {
         return Err(unsupported(
-            "it holds a file lock, which no process's fd would hold again",
+            "it holds a file lock, and no process holds its open file to take it again",
         ));
     }
     let refused = || {
