@@ -12,7 +12,8 @@
  *                              the client queues 5 messages ("c-sent"), the server reads them
  *                              only on SIGUSR1 (with their sender), then they exchange numbered
  *                              messages.
- *   scm OUT                    a stream pair with a file descriptor in flight.
+ *   scm OUT                    a stream pair with an inotify instance in flight (a kind not
+ *                              carried in flight).
  *   logger PATH OUT            a datagram socket connected to PATH (a socket of the test,
  *                              playing /dev/log) sends "log N" every 20 ms (like syslog(3)).
  *   client PATH OUT            a stream socket connected to PATH (a server of the test)
@@ -31,6 +32,7 @@
 #include <string.h>
 #include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/inotify.h>
 #include <sys/un.h>
 #include <unistd.h>
 
@@ -291,6 +293,8 @@ static _Noreturn void dgram(const char *path) {
 static _Noreturn void scm(void) {
     int sv[2];
     if (socketpair(AF_UNIX, SOCK_STREAM, 0, sv)) die("socketpair");
+    int tfd = inotify_init1(0);
+    if (tfd < 0) die("inotify_init1");
     char c = 'x';
     struct iovec iov = {&c, 1};
     union {
@@ -303,8 +307,9 @@ static _Noreturn void scm(void) {
     cm->cmsg_level = SOL_SOCKET;
     cm->cmsg_type = SCM_RIGHTS;
     cm->cmsg_len = CMSG_LEN(sizeof(int));
-    memcpy(CMSG_DATA(cm), &sv[0], sizeof(int));
+    memcpy(CMSG_DATA(cm), &tfd, sizeof(int));
     if (sendmsg(sv[0], &m, 0) != 1) die("sendmsg");
+    close(tfd);
     printf("ready %d\n", getpid());
     fflush(stdout);
     for (;;) pause();

@@ -34,6 +34,7 @@ fn main() {
         ("forker", &[]),
         ("tree", &[]),
         ("unix_socks", &[]),
+        ("scm", &[]),
         ("timers", &["-pthread"]),
         ("locks", &[]),
         ("notify", &[]),

@@ -47,6 +47,7 @@ pub fn summary(img: &Image) -> String {
         }
     }
     sysv_text(&mut out, &img.manifest.shared);
+    in_flight_text(&mut out, &img.manifest.shared, &img.sections);
     if let Some(s) = &img.manifest.stats {
         let _ = writeln!(out, "checkpoint statistics:");
         let s = Stats {
@@ -89,6 +90,23 @@ fn memory_text(out: &mut String, p: &crate::manifest::Process) {
             if v.shared { 's' } else { 'p' },
             saved
         );
+    }
+}
+
+/// The file descriptors in flight in the tree's UNIX socket queues, one line each.
+fn in_flight_text(
+    out: &mut String,
+    shared: &crate::fds::Shared,
+    sections: &[crate::image::Section],
+) {
+    let v = crate::fds::View {
+        fds: &[],
+        shared,
+        sections,
+    };
+    for (i, f) in shared.in_flight.iter().enumerate() {
+        let what = crate::fds::in_flight::describe(f, &v);
+        let _ = writeln!(out, "in flight #{i}: {what}");
     }
 }
 

@@ -278,6 +278,7 @@ mod tests {
                 data_section: None,
             }],
             socket_pairs: vec![],
+            in_flight: vec![],
             unix_dgram: vec![],
             unix_external: vec![],
             listeners: vec![],
@@ -457,6 +458,57 @@ mod tests {
         for bad in [0, 43, 44] {
             gone.gone_leaders = vec![bad];
             assert!(gone.validate(&sections).is_err(), "gone leader {bad}");
+        }
+        in_flight_references(&good, &sections);
+    }
+
+    /// Descriptors in flight: a pipe end of the tree carried in a pair's message is valid; a
+    /// message's index past the table, a kind not carried in flight, a shared open file the
+    /// table does not have, or a holder that is no process are not.
+    fn in_flight_references(good: &Manifest, sections: &[crate::image::Section]) {
+        use crate::fds::{EndState, InFlight, Message, OpenFileEnd, SocketPair, UnixType};
+        let mut flying = good.clone();
+        flying.shared.in_flight.push(InFlight {
+            flags: 1,
+            holder: 0,
+            kind: FdKind::Pipe(PipeEnd {
+                pipe: 0,
+                write_end: true,
+            }),
+        });
+        let carrying = EndState {
+            messages: vec![Message {
+                len: 0,
+                from: vec![],
+                fds: vec![0, 0],
+            }],
+            ..EndState::default()
+        };
+        flying.shared.socket_pairs.push(SocketPair {
+            inodes: [1, 2],
+            data_sections: [None, None],
+            sock_type: UnixType::Seqpacket,
+            ends: [carrying, EndState::default()],
+            holder: 0,
+        });
+        assert_eq!(flying.validate(sections), Ok(()));
+        let cases: [fn(&mut Manifest); 4] = [
+            |m| m.shared.socket_pairs[0].ends[0].messages[0].fds = vec![1],
+            |m| {
+                m.shared.in_flight[0].kind = FdKind::InheritStdio(crate::fds::InheritedStdio {
+                    was: "/dev/tty".into(),
+                })
+            },
+            |m| m.shared.in_flight[0].kind = FdKind::OpenFile(OpenFileEnd { open_file: 0 }),
+            |m| m.shared.in_flight[0].holder = 1,
+        ];
+        for (i, spoil) in cases.iter().enumerate() {
+            let mut m = flying.clone();
+            spoil(&mut m);
+            assert!(
+                m.validate(sections).is_err(),
+                "in-flight case {i} was accepted"
+            );
         }
     }
 }

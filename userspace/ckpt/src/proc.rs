@@ -192,6 +192,9 @@ pub struct FdEntry {
     /// The file locks taken through this fd, as fdinfo's "lock:" lines show them
     /// ("FLOCK  ADVISORY  WRITE 1234 00:1f:56 0 EOF").
     pub locks: Vec<String>,
+    /// A UNIX socket's count of file descriptors in flight in its receive queue (fdinfo's
+    /// "scm_fds:"; 0 for anything else).
+    pub scm_fds: u32,
 }
 
 pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
@@ -201,40 +204,49 @@ pub fn fds(pid: i32) -> io::Result<Vec<FdEntry>> {
         let Ok(fd) = entry.file_name().to_string_lossy().parse::<i32>() else {
             continue;
         };
-        let target = match fs::read_link(entry.path()) {
-            Ok(t) => t.to_string_lossy().into_owned(),
+        match fd_entry(pid, fd) {
+            Ok(e) => out.push(e),
             Err(e) if e.kind() == io::ErrorKind::NotFound => continue, // closed meanwhile
             Err(e) => return Err(e),
-        };
-        let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
-        let get = |key: &str| {
-            info.lines()
-                .find_map(|l| l.strip_prefix(key))
-                .map(str::trim)
-        };
-        let pos = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let flags = get("flags:")
-            .and_then(|v| u32::from_str_radix(v, 8).ok())
-            .unwrap_or(0);
-        let mnt_id = get("mnt_id:").and_then(|v| v.parse().ok()).unwrap_or(-1);
-        let ino = get("ino:").and_then(|v| v.parse().ok()).unwrap_or(0);
-        let locks = info
-            .lines()
-            .filter_map(|l| l.strip_prefix("lock:"))
-            .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
-            .collect();
-        out.push(FdEntry {
-            fd,
-            target,
-            pos,
-            flags,
-            mnt_id,
-            ino,
-            locks,
-        });
+        }
     }
     out.sort_by_key(|e| e.fd);
     Ok(out)
+}
+
+/// Descriptor `fd` of process `pid` as /proc shows it.
+pub fn fd_entry(pid: i32, fd: i32) -> io::Result<FdEntry> {
+    let target = fs::read_link(format!("/proc/{pid}/fd/{fd}"))?
+        .to_string_lossy()
+        .into_owned();
+    let info = fs::read_to_string(format!("/proc/{pid}/fdinfo/{fd}"))?;
+    let get = |key: &str| {
+        info.lines()
+            .find_map(|l| l.strip_prefix(key))
+            .map(str::trim)
+    };
+    let pos = get("pos:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let flags = get("flags:")
+        .and_then(|v| u32::from_str_radix(v, 8).ok())
+        .unwrap_or(0);
+    let mnt_id = get("mnt_id:").and_then(|v| v.parse().ok()).unwrap_or(-1);
+    let ino = get("ino:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let scm_fds = get("scm_fds:").and_then(|v| v.parse().ok()).unwrap_or(0);
+    let locks = info
+        .lines()
+        .filter_map(|l| l.strip_prefix("lock:"))
+        .map(|l| l.split_whitespace().skip(1).collect::<Vec<_>>().join(" "))
+        .collect();
+    Ok(FdEntry {
+        fd,
+        target,
+        pos,
+        flags,
+        mnt_id,
+        ino,
+        locks,
+        scm_fds,
+    })
 }
 
 /// The (fd, link target) pairs of an fd directory.

@@ -251,6 +251,64 @@ fn python_multiprocessing_pool_finishes_after_kill_and_restore() {
     assert_eq!(got, want.join(" "));
 }
 
+/// Python's multiprocessing.reduction.send_handle (SCM_RIGHTS over a Pipe, a socket pair):
+/// the parent sends an open file (offset 4) to its worker, which receives it only later; the
+/// checkpoint with `--kill` comes in between. After the restore the worker gets the file and
+/// reads it from offset 4.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn python_send_handle_passes_a_file_across_kill_and_restore() {
+    let d = Dir::new("real-python-fd");
+    let script = d.path("pass.py");
+    std::fs::write(
+        &script,
+        "import multiprocessing as mp, os, sys, time\n\
+         from multiprocessing import reduction\n\
+         def worker(conn, out):\n\
+         \x20   while not os.path.exists(out + '.go'):\n\
+         \x20       time.sleep(0.02)\n\
+         \x20   with os.fdopen(reduction.recv_handle(conn)) as f:\n\
+         \x20       open(out, 'w').write(f.read())\n\
+         if __name__ == '__main__':\n\
+         \x20   mp.set_start_method('fork')\n\
+         \x20   out = sys.argv[1]\n\
+         \x20   a, b = mp.Pipe()\n\
+         \x20   p = mp.Process(target=worker, args=(b, out))\n\
+         \x20   p.start()\n\
+         \x20   with open(out + '.data', 'w+') as f:\n\
+         \x20       f.write('0123456789')\n\
+         \x20       f.flush()\n\
+         \x20       f.seek(4)\n\
+         \x20       reduction.send_handle(a, f.fileno(), p.pid)\n\
+         \x20       open(out + '.sent', 'w').close()\n\
+         \x20       p.join()\n\
+         \x20   sys.exit(p.exitcode)\n",
+    )
+    .unwrap();
+    let out = d.path("result");
+    let mut py = Command::new("/usr/bin/python3")
+        .arg(&script)
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    wait_for("the file is sent", || d.path("result.sent").exists());
+    let img = d.path("python.img");
+    let pids = checkpoint_kill(&mut py, &img);
+    assert_eq!(pids.len(), 2, "the parent and its worker: {pids:?}");
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    assert_eq!(
+        image.manifest.shared.in_flight.len(),
+        1,
+        "the file in flight"
+    );
+    std::fs::write(d.path("result.go"), "").unwrap();
+    let o = ckpt(&["restore", "--wait", img.to_str().unwrap()]);
+    assert!(o.status.success(), "python after restore: {o:?}");
+    assert_eq!(std::fs::read_to_string(&out).unwrap(), "456789");
+}
+
 const PG_BIN: &str = "/usr/lib/postgresql/15/bin";
 
 /// Runs `cmd` as the postgres user; its stdout.

@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{ckpt, gone, ok, prog, restore_root, spawn_ready, Dir};
+use common::{children_of, ckpt, gone, ok, prog, restore_root, spawn_ready, Dir};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -809,15 +809,6 @@ fn ids_of(pids: &[i32]) -> Vec<(i32, i32, i32)> {
             let (_, ppid, pgid, sid) = stat_of(p).unwrap_or_else(|| panic!("{p} is gone"));
             (ppid, pgid, sid)
         })
-        .collect()
-}
-
-/// The children /proc lists for `pid`.
-fn children_of(pid: i32) -> Vec<i32> {
-    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
-        .unwrap_or_default()
-        .split_whitespace()
-        .filter_map(|w| w.parse().ok())
         .collect()
 }
 

@@ -201,12 +201,17 @@ fn dump_tree(
         shared.census.add(pid, &entries);
         fd_entries.push(entries);
     }
-    // Which fds are one open file description (fork, dup): recorded once, made once.
+    // Then the descriptors in flight in their queues, which the census counts too.
+    let holders = in_flight_holders(tree, &fd_entries);
+    fds::in_flight::collect(&holders, &mut shared).map_err(in_flight_failure(path))?;
+    // Which fds are one open file description (fork, dup, in flight): recorded once, made
+    // once.
     let root = tree.members.first().map_or(0, |m| m.frozen.pid);
     (shared.census.descriptions.group()).map_err(checkpoint_io(
         root,
         "comparing the tree's open files (kcmp)",
     ))?;
+    fds::in_flight::record(&mut shared, w).map_err(in_flight_failure(path))?;
     // Semaphore sets and message queues (found through their users' pids) before the long
     // part, so that one shared with a process outside the tree is refused early.
     let pids = (tree.members.iter().map(|m| m.frozen.pid))
@@ -319,6 +324,36 @@ impl LatePages {
             stats.memdump_us += t0.elapsed().as_micros() as u64;
         }
         Ok(())
+    }
+}
+
+/// Each process's index in the image, pid and fds, where descriptors in flight are looked
+/// for (`fds::in_flight`).
+fn in_flight_holders<'a>(
+    tree: &FrozenTree,
+    fd_entries: &'a [Vec<FdEntry>],
+) -> Vec<(usize, i32, &'a [FdEntry])> {
+    (tree.members.iter().zip(fd_entries))
+        .enumerate()
+        .map(|(i, (m, e))| (i, m.frozen.pid, e.as_slice()))
+        .collect()
+}
+
+/// The error of a descriptor in flight that cannot be recorded, naming the process fd whose
+/// queue holds it.
+fn in_flight_failure(path: &Path) -> impl Fn(fds::in_flight::Failure) -> CheckpointError + '_ {
+    move |(pid, fd, target, e)| match e {
+        DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
+            pid,
+            fd,
+            target,
+            why,
+        },
+        DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
+        DumpError::Image(source) => CheckpointError::Write {
+            path: path.into(),
+            source,
+        },
     }
 }
 

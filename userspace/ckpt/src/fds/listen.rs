@@ -11,8 +11,7 @@ use super::socket::{display, remove_stale_socket_file, storage_of, unix_path, va
 use super::{unsupported, DumpCtx, DumpError, Fd, FdState, RestoreCtx, View};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
-    bind, getsockopt, listen, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag,
-    SockType,
+    bind, getsockopt, setsockopt, socket, sockopt, AddressFamily, Backlog, SockFlag, SockType,
 };
 use nix::sys::stat::{umask, Mode};
 use serde::{Deserialize, Serialize};
@@ -35,6 +34,10 @@ pub struct ListeningSocket {
     /// A UNIX seqpacket socket (else stream).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub seqpacket: bool,
+    /// A UNIX socket's credentials from its listen(2), which its clients' sockets report as
+    /// their peer's (SO_PEERCRED): listen is called again as them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub listened_by: Option<super::PeerCred>,
 }
 
 /// A listening socket of the tree and the process (index in the image) whose user,
@@ -72,9 +75,24 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64) -> Result<ListenEnd,
 
 /// Where and as whom a holder made its sockets.
 pub struct HolderEnv<'a> {
+    /// Its pid (in the image).
+    pub pid: i32,
     pub cwd: &'a str,
     pub umask: u32,
     pub creds: Option<&'a crate::creds::Creds>,
+}
+
+impl HolderEnv<'_> {
+    /// Its pid and effective ids, as a socket it connects reports them to its peer.
+    pub fn peer_cred(&self) -> Option<super::PeerCred> {
+        let c = self.creds?;
+        Some(super::PeerCred {
+            pid: self.pid,
+            uid: c.uid[1],
+            gid: c.gid[1],
+            groups: c.groups.clone(),
+        })
+    }
 }
 
 /// Makes every listener again, each as its holder (`envs[holder]`). Runs in ckpt before the
@@ -158,6 +176,10 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
         reuse_port: getsockopt(s, sockopt::ReusePort).unwrap_or(false),
         v6_only: family == libc::AF_INET6 && getsockopt(s, sockopt::Ipv6V6Only).unwrap_or(false),
         seqpacket,
+        listened_by: match family {
+            libc::AF_UNIX => super::peercred::read(s),
+            _ => None,
+        },
     })
 }
 
@@ -208,7 +230,7 @@ impl ListeningSocket {
         // Above nix's bound (SOMAXCONN), -1: the kernel's net.core.somaxconn, which capped
         // the original's backlog too.
         let backlog = Backlog::new(self.backlog).unwrap_or(Backlog::MAXALLOWABLE);
-        listen(&fd, backlog)?;
+        super::peercred::listen_as_peer(&fd, backlog, self.listened_by.as_ref())?;
         Ok(fd)
     }
 }

@@ -18,6 +18,7 @@ mod eventfd;
 mod fanotify;
 mod fifo;
 mod file;
+pub mod in_flight;
 mod inotify;
 mod listen;
 pub mod locks;
@@ -25,6 +26,7 @@ mod memfd;
 mod notify;
 mod open_file;
 mod packet;
+mod peercred;
 mod pipe;
 pub mod pty;
 pub mod pty_data;
@@ -47,6 +49,7 @@ pub use eventfd::EventFd;
 pub use fanotify::{Fanotify, FanotifyMark, MarkOn};
 pub use fifo::{Fifo, FifoEnd};
 pub use file::PathFile;
+pub use in_flight::InFlight;
 pub use inotify::{Inotify, InotifyWatch};
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
@@ -54,6 +57,7 @@ pub use memfd::MemfdFd;
 pub use notify::Watched;
 pub use open_file::{validate_watches as validate_shared_watches, OpenFile, OpenFileEnd};
 pub use packet::MARK as PACKET_MARK;
+pub use peercred::PeerCred;
 pub use pipe::{Pipe, PipeEnd};
 pub use pty::{Ctty, Pty, PtyEnd, PtyFds};
 pub use shared::{Census, Shared, SharedDump, SharedFds};
@@ -476,9 +480,14 @@ pub fn restore(mut ctx: RestoreCtx) -> Result<(), (String, io::Error)> {
 /// The status flags a restored fd gets back: those F_SETFL can set (the access mode was given
 /// to open).
 fn status_flags(f: &Fd) -> OFlag {
+    settable_flags(f.flags)
+}
+
+/// Of open(2) flags `flags`, those F_SETFL can set.
+fn settable_flags(flags: u32) -> OFlag {
     let settable =
         libc::O_APPEND | libc::O_ASYNC | libc::O_DIRECT | libc::O_NOATIME | libc::O_NONBLOCK;
-    OFlag::from_bits_retain(f.flags as i32 & settable)
+    OFlag::from_bits_retain(flags as i32 & settable)
 }
 
 /// Moves a newly made descriptor to `f.fd` with the status flags it had.

@@ -86,6 +86,12 @@ impl Descriptions {
     pub fn add(&mut self, pid: i32, entries: &[FdEntry]) {
         let process = self.processes;
         self.processes += 1;
+        self.add_held(process, pid, entries);
+    }
+
+    /// Notes fds `entries` of `pid` as held for process `process` of the image (ckpt's
+    /// copies of descriptors in flight in that process's queues).
+    pub fn add_held(&mut self, process: usize, pid: i32, entries: &[FdEntry]) {
         for e in entries.iter().filter(|e| candidate(&e.target)) {
             let flags = e.flags & !(libc::O_CLOEXEC as u32);
             let key = (e.target.clone(), e.mnt_id, e.ino, e.pos, flags);
@@ -226,7 +232,7 @@ pub fn make_all(
 
 /// Makes `f` with its holder's umask and filesystem identity (root's where that user may not
 /// open a file, as the restorers do).
-fn make_as(
+pub(super) fn make_as(
     f: &OpenFile,
     env: &HolderEnv,
     (blobs, memory, scratch): (&Blobs, &[OwnedFd], RawFd),

@@ -16,6 +16,10 @@ pub struct Shared {
     /// Connected pairs of UNIX sockets (any type) with both ends in the tree.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub socket_pairs: Vec<SocketPair>,
+    /// File descriptors in flight in the queues of the tree's UNIX sockets, once per open
+    /// file; messages refer to them by index.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub in_flight: Vec<InFlight>,
     /// The other UNIX datagram sockets of the tree (named, unbound, connected one way).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unix_dgram: Vec<DgramSocket>,
@@ -80,8 +84,20 @@ pub struct Census {
 impl Census {
     /// Counts the fds `entries` of process `pid`.
     pub fn add(&mut self, pid: i32, entries: &[FdEntry]) {
-        self.pids.insert(pid);
         self.descriptions.add(pid, entries);
+        self.add_objects(pid, entries);
+    }
+
+    /// Counts ckpt's copies `entries` (`pid`: ckpt's) of descriptors in flight in a queue of
+    /// process `holder` (its index in the image), after every process: the pipes and sockets
+    /// they are, the open file descriptions they share with processes' fds.
+    pub fn add_in_flight(&mut self, holder: usize, pid: i32, entries: &[FdEntry]) {
+        self.descriptions.add_held(holder, pid, entries);
+        self.add_objects(pid, entries);
+    }
+
+    fn add_objects(&mut self, pid: i32, entries: &[FdEntry]) {
+        self.pids.insert(pid);
         for e in entries {
             if let Some(ino) = crate::proc::bracketed_inode(&e.target, "pipe") {
                 self.pipes.entry(ino).or_default().add(pid, e);
@@ -136,6 +152,8 @@ pub struct SharedDump {
     /// The census's shared descriptions met so far -> their index in the table's open files
     /// (None: their kind is not made once, each fd goes its own way).
     pub open_file_index: BTreeMap<usize, Option<usize>>,
+    /// The descriptors in flight: ckpt's copies, and the queues they were found in.
+    pub in_flight: in_flight::Seen,
 }
 
 impl SharedDump {
@@ -184,6 +202,8 @@ pub struct SharedFds {
     pub watches: Vec<(usize, EpollWatch)>,
     /// The ids of the SysV objects of `Shared`, made again.
     pub sysv: crate::sysv::Made,
+    /// Each descriptor of `Shared::in_flight`, made again (sent with its messages).
+    pub in_flight: Vec<OwnedFd>,
 }
 
 impl SharedFds {
@@ -205,22 +225,20 @@ impl SharedFds {
             .iter()
             .map(|p| lift(pipe::make(p, &blob(p.data_section)?)?))
             .collect::<io::Result<_>>()?;
-        // Pairs before listeners: an accepted end takes its listener's path name for a moment.
+        // Pairs before listeners: an accepted end takes its listener's name for a moment.
         let taken: Vec<&[u8]> = shared
             .listeners
             .iter()
             .map(|l| l.socket.addr.as_slice())
             .collect();
+        let env_of = |i: usize| {
+            envs.get(i)
+                .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))
+        };
         let pairs = shared
             .socket_pairs
             .iter()
-            .map(|sp| {
-                let q = [blob(sp.data_sections[0])?, blob(sp.data_sections[1])?];
-                let env = envs
-                    .get(sp.holder)
-                    .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-                lift(socket_pair::make(sp, [&q[0], &q[1]], env, &taken)?)
-            })
+            .map(|sp| lift(socket_pair::make(sp, env_of(sp.holder)?, &taken)?))
             .collect::<io::Result<_>>()?;
         let dgram = unix_dgram::make_all(&shared.unix_dgram, &blob, envs)?
             .into_iter()
@@ -268,7 +286,7 @@ impl SharedFds {
             .map(|f| above(f.make(&blob(f.data_section)?)?, min))
             .collect::<io::Result<_>>()?;
         let sysv = crate::sysv::Made::make(shared, &blob, same_ipc_ids)?;
-        Ok(SharedFds {
+        let mut made = SharedFds {
             pipes,
             pairs,
             dgram,
@@ -283,7 +301,17 @@ impl SharedFds {
             open_files,
             watches: open_file::watches_of(&shared.open_files),
             sysv,
-        })
+            in_flight: Vec::new(),
+        };
+        // Once every object a descriptor in flight may be exists; then the pairs' queues,
+        // which carry them.
+        made.in_flight = in_flight::make_all(&shared.in_flight, &made, envs, (&read, min))?;
+        for (sp, ends) in shared.socket_pairs.iter().zip(&made.pairs) {
+            let q = [blob(sp.data_sections[0])?, blob(sp.data_sections[1])?];
+            let fds = |i: usize| made.in_flight.get(i).map(AsRawFd::as_raw_fd);
+            socket_pair::fill(sp, ends, [&q[0], &q[1]], (env_of(sp.holder)?, &fds))?;
+        }
+        Ok(made)
     }
 
     /// The range of fd numbers they hold (empty: None).
@@ -301,7 +329,8 @@ impl SharedFds {
             .chain(&self.dgram)
             .chain(&self.external)
             .chain(&self.fifos)
-            .chain(&self.open_files);
+            .chain(&self.open_files)
+            .chain(&self.in_flight);
         let all = ends.chain(singles).map(|f| f.as_raw_fd());
         let (lo, hi) = all.fold((RawFd::MAX, -1), |(lo, hi), n| (lo.min(n), hi.max(n)));
         (hi >= 0).then_some((lo, hi))
@@ -313,7 +342,12 @@ impl Shared {
     /// image's `processes`.
     pub fn validate(&self, sections: &[Section], processes: usize) -> Result<(), String> {
         pipe::validate(&self.pipes, sections)?;
-        socket_pair::validate(&self.socket_pairs, sections, processes)?;
+        socket_pair::validate(
+            &self.socket_pairs,
+            sections,
+            (processes, self.in_flight.len()),
+        )?;
+        in_flight::validate(self, sections, processes)?;
         unix_dgram::validate(&self.unix_dgram, sections, processes)?;
         unix_external::validate(&self.unix_external, sections, processes)?;
         let holders_ok = self.listeners.iter().all(|l| l.holder < processes);

@@ -11,9 +11,9 @@
 use super::socket::{storage_of, unix_path, valid_address};
 use super::{unsupported, DumpError};
 use nix::sys::socket::{
-    getsockopt, recvmsg, send, sendto, setsockopt, shutdown, socket, sockopt, AddressFamily,
-    ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockProtocol, SockType, SockaddrLike,
-    SockaddrStorage, UnixAddr,
+    getsockopt, recvmsg, send, sendmsg, setsockopt, shutdown, socket, sockopt, AddressFamily,
+    ControlMessage, ControlMessageOwned, MsgFlags, Shutdown, SockFlag, SockProtocol, SockType,
+    SockaddrLike, SockaddrStorage, UnixAddr,
 };
 use serde::{Deserialize, Serialize};
 use std::io::{self, IoSliceMut};
@@ -157,100 +157,177 @@ fn parse_diag_reply(buf: &[u8]) -> io::Result<Diag> {
 // ---------------------------------------------------------------------------------------------
 // Queues
 
-/// A queued message of a datagram or seqpacket socket: its length (its bytes follow the
-/// previous messages' in the socket's data section) and the address of the socket that sent
-/// it (empty: unnamed, or not recorded).
+/// A queued message of a datagram or seqpacket socket (or, at a stream socket whose queue
+/// carries file descriptors, a run of its bytes): its length (its bytes follow the previous
+/// messages' in the socket's data section), the address of the socket that sent it (empty:
+/// unnamed, or not recorded) and the file descriptors in flight that came with it.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Message {
     pub len: u32,
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub from: Vec<u8>,
+    /// The descriptors sent with it (SCM_RIGHTS), in order: indices in `Shared::in_flight`
+    /// (`fds::in_flight`); the same index twice is one open file sent twice.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fds: Vec<usize>,
 }
 
-/// What waits to be read at a socket: its bytes, and for message types each message.
+/// What waits to be read at a socket: its bytes, and for message types each message. A
+/// stream's bytes are one run, unless descriptors are in flight: then its messages split it
+/// where they are attached.
 #[derive(Debug, Default)]
 pub struct Queue {
     pub data: Vec<u8>,
     pub messages: Vec<Message>,
+    /// Per message, in the same order: ckpt's copies of the descriptors in flight that came
+    /// with it (a peek hands them out without consuming the message). `fds::in_flight` turns
+    /// them into the messages' `fds`.
+    pub rights: Vec<Vec<OwnedFd>>,
+}
+
+impl Queue {
+    /// Refuses a queue with descriptors in flight, saying how many, where `why` they cannot
+    /// be carried.
+    pub fn refuse_rights(&self, why: &str) -> Result<(), DumpError> {
+        let per_message = self
+            .messages
+            .iter()
+            .zip(self.rights.iter().map(Vec::len).chain(std::iter::repeat(0)))
+            .map(|(m, copies)| m.fds.len().max(copies));
+        let (fds, messages) = per_message
+            .filter(|&n| n > 0)
+            .fold((0, 0), |(f, m), n| (f + n, m + 1));
+        if messages == 0 {
+            return Ok(());
+        }
+        Err(unsupported(format!(
+            "{fds} file descriptor(s) are in flight in its queue (SCM_RIGHTS, in {messages} \
+             message(s)): {why}"
+        )))
+    }
 }
 
 /// More messages than this in one queue is taken for a loop that does not end.
 const MAX_MESSAGES: usize = 1 << 20;
 
 /// Peeks everything queued at socket `s` of type `ty` (shut down for reading: `rcv_shut`),
-/// without consuming it. Refuses file descriptors in flight, saying how many there are.
+/// without consuming it, with copies of the descriptors in flight.
 pub fn peek_queue(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpError> {
-    let why = |e: nix::Error| unsupported(format!("SO_PEEK_OFF: {e}"));
-    let saved = getsockopt(s, PeekOff).map_err(why)?;
-    setsockopt(s, PeekOff, &0).map_err(why)?;
-    let r = peek_all(s, ty, rcv_shut);
+    let saved = getsockopt(s, PeekOff).map_err(peek_off_error)?;
+    set_peek_off(s, 0)?;
+    let r = match ty {
+        UnixType::Stream => peek_stream(s),
+        _ => peek_messages(s, rcv_shut),
+    };
     // The program's own peek offset back (-1: off).
     let _ = setsockopt(s, PeekOff, &saved);
     r
 }
 
-fn peek_all(s: &OwnedFd, ty: UnixType, rcv_shut: bool) -> Result<Queue, DumpError> {
+fn peek_off_error(e: nix::Error) -> DumpError {
+    unsupported(format!("SO_PEEK_OFF: {e}"))
+}
+
+fn set_peek_off(s: &OwnedFd, at: usize) -> Result<(), DumpError> {
+    let at = i32::try_from(at).map_err(|_| unsupported("more than 2 GiB queued"))?;
+    setsockopt(s, PeekOff, &at).map_err(peek_off_error)
+}
+
+/// A datagram or seqpacket queue, message by message.
+fn peek_messages(s: &OwnedFd, rcv_shut: bool) -> Result<Queue, DumpError> {
     let inq = bytes_queued(s)?;
     let mut q = Queue::default();
     let mut buf = vec![0u8; 64 * 1024];
-    let mut rights = Rights::default();
-    while let Some((len, from)) = peek_one(s, &mut buf, ty, &mut rights)? {
-        // A stream at its end of file, or a seqpacket socket shut down for reading with all
-        // its bytes seen (an empty message after a shutdown is not told apart from the end).
-        let end = ty.is_stream() || (rcv_shut && q.data.len() == inq);
-        if len == 0 && end {
+    // MSG_TRUNC: a message's whole length, not what fit.
+    while let Some(p) = peek_one(s, &mut buf, MsgFlags::MSG_TRUNC)? {
+        // A seqpacket socket shut down for reading with all its bytes seen: an empty message
+        // after a shutdown is not told apart from the end.
+        if p.len == 0 && rcv_shut && q.data.len() == inq {
             break;
         }
-        if len > buf.len() {
+        if p.len > buf.len() {
             // Cut short: peek it again whole, from its start.
-            buf.resize(len, 0);
-            setsockopt(s, PeekOff, &clamp_offset(q.data.len())?)
-                .map_err(|e| unsupported(format!("SO_PEEK_OFF: {e}")))?;
+            buf.resize(p.len, 0);
+            set_peek_off(s, q.data.len())?;
             continue;
         }
-        q.data.extend_from_slice(&buf[..len]);
-        if !ty.is_stream() {
-            q.messages.push(Message {
-                len: len as u32,
-                from,
-            });
+        q.data.extend_from_slice(&buf[..p.len]);
+        q.messages.push(Message {
+            len: p.len as u32,
+            from: p.from,
+            fds: Vec::new(),
+        });
+        q.rights.push(p.fds);
+        if q.messages.len() > MAX_MESSAGES {
+            return Err(unsupported("its receive queue does not end"));
+        }
+    }
+    // SIOCINQ counts every byte of a seqpacket queue (a datagram's first message only).
+    let dgram = getsockopt(s, sockopt::SockType).is_ok_and(|t| t == SockType::Datagram);
+    if !dgram && q.data.len() != inq {
+        return Err(bytes_unseen(q.data.len(), inq));
+    }
+    Ok(q)
+}
+
+fn bytes_unseen(seen: usize, inq: usize) -> DumpError {
+    unsupported(format!(
+        "{seen} of its {inq} queued bytes could be read (credentials in flight?)"
+    ))
+}
+
+/// A stream's queue. A peek gives the bytes of one write after the other, gluing them, but
+/// stops after a write that carried descriptors, which come with it. Where that write began
+/// among the bytes of that peek no peek tells: in 7.2 a stream peek goes on through the
+/// following writes even once its buffer is full and hands out the descriptors of the first
+/// that has some (unix_stream_read_generic), so probing byte by byte sees them from
+/// anywhere before. The descriptors are put on the first byte that peek returned: sent
+/// again as one write, a reader gets them no later than it did, possibly with bytes of
+/// earlier writes it had not read yet.
+fn peek_stream(s: &OwnedFd) -> Result<Queue, DumpError> {
+    let inq = bytes_queued(s)?;
+    let mut q = Queue::default();
+    // A buffer for all that is left, so that a peek never stops short at a write boundary.
+    let mut buf = vec![0u8; inq.max(1)];
+    let mut plain_from = 0;
+    while q.data.len() < inq {
+        let at = q.data.len();
+        let Some(p) = peek_one(s, &mut buf[..inq - at], MsgFlags::empty())? else {
+            break;
+        };
+        if p.len == 0 {
+            break; // its end of file
+        }
+        q.data.extend_from_slice(&buf[..p.len]);
+        if !p.fds.is_empty() {
+            push_run(&mut q, plain_from, at);
+            push_run(&mut q, at, at + p.len);
+            *q.rights.last_mut().expect("just pushed") = p.fds;
+            plain_from = q.data.len();
         }
         if q.messages.len() > MAX_MESSAGES {
             return Err(unsupported("its receive queue does not end"));
         }
     }
-    rights.refuse()?;
-    // SIOCINQ counts every byte of a stream or seqpacket queue (a datagram's first only).
-    if ty != UnixType::Dgram && q.data.len() != inq {
-        return Err(unsupported(format!(
-            "{} of its {inq} queued bytes could be read (credentials or file descriptors in \
-             flight?)",
-            q.data.len()
-        )));
+    if !q.messages.is_empty() {
+        let end = q.data.len();
+        push_run(&mut q, plain_from, end);
+    }
+    if q.data.len() != inq {
+        return Err(bytes_unseen(q.data.len(), inq));
     }
     Ok(q)
 }
 
-/// The file descriptors in flight seen in a queue (SCM_RIGHTS), counted to be named.
-#[derive(Default)]
-struct Rights {
-    fds: usize,
-    messages: usize,
-    /// Some did not fit the control buffer (more than 64 in one message).
-    truncated: bool,
-}
-
-impl Rights {
-    fn refuse(&self) -> Result<(), DumpError> {
-        if self.messages == 0 {
-            return Ok(());
-        }
-        let more = if self.truncated { "at least " } else { "" };
-        Err(unsupported(format!(
-            "{more}{} file descriptor(s) are in flight in its queue (SCM_RIGHTS, in {} \
-             message(s)); carrying them is not supported yet",
-            self.fds, self.messages
-        )))
+/// Bytes `from..to` of a stream's queue as one message, carrying nothing (none if empty).
+fn push_run(q: &mut Queue, from: usize, to: usize) {
+    if to > from {
+        q.messages.push(Message {
+            len: (to - from) as u32,
+            from: Vec::new(),
+            fds: Vec::new(),
+        });
+        q.rights.push(Vec::new());
     }
 }
 
@@ -265,10 +342,6 @@ fn unix_addr_bytes(a: &UnixAddr) -> Vec<u8> {
     unsafe { std::slice::from_raw_parts(a.as_ptr().cast::<u8>(), len) }.to_vec()
 }
 
-fn clamp_offset(n: usize) -> Result<i32, DumpError> {
-    i32::try_from(n).map_err(|_| unsupported("more than 2 GiB queued"))
-}
-
 /// SIOCINQ: the bytes queued (for a datagram socket, those of its first message only).
 fn bytes_queued(s: &OwnedFd) -> Result<usize, DumpError> {
     nix::ioctl_read_bad!(fionread, libc::FIONREAD, libc::c_int);
@@ -279,20 +352,24 @@ fn bytes_queued(s: &OwnedFd) -> Result<usize, DumpError> {
     Ok(inq.max(0) as usize)
 }
 
-/// Peeks the next message (a stream: the next bytes) into `buf`: its whole length (which may
-/// exceed `buf`) and its sender's address; None when nothing more is queued.
-fn peek_one(
-    s: &OwnedFd,
-    buf: &mut [u8],
-    ty: UnixType,
-    seen: &mut Rights,
-) -> Result<Option<(usize, Vec<u8>)>, DumpError> {
+/// One peek: the length of what came (for a message with MSG_TRUNC its whole length, which
+/// may exceed the buffer), its sender's address and copies of the descriptors that came with
+/// it.
+struct Peeked {
+    len: usize,
+    from: Vec<u8>,
+    fds: Vec<OwnedFd>,
+}
+
+/// Peeks the next message (a stream: the next bytes) into `buf`; None when nothing more is
+/// queued.
+fn peek_one(s: &OwnedFd, buf: &mut [u8], extra: MsgFlags) -> Result<Option<Peeked>, DumpError> {
+    use std::os::fd::FromRawFd;
     let mut iov = [IoSliceMut::new(buf)];
-    let mut cmsg = nix::cmsg_space!([RawFd; 64], libc::ucred);
-    let mut flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT;
-    if !ty.is_stream() {
-        flags |= MsgFlags::MSG_TRUNC; // the whole length back, not what fit
-    }
+    // Room for the most descriptors one message carries (SCM_MAX_FD), credentials and a
+    // pidfd (SO_PASSCRED, SO_PASSPIDFD).
+    let mut cmsg = nix::cmsg_space!([RawFd; 253], libc::ucred, RawFd);
+    let flags = MsgFlags::MSG_PEEK | MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_CMSG_CLOEXEC | extra;
     // UnixAddr, not SockaddrStorage: it keeps the length the kernel gave (an abstract name's
     // bytes end there, not at the first NUL).
     let msg = match recvmsg::<UnixAddr>(s.as_raw_fd(), &mut iov, Some(&mut cmsg), flags) {
@@ -300,35 +377,49 @@ fn peek_one(
         Err(nix::Error::EAGAIN) => return Ok(None),
         Err(e) => return Err(unsupported(format!("peeking its queue: {e}"))),
     };
-    let mut rights = false;
+    let mut fds = Vec::new();
     for c in msg.cmsgs().map_err(|e| unsupported(format!("{e}")))? {
-        if let ControlMessageOwned::ScmRights(fds) = c {
-            rights = true;
-            seen.fds += fds.len();
-            // A peek gives us copies of the fds in flight: not ours to keep.
-            for fd in fds {
-                let _ = nix::unistd::close(fd);
+        // SAFETY: the kernel installed these descriptors in our table for this call; each is
+        // ours alone (owned, so closed when dropped).
+        let own = |fd: RawFd| unsafe { OwnedFd::from_raw_fd(fd) };
+        match c {
+            ControlMessageOwned::ScmRights(got) => fds.extend(got.into_iter().map(own)),
+            // A pidfd of the sender (SO_PASSPIDFD): not ours to keep.
+            ControlMessageOwned::Unknown(u)
+                if u.cmsg_header.cmsg_level == libc::SOL_SOCKET
+                    && u.cmsg_header.cmsg_type == SCM_PIDFD =>
+            {
+                if let Ok(b) = <[u8; 4]>::try_from(u.data_bytes.as_slice()) {
+                    drop(own(RawFd::from_ne_bytes(b)));
+                }
             }
+            _ => {}
         }
     }
-    // Credentials (SO_PASSCRED) also come as control messages; a truncation with no fds
-    // seen is still taken for fds that did not fit.
-    let truncated = msg.flags.contains(MsgFlags::MSG_CTRUNC);
-    if rights || truncated {
-        seen.messages += 1;
-        seen.truncated |= truncated;
+    if msg.flags.contains(MsgFlags::MSG_CTRUNC) {
+        return Err(unsupported(
+            "a message in its queue carries more than ckpt could take (MSG_CTRUNC)",
+        ));
     }
     let from = msg.address.map(|a| unix_addr_bytes(&a)).unwrap_or_default();
-    Ok(Some((msg.bytes, from)))
+    Ok(Some(Peeked {
+        len: msg.bytes,
+        from,
+        fds,
+    }))
 }
 
+/// SCM_PIDFD (linux/socket.h), which the libc crate does not name.
+const SCM_PIDFD: i32 = 4;
+
 /// Sends `data` from `sender` to the socket it is connected to (`to` None) or to address
-/// `to`, one message per entry of `messages` (none: one stream of bytes), never waiting.
+/// `to`, one message per entry of `messages` (none: one stream of bytes), never waiting. A
+/// message's descriptors in flight are attached (SCM_RIGHTS) as `fds` gives them.
 pub fn send_queue(
     sender: &OwnedFd,
     to: Option<&SockaddrStorage>,
     data: &[u8],
-    messages: &[Message],
+    (messages, fds): (&[Message], &dyn Fn(usize) -> Option<RawFd>),
 ) -> io::Result<()> {
     // Room for everything first (what the original held fit its buffers; ours may differ).
     let room = (data.len() * 2 + messages.len() * 2048 + 65536).min(i32::MAX as usize / 2);
@@ -345,17 +436,29 @@ pub fn send_queue(
         let chunk = data
             .get(at..end)
             .ok_or_else(|| io::Error::from_raw_os_error(libc::EINVAL))?;
-        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
-        let n = match to {
-            None => send(sender.as_raw_fd(), chunk, flags)?,
-            Some(addr) => sendto(sender.as_raw_fd(), chunk, addr, flags)?,
+        let rights = (m.fds.iter().map(|&i| fds(i)))
+            .collect::<Option<Vec<RawFd>>>()
+            .ok_or_else(|| io::Error::from_raw_os_error(libc::EBADF))?;
+        let cmsgs = [ControlMessage::ScmRights(&rights)];
+        let cmsgs = if rights.is_empty() {
+            &[][..]
+        } else {
+            &cmsgs[..]
         };
+        let flags = MsgFlags::MSG_DONTWAIT | MsgFlags::MSG_NOSIGNAL;
+        let iov = [io::IoSlice::new(chunk)];
+        let n = sendmsg(sender.as_raw_fd(), &iov, cmsgs, flags, to)?;
         if n != chunk.len() {
             return Err(io::Error::from_raw_os_error(libc::EMSGSIZE));
         }
         at = end;
     }
     Ok(())
+}
+
+/// No descriptor in flight: for [`send_queue`] where none are.
+pub fn no_fds(_: usize) -> Option<RawFd> {
+    None
 }
 
 /// The messages' lengths add up to `len` bytes.
@@ -594,7 +697,7 @@ mod tests {
             SockFlag::empty(),
         )
         .unwrap();
-        send_queue(&c, None, &q.data, &q.messages).unwrap();
+        send_queue(&c, None, &q.data, (&q.messages, &no_fds)).unwrap();
         let mut buf = vec![0u8; 100000];
         for (i, n) in sizes.iter().enumerate() {
             let got = nix::sys::socket::recv(d.as_raw_fd(), &mut buf, MsgFlags::MSG_DONTWAIT);
@@ -603,19 +706,26 @@ mod tests {
         }
     }
 
-    /// File descriptors in flight are refused.
+    /// A stream's queue with descriptors in flight: the peek stops after each write that
+    /// carried some, which come with it; the queue is split there, and the descriptors are
+    /// copies of the ones sent, the message still queued.
     #[test]
-    fn fds_in_flight_are_refused() {
+    fn fds_in_flight_come_with_their_message() {
         use nix::sys::socket::{sendmsg, ControlMessage};
-        let (a, b) = socketpair(
-            AddressFamily::Unix,
-            SockType::Stream,
-            None,
-            SockFlag::empty(),
-        )
-        .unwrap();
-        let fds = [a.as_raw_fd()];
-        let iov = [std::io::IoSlice::new(b"x")];
+        let stream = || {
+            socketpair(
+                AddressFamily::Unix,
+                SockType::Stream,
+                None,
+                SockFlag::empty(),
+            )
+            .unwrap()
+        };
+        let (a, b) = stream();
+        let (passed, _other) = stream();
+        send(a.as_raw_fd(), b"abc", MsgFlags::empty()).unwrap();
+        let fds = [passed.as_raw_fd(), passed.as_raw_fd()];
+        let iov = [std::io::IoSlice::new(b"de")];
         sendmsg::<()>(
             a.as_raw_fd(),
             &iov,
@@ -624,11 +734,80 @@ mod tests {
             None,
         )
         .unwrap();
-        let err = peek_queue(&b, UnixType::Stream, false).unwrap_err();
+        send(a.as_raw_fd(), b"fg", MsgFlags::empty()).unwrap();
+        let q = peek_queue(&b, UnixType::Stream, false).unwrap();
+        assert_eq!(q.data, b"abcdefg");
+        // The fds go with the first byte their peek returned (the run "abcde"), then "fg".
+        let lens: Vec<u32> = q.messages.iter().map(|m| m.len).collect();
+        assert_eq!(lens, [5, 2]);
+        assert_eq!(q.rights[0].len(), 2);
+        assert!(q.rights[1].is_empty());
+        let same = |fd: &OwnedFd| {
+            crate::sys::same_open_file(
+                (std::process::id() as i32, fd.as_raw_fd()),
+                (std::process::id() as i32, passed.as_raw_fd()),
+            )
+            .unwrap()
+        };
+        assert!(q.rights[0].iter().all(same));
+        let err = q.refuse_rights("not here").unwrap_err();
         let DumpError::Unsupported(why) = err else {
             panic!("{err:?}");
         };
-        assert!(why.contains("1 file descriptor(s) are in flight"), "{why}");
-        assert!(why.contains("SCM_RIGHTS, in 1 message(s)"), "{why}");
+        assert!(why.contains("2 file descriptor(s) are in flight"), "{why}");
+        assert!(why.contains("in 1 message(s)): not here"), "{why}");
+        // Nothing was consumed: the reader gets the fds with its first read.
+        let mut buf = [0u8; 16];
+        let mut iov = [IoSliceMut::new(&mut buf)];
+        let mut cmsg = nix::cmsg_space!([RawFd; 2]);
+        let m = recvmsg::<()>(
+            b.as_raw_fd(),
+            &mut iov,
+            Some(&mut cmsg),
+            MsgFlags::MSG_CMSG_CLOEXEC,
+        )
+        .unwrap();
+        assert_eq!(m.bytes, 5);
+        let got: Vec<RawFd> = m
+            .cmsgs()
+            .unwrap()
+            .flat_map(|c| match c {
+                ControlMessageOwned::ScmRights(f) => f,
+                _ => Vec::new(),
+            })
+            .collect();
+        assert_eq!(got.len(), 2);
+        for fd in got {
+            nix::unistd::close(fd).unwrap();
+        }
+    }
+
+    /// Sent again with `send_queue`, each message carries its descriptors.
+    #[test]
+    fn messages_are_sent_again_with_their_fds() {
+        let (a, b) = socketpair(
+            AddressFamily::Unix,
+            SockType::SeqPacket,
+            None,
+            SockFlag::empty(),
+        )
+        .unwrap();
+        let (x, y) = nix::unistd::pipe().unwrap();
+        let message = |len, fds: Vec<usize>| Message {
+            len,
+            from: Vec::new(),
+            fds,
+        };
+        let messages = [message(1, vec![]), message(2, vec![0, 1])];
+        let made = [x.as_raw_fd(), y.as_raw_fd()];
+        send_queue(&a, None, b"abc", (&messages, &|i| made.get(i).copied())).unwrap();
+        let q = peek_queue(&b, UnixType::Seqpacket, false).unwrap();
+        assert_eq!(q.data, b"abc");
+        let counts: Vec<usize> = q.rights.iter().map(Vec::len).collect();
+        assert_eq!(counts, [0, 2]);
+        // An index nothing was made for is an error, not a message without its fds.
+        let bad = [message(1, vec![5])];
+        let e = send_queue(&a, None, b"z", (&bad, &|i| made.get(i).copied())).unwrap_err();
+        assert_eq!(e.raw_os_error(), Some(libc::EBADF));
     }
 }

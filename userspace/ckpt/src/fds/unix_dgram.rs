@@ -43,6 +43,10 @@ fn is_zero(v: &u8) -> bool {
     *v == 0
 }
 
+/// Why descriptors in flight at such a socket are refused.
+pub const IN_PAIRS_ONLY: &str =
+    "they are carried in the queues of connected socket pairs only (not yet here)";
+
 /// An fd of one; `socket` indexes `Shared::unix_dgram`.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct DgramEnd {
@@ -55,7 +59,8 @@ pub fn dump_end(ctx: &mut DumpCtx, s: &OwnedFd, inode: u64, d: &Diag) -> Result<
     if let Some(&socket) = ctx.shared.dgram_index.get(&inode) {
         return Ok(FdKind::UnixDgram(DgramEnd { socket }));
     }
-    let q = unix::peek_queue(s, UnixType::Dgram, d.shutdown & 1 != 0)?;
+    let q = super::in_flight::queue(ctx, (inode, s), UnixType::Dgram, d.shutdown & 1 != 0)?;
+    q.refuse_rights(IN_PAIRS_ONLY)?;
     let name = Name::dump(ctx.pid, s, d.vfs_ino, true);
     if !q.messages.is_empty() && name.is_none() {
         return Err(unsupported(
@@ -192,8 +197,10 @@ fn refill(
             .and_then(|j| fds.get(j))
             .filter(|&f| f.as_raw_fd() != fd.as_raw_fd())
             .unwrap_or(&anonymous);
-        unix::in_dir(cwd, || unix::send_queue(sender, Some(&to), bytes, run))
-            .map_err(named("refilling the queue of", name))?;
+        unix::in_dir(cwd, || {
+            unix::send_queue(sender, Some(&to), bytes, (run, &unix::no_fds))
+        })
+        .map_err(named("refilling the queue of", name))?;
         at += len;
     }
     Ok(())
@@ -252,6 +259,7 @@ pub fn validate(
             .and_then(|d| sections.get(d))
             .map_or(0, |x| x.len);
         let messages_ok = unix::messages_fill(&s.messages, len)
+            && super::in_flight::indices_valid(&s.messages, 0)
             && (s.messages.is_empty() || s.name.is_some())
             && s.messages
                 .iter()

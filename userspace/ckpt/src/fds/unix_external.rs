@@ -16,16 +16,15 @@
 //!   a client outside, or a client that bound a name first): `gone`, a socket whose peer has
 //!   closed: its queued bytes are read first, then end of file (EPIPE on writes).
 //!
-//! Every one is made before the restorers fork, by `ckpt restore` itself (the peer sees the
-//! credentials of `ckpt restore`). If nothing listens at the name any more, the restore fails
-//! naming it: a silently unconnected socket would lose what the program sends.
+//! Every one is made before the restorers fork, by `ckpt restore` itself; a stream or
+//! seqpacket socket connects by a helper with its holder's pid and effective ids (`peercred`),
+//! which the peer's SO_PEERCRED reports. If nothing listens at the name any more, the restore
+//! fails naming it: a silently unconnected socket would lose what the program sends.
 
 use super::unix::{self, Diag, Message, Name, UnixOpts, UnixType};
 use super::{DumpCtx, DumpError, Fd, FdKind, FdState, HolderEnv, RestoreCtx, View};
 use crate::image::{section_is, Section};
-use nix::sys::socket::{
-    connect, getpeername, socketpair, AddressFamily, SockFlag, SockaddrStorage,
-};
+use nix::sys::socket::{getpeername, socketpair, AddressFamily, SockFlag, SockaddrStorage};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
@@ -150,7 +149,8 @@ fn dump_queue(
     d: &Diag,
     keep: bool,
 ) -> Result<(Option<usize>, Vec<Message>, u64), DumpError> {
-    let q = unix::peek_queue(s, ty, d.shutdown & 1 != 0)?;
+    let q = super::in_flight::queue(ctx, (inode, s), ty, d.shutdown & 1 != 0)?;
+    q.refuse_rights(super::unix_dgram::IN_PAIRS_ONLY)?;
     if !keep && !q.data.is_empty() {
         let dropped = q.data.len() as u64;
         eprintln!(
@@ -191,7 +191,9 @@ pub fn make_all(
         .map(|s| {
             let env = envs.get(s.holder).ok_or_else(einval)?;
             let fd = match s.reconnect {
-                Reconnect::Name => unix::in_dir(env.cwd, || connected(s, &blob(s.data_section)?)),
+                Reconnect::Name => {
+                    unix::in_dir(env.cwd, || connected(s, &blob(s.data_section)?, env))
+                }
                 Reconnect::Gone => gone(s, &blob(s.data_section)?),
             }?;
             s.opts.apply(&fd)?;
@@ -202,20 +204,30 @@ pub fn make_all(
 }
 
 /// A socket connected to `s.peer` again (its own name and queue back first, for datagrams).
-fn connected(s: &ExternalSocket, data: &[u8]) -> io::Result<OwnedFd> {
+/// A stream or seqpacket socket connects as its holder (`env`: its pid and effective ids),
+/// which is what the peer's SO_PEERCRED reports (likely who connected first).
+fn connected(s: &ExternalSocket, data: &[u8], env: &HolderEnv) -> io::Result<OwnedFd> {
     let peer = s.peer.as_ref().ok_or_else(einval)?;
     let fd = unix::new_socket(s.sock_type)?;
     if let Some(name) = &s.name {
         name.bind(&fd).map_err(named("binding", name))?;
         if !s.messages.is_empty() {
             let anonymous = unix::new_socket(UnixType::Dgram)?;
-            unix::send_queue(&anonymous, Some(&name.storage()?), data, &s.messages)
-                .map_err(named("refilling the queue of", name))?;
+            unix::send_queue(
+                &anonymous,
+                Some(&name.storage()?),
+                data,
+                (&s.messages, &unix::no_fds),
+            )
+            .map_err(named("refilling the queue of", name))?;
         }
     }
-    connect(fd.as_raw_fd(), &peer.storage()?).map_err(|e| {
+    let as_holder = (s.sock_type != UnixType::Dgram)
+        .then(|| env.peer_cred())
+        .flatten();
+    super::peercred::connect_as(&fd, &peer.storage()?, as_holder.as_ref()).map_err(|e| {
         io::Error::new(
-            io::Error::from(e).kind(),
+            e.kind(),
             format!(
                 "connecting the UNIX {} socket socket:[{}] again to {} (its peer outside the \
                  tree; is its server running?): {e}",
@@ -241,7 +253,7 @@ fn gone(s: &ExternalSocket, data: &[u8]) -> io::Result<OwnedFd> {
         SockFlag::empty(),
     )?;
     if !data.is_empty() || !s.messages.is_empty() {
-        unix::send_queue(&theirs, None, data, &s.messages)?;
+        unix::send_queue(&theirs, None, data, (&s.messages, &unix::no_fds))?;
     }
     drop(theirs);
     Ok(ours)
@@ -317,7 +329,7 @@ pub fn validate(
         let messages_ok = match s.sock_type {
             UnixType::Stream => s.messages.is_empty(),
             _ => unix::messages_fill(&s.messages, len),
-        };
+        } && super::in_flight::indices_valid(&s.messages, 0);
         // Bytes go back only through a pair, or to a named datagram socket.
         let data_ok = len == 0
             || s.reconnect == Reconnect::Gone
@@ -378,8 +390,15 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let log = dir.join("log");
         let server = UnixDatagram::bind(&log).unwrap();
+        // No credentials recorded: connected by ckpt itself (a helper would fork).
+        let env = HolderEnv {
+            pid: 1,
+            cwd: "/",
+            umask: 0o22,
+            creds: None,
+        };
         let s = socket(Reconnect::Name, UnixType::Dgram, log.to_str());
-        let fd = connected(&s, &[]).unwrap();
+        let fd = connected(&s, &[], &env).unwrap();
         nix::sys::socket::send(
             fd.as_raw_fd(),
             b"hello",
@@ -391,14 +410,14 @@ mod tests {
         let srv = dir.join("srv");
         let l = UnixListener::bind(&srv).unwrap();
         let s = socket(Reconnect::Name, UnixType::Stream, srv.to_str());
-        let _fd = connected(&s, &[]).unwrap();
+        let _fd = connected(&s, &[], &env).unwrap();
         assert!(l.accept().is_ok());
         let s = socket(
             Reconnect::Name,
             UnixType::Stream,
             Some("/nonexistent/ckpt-srv"),
         );
-        let err = connected(&s, &[]).unwrap_err().to_string();
+        let err = connected(&s, &[], &env).unwrap_err().to_string();
         assert!(err.contains("/nonexistent/ckpt-srv"), "{err}");
         assert_eq!(validate(&[s], &[], 1), Ok(()));
         std::fs::remove_dir_all(dir).unwrap();

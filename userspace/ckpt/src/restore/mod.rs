@@ -64,14 +64,22 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
-    let (mut restorers, report_in, go_out) = prepare_restorers(&img, &dev, opts)?;
+    let m = &img.manifest;
+    let groups = m.groups().map_err(RestoreError::Tree)?;
+    // Made first: what must be born inside (the tree's socket pairs' helpers) is made there.
+    let ns = match pidns::needed(m, &groups, opts.pidns) {
+        true => Some(pidns::Namespace::start(m)?),
+        false => None,
+    };
+    let (mut restorers, report_in, go_out) =
+        prepare_restorers(&img, &dev, groups, opts, ns.as_ref())?;
     // The TCP connections are made again: their peers' packets may come through.
     if let Some(table) = &img.manifest.netlock {
         lift_netlock(table);
     }
     let memfds = std::mem::take(&mut restorers.memfds);
     let sysv = std::mem::take(&mut restorers.shared.sysv);
-    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, opts);
+    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, ns);
     if result.is_ok() {
         for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
             if let Err(e) = crate::shmem::late_seals(o, fd) {
@@ -103,12 +111,12 @@ fn restore_tree(
     sysv: &crate::sysv::Made,
     (report_in, go_out): (OwnedFd, OwnedFd),
     xstates: &[Vec<Vec<u8>>],
-    opts: &Options,
+    ns: Option<pidns::Namespace>,
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
     let sysv_ids = &sysv.shm;
-    let in_pidns = pidns::needed(m, &restorers.groups, opts.pidns);
-    let roots = launch(&mut restorers, in_pidns)?;
+    let in_pidns = ns.is_some();
+    let roots = launch(&mut restorers, ns)?;
     drop(restorers);
     // From here on, a failure kills the whole tree.
     let tree = Launched {
@@ -162,7 +170,9 @@ fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
 fn prepare_restorers<'a>(
     img: &'a Image,
     dev: &'a crate::device::Device,
+    groups: crate::groups::Plan,
     opts: &Options,
+    ns: Option<&pidns::Namespace>,
 ) -> Result<(Restorers<'a>, OwnedFd, OwnedFd), RestoreError> {
     let m = &img.manifest;
     if opts.ipcns {
@@ -170,8 +180,16 @@ fn prepare_restorers<'a>(
         nix::sched::unshare(nix::sched::CloneFlags::CLONE_NEWIPC)
             .map_err(|e| restore_io("entering a new IPC namespace")(e.into()))?;
     }
-    let groups = m.groups().map_err(RestoreError::Tree)?;
-    let shared = make_shared(img, opts.ipcns)?;
+    // In the tree's pid namespace, if it has one: the helpers of its socket pairs get their
+    // pids there.
+    if let Some(ns) = ns {
+        ns.enter()?;
+    }
+    let shared = make_shared(img, opts.ipcns);
+    if let Some(ns) = ns {
+        ns.leave()?;
+    }
+    let shared = shared?;
     let plans = m
         .processes
         .iter()
@@ -214,10 +232,10 @@ fn prepare_restorers<'a>(
 /// Forks our children: the roots' restorers, or the pid namespace's init that forks them.
 /// Returns them in the manifest's order of roots (a root forked by a session helper is our
 /// child too once the helper has exited).
-fn launch(r: &mut Restorers, in_pidns: bool) -> Result<Vec<i32>, RestoreError> {
+fn launch(r: &mut Restorers, ns: Option<pidns::Namespace>) -> Result<Vec<i32>, RestoreError> {
     let roots = r.manifest.roots();
-    if in_pidns {
-        return Ok(vec![pidns::fork_init(r, &roots)?]);
+    if let Some(ns) = ns {
+        return Ok(vec![ns.fork_roots(r, &roots)?]);
     }
     let mut forked = Vec::new();
     if let Err(e) = fork_roots(r, &roots, &mut forked) {
@@ -257,7 +275,7 @@ fn fork_roots(
     };
     reaper(true)?;
     let result = sessions.into_iter().try_for_each(|sid| {
-        let pid = restorer::fork_session_helper(r, sid)
+        let pid = restorer::fork_session_helper(r, sid, nix::unistd::getpid())
             .map_err(restore_io(format!("forking the helper of session {sid}")))?;
         let status = sys::waitpid(pid, 0).map_err(restore_io("waiting for a session helper"))?;
         match (libc::WIFEXITED(status), libc::WEXITSTATUS(status)) {
@@ -357,6 +375,7 @@ fn make_shared(img: &Image, ipcns: bool) -> Result<fds::SharedFds, RestoreError>
         .processes
         .iter()
         .map(|p| fds::HolderEnv {
+            pid: p.pid,
             cwd: &p.attrs.cwd,
             umask: p.attrs.umask,
             creds: p.threads.first().and_then(|t| t.creds.as_ref()),

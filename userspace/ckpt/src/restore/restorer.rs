@@ -138,9 +138,9 @@ pub fn run(r: &mut Restorers, index: usize, parent: Parent) -> ! {
 }
 
 /// Forks the helper of session `sid`, whose leader is gone (see `crate::groups`): with pid
-/// `sid`, it makes the session, forks the roots in it and exits; they are reparented to us,
-/// who must be a subreaper or a pid namespace's init. Returns its pid.
-pub fn fork_session_helper(r: &mut Restorers, sid: i32) -> std::io::Result<i32> {
+/// `sid`, it makes the session, forks the roots in it and exits; they are reparented to
+/// `reaper`: us, a subreaper, or the init of the pid namespace we fork into. Returns its pid.
+pub fn fork_session_helper(r: &mut Restorers, sid: i32, reaper: Pid) -> std::io::Result<i32> {
     let outside = getpid();
     let pid = sys::fork_with_pid(Some(sid))?;
     if pid == 0 {
@@ -156,7 +156,7 @@ pub fn fork_session_helper(r: &mut Restorers, sid: i32) -> std::io::Result<i32> 
             .filter(|&i| roots.contains(&m.processes[i].pid))
             .collect();
         let parent = Parent {
-            pid: outside,
+            pid: reaper,
             helper: Some(getpid()),
         };
         fork_children(r, (sid, sid), (roots, Vec::new()), parent);

@@ -9,6 +9,7 @@ mod signal;
 mod tcp;
 mod thread;
 mod tty;
+mod unix;
 mod wait;
 
 pub use file::*;
@@ -19,6 +20,7 @@ pub use signal::*;
 pub use tcp::*;
 pub use thread::*;
 pub use tty::*;
+pub use unix::*;
 pub use wait::*;
 
 use std::io;

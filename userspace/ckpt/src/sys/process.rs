@@ -75,6 +75,15 @@ fn clone3_fork(pid: Option<i32>, flags: u64) -> io::Result<i32> {
     .map(|r| r as i32)
 }
 
+/// prctl(PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP): the caller's capabilities stay as they
+/// are when it changes its uids (nix has no securebits call). Needs CAP_SETPCAP.
+pub fn keep_caps_across_setuid() -> io::Result<()> {
+    const SECBIT_NO_SETUID_FIXUP: libc::c_ulong = 1 << 2;
+    // SAFETY: plain prctl with integer arguments.
+    check_int(unsafe { libc::prctl(libc::PR_SET_SECUREBITS, SECBIT_NO_SETUID_FIXUP, 0, 0, 0) })
+        .map(drop)
+}
+
 pub fn exit_now(code: i32) -> ! {
     // SAFETY: ends the process without running destructors (a forked child).
     unsafe { libc::_exit(code) }

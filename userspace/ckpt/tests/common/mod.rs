@@ -302,3 +302,12 @@ pub fn checkpoint_json(pid: i32, img: &std::path::Path, extra: &[&str]) -> serde
     args.extend_from_slice(extra);
     serde_json::from_str(&ok(&ckpt(&args))).unwrap()
 }
+
+/// The children /proc lists for `pid`.
+pub fn children_of(pid: i32) -> Vec<i32> {
+    std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"))
+        .unwrap_or_default()
+        .split_whitespace()
+        .filter_map(|w| w.parse().ok())
+        .collect()
+}
