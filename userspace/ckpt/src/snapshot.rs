@@ -66,13 +66,7 @@ impl Snapshot {
         let pidfd_at = args_at + CLONE_ARGS_SIZE as u64;
         lent.poke(pidfd_at, &(-1i32).to_ne_bytes())?;
         lent.poke(args_at, &clone_args(pidfd_at))?;
-        let nr = libc::SYS_clone3;
-        let (r, child) =
-            lent.syscall_tracing_clone(nr, [args_at, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0])?;
-        if r < 0 {
-            return Err(io::Error::from_raw_os_error(-r as i32));
-        }
-        let child = child.ok_or_else(|| io::Error::other("clone3 reported no new process"))?;
+        let child = clone_once(&mut lent, args_at)?;
         // Its pidfd is in the target's fd table (shared with the snapshot): take it, then
         // close the target's, so that only ckpt keeps the snapshot alive.
         let fd_bytes = lent.peek(pidfd_at, 4)?;
@@ -117,6 +111,29 @@ impl Drop for Snapshot {
             }
         }
     }
+}
+
+/// Kernel-internal errno of a fork that met a signal: the caller is to take it and retry.
+const ERESTARTNOINTR: i64 = 513;
+
+/// Makes the lent thread call clone3 with the arguments at `args_at`; returns the new pid. A
+/// signal arriving for the program makes fork give up (ERESTARTNOINTR): the lent thread
+/// takes it at its delivery stop (held, queued again when given back) and calls again.
+fn clone_once(lent: &mut Borrowed, args_at: u64) -> io::Result<i32> {
+    let args = [args_at, CLONE_ARGS_SIZE as u64, 0, 0, 0, 0];
+    for _ in 0..64 {
+        let (r, child) = lent.syscall_tracing_clone(libc::SYS_clone3, args)?;
+        if r == -ERESTARTNOINTR {
+            continue;
+        }
+        if r < 0 {
+            return Err(io::Error::from_raw_os_error(-r as i32));
+        }
+        return child.ok_or_else(|| io::Error::other("clone3 reported no new process"));
+    }
+    Err(io::Error::other(
+        "clone3 kept meeting signals (ERESTARTNOINTR 64 times)",
+    ))
 }
 
 /// The clone3 arguments of a snapshot, with its pidfd stored at `pidfd_at`.
