@@ -739,6 +739,62 @@ fn a_live_checkpoint_of_a_program_rewriting_its_memory_is_consistent() {
     }
 }
 
+/// A process that may not fork (an unprivileged user at its process limit) cannot be
+/// snapshotted: the checkpoint says so and writes its memory while it is frozen instead, and
+/// the image is whole.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_process_that_may_not_fork_is_dumped_while_frozen() {
+    use std::os::unix::fs::PermissionsExt;
+    use std::os::unix::process::CommandExt;
+    let (_m, d, out, img) = begin("snapshot-nproc", false);
+    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o777)).unwrap();
+    let mut cmd = Command::new(common::prog("scribbler"));
+    cmd.arg(&out)
+        .arg("16")
+        .stdout(Stdio::piped())
+        .uid(65534)
+        .gid(65534);
+    // SAFETY: only setrlimit between fork and exec.
+    unsafe {
+        cmd.pre_exec(|| {
+            let one = libc::rlimit {
+                rlim_cur: 1,
+                rlim_max: 1,
+            };
+            match libc::setrlimit(libc::RLIMIT_NPROC, &one) {
+                0 => Ok(()),
+                _ => Err(std::io::Error::last_os_error()),
+            }
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    let pid = child.id() as i32;
+    let line = common::first_line(&mut child);
+    assert_eq!(line.trim(), format!("ready {pid}"));
+    let o = ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--json",
+    ]);
+    let stats: serde_json::Value = serde_json::from_str(&ok(&o)).unwrap();
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(stats["snapshots"], 0, "{stats}");
+    assert!(
+        err.contains("no copy-on-write snapshot of process"),
+        "{err}"
+    );
+    assert!(scribbler_check(pid, &out).starts_with("ok "));
+    kill_and_reap(pid);
+    let _ = child.wait();
+    assert_eq!(restore_root(&img), pid);
+    let restored = scribbler_check(pid, &out);
+    assert!(restored.starts_with("ok "), "the restored copy: {restored}");
+    kill_and_reap(pid);
+}
+
 /// A ckpt killed while it writes a snapshot's pages leaves nothing behind: the snapshot dies
 /// with it (no process, no zombie under the target), no image takes the final name, and the
 /// program, which ran on meanwhile, is whole and can be checkpointed again.

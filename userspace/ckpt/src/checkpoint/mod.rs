@@ -221,9 +221,9 @@ fn dump_tree(
     let mut late = LatePages::default();
     let mut dump = Dump {
         dev,
-        w,
+        w: &mut *w,
         path,
-        stats,
+        stats: &mut *stats,
         shared: &mut shared,
         late: &mut late,
         snapshot: opts.snapshot,
@@ -237,7 +237,7 @@ fn dump_tree(
     for (p, m) in processes.iter_mut().zip(&tree.members) {
         p.ctty = fds::controlling_terminal(&m.stat, m.frozen.pid, &shared);
     }
-    late.snapshot(tree, stats)?;
+    late.snapshot(tree, &mut processes, (dev, w, path), stats)?;
     let manifest = Manifest {
         processes,
         zombies: tree.zombies.clone(),
@@ -275,15 +275,38 @@ struct Pending {
 impl LatePages {
     /// Snapshots the processes waiting for it, last thing before the tree is let go: a
     /// snapshot holds what its process holds (its fds), which would look like a process
-    /// outside the tree to the dump of later processes.
-    fn snapshot(&mut self, tree: &FrozenTree, stats: &mut Stats) -> Result<(), CheckpointError> {
-        for p in &mut self.pending {
+    /// outside the tree to the dump of later processes. A process that cannot be cloned
+    /// (its user's process limit, a full pids cgroup, a kernel without CLONE_AUTOREAP) has
+    /// its pages written now, while frozen, with a warning.
+    fn snapshot(
+        &mut self,
+        tree: &FrozenTree,
+        processes: &mut [Process],
+        (dev, w, image_path): (&Device, &mut ImageWriter, &Path),
+        stats: &mut Stats,
+    ) -> Result<(), CheckpointError> {
+        let mut taken = Vec::with_capacity(self.pending.len());
+        for mut p in std::mem::take(&mut self.pending) {
             let frozen = &tree.members[p.index].frozen;
-            let taken = Snapshot::take(frozen)
-                .map_err(checkpoint_io(frozen.pid, "taking a copy-on-write snapshot"))?;
-            p.snapshot = Some(taken);
-            stats.snapshots += 1;
+            match Snapshot::take(frozen) {
+                Ok(snapshot) => {
+                    p.snapshot = Some(snapshot);
+                    stats.snapshots += 1;
+                    taken.push(p);
+                }
+                Err(e) => {
+                    eprintln!(
+                        "ckpt: warning: no copy-on-write snapshot of process {} ({e}): its \
+                         memory is written while the tree is frozen",
+                        frozen.pid
+                    );
+                    let ctx = (image_path, &mut *stats, &mut self.stored);
+                    let vmas = memory::dump_pages(frozen.pid, dev, (&p.maps, p.objects), w, ctx)?;
+                    processes[p.index].memory.vmas = vmas;
+                }
+            }
         }
+        self.pending = taken;
         Ok(())
     }
 
