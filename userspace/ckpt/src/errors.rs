@@ -20,6 +20,13 @@ pub enum CheckpointError {
         "cannot attach to process {pid}: {source} (is it already being traced by a debugger?)"
     )]
     Attach { pid: i32, source: std::io::Error },
+    #[error("process {pid} is busy: another ckpt (pid {by}) is checkpointing it; try again once it is done")]
+    Busy { pid: i32, by: i32 },
+    #[error(
+        "stopped: ckpt was killed or interrupted; the checkpoint is abandoned, every process \
+         let go as it was and no image written"
+    )]
+    Stopped,
     #[error("cannot checkpoint fd {fd} of process {pid} ({target}): {why}")]
     UnsupportedFd {
         pid: i32,

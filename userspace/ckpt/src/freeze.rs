@@ -65,10 +65,23 @@ impl Frozen {
             // Exited between the listing and now.
             Err(nix::Error::ESRCH) if tid != pid => return Ok(()),
             Err(e) => {
-                return Err(CheckpointError::Attach {
-                    pid,
-                    source: e.into(),
-                })
+                // Traced by another ckpt: a checkpoint of it is under way.
+                let tracer = proc::status_field(tid, "TracerPid")
+                    .ok()
+                    .and_then(|v| v.trim().parse::<i32>().ok())
+                    .filter(|&t| t > 0);
+                let by_ckpt = |t: i32| {
+                    std::fs::read_to_string(format!("/proc/{t}/comm")).is_ok_and(|c| {
+                        c.as_bytes().trim_ascii_end() == crate::worker::WORKER_NAME.to_bytes()
+                    })
+                };
+                return Err(match tracer {
+                    Some(by) if by_ckpt(by) => CheckpointError::Busy { pid, by },
+                    _ => CheckpointError::Attach {
+                        pid,
+                        source: e.into(),
+                    },
+                });
             }
         }
         self.tids.push(tid);

@@ -36,6 +36,7 @@ pub mod interceptor;
 pub mod proc;
 pub mod snapshot;
 pub mod sys;
+pub mod worker;
 
 // Other commands.
 pub mod info;

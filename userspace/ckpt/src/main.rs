@@ -320,8 +320,18 @@ fn main() -> ExitCode {
         let _ =
             nix::sys::resource::setrlimit(nix::sys::resource::Resource::RLIMIT_NOFILE, hard, hard);
     }
-    match run(Cli::parse()) {
-        Ok(code) => ExitCode::from(code.clamp(0, 255) as u8),
+    let cli = Cli::parse();
+    // A checkpoint works in a child process that undoes everything if this one is killed.
+    if matches!(cli.command, Command::Checkpoint(_)) {
+        return ExitCode::from(ckpt::worker::run_in_worker(|| report(run(cli))));
+    }
+    ExitCode::from(report(run(cli)))
+}
+
+/// The exit code of a command's result, its error (if any) printed.
+fn report(result: anyhow::Result<i32>) -> u8 {
+    match result {
+        Ok(code) => code.clamp(0, 255) as u8,
         Err(e) => {
             // Most of our errors already name their cause in their own message: print each
             // cause of the chain only once.
@@ -334,7 +344,7 @@ fn main() -> ExitCode {
                 }
             }
             eprintln!("ckpt: {msg}");
-            ExitCode::FAILURE
+            1
         }
     }
 }

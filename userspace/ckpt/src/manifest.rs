@@ -511,4 +511,92 @@ mod tests {
             );
         }
     }
+
+    /// Changes one random leaf or container of `v`: numbers to extremes or random values,
+    /// strings to odd ones, arrays emptied, doubled or shortened, object fields dropped.
+    fn mutate(v: &mut serde_json::Value, rng: &mut fastrand::Rng) {
+        use serde_json::Value;
+        match v {
+            Value::Object(map) if !map.is_empty() && rng.u8(..4) != 0 => {
+                let keys: Vec<String> = map.keys().cloned().collect();
+                let k = &keys[rng.usize(..keys.len())];
+                if rng.u8(..8) == 0 {
+                    map.remove(k);
+                } else if let Some(child) = map.get_mut(k) {
+                    mutate(child, rng);
+                }
+            }
+            Value::Array(items) if !items.is_empty() && rng.u8(..4) != 0 => {
+                let i = rng.usize(..items.len());
+                match rng.u8(..6) {
+                    0 => items.clear(),
+                    1 => {
+                        let copy = items[i].clone();
+                        items.push(copy)
+                    }
+                    2 => drop(items.remove(i)),
+                    _ => mutate(&mut items[i], rng),
+                }
+            }
+            _ => {
+                *v = match rng.u8(..8) {
+                    0 => Value::from(u64::MAX),
+                    1 => Value::from(i64::MIN),
+                    2 => Value::from(rng.u64(..1 << 40)),
+                    3 => Value::from(0),
+                    4 => Value::from(rng.u32(..64)),
+                    5 => Value::from("/../\u{0}\u{ffff}"),
+                    6 => Value::Null,
+                    _ => Value::from(vec![Value::from(1); rng.usize(..4)]),
+                }
+            }
+        }
+    }
+
+    /// The image reader is an attack surface (`inspect`, `restore`): images whose manifest
+    /// is mutated at random (checksums made right, so that it is the manifest's validation
+    /// that is tried) are opened and summarised thousands of times; each is accepted or
+    /// refused with a message, never a panic.
+    #[test]
+    fn mutated_manifests_are_refused_or_accepted_never_a_panic() {
+        let path = tmp();
+        let good = serde_json::to_value(write_sample(&path)).unwrap();
+        let mut rng = fastrand::Rng::with_seed(0x636b_7074);
+        let (mut accepted, mut refused) = (0, 0);
+        for round in 0..3000 {
+            let mut m = good.clone();
+            for _ in 0..rng.usize(1..4) {
+                mutate(&mut m, &mut rng);
+            }
+            let p = path.with_extension(format!("m{round}"));
+            let mut w = ImageWriter::create(&p).unwrap();
+            w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
+            w.add_blob(XSTATE, &[1u8; 832]).unwrap();
+            if w.finish(&m).is_err() {
+                continue; // not an object at the top: the writer cannot even frame it
+            }
+            let outcome = std::panic::catch_unwind(|| match Image::open(&p) {
+                Ok(img) => {
+                    let _ = crate::inspect::summary(&img);
+                    true
+                }
+                Err(e) => {
+                    assert!(!e.to_string().is_empty());
+                    false
+                }
+            });
+            std::fs::remove_file(&p).unwrap();
+            match outcome {
+                Ok(true) => accepted += 1,
+                Ok(false) => refused += 1,
+                Err(_) => panic!("round {round}: the reader panicked on manifest {m}"),
+            }
+        }
+        std::fs::remove_file(&path).unwrap();
+        // Both outcomes occur: the mutations reach past the JSON parser and the checks.
+        assert!(
+            accepted > 0 && refused > 0,
+            "{accepted} accepted, {refused} refused"
+        );
+    }
 }

@@ -739,6 +739,153 @@ fn a_live_checkpoint_of_a_program_rewriting_its_memory_is_consistent() {
     }
 }
 
+/// Two checkpoints of one process at once: the second is refused as busy, naming the first,
+/// and the first completes.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_second_checkpoint_while_one_runs_is_refused_as_busy() {
+    let (_m, d, out, img) = begin("busy", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "256".as_ref()]);
+    // Without a snapshot every page is written while frozen: a long window.
+    let mut first = Command::new(common::ckpt_bin())
+        .args([
+            "checkpoint",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--no-snapshot",
+        ])
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Its worker (a child of the `ckpt` we started) is the tracer.
+    let worker = || {
+        state_and_tracer(pid)
+            .map(|(_, t)| t)
+            .filter(|&t| t != 0 && proc_ppid(t) == Some(first.id() as i32))
+    };
+    common::wait_for("the first checkpoint holds the program", 60, || {
+        worker().is_some()
+    });
+    let by = worker().unwrap();
+    let second = d.path("second.img");
+    let o = ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        second.to_str().unwrap(),
+    ]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(!o.status.success(), "the second checkpoint ran");
+    let expected = format!("process {pid} is busy: another ckpt (pid {by})");
+    assert!(err.contains(&expected), "{err}");
+    assert!(!second.exists());
+    assert!(
+        first.wait().unwrap().success(),
+        "the first checkpoint failed"
+    );
+    assert!(ckpt::manifest::Image::open(&img).is_ok());
+    assert!(scribbler_check(pid, &out).starts_with("ok "));
+    kill_and_reap(pid);
+    let _ = child.wait();
+}
+
+/// The parent of process `pid`.
+fn proc_ppid(pid: i32) -> Option<i32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let rest = &stat[stat.rfind(") ")? + 2..];
+    rest.split(' ').nth(1)?.parse().ok()
+}
+
+/// The state letter and tracer of process `pid` (None once it is gone).
+fn state_and_tracer(pid: i32) -> Option<(char, i32)> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    let state = stat
+        .rfind(") ")
+        .and_then(|i| stat[i + 2..].chars().next())?;
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let tracer = status
+        .lines()
+        .find_map(|l| l.strip_prefix("TracerPid:"))
+        .and_then(|v| v.trim().parse().ok())?;
+    Some((state, tracer))
+}
+
+/// Crash safety: `ckpt checkpoint` killed with SIGKILL at a random moment, 200 times, half of
+/// them with --kill. After each: the program runs on, neither stopped nor traced, with no
+/// snapshot left under it and no image under the final name, unless the checkpoint was
+/// complete; a --kill checkpoint killed the program only once its image was whole (it is
+/// restored then, and the loop goes on with it). Every 25 rounds the program's memory is
+/// checked whole, and at the end a checkpoint succeeds.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_ckpt_killed_at_random_moments_never_harms_the_program() {
+    let (_m, d, out, img) = begin("chaos", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "4".as_ref()]);
+    let (pid_s, img_s) = (pid.to_string(), img.to_str().unwrap().to_owned());
+    let children =
+        || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
+    let mut rng = fastrand::Rng::with_seed(0x636b_7074);
+    let (mut completed, mut restored) = (0, 0);
+    for round in 0..200 {
+        let kill = round % 2 == 1;
+        let mut args = vec!["checkpoint", pid_s.as_str(), "-o", img_s.as_str()];
+        if kill {
+            args.push("--kill");
+        }
+        let mut c = Command::new(common::ckpt_bin())
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+        let _ = c.kill();
+        let _ = c.wait();
+        // Its worker, if it outlived it, undoes its work (or completes it) and exits.
+        common::reap_orphaned_workers();
+        // Done or not is what the image says: it takes the final name only when whole.
+        let finished = img.exists();
+        completed += finished as u32;
+        common::wait_for("the program is let go", 30, || {
+            matches!(state_and_tracer(pid), Some((s, 0)) if s != 't' && s != 'T')
+                || matches!(state_and_tracer(pid), Some(('Z', _)) | None)
+        });
+        if matches!(state_and_tracer(pid), Some(('Z', _)) | None) {
+            assert!(
+                kill && finished,
+                "round {round}: the program died (no --kill, or no image)"
+            );
+            // SAFETY: reaping our child (or the restored program, reparented to us).
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            assert_eq!(restore_root(&img), pid, "round {round}");
+            restored += 1;
+        }
+        common::wait_for("no snapshot is left", 30, || children().trim().is_empty());
+        if finished {
+            ckpt::manifest::Image::open(&img).unwrap_or_else(|e| panic!("round {round}: {e}"));
+        }
+        for e in std::fs::read_dir(&d.0).unwrap().flatten() {
+            if e.file_name().to_string_lossy().contains("ckpt-tmp") || e.path() == img {
+                std::fs::remove_file(e.path()).unwrap();
+            }
+        }
+        if round % 25 == 24 {
+            let report = scribbler_check(pid, &out);
+            assert!(report.starts_with("ok "), "round {round}: {report}");
+        }
+    }
+    eprintln!("chaos: {completed} of 200 checkpoints completed, {restored} restores");
+    assert!(
+        completed > 0 && completed < 200,
+        "the kills should land at all moments"
+    );
+    let stats = common::checkpoint_json(pid, &img, &[]);
+    assert_eq!(stats["processes"], 1);
+    kill_and_reap(pid);
+    let _ = child.wait();
+}
+
 /// A process that may not fork (an unprivileged user at its process limit) cannot be
 /// snapshotted: the checkpoint says so and writes its memory while it is frozen instead, and
 /// the image is whole.
@@ -817,6 +964,7 @@ fn a_ckpt_killed_while_it_holds_a_snapshot_leaves_nothing() {
     assert!(scribbler_check(pid, &out).starts_with("ok "));
     c.kill().unwrap();
     c.wait().unwrap();
+    common::reap_orphaned_workers();
     common::wait_for("the snapshot is gone", 30, || common::gone(snapshot));
     assert_eq!(children().trim(), "", "a child left under the target");
     assert!(!img.exists(), "no image under the final name");

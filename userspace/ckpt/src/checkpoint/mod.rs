@@ -29,7 +29,7 @@ use crate::proc::{FdEntry, MapEntry};
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 use crate::tree::FrozenTree;
-use crate::{attrs, fds, memory, proc, signals, thread, tree};
+use crate::{attrs, fds, memory, proc, signals, thread, tree, worker};
 use interceptor::Prepared;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -75,6 +75,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         .chain(opts.also.iter().copied())
         .collect();
     let mut tree = FrozenTree::freeze(&roots, opts.single)?;
+    worker::check()?;
     tree.check_groups()?;
     // SysV objects are read where the tree's processes see them.
     crate::sysv::enter_namespace(&tree.pids()).map_err(CheckpointError::Tree)?;
@@ -119,6 +120,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     manifest.stats = Some(stats);
+    worker::check()?;
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
     if let Some(tree) = tree {
         if let Some(lock) = &lock {
@@ -145,14 +147,10 @@ fn lock_connections(tree: &FrozenTree) -> Result<NetLock, CheckpointError> {
     let (sockets, endpoints) = fds::tcp::connections_in(&tree.pids()).map_err(locking)?;
     let lock = NetLock::take(sockets, &endpoints).map_err(locking)?;
     // For the test of a ckpt killed while the lock is on.
-    if let Some(secs) = std::env::var("CKPT_TEST_PAUSE_LOCKED")
-        .ok()
-        .and_then(|v| v.parse().ok())
-    {
-        if lock.table().is_some() {
-            std::thread::sleep(Duration::from_secs_f64(secs));
-        }
+    if lock.table().is_some() {
+        worker::pause_for_test("CKPT_TEST_PAUSE_LOCKED");
     }
+    worker::check()?;
     Ok(lock)
 }
 
@@ -231,6 +229,7 @@ fn dump_tree(
     let mut processes = Vec::new();
     for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
         let p = prepared.get(&m.frozen.pid);
+        worker::check()?;
         processes.push(dump.process((i, &m.frozen), &m.stat, entries, p)?);
     }
     // Once every pty is recorded: the sessions whose controlling terminal is one of them.
@@ -287,6 +286,7 @@ impl LatePages {
     ) -> Result<(), CheckpointError> {
         let mut taken = Vec::with_capacity(self.pending.len());
         for mut p in std::mem::take(&mut self.pending) {
+            worker::check()?;
             let frozen = &tree.members[p.index].frozen;
             match Snapshot::take(frozen) {
                 Ok(snapshot) => {
@@ -321,15 +321,11 @@ impl LatePages {
     ) -> Result<(), CheckpointError> {
         let mut stored = self.stored;
         // For the test of a ckpt killed while it holds snapshots.
-        if let Some(secs) = std::env::var("CKPT_TEST_PAUSE_SNAPSHOT")
-            .ok()
-            .and_then(|v| v.parse().ok())
-        {
-            if !self.pending.is_empty() {
-                std::thread::sleep(Duration::from_secs_f64(secs));
-            }
+        if !self.pending.is_empty() {
+            worker::pause_for_test("CKPT_TEST_PAUSE_SNAPSHOT");
         }
         for p in self.pending {
+            worker::check()?;
             let t0 = Instant::now();
             let Some(snapshot) = &p.snapshot else {
                 return Err(CheckpointError::Tree(format!(

@@ -311,3 +311,26 @@ pub fn children_of(pid: i32) -> Vec<i32> {
         .filter_map(|w| w.parse().ok())
         .collect()
 }
+
+/// Waits for and reaps the workers of killed `ckpt checkpoint`s that were reparented to this
+/// process (a subreaper): each finishes undoing its work first. Returns how many.
+pub fn reap_orphaned_workers() -> usize {
+    let me = std::process::id() as i32;
+    let mut reaped = 0;
+    for e in std::fs::read_dir("/proc").unwrap().flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|n| n.parse::<i32>().ok()) else {
+            continue;
+        };
+        let stat = std::fs::read_to_string(e.path().join("stat")).unwrap_or_default();
+        let Some(rest) = stat.rfind(") ").map(|i| &stat[i + 2..]) else {
+            continue;
+        };
+        let ppid = rest.split(' ').nth(1).and_then(|p| p.parse::<i32>().ok());
+        if stat.contains("(ckpt-worker)") && ppid == Some(me) {
+            // SAFETY: reaping a child of ours.
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+            reaped += 1;
+        }
+    }
+    reaped
+}
