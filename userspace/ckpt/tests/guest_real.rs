@@ -230,13 +230,7 @@ fn python_multiprocessing_pool_finishes_after_kill_and_restore() {
     )
     .unwrap();
     let out = d.path("result");
-    let mut py = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut py = python(&script, &out);
     let progress =
         || std::fs::read_to_string(d.path("result.progress")).map_or(0, |t| t.lines().count());
     wait_for("the pool works", || progress() >= 20);
@@ -286,13 +280,7 @@ fn python_send_handle_passes_a_file_across_kill_and_restore() {
     )
     .unwrap();
     let out = d.path("result");
-    let mut py = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut py = python(&script, &out);
     wait_for("the file is sent", || d.path("result.sent").exists());
     let img = d.path("python.img");
     let pids = checkpoint_kill(&mut py, &img);
@@ -688,13 +676,7 @@ fn python_setitimer_ticks_on_after_kill_and_restore() {
     )
     .unwrap();
     let out = d.path("ticks");
-    let mut py = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut py = python(&script, &out);
     // (time ms, ticks, interval) per line after byte `from`.
     let lines = |from: usize| -> Vec<(i64, i64, String)> {
         let text = std::fs::read_to_string(&out).unwrap_or_default();
@@ -775,13 +757,7 @@ fn python_syslog_handler_logs_on_to_the_same_socket_after_kill_and_restore() {
          \x20   time.sleep(0.02)\n",
     )
     .unwrap();
-    let mut py = Command::new("/usr/bin/python3")
-        .arg(&script)
-        .arg(&log_path)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .spawn()
-        .unwrap();
+    let mut py = python(&script, &log_path);
     assert_eq!(next_tick(&log), 0);
     let img = d.path("python.img");
     let (_, image, _) = common::checkpoint_kill(&mut py, &img);
@@ -989,4 +965,15 @@ fn tail_of_a_file_on_a_filesystem_without_handles_comes_back() {
     );
     unsafe { libc::kill(pid, libc::SIGKILL) };
     wait_for("tail is gone", || gone(pid));
+}
+
+/// Starts `python3 SCRIPT ARG` with no stdin and stdout.
+fn python(script: &std::path::Path, arg: &std::path::Path) -> std::process::Child {
+    Command::new("/usr/bin/python3")
+        .arg(script)
+        .arg(arg)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap()
 }

@@ -201,7 +201,7 @@ fn dump_tree(
     }
     // Then the descriptors in flight in their queues, which the census counts too.
     let holders = in_flight_holders(tree, &fd_entries);
-    fds::in_flight::collect(&holders, &mut shared).map_err(in_flight_failure(path))?;
+    fds::in_flight::collect(&holders, &mut shared).map_err(fd_failure(path))?;
     // Which fds are one open file description (fork, dup, in flight): recorded once, made
     // once.
     let root = tree.members.first().map_or(0, |m| m.frozen.pid);
@@ -209,7 +209,7 @@ fn dump_tree(
         root,
         "comparing the tree's open files (kcmp)",
     ))?;
-    fds::in_flight::record(&mut shared, w).map_err(in_flight_failure(path))?;
+    fds::in_flight::record(&mut shared, w).map_err(fd_failure(path))?;
     // Semaphore sets and message queues (found through their users' pids) before the long
     // part, so that one shared with a process outside the tree is refused early.
     let pids = (tree.members.iter().map(|m| m.frozen.pid))
@@ -358,9 +358,9 @@ fn in_flight_holders<'a>(
         .collect()
 }
 
-/// The error of a descriptor in flight that cannot be recorded, naming the process fd whose
-/// queue holds it.
-fn in_flight_failure(path: &Path) -> impl Fn(fds::in_flight::Failure) -> CheckpointError + '_ {
+/// The error of a descriptor that cannot be recorded (pid, fd, its target, why): a process's
+/// own, or one in flight, named by the process fd whose queue holds it.
+fn fd_failure(path: &Path) -> impl Fn(fds::in_flight::Failure) -> CheckpointError + '_ {
     move |(pid, fd, target, e)| match e {
         DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
             pid,
@@ -484,18 +484,8 @@ impl Dump<'_> {
             .map(|c| c.record(w, to_virtual))
             .collect::<Result<Vec<_>, _>>()
             .map_err(write_err)?;
-        let files = fds::dump((pid, index), entries, w, self.shared).map_err(
-            |(fd, target, e)| match e {
-                DumpError::Unsupported(why) => CheckpointError::UnsupportedFd {
-                    pid,
-                    fd,
-                    target,
-                    why,
-                },
-                DumpError::Io { what, source } => CheckpointError::Io { pid, what, source },
-                DumpError::Image(source) => write_err(source),
-            },
-        )?;
+        let files = fds::dump((pid, index), entries, w, self.shared)
+            .map_err(|(fd, target, e)| fd_failure(image_path)((pid, fd, target, e)))?;
         Ok(Process {
             pid: to_virtual(pid),
             ppid: to_virtual(st.ppid),
