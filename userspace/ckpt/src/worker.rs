@@ -7,10 +7,13 @@
 //! a worker killed outright (SIGKILL to it, or the OOM killer) is not covered.
 
 use crate::errors::CheckpointError;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI32, Ordering};
 use std::time::Duration;
 
 static ABORTED: AtomicBool = AtomicBool::new(false);
+
+/// In the worker: the `ckpt` process it works for (0 elsewhere).
+static PARENT: AtomicI32 = AtomicI32::new(0);
 
 /// The worker's process name (comm).
 pub const WORKER_NAME: &std::ffi::CStr = c"ckpt-worker";
@@ -42,6 +45,7 @@ pub fn run_in_worker(work: impl FnOnce() -> u8) -> u8 {
 
 /// In the worker: hear of the parent's death and of stop signals as a request to stop.
 fn become_worker(parent: nix::unistd::Pid) {
+    PARENT.store(parent.as_raw(), Ordering::SeqCst);
     use nix::sys::signal::{sigaction, SaFlags, SigAction, SigHandler, SigSet, Signal};
     let act = SigAction::new(
         SigHandler::Handler(on_stop_signal),
@@ -75,6 +79,11 @@ fn wait_worker(child: nix::unistd::Pid) -> u8 {
             }
         }
     }
+}
+
+/// Whether `pid` is this ckpt: the process itself, or the `ckpt` its worker works for.
+pub fn is_ckpt(pid: i32) -> bool {
+    pid == std::process::id() as i32 || pid == PARENT.load(Ordering::SeqCst)
 }
 
 /// A safe point: fails if ckpt was asked to stop (its parent gone, or a stop signal).

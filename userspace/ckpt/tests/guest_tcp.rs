@@ -210,8 +210,10 @@ fn a_killed_ckpt_leaves_no_lock_behind() {
         .env("CKPT_TEST_PAUSE_LOCKED", "60")
         .spawn()
         .unwrap();
-    // Its table's name starts with its pid.
-    let ours = format!("ckpt_{}_", c.id());
+    // Its table's name starts with the pid of its worker (the child doing the work).
+    let worker = || common::children_of(c.id() as i32).first().copied();
+    wait_for("ckpt's worker starts", || worker().is_some());
+    let ours = format!("ckpt_{}_", worker().unwrap());
     let held = || lock_tables().iter().any(|t| t.contains(&ours));
     wait_for("the lock is on", held);
     c.kill().unwrap();

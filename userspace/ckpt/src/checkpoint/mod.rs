@@ -396,7 +396,7 @@ fn prepare_all(pid: i32, opts: &Options) -> BTreeMap<i32, Prepared> {
 
 /// Checks everything that can be checked without stopping the target.
 fn precheck(pid: i32, dev: &Device) -> Result<(), CheckpointError> {
-    if pid == std::process::id() as i32 {
+    if worker::is_ckpt(pid) {
         return Err(CheckpointError::IsSelf(pid));
     }
     let st = proc::stat(pid).map_err(|_| CheckpointError::NoSuchProcess(pid))?;
