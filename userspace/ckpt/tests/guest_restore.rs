@@ -511,20 +511,7 @@ fn bad_targets_get_clear_errors_and_stay_untouched() {
     // holds the other end; the target is untouched.
     // Close-on-exec: no other test's child may inherit it (they run in parallel).
     let (r, w) = nix::unistd::pipe2(nix::fcntl::OFlag::O_CLOEXEC).unwrap();
-    let w_fd = std::os::fd::AsRawFd::as_raw_fd(&w);
-    let mut cmd = Command::new("sleep");
-    cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: between fork and exec: dup2 and fcntl only.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            // dup2 onto itself would leave close-on-exec set: cleared either way.
-            if libc::dup2(w_fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut sleeper = cmd.spawn().unwrap();
+    let mut sleeper = sleeper_holding_as_fd_5(std::os::fd::AsRawFd::as_raw_fd(&w));
     drop(w);
     // Exec'd: before, the forked child still holds the read end too (close-on-exec).
     wait_for_fd(sleeper.id(), 5);
@@ -1407,20 +1394,7 @@ fn unix_sockets_with_a_peer_outside_or_inotify_in_flight_are_refused() {
     // One end of a stream pair in a sleeping process, the other here (close-on-exec: no other
     // test's child inherits it).
     let (ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    let mut cmd = Command::new("sleep");
-    cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
-    // SAFETY: between fork and exec: dup2 and fcntl only.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            // dup2 onto itself would leave close-on-exec set: cleared either way.
-            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut sleeper = cmd.spawn().unwrap();
+    let mut sleeper = sleeper_holding_as_fd_5(std::os::fd::AsRawFd::as_raw_fd(&theirs));
     drop(theirs);
     wait_for_fd(sleeper.id(), 5);
     let o = ckpt(&["checkpoint", &sleeper.id().to_string(), "-o", imgs]);
@@ -2077,4 +2051,22 @@ fn unread_notify_events_are_dropped_with_a_warning() {
         "an event from before the checkpoint was delivered:\n{text}"
     );
     kill_and_reap(pid);
+}
+
+/// `sleep 1000` holding our fd `fd` as its fd 5 (our `fd` is close-on-exec, so that no other
+/// test's child inherits it).
+fn sleeper_holding_as_fd_5(fd: std::os::fd::RawFd) -> Child {
+    let mut cmd = Command::new("sleep");
+    cmd.arg("1000").stdin(Stdio::null()).stdout(Stdio::null());
+    // SAFETY: between fork and exec: dup2 and fcntl only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            // dup2 onto itself would leave close-on-exec set: cleared either way.
+            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    cmd.spawn().unwrap()
 }
