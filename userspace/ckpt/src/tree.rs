@@ -58,9 +58,17 @@ fn proc_exists(pid: i32) -> bool {
     std::path::Path::new(&format!("/proc/{pid}")).exists()
 }
 
-/// Whether `pid` exists and has not exited.
-fn alive(pid: i32) -> bool {
-    proc::stat(pid).is_ok_and(|s| s.state != 'Z' && s.state != 'X')
+/// Waits (a second at most) until process `pid`, which is exiting, is a zombie; false if it
+/// is gone or does not get there.
+fn wait_exited(pid: i32) -> bool {
+    for _ in 0..100 {
+        match proc::stat(pid) {
+            Ok(s) if s.state == 'Z' => return true,
+            Ok(_) => std::thread::sleep(std::time::Duration::from_millis(10)),
+            Err(_) => return false,
+        }
+    }
+    false
 }
 
 impl FrozenTree {
@@ -123,11 +131,23 @@ impl FrozenTree {
         }
         let frozen = match Frozen::freeze(pid) {
             Ok(f) => f,
-            Err(CheckpointError::NoSuchProcess(_)) if !is_root => return Ok(None),
+            // It exited while being stopped (the freeze saw its exit, not a stop): its
+            // parent has not reaped it (the parent is frozen), so it is a zombie now, which
+            // the image must hold; or, gone.
+            Err(CheckpointError::NoSuchProcess(_)) if !is_root => {
+                return match wait_exited(pid) {
+                    true => self.take(pid, false),
+                    false => Ok(None),
+                };
+            }
             // It exited between the listing and the seize (ptrace refuses an exiting task):
-            // a zombie now, or gone.
-            Err(CheckpointError::Attach { .. }) if !is_root && !alive(pid) => {
-                return self.take(pid, false)
+            // a zombie now (or soon), or gone.
+            Err(e @ CheckpointError::Attach { .. }) if !is_root => {
+                return match wait_exited(pid) {
+                    true => self.take(pid, false),
+                    false if proc::stat(pid).is_err() => Ok(None),
+                    false => Err(e),
+                };
             }
             Err(e) => return Err(e),
         };
