@@ -43,8 +43,8 @@ const NO_STACK: u64 = 0x1000;
 /// A stopped copy-on-write copy of a frozen process; killed on drop.
 pub struct Snapshot {
     pid: i32,
-    /// Closing it kills the snapshot (CLONE_PIDFD_AUTOKILL).
-    _pidfd: OwnedFd,
+    /// Closing it kills the snapshot (CLONE_PIDFD_AUTOKILL). None only while it is taken.
+    _pidfd: Option<OwnedFd>,
 }
 
 impl Snapshot {
@@ -66,7 +66,11 @@ impl Snapshot {
         let pidfd_at = args_at + CLONE_ARGS_SIZE as u64;
         lent.poke(pidfd_at, &(-1i32).to_ne_bytes())?;
         lent.poke(args_at, &clone_args(pidfd_at))?;
-        let child = clone_once(&mut lent, args_at)?;
+        // From here the clone is killed on drop, whatever fails.
+        let mut snapshot = Snapshot {
+            pid: clone_once(&mut lent, args_at)?,
+            _pidfd: None,
+        };
         // Its pidfd is in the target's fd table (shared with the snapshot): take it, then
         // close the target's, so that only ckpt keeps the snapshot alive.
         let fd_bytes = lent.peek(pidfd_at, 4)?;
@@ -74,10 +78,7 @@ impl Snapshot {
         let pidfd = sys::steal_fd(pid, fd);
         let closed = lent.syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
         lent.give_back()?;
-        let snapshot = Snapshot {
-            pid: child,
-            _pidfd: pidfd?,
-        };
+        snapshot._pidfd = Some(pidfd?);
         closed?;
         snapshot.wait_for_birth_stop()?;
         Ok(snapshot)
