@@ -10,7 +10,10 @@
 # Last, a live checkpoint (the process runs on) of each size: how long it is frozen (ckpt's
 # copy-on-write snapshot against CRIU's --leave-running).
 # Images live on the guest's tmpfs.
-#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--reps N]
+# Then a process with 500 threads and one with 10,000 mappings (per-thread and per-mapping
+# costs; 0 skips either).
+#   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
+#                  [--maps N] [--reps N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -18,8 +21,9 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 criu=${8:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 criu=${10:-}
   tree_prog=$(dirname "$prog")/shmtree
+  threads_prog=$(dirname "$prog")/manythreads maps_prog=$(dirname "$prog")/manymaps
   insmod "$ko"
   set +m
   now() { date +%s%N; }
@@ -185,6 +189,8 @@ if [[ "${1:-}" == --in-guest ]]; then
   rows=()
   for mib in $sizes; do rows+=("$mib:$prog"); done
   ((tree > 0)) && rows+=("$tree:$tree_prog")
+  ((threads > 0)) && rows+=("$threads:$threads_prog")
+  ((maps > 0)) && rows+=("$maps:$maps_prog")
   for row in "${rows[@]}"; do
     mib=${row%%:*} target=${row#*:}
     d=(); f=(); r=(); tp=(); sz=()
@@ -196,6 +202,8 @@ if [[ "${1:-}" == --in-guest ]]; then
     done
     md=$(median "${d[@]}"); mf=$(median "${f[@]}"); mr=$(median "${r[@]}"); msz=$(median "${sz[@]}")
     rate=$(echo "scale=0; $mib * 1000000 / ($mf + 1)" | bc)
+    # Thread and mapping counts are not sizes: no throughput.
+    [[ $target == "$threads_prog" || $target == "$maps_prog" ]] && rate="-"
     line=$(printf '%7.1f / %7.1f / %7.1f  %5s  %5s MiB' "$(ms "$md"000)" "$(ms "$mf"000)" "$(ms "$mr"000)" "$rate" "$((msz >> 20))")
     if ((${#cd_[@]})); then
       cmd=$(median "${cd_[@]}"); cmf=$(median "${cf[@]}"); cmr=$(median "${cr[@]}")
@@ -205,6 +213,8 @@ if [[ "${1:-}" == --in-guest ]]; then
       cline="(no CRIU)"; ratio="-"
     fi
     label="$mib MiB"; [[ $target == "$tree_prog" ]] && label="tree 8x$mib"
+    [[ $target == "$threads_prog" ]] && label="$mib threads"
+    [[ $target == "$maps_prog" ]] && label="$mib maps"
     printf '%12s | %-38s | %-38s | %s\n' "$label" "$line" "$cline" "$ratio"
   done
   ((tcp > 0)) && tcp_bench
@@ -213,7 +223,7 @@ if [[ "${1:-}" == --in-guest ]]; then
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -221,7 +231,9 @@ while (($#)); do
     --reps) reps=$2; shift 2 ;;
     --tree) tree=$2; shift 2 ;;
     --tcp) tcp=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--reps N]" >&2; exit 2 ;;
+    --threads) threads=$2; shift 2 ;;
+    --maps) maps=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--reps N]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -233,4 +245,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem 6144 --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$criu"
+"$here/guest.sh" --mem 6144 --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$criu"

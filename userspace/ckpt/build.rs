@@ -41,6 +41,8 @@ fn main() {
         ("sigmask", &["-pthread"]),
         ("relay", &[]),
         ("scribbler", &[]),
+        ("manythreads", &["-pthread"]),
+        ("manymaps", &[]),
         ("ptypair", &[]),
         ("shared_fds", &[]),
     ];
