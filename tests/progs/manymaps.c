@@ -3,6 +3,7 @@
  * per-mapping cost row. Usage: manymaps OUT N. */
 #include <stdio.h>
 #include <stdlib.h>
+#include "tick.h"
 #include <sys/mman.h>
 #include <unistd.h>
 
@@ -24,12 +25,5 @@ int main(int argc, char **argv)
 		if (prot & PROT_WRITE)
 			p[0] = (char)i;
 	}
-	FILE *out = fopen(argv[1], "a");
-	if (!out)
-		return 1;
-	for (long i = 0;; i++) {
-		fprintf(out, "%ld\n", i);
-		fflush(out);
-		usleep(20000);
-	}
+	return tick_forever(argv[1]);
 }

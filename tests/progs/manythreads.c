@@ -3,6 +3,7 @@
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
+#include "tick.h"
 #include <unistd.h>
 
 static void *idle(void *arg)
@@ -23,12 +24,5 @@ int main(int argc, char **argv)
 		if (pthread_create(&t, NULL, idle, NULL))
 			return 1;
 	}
-	FILE *out = fopen(argv[1], "a");
-	if (!out)
-		return 1;
-	for (long i = 0;; i++) {
-		fprintf(out, "%ld\n", i);
-		fflush(out);
-		usleep(20000);
-	}
+	return tick_forever(argv[1]);
 }

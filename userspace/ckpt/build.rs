@@ -46,6 +46,8 @@ fn main() {
         ("ptypair", &[]),
         ("shared_fds", &[]),
     ];
+    // Headers the programs share.
+    println!("cargo:rerun-if-changed={}", progs.join("tick.h").display());
     for (name, flags) in list {
         // counter_static is counter.c linked statically.
         let src = progs.join(format!("{}.c", name.trim_end_matches("_static")));

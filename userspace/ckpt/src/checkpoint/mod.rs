@@ -257,7 +257,10 @@ fn dump_tree(
 /// copy-on-write with its parent are stored once).
 #[derive(Default)]
 struct LatePages {
+    /// Waiting for their snapshot (`LatePages::snapshot`).
     pending: Vec<Pending>,
+    /// Snapshotted: their pages are read from it (`LatePages::write`).
+    taken: Vec<(Pending, Snapshot)>,
     stored: memory::Stored,
 }
 
@@ -265,8 +268,6 @@ struct LatePages {
 struct Pending {
     /// Its place in the manifest's processes.
     index: usize,
-    /// Taken by `LatePages::snapshot` once every process is dumped.
-    snapshot: Option<Snapshot>,
     maps: Vec<MapEntry>,
     objects: Vec<Option<Backing>>,
 }
@@ -284,15 +285,13 @@ impl LatePages {
         (dev, w, image_path): (&Device, &mut ImageWriter, &Path),
         stats: &mut Stats,
     ) -> Result<(), CheckpointError> {
-        let mut taken = Vec::with_capacity(self.pending.len());
-        for mut p in std::mem::take(&mut self.pending) {
+        for p in std::mem::take(&mut self.pending) {
             worker::check()?;
             let frozen = &tree.members[p.index].frozen;
             match Snapshot::take(frozen) {
                 Ok(snapshot) => {
-                    p.snapshot = Some(snapshot);
                     stats.snapshots += 1;
-                    taken.push(p);
+                    self.taken.push((p, snapshot));
                 }
                 Err(e) => {
                     eprintln!(
@@ -306,7 +305,6 @@ impl LatePages {
                 }
             }
         }
-        self.pending = taken;
         Ok(())
     }
 
@@ -321,18 +319,12 @@ impl LatePages {
     ) -> Result<(), CheckpointError> {
         let mut stored = self.stored;
         // For the test of a ckpt killed while it holds snapshots.
-        if !self.pending.is_empty() {
+        if !self.taken.is_empty() {
             worker::pause_for_test("CKPT_TEST_PAUSE_SNAPSHOT");
         }
-        for p in self.pending {
+        for (p, snapshot) in self.taken {
             worker::check()?;
             let t0 = Instant::now();
-            let Some(snapshot) = &p.snapshot else {
-                return Err(CheckpointError::Tree(format!(
-                    "process record {} has no snapshot",
-                    p.index
-                )));
-            };
             let source = snapshot.pid();
             let ctx = (image_path, &mut *stats, &mut stored);
             let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects), w, ctx)?;
@@ -469,7 +461,6 @@ impl Dump<'_> {
         let vmas = if self.snapshot && Snapshot::can_copy(&maps) {
             self.late.pending.push(Pending {
                 index,
-                snapshot: None,
                 maps,
                 objects,
             });
