@@ -42,4 +42,6 @@ pub mod worker;
 pub mod info;
 pub mod inspect;
 pub mod list;
+pub mod periodic;
 pub mod run;
+pub mod schedule;
