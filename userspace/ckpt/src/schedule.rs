@@ -29,15 +29,15 @@ pub fn cron_fields(every: Duration) -> Result<String, ScheduleError> {
             humantime::format_duration(every)
         ))
     };
-    if secs == 0 || secs % 60 != 0 || every.subsec_nanos() != 0 {
+    if secs == 0 || !secs.is_multiple_of(60) || every.subsec_nanos() != 0 {
         return Err(refuse());
     }
     let minutes = secs / 60;
     Ok(match minutes {
         1 => "* * * * *".into(),
-        m if m < 60 && 60 % m == 0 => format!("*/{m} * * * *"),
+        m if m < 60 && 60u64.is_multiple_of(m) => format!("*/{m} * * * *"),
         60 => "0 * * * *".into(),
-        m if m % 60 == 0 && m < 1440 && 1440 % m == 0 => format!("0 */{} * * *", m / 60),
+        m if m.is_multiple_of(60) && m < 1440 && 1440u64.is_multiple_of(m) => format!("0 */{} * * *", m / 60),
         1440 => "0 0 * * *".into(),
         _ => return Err(refuse()),
     })

@@ -2070,3 +2070,147 @@ fn sleeper_holding_as_fd_5(fd: std::os::fd::RawFd) -> Child {
     }
     cmd.spawn().unwrap()
 }
+
+/// The images of a periodic directory, oldest first.
+fn periodic_images(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-") && n.ends_with(".img"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a crontab line runs: `ckpt checkpoint --pidfile P --dir D --keep 2`, again and again.
+/// Images are named by time, only the newest two stay, `latest` names the newest, every run
+/// logs one line; then the program is killed at a checkpoint, `ckpt restore D --pidfile P`
+/// brings back the latest and writes the pid, and the same line goes on working.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn periodic_checkpoints_keep_the_newest_and_restore_dir_brings_back_the_latest() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_m, d, out, _img) = begin("periodic", false);
+    let mut child = start_counter("counter", &out, 8);
+    let (pidfile, dir) = (d.path("app.pid"), d.path("points"));
+    std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+    let (pidfile_s, dir_s) = (pidfile.to_str().unwrap(), dir.to_str().unwrap());
+    let line = [
+        "checkpoint",
+        "--pidfile",
+        pidfile_s,
+        "--dir",
+        dir_s,
+        "--keep",
+        "2",
+    ];
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        ok(&ckpt(&line));
+        let images = periodic_images(&dir);
+        seen.push(images.last().unwrap().clone());
+        assert_eq!(
+            std::fs::read_link(dir.join("latest")).unwrap().to_str(),
+            Some(seen.last().unwrap().as_str())
+        );
+    }
+    assert_eq!(
+        periodic_images(&dir),
+        seen[1..].to_vec(),
+        "the oldest of three is gone"
+    );
+    for f in periodic_images(&dir) {
+        let mode = std::fs::metadata(dir.join(&f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" ok ckpt-")).count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains(&format!("deleted={}", seen[0])), "{log}");
+
+    // Killed at the last point, brought back from the directory.
+    let mut last_line = line.to_vec();
+    last_line.push("--kill");
+    ok(&ckpt(&last_line));
+    let _ = child.wait();
+    let last = *numbers(&out, 0).last().unwrap();
+    std::fs::write(&pidfile, "stale\n").unwrap();
+    let from = file_len(&out);
+    let o = ckpt(&["restore", dir_s, "--pidfile", pidfile_s]);
+    let pid: i32 = ok(&o).trim().parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{pid}\n")
+    );
+    check_continues(pid, &out, from, last);
+    // The same crontab line finds the restored process.
+    ok(&ckpt(&line));
+    assert_eq!(periodic_images(&dir).len(), 2);
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" ok ckpt-")).count(),
+        5,
+        "{log}"
+    );
+    kill_and_reap(pid);
+}
+
+/// A run that starts while the previous one still works skips with a message and a log line
+/// (exit 0: cron's next run will do); the one interrupted leaves no image and `latest` as it
+/// was, and the program running.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn an_overlapping_periodic_run_skips_and_an_interrupted_one_changes_nothing() {
+    let (_m, d, out, _img) = begin("periodic-busy", false);
+    let mut child = start_counter("counter", &out, 4);
+    let dir = d.path("points");
+    let (pid_s, dir_s) = (child.id().to_string(), dir.to_str().unwrap().to_owned());
+    let line = ["checkpoint", &pid_s, "--dir", &dir_s];
+    ok(&ckpt(&line));
+    let first = periodic_images(&dir);
+    let mut slow = Command::new(common::ckpt_bin())
+        .args(line)
+        .env("CKPT_TEST_PAUSE_SNAPSHOT", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let children = || common::children_of(child.id() as i32);
+    common::wait_for("the slow run holds a snapshot", 60, || {
+        !children().is_empty()
+    });
+    let o = ckpt(&line);
+    assert_eq!(o.status.code(), Some(0), "a skipped run is not a failure");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another checkpoint into") && err.contains("is running"),
+        "{err}"
+    );
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    common::reap_orphaned_workers();
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert!(log.contains("skipped: another checkpoint"), "{log}");
+    assert_eq!(
+        periodic_images(&dir),
+        first,
+        "no image from the interrupted run"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("latest")).unwrap().to_str(),
+        Some(first[0].as_str())
+    );
+    let n = numbers(&out, 0).len();
+    wait_lines(&out, 0, n + 5);
+    ok(&ckpt(&line));
+    assert_eq!(periodic_images(&dir).len(), 2);
+    kill_and_reap(child.id() as i32);
+    let _ = child.wait();
+}
