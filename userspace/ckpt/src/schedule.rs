@@ -37,7 +37,9 @@ pub fn cron_fields(every: Duration) -> Result<String, ScheduleError> {
         1 => "* * * * *".into(),
         m if m < 60 && 60u64.is_multiple_of(m) => format!("*/{m} * * * *"),
         60 => "0 * * * *".into(),
-        m if m.is_multiple_of(60) && m < 1440 && 1440u64.is_multiple_of(m) => format!("0 */{} * * *", m / 60),
+        m if m.is_multiple_of(60) && m < 1440 && 1440u64.is_multiple_of(m) => {
+            format!("0 */{} * * *", m / 60)
+        }
         1440 => "0 0 * * *".into(),
         _ => return Err(refuse()),
     })
