@@ -161,6 +161,24 @@ impl Dir {
         (deleted, failed)
     }
 
+    /// Deletes what a run killed outright left: an image's temporary file (its writer's
+    /// pid is gone). Returns their names.
+    pub fn remove_abandoned(&self) -> Vec<String> {
+        let abandoned = |name: &str| {
+            let (image, pid) = name.strip_prefix('.')?.rsplit_once(".ckpt-tmp.")?;
+            let pid: i32 = pid.parse().ok()?;
+            (point_key(image).is_some() && !crate::list::alive(pid)).then_some(())
+        };
+        let Ok(entries) = fs::read_dir(&self.path) else {
+            return Vec::new();
+        };
+        entries
+            .flatten()
+            .filter_map(|e| e.file_name().into_string().ok())
+            .filter(|n| abandoned(n).is_some() && fs::remove_file(self.path.join(n)).is_ok())
+            .collect()
+    }
+
     /// Writes one line to the log.
     pub fn log(&self, line: &str) {
         log_line(&self.path, line);
@@ -330,6 +348,13 @@ pub fn run(
             return Err(e.into());
         }
     };
+    let abandoned = dir.remove_abandoned();
+    if !abandoned.is_empty() {
+        dir.log(&format!(
+            "removed what a killed run left: {}",
+            abandoned.join(",")
+        ));
+    }
     let points = dir.points()?;
     let parent = match opts.incremental {
         true => next_parent(dir.latest().as_deref(), opts.full_every, parent_of),

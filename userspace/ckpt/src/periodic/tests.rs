@@ -213,3 +213,31 @@ fn incremental_runs_chain_to_latest_and_restart_every_k() {
     assert_eq!(kinds, vec![false, true, true, false]);
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_temporary_image_of_a_dead_writer_is_removed_by_the_next_run() {
+    let dir = scratch("abandoned");
+    fs::create_dir_all(&dir).unwrap();
+    // pid 0x7fffffff does not exist; ours does, and an unrelated dot file is not ours.
+    let dead = ".ckpt-20261205T015900Z.img.ckpt-tmp.2147483647";
+    let live = format!(".ckpt-20261205T015901Z.img.ckpt-tmp.{}", std::process::id());
+    for n in [dead, live.as_str(), ".other.ckpt-tmp.2147483647"] {
+        fs::write(dir.join(n), b"partial").unwrap();
+    }
+    let opts = Options {
+        dir: dir.clone(),
+        keep: 1,
+        incremental: false,
+        full_every: 1,
+    };
+    run(&opts, &|_| Ok(None), fake_take).unwrap();
+    assert!(!dir.join(dead).exists());
+    assert!(dir.join(&live).exists(), "a live writer's file is its own");
+    assert!(dir.join(".other.ckpt-tmp.2147483647").exists());
+    let log = fs::read_to_string(dir.join(LOG)).unwrap();
+    assert!(
+        log.contains(&format!("removed what a killed run left: {dead}")),
+        "{log}"
+    );
+    let _ = fs::remove_dir_all(&dir);
+}
