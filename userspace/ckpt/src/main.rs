@@ -64,7 +64,8 @@ enum Command {
     },
     /// Recreate a process tree from an image. Prints the root's pid.
     Restore(RestoreArgs),
-    /// Show what an image holds (after verifying every checksum).
+    /// Show what an image holds (after verifying every checksum, of its parent images
+    /// too).
     Inspect {
         /// The image file.
         image: PathBuf,
@@ -125,6 +126,11 @@ struct CheckpointArgs {
     /// (/dev/log) is connected again by default.
     #[arg(long, value_enum, value_name = "KIND")]
     external: Vec<External>,
+    /// Incremental: store only the pages changed since this image, the last checkpoint of
+    /// the same process; the others stay in it (and its own parents), which the new image
+    /// names. Restoring it needs the whole chain.
+    #[arg(long, value_name = "IMAGE")]
+    parent: Option<PathBuf>,
 }
 
 /// What `--external` carries.
@@ -207,8 +213,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
         Command::Inspect { image, json } => {
-            let img = ckpt::manifest::Image::open(&image)?;
-            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&img))?;
+            let chain = ckpt::chain::Chain::open(&image)?;
+            let img = chain.image();
+            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
     }
     Ok(0)
@@ -259,6 +266,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         also: roots[1..].to_vec(),
         flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
         external_unix: a.external.contains(&External::Unix),
+        parent: a.parent.as_deref(),
     };
     let stats = ckpt::checkpoint::checkpoint(&opts)?;
     print_json_or(a.json, &stats, || {

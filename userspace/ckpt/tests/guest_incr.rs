@@ -1,0 +1,281 @@
+//! Incremental checkpoints (`ckpt checkpoint --parent`), in the guest (ignored natively).
+//!
+//! The target is tests/progs/dirtier.c: it changes about 1 % of its buffer per step when
+//! asked (through a command file) and reports a checksum of the whole buffer after each
+//! step and on request, so a restore from a chain can be checked byte for byte.
+
+mod common;
+use common::{ckpt, ok, wait_for, Dir, NEEDS_MODULE};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+
+fn setup() {
+    static ONCE: std::sync::Once = std::sync::Once::new();
+    ONCE.call_once(|| {
+        // Restored processes are children of `ckpt restore`: reaped here.
+        // SAFETY: plain prctl on ourselves.
+        assert_eq!(unsafe { libc::prctl(libc::PR_SET_CHILD_SUBREAPER, 1) }, 0);
+    });
+}
+
+/// A running dirtier with its command and output files.
+struct Dirtier {
+    child: Option<Child>,
+    pid: i32,
+    out: PathBuf,
+    cmd: PathBuf,
+    steps: u32,
+    checks: u32,
+}
+
+impl Dirtier {
+    fn start(d: &Dir, name: &str, mib: u32) -> Dirtier {
+        let (out, cmd) = (
+            d.path(&format!("{name}.out")),
+            d.path(&format!("{name}.cmd")),
+        );
+        let mut child = Command::new(common::prog("dirtier"))
+            .arg(&out)
+            .arg(&cmd)
+            .arg(mib.to_string())
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .spawn()
+            .unwrap();
+        let line = common::first_line(&mut child);
+        let pid = line.trim().strip_prefix("ready ").unwrap().parse().unwrap();
+        Dirtier {
+            child: Some(child),
+            pid,
+            out,
+            cmd,
+            steps: 0,
+            checks: 0,
+        }
+    }
+
+    fn ask(&self) {
+        let tmp = self.cmd.with_extension("tmp");
+        std::fs::write(&tmp, format!("{} {}\n", self.steps, self.checks)).unwrap();
+        std::fs::rename(&tmp, &self.cmd).unwrap();
+    }
+
+    /// The checksum reported on the line starting with `prefix`, once there.
+    fn line(&self, prefix: &str) -> String {
+        let mut found = None;
+        wait_for(&format!("dirtier line {prefix:?}"), 60, || {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            found = (text.lines()).find_map(|l| l.strip_prefix(prefix).map(str::to_owned));
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Does one more step; returns the checksum after it.
+    fn step(&mut self) -> String {
+        self.steps += 1;
+        self.ask();
+        self.line(&format!("step {} ", self.steps))
+    }
+
+    /// The checksum of the buffer now (the `n`-th check of this process's life, restores
+    /// included: the count is in its memory).
+    fn check(&mut self) -> String {
+        self.checks += 1;
+        self.ask();
+        let n = self.checks as usize;
+        let mut found = None;
+        wait_for("a check line", 60, || {
+            let text = std::fs::read_to_string(&self.out).unwrap_or_default();
+            let checks: Vec<&str> = text
+                .lines()
+                .filter_map(|l| l.strip_prefix("check "))
+                .collect();
+            found = checks.get(n - 1).map(|s| s.to_string());
+            found.is_some()
+        });
+        found.unwrap()
+    }
+
+    /// Reaps it once a checkpoint with --kill killed it.
+    fn killed(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            c.wait().unwrap();
+        }
+    }
+}
+
+impl Drop for Dirtier {
+    fn drop(&mut self) {
+        // SAFETY: signalling a process of the test.
+        unsafe { libc::kill(self.pid, libc::SIGKILL) };
+        if let Some(mut c) = self.child.take() {
+            let _ = c.wait();
+        }
+    }
+}
+
+/// `ckpt checkpoint PID -o IMG --json [--parent PARENT] EXTRA...`, which must succeed.
+fn checkpoint(pid: i32, img: &Path, parent: Option<&Path>, extra: &[&str]) -> serde_json::Value {
+    let mut args: Vec<&str> = extra.to_vec();
+    if let Some(p) = parent {
+        args.extend(["--parent", p.to_str().unwrap()]);
+    }
+    common::checkpoint_json(pid, img, &args)
+}
+
+fn size(p: &Path) -> u64 {
+    std::fs::metadata(p).unwrap().len()
+}
+
+/// A full image and five incremental ones, each changing 1 % of 16 MiB: each incremental
+/// image is a small fraction of the full one, and the restore of the last reads every page
+/// from the image of the chain that has it: the buffer's checksum is the one before the
+/// checkpoint. `ckpt inspect` shows the chain.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_chain_of_five_incremental_images_restores_the_last_state() {
+    let _ = NEEDS_MODULE;
+    setup();
+    let d = Dir::new("incr-chain");
+    let mut t = Dirtier::start(&d, "a", 16);
+    let imgs: Vec<PathBuf> = (0..6).map(|i| d.path(&format!("img{i}"))).collect();
+    let full = checkpoint(t.pid, &imgs[0], None, &[]);
+    assert_eq!(full["pages_in_parent"].as_u64(), Some(0));
+    let mut sum = String::new();
+    for i in 1..6 {
+        sum = t.step();
+        let kill: &[&str] = if i == 5 { &["--kill"] } else { &[] };
+        let s = checkpoint(t.pid, &imgs[i], Some(&imgs[i - 1]), kill);
+        // 16 MiB is 4096 pages, 7/8 of them stored in the full image; a step changes 41.
+        let (written, kept) = (
+            s["pages_written"].as_u64().unwrap(),
+            s["pages_in_parent"].as_u64().unwrap(),
+        );
+        assert!(
+            kept > 3000,
+            "image {i}: only {kept} pages taken from the chain"
+        );
+        assert!(written < 400, "image {i}: {written} pages written again");
+        assert!(
+            size(&imgs[i]) * 10 < size(&imgs[0]),
+            "image {i} is {} bytes, the full one {}",
+            size(&imgs[i]),
+            size(&imgs[0])
+        );
+    }
+    t.killed();
+    let text = ok(&ckpt(&["inspect", imgs[5].to_str().unwrap()]));
+    assert!(text.contains("chain:    6 images, newest first"), "{text}");
+    for img in &imgs {
+        assert!(
+            text.contains(img.to_str().unwrap()),
+            "{} not shown: {text}",
+            img.display()
+        );
+    }
+    let pid = common::restore_root(&imgs[5]);
+    assert_eq!(pid, t.pid);
+    // The restored buffer, read by the program itself.
+    assert_eq!(t.check(), sum, "the buffer after restoring the chain");
+    // And it goes on: another step changes the sum.
+    assert_ne!(t.step(), sum);
+}
+
+/// A parent image that is corrupted, missing or replaced makes restore and inspect fail,
+/// naming it; nothing is restored.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_bad_parent_fails_the_restore_naming_it() {
+    setup();
+    let d = Dir::new("incr-bad-parent");
+    let mut t = Dirtier::start(&d, "a", 4);
+    let (img0, img1, img2) = (d.path("img0"), d.path("img1"), d.path("img2"));
+    checkpoint(t.pid, &img0, None, &[]);
+    t.step();
+    checkpoint(t.pid, &img1, Some(&img0), &[]);
+    t.step();
+    checkpoint(t.pid, &img2, Some(&img1), &["--kill"]);
+    t.killed();
+    let good = std::fs::read(&img1).unwrap();
+    let fails = |what: &str, expect: &[&str]| {
+        for cmd in ["restore", "inspect"] {
+            let out = ckpt(&[cmd, img2.to_str().unwrap()]);
+            let err = String::from_utf8_lossy(&out.stderr);
+            assert!(
+                !out.status.success(),
+                "{cmd} with a {what} parent succeeded"
+            );
+            for e in expect {
+                assert!(err.contains(e), "{cmd}, {what} parent: {err}");
+            }
+        }
+        assert!(common::gone(t.pid), "restored with a {what} parent");
+    };
+    // A flipped byte in its pages.
+    let mut bad = good.clone();
+    bad[4096 + 100] ^= 0x40;
+    std::fs::write(&img1, &bad).unwrap();
+    fails("corrupted", &[img1.to_str().unwrap(), "corrupt"]);
+    // Gone.
+    std::fs::remove_file(&img1).unwrap();
+    fails(
+        "missing",
+        &["parent image", img1.to_str().unwrap(), "is missing"],
+    );
+    // Replaced by another image (the full one): its id is not the one img2 names.
+    std::fs::copy(&img0, &img1).unwrap();
+    fails(
+        "replaced",
+        &[img1.to_str().unwrap(), "does not match: its id is"],
+    );
+    // Back as it was: the chain restores.
+    std::fs::write(&img1, &good).unwrap();
+    assert_eq!(common::restore_root(&img2), t.pid);
+}
+
+/// `--parent` must be the last checkpoint of this very process: an image of another
+/// process, or an older image of this one (pages changed since it could show clean), is
+/// refused before anything is stopped.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_parent_of_another_process_or_not_the_last_is_refused() {
+    setup();
+    let d = Dir::new("incr-refused");
+    let mut a = Dirtier::start(&d, "a", 2);
+    let b = Dirtier::start(&d, "b", 2);
+    let (a0, a1, b1) = (d.path("a0"), d.path("a1"), d.path("b1"));
+    checkpoint(a.pid, &a0, None, &[]);
+    let refused = |pid: i32, parent: &Path, out: &Path, expect: &str| {
+        let pid_s = pid.to_string();
+        let args = [
+            "checkpoint",
+            &pid_s,
+            "-o",
+            out.to_str().unwrap(),
+            "--parent",
+            parent.to_str().unwrap(),
+        ];
+        let o = ckpt(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(
+            !o.status.success(),
+            "--parent {} for {pid} accepted",
+            parent.display()
+        );
+        assert!(
+            err.contains(expect) && err.contains(parent.to_str().unwrap()),
+            "{err}"
+        );
+        assert!(!out.exists(), "an image was written");
+    };
+    refused(b.pid, &a0, &b1, &format!("not of process {}", b.pid));
+    a.step();
+    checkpoint(a.pid, &a1, Some(&a0), &[]);
+    // a1 reset the tracking: a0 is no longer the last checkpoint.
+    refused(a.pid, &a0, &d.path("a2"), "is not the last checkpoint");
+    // The latest is accepted.
+    a.step();
+    let s = checkpoint(a.pid, &d.path("a2"), Some(&a1), &[]);
+    assert!(s["pages_in_parent"].as_u64().unwrap() > 0);
+}
