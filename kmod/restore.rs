@@ -145,9 +145,6 @@ fn image_sources(req: &CkptRestore) -> Result<KVVec<Source>> {
         )?;
         return Ok(out);
     }
-    if req.image_fd != -1 || req.image_count > CKPT_RESTORE_MAX_IMAGES {
-        return Err(EINVAL);
-    }
     let table = helpers::read_user_array::<CkptRestoreImage>(req.images, req.image_count)?;
     let mut first = 0usize;
     for img in table.iter() {
@@ -264,6 +261,8 @@ fn check_request(req: &CkptRestore) -> Result {
         || req.vma_count > CKPT_RESTORE_MAX_VMAS
         || req.run_count > CKPT_RESTORE_MAX_RUNS
         || req.cleanup_fd_count > 4096
+        || req.image_count > CKPT_RESTORE_MAX_IMAGES
+        || (req.image_count != 0 && req.image_fd != -1)
     {
         return Err(EINVAL);
     }
