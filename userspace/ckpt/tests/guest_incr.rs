@@ -274,6 +274,14 @@ fn a_parent_of_another_process_or_not_the_last_is_refused() {
     checkpoint(a.pid, &a1, Some(&a0), &[]);
     // a1 reset the tracking: a0 is no longer the last checkpoint.
     refused(a.pid, &a0, &d.path("a2"), "is not the last checkpoint");
+    // Written over its own parent: the chain would lose it.
+    let (a_s, a1_s) = (a.pid.to_string(), a1.to_str().unwrap());
+    let o = ckpt(&["checkpoint", &a_s, "-o", a1_s, "--parent", a1_s]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        !o.status.success() && err.contains("would replace it"),
+        "{err}"
+    );
     // The latest is accepted.
     a.step();
     let s = checkpoint(a.pid, &d.path("a2"), Some(&a1), &[]);

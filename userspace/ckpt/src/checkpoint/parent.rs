@@ -25,6 +25,16 @@ impl Base {
             path: parent.into(),
             why,
         };
+        let same = |a: &Path, b: &Path| {
+            std::fs::canonicalize(a)
+                .ok()
+                .is_some_and(|a| std::fs::canonicalize(b).ok() == Some(a))
+        };
+        if same(parent, output) {
+            return Err(refuse(
+                "the new image would replace it (give another -o)".into(),
+            ));
+        }
         let chain = Chain::open_manifests(parent).map_err(|e| refuse(e.to_string()))?;
         if chain.images.len() >= MAX_CHAIN {
             return Err(refuse(format!(
