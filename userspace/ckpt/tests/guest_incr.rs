@@ -341,3 +341,92 @@ fn a_checkpoint_failing_after_the_cut_retires_the_old_parent() {
     assert_eq!(common::restore_root(&b1), t.pid);
     assert_eq!(t.check(), sum);
 }
+
+/// The last "NAME N" count in DIR/NAME (the cowtree's processes write them).
+fn last_count(dir: &Path, name: &str) -> Option<u64> {
+    let text = std::fs::read_to_string(dir.join(name)).ok()?;
+    text.lines()
+        .rev()
+        .find_map(|l| l.strip_prefix(&format!("{name} "))?.parse().ok())
+}
+
+/// The physical frame of `addr` in process `pid` (root sees frames).
+fn frame(pid: i32, addr: u64) -> Option<u64> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(format!("/proc/{pid}/pagemap")).unwrap();
+    let mut entry = [0u8; 8];
+    f.read_exact_at(&mut entry, addr / 4096 * 8).unwrap();
+    let e = u64::from_ne_bytes(entry);
+    (e >> 63 == 1).then_some(e & ((1 << 55) - 1))
+}
+
+/// A tree whose processes share 32 MiB copy-on-write (tests/progs/cowtree.c): the
+/// incremental image takes every process's unchanged pages from the full one, and restored
+/// from the chain each process has its memory back and the pages shared again (the restorers
+/// put the memory in place from the image of the chain that holds it).
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_tree_sharing_memory_copy_on_write_comes_back_shared_from_a_chain() {
+    setup();
+    let d = Dir::new("incr-cowtree");
+    let (mut root, pid) = common::spawn_ready("cowtree", &[d.0.as_os_str()]);
+    let names = ["p", "c0", "c1", "c2"];
+    let counting = |more: &[u64]| {
+        names.iter().enumerate().all(|(i, n)| {
+            last_count(&d.0, n).is_some_and(|c| c > more.get(i).copied().unwrap_or(2))
+        })
+    };
+    wait_for("all count", 30, || counting(&[]));
+    let (base, inc) = (d.path("base.img"), d.path("inc.img"));
+    checkpoint(pid, &base, None, &[]);
+    let s = checkpoint(pid, &inc, Some(&base), &["--kill"]);
+    root.wait().unwrap();
+    let kept = s["pages_in_parent"].as_u64().unwrap();
+    assert!(kept >= 8192, "the 32 MiB taken from the full image: {s}");
+    assert!(
+        size(&inc) * 10 < size(&base),
+        "{} against {}",
+        size(&inc),
+        size(&base)
+    );
+    let image = ckpt::manifest::Image::open(&inc).unwrap();
+    let pids: Vec<i32> = image.manifest.processes.iter().map(|p| p.pid).collect();
+    // The children, killed, are reparented to us (a subreaper): reaped here.
+    common::wait_for("the tree is gone", 30, || {
+        pids.iter().all(|&p| {
+            // SAFETY: reaping a child of ours if it is one; nothing otherwise.
+            unsafe { libc::waitpid(p, std::ptr::null_mut(), libc::WNOHANG) };
+            common::gone(p)
+        })
+    });
+    let region = (image.manifest.processes[0].memory.vmas.iter())
+        .find(|v| v.end - v.start == 32 << 20)
+        .expect("the 32 MiB mapping")
+        .start;
+    assert_eq!(common::restore_root(&inc), pid);
+    let counts: Vec<u64> = names.iter().map(|n| last_count(&d.0, n).unwrap()).collect();
+    let later: Vec<u64> = counts.iter().map(|c| c + 3).collect();
+    wait_for("all count on", 30, || counting(&later));
+    for n in names {
+        let text = std::fs::read_to_string(d.path(n)).unwrap();
+        assert!(
+            !text.contains("bad"),
+            "{n}'s memory came back wrong: {text}"
+        );
+    }
+    for page in (3..8192).step_by(211) {
+        let addr = region + page * 4096;
+        let parents = frame(pid, addr).expect("present in the parent");
+        for &c in &pids[1..] {
+            assert_eq!(
+                frame(c, addr),
+                Some(parents),
+                "page {page} of {c} is shared"
+            );
+        }
+    }
+    for &p in &pids {
+        // SAFETY: signalling a process of the test.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+}
