@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod restore;
 
 // The image: the container and what it describes.
+pub mod chain;
 pub mod image;
 pub mod manifest;
 pub mod stats;
@@ -14,6 +15,7 @@ pub mod stats;
 pub mod attrs;
 pub mod cow;
 pub mod creds;
+pub mod dirty;
 pub mod fds;
 pub mod memory;
 pub mod netlock;

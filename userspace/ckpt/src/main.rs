@@ -67,7 +67,8 @@ enum Command {
     /// Print the crontab line (or with --systemd the service and timer units) that runs
     /// `ckpt checkpoint ... --dir DIR` at an interval; --install installs it.
     Schedule(ScheduleArgs),
-    /// Show what an image holds (after verifying every checksum).
+    /// Show what an image holds (after verifying every checksum, of its parent images
+    /// too).
     Inspect {
         /// The image file.
         image: PathBuf,
@@ -141,6 +142,19 @@ struct CheckpointArgs {
     /// (/dev/log) is connected again by default.
     #[arg(long, value_enum, value_name = "KIND")]
     external: Vec<External>,
+    /// Incremental: store only the pages changed since this image, the last checkpoint of
+    /// the same process; the others stay in it (and its own parents), which the new image
+    /// names. Restoring it needs the whole chain.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "dir")]
+    parent: Option<PathBuf>,
+    /// With --dir: chain each image to the previous one (--parent), storing only the pages
+    /// changed since; a full image when the chain is --full-every long, or when the previous
+    /// image cannot be the parent (the program was restored since, say).
+    #[arg(long, requires = "dir")]
+    incremental: bool,
+    /// With --incremental: a chain's most images, its full one included.
+    #[arg(long, requires = "incremental", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    full_every: u32,
 }
 
 /// What `--external` carries.
@@ -253,8 +267,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
         Command::Inspect { image, json } => {
-            let img = ckpt::manifest::Image::open(&image)?;
-            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&img))?;
+            let chain = ckpt::chain::Chain::open(&image)?;
+            let img = chain.image();
+            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
     }
     Ok(0)
@@ -293,7 +308,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         (None, None, Some(file)) => vec![read_pidfile(file)?],
         (None, None, None) => anyhow::bail!("give a process id, --app ID or --pidfile FILE"),
     };
-    let take = |output: &std::path::Path| {
+    let take = |output: &std::path::Path, parent: Option<&std::path::Path>| {
         let opts = ckpt::checkpoint::Options {
             pid: roots[0],
             output,
@@ -306,6 +321,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
             also: roots[1..].to_vec(),
             flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
             external_unix: a.external.contains(&External::Unix),
+            parent,
         };
         ckpt::checkpoint::checkpoint(&opts)
     };
@@ -315,16 +331,18 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         let opts = ckpt::periodic::Options {
             dir: dir.clone(),
             keep: a.keep as usize,
-            incremental: false,
-            full_every: 1,
+            incremental: a.incremental,
+            full_every: a.full_every as usize,
         };
-        let outcome = match ckpt::periodic::run(&opts, &|_| Ok(None), |out, _| Ok(take(out)?)) {
-            Err(e) if is_busy(&e) => {
-                eprintln!("ckpt: {e}");
-                return Ok(0);
-            }
-            r => r?,
-        };
+        let parent_of = |name: &str| ckpt::periodic::parent_in(dir, name);
+        let outcome =
+            match ckpt::periodic::run(&opts, &parent_of, |out, parent| Ok(take(out, parent)?)) {
+                Err(e) if is_busy(&e) => {
+                    eprintln!("ckpt: {e}");
+                    return Ok(0);
+                }
+                r => r?,
+            };
         print_json_or(a.json, &outcome, || {
             format!(
                 "checkpointed process {pid} to {}{killed}\n{}",
@@ -341,7 +359,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         .output
         .clone()
         .unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
-    let stats = take(&output)?;
+    let stats = take(&output, a.parent.as_deref())?;
     print_json_or(a.json, &stats, || {
         format!(
             "checkpointed process {pid} to {}{killed}\n{}",

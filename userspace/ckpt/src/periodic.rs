@@ -318,6 +318,34 @@ pub fn next_parent(latest: Option<&str>, full_every: usize, parent_of: ParentOf)
     }
 }
 
+/// The parent image `name` in `dir` names, by its name in `dir` (read from its manifest
+/// alone). A parent elsewhere is not one of the directory's points: reported as an error,
+/// so that retention deletes nothing on a guess.
+pub fn parent_in(dir: &Path, name: &str) -> Result<Option<String>, String> {
+    let path = dir.join(name);
+    let img = crate::manifest::Image::open_manifest(&path).map_err(|e| e.to_string())?;
+    let Some(parent) = &img.manifest.parent else {
+        return Ok(None);
+    };
+    let file = parent.resolve(&path);
+    match (file.parent(), file.file_name()) {
+        (Some(d), Some(n)) if d == dir => Ok(Some(n.to_string_lossy().into_owned())),
+        _ => Err(format!(
+            "{name}: its parent {} is outside {}",
+            file.display(),
+            dir.display()
+        )),
+    }
+}
+
+/// Whether `e` is a checkpoint refusing its parent (then a full image is taken instead).
+fn parent_refused(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<crate::errors::CheckpointError>(),
+        Some(crate::errors::CheckpointError::Parent { .. })
+    )
+}
+
 /// What a periodic run did.
 #[derive(Debug, serde::Serialize)]
 pub struct Outcome {
@@ -337,7 +365,7 @@ pub struct Outcome {
 pub fn run(
     opts: &Options,
     parent_of: ParentOf,
-    take: impl FnOnce(&Path, Option<&Path>) -> anyhow::Result<Stats>,
+    mut take: impl FnMut(&Path, Option<&Path>) -> anyhow::Result<Stats>,
 ) -> anyhow::Result<Outcome> {
     let dir = match Dir::lock(&opts.dir) {
         Ok(dir) => dir,
@@ -363,7 +391,17 @@ pub fn run(
     let name = dir.new_name(SystemTime::now(), &points);
     let image = dir.path.join(&name);
     let parent_path = parent.as_ref().map(|p| dir.path.join(p));
-    let stats = match take(&image, parent_path.as_deref()) {
+    let mut parent = parent;
+    let mut warnings = Vec::new();
+    let mut taken = take(&image, parent_path.as_deref());
+    if parent.is_some() && taken.as_ref().is_err_and(parent_refused) {
+        if let Err(e) = &taken {
+            warnings.push(format!("a full image instead: {e:#}"));
+        }
+        parent = None;
+        taken = take(&image, None);
+    }
+    let stats = match taken {
         Ok(stats) => stats,
         Err(e) => {
             dir.log(&format!("failed: {e:#}"));
@@ -371,7 +409,8 @@ pub fn run(
         }
     };
     dir.set_latest(&name)?;
-    let (delete, mut warnings) = retention(&dir.points()?, opts.keep, parent_of);
+    let (delete, kept_warnings) = retention(&dir.points()?, opts.keep, parent_of);
+    warnings.extend(kept_warnings);
     let (deleted, failed) = dir.delete(&delete);
     warnings.extend(failed);
     let outcome = Outcome {

@@ -244,7 +244,10 @@ mod tests {
             .map(String::from)
             .to_vec();
         let (service, timer) = systemd_units(Duration::from_secs(90), &argv, "job").unwrap();
-        assert!(service.contains("ExecStart=/usr/bin/ckpt checkpoint --dir /srv/50%%\n"));
+        assert!(
+            service.contains("ExecStart=/usr/bin/ckpt checkpoint --dir '/srv/50%%'\n"),
+            "{service}"
+        );
         assert!(timer.contains("OnUnitActiveSec=1m 30s\n"), "{timer}");
         let quoted = vec!["/usr/bin/ckpt".to_string(), "it's".to_string()];
         assert!(systemd_units(Duration::from_secs(60), &quoted, "job").is_err());

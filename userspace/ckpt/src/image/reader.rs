@@ -27,6 +27,17 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
     /// gaps, and the manifest's internal consistency.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, true)
+    }
+
+    /// Opens an image, verifying its header and manifest (checksum, consistency) but not
+    /// its sections' bytes: for reading what it describes (an incremental checkpoint's
+    /// parent), never for restoring from it.
+    pub fn open_manifest(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, false)
+    }
+
+    fn open_checking(path: &Path, sections: bool) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
@@ -92,7 +103,9 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             sections: envelope.sections,
             manifest: envelope.manifest,
         };
-        image.verify_sections(h.manifest_offset)?;
+        if sections {
+            image.verify_sections(h.manifest_offset)?;
+        }
         image
             .manifest
             .validate(&image.sections)

@@ -241,3 +241,49 @@ fn a_temporary_image_of_a_dead_writer_is_removed_by_the_next_run() {
     );
     let _ = fs::remove_dir_all(&dir);
 }
+
+#[test]
+fn a_parent_the_checkpoint_refuses_gives_a_full_image_with_a_warning() {
+    let dir = scratch("refused");
+    let opts = Options {
+        dir: dir.clone(),
+        keep: 3,
+        incremental: true,
+        full_every: 5,
+    };
+    let first = run(&opts, &|_| Ok(None), fake_take).unwrap();
+    let first_name = first
+        .image
+        .file_name()
+        .unwrap()
+        .to_string_lossy()
+        .into_owned();
+    std::thread::sleep(Duration::from_millis(5));
+    let mut given = Vec::new();
+    let o = run(&opts, &|_| Ok(None), |out, parent| {
+        given.push(parent.map(Path::to_path_buf));
+        if let Some(parent) = parent {
+            return Err(crate::errors::CheckpointError::Parent {
+                path: parent.into(),
+                why: "restored since".into(),
+            }
+            .into());
+        }
+        fake_take(out, parent)
+    })
+    .unwrap();
+    assert_eq!(given, vec![Some(dir.join(&first_name)), None]);
+    assert_eq!(o.parent, None);
+    assert!(
+        o.warnings[0].contains("a full image instead") && o.warnings[0].contains("restored since")
+    );
+    let log = fs::read_to_string(dir.join(LOG)).unwrap();
+    assert!(
+        log.lines().last().unwrap().contains(" full ") && log.contains("restored since"),
+        "{log}"
+    );
+    // Any other failure is the run's.
+    let err = run(&opts, &|_| Ok(None), |_, _| anyhow::bail!("disk full")).unwrap_err();
+    assert!(err.to_string().contains("disk full"));
+    let _ = fs::remove_dir_all(&dir);
+}

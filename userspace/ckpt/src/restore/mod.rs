@@ -18,6 +18,7 @@ mod restorer;
 mod supervise;
 mod trust;
 
+use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
 use crate::inject::Injector;
@@ -59,9 +60,13 @@ pub struct Restored {
 /// Restores the image at `path`. The restored root process (or the pid namespace's init) is
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
-    let img = Image::open(path)?;
-    trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
-    let xstates = read_xstates(&img)?;
+    // An incremental image's parents too: each verified, each the one its child names.
+    let chain = Chain::open(path)?;
+    for i in &chain.images {
+        trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
+    }
+    let img = chain.image();
+    let xstates = read_xstates(img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -72,7 +77,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         false => None,
     };
     let (mut restorers, report_in, go_out) =
-        prepare_restorers(&img, &dev, groups, opts, ns.as_ref())?;
+        prepare_restorers(&chain, &dev, groups, opts, ns.as_ref())?;
     // The TCP connections are made again: their peers' packets may come through.
     if let Some(table) = &img.manifest.netlock {
         lift_netlock(table);
@@ -168,12 +173,13 @@ fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
 /// Everything the restorers need, made before the first fork: the shared objects, each
 /// process's plan, the report and go pipes. Returns them with the pipes' ends ckpt keeps.
 fn prepare_restorers<'a>(
-    img: &'a Image,
+    chain: &'a Chain,
     dev: &'a crate::device::Device,
     groups: crate::groups::Plan,
     opts: &Options,
     ns: Option<&pidns::Namespace>,
 ) -> Result<(Restorers<'a>, OwnedFd, OwnedFd), RestoreError> {
+    let img = chain.image();
     let m = &img.manifest;
     if opts.ipcns {
         // Ours, and so every restored process's: SysV objects keep their ids there.
@@ -210,7 +216,7 @@ fn prepare_restorers<'a>(
         manifest: m,
         plans,
         cow: crate::cow::plan(m),
-        image: &img.file,
+        images: chain.images.iter().map(|i| &i.file).collect(),
         dev,
         report: report_out,
         go,
