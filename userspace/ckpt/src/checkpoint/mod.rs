@@ -56,6 +56,8 @@ pub struct Options<'a> {
     /// Carry UNIX stream and seqpacket sockets whose peer is outside the tree (reconnected
     /// on restore, or with their peer gone) instead of refusing them: `--external unix`.
     pub external_unix: bool,
+    /// Compress every section with zstd at this level (`--compress`).
+    pub compress: Option<i32>,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -90,6 +92,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         source,
     };
     let mut w = ImageWriter::create(opts.output).map_err(write_err)?;
+    if let Some(level) = opts.compress {
+        w.compress(level).map_err(write_err)?;
+    }
     let mut stats = Stats {
         interceptor: !prepared.is_empty(),
         stdio_flushed,

@@ -62,6 +62,9 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let img = Image::open(path)?;
     trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
     let xstates = read_xstates(&img)?;
+    // Compressed pages are decompressed here, before any process exists.
+    let view = img.pages_view()?;
+    let pages = view.as_ref().unwrap_or(&img.file);
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -72,7 +75,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         false => None,
     };
     let (mut restorers, report_in, go_out) =
-        prepare_restorers(&img, &dev, groups, opts, ns.as_ref())?;
+        prepare_restorers((&img, pages), &dev, groups, opts, ns.as_ref())?;
     // The TCP connections are made again: their peers' packets may come through.
     if let Some(table) = &img.manifest.netlock {
         lift_netlock(table);
@@ -167,8 +170,9 @@ fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
 
 /// Everything the restorers need, made before the first fork: the shared objects, each
 /// process's plan, the report and go pipes. Returns them with the pipes' ends ckpt keeps.
+/// `pages` is the file page runs point into (`Image::pages_view`).
 fn prepare_restorers<'a>(
-    img: &'a Image,
+    (img, pages): (&'a Image, &'a std::fs::File),
     dev: &'a crate::device::Device,
     groups: crate::groups::Plan,
     opts: &Options,
@@ -210,7 +214,7 @@ fn prepare_restorers<'a>(
         manifest: m,
         plans,
         cow: crate::cow::plan(m),
-        image: &img.file,
+        image: pages,
         dev,
         report: report_out,
         go,
@@ -370,7 +374,7 @@ fn make_shared(img: &Image, ipcns: bool) -> Result<fds::SharedFds, RestoreError>
         .map(|f| f.fd)
         .max();
     let read = |i| img.read_section(i).map_err(std::io::Error::other);
-    let whole = (&img.file, img.sections.as_slice());
+    let whole = img.data();
     let envs: Vec<fds::HolderEnv> = m
         .processes
         .iter()
