@@ -20,6 +20,7 @@ pub fn summary(img: &Image) -> String {
         "taken by: ckpt {} on {} {}",
         m.ckpt_version, m.arch, m.kernel_release
     );
+    compression_text(&mut out, &img.sections);
     tree_text(&mut out, &img.manifest);
     for p in &img.manifest.processes {
         let a = &p.attrs;
@@ -57,6 +58,23 @@ pub fn summary(img: &Image) -> String {
         out.push_str(&stats_text(&s));
     }
     out
+}
+
+/// How much the compressed sections hold, and in how many bytes.
+fn compression_text(out: &mut String, sections: &[crate::image::Section]) {
+    let (mut n, mut content, mut stored) = (0, 0u64, 0u64);
+    for s in sections {
+        if let Some(c) = &s.compressed {
+            (n, content, stored) = (n + 1, content + s.len, stored + c.len);
+        }
+    }
+    if n > 0 {
+        let _ = writeln!(
+            out,
+            "compressed: {n} sections (zstd), {content} bytes in {stored} ({:.1}x)",
+            content as f64 / stored.max(1) as f64
+        );
+    }
 }
 
 fn memory_text(out: &mut String, p: &crate::manifest::Process) {

@@ -477,6 +477,20 @@ fn frame(pid: i32, addr: u64) -> Option<u64> {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn copy_on_write_pages_are_stored_once_and_shared_again() {
+    copy_on_write_tree(&[]);
+}
+
+/// Compressed, where stored pages cannot be read back, the pages a child shares are checked
+/// to be the same by checksum instead.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn copy_on_write_pages_are_stored_once_and_shared_again_when_compressed() {
+    copy_on_write_tree(&["--compress"]);
+}
+
+/// The cowtree checkpointed with `extra` options and restored: each page stored once,
+/// shared again after the restore.
+fn copy_on_write_tree(extra: &[&str]) {
     let d = Dir::new("tree-cow");
     let (mut root, pid) = spawn_ready("cowtree", &[d.0.as_os_str()]);
     let names = ["p", "c0", "c1", "c2"];
@@ -486,8 +500,12 @@ fn copy_on_write_pages_are_stored_once_and_shared_again() {
             .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
     });
     let img = d.path("cow.img");
-    let (stats, image, all) = common::checkpoint_kill(&mut root, &img);
+    let (stats, image, all) = common::checkpoint_kill_with(pid, &img, extra, || {
+        root.wait().unwrap();
+    });
     assert_eq!(stats["processes"], 4, "{stats}");
+    let compressed = image.sections.iter().all(|s| s.compressed.is_some());
+    assert_eq!(compressed, extra.contains(&"--compress"));
     let region = image.manifest.processes[0]
         .memory
         .vmas

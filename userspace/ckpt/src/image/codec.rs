@@ -135,12 +135,12 @@ pub fn decode(
 ) -> Result<(), DecodeError> {
     let invalid = |e: io::Error| DecodeError::Invalid(e.to_string());
     let mut dec = zstd::stream::read::Decoder::new(src).map_err(invalid)?;
-    let mut buf = vec![0u8; (1usize << 20).min(raw_len as usize + 1)];
+    let mut buf = vec![0u8; raw_len.saturating_add(1).min(1 << 20) as usize];
     let mut sum = Xxh64::new(0);
     let mut got = 0u64;
     loop {
         // One byte more than is left, to see a frame longer than declared.
-        let want = (raw_len - got + 1).min(buf.len() as u64) as usize;
+        let want = (raw_len - got).saturating_add(1).min(buf.len() as u64) as usize;
         let n = match dec.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,

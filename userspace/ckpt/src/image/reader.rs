@@ -163,7 +163,7 @@ impl<M> Image<M> {
             if sum.digest() != xxh64 {
                 return Err(corrupt(
                     path,
-                    format!("section {i} ({:?}) checksum mismatch", s.kind),
+                    format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
             }
             self.decode_section(i, |_| Ok(()))?;
@@ -187,8 +187,10 @@ impl<M> Image<M> {
             return Err(corrupt(
                 &self.path,
                 format!(
-                    "section {i} ({:?}) declares {} bytes, more than {} compressed bytes can hold",
-                    s.kind, s.len, c.len
+                    "section {i} ({}) declares {} bytes, more than {} compressed bytes can hold",
+                    s.kind.name(),
+                    s.len,
+                    c.len
                 ),
             ));
         }
