@@ -771,3 +771,45 @@ pub fn attach_sysv(
     }
     Ok(())
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> CkptRange {
+        CkptRange { start, end }
+    }
+
+    fn pairs(chunks: &[Vec<CkptRange>]) -> Vec<Vec<(u64, u64)>> {
+        chunks
+            .iter()
+            .map(|c| c.iter().map(|r| (r.start, r.end)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn without_a_limit_ranges_are_one_piece() {
+        assert!(chunks(&[], None).is_empty());
+        let set = [r(0, 10 * PAGE), r(20 * PAGE, 100 * PAGE)];
+        assert_eq!(
+            pairs(&chunks(&set, None)),
+            vec![vec![(0, 10 * PAGE), (20 * PAGE, 100 * PAGE)]]
+        );
+    }
+
+    /// Pieces hold at most `limit` bytes, ranges are cut where a piece fills, and nothing is
+    /// lost or repeated.
+    #[test]
+    fn pieces_hold_at_most_the_limit() {
+        let p = PAGE;
+        let set = [r(0, 3 * p), r(10 * p, 15 * p), r(20 * p, 21 * p)];
+        assert_eq!(
+            pairs(&chunks(&set, Some(4 * p))),
+            vec![
+                vec![(0, 3 * p), (10 * p, 11 * p)],
+                vec![(11 * p, 15 * p)],
+                vec![(20 * p, 21 * p)],
+            ]
+        );
+    }
+}

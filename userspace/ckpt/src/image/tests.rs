@@ -325,3 +325,43 @@ fn garbage_under_a_matching_checksum_is_refused_naming_the_section() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// The module's path when compressing: pages written into the scratch memfd in pieces, each
+/// a compressed section whose content lands in the view where the returned offset says.
+#[test]
+fn external_pages_through_the_scratch_memfd() {
+    let d = tmpdir();
+    let p = d.join("img");
+    let mut w = ImageWriter::create(&p).unwrap();
+    assert_eq!(w.external_pages_limit(), None);
+    w.compress(1).unwrap();
+    assert!(w.external_pages_limit().is_some());
+    let pieces: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k + 1; 2 * PAGE as usize]).collect();
+    let mut at = Vec::new();
+    for piece in &pieces {
+        let (file, offset) = w.external_pages_target().unwrap();
+        // What the module does: write at the offset, report the XXH64.
+        file.write_all_at(piece, offset).unwrap();
+        let sum = xxhash_rust::xxh64::xxh64(piece, 0);
+        at.push(w.external_pages_written(piece.len() as u64, sum).unwrap());
+    }
+    // A checksum that is not the scratch's content is refused.
+    let (file, offset) = w.external_pages_target().unwrap();
+    file.write_all_at(&[9u8; PAGE as usize], offset).unwrap();
+    assert!(w.external_pages_written(PAGE, 1234).is_err());
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    w.finish(&TestManifest {
+        blob,
+        page_offset: at[0],
+    })
+    .unwrap();
+    let img = Image::<TestManifest>::open(&p).unwrap();
+    let view = img.pages_view().unwrap().unwrap();
+    for (piece, &offset) in pieces.iter().zip(&at) {
+        assert_eq!(offset % PAGE, 0);
+        let mut got = vec![0u8; piece.len()];
+        view.read_exact_at(&mut got, offset).unwrap();
+        assert_eq!(&got, piece);
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
