@@ -172,6 +172,18 @@ pub struct Stored {
     /// Compressing, where stored pages cannot be read back to compare: an XXH3-128 of each
     /// page stored, by its offset.
     sums: HashMap<u64, u128>,
+    /// The tree is one process: no page is shared with a later one, none needs a checksum.
+    lone: bool,
+}
+
+impl Stored {
+    /// For a tree of `processes` processes.
+    pub fn for_tree(processes: usize) -> Self {
+        Stored {
+            lone: processes < 2,
+            ..Stored::default()
+        }
+    }
 }
 
 /// What scanning a process's page table gathers.
@@ -274,9 +286,9 @@ pub fn dump_pages(
                     _ => checkpoint_io(pid, "dumping pages")(e),
                 })?;
             let sums = match limit {
-                Some(_) => page_sums(file, offset, (&r.runs, &frames))
+                Some(_) if !stored.lone => page_sums(file, offset, (&r.runs, &frames))
                     .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
-                None => Vec::new(),
+                _ => Vec::new(),
             };
             let start = w
                 .external_pages_written(r.bytes_written, r.xxh64)

@@ -221,7 +221,10 @@ fn dump_tree(
         .chain(tree.zombies.iter().map(|z| z.pid))
         .collect();
     let (sysv_sem, sysv_msg) = crate::sysv::dump(&pids, w).map_err(CheckpointError::Tree)?;
-    let mut late = LatePages::default();
+    let mut late = LatePages {
+        stored: memory::Stored::for_tree(tree.members.len()),
+        ..LatePages::default()
+    };
     let mut dump = Dump {
         dev,
         w: &mut *w,

@@ -71,11 +71,12 @@ impl<W: Write> Write for Hashing<W> {
 }
 
 /// Compresses the `raw_len` bytes `src` yields into `out` (one zstd frame at `level`, with
-/// several threads when large); returns the sizes and checksums. Fails if `src` yields
-/// another length.
+/// several threads when large); returns the sizes and checksums. The content's XXH64 is
+/// computed unless given (`raw_xxh64`: the module computed it while writing the pages).
+/// Fails if `src` yields another length.
 pub fn encode(
     mut src: impl Read,
-    raw_len: u64,
+    (raw_len, raw_xxh64): (u64, Option<u64>),
     level: i32,
     out: impl Write,
 ) -> io::Result<Encoded> {
@@ -98,7 +99,9 @@ pub fn encode(
     while done < raw_len {
         let n = ((raw_len - done) as usize).min(buf.len());
         src.read_exact(&mut buf[..n])?;
-        raw_sum.update(&buf[..n]);
+        if raw_xxh64.is_none() {
+            raw_sum.update(&buf[..n]);
+        }
         enc.write_all(&buf[..n])?;
         done += n as u64;
     }
@@ -106,7 +109,7 @@ pub fn encode(
     Ok(Encoded {
         len: sink.len,
         xxh64: sink.sum.digest(),
-        raw_xxh64: raw_sum.digest(),
+        raw_xxh64: raw_xxh64.unwrap_or_else(|| raw_sum.digest()),
     })
 }
 
@@ -201,7 +204,7 @@ mod tests {
 
     fn encoded(raw: &[u8]) -> (Vec<u8>, Encoded) {
         let mut out = Vec::new();
-        let e = encode(raw, raw.len() as u64, DEFAULT_LEVEL, &mut out).unwrap();
+        let e = encode(raw, (raw.len() as u64, None), DEFAULT_LEVEL, &mut out).unwrap();
         (out, e)
     }
 
@@ -303,6 +306,13 @@ mod tests {
     #[test]
     fn encode_refuses_a_source_shorter_than_declared() {
         let mut out = Vec::new();
-        assert!(encode(&[1u8; 10][..], 20, DEFAULT_LEVEL, &mut out).is_err());
+        assert!(encode(&[1u8; 10][..], (20, None), DEFAULT_LEVEL, &mut out).is_err());
+    }
+
+    #[test]
+    fn a_given_content_checksum_is_recorded_as_it_is() {
+        let mut out = Vec::new();
+        let e = encode(&[1u8; 10][..], (10, Some(77)), DEFAULT_LEVEL, &mut out).unwrap();
+        assert_eq!(e.raw_xxh64, 77);
     }
 }

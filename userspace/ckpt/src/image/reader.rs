@@ -29,8 +29,20 @@ pub struct Image<M> {
 
 impl<M: DeserializeOwned + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
-    /// gaps, and the manifest's internal consistency.
+    /// gaps, and the manifest's internal consistency; compressed sections are decompressed
+    /// (streamed) to check their content too.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, true)
+    }
+
+    /// [`Image::open`], except that compressed pages sections are checked where the file
+    /// holds them only: [`Image::pages_view`] checks their content as it decompresses them.
+    /// For a restore, which needs that view before it acts: the pages are decompressed once.
+    pub fn open_pages_later(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, false)
+    }
+
+    fn open_checking(path: &Path, page_content: bool) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
@@ -96,7 +108,7 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             sections: envelope.sections,
             manifest: envelope.manifest,
         };
-        image.verify_sections(h.manifest_offset)?;
+        image.verify_sections(h.manifest_offset, page_content)?;
         image
             .manifest
             .validate(&image.sections)
@@ -108,8 +120,9 @@ impl<M: DeserializeOwned + Validate> Image<M> {
 impl<M> Image<M> {
     /// Sections lie between the header and the manifest, in order, without overlap; their
     /// checksums match; every byte between them is zero. Compressed sections decompress to
-    /// their content (checked as it streams by, never held whole).
-    fn verify_sections(&self, data_end: u64) -> Result<(), ImageError> {
+    /// their content (checked as it streams by, never held whole), pages sections only if
+    /// `page_content`.
+    fn verify_sections(&self, data_end: u64, page_content: bool) -> Result<(), ImageError> {
         let path = &self.path;
         let io_err = |source| ImageError::Io {
             path: path.clone(),
@@ -166,7 +179,9 @@ impl<M> Image<M> {
                     format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
             }
-            self.decode_section(i, |_| Ok(()))?;
+            if page_content || s.kind != PAGES {
+                self.decode_section(i, |_| Ok(()))?;
+            }
             pos = end;
         }
         check_zero(pos, data_end, &self.file)

@@ -345,10 +345,6 @@ fn external_pages_through_the_scratch_memfd() {
         let sum = xxhash_rust::xxh64::xxh64(piece, 0);
         at.push(w.external_pages_written(piece.len() as u64, sum).unwrap());
     }
-    // A checksum that is not the scratch's content is refused.
-    let (file, offset) = w.external_pages_target().unwrap();
-    file.write_all_at(&[9u8; PAGE as usize], offset).unwrap();
-    assert!(w.external_pages_written(PAGE, 1234).is_err());
     let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
     w.finish(&TestManifest {
         blob,
@@ -363,5 +359,27 @@ fn external_pages_through_the_scratch_memfd() {
         view.read_exact_at(&mut got, offset).unwrap();
         assert_eq!(&got, piece);
     }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// For a restore, pages are decompressed once, into the view: their content is checked
+/// there, still before anything is made; `open` checks it at once.
+#[test]
+fn page_content_is_checked_by_open_or_else_by_the_view() {
+    let d = tmpdir();
+    let p = d.join("img");
+    sample_image_at(&p, Some(codec::DEFAULT_LEVEL));
+    rewrite_manifest(&p, |j| {
+        let sum = j["sections"][0]["xxh64"].as_u64().unwrap();
+        j["sections"][0]["xxh64"] = (sum ^ 1).into();
+    });
+    let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
+    assert!(err.contains("compressed section 0 (pages)"), "{err}");
+    let img = Image::<TestManifest>::open_pages_later(&p).unwrap();
+    let err = img.pages_view().unwrap_err().to_string();
+    assert!(
+        err.contains("compressed section 0 (pages)") && err.contains("checksum"),
+        "{err}"
+    );
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -101,7 +101,7 @@ impl ImageWriter {
     pub fn append_pages(&mut self, data: &[u8]) -> io::Result<u64> {
         assert_eq!(data.len() as u64 % PAGE, 0, "page data must be whole pages");
         if self.compressing.is_some() {
-            let i = self.add_compressed(PAGES, data, data.len() as u64)?;
+            let i = self.add_compressed(PAGES, data, (data.len() as u64, None))?;
             return Ok(self.sections[i].offset);
         }
         if self.open_pages.is_none() {
@@ -182,12 +182,8 @@ impl ImageWriter {
                 return Ok(c.view_end.next_multiple_of(PAGE));
             }
             let scratch = c.scratch.try_clone()?;
-            let i = self.add_compressed(PAGES, FileRange::new(&scratch, 0, len), len)?;
-            if self.sections[i].xxh64 != xxh64 {
-                return Err(io::Error::other(
-                    "the pages changed in the scratch memfd before they were compressed",
-                ));
-            }
+            let src = FileRange::new(&scratch, 0, len);
+            let i = self.add_compressed(PAGES, src, (len, Some(xxh64)))?;
             return Ok(self.sections[i].offset);
         }
         let offset = self.pos;
@@ -206,13 +202,13 @@ impl ImageWriter {
         Ok(offset)
     }
 
-    /// Compresses the `len` bytes of `src` into a new section of `kind` at the end of the file
-    /// (compressing); returns its index.
+    /// Compresses the `len` bytes of `src` (whose XXH64 is `xxh64` if known) into a new
+    /// section of `kind` at the end of the file (compressing); returns its index.
     fn add_compressed(
         &mut self,
         kind: SectionKind,
         src: impl io::Read,
-        len: u64,
+        (len, xxh64): (u64, Option<u64>),
     ) -> io::Result<usize> {
         let c = self
             .compressing
@@ -225,7 +221,7 @@ impl ImageWriter {
         let level = c.level;
         c.view_end = offset + len;
         let at = self.pos;
-        let e = codec::encode(src, len, level, &mut self.file)?;
+        let e = codec::encode(src, (len, xxh64), level, &mut self.file)?;
         self.pos += e.len;
         self.sections.push(Section {
             kind,
@@ -252,7 +248,7 @@ impl ImageWriter {
     ) -> io::Result<usize> {
         self.open_pages = None;
         if self.compressing.is_some() {
-            return self.add_compressed(kind, FileRange::new(from, start, len), len);
+            return self.add_compressed(kind, FileRange::new(from, start, len), (len, None));
         }
         let offset = self.pos;
         let mut sum = Xxh64::new(0);
@@ -279,7 +275,7 @@ impl ImageWriter {
     pub fn add_blob(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<usize> {
         self.open_pages = None;
         if self.compressing.is_some() {
-            return self.add_compressed(kind, data, data.len() as u64);
+            return self.add_compressed(kind, data, (data.len() as u64, None));
         }
         let offset = self.pos;
         self.write_all(data)?;

@@ -59,7 +59,8 @@ pub struct Restored {
 /// Restores the image at `path`. The restored root process (or the pid namespace's init) is
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
-    let img = Image::open(path)?;
+    // Compressed pages are checked as `pages_view` decompresses them, below.
+    let img = Image::open_pages_later(path)?;
     trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
     let xstates = read_xstates(&img)?;
     // Compressed pages are decompressed here, before any process exists.
