@@ -14,9 +14,10 @@
 # costs; 0 skips either).
 # Then --compress: COMPRESS MiB (default 256; 0 skips) of compressible memory (a repeated
 # text) and of incompressible memory (random bytes), taken with --kill plain and compressed,
-# against CRIU's dump and CRIU's dump followed by zstd of its image directory.
+# against CRIU's dump and CRIU's dump followed by zstd of its image directory (--compress-level
+# L: ckpt's and zstd's level, default 3).
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
-#                  [--maps N] [--compress MIB] [--reps N]
+#                  [--maps N] [--compress MIB] [--compress-level L] [--reps N]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -24,7 +25,8 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 compress=${10} criu=${11:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 criu=${11:-}
+  compress=${10%:*} level=${10#*:}
   tree_prog=$(dirname "$prog")/shmtree
   threads_prog=$(dirname "$prog")/manythreads maps_prog=$(dirname "$prog")/manymaps
   insmod "$ko"
@@ -213,7 +215,7 @@ if [[ "${1:-}" == --in-guest ]]; then
     wait "$pid" 2>/dev/null || true
     gone
     rm -f /tmp/criu/*.log
-    tar -C /tmp/criu -cf - . | zstd -q -3 -T0 -o /tmp/criu.tar.zst; t2=$(now)
+    tar -C /tmp/criu -cf - . | zstd -q -"$level" -T0 -o /tmp/criu.tar.zst; t2=$(now)
     cd_+=("$(( (t1 - t0) / 1000 ))"); cs+=("$(du -sb /tmp/criu | cut -f1)")
     zd+=("$(( (t2 - t0) / 1000 ))"); zs+=("$(stat -c %s /tmp/criu.tar.zst)")
     rm -rf /tmp/criu /tmp/criu.tar.zst
@@ -223,11 +225,11 @@ if [[ "${1:-}" == --in-guest ]]; then
   size_of() { numfmt --to=iec-i --suffix=B "$1"; }
   compress_bench() {
     local fill mode flags cline zline
-    printf '\n%-13s | %-31s | %-31s | %-18s | %s\n' "$compress MiB" "ckpt: dump/restore ms MiB/s img" "--compress: same" "criu: dump ms, img" "criu + zstd -3: ms, img"
+    printf '\n%-13s | %-31s | %-31s | %-18s | %s\n' "$compress MiB" "ckpt: dump/restore ms MiB/s img" "--compress=$level: same" "criu: dump ms, img" "criu + zstd -$level: ms, img"
     for fill in pattern random; do
       local -A L
       for mode in plain compress; do
-        flags=""; [[ $mode == compress ]] && flags=--compress
+        flags=""; [[ $mode == compress ]] && flags=--compress=$level
         xd=(); xr=(); xs=()
         export COUNTER_FILL=$fill
         for _ in $(seq "$reps"); do compress_once "$flags"; done
@@ -285,7 +287,7 @@ if [[ "${1:-}" == --in-guest ]]; then
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 compress=256
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 compress=256 level=3
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -296,7 +298,8 @@ while (($#)); do
     --threads) threads=$2; shift 2 ;;
     --maps) maps=$2; shift 2 ;;
     --compress) compress=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--compress MIB] [--reps N]" >&2; exit 2 ;;
+    --compress-level) level=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--compress MIB] [--compress-level L] [--reps N]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -308,4 +311,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem 6144 --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$compress" "$criu"
+"$here/guest.sh" --mem 6144 --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$compress:$level" "$criu"
