@@ -1137,6 +1137,19 @@ fn sigsuspend_returns_to_the_programs_own_mask() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn pipes_socket_pairs_eventfd_signalfd_timerfd_and_deleted_files() {
+    fd_kinds(&[]);
+}
+
+/// The same from a compressed image: the bytes in pipes, sockets and a deleted file are
+/// compressed sections.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn pipes_socket_pairs_and_deleted_files_from_a_compressed_image() {
+    fd_kinds(&["--compress"]);
+}
+
+/// fdkinds checkpointed with `extra` options, inspected and restored.
+fn fd_kinds(extra: &[&str]) {
     let (_m, d, out, img) = begin("fdkinds", false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
@@ -1148,16 +1161,17 @@ fn pipes_socket_pairs_eventfd_signalfd_timerfd_and_deleted_files() {
     let line = common::first_line(&mut child);
     assert_eq!(line, "ready\n");
     let pid = child.id().to_string();
-    let info = ok(&ckpt(&[
-        "checkpoint",
-        &pid,
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
+    let mut args = vec!["checkpoint", &pid, "-o", img.to_str().unwrap(), "--kill"];
+    args.extend_from_slice(extra);
+    let info = ok(&ckpt(&args));
     assert!(info.contains("checkpointed"));
     child.wait().unwrap();
     let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert_eq!(
+        summary.contains("compressed: "),
+        extra.contains(&"--compress"),
+        "{summary}"
+    );
     assert!(
         summary.contains("13 bytes unread")
             && summary.contains("(deleted; 21 bytes saved, pos 8)")
