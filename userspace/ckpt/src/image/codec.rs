@@ -18,6 +18,9 @@ use xxhash_rust::xxh64::Xxh64;
 #[serde(rename_all = "snake_case")]
 pub enum Codec {
     Zstd,
+    /// Kept as it is: a sample showed zstd would not shrink it (random or already compressed
+    /// memory), and trying costs more than the pages' copy.
+    None,
 }
 
 /// Where a compressed section's bytes are in the file, and their XXH64.
@@ -128,23 +131,64 @@ pub enum DecodeError {
     Io(String),
 }
 
-/// Decompresses `src` (one section's compressed bytes), handing the content to `sink` in
-/// pieces of at most 1 MiB: exactly `raw_len` bytes whose XXH64 is `raw_xxh64`, or an error
-/// (nothing beyond `raw_len` is produced).
+/// The share of a sample zstd must save for a section to be compressed: less, it is kept as
+/// it is ([`Codec::None`]).
+const WORTH: f64 = 0.05;
+/// The sample: this many pieces of [`SAMPLE_PIECE`] bytes, spread evenly over the content
+/// (many small ones, so that a few odd pages, such as a heap's first, do not decide for a
+/// section of random bytes).
+const SAMPLE_PIECES: u64 = 64;
+const SAMPLE_PIECE: u64 = 4 << 10;
+
+/// Whether compressing the `len` bytes at `offset` of `file` looks worth it, from a sample
+/// compressed at zstd's fastest level.
+pub fn worth_compressing(file: &File, (offset, len): (u64, u64)) -> io::Result<bool> {
+    let piece = SAMPLE_PIECE.min(len / SAMPLE_PIECES);
+    if piece == 0 {
+        return Ok(true);
+    }
+    let mut sample = vec![0u8; (piece * SAMPLE_PIECES) as usize];
+    for (k, chunk) in sample.chunks_mut(piece as usize).enumerate() {
+        file.read_exact_at(chunk, offset + k as u64 * (len / SAMPLE_PIECES))?;
+    }
+    let packed = zstd::bulk::compress(&sample, 1)?;
+    Ok((packed.len() as f64) < sample.len() as f64 * (1.0 - WORTH))
+}
+
+/// Hands the content of a section stored as `codec` made it (`src`) to `sink` in pieces of
+/// at most 1 MiB: exactly `raw_len` bytes whose XXH64 is `raw_xxh64`, or an error (nothing
+/// beyond `raw_len` is produced).
 pub fn decode(
+    codec: Codec,
     src: impl Read,
+    sums: (u64, u64),
+    sink: impl FnMut(&[u8]) -> io::Result<()>,
+) -> Result<(), DecodeError> {
+    match codec {
+        Codec::None => copy_checked(src, sums, sink),
+        Codec::Zstd => {
+            let invalid = |e: io::Error| DecodeError::Invalid(e.to_string());
+            let dec = zstd::stream::read::Decoder::new(src).map_err(invalid)?;
+            copy_checked(dec, sums, sink)
+        }
+    }
+}
+
+/// Copies what `src` yields to `sink`, checking it is `raw_len` bytes whose XXH64 is
+/// `raw_xxh64`.
+fn copy_checked(
+    mut src: impl Read,
     (raw_len, raw_xxh64): (u64, u64),
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(), DecodeError> {
     let invalid = |e: io::Error| DecodeError::Invalid(e.to_string());
-    let mut dec = zstd::stream::read::Decoder::new(src).map_err(invalid)?;
     let mut buf = vec![0u8; raw_len.saturating_add(1).min(1 << 20) as usize];
     let mut sum = Xxh64::new(0);
     let mut got = 0u64;
     loop {
         // One byte more than is left, to see a frame longer than declared.
         let want = (raw_len - got).saturating_add(1).min(buf.len() as u64) as usize;
-        let n = match dec.read(&mut buf[..want]) {
+        let n = match src.read(&mut buf[..want]) {
             Ok(0) => break,
             Ok(n) => n,
             Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
@@ -210,7 +254,7 @@ mod tests {
 
     fn decoded(z: &[u8], raw_len: u64, raw_xxh64: u64) -> Result<Vec<u8>, DecodeError> {
         let mut got = Vec::new();
-        decode(z, (raw_len, raw_xxh64), |b| {
+        decode(Codec::Zstd, z, (raw_len, raw_xxh64), |b| {
             got.extend_from_slice(b);
             Ok(())
         })?;
@@ -278,7 +322,7 @@ mod tests {
         let raw = pattern(3 << 20);
         let (z, e) = encoded(&raw);
         let mut produced = 0u64;
-        let err = decode(&z[..], (1 << 20, e.raw_xxh64), |b| {
+        let err = decode(Codec::Zstd, &z[..], (1 << 20, e.raw_xxh64), |b| {
             produced += b.len() as u64;
             Ok(())
         })
@@ -314,5 +358,55 @@ mod tests {
         let mut out = Vec::new();
         let e = encode(&[1u8; 10][..], (10, Some(77)), DEFAULT_LEVEL, &mut out).unwrap();
         assert_eq!(e.raw_xxh64, 77);
+    }
+}
+
+#[cfg(test)]
+mod sample_tests {
+    use super::*;
+    use std::os::unix::fs::FileExt;
+
+    fn memfd_with(data: &[u8]) -> File {
+        let fd =
+            nix::sys::memfd::memfd_create(c"t", nix::sys::memfd::MFdFlags::MFD_CLOEXEC).unwrap();
+        let f = File::from(fd);
+        f.write_all_at(data, 0).unwrap();
+        f
+    }
+
+    #[test]
+    fn random_bytes_are_not_worth_compressing_a_pattern_is() {
+        let random: Vec<u8> = (0..4 << 20).map(|_| fastrand::u8(..)).collect();
+        let f = memfd_with(&random);
+        assert!(!worth_compressing(&f, (0, random.len() as u64)).unwrap());
+        // Random but for its first 64 KiB (a heap's start, say): still not worth it.
+        let mut mostly = random.clone();
+        mostly[..64 << 10].fill(0);
+        let f = memfd_with(&mostly);
+        assert!(!worth_compressing(&f, (0, mostly.len() as u64)).unwrap());
+        let pattern: Vec<u8> = b"abc".iter().copied().cycle().take(4 << 20).collect();
+        let f = memfd_with(&pattern);
+        assert!(worth_compressing(&f, (0, pattern.len() as u64)).unwrap());
+        // Too small to sample: compressed.
+        assert!(worth_compressing(&f, (0, 3)).unwrap());
+    }
+
+    #[test]
+    fn stored_content_is_checked_like_decompressed_content() {
+        let data = vec![5u8; 3000];
+        let sum = xxhash_rust::xxh64::xxh64(&data, 0);
+        let mut got = Vec::new();
+        decode(Codec::None, &data[..], (3000, sum), |b| {
+            got.extend_from_slice(b);
+            Ok(())
+        })
+        .unwrap();
+        assert_eq!(got, data);
+        let short = decode(Codec::None, &data[..2000], (3000, sum), |_| Ok(()));
+        assert!(matches!(short, Err(DecodeError::Short { got: 2000, .. })));
+        let long = decode(Codec::None, &data[..], (2000, sum), |_| Ok(()));
+        assert_eq!(long, Err(DecodeError::Long { declared: 2000 }));
+        let wrong = decode(Codec::None, &data[..], (3000, sum ^ 1), |_| Ok(()));
+        assert_eq!(wrong, Err(DecodeError::Checksum));
     }
 }

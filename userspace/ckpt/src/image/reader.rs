@@ -1,6 +1,6 @@
 //! Reading an image: [`Image::open`] verifies every byte before returning it.
 
-use super::codec::{self, FileRange, MAX_RATIO};
+use super::codec::{self, Codec, FileRange, MAX_RATIO};
 use super::header::{Header, HEADER_LEN};
 use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
@@ -198,6 +198,12 @@ impl<M> Image<M> {
                 format!("section {i} is not compressed but others are"),
             )
         })?;
+        if c.codec == Codec::None && c.len != s.len {
+            return Err(corrupt(
+                &self.path,
+                format!("section {i} is stored as it is but its lengths differ"),
+            ));
+        }
         if c.len.saturating_mul(MAX_RATIO) < s.len {
             return Err(corrupt(
                 &self.path,
@@ -354,7 +360,7 @@ impl SectionData<'_> {
         };
         let src =
             std::io::BufReader::with_capacity(1 << 16, FileRange::new(self.file, c.offset, c.len));
-        codec::decode(src, (s.len, s.xxh64), sink).map_err(|e| {
+        codec::decode(c.codec, src, (s.len, s.xxh64), sink).map_err(|e| {
             corrupt(
                 self.path,
                 format!("compressed section {index} ({}): {e}", s.kind.name()),

@@ -336,7 +336,9 @@ fn external_pages_through_the_scratch_memfd() {
     assert_eq!(w.external_pages_limit(), None);
     w.compress(1).unwrap();
     assert!(w.external_pages_limit().is_some());
-    let pieces: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k + 1; 2 * PAGE as usize]).collect();
+    let mut pieces: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k + 1; 2 * PAGE as usize]).collect();
+    // Random pages: zstd would not shrink them, they are kept as they are.
+    pieces.push((0..8 * PAGE).map(|_| fastrand::u8(..)).collect());
     let mut at = Vec::new();
     for piece in &pieces {
         let (file, offset) = w.external_pages_target().unwrap();
@@ -352,6 +354,16 @@ fn external_pages_through_the_scratch_memfd() {
     })
     .unwrap();
     let img = Image::<TestManifest>::open(&p).unwrap();
+    let codecs: Vec<Codec> = img.sections[..4]
+        .iter()
+        .map(|s| s.compressed.unwrap().codec)
+        .collect();
+    assert_eq!(codecs, [Codec::Zstd, Codec::Zstd, Codec::Zstd, Codec::None]);
+    let stored = img.sections[3].compressed.unwrap();
+    assert_eq!(
+        (stored.len, stored.xxh64),
+        (8 * PAGE, img.sections[3].xxh64)
+    );
     let view = img.pages_view().unwrap().unwrap();
     for (piece, &offset) in pieces.iter().zip(&at) {
         assert_eq!(offset % PAGE, 0);

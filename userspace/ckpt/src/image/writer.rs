@@ -182,8 +182,13 @@ impl ImageWriter {
                 return Ok(c.view_end.next_multiple_of(PAGE));
             }
             let scratch = c.scratch.try_clone()?;
-            let src = FileRange::new(&scratch, 0, len);
-            let i = self.add_compressed(PAGES, src, (len, Some(xxh64)))?;
+            let i = match codec::worth_compressing(&scratch, (0, len))? {
+                true => {
+                    let src = FileRange::new(&scratch, 0, len);
+                    self.add_compressed(PAGES, src, (len, Some(xxh64)))?
+                }
+                false => self.add_stored_pages(&scratch, (len, xxh64))?,
+            };
             return Ok(self.sections[i].offset);
         }
         let offset = self.pos;
@@ -200,6 +205,42 @@ impl ImageWriter {
         self.pos += len;
         self.file.seek(SeekFrom::Start(self.pos))?;
         Ok(offset)
+    }
+
+    /// Copies the `len` bytes of pages at the start of `scratch`, whose XXH64 is `xxh64`, into
+    /// a new pages section kept as it is (compressing, for content zstd would not shrink);
+    /// returns its index. The kernel copies (sendfile, which unlike copy_file_range crosses
+    /// filesystems everywhere): nothing is read here.
+    fn add_stored_pages(&mut self, scratch: &File, (len, xxh64): (u64, u64)) -> io::Result<usize> {
+        let c = self
+            .compressing
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not compressing"))?;
+        let offset = c.view_end.next_multiple_of(PAGE);
+        c.view_end = offset + len;
+        let at = self.pos;
+        let mut from: libc::off_t = 0;
+        while (from as u64) < len {
+            let left = (len - from as u64).min(1 << 30) as usize;
+            let n = nix::sys::sendfile::sendfile(&self.file, scratch, Some(&mut from), left)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        self.pos += len;
+        self.sections.push(Section {
+            kind: PAGES,
+            offset,
+            len,
+            xxh64,
+            compressed: Some(Compressed {
+                codec: Codec::None,
+                offset: at,
+                len,
+                xxh64,
+            }),
+        });
+        Ok(self.sections.len() - 1)
     }
 
     /// Compresses the `len` bytes of `src` (whose XXH64 is `xxh64` if known) into a new
