@@ -1,10 +1,11 @@
 //! Writing an image: sections appended (or written by the kernel module straight into the
 //! file), then the manifest and the header, under a temporary name until it is durable.
 //!
-//! Compressing ([`ImageWriter::compress`]), every section is one zstd frame. The module's
-//! pages go to a scratch memfd first, in pieces of at most [`COMPRESSED_PAGES_CHUNK`], each
-//! streamed from there into a section of its own; the content of each section gets a place
-//! in the image's uncompressed view (`Section::offset`), which is what page runs point at.
+//! Compressing ([`ImageWriter::compress`]), every section is one zstd frame, except pages
+//! zstd would not shrink, kept as they are. The module's pages go to a scratch memfd first,
+//! in pieces of at most [`COMPRESSED_PAGES_CHUNK`], each streamed from there into a section
+//! of its own; the content of each section gets a place in the image's uncompressed view
+//! (`Section::offset`), which is what page runs point at.
 
 use super::codec::{self, Codec, Compressed, FileRange};
 use super::header::Header;
@@ -42,6 +43,7 @@ pub struct ImageWriter {
     sections: Vec<Section>,
     /// The pages section being appended to: (index in `sections`, running checksum).
     open_pages: Option<(usize, Box<Xxh64>)>,
+    /// Set by [`ImageWriter::compress`].
     compressing: Option<Compressing>,
     done: bool,
 }
