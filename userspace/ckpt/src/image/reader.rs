@@ -236,7 +236,7 @@ impl<M> Image<M> {
     }
 
     /// Hands the content of compressed section `index` to `sink` as it decompresses (nothing
-    /// for a section stored as it is).
+    /// for a plain section, which has no `compressed` record).
     fn decode_section(
         &self,
         index: usize,
@@ -348,7 +348,7 @@ impl SectionData<'_> {
     }
 
     /// Hands the content of compressed section `index` to `sink` as it decompresses (nothing
-    /// for a section stored as it is). Errors name the section.
+    /// for a plain section, which has no `compressed` record). Errors name the section.
     fn decode(
         &self,
         index: usize,
