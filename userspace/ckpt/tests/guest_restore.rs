@@ -645,7 +645,11 @@ fn corrupt_or_foreign_images_are_refused_before_any_process_exists() {
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
         err.contains("format version 99")
-            && err.contains(&format!("version {}", ckpt::image::FORMAT_VERSION)),
+            && err.contains(&format!(
+                "versions {} to {}",
+                ckpt::image::MIN_FORMAT_VERSION,
+                ckpt::image::FORMAT_VERSION
+            )),
         "{err}"
     );
 }
