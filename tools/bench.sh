@@ -15,8 +15,13 @@
 # Then an incremental checkpoint of a live INCR MiB process (default 256; 0 skips it) after
 # 1 % of its pages changed since a full one: ckpt --parent against CRIU's pre-dump --track-mem
 # then dump --prev-images-dir --track-mem --leave-running.
+# Then --compress: COMPRESS MiB (default 256; 0 skips) of compressible memory (a repeated
+# text) and of incompressible memory (random bytes), taken with --kill plain and compressed,
+# against CRIU's dump and CRIU's dump followed by zstd of its image directory (--compress-level
+# L: ckpt's and zstd's level, default 3).
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
-#                  [--maps N] [--incr MIB] [--reps N] [--mem MIB]
+#                  [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N]
+#                  [--mem MIB]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -24,7 +29,8 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 incr=${10} criu=${11:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 incr=${10} criu=${12:-}
+  compress=${11%:*} level=${11#*:}
   tree_prog=$(dirname "$prog")/shmtree
   threads_prog=$(dirname "$prog")/manythreads maps_prog=$(dirname "$prog")/manymaps
   insmod "$ko"
@@ -244,6 +250,64 @@ if [[ "${1:-}" == --in-guest ]]; then
     check_runs "$(pgrep -o -f "$target /tmp/b.out" || echo 0)"
     rm -rf /tmp/criu
   }
+  # One --kill checkpoint (ckpt options $1) and restore of the counter ($compress MiB filled as
+  # $COUNTER_FILL says): dump and restore time, image size appended to xd xr xs.
+  compress_once() {
+    start "$compress"
+    # shellcheck disable=SC2086
+    t0=$(now); "$ckpt" checkpoint "$pid" -o /tmp/b.img --kill $1 >/dev/null; t1=$(now)
+    wait "$pid" 2>/dev/null || true
+    gone
+    xd+=("$(( (t1 - t0) / 1000 ))"); xs+=("$(stat -c %s /tmp/b.img)")
+    t2=$(now); newpid=$("$ckpt" restore /tmp/b.img); t3=$(now)
+    xr+=("$(( (t3 - t2) / 1000 ))")
+    check_runs "$newpid"
+    rm -f /tmp/b.img
+  }
+  # The same with CRIU: its dump (time, image directory size without logs), then zstd of
+  # that directory as one tar stream (time of dump + compression, compressed size).
+  criu_compress_once() {
+    [[ -n "$criu" ]] || return 0
+    start "$compress"
+    rm -rf /tmp/criu /tmp/criu.tar.zst && mkdir -p /tmp/criu
+    t0=$(now); $criu dump -t "$pid" -D /tmp/criu -o dump.log >/dev/null 2>&1 \
+      || { echo "criu dump failed:"; tail -n 20 /tmp/criu/dump.log; criu=""; kill -9 "$pid"; return 0; }
+    t1=$(now)
+    wait "$pid" 2>/dev/null || true
+    gone
+    rm -f /tmp/criu/*.log
+    tar -C /tmp/criu -cf - . | zstd -q -"$level" -T0 -o /tmp/criu.tar.zst; t2=$(now)
+    cd_+=("$(( (t1 - t0) / 1000 ))"); cs+=("$(du -sb /tmp/criu | cut -f1)")
+    zd+=("$(( (t2 - t0) / 1000 ))"); zs+=("$(stat -c %s /tmp/criu.tar.zst)")
+    rm -rf /tmp/criu /tmp/criu.tar.zst
+  }
+  # Throughput (MiB/s of the buffer over the dump's wall time) and size, for a row.
+  rate_of() { echo "scale=0; $compress * 1000000 / ($1 + 1)" | bc; }
+  size_of() { numfmt --to=iec-i --suffix=B "$1"; }
+  compress_bench() {
+    local fill mode flags cline zline
+    printf '\n%-13s | %-31s | %-31s | %-18s | %s\n' "$compress MiB" "ckpt: dump/restore ms MiB/s img" "--compress=$level: same" "criu: dump ms, img" "criu + zstd -$level: ms, img"
+    for fill in pattern random; do
+      local -A L
+      for mode in plain compress; do
+        flags=""; [[ $mode == compress ]] && flags=--compress=$level
+        xd=(); xr=(); xs=()
+        export COUNTER_FILL=$fill
+        for _ in $(seq "$reps"); do compress_once "$flags"; done
+        L[$mode]=$(printf '%6.0f/%6.0f %4s %7s' "$(ms "$(median "${xd[@]}")"000)" "$(ms "$(median "${xr[@]}")"000)" \
+          "$(rate_of "$(median "${xd[@]}")")" "$(size_of "$(median "${xs[@]}")")")
+      done
+      cd_=(); cs=(); zd=(); zs=()
+      for _ in $(seq "$reps"); do criu_compress_once; done
+      unset COUNTER_FILL
+      cline="(no CRIU)"; zline="-"
+      if ((${#cd_[@]})); then
+        cline=$(printf '%6.0f %9s' "$(ms "$(median "${cd_[@]}")"000)" "$(size_of "$(median "${cs[@]}")")")
+        zline=$(printf '%6.0f %9s' "$(ms "$(median "${zd[@]}")"000)" "$(size_of "$(median "${zs[@]}")")")
+      fi
+      printf '%13s | %-31s | %-31s | %-18s | %s\n' "$fill" "${L[plain]}" "${L[compress]}" "$cline" "$zline"
+    done
+  }
   echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)   images on tmpfs   guest: QEMU TCG, 2 vCPU, memory preallocated, tools alternate going first"
   printf '%-6s | %-38s | %-38s | %s\n' "" "ckpt: dump / frozen / restore ms, MiB/s, image" "criu: dump / frozen / restore ms" "ckpt/criu frozen, restore"
   rows=()
@@ -280,11 +344,12 @@ if [[ "${1:-}" == --in-guest ]]; then
   ((tcp > 0)) && tcp_bench
   ((incr > 0)) && incr_bench
   live_bench
+  ((compress > 0)) && compress_bench
   rmmod ckpt
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -296,7 +361,9 @@ while (($#)); do
     --maps) maps=$2; shift 2 ;;
     --incr) incr=$2; shift 2 ;;
     --mem) mem=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--reps N] [--mem MIB]" >&2; exit 2 ;;
+    --compress) compress=$2; shift 2 ;;
+    --compress-level) level=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -308,4 +375,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$criu"
+"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$criu"

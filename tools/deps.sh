@@ -20,6 +20,8 @@ apt_pkgs=(
   nginx-light make python3 postgresql-15 postgresql-client-15 nodejs tmux
   # The network lock that holds back packets of TCP connections while their process is down.
   nftables
+  # The bench compresses CRIU's images to compare with --compress.
+  zstd
 )
 missing=()
 for p in "${apt_pkgs[@]}"; do

@@ -6,7 +6,9 @@
  * it verify its MIB-MiB buffer ("mem-ok N" or "mem-bad N"). A __thread counter and the brk
  * heap are checked too ("tls-bad", "brk-bad"). With "hold-usr1", SIGUSR1 stays blocked and
  * every iteration reports "pending-usr1 N" while one is pending. Prints "ready PID" on stdout
- * when set up. */
+ * when set up. COUNTER_FILL=pattern fills the buffer with a repeated text (compressible),
+ * COUNTER_FILL=random with pseudo-random bytes (incompressible); by default it holds a sequence
+ * of distinct words. */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <signal.h>
@@ -75,6 +77,24 @@ static void spin_with_vectors(const uint8_t in[16 * 32], uint8_t out[16 * 32], u
 		  "xmm7", "xmm8", "xmm9", "xmm10", "xmm11", "xmm12", "xmm13", "xmm14", "xmm15");
 }
 
+static void fill(const char *how)
+{
+	static const char text[] = "a repeated pattern, which zstd makes next to nothing of. ";
+	uint64_t x = 0x9e3779b97f4a7c15ull ^ (uint64_t)getpid();
+
+	for (size_t i = 0; i < buf_len; i += 8) {
+		uint64_t w = (i * 2654435761ull) ^ (i >> 7);
+
+		if (how && strcmp(how, "pattern") == 0) {
+			memcpy(&w, text + i % (sizeof(text) - 8), 8);
+		} else if (how && strcmp(how, "random") == 0) {
+			x ^= x << 13, x ^= x >> 7, x ^= x << 17;
+			w = x;
+		}
+		*(uint64_t *)(buf + i) = w;
+	}
+}
+
 int main(int argc, char **argv)
 {
 	if (argc < 2)
@@ -87,8 +107,7 @@ int main(int argc, char **argv)
 		buf = malloc(buf_len);
 		if (!buf)
 			return 1;
-		for (size_t i = 0; i < buf_len; i += 8)
-			*(uint64_t *)(buf + i) = (i * 2654435761ull) ^ (i >> 7);
+		fill(getenv("COUNTER_FILL"));
 		buf_sum = checksum();
 	}
 	/* Calibrate the TSC against the clock. */

@@ -81,6 +81,12 @@ impl Chain {
         Self::open_with(path, Image::open)
     }
 
+    /// As [`Chain::open`], each image opened with [`Image::open_pages_later`]: compressed
+    /// pages are checked as the restore decompresses them (`Image::pages_view`).
+    pub fn open_pages_later(path: &Path) -> Result<Chain, ImageError> {
+        Self::open_with(path, Image::open_pages_later)
+    }
+
     /// As [`Chain::open`], reading only the manifests (header and manifest checksums
     /// verified, not the pages): what a checkpoint needs of its parent.
     pub fn open_manifests(path: &Path) -> Result<Chain, ImageError> {

@@ -23,6 +23,7 @@ pub fn summary(chain: &Chain) -> String {
         "taken by: ckpt {} on {} {}",
         m.ckpt_version, m.arch, m.kernel_release
     );
+    compression_text(&mut out, &img.sections);
     tree_text(&mut out, &img.manifest);
     for p in &img.manifest.processes {
         let a = &p.attrs;
@@ -88,6 +89,23 @@ fn chain_text(out: &mut String, chain: &Chain) {
             img.path.display(),
             img.file_len,
             img.manifest.image_id.as_deref().unwrap_or("none"),
+        );
+    }
+}
+
+/// How much the compressed sections hold, and in how many bytes.
+fn compression_text(out: &mut String, sections: &[crate::image::Section]) {
+    let (mut n, mut content, mut stored) = (0, 0u64, 0u64);
+    for s in sections {
+        if let Some(c) = &s.compressed {
+            (n, content, stored) = (n + 1, content + s.len, stored + c.len);
+        }
+    }
+    if n > 0 {
+        let _ = writeln!(
+            out,
+            "compressed: {n} sections (zstd), {content} bytes in {stored} ({:.1}x)",
+            content as f64 / stored.max(1) as f64
         );
     }
 }

@@ -123,6 +123,10 @@ struct CheckpointArgs {
     /// Take only the process itself, not its descendants.
     #[arg(long)]
     single: bool,
+    /// Compress the image's sections with zstd at LEVEL (1-22, default 3), on every CPU.
+    #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
+          default_missing_value = "3", value_parser = clap::value_parser!(i32).range(1..=22))]
+    compress: Option<i32>,
     /// Print the statistics as JSON.
     #[arg(long)]
     json: bool,
@@ -322,6 +326,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
             flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
             external_unix: a.external.contains(&External::Unix),
             parent,
+            compress: a.compress,
         };
         ckpt::checkpoint::checkpoint(&opts)
     };

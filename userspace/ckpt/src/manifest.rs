@@ -506,12 +506,14 @@ mod tests {
                 offset: at,
                 len: 2 * PAGE,
                 xxh64: 0,
+                compressed: None,
             },
             crate::image::Section {
                 kind: XSTATE,
                 offset: at + 2 * PAGE,
                 len: 832,
                 xxh64: 0,
+                compressed: None,
             },
         ];
         let good = Manifest {

@@ -27,6 +27,7 @@ use std::fs::File;
 use std::os::fd::OwnedFd;
 use std::os::unix::fs::FileExt;
 use std::path::Path;
+use xxhash_rust::xxh3::xxh3_128;
 
 /// A process's address space as the image holds it.
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
@@ -179,6 +180,21 @@ pub fn mappings(pid: i32) -> Result<Vec<MapEntry>, CheckpointError> {
 #[derive(Debug, Default)]
 pub struct Stored {
     by_frame: HashMap<u64, u64>,
+    /// Compressing, where stored pages cannot be read back to compare: an XXH3-128 of each
+    /// page stored, by its offset.
+    sums: HashMap<u64, u128>,
+    /// The tree is one process: no page is shared with a later one, none needs a checksum.
+    lone: bool,
+}
+
+impl Stored {
+    /// For a tree of `processes` processes.
+    pub fn for_tree(processes: usize) -> Self {
+        Stored {
+            lone: processes < 2,
+            ..Stored::default()
+        }
+    }
 }
 
 /// What scanning a process's page table gathers.
@@ -274,25 +290,37 @@ pub fn dump_pages(
     stats.pages_in_parent += in_parent.iter().map(|r| r.len / PAGE).sum::<u64>();
     // A frame is only the same page while its first owner maps it: compare the bytes, and
     // store again whatever differs (migration or KSM may have reused a frame meanwhile).
-    let refs = verify_refs(pid, refs, w.file(), &mut anon_ranges)?;
+    let refs = verify_refs(pid, refs, (w, stored), &mut anon_ranges)?;
     stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
     let mut runs: Vec<CkptRestoreRun> = Vec::new();
+    let limit = w.external_pages_limit();
     for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
-        if set.is_empty() {
-            continue;
+        for chunk in chunks(&set, limit) {
+            let (file, offset) = w.external_pages_target().map_err(write_err)?;
+            let r = dev
+                .dump_pages(pid, file, &chunk, offset, skip_zero)
+                .map_err(|e| match e.raw_os_error() {
+                    Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
+                    _ => checkpoint_io(pid, "dumping pages")(e),
+                })?;
+            let sums = match limit {
+                Some(_) if !stored.lone => page_sums(file, offset, (&r.runs, &frames))
+                    .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
+                _ => Vec::new(),
+            };
+            let start = w
+                .external_pages_written(r.bytes_written, r.xxh64)
+                .map_err(write_err)?;
+            stored
+                .sums
+                .extend(sums.into_iter().map(|(at, sum)| (at + start, sum)));
+            stats.pages_written += r.bytes_written / PAGE;
+            stats.pages_skipped_zero += r.pages_zero;
+            runs.extend(r.runs.into_iter().map(|mut run| {
+                run.image_offset = run.image_offset - offset + start;
+                run
+            }));
         }
-        let offset = w.external_pages_offset().map_err(write_err)?;
-        let r = dev
-            .dump_pages(pid, w.file(), &set, offset, skip_zero)
-            .map_err(|e| match e.raw_os_error() {
-                Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
-                _ => checkpoint_io(pid, "dumping pages")(e),
-            })?;
-        w.external_pages_written(r.bytes_written, r.xxh64)
-            .map_err(write_err)?;
-        stats.pages_written += r.bytes_written / PAGE;
-        stats.pages_skipped_zero += r.pages_zero;
-        runs.extend(r.runs);
     }
     // Where this process's pages landed, for the processes after it.
     for r in &runs {
@@ -324,12 +352,62 @@ const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
+/// `ranges` cut in pieces of at most `limit` bytes of memory (one piece: no limit).
+fn chunks(ranges: &[CkptRange], limit: Option<u64>) -> Vec<Vec<CkptRange>> {
+    let Some(limit) = limit else {
+        return match ranges.is_empty() {
+            true => Vec::new(),
+            false => vec![ranges.to_vec()],
+        };
+    };
+    let (mut out, mut piece, mut room) = (Vec::new(), Vec::new(), limit);
+    for r in ranges {
+        let mut start = r.start;
+        while start < r.end {
+            let end = r.end.min(start + room);
+            piece.push(CkptRange { start, end });
+            room -= end - start;
+            start = end;
+            if room == 0 {
+                out.push(std::mem::take(&mut piece));
+                room = limit;
+            }
+        }
+    }
+    if !piece.is_empty() {
+        out.push(piece);
+    }
+    out
+}
+
+/// An XXH3-128 of each page of `runs` (just dumped into `file` at `base`, whose offsets they
+/// hold) that a later process may share (one of `frames`), by its offset from `base`.
+fn page_sums(
+    file: &File,
+    base: u64,
+    (runs, frames): (&[CkptRestoreRun], &HashMap<u64, u64>),
+) -> std::io::Result<Vec<(u64, u128)>> {
+    let mut sums = Vec::new();
+    let mut page = vec![0u8; PAGE as usize];
+    for r in runs {
+        for i in 0..r.len / PAGE {
+            if !frames.contains_key(&(r.addr + i * PAGE)) {
+                continue;
+            }
+            file.read_exact_at(&mut page, r.image_offset + i * PAGE)?;
+            sums.push((r.image_offset - base + i * PAGE, xxh3_128(&page)));
+        }
+    }
+    Ok(sums)
+}
+
 /// Keeps the pages of `refs` whose bytes in process `pid` are those stored at their image
-/// offset; the others go to `anon` (to be stored), which stays sorted and merged.
+/// offset (read back from the image, or compared by checksum when compressing); the others
+/// go to `anon` (to be stored), which stays sorted and merged.
 fn verify_refs(
     pid: i32,
     refs: Vec<CkptRestoreRun>,
-    image: &File,
+    (image, stored): (&ImageWriter, &Stored),
     anon: &mut Vec<CkptRange>,
 ) -> Result<Vec<CkptRestoreRun>, CheckpointError> {
     if refs.is_empty() {
@@ -337,17 +415,23 @@ fn verify_refs(
     }
     let io = |what: &'static str| checkpoint_io(pid, what);
     let mem = File::open(format!("/proc/{pid}/mem")).map_err(io("opening /proc/PID/mem"))?;
-    let (mut mine, mut stored) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
+    let (mut mine, mut theirs) = (vec![0u8; PAGE as usize], vec![0u8; PAGE as usize]);
     let mut kept: Vec<CkptRestoreRun> = Vec::new();
     for r in refs {
         for i in 0..r.len / PAGE {
             let (addr, offset) = (r.addr + i * PAGE, r.image_offset + i * PAGE);
             mem.read_exact_at(&mut mine, addr)
                 .map_err(io("reading a shared page"))?;
-            image
-                .read_exact_at(&mut stored, offset)
-                .map_err(io("reading the image back"))?;
-            if mine != stored {
+            let same = match image.external_pages_limit() {
+                Some(_) => stored.sums.get(&offset) == Some(&xxh3_128(&mine)),
+                None => {
+                    image
+                        .read_pages_back(&mut theirs, offset)
+                        .map_err(io("reading the image back"))?;
+                    mine == theirs
+                }
+            };
+            if !same {
                 anon.push(CkptRange {
                     start: addr,
                     end: addr + PAGE,
@@ -774,4 +858,46 @@ pub fn attach_sysv(
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn r(start: u64, end: u64) -> CkptRange {
+        CkptRange { start, end }
+    }
+
+    fn pairs(chunks: &[Vec<CkptRange>]) -> Vec<Vec<(u64, u64)>> {
+        chunks
+            .iter()
+            .map(|c| c.iter().map(|r| (r.start, r.end)).collect())
+            .collect()
+    }
+
+    #[test]
+    fn without_a_limit_ranges_are_one_piece() {
+        assert!(chunks(&[], None).is_empty());
+        let set = [r(0, 10 * PAGE), r(20 * PAGE, 100 * PAGE)];
+        assert_eq!(
+            pairs(&chunks(&set, None)),
+            vec![vec![(0, 10 * PAGE), (20 * PAGE, 100 * PAGE)]]
+        );
+    }
+
+    /// Pieces hold at most `limit` bytes, ranges are cut where a piece fills, and nothing is
+    /// lost or repeated.
+    #[test]
+    fn pieces_hold_at_most_the_limit() {
+        let p = PAGE;
+        let set = [r(0, 3 * p), r(10 * p, 15 * p), r(20 * p, 21 * p)];
+        assert_eq!(
+            pairs(&chunks(&set, Some(4 * p))),
+            vec![
+                vec![(0, 3 * p), (10 * p, 11 * p)],
+                vec![(11 * p, 15 * p)],
+                vec![(20 * p, 21 * p)],
+            ]
+        );
+    }
 }

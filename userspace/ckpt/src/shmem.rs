@@ -7,7 +7,7 @@
 //! again: the memory is shared as it was. SysV segments are refused (their key and id would
 //! be lost); POSIX shared memory under /dev/shm is a file and needs nothing here.
 
-use crate::image::{section_is, ImageWriter, Section, SectionKind};
+use crate::image::{section_is, ImageWriter, Section, SectionData, SectionKind};
 use crate::proc::MapEntry;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -16,7 +16,7 @@ use std::collections::BTreeMap;
 use std::fs::File;
 use std::io;
 use std::os::fd::{AsFd, OwnedFd};
-use std::os::unix::fs::{FileExt, MetadataExt};
+use std::os::unix::fs::MetadataExt;
 
 /// F_SEAL_WRITE | F_SEAL_FUTURE_WRITE.
 const WRITE_SEALS: i32 = 0x08 | 0x10;
@@ -149,9 +149,9 @@ impl ShmDump {
 }
 
 impl ShmObject {
-    /// A new memfd like the object, holding its content (read from the image `file` where its
-    /// section lies), sealed as it was.
-    pub fn make(&self, image: &File, sections: &[Section]) -> io::Result<OwnedFd> {
+    /// A new memfd like the object, holding its content (its sections of `image`), sealed as
+    /// it was.
+    pub fn make(&self, image: SectionData<'_>) -> io::Result<OwnedFd> {
         let name = match (&self.memfd_name, &self.deleted_path) {
             (Some(n), _) => n.as_str(),
             (None, Some(_)) => "ckpt-deleted-file",
@@ -166,9 +166,7 @@ impl ShmObject {
         let file = File::from(fd);
         file.set_len(self.size)?;
         for e in &self.extents {
-            if let Some(s) = sections.get(e.section) {
-                copy_range(image, s.offset, &file, (e.offset, s.len))?;
-            }
+            image.copy_to(e.section, &file, e.offset)?;
         }
         // Write seals wait until every process has mapped it (a writable shared mapping of a
         // write-sealed memfd is refused): see `late_seals`.
@@ -178,24 +176,6 @@ impl ShmObject {
         }
         Ok(OwnedFd::from(file))
     }
-}
-
-/// Copies `len` bytes at `from_offset` of `from` to `to` at `to_offset`.
-fn copy_range(
-    from: &File,
-    from_offset: u64,
-    to: &File,
-    (to_offset, len): (u64, u64),
-) -> io::Result<()> {
-    let mut buf = vec![0u8; (1 << 20).min(len as usize)];
-    let mut done = 0u64;
-    while done < len {
-        let n = ((len - done) as usize).min(buf.len());
-        from.read_exact_at(&mut buf[..n], from_offset + done)?;
-        to.write_all_at(&buf[..n], to_offset + done)?;
-        done += n as u64;
-    }
-    Ok(())
 }
 
 /// The (offset, length) ranges of `file` (`size` bytes) that hold data, by SEEK_DATA and

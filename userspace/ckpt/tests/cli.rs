@@ -39,6 +39,31 @@ fn info_rejects_a_bad_address() {
 }
 
 /// `ckpt run` in a fresh runtime directory; returns the directory's guard path.
+/// `--compress` takes its level with `=` (a following number is the pid), within zstd's
+/// range.
+#[test]
+fn compress_levels_outside_zstds_range_are_refused() {
+    for bad in ["--compress=0", "--compress=23", "--compress=fast"] {
+        let out = Command::new(common::ckpt_bin())
+            .args(["checkpoint", "1", bad, "--device", "/nonexistent/ckpt"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(2), "{bad}: clap usage error");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("--compress"));
+    }
+    // A level in range and the bare flag get past the arguments (to the missing device).
+    for good in [&["--compress=19", "1"][..], &["--compress", "1"]] {
+        let out = Command::new(common::ckpt_bin())
+            .arg("checkpoint")
+            .args(good)
+            .args(["--device", "/nonexistent/ckpt"])
+            .output()
+            .unwrap();
+        assert_eq!(out.status.code(), Some(1), "{good:?}");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("module is not loaded"));
+    }
+}
+
 fn runtime_dir(name: &str) -> std::path::PathBuf {
     let d = std::env::temp_dir().join(format!("ckpt-cli-{name}-{}", std::process::id()));
     let _ = std::fs::remove_dir_all(&d);

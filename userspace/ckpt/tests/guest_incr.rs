@@ -507,3 +507,30 @@ fn periodic_incremental_runs_chain_restart_and_survive_a_restore() {
         "{log}"
     );
 }
+
+/// Compressed and incremental together: a compressed full image, a compressed incremental
+/// one and a plain incremental one after it; the restore decompresses each image of the
+/// chain once and reads every page from the one holding it.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_chain_of_compressed_images_restores_the_last_state() {
+    setup();
+    let d = Dir::new("incr-compress");
+    let mut t = Dirtier::start(&d, "a", 8);
+    let imgs: Vec<PathBuf> = (0..3).map(|i| d.path(&format!("img{i}"))).collect();
+    checkpoint(t.pid, &imgs[0], None, &["--compress"]);
+    t.step();
+    let s = checkpoint(t.pid, &imgs[1], Some(&imgs[0]), &["--compress"]);
+    assert!(s["pages_in_parent"].as_u64().unwrap() > 1000, "{s}");
+    let sum = t.step();
+    checkpoint(t.pid, &imgs[2], Some(&imgs[1]), &["--kill"]);
+    t.killed();
+    let text = ok(&ckpt(&["inspect", imgs[2].to_str().unwrap()]));
+    assert!(text.contains("chain:    3 images"), "{text}");
+    assert_eq!(common::restore_root(&imgs[2]), t.pid);
+    assert_eq!(
+        t.check(),
+        sum,
+        "the buffer restored from a compressed chain"
+    );
+}

@@ -336,6 +336,19 @@ fn root_view(dir: &Path) -> Vec<u64> {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn shared_memory_stays_shared_after_kill_and_restore() {
+    shared_memory_tree(&[]);
+}
+
+/// The same from a compressed image: each object's content is a compressed section,
+/// streamed into its memfd.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn shared_memory_stays_shared_after_a_compressed_checkpoint() {
+    shared_memory_tree(&["--compress"]);
+}
+
+/// The shm tree checkpointed with `extra` options and restored.
+fn shared_memory_tree(extra: &[&str]) {
     let d = Dir::new("tree-shm");
     let (mut root, pid) = spawn_ready("shm", &[d.0.as_os_str()]);
     wait_for("the children count, seen by the root", || {
@@ -344,7 +357,13 @@ fn shared_memory_stays_shared_after_kill_and_restore() {
             .is_some_and(|v| v.iter().all(|&n| n > 5))
     });
     let img = d.path("shm.img");
-    let (stats, image, all) = common::checkpoint_kill(&mut root, &img);
+    let (stats, image, all) = common::checkpoint_kill_with(pid, &img, extra, || {
+        root.wait().unwrap();
+    });
+    assert_eq!(
+        image.sections.iter().all(|s| s.compressed.is_some()),
+        extra.contains(&"--compress")
+    );
     let at_checkpoint = root_view(&d.0);
     assert_eq!(stats["processes"], 3, "{stats}");
     let m = &image.manifest;
@@ -477,6 +496,20 @@ fn frame(pid: i32, addr: u64) -> Option<u64> {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn copy_on_write_pages_are_stored_once_and_shared_again() {
+    copy_on_write_tree(&[]);
+}
+
+/// Compressed, where stored pages cannot be read back, the pages a child shares are checked
+/// to be the same by checksum instead.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn copy_on_write_pages_are_stored_once_and_shared_again_when_compressed() {
+    copy_on_write_tree(&["--compress"]);
+}
+
+/// The cowtree checkpointed with `extra` options and restored: each page stored once,
+/// shared again after the restore.
+fn copy_on_write_tree(extra: &[&str]) {
     let d = Dir::new("tree-cow");
     let (mut root, pid) = spawn_ready("cowtree", &[d.0.as_os_str()]);
     let names = ["p", "c0", "c1", "c2"];
@@ -486,8 +519,12 @@ fn copy_on_write_pages_are_stored_once_and_shared_again() {
             .all(|n| last_count(&d.0, n).is_some_and(|c| c > 2))
     });
     let img = d.path("cow.img");
-    let (stats, image, all) = common::checkpoint_kill(&mut root, &img);
+    let (stats, image, all) = common::checkpoint_kill_with(pid, &img, extra, || {
+        root.wait().unwrap();
+    });
     assert_eq!(stats["processes"], 4, "{stats}");
+    let compressed = image.sections.iter().all(|s| s.compressed.is_some());
+    assert_eq!(compressed, extra.contains(&"--compress"));
     let region = image.manifest.processes[0]
         .memory
         .vmas

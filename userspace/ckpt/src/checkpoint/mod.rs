@@ -61,6 +61,8 @@ pub struct Options<'a> {
     /// Store only the pages changed since this image (`--parent`), the last checkpoint of
     /// the same tree.
     pub parent: Option<&'a Path>,
+    /// Compress every section with zstd at this level (`--compress`).
+    pub compress: Option<i32>,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -100,6 +102,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         source,
     };
     let mut w = ImageWriter::create(opts.output).map_err(write_err)?;
+    if let Some(level) = opts.compress {
+        w.compress(level).map_err(write_err)?;
+    }
     let mut stats = Stats {
         interceptor: !prepared.is_empty(),
         stdio_flushed,
@@ -253,7 +258,10 @@ fn dump_tree(
         .chain(tree.zombies.iter().map(|z| z.pid))
         .collect();
     let (sysv_sem, sysv_msg) = crate::sysv::dump(&pids, w).map_err(CheckpointError::Tree)?;
-    let mut late = LatePages::default();
+    let mut late = LatePages {
+        stored: memory::Stored::for_tree(tree.members.len()),
+        ..LatePages::default()
+    };
     let mut dump = Dump {
         dev,
         w: &mut *w,

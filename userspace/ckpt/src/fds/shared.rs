@@ -212,7 +212,7 @@ impl SharedFds {
     pub fn make(
         shared: &Shared,
         read: impl Fn(usize) -> io::Result<Vec<u8>>,
-        (image, sections): (&std::fs::File, &[Section]),
+        image: crate::image::SectionData<'_>,
         envs: &[HolderEnv],
         (min, same_ipc_ids): (RawFd, bool),
     ) -> io::Result<SharedFds> {
@@ -251,7 +251,7 @@ impl SharedFds {
         let memory: Vec<OwnedFd> = shared
             .memory
             .iter()
-            .map(|o| above(o.make(image, sections)?, min))
+            .map(|o| above(o.make(image)?, min))
             .collect::<io::Result<_>>()?;
         // After the shared memory: a memfd's open file is opened on its object.
         let open_files = open_file::make_all(&shared.open_files, envs, &memory, &read, min)?;

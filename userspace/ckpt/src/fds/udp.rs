@@ -408,6 +408,7 @@ mod tests {
             offset: 4096,
             len: 8,
             xxh64: 0,
+            compressed: None,
         }];
         assert_eq!(validate(std::slice::from_ref(&u), &sections, 1), Ok(()));
         let taken = u.make().unwrap_err();

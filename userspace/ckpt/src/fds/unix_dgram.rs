@@ -320,6 +320,7 @@ mod tests {
             offset: 4096,
             len: q.data.len() as u64,
             xxh64: 0,
+            compressed: None,
         }];
         assert_eq!(validate(std::slice::from_ref(&s), &sections, 1), Ok(()));
         std::fs::remove_file(dir).unwrap();

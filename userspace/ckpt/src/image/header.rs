@@ -1,7 +1,7 @@
 //! The fixed-size header at the start of an image: magic, format version, where the manifest
 //! is and its checksum, the file's length, and a checksum of the header itself.
 
-use super::{corrupt, ImageError, FORMAT_VERSION, MAGIC};
+use super::{corrupt, ImageError, FORMAT_VERSION, MAGIC, MIN_FORMAT_VERSION};
 use std::path::Path;
 use xxhash_rust::xxh64::xxh64;
 
@@ -53,7 +53,7 @@ impl Header {
         // The version comes before the checksum test, so an image of another version gets a
         // message naming both versions rather than "corrupt".
         let version = u32_at(8);
-        if version != FORMAT_VERSION {
+        if !(MIN_FORMAT_VERSION..=FORMAT_VERSION).contains(&version) {
             return Err(ImageError::Version {
                 path: path.into(),
                 found: version,

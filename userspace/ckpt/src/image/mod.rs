@@ -24,11 +24,13 @@
 //! Extending: new data goes into new optional manifest fields or new section kinds; a reader
 //! refuses any other `FORMAT_VERSION`, naming both (like Firecracker's versioned state).
 
+pub mod codec;
 mod header;
 mod reader;
 mod writer;
 
-pub use reader::Image;
+pub use codec::{Codec, Compressed};
+pub use reader::{Image, SectionData};
 pub use writer::ImageWriter;
 
 use serde::{Deserialize, Serialize};
@@ -39,7 +41,14 @@ use std::path::{Path, PathBuf};
 pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// 2: pipes and socket pairs moved from each process to the tree (`pipes`, `socket_pairs`
 /// beside `processes`), processes gained `pgid` and `sid`, `zombies` was added.
-pub const FORMAT_VERSION: u32 = 3;
+/// 4: compressed sections (`Section::compressed`). An image without any is still written as
+/// version 3, so that a ckpt of before reads it; one with them names version 4 to that ckpt
+/// instead of failing on its section table.
+pub const FORMAT_VERSION: u32 = 4;
+/// The oldest version read.
+pub const MIN_FORMAT_VERSION: u32 = 3;
+/// The version of an image without compressed sections.
+pub(crate) const PLAIN_FORMAT_VERSION: u32 = 3;
 pub const PAGE: u64 = 4096;
 
 #[derive(Debug, thiserror::Error)]
@@ -49,7 +58,8 @@ pub enum ImageError {
     #[error("{path} is not a ckpt image (bad magic)")]
     Magic { path: PathBuf },
     #[error(
-        "{path} has image format version {found}; this ckpt reads version {FORMAT_VERSION} only"
+        "{path} has image format version {found}; this ckpt reads versions \
+         {MIN_FORMAT_VERSION} to {FORMAT_VERSION}"
     )]
     Version { path: PathBuf, found: u32 },
     #[error("{path} is an image for {found}, this machine is {expected}")]
@@ -109,12 +119,27 @@ impl SectionKind {
 /// Memory pages, 4096-aligned.
 pub const PAGES: SectionKind = SectionKind::named("pages");
 
+/// A section: its content's place, length and XXH64. Stored compressed, `offset` is the
+/// content's place in the image's uncompressed view (where page runs point, see
+/// [`Image::pages_view`]) and `compressed` says where its bytes are in the file.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Section {
     pub kind: SectionKind,
     pub offset: u64,
     pub len: u64,
     pub xxh64: u64,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub compressed: Option<Compressed>,
+}
+
+impl Section {
+    /// Where its bytes are in the file: (offset, length, XXH64).
+    pub fn stored(&self) -> (u64, u64, u64) {
+        match &self.compressed {
+            Some(c) => (c.offset, c.len, c.xxh64),
+            None => (self.offset, self.len, self.xxh64),
+        }
+    }
 }
 
 /// Facts about an image as a whole, kept in the manifest next to the caller's fields.
@@ -129,9 +154,9 @@ pub struct Meta {
 
 impl Meta {
     /// For an image written now, on this machine.
-    fn now() -> Self {
+    fn now(format_version: u32) -> Self {
         Meta {
-            format_version: FORMAT_VERSION,
+            format_version,
             ckpt_version: env!("CARGO_PKG_VERSION").into(),
             arch: std::env::consts::ARCH.into(),
             kernel_release: kernel_release(),

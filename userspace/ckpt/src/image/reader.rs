@@ -1,10 +1,14 @@
 //! Reading an image: [`Image::open`] verifies every byte before returning it.
 
+use super::codec::{self, Codec, FileRange, MAX_RATIO};
 use super::header::{Header, HEADER_LEN};
 use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
+use nix::fcntl::{fcntl, FcntlArg, SealFlag};
+use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::de::DeserializeOwned;
 use std::fs::File;
 use std::io::Read;
+use std::os::fd::AsFd;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh64::{xxh64, Xxh64};
@@ -23,21 +27,39 @@ pub struct Image<M> {
     pub manifest: M,
 }
 
+/// How much of an image `open_checking` verifies.
+enum Check {
+    /// Every byte, compressed content included.
+    All,
+    /// Every byte, but compressed pages' content only as `pages_view` decompresses it.
+    PagesLater,
+    /// The header and the manifest only.
+    ManifestOnly,
+}
+
 impl<M: DeserializeOwned + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
-    /// gaps, and the manifest's internal consistency.
+    /// gaps, and the manifest's internal consistency; compressed sections are decompressed
+    /// (streamed) to check their content too.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, true)
+        Self::open_checking(path, Check::All)
     }
 
     /// Opens an image, verifying its header and manifest (checksum, consistency) but not
     /// its sections' bytes: for reading what it describes (an incremental checkpoint's
-    /// parent), never for restoring from it.
+    /// parent, a periodic directory's chain), never for restoring from it.
     pub fn open_manifest(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, false)
+        Self::open_checking(path, Check::ManifestOnly)
     }
 
-    fn open_checking(path: &Path, sections: bool) -> Result<Self, ImageError> {
+    /// [`Image::open`], except that compressed pages sections are checked where the file
+    /// holds them only: [`Image::pages_view`] checks their content as it decompresses them.
+    /// For a restore, which needs that view before it acts: the pages are decompressed once.
+    pub fn open_pages_later(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::PagesLater)
+    }
+
+    fn open_checking(path: &Path, check: Check) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
@@ -103,8 +125,10 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             sections: envelope.sections,
             manifest: envelope.manifest,
         };
-        if sections {
-            image.verify_sections(h.manifest_offset)?;
+        match check {
+            Check::All => image.verify_sections(h.manifest_offset, true)?,
+            Check::PagesLater => image.verify_sections(h.manifest_offset, false)?,
+            Check::ManifestOnly => {}
         }
         image
             .manifest
@@ -116,8 +140,10 @@ impl<M: DeserializeOwned + Validate> Image<M> {
 
 impl<M> Image<M> {
     /// Sections lie between the header and the manifest, in order, without overlap; their
-    /// checksums match; every byte between them is zero.
-    fn verify_sections(&self, data_end: u64) -> Result<(), ImageError> {
+    /// checksums match; every byte between them is zero. Compressed sections decompress to
+    /// their content (checked as it streams by, never held whole), pages sections only if
+    /// `page_content`.
+    fn verify_sections(&self, data_end: u64, page_content: bool) -> Result<(), ImageError> {
         let path = &self.path;
         let io_err = |source| ImageError::Io {
             path: path.clone(),
@@ -140,20 +166,25 @@ impl<M> Image<M> {
             }
             Ok(())
         };
+        let compressed = self.sections.iter().any(|s| s.compressed.is_some());
+        let mut view_pos = 0;
         for (i, s) in self.sections.iter().enumerate() {
-            let end = s
-                .offset
-                .checked_add(s.len)
+            let (offset, len, xxh64) = s.stored();
+            let end = offset
+                .checked_add(len)
                 .ok_or_else(|| corrupt(path, "section overflow"))?;
-            if s.offset < pos || end > data_end {
+            if offset < pos || end > data_end {
                 return Err(corrupt(path, format!("section {i} out of place")));
+            }
+            if compressed {
+                view_pos = self.check_view_place(i, view_pos)?;
             }
             if s.kind == PAGES && (s.offset % PAGE != 0 || s.len % PAGE != 0) {
                 return Err(corrupt(path, format!("pages section {i} not page-aligned")));
             }
-            check_zero(pos, s.offset, &self.file)?;
+            check_zero(pos, offset, &self.file)?;
             let mut sum = Xxh64::new(0);
-            let mut at = s.offset;
+            let mut at = offset;
             let mut chunk = vec![0u8; 1 << 20];
             while at < end {
                 let n = ((end - at) as usize).min(chunk.len());
@@ -163,30 +194,198 @@ impl<M> Image<M> {
                 sum.update(&chunk[..n]);
                 at += n as u64;
             }
-            if sum.digest() != s.xxh64 {
+            if sum.digest() != xxh64 {
                 return Err(corrupt(
                     path,
-                    format!("section {i} ({:?}) checksum mismatch", s.kind),
+                    format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
+            }
+            if page_content || s.kind != PAGES {
+                self.decode_section(i, |_| Ok(()))?;
             }
             pos = end;
         }
         check_zero(pos, data_end, &self.file)
     }
 
+    /// In an image with compressed sections, section `i` is one of them, its content placed
+    /// in the uncompressed view after `view_pos`, no larger than zstd can make of its bytes.
+    /// Returns the end of its place.
+    fn check_view_place(&self, i: usize, view_pos: u64) -> Result<u64, ImageError> {
+        let s = &self.sections[i];
+        let c = s.compressed.as_ref().ok_or_else(|| {
+            corrupt(
+                &self.path,
+                format!("section {i} is not compressed but others are"),
+            )
+        })?;
+        if c.codec == Codec::None && c.len != s.len {
+            return Err(corrupt(
+                &self.path,
+                format!("section {i} is stored as it is but its lengths differ"),
+            ));
+        }
+        if c.len.saturating_mul(MAX_RATIO) < s.len {
+            return Err(corrupt(
+                &self.path,
+                format!(
+                    "section {i} ({}) declares {} bytes, more than {} compressed bytes can hold",
+                    s.kind.name(),
+                    s.len,
+                    c.len
+                ),
+            ));
+        }
+        match s.offset.checked_add(s.len) {
+            Some(end) if s.offset >= view_pos => Ok(end),
+            _ => Err(corrupt(&self.path, format!("section {i} out of place"))),
+        }
+    }
+
+    /// The image's file and section table, to read sections from.
+    pub fn data(&self) -> SectionData<'_> {
+        SectionData {
+            path: &self.path,
+            file: &self.file,
+            sections: &self.sections,
+        }
+    }
+
     /// Reads a whole (small) section.
     pub fn read_section(&self, index: usize) -> Result<Vec<u8>, ImageError> {
-        let s = self
-            .sections
+        self.data().read(index)
+    }
+
+    /// Hands the content of compressed section `index` to `sink` as it decompresses (nothing
+    /// for a plain section, which has no `compressed` record).
+    fn decode_section(
+        &self,
+        index: usize,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ImageError> {
+        self.data().decode(index, sink)
+    }
+
+    /// A file holding every pages section's content at its `offset`, for the module and the
+    /// restorers to read page runs from: `None` if that is the image file itself (nothing is
+    /// compressed), else a memfd the compressed pages are decompressed into, sealed.
+    pub fn pages_view(&self) -> Result<Option<File>, ImageError> {
+        if self.sections.iter().all(|s| s.compressed.is_none()) {
+            return Ok(None);
+        }
+        let io_err = |source| ImageError::Io {
+            path: self.path.clone(),
+            source,
+        };
+        let memfd = memfd_create(
+            c"ckpt-image-pages",
+            MFdFlags::MFD_CLOEXEC | MFdFlags::MFD_ALLOW_SEALING,
+        )
+        .map_err(|e| io_err(e.into()))?;
+        let view = File::from(memfd);
+        for (i, s) in self.sections.iter().enumerate() {
+            if s.kind != PAGES {
+                continue;
+            }
+            let mut at = s.offset;
+            self.decode_section(i, |b| {
+                view.write_all_at(b, at)?;
+                at += b.len() as u64;
+                Ok(())
+            })?;
+        }
+        // Nobody changes it now: the restorers only read it.
+        let seals = SealFlag::F_SEAL_WRITE
+            | SealFlag::F_SEAL_GROW
+            | SealFlag::F_SEAL_SHRINK
+            | SealFlag::F_SEAL_SEAL;
+        fcntl(view.as_fd(), FcntlArg::F_ADD_SEALS(seals)).map_err(|e| io_err(e.into()))?;
+        Ok(Some(view))
+    }
+}
+
+/// An image's file and section table: what reading a section needs.
+#[derive(Debug, Clone, Copy)]
+pub struct SectionData<'a> {
+    path: &'a Path,
+    file: &'a File,
+    sections: &'a [Section],
+}
+
+impl SectionData<'_> {
+    fn section(&self, index: usize) -> Result<&Section, ImageError> {
+        self.sections
             .get(index)
-            .ok_or_else(|| corrupt(&self.path, "no such section"))?;
+            .ok_or_else(|| corrupt(self.path, format!("no section {index}")))
+    }
+
+    /// Reads a whole (small) section. A compressed one grows as it decompresses, up to the
+    /// length the manifest declares.
+    pub fn read(&self, index: usize) -> Result<Vec<u8>, ImageError> {
+        let s = self.section(index)?;
+        if s.compressed.is_some() {
+            let mut out = Vec::new();
+            self.decode(index, |b| {
+                out.extend_from_slice(b);
+                Ok(())
+            })?;
+            return Ok(out);
+        }
         let mut buf = vec![0u8; s.len as usize];
         self.file
             .read_exact_at(&mut buf, s.offset)
             .map_err(|source| ImageError::Io {
-                path: self.path.clone(),
+                path: self.path.into(),
                 source,
             })?;
         Ok(buf)
+    }
+
+    /// Writes section `index`'s content into `to` at `at`, streamed.
+    pub fn copy_to(&self, index: usize, to: &File, at: u64) -> std::io::Result<()> {
+        let s = self.section(index).map_err(std::io::Error::other)?;
+        let mut pos = at;
+        let mut write = |b: &[u8]| {
+            to.write_all_at(b, pos)?;
+            pos += b.len() as u64;
+            Ok(())
+        };
+        if s.compressed.is_some() {
+            return self.decode(index, write).map_err(std::io::Error::other);
+        }
+        let mut src = FileRange::new(self.file, s.offset, s.len);
+        let mut buf = vec![0u8; (1 << 20).min(s.len as usize)];
+        loop {
+            let n = src.read(&mut buf)?;
+            if n == 0 {
+                break;
+            }
+            write(&buf[..n])?;
+        }
+        match pos - at == s.len {
+            true => Ok(()),
+            false => Err(std::io::ErrorKind::UnexpectedEof.into()),
+        }
+    }
+
+    /// Hands the content of compressed section `index` to `sink` as it decompresses (nothing
+    /// for a plain section, which has no `compressed` record). Errors name the section.
+    fn decode(
+        &self,
+        index: usize,
+        sink: impl FnMut(&[u8]) -> std::io::Result<()>,
+    ) -> Result<(), ImageError> {
+        let s = self.section(index)?;
+        let Some(c) = &s.compressed else {
+            return Ok(());
+        };
+        let src =
+            std::io::BufReader::with_capacity(1 << 16, FileRange::new(self.file, c.offset, c.len));
+        codec::decode(c.codec, src, (s.len, s.xxh64), sink).map_err(|e| {
+            corrupt(
+                self.path,
+                format!("compressed section {index} ({}): {e}", s.kind.name()),
+            )
+        })
     }
 }

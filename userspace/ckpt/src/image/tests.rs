@@ -1,6 +1,8 @@
 //! The container alone: round trip, every corruption caught, versions named, no leftovers.
 
 use super::*;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
 
 /// A manifest of the container's tests: it refers to one blob section.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -20,12 +22,24 @@ impl Validate for TestManifest {
     }
 }
 
+fn sample_pages() -> Vec<u8> {
+    (0..3 * PAGE as usize)
+        .map(|i| (i * 31 % 251) as u8)
+        .collect()
+}
+
 /// A small, valid image with three pages and a blob.
 pub(crate) fn sample_image(path: &Path) -> TestManifest {
+    sample_image_at(path, None)
+}
+
+/// The sample image, its sections compressed at `level` if given.
+fn sample_image_at(path: &Path, level: Option<i32>) -> TestManifest {
     let mut w = ImageWriter::create(path).unwrap();
-    let pages: Vec<u8> = (0..3 * PAGE as usize)
-        .map(|i| (i * 31 % 251) as u8)
-        .collect();
+    if let Some(level) = level {
+        w.compress(level).unwrap();
+    }
+    let pages = sample_pages();
     let page_offset = w.append_pages(&pages).unwrap();
     let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
     let m = TestManifest { blob, page_offset };
@@ -51,7 +65,9 @@ fn round_trip() {
     let img = Image::<TestManifest>::open(&p).unwrap();
     assert_eq!(img.manifest, m);
     assert_eq!(img.sections.len(), 2);
-    assert_eq!(img.meta.format_version, FORMAT_VERSION);
+    // Nothing compressed: still the version a ckpt of before reads.
+    assert_eq!(img.meta.format_version, PLAIN_FORMAT_VERSION);
+    assert!(img.pages_view().unwrap().is_none());
     assert_eq!(img.read_section(1).unwrap(), vec![7u8; 832]);
     // No temporary file left behind.
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
@@ -60,9 +76,18 @@ fn round_trip() {
 
 #[test]
 fn every_flipped_byte_and_truncation_is_rejected() {
+    every_flipped_byte_and_truncation_is_rejected_at(None);
+}
+
+#[test]
+fn every_flipped_byte_and_truncation_of_a_compressed_image_is_rejected() {
+    every_flipped_byte_and_truncation_is_rejected_at(Some(codec::DEFAULT_LEVEL));
+}
+
+fn every_flipped_byte_and_truncation_is_rejected_at(level: Option<i32>) {
     let d = tmpdir();
     let p = d.join("img");
-    sample_image(&p);
+    sample_image_at(&p, level);
     let good = std::fs::read(&p).unwrap();
     let bad = d.join("bad");
     let mut rng = fastrand::Rng::with_seed(0xC4EC);
@@ -101,7 +126,10 @@ fn another_version_is_named() {
     std::fs::write(&p, &data).unwrap();
     let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
     assert!(
-        err.contains("format version 7") && err.contains(&format!("version {FORMAT_VERSION}")),
+        err.contains("format version 7")
+            && err.contains(&format!(
+                "versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}"
+            )),
         "{err}"
     );
     std::fs::remove_dir_all(d).unwrap();
@@ -155,4 +183,215 @@ fn the_modules_xxh64_agrees_with_the_verifier() {
             "len {len}"
         );
     }
+}
+
+#[test]
+fn compressed_round_trip() {
+    let d = tmpdir();
+    let (plain, packed) = (d.join("plain"), d.join("packed"));
+    sample_image(&plain);
+    let m = sample_image_at(&packed, Some(codec::DEFAULT_LEVEL));
+    let img = Image::<TestManifest>::open(&packed).unwrap();
+    assert_eq!(img.manifest, m);
+    assert_eq!(img.meta.format_version, FORMAT_VERSION);
+    assert!(img.sections.iter().all(|s| s.compressed.is_some()));
+    assert_eq!(img.read_section(m.blob).unwrap(), vec![7u8; 832]);
+    // The pages are where the manifest says, in the view.
+    let view = img
+        .pages_view()
+        .unwrap()
+        .expect("a view of compressed pages");
+    let mut pages = vec![0u8; 3 * PAGE as usize];
+    view.read_exact_at(&mut pages, m.page_offset).unwrap();
+    assert_eq!(pages, sample_pages());
+    // Sealed: nobody writes into it.
+    assert!(view.write_all_at(&[1], m.page_offset).is_err());
+    // A section copied out streams the same content.
+    let out = tempfile_in(&d);
+    img.data().copy_to(m.blob, &out, 5).unwrap();
+    let mut copied = vec![0u8; 832];
+    out.read_exact_at(&mut copied, 5).unwrap();
+    assert_eq!(copied, vec![7u8; 832]);
+    let size = |p: &Path| std::fs::metadata(p).unwrap().len();
+    assert!(
+        size(&packed) < size(&plain),
+        "{} >= {}",
+        size(&packed),
+        size(&plain)
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+fn tempfile_in(d: &Path) -> File {
+    std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create_new(true)
+        .open(d.join("out"))
+        .unwrap()
+}
+
+/// Rewrites the image's manifest through `edit`, with checksums and lengths that match: what
+/// a writer with a bug (or a forger) could produce.
+fn rewrite_manifest(path: &Path, edit: impl FnOnce(&mut serde_json::Value)) {
+    let data = std::fs::read(path).unwrap();
+    let h = header::Header::decode(path, data[..header::HEADER_LEN].try_into().unwrap()).unwrap();
+    let start = h.manifest_offset as usize;
+    let mut json: serde_json::Value = serde_json::from_slice(&data[start..]).unwrap();
+    edit(&mut json);
+    let json = serde_json::to_vec(&json).unwrap();
+    let mut out = data[..start].to_vec();
+    out.extend_from_slice(&json);
+    let h = header::Header {
+        manifest_len: json.len() as u64,
+        file_len: out.len() as u64,
+        manifest_sum: xxhash_rust::xxh64::xxh64(&json, 0),
+        ..h
+    };
+    out[..header::HEADER_LEN].copy_from_slice(&h.encode());
+    std::fs::write(path, out).unwrap();
+}
+
+/// The error opening the compressed sample once `edit` changed the blob's section record.
+fn error_with_blob_record(edit: impl FnOnce(&mut serde_json::Value)) -> String {
+    let d = tmpdir();
+    let p = d.join("img");
+    let m = sample_image_at(&p, Some(codec::DEFAULT_LEVEL));
+    rewrite_manifest(&p, |j| edit(&mut j["sections"][m.blob]));
+    let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
+    std::fs::remove_dir_all(d).unwrap();
+    err
+}
+
+#[test]
+fn a_compressed_section_of_another_length_is_refused_naming_it() {
+    let err = error_with_blob_record(|s| s["len"] = 833.into());
+    assert!(
+        err.contains("compressed section 1 (test_blob)")
+            && err.contains("decompresses to 832 bytes, the manifest declares 833"),
+        "{err}"
+    );
+    let err = error_with_blob_record(|s| s["len"] = 831.into());
+    assert!(
+        err.contains("compressed section 1 (test_blob)")
+            && err.contains("more than the 831 bytes the manifest declares"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_compressed_section_declaring_more_than_zstd_can_hold_is_refused_before_decompressing() {
+    let err = error_with_blob_record(|s| s["len"] = (1u64 << 50).into());
+    assert!(
+        err.contains("section 1") && err.contains("more than") && err.contains("can hold"),
+        "{err}"
+    );
+}
+
+#[test]
+fn a_compressed_section_with_wrong_content_checksum_is_refused() {
+    let err = error_with_blob_record(|s| {
+        let sum = s["xxh64"].as_u64().unwrap();
+        s["xxh64"] = (sum ^ 1).into();
+    });
+    assert!(
+        err.contains("compressed section 1 (test_blob)") && err.contains("checksum"),
+        "{err}"
+    );
+}
+
+/// Compressed bytes that match their recorded checksum but are not zstd (a writer's bug):
+/// named, not a panic or a huge allocation.
+#[test]
+fn garbage_under_a_matching_checksum_is_refused_naming_the_section() {
+    let d = tmpdir();
+    let p = d.join("img");
+    let m = sample_image_at(&p, Some(codec::DEFAULT_LEVEL));
+    let img = Image::<TestManifest>::open(&p).unwrap();
+    let c = img.sections[m.blob].compressed.unwrap();
+    drop(img);
+    let mut data = std::fs::read(&p).unwrap();
+    let stored = &mut data[c.offset as usize..(c.offset + c.len) as usize];
+    stored.iter_mut().for_each(|b| *b = 0x5a);
+    let sum = xxhash_rust::xxh64::xxh64(stored, 0);
+    std::fs::write(&p, &data).unwrap();
+    rewrite_manifest(&p, |j| {
+        j["sections"][m.blob]["compressed"]["xxh64"] = sum.into()
+    });
+    let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
+    assert!(
+        err.contains("compressed section 1 (test_blob)") && err.contains("not valid zstd"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// The module's path when compressing: pages written into the scratch memfd in pieces, each
+/// a compressed section whose content lands in the view where the returned offset says.
+#[test]
+fn external_pages_through_the_scratch_memfd() {
+    let d = tmpdir();
+    let p = d.join("img");
+    let mut w = ImageWriter::create(&p).unwrap();
+    assert_eq!(w.external_pages_limit(), None);
+    w.compress(1).unwrap();
+    assert!(w.external_pages_limit().is_some());
+    let mut pieces: Vec<Vec<u8>> = (0..3u8).map(|k| vec![k + 1; 2 * PAGE as usize]).collect();
+    // Random pages: zstd would not shrink them, they are kept as they are.
+    pieces.push((0..8 * PAGE).map(|_| fastrand::u8(..)).collect());
+    let mut at = Vec::new();
+    for piece in &pieces {
+        let (file, offset) = w.external_pages_target().unwrap();
+        // What the module does: write at the offset, report the XXH64.
+        file.write_all_at(piece, offset).unwrap();
+        let sum = xxhash_rust::xxh64::xxh64(piece, 0);
+        at.push(w.external_pages_written(piece.len() as u64, sum).unwrap());
+    }
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    w.finish(&TestManifest {
+        blob,
+        page_offset: at[0],
+    })
+    .unwrap();
+    let img = Image::<TestManifest>::open(&p).unwrap();
+    let codecs: Vec<Codec> = img.sections[..4]
+        .iter()
+        .map(|s| s.compressed.unwrap().codec)
+        .collect();
+    assert_eq!(codecs, [Codec::Zstd, Codec::Zstd, Codec::Zstd, Codec::None]);
+    let stored = img.sections[3].compressed.unwrap();
+    assert_eq!(
+        (stored.len, stored.xxh64),
+        (8 * PAGE, img.sections[3].xxh64)
+    );
+    let view = img.pages_view().unwrap().unwrap();
+    for (piece, &offset) in pieces.iter().zip(&at) {
+        assert_eq!(offset % PAGE, 0);
+        let mut got = vec![0u8; piece.len()];
+        view.read_exact_at(&mut got, offset).unwrap();
+        assert_eq!(&got, piece);
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// For a restore, pages are decompressed once, into the view: their content is checked
+/// there, still before anything is made; `open` checks it at once.
+#[test]
+fn page_content_is_checked_by_open_or_else_by_the_view() {
+    let d = tmpdir();
+    let p = d.join("img");
+    sample_image_at(&p, Some(codec::DEFAULT_LEVEL));
+    rewrite_manifest(&p, |j| {
+        let sum = j["sections"][0]["xxh64"].as_u64().unwrap();
+        j["sections"][0]["xxh64"] = (sum ^ 1).into();
+    });
+    let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
+    assert!(err.contains("compressed section 0 (pages)"), "{err}");
+    let img = Image::<TestManifest>::open_pages_later(&p).unwrap();
+    let err = img.pages_view().unwrap_err().to_string();
+    assert!(
+        err.contains("compressed section 0 (pages)") && err.contains("checksum"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
 }

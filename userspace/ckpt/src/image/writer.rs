@@ -1,14 +1,35 @@
 //! Writing an image: sections appended (or written by the kernel module straight into the
 //! file), then the manifest and the header, under a temporary name until it is durable.
+//!
+//! Compressing ([`ImageWriter::compress`]), every section is one zstd frame, except pages
+//! zstd would not shrink, kept as they are. The module's pages go to a scratch memfd first,
+//! in pieces of at most [`COMPRESSED_PAGES_CHUNK`], each streamed from there into a section
+//! of its own; the content of each section gets a place in the image's uncompressed view
+//! (`Section::offset`), which is what page runs point at.
 
+use super::codec::{self, Codec, Compressed, FileRange};
 use super::header::Header;
-use super::{Envelope, Meta, Section, SectionKind, FORMAT_VERSION, PAGE, PAGES};
+use super::{
+    Envelope, Meta, Section, SectionKind, FORMAT_VERSION, PAGE, PAGES, PLAIN_FORMAT_VERSION,
+};
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh64::{xxh64, Xxh64};
+
+/// The most page content the module writes into the scratch memfd at once when compressing:
+/// the memory a compressed checkpoint needs beyond the uncompressed one's.
+pub const COMPRESSED_PAGES_CHUNK: u64 = 64 << 20;
+
+/// Compressing: the level, the scratch memfd pages go through, and the next free place in the
+/// uncompressed view.
+struct Compressing {
+    level: i32,
+    scratch: File,
+    view_end: u64,
+}
 
 /// Writes an image under a temporary name in the destination directory; [`finish`] makes it
 /// durable and gives it its name. Dropped unfinished, it removes the temporary file.
@@ -22,8 +43,8 @@ pub struct ImageWriter {
     sections: Vec<Section>,
     /// The pages section being appended to: (index in `sections`, running checksum).
     open_pages: Option<(usize, Box<Xxh64>)>,
-    /// Sections written by someone else (the kernel module): their checksum is computed at
-    /// `finish`, by reading them back.
+    /// Set by [`ImageWriter::compress`].
+    compressing: Option<Compressing>,
     done: bool,
 }
 
@@ -56,6 +77,7 @@ impl ImageWriter {
             pos: 0,
             sections: Vec::new(),
             open_pages: None,
+            compressing: None,
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -80,6 +102,10 @@ impl ImageWriter {
     /// if needed. Returns the file offset the data landed at.
     pub fn append_pages(&mut self, data: &[u8]) -> io::Result<u64> {
         assert_eq!(data.len() as u64 % PAGE, 0, "page data must be whole pages");
+        if self.compressing.is_some() {
+            let i = self.add_compressed(PAGES, data, (data.len() as u64, None))?;
+            return Ok(self.sections[i].offset);
+        }
         if self.open_pages.is_none() {
             self.pad_to(PAGE)?;
             self.sections.push(Section {
@@ -87,6 +113,7 @@ impl ImageWriter {
                 offset: self.pos,
                 len: 0,
                 xxh64: 0,
+                compressed: None,
             });
             self.open_pages = Some((self.sections.len() - 1, Box::new(Xxh64::new(0))));
         }
@@ -99,36 +126,159 @@ impl ImageWriter {
         Ok(offset)
     }
 
-    /// Where pages written into the file by someone else must start (page-aligned); call
-    /// [`ImageWriter::external_pages_written`] after they are.
-    pub fn external_pages_offset(&mut self) -> io::Result<u64> {
+    /// Compresses every section from now on, at zstd `level`.
+    pub fn compress(&mut self, level: i32) -> io::Result<()> {
+        let scratch =
+            nix::sys::memfd::memfd_create(c"ckpt-pages", nix::sys::memfd::MFdFlags::MFD_CLOEXEC)?;
         self.open_pages = None;
-        self.pad_to(PAGE)?;
-        Ok(self.pos)
-    }
-
-    /// Records `len` bytes of pages written by someone else at the offset
-    /// `external_pages_offset` returned, as a new pages section whose XXH64 the writer
-    /// computed while writing (nothing is read back).
-    pub fn external_pages_written(&mut self, len: u64, xxh64: u64) -> io::Result<()> {
-        assert_eq!(len % PAGE, 0);
-        if len == 0 {
-            return Ok(());
-        }
-        self.sections.push(Section {
-            kind: PAGES,
-            offset: self.pos,
-            len,
-            xxh64,
+        self.compressing = Some(Compressing {
+            level,
+            scratch: File::from(scratch),
+            // Clear of the header, like the file's own first section.
+            view_end: PAGE,
         });
-        self.pos += len;
-        self.file.seek(SeekFrom::Start(self.pos))?;
         Ok(())
     }
 
-    /// The file the image is being written to (for the kernel module to write into).
-    pub fn file(&self) -> &File {
-        &self.file
+    /// The most page content to have written at once through [`Self::external_pages_target`]
+    /// (none: any).
+    pub fn external_pages_limit(&self) -> Option<u64> {
+        self.compressing.as_ref().map(|_| COMPRESSED_PAGES_CHUNK)
+    }
+
+    /// Where someone else (the kernel module) is to write pages: a file and a page-aligned
+    /// offset in it, the image's own or the scratch memfd. Call
+    /// [`Self::external_pages_written`] after they are.
+    pub fn external_pages_target(&mut self) -> io::Result<(&File, u64)> {
+        self.open_pages = None;
+        if self.compressing.is_none() {
+            self.pad_to(PAGE)?;
+        }
+        match &self.compressing {
+            Some(c) => {
+                // Emptied, so that its memory goes back.
+                c.scratch.set_len(0)?;
+                Ok((&c.scratch, 0))
+            }
+            None => Ok((&self.file, self.pos)),
+        }
+    }
+
+    /// Reads back page content written at `offset` (not compressing: compressed content is
+    /// not at hand).
+    pub fn read_pages_back(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        if self.compressing.is_some() {
+            return Err(io::Error::other("compressed pages cannot be read back"));
+        }
+        self.file.read_exact_at(buf, offset)
+    }
+
+    /// Records `len` bytes of pages written by someone else where
+    /// `external_pages_target` said, whose XXH64 the writer computed while writing, as a new
+    /// pages section. Returns the offset the image records for their first byte (page runs
+    /// are moved by the difference).
+    pub fn external_pages_written(&mut self, len: u64, xxh64: u64) -> io::Result<u64> {
+        assert_eq!(len % PAGE, 0);
+        if let Some(c) = &self.compressing {
+            if len == 0 {
+                return Ok(c.view_end.next_multiple_of(PAGE));
+            }
+            let scratch = c.scratch.try_clone()?;
+            let i = match codec::worth_compressing(&scratch, (0, len))? {
+                true => {
+                    let src = FileRange::new(&scratch, 0, len);
+                    self.add_compressed(PAGES, src, (len, Some(xxh64)))?
+                }
+                false => self.add_stored_pages(&scratch, (len, xxh64))?,
+            };
+            return Ok(self.sections[i].offset);
+        }
+        let offset = self.pos;
+        if len == 0 {
+            return Ok(offset);
+        }
+        self.sections.push(Section {
+            kind: PAGES,
+            offset,
+            len,
+            xxh64,
+            compressed: None,
+        });
+        self.pos += len;
+        self.file.seek(SeekFrom::Start(self.pos))?;
+        Ok(offset)
+    }
+
+    /// Copies the `len` bytes of pages at the start of `scratch`, whose XXH64 is `xxh64`, into
+    /// a new pages section kept as it is (compressing, for content zstd would not shrink);
+    /// returns its index. The kernel copies (sendfile, which unlike copy_file_range crosses
+    /// filesystems everywhere): nothing is read here.
+    fn add_stored_pages(&mut self, scratch: &File, (len, xxh64): (u64, u64)) -> io::Result<usize> {
+        let c = self
+            .compressing
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not compressing"))?;
+        let offset = c.view_end.next_multiple_of(PAGE);
+        c.view_end = offset + len;
+        let at = self.pos;
+        let mut from: libc::off_t = 0;
+        while (from as u64) < len {
+            let left = (len - from as u64).min(1 << 30) as usize;
+            let n = nix::sys::sendfile::sendfile(&self.file, scratch, Some(&mut from), left)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+        }
+        self.pos += len;
+        self.sections.push(Section {
+            kind: PAGES,
+            offset,
+            len,
+            xxh64,
+            compressed: Some(Compressed {
+                codec: Codec::None,
+                offset: at,
+                len,
+                xxh64,
+            }),
+        });
+        Ok(self.sections.len() - 1)
+    }
+
+    /// Compresses the `len` bytes of `src` (whose XXH64 is `xxh64` if known) into a new
+    /// section of `kind` at the end of the file (compressing); returns its index.
+    fn add_compressed(
+        &mut self,
+        kind: SectionKind,
+        src: impl io::Read,
+        (len, xxh64): (u64, Option<u64>),
+    ) -> io::Result<usize> {
+        let c = self
+            .compressing
+            .as_mut()
+            .ok_or_else(|| io::Error::other("not compressing"))?;
+        let offset = match kind == PAGES {
+            true => c.view_end.next_multiple_of(PAGE),
+            false => c.view_end,
+        };
+        let level = c.level;
+        c.view_end = offset + len;
+        let at = self.pos;
+        let e = codec::encode(src, (len, xxh64), level, &mut self.file)?;
+        self.pos += e.len;
+        self.sections.push(Section {
+            kind,
+            offset,
+            len,
+            xxh64: e.raw_xxh64,
+            compressed: Some(Compressed {
+                codec: Codec::Zstd,
+                offset: at,
+                len: e.len,
+                xxh64: e.xxh64,
+            }),
+        });
+        Ok(self.sections.len() - 1)
     }
 
     /// Adds a section of the `len` bytes at `start` of `from` (streamed, for content too large
@@ -140,6 +290,9 @@ impl ImageWriter {
         (start, len): (u64, u64),
     ) -> io::Result<usize> {
         self.open_pages = None;
+        if self.compressing.is_some() {
+            return self.add_compressed(kind, FileRange::new(from, start, len), (len, None));
+        }
         let offset = self.pos;
         let mut sum = Xxh64::new(0);
         let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
@@ -156,6 +309,7 @@ impl ImageWriter {
             offset,
             len,
             xxh64: sum.digest(),
+            compressed: None,
         });
         Ok(self.sections.len() - 1)
     }
@@ -163,6 +317,9 @@ impl ImageWriter {
     /// Adds a small binary section; returns its index in the manifest's section list.
     pub fn add_blob(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<usize> {
         self.open_pages = None;
+        if self.compressing.is_some() {
+            return self.add_compressed(kind, data, (data.len() as u64, None));
+        }
         let offset = self.pos;
         self.write_all(data)?;
         self.sections.push(Section {
@@ -170,6 +327,7 @@ impl ImageWriter {
             offset,
             len: data.len() as u64,
             xxh64: xxh64(data, 0),
+            compressed: None,
         });
         Ok(self.sections.len() - 1)
     }
@@ -177,8 +335,12 @@ impl ImageWriter {
     /// Writes the manifest (the envelope with the sections, then `manifest`'s fields) and the
     /// header, fsyncs, and renames into place. Returns the size.
     pub fn finish<M: Serialize>(mut self, manifest: &M) -> io::Result<u64> {
+        let version = match self.sections.iter().any(|s| s.compressed.is_some()) {
+            true => FORMAT_VERSION,
+            false => PLAIN_FORMAT_VERSION,
+        };
         let envelope = Envelope {
-            meta: Meta::now(),
+            meta: Meta::now(version),
             sections: std::mem::take(&mut self.sections),
             manifest,
         };
@@ -186,7 +348,7 @@ impl ImageWriter {
         let manifest_offset = self.pos;
         self.write_all(&json)?;
         let header = Header {
-            version: FORMAT_VERSION,
+            version,
             arch: envelope.meta.arch,
             kernel_release: envelope.meta.kernel_release,
             manifest_offset,

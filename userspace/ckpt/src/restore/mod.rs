@@ -60,13 +60,27 @@ pub struct Restored {
 /// Restores the image at `path`. The restored root process (or the pid namespace's init) is
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
-    // An incremental image's parents too: each verified, each the one its child names.
-    let chain = Chain::open(path)?;
+    // An incremental image's parents too: each verified (compressed pages as they are
+    // decompressed below), each the one its child names.
+    let chain = Chain::open_pages_later(path)?;
     for i in &chain.images {
         trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
     }
     let img = chain.image();
     let xstates = read_xstates(img)?;
+    // Compressed pages are decompressed here, before any process exists: each image's
+    // page runs are read from its view.
+    let views = chain
+        .images
+        .iter()
+        .map(|i| i.pages_view())
+        .collect::<Result<Vec<_>, _>>()?;
+    let pages: Vec<&std::fs::File> = chain
+        .images
+        .iter()
+        .zip(&views)
+        .map(|(i, v)| v.as_ref().unwrap_or(&i.file))
+        .collect();
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -77,7 +91,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         false => None,
     };
     let (mut restorers, report_in, go_out) =
-        prepare_restorers(&chain, &dev, groups, opts, ns.as_ref())?;
+        prepare_restorers((&chain, pages), &dev, groups, opts, ns.as_ref())?;
     // The TCP connections are made again: their peers' packets may come through.
     if let Some(table) = &img.manifest.netlock {
         lift_netlock(table);
@@ -172,8 +186,9 @@ fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
 
 /// Everything the restorers need, made before the first fork: the shared objects, each
 /// process's plan, the report and go pipes. Returns them with the pipes' ends ckpt keeps.
+/// `pages`: per image of the chain, the file its page runs point into (`Image::pages_view`).
 fn prepare_restorers<'a>(
-    chain: &'a Chain,
+    (chain, pages): (&'a Chain, Vec<&'a std::fs::File>),
     dev: &'a crate::device::Device,
     groups: crate::groups::Plan,
     opts: &Options,
@@ -216,7 +231,7 @@ fn prepare_restorers<'a>(
         manifest: m,
         plans,
         cow: crate::cow::plan(m),
-        images: chain.images.iter().map(|i| &i.file).collect(),
+        images: pages,
         dev,
         report: report_out,
         go,
@@ -376,7 +391,7 @@ fn make_shared(img: &Image, ipcns: bool) -> Result<fds::SharedFds, RestoreError>
         .map(|f| f.fd)
         .max();
     let read = |i| img.read_section(i).map_err(std::io::Error::other);
-    let whole = (&img.file, img.sections.as_slice());
+    let whole = img.data();
     let envs: Vec<fds::HolderEnv> = m
         .processes
         .iter()
