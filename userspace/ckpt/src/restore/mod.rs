@@ -17,6 +17,7 @@ mod pidns;
 mod restorer;
 mod supervise;
 mod trust;
+pub mod unprivileged;
 
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
@@ -61,6 +62,9 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     let img = Image::open(path)?;
     trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
+    if !nix::unistd::geteuid().is_root() {
+        check_unprivileged(path, &img.manifest)?;
+    }
     let xstates = read_xstates(&img)?;
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
@@ -92,6 +96,28 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         sysv.remove_all();
     }
     result
+}
+
+/// A user other than root restores only what they could give a process of their own
+/// (`unprivileged`), and only holding what RESTORE requires.
+fn check_unprivileged(path: &Path, m: &crate::manifest::Manifest) -> Result<(), RestoreError> {
+    let caller = unprivileged::Caller::current().map_err(restore_io("reading our credentials"))?;
+    let refused = |why| RestoreError::NotYours {
+        path: path.into(),
+        uid: caller.uids[1],
+        why,
+    };
+    if let Some(why) = unprivileged::refusal(m, &caller) {
+        return Err(refused(why));
+    }
+    if !caller.may_restore() {
+        return Err(refused(
+            "restoring needs CAP_CHECKPOINT_RESTORE (the module's RESTORE and clone3 with \
+             chosen pids require it): run ckpt restore as root"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes the table holding back the peers' packets since the checkpoint (gone already if
