@@ -7,6 +7,8 @@
  *  - ckpt_helper_task_still_dumpable(): task->exec_state is RCU-protected, its type is not in
  *    the Rust bindings and the kernel's accessor is not exported. It mirrors the dumpability
  *    step of __ptrace_may_access() (kernel/ptrace.c).
+ *  - ckpt_helper_traced_by_current(): ptrace_parent() is an inline that must run under RCU.
+ *  - ckpt_helper_may_open_as_group(): current_fsuid() and make_kgid() are inlines.
  * Keep it that small: logic belongs in Rust.
  */
 #include <linux/capability.h>
@@ -21,6 +23,8 @@
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/personality.h>
+#include <linux/ptrace.h>
+#include <linux/uidgid.h>
 #include <linux/signal.h>
 #include <linux/stddef.h>
 
@@ -54,6 +58,32 @@ bool ckpt_helper_task_still_dumpable(struct task_struct *task)
 	if (READ_ONCE(exec_state->dumpable) == TASK_DUMPABLE_OWNER)
 		return true;
 	return ns_capable(exec_state->user_ns, CAP_SYS_PTRACE);
+}
+
+/*
+ * Whether the caller is @task's tracer. The tracer may detach and exit at any time, so
+ * task->parent is read under RCU (as ptrace_parent() requires) and only compared, never used.
+ * A tracer passed ptrace's attach check, every LSM's included (Yama, SELinux, AppArmor), and
+ * while it traces @task an exec of a setuid program gains no privilege it could not trace.
+ */
+bool ckpt_helper_traced_by_current(struct task_struct *task)
+{
+	guard(rcu)();
+	return ptrace_parent(task) == current;
+}
+
+/*
+ * The permission check of a root-owned node with mode 0660 and group @gid (see
+ * generic_permission()), applied at open when the module is loaded with group=GID: the misc
+ * device API gives a node a mode but no group, so that node is 0666 and this is its rule.
+ */
+bool ckpt_helper_may_open_as_group(u32 gid)
+{
+	if (uid_eq(current_fsuid(), GLOBAL_ROOT_UID))
+		return true;
+	if (in_group_p(make_kgid(&init_user_ns, gid)))
+		return true;
+	return capable(CAP_DAC_OVERRIDE);
 }
 
 void ckpt_helper_mm_get_layout(struct mm_struct *mm, struct ckpt_mm_layout *out)

@@ -51,6 +51,8 @@ void ckpt_helper_c_layout(struct ckpt_c_layout *out);
 void ckpt_helper_mm_get_layout(struct mm_struct *mm, struct ckpt_mm_layout *out);
 void ckpt_helper_mm_set_layout(struct mm_struct *mm, const struct ckpt_mm_layout *in);
 bool ckpt_helper_mm_sole_user(struct mm_struct *mm);
+bool ckpt_helper_traced_by_current(struct task_struct *task);
+bool ckpt_helper_may_open_as_group(u32 gid);
 void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out);
 int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count);
 s64 ckpt_helper_file_size(struct file *file);

@@ -1,12 +1,12 @@
 // SPDX-License-Identifier: GPL-2.0
 //! ckpt: checkpoint/restore of Linux processes. This module registers `/dev/ckpt` (mode 0600:
-//! root only unless an administrator changes it) and serves the ioctls defined in
-//! `abi/src/abi.rs`, which user space compiles too. See docs/design.md.
+//! root only; with `group=GID`, root and the members of GID, see `registration.rs`) and serves
+//! the ioctls defined in `abi/src/abi.rs`, which user space compiles too. See docs/design.md.
 
 use kernel::{
     fs::File,
     ioctl::{_IOC_SIZE, _IOR, _IOW, _IOWR},
-    miscdevice::{MiscDevice, MiscDeviceOptions, MiscDeviceRegistration},
+    miscdevice::{MiscDevice, MiscDeviceRegistration},
     prelude::*,
     transmute::{AsBytes, FromBytes},
     uaccess::{UserPtr, UserSlice},
@@ -21,6 +21,7 @@ mod dump_task;
 mod helpers;
 mod layout;
 mod query;
+mod registration;
 mod restore;
 mod target;
 #[allow(unreachable_pub, dead_code)]
@@ -76,12 +77,32 @@ module! {
     authors: ["ckpt developers"],
     description: "Checkpoint and restore of Linux processes (/dev/ckpt)",
     license: "GPL",
+    params: {
+        group: i64 {
+            default: -1,
+            description: "Group (numeric gid) whose members may open /dev/ckpt; -1: root only",
+        },
+    },
+}
+
+/// The `group` parameter: None (root only), or the gid whose members may open the device.
+fn device_group() -> Result<Option<u32>> {
+    let gid = *module_parameters::group.value();
+    match gid {
+        -1 => Ok(None),
+        // u32::MAX is the kernel's invalid id.
+        0..=0xffff_fffe => Ok(Some(gid as u32)),
+        _ => {
+            pr_err!("group={gid} is not a gid (0 to 4294967294, or -1 for root only)\n");
+            Err(EINVAL)
+        }
+    }
 }
 
 #[pin_data]
 struct CkptModule {
     #[pin]
-    _dev: MiscDeviceRegistration<CkptDevice>,
+    _dev: registration::Registration,
 }
 
 impl kernel::InPlaceModule for CkptModule {
@@ -90,21 +111,26 @@ impl kernel::InPlaceModule for CkptModule {
             _dev <- {
                 // Refuse to load before anything is registered if bindgen mis-laid a struct.
                 layout::check()?;
-                MiscDeviceRegistration::register(MiscDeviceOptions { name: c"ckpt" })
+                registration::Registration::register(device_group()?)
             },
         })
     }
 }
 
 /// One open `/dev/ckpt`. It holds no state: every ioctl names its target.
-struct CkptDevice;
+pub(crate) struct CkptDevice;
 
 #[vtable]
 impl MiscDevice for CkptDevice {
     type Ptr = ();
 
     fn open(_file: &File, _misc: &MiscDeviceRegistration<Self>) -> Result<()> {
-        Ok(())
+        // The node is 0666 when a group is configured: the group's rule is applied here, with
+        // the opener's credentials (open runs in its context).
+        match device_group()? {
+            Some(gid) if !helpers::may_open_as_group(gid) => Err(EACCES),
+            _ => Ok(()),
+        }
     }
 
     fn ioctl(_device: (), _file: &File, cmd: u32, arg: usize) -> Result<isize> {

@@ -1,13 +1,19 @@
 // SPDX-License-Identifier: GPL-2.0
-//! Finding a target process by pid and deciding whether the caller may touch it.
+//! Finding a target process by pid and deciding whether the caller may read it.
 //!
-//! The rule is ptrace attach's (`__ptrace_may_access()` with PTRACE_MODE_ATTACH_REALCREDS):
-//! the caller's real uid/gid equal all of the target's real, effective and saved ids, or the
-//! caller has CAP_SYS_PTRACE in the target's user namespace; and the target is owner-dumpable or
-//! the caller has CAP_SYS_PTRACE over the namespace it was exec'd in. `ptrace_may_access()`
-//! itself is not exported to modules. Not applied (also not exported): the LSM hook
-//! `security_ptrace_access_check()`, so Yama's ptrace_scope does not restrict /dev/ckpt, which
-//! is root-only (0600) by default.
+//! The caller must be the target's tracer (or the target itself). `ptrace_may_access()` and
+//! the LSM hook `security_ptrace_access_check()` are not exported to modules; requiring that
+//! the caller traces the target makes the kernel's own attach (PTRACE_SEIZE) the check, with
+//! every LSM's (Yama's ptrace_scope, SELinux, AppArmor). ckpt seizes every thread it dumps, and
+//! a snapshot clone is born traced by ckpt. A traced process that execs a setuid program gains
+//! no privilege its tracer could not trace (LSM_UNSAFE_PTRACE).
+//!
+//! On top, under the target's exec_update_lock, ptrace attach's own rule (`__ptrace_may_access()`
+//! with PTRACE_MODE_ATTACH_REALCREDS) is applied again, as `ptrace_access_vm()` does for a
+//! tracer's PEEKDATA: the caller's real uid/gid equal all of the target's real, effective and
+//! saved ids, or the caller has CAP_SYS_PTRACE in the target's user namespace; and the target
+//! is owner-dumpable or the caller has CAP_SYS_PTRACE over the namespace it was exec'd in (a
+//! traced process may have become non-dumpable since the attach).
 
 use crate::helpers::{self, ExecUpdateReadGuard};
 use kernel::{mm::MmWithUser, prelude::*, sync::aref::ARef, task::Task};
@@ -53,6 +59,9 @@ impl Target {
         let current = kernel::current!();
         if helpers::same_thread_group(current, &self.task) {
             return Ok(());
+        }
+        if !helpers::traced_by_current(&self.task) {
+            return Err(EPERM);
         }
         let caller = helpers::current_ids();
         let target = helpers::task_ids(&self.task);

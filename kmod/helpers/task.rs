@@ -45,6 +45,8 @@ pub(crate) struct TaskMisc {
 extern "C" {
     fn ckpt_helper_c_layout(out: *mut CLayout);
     fn ckpt_helper_task_still_dumpable(task: *mut c_void) -> bool;
+    fn ckpt_helper_traced_by_current(task: *mut c_void) -> bool;
+    fn ckpt_helper_may_open_as_group(gid: u32) -> bool;
     fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
     fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
 }
@@ -156,6 +158,20 @@ pub(crate) fn caller_has_ptrace_cap_over(ids: &Ids) -> bool {
 pub(crate) fn task_still_dumpable(task: &Task) -> bool {
     // SAFETY: `task` is valid; the helper reads `exec_state` under RCU.
     unsafe { ckpt_helper_task_still_dumpable(task.as_ptr().cast()) }
+}
+
+/// Whether the calling thread is `task`'s tracer (it attached with PTRACE_SEIZE or
+/// PTRACE_ATTACH, or `task` was born traced by it).
+pub(crate) fn traced_by_current(task: &Task) -> bool {
+    // SAFETY: `task` is valid; the helper reads its tracer under RCU and only compares it.
+    unsafe { ckpt_helper_traced_by_current(task.as_ptr().cast()) }
+}
+
+/// Whether the caller may open a root-owned node of mode 0660 and group `gid` (its fsuid is
+/// root, `gid` is one of its groups, or it has CAP_DAC_OVERRIDE).
+pub(crate) fn may_open_as_group(gid: u32) -> bool {
+    // SAFETY: the helper only inspects the caller's credentials.
+    unsafe { ckpt_helper_may_open_as_group(gid) }
 }
 
 /// Read guard on `task->signal->exec_update_lock`: while held, the task cannot exec, so its

@@ -30,6 +30,10 @@ check "the misc device is unregistered" bash -c '! grep -qw ckpt /proc/misc'
 check "insmod again" insmod "$ko"
 check "/dev/ckpt is back" test -c /dev/ckpt
 check "rmmod again" rmmod ckpt
+# group=GID (guest_users.rs loads it so): a value that is no gid is refused at load.
+check "insmod group=-2 is refused" bash -c "! insmod '$ko' group=-2 2>/dev/null"
+check "insmod group=4294967295 is refused" bash -c "! insmod '$ko' group=4294967295 2>/dev/null"
+check "nothing is loaded after the refusals" bash -c '! grep -q "^ckpt " /proc/modules'
 if [[ -w /sys/kernel/debug/kmemleak ]]; then
   # Two scans: kmemleak reports an object only once it has stayed unreferenced for a while.
   echo scan > /sys/kernel/debug/kmemleak; sleep 6; echo scan > /sys/kernel/debug/kmemleak

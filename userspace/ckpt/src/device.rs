@@ -22,7 +22,10 @@ command inside the test guest: tools/guest.sh)";
 pub enum DeviceError {
     #[error("{path} does not exist: the ckpt module is not loaded; {MODULE_HINT}")]
     NotLoaded { path: PathBuf },
-    #[error("permission denied opening {path}: /dev/ckpt is root-only (mode 0600); run as root")]
+    #[error(
+        "permission denied opening {path}: the ckpt module admits root only, or with its \
+         group=GID parameter root and the members of that group"
+    )]
     NoPermission { path: PathBuf },
     #[error("cannot open {path}: {source}")]
     Open { path: PathBuf, source: io::Error },
@@ -48,10 +51,12 @@ pub enum QueryError {
     #[error("no such process: {pid}")]
     NoSuchProcess { pid: i32 },
     #[error(
-        "not permitted to inspect process {pid}: ckpt applies ptrace's rule (same user and a \
-         dumpable process, or CAP_SYS_PTRACE)"
+        "not permitted to inspect process {pid}: the module reads only a process its caller \
+         traces, that runs as the caller's user and is dumpable (or with CAP_SYS_PTRACE)"
     )]
     NotPermitted { pid: i32 },
+    #[error("cannot attach to process {pid}: {why}")]
+    NotTraceable { pid: i32, why: String },
     #[error("process {pid} cannot be inspected: it is a kernel thread (or the pid is invalid)")]
     Invalid { pid: i32 },
     #[error("nothing readable at {addr:#x} in process {pid}")]

@@ -16,10 +16,13 @@ pub enum CheckpointError {
     Zombie(i32),
     #[error(transparent)]
     Query(#[from] crate::device::QueryError),
-    #[error(
-        "cannot attach to process {pid}: {source} (is it already being traced by a debugger?)"
-    )]
-    Attach { pid: i32, source: std::io::Error },
+    #[error("cannot attach to process {pid} ({source}): {why}")]
+    Attach {
+        pid: i32,
+        source: std::io::Error,
+        /// In words (`attach::why_refused`).
+        why: String,
+    },
     #[error("process {pid} is busy: another ckpt (pid {by}) is checkpointing it; try again once it is done")]
     Busy { pid: i32, by: i32 },
     #[error(
@@ -80,6 +83,12 @@ pub enum RestoreError {
     )]
     Untrusted {
         path: std::path::PathBuf,
+        why: String,
+    },
+    #[error("refusing to restore {} as uid {uid}: {why}", path.display())]
+    NotYours {
+        path: std::path::PathBuf,
+        uid: u32,
         why: String,
     },
     #[error("{0}")]

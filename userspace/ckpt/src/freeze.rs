@@ -80,6 +80,7 @@ impl Frozen {
                     _ => CheckpointError::Attach {
                         pid,
                         source: e.into(),
+                        why: crate::attach::why_refused(tid, e),
                     },
                 });
             }

@@ -22,6 +22,21 @@ pub struct ReadReport {
     pub hex: String,
 }
 
+/// The error of a refused attach to `pid`: no such process, a kernel thread, or why not.
+fn refused(pid: i32, e: nix::Error) -> QueryError {
+    const PF_KTHREAD: u64 = 0x0020_0000;
+    match e {
+        nix::Error::ESRCH => QueryError::NoSuchProcess { pid },
+        _ if crate::proc::stat(pid).is_ok_and(|s| s.flags & PF_KTHREAD != 0) => {
+            QueryError::Invalid { pid }
+        }
+        _ => QueryError::NotTraceable {
+            pid,
+            why: crate::attach::why_refused(pid, e),
+        },
+    }
+}
+
 /// Queries `pid`, reading `read_len` bytes at `read_addr` when `read_len > 0`.
 pub fn info(
     dev: &Device,
@@ -30,7 +45,9 @@ pub fn info(
     read_len: usize,
 ) -> Result<InfoReport, QueryError> {
     let mut buf = vec![0u8; read_len];
-    let r = dev.query(pid, read_addr, &mut buf)?;
+    // The module reads only a process its caller traces.
+    let r = crate::attach::while_traced(pid, || dev.query(pid, read_addr, &mut buf))
+        .map_err(|e| refused(pid, e))??;
     let read = (read_len > 0).then(|| ReadReport {
         addr: read_addr,
         requested: read_len,

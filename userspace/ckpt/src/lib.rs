@@ -28,6 +28,7 @@ pub mod tree;
 pub mod vdso;
 
 // Mechanisms.
+pub mod attach;
 pub mod device;
 pub mod errors;
 pub mod flush;

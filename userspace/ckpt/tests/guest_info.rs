@@ -6,7 +6,7 @@ use ckpt::device::{our_version_info, Device, QueryError};
 use ckpt_abi::{
     ioc, CkptQuery, CKPT_IOC_MAGIC, CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
 };
-use common::{proc_maps, proc_threads, Target, NEEDS_MODULE};
+use common::{proc_maps, proc_threads, Target, Traced, NEEDS_MODULE};
 use std::path::Path;
 use std::process::Command;
 
@@ -18,6 +18,7 @@ fn dev() -> Device {
 fn check_against_proc(t: &Target, len: usize, pattern: fn(usize) -> u8) {
     let before = proc_maps(t.pid());
     let mut buf = vec![0u8; len];
+    let _traced = Traced::new(t.pid());
     let r = dev().query(t.pid(), t.addr, &mut buf).unwrap();
     assert_eq!(
         proc_maps(t.pid()),
@@ -90,6 +91,7 @@ fn read_is_short_at_the_end_of_a_mapping() {
         })
         .expect("a readable mapping followed by a gap");
     let mut buf = vec![0u8; 64];
+    let _traced = Traced::new(t.pid());
     let r = dev().query(t.pid(), end - 16, &mut buf).unwrap();
     assert_eq!(
         r.bytes_read, 16,
@@ -183,6 +185,7 @@ fn bad_ioctl_arguments_get_clear_errors() {
         read_buf: buf.as_mut_ptr() as u64,
         ..Default::default()
     };
+    let _traced = Traced::new(t.pid());
     d.raw_query(&mut good.clone()).unwrap();
 
     // Unknown command numbers.
@@ -334,8 +337,14 @@ fn unprivileged_caller_is_refused() {
     let roots = Target::spawn("static_target", &[]);
     let own = Target::spawn_as("static_target", &[], Some(NOBODY));
     let own_nondumpable = Target::spawn_as("static_target", &["nondumpable"], Some(NOBODY));
-    // Root, with CAP_SYS_PTRACE, may inspect all three.
+    // Root, with CAP_SYS_PTRACE, may inspect all three once it traces them, and none before:
+    // the attach is the permission check, LSMs included, for root as for anyone.
     for t in [&roots, &own, &own_nondumpable] {
+        assert!(matches!(
+            d.query(t.pid(), t.addr, &mut [0u8; 8]),
+            Err(QueryError::NotPermitted { .. })
+        ));
+        let _traced = Traced::new(t.pid());
         d.query(t.pid(), t.addr, &mut [0u8; 8]).unwrap();
     }
     let query = |pid: i32| -> i32 {
@@ -357,7 +366,16 @@ fn unprivileged_caller_is_refused() {
             std::io::Error::last_os_error().raw_os_error().unwrap_or(-1)
         }
     };
-    // SAFETY: the child only makes async-signal-safe calls (set*id, ioctl, open, _exit).
+    let seize = |pid: i32| -> i32 {
+        // SAFETY: PTRACE_SEIZE takes no pointers; async-signal-safe. The child's exit
+        // detaches it.
+        match unsafe { libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) } {
+            0 => 0,
+            _ => std::io::Error::last_os_error().raw_os_error().unwrap_or(-1),
+        }
+    };
+    // SAFETY: the child only makes async-signal-safe calls (set*id, ioctl, open, ptrace,
+    // _exit).
     let child = unsafe { libc::fork() };
     if child == 0 {
         // SAFETY: plain syscalls in the forked child.
@@ -371,10 +389,14 @@ fn unprivileged_caller_is_refused() {
                 11 // the device must be root-only
             } else if query(roots.pid()) != libc::EPERM {
                 12 // another user's process
-            } else if query(own.pid()) != 0 {
-                13 // our own, dumpable process
-            } else if query(own_nondumpable.pid()) != libc::EPERM {
-                14 // our own, but non-dumpable
+            } else if query(own.pid()) != libc::EPERM {
+                15 // our own, dumpable process, but not traced by us
+            } else if seize(own.pid()) != 0 || query(own.pid()) != 0 {
+                13 // our own, dumpable process, traced
+            } else if seize(own_nondumpable.pid()) == 0
+                || query(own_nondumpable.pid()) != libc::EPERM
+            {
+                14 // our own, but non-dumpable: neither ptrace nor the module let us read it
             } else {
                 CHILD_OK
             }
@@ -401,6 +423,7 @@ fn dump_and_restore_ioctls_validate_their_arguments() {
     use std::os::fd::AsRawFd;
     let d = dev();
     let t = Target::spawn("static_target", &[]);
+    let _traced = Traced::new(t.pid());
     let page = t.addr & !4095;
     let ranges = [CkptRange {
         start: page,

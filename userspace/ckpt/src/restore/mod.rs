@@ -17,6 +17,7 @@ mod pidns;
 mod restorer;
 mod supervise;
 mod trust;
+pub mod unprivileged;
 
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
@@ -67,6 +68,9 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
     }
     let img = chain.image();
+    if !nix::unistd::geteuid().is_root() {
+        check_unprivileged(path, &img.manifest)?;
+    }
     let xstates = read_xstates(img)?;
     // Compressed pages are decompressed here, before any process exists: each image's
     // page runs are read from its view.
@@ -111,6 +115,28 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         sysv.remove_all();
     }
     result
+}
+
+/// A user other than root restores only what they could give a process of their own
+/// (`unprivileged`), and only holding what RESTORE requires.
+fn check_unprivileged(path: &Path, m: &crate::manifest::Manifest) -> Result<(), RestoreError> {
+    let caller = unprivileged::Caller::current().map_err(restore_io("reading our credentials"))?;
+    let refused = |why| RestoreError::NotYours {
+        path: path.into(),
+        uid: caller.uids[1],
+        why,
+    };
+    if let Some(why) = unprivileged::refusal(m, &caller) {
+        return Err(refused(why));
+    }
+    if !caller.may_restore() {
+        return Err(refused(
+            "restoring needs CAP_CHECKPOINT_RESTORE (the module's RESTORE and clone3 with \
+             chosen pids require it): run ckpt restore as root"
+                .into(),
+        ));
+    }
+    Ok(())
 }
 
 /// Deletes the table holding back the peers' packets since the checkpoint (gone already if

@@ -1,7 +1,9 @@
 //! Whether root may restore an image: an image decides which programs run with which
 //! credentials and which files they open, so whoever can write it can make a root restore do
 //! anything. Root restores only images that root or a user the image's processes run as owns,
-//! and that nobody else can write (group and others), unless told to trust it.
+//! and that nobody else can write (group and others), unless told to trust it; an image a user
+//! owns may ask for nothing that user could not give a process of their own
+//! (`unprivileged::refusal` with that user's ids and groups from the user database).
 
 use crate::errors::RestoreError;
 use crate::manifest::Manifest;
@@ -26,7 +28,8 @@ pub fn check(
         why: format!("its owner and mode cannot be read: {e}"),
     })?;
     let users = users_of(manifest);
-    let why = refusal(meta.uid(), meta.mode(), &users);
+    let why =
+        refusal(meta.uid(), meta.mode(), &users).or_else(|| owners_refusal(meta.uid(), manifest));
     match why {
         Some(why) => Err(RestoreError::Untrusted {
             path: path.into(),
@@ -43,6 +46,22 @@ fn users_of(manifest: &Manifest) -> BTreeSet<u32> {
         .filter_map(|t| t.creds.as_ref())
         .flat_map(|c| c.uid)
         .collect()
+}
+
+/// Why root may not restore an image owned by `owner`, a user other than root, because it asks
+/// for more than that user could give a process of their own (their own ids only, no
+/// capabilities, no setuid program): whoever writes an image chooses what it asks for.
+fn owners_refusal(owner: u32, manifest: &Manifest) -> Option<String> {
+    if owner == 0 {
+        return None;
+    }
+    let Some(user) = super::unprivileged::Caller::user(owner) else {
+        return Some(format!(
+            "it is owned by uid {owner}, whom the user database does not know"
+        ));
+    };
+    let why = super::unprivileged::refusal(manifest, &user)?;
+    Some(format!("it is owned by uid {owner}, and {why}"))
 }
 
 /// Why an image owned by `owner` with `mode` may not be restored by root (None: it may).

@@ -334,3 +334,30 @@ pub fn reap_orphaned_workers() -> usize {
     }
     reaped
 }
+
+/// A process traced by the calling thread (seized and stopped), as the module requires of a
+/// caller reading it; let go on drop. Only the thread that made it may use the module on it.
+pub struct Traced(pub i32);
+
+impl Traced {
+    pub fn new(pid: i32) -> Traced {
+        use nix::sys::ptrace;
+        let p = nix::unistd::Pid::from_raw(pid);
+        ptrace::seize(p, ptrace::Options::empty()).unwrap_or_else(|e| panic!("seize {pid}: {e}"));
+        ptrace::interrupt(p).unwrap();
+        let mut status = 0;
+        // SAFETY: waiting for the stop of a process we trace.
+        assert_eq!(
+            unsafe { libc::waitpid(pid, &mut status, libc::__WALL) },
+            pid
+        );
+        assert!(libc::WIFSTOPPED(status), "{pid} did not stop: {status:#x}");
+        Traced(pid)
+    }
+}
+
+impl Drop for Traced {
+    fn drop(&mut self) {
+        let _ = nix::sys::ptrace::detach(nix::unistd::Pid::from_raw(self.0), None);
+    }
+}
