@@ -1161,7 +1161,8 @@ fn pipes_socket_pairs_and_deleted_files_from_a_compressed_image() {
 
 /// fdkinds checkpointed with `extra` options, inspected and restored.
 fn fd_kinds(extra: &[&str]) {
-    let (_m, d, out, img) = begin("fdkinds", false);
+    // Its own directory per variant: the variants run at the same time.
+    let (_m, d, out, img) = begin(&format!("fdkinds{}", extra.concat()), false);
     let mut child = Command::new(common::prog("fdkinds"))
         .arg(&out)
         .arg(&d.0)

@@ -349,7 +349,8 @@ fn shared_memory_stays_shared_after_a_compressed_checkpoint() {
 
 /// The shm tree checkpointed with `extra` options and restored.
 fn shared_memory_tree(extra: &[&str]) {
-    let d = Dir::new("tree-shm");
+    // Its own directory per variant: the variants run at the same time.
+    let d = Dir::new(&format!("tree-shm{}", extra.concat()));
     let (mut root, pid) = spawn_ready("shm", &[d.0.as_os_str()]);
     wait_for("the children count, seen by the root", || {
         root_view(&d.0)
@@ -510,7 +511,8 @@ fn copy_on_write_pages_are_stored_once_and_shared_again_when_compressed() {
 /// The cowtree checkpointed with `extra` options and restored: each page stored once,
 /// shared again after the restore.
 fn copy_on_write_tree(extra: &[&str]) {
-    let d = Dir::new("tree-cow");
+    // Its own directory per variant: the variants run at the same time.
+    let d = Dir::new(&format!("tree-cow{}", extra.concat()));
     let (mut root, pid) = spawn_ready("cowtree", &[d.0.as_os_str()]);
     let names = ["p", "c0", "c1", "c2"];
     wait_for("all count", || {
