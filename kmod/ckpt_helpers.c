@@ -188,6 +188,12 @@ int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, boo
 	return ret;
 }
 
+/* fatal_signal_pending(current): an inline the Rust bindings lack. */
+bool ckpt_helper_fatal_signal_pending(void)
+{
+	return fatal_signal_pending(current);
+}
+
 void ckpt_helper_put_page(struct page *page)
 {
 	put_page(page);
