@@ -32,6 +32,8 @@ pub struct RestoreStats {
 #[repr(C)]
 pub struct Board {
     pub stop: AtomicU32,
+    /// Set by a regression case's child just before its call.
+    pub corpus_started: AtomicU32,
     /// The memory target (a process with the fixture's layout, busy rewriting it) and its
     /// threads.
     pub target: [AtomicI32; 4],

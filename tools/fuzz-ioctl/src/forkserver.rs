@@ -177,7 +177,7 @@ fn wait_limited(
     let pidfd = pidfd_open(child);
     let mut timed_out = false;
     if let Some(fd) = &pidfd {
-        if !wait_readable(fd, limits.child_time) {
+        if !wait_or_stop(fd, limits.child_time, c.board) {
             timed_out = true;
             let _ = kill(child, Signal::SIGKILL);
             if !wait_readable(fd, limits.kill_grace) {
@@ -198,7 +198,7 @@ fn wait_limited(
     (status, timed_out)
 }
 
-fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
+pub fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     // SAFETY: pidfd_open takes a pid and flags and returns a new fd or -1.
     let fd = unsafe { libc::syscall(libc::SYS_pidfd_open, pid.as_raw(), 0) };
     if fd < 0 {
@@ -208,8 +208,23 @@ fn pidfd_open(pid: Pid) -> Option<OwnedFd> {
     Some(unsafe { <OwnedFd as std::os::fd::FromRawFd>::from_raw_fd(fd as i32) })
 }
 
+/// Waits for the child behind `fd` for up to `limit`, less if the run is stopping. Whether
+/// it exited.
+fn wait_or_stop(fd: &OwnedFd, limit: Duration, board: &Board) -> bool {
+    let until = std::time::Instant::now() + limit;
+    loop {
+        let left = until.saturating_duration_since(std::time::Instant::now());
+        if wait_readable(fd, left.min(Duration::from_secs(1))) {
+            return true;
+        }
+        if left.is_zero() || board.stopping() {
+            return false;
+        }
+    }
+}
+
 /// Whether `fd` (a pidfd: readable once the process has exited) became readable in time.
-fn wait_readable(fd: &OwnedFd, limit: Duration) -> bool {
+pub fn wait_readable(fd: &OwnedFd, limit: Duration) -> bool {
     use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
     use std::os::fd::AsFd;
     let mut fds = [PollFd::new(fd.as_fd(), PollFlags::POLLIN)];

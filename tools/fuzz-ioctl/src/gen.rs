@@ -382,7 +382,7 @@ fn ranges(rng: &mut Rng) -> Vec<CkptRange> {
     };
     for _ in 0..n {
         let start = at + rng.below(4) * PAGE;
-        let most = if rng.chance(1, 60) { 40_000 } else { 24 };
+        let most = if rng.chance(1, 200) { 40_000 } else { 24 };
         let end = start + (1 + rng.below(most)) * PAGE;
         out.push(CkptRange { start, end });
         at = end;
@@ -544,7 +544,8 @@ fn restore(rng: &mut Rng, c: &Ctx) -> Call {
     let (image_fd, fdk) = fd_of(rng, c, FdKind::Image, 60);
     req.image_fd = image_fd;
     req.flags = flags(rng, 0);
-    let limit = c.fx.limit_arrays && rng.chance(1, 400);
+    // The limit cases take seconds (the runs one until its time limit): rarely.
+    let limit = c.fx.limit_arrays && rng.chance(1, 3000);
     let (vmas, runs) = if limit {
         limit_case(rng, &mut req)
     } else {
@@ -596,7 +597,7 @@ fn restore(rng: &mut Rng, c: &Ctx) -> Call {
 /// than max_map_count: the mapping fails part-way), or 4M one-page runs (a copy of 16 GiB
 /// that must stay killable).
 fn limit_case(rng: &mut Rng, req: &mut CkptRestore) -> (Vec<CkptRestoreVma>, Vec<CkptRestoreRun>) {
-    if rng.chance(1, 2) {
+    if rng.chance(4, 5) {
         req.vma_count = CKPT_RESTORE_MAX_VMAS;
         req.vmas = fx::BIG_VMAS;
         (Vec::new(), Vec::new())

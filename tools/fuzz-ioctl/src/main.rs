@@ -57,7 +57,7 @@ struct Args {
     #[arg(long, default_value = "/dev/ckpt")]
     device: PathBuf,
     /// Seconds a restore child may run before it is killed.
-    #[arg(long, default_value_t = 60)]
+    #[arg(long, default_value_t = 20)]
     restore_timeout: u64,
     /// Internal: be a process in exec, N times over.
     #[arg(long, hide = true)]
@@ -114,7 +114,7 @@ fn private_dir() -> std::io::Result<PathBuf> {
         &dir,
         Some("tmpfs"),
         MsFlags::empty(),
-        Some("size=8m,mode=0700"),
+        Some("size=4m,mode=0700"),
     )?;
     Ok(dir)
 }
@@ -263,7 +263,7 @@ impl Run {
         let failed = corpus::run(&self.ctx(0, true));
         println!(
             "fuzz-ioctl: {} regression cases, {} failed",
-            corpus::CASES.len(),
+            corpus::CASES.len() + corpus::KILLABLE,
             failed.len()
         );
         for f in &failed {

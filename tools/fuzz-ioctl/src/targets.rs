@@ -57,7 +57,8 @@ fn churn_memory(k: u64) -> ! {
                 }
             }
         }
-        std::thread::sleep(Duration::from_micros(200 + rng.below(800)));
+        // Under emulation every wakeup is costly: a few hundred changes a second suffice.
+        std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
     }
 }
 
@@ -133,7 +134,9 @@ pub fn churn(board: &'static Board, seed: u64) {
             }
             Err(_) => {}
         }
-        std::thread::sleep(Duration::from_millis(2 + rng.below(8)));
+        // A fork and an exit cost milliseconds of guest CPU (more on the debug kernel):
+        // a few dozen a second keep the pids changing without starving the calls.
+        std::thread::sleep(Duration::from_millis(10 + rng.below(40)));
     }
     for pid in slots.iter().flatten() {
         let _ = kill(*pid, Signal::SIGKILL);

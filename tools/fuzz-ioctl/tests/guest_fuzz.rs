@@ -11,7 +11,15 @@ const SEED: &str = "1";
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_short_fixed_seed_run_finds_nothing() {
     let out = Command::new(env!("CARGO_BIN_EXE_ckpt-fuzz-ioctl"))
-        .args(["--seed", SEED, "--seconds", "8", "--threads", "2", "--quick"])
+        .args([
+            "--seed",
+            SEED,
+            "--seconds",
+            "8",
+            "--threads",
+            "2",
+            "--quick",
+        ])
         .output()
         .expect("run ckpt-fuzz-ioctl");
     let stdout = String::from_utf8_lossy(&out.stdout);
