@@ -16,14 +16,17 @@ if [[ "${1:-}" == --test-kernel ]]; then variant=(); shift; fi
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 KDIR=$("$here/kernel.sh" "${variant[@]}")
 export KDIR
-"$here/kmod.sh" >/dev/null
 cargo build --release --locked -p ckpt-fuzz-ioctl
+# The module is copied aside: a build for the other kernel meanwhile must not replace it.
+ko=$(mktemp "$root/target/fuzz-ckpt.XXXXXX.ko")
 script=$(mktemp "$root/target/fuzz-guest.XXXXXX.sh")
-trap 'rm -f "$script"' EXIT
+trap 'rm -f "$script" "$ko"' EXIT
+cp "$("$here/kmod.sh")" "$ko"
 cat > "$script" <<'GUEST'
 set -u
 fail=0
-insmod ckpt.ko || exit 1
+ko=$1; shift
+insmod "$ko" || exit 1
 # Restored children die of SIGSEGV by the thousand: do not log each one.
 echo 0 > /proc/sys/debug/exception-trace
 target/release/ckpt-fuzz-ioctl "$@" || fail=1
@@ -43,4 +46,4 @@ else
 fi
 exit $fail
 GUEST
-"$here/guest.sh" "${variant[@]}" --timeout 10800 -- bash "$script" "$@"
+"$here/guest.sh" "${variant[@]}" --timeout 10800 -- bash "$script" "$ko" "$@"

@@ -372,7 +372,13 @@ fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
 /// Page ranges to dump: sorted runs over the fixture's regions (anonymous, read-only,
 /// PROT_NONE, SIGBUS, file pages, holes) or the big area, then maybe one mutation.
 fn ranges(rng: &mut Rng) -> Vec<CkptRange> {
-    let n = rng.count(16).min(MAX_GEN);
+    // Every page dumped costs a pin and a write (a lot under emulation): few, short ranges
+    // mostly; the count's extremes now and then.
+    let n = if rng.chance(1, 8) {
+        rng.count(16).min(MAX_GEN)
+    } else {
+        rng.below(5) as u32
+    };
     let mut out = Vec::with_capacity(n as usize);
     // The big area and long ranges make dumps of many pages (slow): rarely.
     let mut at = if rng.chance(1, 40) {
@@ -382,7 +388,7 @@ fn ranges(rng: &mut Rng) -> Vec<CkptRange> {
     };
     for _ in 0..n {
         let start = at + rng.below(4) * PAGE;
-        let most = if rng.chance(1, 200) { 40_000 } else { 24 };
+        let most = if rng.chance(1, 200) { 40_000 } else { 8 };
         let end = start + (1 + rng.below(most)) * PAGE;
         out.push(CkptRange { start, end });
         at = end;

@@ -102,7 +102,7 @@ pub fn churn(board: &'static Board, seed: u64) {
     let exe = CString::new("/proc/self/exe").unwrap_or_default();
     let argv0 = CString::new("ckpt-fuzz-ioctl").unwrap_or_default();
     let flag = CString::new("--exec-chain").unwrap_or_default();
-    let depth = CString::new("4").unwrap_or_default();
+    let depth = CString::new("2").unwrap_or_default();
     let argv = [
         argv0.as_ptr(),
         flag.as_ptr(),
@@ -134,9 +134,10 @@ pub fn churn(board: &'static Board, seed: u64) {
             }
             Err(_) => {}
         }
-        // A fork and an exit cost milliseconds of guest CPU (more on the debug kernel):
-        // a few dozen a second keep the pids changing without starving the calls.
-        std::thread::sleep(Duration::from_millis(10 + rng.below(40)));
+        // A fork and an exit cost milliseconds of guest CPU, an exec tens (on the debug
+        // kernel several times that): a dozen a second keep the pids changing without
+        // starving the calls.
+        std::thread::sleep(Duration::from_millis(40 + rng.below(120)));
     }
     for pid in slots.iter().flatten() {
         let _ = kill(*pid, Signal::SIGKILL);
