@@ -201,11 +201,11 @@ pub fn check_reply(call: &Call, r: Result<i32, Errno>) -> Result<(), String> {
             }
             Ok(())
         }
-        Check::DumpPages { at, max_runs } => check_dump(read_back(at), max_runs, at),
+        Check::DumpPages { at, max_runs } => check_dump(read_back(at), max_runs),
     }
 }
 
-fn check_dump(d: CkptDumpPages, max_runs: u32, _at: u64) -> Result<(), String> {
+fn check_dump(d: CkptDumpPages, max_runs: u32) -> Result<(), String> {
     if d.run_count > max_runs || !d.bytes_written.is_multiple_of(PAGE) {
         return Err(format!("DUMP_PAGES replied {d:?} for max_runs {max_runs}"));
     }
