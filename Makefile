@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead clean fmt
+.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead fuzz clean fmt
 
 all: kmod userspace
 
@@ -21,6 +21,9 @@ test:             ## everything: lints, native tests, guest tests
 
 test-native:
 	tools/test.sh --native
+
+fuzz:             ## a million random ioctls against the module on the debug kernel (tools/fuzz.sh; SEED=, CALLS=)
+	tools/fuzz.sh $(if $(SEED),--seed $(SEED)) $(if $(CALLS),--calls $(CALLS))
 
 demo:             ## boot the guest and show the module at work
 	tools/demo.sh

@@ -195,6 +195,7 @@ int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, boo
 			  void *hash)
 {
 	void *kaddr = kmap_local_page(page);
+	loff_t at = *pos;
 	ssize_t n;
 	int ret;
 
@@ -205,10 +206,22 @@ int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, boo
 		ckpt_rust_hash_page(hash, kaddr);
 		n = kernel_write(file, kaddr, PAGE_SIZE, pos);
 		ret = n == PAGE_SIZE ? 1 : (n < 0 ? (int)n : -EIO);
+		/*
+		 * The page must have landed at @at, where the caller records it: not so if
+		 * O_APPEND was set on the file after ckpt_helper_file_can() looked.
+		 */
+		if (ret == 1 && *pos != at + PAGE_SIZE)
+			ret = -EBADF;
 	}
 	kunmap_local(kaddr);
 	put_page(page);
 	return ret;
+}
+
+/* fatal_signal_pending(current): an inline the Rust bindings lack. */
+bool ckpt_helper_fatal_signal_pending(void)
+{
+	return fatal_signal_pending(current);
 }
 
 void ckpt_helper_put_page(struct page *page)
@@ -216,7 +229,11 @@ void ckpt_helper_put_page(struct page *page)
 	put_page(page);
 }
 
-/* Whether @file is a regular file open for reading (@read) and/or writing (@write). */
+/*
+ * Whether @file is a regular file open for reading (@read) and/or writing (@write). A file
+ * to write must not be O_APPEND: kernel_write() would put each page at the end of the file,
+ * not at the position DUMP_PAGES records for it (found by tools/fuzz-ioctl).
+ */
 bool ckpt_helper_file_can(struct file *file, bool read, bool write)
 {
 	if (!S_ISREG(file_inode(file)->i_mode))
@@ -224,6 +241,8 @@ bool ckpt_helper_file_can(struct file *file, bool read, bool write)
 	if (read && !((file->f_mode & FMODE_READ) && (file->f_mode & FMODE_CAN_READ)))
 		return false;
 	if (write && !((file->f_mode & FMODE_WRITE) && (file->f_mode & FMODE_CAN_WRITE)))
+		return false;
+	if (write && (READ_ONCE(file->f_flags) & O_APPEND))
 		return false;
 	return true;
 }

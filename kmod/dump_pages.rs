@@ -89,7 +89,7 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
                 }
             }
             addr += got as u64 * PAGE;
-            if helpers::fatal_signal_pending() {
+            if helpers::signal_pending() {
                 return Err(EINTR);
             }
         }

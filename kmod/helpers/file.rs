@@ -40,7 +40,8 @@ impl FileRef {
     }
 
     /// `fget(fd)` of a regular file open for reading and/or writing as asked; EBADF
-    /// otherwise (kernel_read/kernel_write would WARN on the wrong mode).
+    /// otherwise (kernel_read/kernel_write would WARN on the wrong mode). A file to write must
+    /// not be O_APPEND (its pages would not land where the dump records them).
     pub(crate) fn regular_from_fd(fd: i32, read: bool, write: bool) -> Result<Self> {
         let file = Self::from_fd(fd)?;
         // SAFETY: we hold the file; the helper only reads its mode and inode type.

@@ -201,7 +201,8 @@ pub(crate) fn pin_remote_pages(
     Ok(got)
 }
 
-/// Reads `count` records of `T` from user memory at `ptr`.
+/// Reads `count` records of `T` from user memory at `ptr`. EINTR if the caller is killed
+/// meanwhile (millions of records take seconds).
 pub(crate) fn read_user_array<T: kernel::transmute::FromBytes>(
     ptr: u64,
     count: u32,
@@ -212,7 +213,10 @@ pub(crate) fn read_user_array<T: kernel::transmute::FromBytes>(
     let mut reader =
         kernel::uaccess::UserSlice::new(kernel::uaccess::UserPtr::from_addr(ptr), bytes).reader();
     let mut out = KVVec::with_capacity(count as usize, GFP_KERNEL)?;
-    for _ in 0..count {
+    for i in 0..count {
+        if i % 4096 == 0 && super::task::fatal_signal_pending() {
+            return Err(EINTR);
+        }
         out.push(reader.read::<T>()?, GFP_KERNEL)?;
     }
     Ok(out)

@@ -49,6 +49,7 @@ extern "C" {
     fn ckpt_helper_may_open_as_group(gid: u32) -> bool;
     fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
     fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
+    fn ckpt_helper_fatal_signal_pending() -> bool;
 }
 
 /// The field offsets as the C compiler laid them out.
@@ -227,7 +228,14 @@ pub(crate) fn force_sigkill_current() {
     unsafe { bindings::force_sig(bindings::SIGKILL as i32) };
 }
 
-/// Whether the caller has a fatal signal pending (long loops must stop then).
-pub(crate) fn fatal_signal_pending() -> bool {
+/// Whether the caller has a signal pending (interruptible loops stop then).
+pub(crate) fn signal_pending() -> bool {
     kernel::current!().signal_pending()
+}
+
+/// Whether the caller has been killed (SIGKILL, or a fatal signal turned into it). Loops that
+/// must not stop for an ordinary signal (past the restore's point of no return) stop for this.
+pub(crate) fn fatal_signal_pending() -> bool {
+    // SAFETY: only reads current's pending signals.
+    unsafe { ckpt_helper_fatal_signal_pending() }
 }
