@@ -898,6 +898,13 @@ fn a_second_checkpoint_while_one_runs_is_refused_as_busy() {
     let _ = child.wait();
 }
 
+/// How long `f` takes, in milliseconds (at least 1).
+fn millis_of(f: impl FnOnce()) -> u64 {
+    let t = Instant::now();
+    f();
+    (t.elapsed().as_millis() as u64).max(1)
+}
+
 /// The parent of process `pid`.
 fn proc_ppid(pid: i32) -> Option<i32> {
     let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
@@ -934,6 +941,13 @@ fn a_ckpt_killed_at_random_moments_never_harms_the_program() {
     let children =
         || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap_or_default();
     let mut rng = fastrand::Rng::with_seed(0x636b_7074);
+    // The kills land from the start to a little past the end of a checkpoint as long as one
+    // takes here (a loaded machine makes it several times slower).
+    let window = millis_of(|| {
+        ok(&ckpt(&["checkpoint", &pid_s, "-o", &img_s]));
+    }) * 5
+        / 4;
+    std::fs::remove_file(&img).unwrap();
     let (mut completed, mut restored) = (0, 0);
     for round in 0..200 {
         let kill = round % 2 == 1;
@@ -947,7 +961,7 @@ fn a_ckpt_killed_at_random_moments_never_harms_the_program() {
             .stderr(Stdio::null())
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.u64(0..400)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..window)));
         let _ = c.kill();
         let _ = c.wait();
         // Its worker, if it outlived it, undoes its work (or completes it) and exits.
@@ -2462,6 +2476,12 @@ fn a_restore_killed_at_random_moments_leaves_all_or_nothing() {
     let sum = |p: &Path| xxhash_rust::xxh64::xxh64(&std::fs::read(p).unwrap(), 0);
     let before = sum(&img);
     let mut rng = fastrand::Rng::with_seed(0x7265_7374);
+    // From the start to a little past the end of a restore as long as one takes here.
+    let window = millis_of(|| {
+        let pid = restore_root(&img);
+        kill_and_reap(pid);
+    }) * 5
+        / 4;
     let (mut whole, mut nothing) = (0, 0);
     for round in 0..60 {
         let log = std::fs::File::create(d.path("restore.err")).unwrap();
@@ -2471,7 +2491,7 @@ fn a_restore_killed_at_random_moments_leaves_all_or_nothing() {
             .stderr(log)
             .spawn()
             .unwrap();
-        std::thread::sleep(Duration::from_millis(rng.u64(0..1000)));
+        std::thread::sleep(Duration::from_millis(rng.u64(0..window)));
         let _ = r.kill();
         let _ = r.wait();
         // Restorers die with ckpt (parent-death signal, ptrace's exit-kill); a restored
