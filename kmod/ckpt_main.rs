@@ -28,9 +28,9 @@ mod target;
 mod xxh64;
 
 use abi::{
-    CkptDumpPages, CkptQuery, CkptRestore, CkptRestoreRun, CkptRestoreVma, CkptTaskState,
-    CkptVersionInfo, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_RESTORE,
-    CKPT_IOC_VERSION,
+    CkptDumpPages, CkptQuery, CkptRestore, CkptRestoreImage, CkptRestoreRun, CkptRestoreVma,
+    CkptTaskState, CkptVersionInfo, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
+    CKPT_IOC_RESTORE, CKPT_IOC_VERSION,
 };
 
 // SAFETY: `repr(C)` structs of integers with no padding (abi.rs asserts the sizes): every bit
@@ -54,6 +54,8 @@ unsafe impl FromBytes for CkptRestoreRun {}
 unsafe impl AsBytes for CkptRestoreRun {}
 // SAFETY: as above.
 unsafe impl FromBytes for CkptDumpPages {}
+// SAFETY: as above (two `i32`/`u32`, size pinned to 8 in abi.rs).
+unsafe impl FromBytes for CkptRestoreImage {}
 // SAFETY: as above.
 unsafe impl AsBytes for CkptDumpPages {}
 // SAFETY: as above.

@@ -7,8 +7,9 @@
 //!    the caller put in place (`CKPT_VMA_IN_PLACE`: private anonymous memory mapped before it
 //!    forked, shared copy-on-write with its children as when checkpointed);
 //! 3. map every other VMA (`vm_mmap`, files through the caller's fds);
-//! 4. copy page runs from the image file into place (FOLL_FORCE writes, so read-only mappings
-//!    need no mprotect dance);
+//! 4. copy page runs from the image files into place (FOLL_FORCE writes, so read-only
+//!    mappings need no mprotect dance): one file, or an incremental image's chain, each run
+//!    read from the image of the chain that holds it;
 //! 5. install the mm layout (brk, arg/env, auxv, ...).
 //!
 //! A failure in 2-5 kills the caller: it never returns into a half-built address space.
@@ -17,10 +18,10 @@
 //! stop, through the kernel's own validated PTRACE_SETREGS / PTRACE_SETREGSET paths.
 
 use crate::abi::{
-    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreRun, CkptRestoreVma, CKPT_PROT_EXEC,
-    CKPT_PROT_READ, CKPT_PROT_WRITE, CKPT_RESTORE_MAX_KEEP, CKPT_RESTORE_MAX_RUNS,
-    CKPT_RESTORE_MAX_VMAS, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN, CKPT_VMA_IN_PLACE,
-    CKPT_VMA_KNOWN_FLAGS, CKPT_VMA_SHARED,
+    CkptMmLayout, CkptRange, CkptRestore, CkptRestoreImage, CkptRestoreRun, CkptRestoreVma,
+    CKPT_PROT_EXEC, CKPT_PROT_READ, CKPT_PROT_WRITE, CKPT_RESTORE_MAX_IMAGES,
+    CKPT_RESTORE_MAX_KEEP, CKPT_RESTORE_MAX_RUNS, CKPT_RESTORE_MAX_VMAS, CKPT_VMA_FILE,
+    CKPT_VMA_GROWSDOWN, CKPT_VMA_IN_PLACE, CKPT_VMA_KNOWN_FLAGS, CKPT_VMA_SHARED,
 };
 use crate::helpers::{self, FileRef};
 use kernel::{alloc::KVVec, bindings, mm::MmWithUser, prelude::*};
@@ -37,6 +38,14 @@ const MAP_GROWSDOWN: u32 = 0x0100;
 pub(crate) const USER_TOP: u64 = (1 << 47) - PAGE;
 /// How much page data is copied per step.
 const CHUNK: usize = 1 << 20;
+
+/// An image file held, with the runs read from it (a range of the run list).
+struct Source {
+    file: FileRef,
+    fd: u32,
+    first: usize,
+    count: usize,
+}
 
 /// A VMA to create, with its file held.
 struct NewVma {
@@ -117,6 +126,57 @@ fn validate_vmas(raw: KVVec<CkptRestoreVma>, keep: &[CkptRange]) -> Result<KVVec
     Ok(out)
 }
 
+/// The files the runs are read from: `image_fd` for all of them, or the image table (each
+/// entry a regular file open for reading; their run counts cover the run list exactly).
+fn image_sources(req: &CkptRestore) -> Result<KVVec<Source>> {
+    let mut out = KVVec::new();
+    if req.image_count == 0 {
+        let file = FileRef::regular_from_fd(req.image_fd, true, false)?;
+        let fd = u32::try_from(req.image_fd).map_err(|_| EBADF)?;
+        let count = req.run_count as usize;
+        out.push(
+            Source {
+                file,
+                fd,
+                first: 0,
+                count,
+            },
+            GFP_KERNEL,
+        )?;
+        return Ok(out);
+    }
+    let table = helpers::read_user_array::<CkptRestoreImage>(req.images, req.image_count)?;
+    let mut first = 0usize;
+    for img in table.iter() {
+        let file = FileRef::regular_from_fd(img.fd, true, false)?;
+        let fd = u32::try_from(img.fd).map_err(|_| EBADF)?;
+        let count = img.run_count as usize;
+        out.push(
+            Source {
+                file,
+                fd,
+                first,
+                count,
+            },
+            GFP_KERNEL,
+        )?;
+        first = first.checked_add(count).ok_or(EINVAL)?;
+    }
+    if first != req.run_count as usize {
+        return Err(EINVAL);
+    }
+    Ok(out)
+}
+
+/// Checks every source's runs (see [`validate_runs`]) against its own file's size.
+fn validate_sources(sources: &[Source], runs: &[CkptRestoreRun], vmas: &[NewVma]) -> Result {
+    for s in sources {
+        let end = s.first.checked_add(s.count).ok_or(EINVAL)?;
+        validate_runs(runs.get(s.first..end).ok_or(EINVAL)?, vmas, s.file.size())?;
+    }
+    Ok(())
+}
+
 /// Checks that each run is page-aligned, inside one VMA and inside the image file.
 fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> Result {
     for run in runs {
@@ -168,22 +228,22 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
         return Err(EINVAL);
     }
     validate_layout(&req.mm)?;
-    let image = FileRef::regular_from_fd(req.image_fd, true, false)?;
+    let sources = image_sources(req)?;
     let vmas = validate_vmas(
         helpers::read_user_array::<CkptRestoreVma>(req.vmas, req.vma_count)?,
         keep,
     )?;
     let runs = helpers::read_user_array::<CkptRestoreRun>(req.runs, req.run_count)?;
-    validate_runs(&runs, &vmas, image.size())?;
+    validate_sources(&sources, &runs, &vmas)?;
     let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
-    let fds = fds_to_close(req, &vmas)?;
+    let fds = fds_to_close(req, &vmas, &sources)?;
     // Collected before touching anything: allocation can still fail cleanly.
     let in_place = in_place_ranges(&vmas)?;
     let old = mappings_to_drop(mm, keep, &in_place)?;
     helpers::close_fds_on_return(fds)?;
 
     // 2-5. Past this point, failure kills the caller.
-    let result = replace_address_space(&old, &vmas, &runs, &image, &mut buf).map(|()| {
+    let result = replace_address_space(&old, &vmas, (&runs, &sources), &mut buf).map(|()| {
         helpers::set_mm_layout(mm, &req.mm);
     });
     if result.is_err() {
@@ -196,10 +256,13 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
 fn check_request(req: &CkptRestore) -> Result {
     if req.flags != 0
         || req._reserved != 0
+        || req._reserved2 != 0
         || req.keep_count as usize > CKPT_RESTORE_MAX_KEEP
         || req.vma_count > CKPT_RESTORE_MAX_VMAS
         || req.run_count > CKPT_RESTORE_MAX_RUNS
         || req.cleanup_fd_count > 4096
+        || req.image_count > CKPT_RESTORE_MAX_IMAGES
+        || (req.image_count != 0 && req.image_fd != -1)
     {
         return Err(EINVAL);
     }
@@ -211,14 +274,16 @@ fn check_request(req: &CkptRestore) -> Result {
     Ok(())
 }
 
-/// The fds to close on the way out: the image, the VMA files and the caller's own range.
-fn fds_to_close(req: &CkptRestore, vmas: &[NewVma]) -> Result<KVec<u32>> {
+/// The fds to close on the way out: the images, the VMA files and the caller's own range.
+fn fds_to_close(req: &CkptRestore, vmas: &[NewVma], sources: &[Source]) -> Result<KVec<u32>> {
     let mut fds = KVec::new();
     let first = req.cleanup_fd_first;
     for fd in first..first.saturating_add(req.cleanup_fd_count) {
         fds.push(fd, GFP_KERNEL)?;
     }
-    fds.push(u32::try_from(req.image_fd).map_err(|_| EBADF)?, GFP_KERNEL)?;
+    for s in sources {
+        fds.push(s.fd, GFP_KERNEL)?;
+    }
     for v in vmas.iter().filter(|v| v.file.is_some()) {
         fds.push(u32::try_from(v.vma.fd).map_err(|_| EBADF)?, GFP_KERNEL)?;
     }
@@ -289,8 +354,7 @@ fn mappings_to_drop(
 fn replace_address_space(
     old: &[(usize, usize)],
     vmas: &[NewVma],
-    runs: &[CkptRestoreRun],
-    image: &FileRef,
+    (runs, sources): (&[CkptRestoreRun], &[Source]),
     buf: &mut KVVec<u8>,
 ) -> Result {
     for &(start, end) in old.iter() {
@@ -299,15 +363,24 @@ fn replace_address_space(
     for v in vmas.iter().filter(|v| v.vma.flags & CKPT_VMA_IN_PLACE == 0) {
         map_vma(v)?;
     }
-    for run in runs.iter() {
-        let mut done = 0u64;
-        while done < run.len {
-            let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
-            let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
-            image.read_exact_at(chunk, run.image_offset + done)?;
-            helpers::poke_current((run.addr + done) as usize, chunk)?;
-            done += n as u64;
+    for s in sources {
+        let end = s.first.checked_add(s.count).ok_or(EINVAL)?;
+        for run in runs.get(s.first..end).ok_or(EINVAL)? {
+            copy_run(run, &s.file, buf)?;
         }
+    }
+    Ok(())
+}
+
+/// Copies one run from `image` into place, a chunk at a time.
+fn copy_run(run: &CkptRestoreRun, image: &FileRef, buf: &mut KVVec<u8>) -> Result {
+    let mut done = 0u64;
+    while done < run.len {
+        let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
+        let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
+        image.read_exact_at(chunk, run.image_offset + done)?;
+        helpers::poke_current((run.addr + done) as usize, chunk)?;
+        done += n as u64;
     }
     Ok(())
 }

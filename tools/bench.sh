@@ -12,12 +12,16 @@
 # Images live on the guest's tmpfs.
 # Then a process with 500 threads and one with 10,000 mappings (per-thread and per-mapping
 # costs; 0 skips either).
+# Then an incremental checkpoint of a live INCR MiB process (default 256; 0 skips it) after
+# 1 % of its pages changed since a full one: ckpt --parent against CRIU's pre-dump --track-mem
+# then dump --prev-images-dir --track-mem --leave-running.
 # Then --compress: COMPRESS MiB (default 256; 0 skips) of compressible memory (a repeated
 # text) and of incompressible memory (random bytes), taken with --kill plain and compressed,
 # against CRIU's dump and CRIU's dump followed by zstd of its image directory (--compress-level
 # L: ckpt's and zstd's level, default 3).
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
-#                  [--maps N] [--compress MIB] [--compress-level L] [--reps N]
+#                  [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N]
+#                  [--mem MIB]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -25,8 +29,8 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 criu=${11:-}
-  compress=${10%:*} level=${10#*:}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 incr=${10} criu=${12:-}
+  compress=${11%:*} level=${11#*:}
   tree_prog=$(dirname "$prog")/shmtree
   threads_prog=$(dirname "$prog")/manythreads maps_prog=$(dirname "$prog")/manymaps
   insmod "$ko"
@@ -156,6 +160,63 @@ if [[ "${1:-}" == --in-guest ]]; then
       printf '%12s | %-24s | %-24s | %s\n' "$mib MiB" "$line" "$cline" "$ratio"
     done
   }
+  # One incremental checkpoint with $1 (ckpt or criu) of the dirtier ($incr MiB) after one
+  # step (1 % of its pages changed) since a full checkpoint (CRIU: a pre-dump); sets
+  # $total_us $frozen_us $bytes, or returns 1 if the tool failed.
+  incr_once() {
+    local dprog d=/tmp/inc t0 t1 ok=1 json
+    dprog=$(dirname "$prog")/dirtier
+    rm -rf $d; mkdir -p $d/1 $d/2
+    (setsid "$dprog" $d/out $d/cmd "$incr" </dev/null >$d/ready 2>&1 &)
+    until grep -q ready $d/ready 2>/dev/null; do sleep 0.05; done
+    pid=$(awk '{print $2}' $d/ready)
+    if [[ $1 == ckpt ]]; then
+      "$ckpt" checkpoint "$pid" -o $d/base.img >/dev/null || ok=0
+    else
+      $criu pre-dump -t "$pid" -D $d/1 --track-mem -o pre.log >/dev/null 2>&1 || ok=0
+    fi
+    echo "1 0" > $d/cmd
+    until grep -q "^step 1" $d/out 2>/dev/null; do sleep 0.05; done
+    if ((ok)) && [[ $1 == ckpt ]]; then
+      t0=$(now); json=$("$ckpt" checkpoint "$pid" -o $d/inc.img --parent $d/base.img --json) || ok=0; t1=$(now)
+      frozen_us=$(echo "$json" | sed -n 's/.*"frozen_us": \([0-9]*\).*/\1/p')
+      bytes=$(stat -c %s $d/inc.img 2>/dev/null || echo 0)
+    elif ((ok)); then
+      t0=$(now)
+      $criu dump -t "$pid" -D $d/2 --prev-images-dir ../1 --track-mem --leave-running --display-stats -o dump.log > $d/2/dump.stats 2>&1 || ok=0
+      t1=$(now)
+      frozen_us=$(awk '/Frozen time/ {print $3}' $d/2/dump.stats)
+      bytes=$(du -sb --exclude='*.log' --exclude='*.stats' $d/2 | cut -f1)
+    fi
+    kill -9 "$pid" 2>/dev/null || true
+    if ((!ok)); then
+      [[ $1 == criu ]] && { echo "criu failed:"; tail -n 5 $d/1/pre.log $d/2/dump.log 2>/dev/null; }
+      return 1
+    fi
+    total_us=$(( (t1 - t0) / 1000 ))
+    rm -rf $d
+  }
+  incr_bench() {
+    local tool line cline
+    printf '\n%-16s | %-36s | %-36s\n' "incremental" "ckpt --parent: total / frozen ms, image" "criu dump --prev-images-dir: same"
+    local -A T F B
+    for tool in ckpt ${criu:+criu}; do
+      tt=(); ff=(); bb=()
+      for _ in $(seq "$reps"); do
+        incr_once "$tool" || { tt=(); break; }
+        tt+=("$total_us"); ff+=("$frozen_us"); bb+=("$bytes")
+      done
+      if ((${#tt[@]})); then
+        T[$tool]=$(median "${tt[@]}"); F[$tool]=$(median "${ff[@]}"); B[$tool]=$(median "${bb[@]}")
+      fi
+    done
+    row() { printf '%7.1f / %7.1f  %6s KiB' "$(ms "${T[$1]}"000)" "$(ms "${F[$1]}"000)" "$(( ${B[$1]} >> 10 ))"; }
+    line="(failed)"; cline="(no CRIU)"
+    [[ -n ${T[ckpt]:-} ]] && line=$(row ckpt)
+    [[ -n $criu ]] && cline="(failed)"
+    [[ -n ${T[criu]:-} ]] && cline=$(row criu)
+    printf '%-16s | %-36s | %-36s\n' "$incr MiB, 1 %" "$line" "$cline"
+  }
   # One --kill checkpoint and restore of $mib MiB ($target) with ckpt, figures appended.
   ckpt_once() {
     start "$mib" "$target"
@@ -281,13 +342,14 @@ if [[ "${1:-}" == --in-guest ]]; then
     printf '%12s | %-38s | %-38s | %s\n' "$label" "$line" "$cline" "$ratio"
   done
   ((tcp > 0)) && tcp_bench
+  ((incr > 0)) && incr_bench
   live_bench
   ((compress > 0)) && compress_bench
   rmmod ckpt
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 compress=256 level=3
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -297,9 +359,11 @@ while (($#)); do
     --tcp) tcp=$2; shift 2 ;;
     --threads) threads=$2; shift 2 ;;
     --maps) maps=$2; shift 2 ;;
+    --incr) incr=$2; shift 2 ;;
+    --mem) mem=$2; shift 2 ;;
     --compress) compress=$2; shift 2 ;;
     --compress-level) level=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--compress MIB] [--compress-level L] [--reps N]" >&2; exit 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -311,4 +375,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem 6144 --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$compress:$level" "$criu"
+"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$criu"

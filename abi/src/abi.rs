@@ -12,7 +12,7 @@
 //! - bump [`CKPT_ABI_VERSION`] on any change.
 
 /// Version of this ABI. User space refuses to talk to a module that reports another one.
-pub const CKPT_ABI_VERSION: u32 = 4;
+pub const CKPT_ABI_VERSION: u32 = 5;
 
 /// The ioctl "type" byte. 0xCC is not listed in Documentation/userspace-api/ioctl/ioctl-number.rst.
 pub const CKPT_IOC_MAGIC: u32 = 0xCC;
@@ -222,6 +222,20 @@ pub struct CkptRange {
 pub const CKPT_RESTORE_MAX_VMAS: u32 = 65536;
 pub const CKPT_RESTORE_MAX_RUNS: u32 = 1 << 22;
 pub const CKPT_RESTORE_MAX_KEEP: usize = 4;
+/// Largest number of image files one `CKPT_IOC_RESTORE` reads page runs from (an
+/// incremental image and its ancestors).
+pub const CKPT_RESTORE_MAX_IMAGES: u32 = 64;
+
+/// One image file a restore reads page runs from, and how many of the runs come from it: the
+/// runs are grouped by image, in the order of the image table.
+#[repr(C)]
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct CkptRestoreImage {
+    /// A regular file open for reading.
+    pub fd: i32,
+    /// The next `run_count` runs of the run list are read from it.
+    pub run_count: u32,
+}
 
 /// Argument of `CKPT_IOC_RESTORE`: replace the calling process's address space.
 ///
@@ -230,12 +244,14 @@ pub const CKPT_RESTORE_MAX_KEEP: usize = 4;
 /// caller is killed (SIGKILL), never left half-restored. On success the ioctl returns 0 into an
 /// address space that no longer holds the caller's code: a ptrace supervisor must set the
 /// registers at the syscall-exit stop (that is how `ckpt restore` uses it).
-/// The fds `image_fd`, the VMA fds and `cleanup_fd_first..+cleanup_fd_count` (the caller's own
-/// working fds, /dev/ckpt included) are closed before the caller returns to user space.
+/// The fds `image_fd` (or those of the image table), the VMA fds and
+/// `cleanup_fd_first..+cleanup_fd_count` (the caller's own working fds, /dev/ckpt included)
+/// are closed before the caller returns to user space.
 #[repr(C)]
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct CkptRestore {
-    /// The image file, open for reading; page runs are read from it.
+    /// The image file, open for reading; page runs are read from it. -1 when `image_count`
+    /// is not zero (the runs' files are in the image table).
     pub image_fd: i32,
     /// Must be zero.
     pub flags: u32,
@@ -254,6 +270,14 @@ pub struct CkptRestore {
     pub _reserved: u32,
     /// The mm layout to install.
     pub mm: CkptMmLayout,
+    /// User pointer to `image_count` [`CkptRestoreImage`] (ABI 5): the files the page runs
+    /// are read from, an incremental image's chain, each image's runs together. Their
+    /// `run_count`s add up to `run_count`. Zero: every run is read from `image_fd`.
+    pub images: u64,
+    /// At most [`CKPT_RESTORE_MAX_IMAGES`].
+    pub image_count: u32,
+    /// Must be zero.
+    pub _reserved2: u32,
 }
 
 /// [`CkptDumpPages::flags`]: do not store pages that are all zero (anonymous memory reads
@@ -362,8 +386,10 @@ const _: () = {
     assert!(offset_of!(CkptTaskState, sigactions) == 8 + 600 + 32);
     assert!(size_of::<CkptRestoreVma>() == 40);
     assert!(size_of::<CkptRestoreRun>() == 24);
-    assert!(size_of::<CkptRestore>() == 32 + 16 * CKPT_RESTORE_MAX_KEEP + 16 + 600);
+    assert!(size_of::<CkptRestore>() == 32 + 16 * CKPT_RESTORE_MAX_KEEP + 16 + 600 + 16);
     assert!(offset_of!(CkptRestore, mm) == 112);
+    assert!(offset_of!(CkptRestore, images) == 712);
+    assert!(size_of::<CkptRestoreImage>() == 8);
     assert!(size_of::<CkptDumpPages>() == 72);
     assert!(offset_of!(CkptDumpPages, bytes_written) == 48);
     assert!(offset_of!(CkptVersionInfo, query_size) == 8);

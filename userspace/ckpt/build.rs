@@ -45,6 +45,7 @@ fn main() {
         ("manymaps", &[]),
         ("ptypair", &[]),
         ("shared_fds", &[]),
+        ("dirtier", &[]),
     ];
     // Headers the programs share.
     println!("cargo:rerun-if-changed={}", progs.join("tick.h").display());

@@ -31,15 +31,10 @@ fn candidate(v: &Vma) -> bool {
     matches!(v.backing, Backing::Anonymous) && !v.shared && !v.growsdown
 }
 
-/// Page address -> where its bytes are in the image, for the pages of `v` that are stored.
-fn pages(v: &Vma) -> BTreeMap<u64, u64> {
-    let mut out = BTreeMap::new();
-    for r in &v.pages {
-        for k in 0..r.len / PAGE {
-            out.insert(r.addr + k * PAGE, r.offset + k * PAGE);
-        }
-    }
-    out
+/// Page address -> where its bytes are (image of the chain, offset in it), for the pages of
+/// `v` that are stored.
+fn pages(v: &Vma) -> BTreeMap<u64, (u32, u64)> {
+    crate::chain::page_sources(&v.pages)
 }
 
 fn vma_at(vmas: &[Vma], (start, end): Range) -> Option<&Vma> {
@@ -114,7 +109,7 @@ pub fn put_in_place(
     m: &Manifest,
     i: usize,
     (wanted, inherited): (&[Range], &[Range]),
-    image: &File,
+    images: &[&File],
 ) -> Vec<Range> {
     let mine = &m.processes[i].memory.vmas;
     let parents = parent_index(m, i).map(|p| &m.processes[p].memory.vmas[..]);
@@ -128,8 +123,8 @@ pub fn put_in_place(
             .and_then(|p| vma_at(p, r))
             .filter(|_| inherited.contains(&r));
         let ok = match from_parent {
-            Some(pv) => adjust(pv, v, image),
-            None => map_fresh(v, image),
+            Some(pv) => adjust(pv, v, images),
+            None => map_fresh(v, images),
         };
         if ok.is_ok() {
             done.push(r);
@@ -141,7 +136,7 @@ pub fn put_in_place(
 }
 
 /// Maps `v` where it was, with its stored pages.
-fn map_fresh(v: &Vma, image: &File) -> nix::Result<()> {
+fn map_fresh(v: &Vma, images: &[&File]) -> nix::Result<()> {
     let len = NonZeroUsize::new((v.end - v.start) as usize).ok_or(nix::Error::EINVAL)?;
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
     let flags = MapFlags::MAP_PRIVATE | MapFlags::MAP_FIXED_NOREPLACE;
@@ -154,14 +149,14 @@ fn map_fresh(v: &Vma, image: &File) -> nix::Result<()> {
         let _ = unsafe { munmap(at, len.get()) };
         return Err(nix::Error::EEXIST);
     }
-    let runs = v.pages.iter().map(|r| (r.addr, r.len, r.offset));
-    fill(runs, image)?;
+    let runs = v.pages.iter().map(|r| (r.addr, r.len, (r.image, r.offset)));
+    fill(runs, images)?;
     protect(v)
 }
 
 /// Turns the parent's copy `pv` of the mapping (inherited) into this process's `v`: writes
 /// the pages stored differently, drops those it does not have (zero again).
-fn adjust(pv: &Vma, v: &Vma, image: &File) -> nix::Result<()> {
+fn adjust(pv: &Vma, v: &Vma, images: &[&File]) -> nix::Result<()> {
     let (theirs, mine) = (pages(pv), pages(v));
     let differ = mine
         .iter()
@@ -171,7 +166,7 @@ fn adjust(pv: &Vma, v: &Vma, image: &File) -> nix::Result<()> {
     let rw = ProtFlags::PROT_READ | ProtFlags::PROT_WRITE;
     // SAFETY: the mapping is this process's, at an address only the image uses.
     unsafe { mprotect(page_ptr(v.start)?, (v.end - v.start) as usize, rw)? };
-    fill(differ, image)?;
+    fill(differ, images)?;
     for &a in only_theirs {
         // SAFETY: private anonymous memory of ours: its page reads as zero again.
         unsafe { madvise(page_ptr(a)?, PAGE as usize, MmapAdvise::MADV_DONTNEED)? };
@@ -179,9 +174,11 @@ fn adjust(pv: &Vma, v: &Vma, image: &File) -> nix::Result<()> {
     protect(v)
 }
 
-/// Reads each run (address, length, image offset) from the image into place.
-fn fill(runs: impl Iterator<Item = (u64, u64, u64)>, image: &File) -> nix::Result<()> {
-    for (addr, len, offset) in runs {
+/// Reads each run (address, length, (image of the chain, offset)) from its image into
+/// place.
+fn fill(runs: impl Iterator<Item = (u64, u64, (u32, u64))>, images: &[&File]) -> nix::Result<()> {
+    for (addr, len, (image, offset)) in runs {
+        let image = images.get(image as usize).ok_or(nix::Error::EINVAL)?;
         // SAFETY: the run lies in a mapping of ours made writable for this (validated with
         // the image: inside its VMA); no Rust reference points into it.
         let dest = unsafe { std::slice::from_raw_parts_mut(addr as *mut u8, len as usize) };

@@ -56,6 +56,8 @@ pub enum CheckpointError {
         path: PathBuf,
         source: std::io::Error,
     },
+    #[error("cannot take {path} as the parent image: {why}")]
+    Parent { path: PathBuf, why: String },
 }
 
 /// A closure turning an io error into `CheckpointError::Io` about `pid`.

@@ -1,11 +1,13 @@
 //! `ckpt inspect`: a human-readable view of an image.
 
-use crate::manifest::Image;
+use crate::chain::Chain;
+use crate::image::PAGE;
 use crate::memory::Backing;
 use crate::stats::{stats_text, Stats};
 use std::fmt::Write;
 
-pub fn summary(img: &Image) -> String {
+pub fn summary(chain: &Chain) -> String {
+    let img = chain.image();
     let m = &img.meta;
     let mut out = String::new();
     let _ = writeln!(
@@ -15,6 +17,7 @@ pub fn summary(img: &Image) -> String {
         img.file_len,
         m.format_version
     );
+    chain_text(&mut out, chain);
     let _ = writeln!(
         out,
         "taken by: ckpt {} on {} {}",
@@ -60,6 +63,36 @@ pub fn summary(img: &Image) -> String {
     out
 }
 
+/// An incremental image's chain: each image, its size, the pages it holds and how many of
+/// them the restore of the first one reads.
+fn chain_text(out: &mut String, chain: &Chain) {
+    if chain.images.len() < 2 {
+        return;
+    }
+    let _ = writeln!(out, "chain:    {} images, newest first", chain.images.len());
+    let mut read = vec![0u64; chain.images.len()];
+    let runs = (chain.image().manifest.processes.iter())
+        .flat_map(|p| &p.memory.vmas)
+        .flat_map(|v| &v.pages);
+    for r in runs {
+        if let Some(n) = read.get_mut(r.image as usize) {
+            *n += r.len / PAGE;
+        }
+    }
+    for (i, (img, read)) in chain.images.iter().zip(read).enumerate() {
+        let held: u64 = (img.manifest.processes.iter())
+            .map(|p| p.memory.saved_bytes() / PAGE)
+            .sum();
+        let _ = writeln!(
+            out,
+            "  {i}: {} ({} bytes, id {}): {held} pages held, {read} read by this restore",
+            img.path.display(),
+            img.file_len,
+            img.manifest.image_id.as_deref().unwrap_or("none"),
+        );
+    }
+}
+
 /// How much the compressed sections hold, and in how many bytes.
 fn compression_text(out: &mut String, sections: &[crate::image::Section]) {
     let (mut n, mut content, mut stored) = (0, 0u64, 0u64);
@@ -79,11 +112,15 @@ fn compression_text(out: &mut String, sections: &[crate::image::Section]) {
 
 fn memory_text(out: &mut String, p: &crate::manifest::Process) {
     let vmas = &p.memory.vmas;
+    let (here, all) = (p.memory.saved_bytes(), p.memory.restored_bytes());
+    let in_parents = match all - here {
+        0 => String::new(),
+        n => format!(", {n} bytes in parent images"),
+    };
     let _ = writeln!(
         out,
-        "  vmas: {} ({} bytes of pages saved)",
+        "  vmas: {} ({here} bytes of pages saved{in_parents})",
         vmas.len(),
-        p.memory.saved_bytes()
     );
     for v in vmas {
         let prot: String = [(1, 'r'), (2, 'w'), (4, 'x')]

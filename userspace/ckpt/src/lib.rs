@@ -6,6 +6,7 @@ pub mod checkpoint;
 pub mod restore;
 
 // The image: the container and what it describes.
+pub mod chain;
 pub mod image;
 pub mod manifest;
 pub mod stats;
@@ -14,6 +15,7 @@ pub mod stats;
 pub mod attrs;
 pub mod cow;
 pub mod creds;
+pub mod dirty;
 pub mod fds;
 pub mod memory;
 pub mod netlock;
@@ -42,4 +44,6 @@ pub mod worker;
 pub mod info;
 pub mod inspect;
 pub mod list;
+pub mod periodic;
 pub mod run;
+pub mod schedule;

@@ -64,7 +64,11 @@ enum Command {
     },
     /// Recreate a process tree from an image. Prints the root's pid.
     Restore(RestoreArgs),
-    /// Show what an image holds (after verifying every checksum).
+    /// Print the crontab line (or with --systemd the service and timer units) that runs
+    /// `ckpt checkpoint ... --dir DIR` at an interval; --install installs it.
+    Schedule(ScheduleArgs),
+    /// Show what an image holds (after verifying every checksum, of its parent images
+    /// too).
     Inspect {
         /// The image file.
         image: PathBuf,
@@ -77,8 +81,12 @@ enum Command {
 #[derive(clap::Args)]
 struct CheckpointArgs {
     /// The process id: it and every descendant are taken (the tree rooted at it).
-    #[arg(required_unless_present = "app", conflicts_with = "app")]
+    #[arg(required_unless_present_any = ["app", "pidfile"], conflicts_with_all = ["app", "pidfile"])]
     pid: Option<i32>,
+    /// Read the process id from this file (as a daemon writes it; `ckpt restore --pidfile`
+    /// writes the restored one), so that a crontab line keeps working after a restore.
+    #[arg(long, conflicts_with = "app")]
+    pidfile: Option<PathBuf>,
     /// Take every process of an application started with `ckpt run` (with their
     /// descendants), including ones that were reparented.
     #[arg(long)]
@@ -87,8 +95,17 @@ struct CheckpointArgs {
     #[arg(long, requires = "app")]
     runtime_dir: Option<PathBuf>,
     /// The image file to write (default: ckpt-PID.img).
-    #[arg(short, long)]
+    #[arg(short, long, conflicts_with = "dir")]
     output: Option<PathBuf>,
+    /// Periodic checkpoints (what a crontab line runs): write the image into this directory,
+    /// named by the UTC time (ckpt-YYYYMMDDTHHMMSSZ.img), point DIR/latest at it, delete
+    /// the images --keep no longer needs, log one line to DIR/ckpt.log. A run that finds
+    /// the previous one still going skips (exit 0) and logs that it did.
+    #[arg(long)]
+    dir: Option<PathBuf>,
+    /// With --dir: how many restorable points to keep (images they depend on are kept too).
+    #[arg(long, requires = "dir", default_value_t = 3, value_parser = clap::value_parser!(u32).range(1..))]
+    keep: u32,
     /// Kill the process (the whole tree) once the image is safely written.
     #[arg(long)]
     kill: bool,
@@ -129,6 +146,19 @@ struct CheckpointArgs {
     /// (/dev/log) is connected again by default.
     #[arg(long, value_enum, value_name = "KIND")]
     external: Vec<External>,
+    /// Incremental: store only the pages changed since this image, the last checkpoint of
+    /// the same process; the others stay in it (and its own parents), which the new image
+    /// names. Restoring it needs the whole chain.
+    #[arg(long, value_name = "IMAGE", conflicts_with = "dir")]
+    parent: Option<PathBuf>,
+    /// With --dir: chain each image to the previous one (--parent), storing only the pages
+    /// changed since; a full image when the chain is --full-every long, or when the previous
+    /// image cannot be the parent (the program was restored since, say).
+    #[arg(long, requires = "dir")]
+    incremental: bool,
+    /// With --incremental: a chain's most images, its full one included.
+    #[arg(long, requires = "incremental", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
+    full_every: u32,
 }
 
 /// What `--external` carries.
@@ -140,8 +170,12 @@ enum External {
 
 #[derive(clap::Args)]
 struct RestoreArgs {
-    /// The image file.
+    /// The image file, or a directory of periodic checkpoints (its latest is restored).
     image: PathBuf,
+    /// Write the restored root's pid (as seen here) to this file, for the next
+    /// `ckpt checkpoint --pidfile`.
+    #[arg(long)]
+    pidfile: Option<PathBuf>,
     /// Wait for the restored process and exit with its status.
     #[arg(long)]
     wait: bool,
@@ -159,6 +193,31 @@ struct RestoreArgs {
     /// run anything).
     #[arg(long)]
     trust_image: bool,
+}
+
+#[derive(clap::Args)]
+struct ScheduleArgs {
+    /// How often: 10m, 1h, 1day. Cron runs every N minutes (N dividing 60), every N hours
+    /// (N dividing 24) or daily; a systemd timer at any interval.
+    #[arg(long, value_parser = humantime::parse_duration)]
+    every: std::time::Duration,
+    /// A systemd service and timer instead of a crontab line.
+    #[arg(long)]
+    systemd: bool,
+    /// Install it: the line into your crontab (replacing an earlier one of the same name),
+    /// or the units (then `systemctl enable --now NAME.timer`).
+    #[arg(long)]
+    install: bool,
+    /// Where --systemd --install writes the units (default: /etc/systemd/system for root,
+    /// ~/.config/systemd/user for others).
+    #[arg(long, requires = "systemd")]
+    unit_dir: Option<PathBuf>,
+    /// The schedule's name (default: the --app ID, else the directory's name).
+    #[arg(long)]
+    name: Option<String>,
+    /// `ckpt checkpoint`'s arguments, --dir among them.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    checkpoint: Vec<String>,
 }
 
 fn parse_secs(s: &str) -> Result<f64, String> {
@@ -190,6 +249,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
         }
         Command::Checkpoint(a) => return checkpoint(&cli.device, a),
         Command::Restore(a) => return restore(&cli.device, a),
+        Command::Schedule(a) => return schedule(&cli.device, a),
         Command::Run {
             id,
             runtime_dir,
@@ -211,8 +271,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
         Command::Inspect { image, json } => {
-            let img = ckpt::manifest::Image::open(&image)?;
-            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&img))?;
+            let chain = ckpt::chain::Chain::open(&image)?;
+            let img = chain.image();
+            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
     }
     Ok(0)
@@ -239,35 +300,72 @@ fn print_json_or<T: serde::Serialize>(
 }
 
 fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32> {
-    let roots = match (a.pid, &a.app) {
-        (Some(pid), _) => vec![pid],
-        (None, Some(id)) => {
-            let dir = a.runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
+    let roots = match (a.pid, &a.app, &a.pidfile) {
+        (Some(pid), _, _) => vec![pid],
+        (None, Some(id), _) => {
+            let dir = a
+                .runtime_dir
+                .clone()
+                .unwrap_or_else(ckpt::run::default_runtime_dir);
             ckpt::list::app_roots(&dir, id).map_err(anyhow::Error::msg)?
         }
-        (None, None) => anyhow::bail!("give a process id or --app ID"),
+        (None, None, Some(file)) => vec![read_pidfile(file)?],
+        (None, None, None) => anyhow::bail!("give a process id, --app ID or --pidfile FILE"),
+    };
+    let take = |output: &std::path::Path, parent: Option<&std::path::Path>| {
+        let opts = ckpt::checkpoint::Options {
+            pid: roots[0],
+            output,
+            kill: a.kill,
+            tcp_close: a.tcp_close,
+            snapshot: !a.kill && !a.no_snapshot,
+            device,
+            plain: a.plain,
+            single: a.single,
+            also: roots[1..].to_vec(),
+            flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
+            external_unix: a.external.contains(&External::Unix),
+            parent,
+            compress: a.compress,
+        };
+        ckpt::checkpoint::checkpoint(&opts)
     };
     let pid = roots[0];
+    let killed = if a.kill { " (killed)" } else { "" };
+    if let Some(dir) = &a.dir {
+        let opts = ckpt::periodic::Options {
+            dir: dir.clone(),
+            keep: a.keep as usize,
+            incremental: a.incremental,
+            full_every: a.full_every as usize,
+        };
+        let parent_of = |name: &str| ckpt::periodic::parent_in(dir, name);
+        let outcome =
+            match ckpt::periodic::run(&opts, &parent_of, |out, parent| Ok(take(out, parent)?)) {
+                Err(e) if is_busy(&e) => {
+                    eprintln!("ckpt: {e}");
+                    return Ok(0);
+                }
+                r => r?,
+            };
+        print_json_or(a.json, &outcome, || {
+            format!(
+                "checkpointed process {pid} to {}{killed}\n{}",
+                outcome.image.display(),
+                ckpt::stats::stats_text(&outcome.stats)
+            )
+        })?;
+        for w in &outcome.warnings {
+            eprintln!("ckpt: warning: {w}");
+        }
+        return Ok(0);
+    }
     let output = a
         .output
+        .clone()
         .unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
-    let opts = ckpt::checkpoint::Options {
-        pid,
-        output: &output,
-        kill: a.kill,
-        tcp_close: a.tcp_close,
-        snapshot: !a.kill && !a.no_snapshot,
-        device,
-        plain: a.plain,
-        single: a.single,
-        also: roots[1..].to_vec(),
-        flush_timeout: std::time::Duration::from_secs_f64(a.flush_timeout),
-        external_unix: a.external.contains(&External::Unix),
-        compress: a.compress,
-    };
-    let stats = ckpt::checkpoint::checkpoint(&opts)?;
+    let stats = take(&output, a.parent.as_deref())?;
     print_json_or(a.json, &stats, || {
-        let killed = if a.kill { " (killed)" } else { "" };
         format!(
             "checkpointed process {pid} to {}{killed}\n{}",
             output.display(),
@@ -277,13 +375,140 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
     Ok(0)
 }
 
+/// Whether a periodic run skipped because the previous one still runs.
+fn is_busy(e: &anyhow::Error) -> bool {
+    matches!(
+        e.downcast_ref::<ckpt::periodic::PeriodicError>(),
+        Some(ckpt::periodic::PeriodicError::Busy { .. })
+    )
+}
+
+/// The pid a pidfile holds (its first line), checked to be a running process.
+fn read_pidfile(file: &std::path::Path) -> anyhow::Result<i32> {
+    let text = std::fs::read_to_string(file)
+        .with_context(|| format!("reading the pidfile {}", file.display()))?;
+    let pid: i32 = text
+        .lines()
+        .next()
+        .map(str::trim)
+        .and_then(|l| l.parse().ok())
+        .filter(|&p| p > 0)
+        .with_context(|| format!("the pidfile {} holds no process id", file.display()))?;
+    if !ckpt::list::alive(pid) {
+        anyhow::bail!(
+            "the pidfile {} names process {pid}, which is not running",
+            file.display()
+        );
+    }
+    Ok(pid)
+}
+
+/// Writes `pid` to `file` atomically (a temporary file renamed over it).
+fn write_pidfile(file: &std::path::Path, pid: i32) -> anyhow::Result<()> {
+    let name = file.file_name().unwrap_or_default().to_string_lossy();
+    let tmp = file.with_file_name(format!(".{name}.{}", std::process::id()));
+    std::fs::write(&tmp, format!("{pid}\n"))
+        .and_then(|()| std::fs::rename(&tmp, file))
+        .with_context(|| format!("writing the pidfile {}", file.display()))
+}
+
+/// Options of `ckpt checkpoint` that take a path: made absolute in a schedule.
+const PATH_OPTIONS: [&str; 4] = ["--dir", "--pidfile", "--runtime-dir", "--output"];
+
+/// `args` with the values of [`PATH_OPTIONS`] made absolute (cron runs in the home directory).
+fn absolute_paths(args: &[String]) -> anyhow::Result<Vec<String>> {
+    let cwd = std::env::current_dir().context("the current directory")?;
+    let abs = |v: &str| cwd.join(v).to_string_lossy().into_owned();
+    let mut out = Vec::with_capacity(args.len());
+    let mut path_next = false;
+    for a in args {
+        if path_next {
+            out.push(abs(a));
+            path_next = false;
+        } else if let Some((opt, v)) = a.split_once('=').filter(|(o, _)| PATH_OPTIONS.contains(o)) {
+            out.push(format!("{opt}={}", abs(v)));
+        } else {
+            path_next = PATH_OPTIONS.contains(&a.as_str()) || a == "-o";
+            out.push(a.clone());
+        }
+    }
+    Ok(out)
+}
+
+fn schedule(device: &std::path::Path, a: ScheduleArgs) -> anyhow::Result<i32> {
+    use ckpt::schedule as sched;
+    let args = absolute_paths(&a.checkpoint)?;
+    let parsed = Cli::try_parse_from(
+        ["ckpt", "checkpoint"]
+            .into_iter()
+            .map(String::from)
+            .chain(args.clone()),
+    )
+    .map_err(|e| anyhow::anyhow!("the checkpoint's arguments: {}", e.render()))?;
+    let Command::Checkpoint(c) = parsed.command else {
+        anyhow::bail!("the checkpoint's arguments do not make a checkpoint");
+    };
+    let Some(dir) = &c.dir else {
+        anyhow::bail!("a schedule writes periodic checkpoints into a directory: give --dir DIR (and --keep N)");
+    };
+    if let Some(pid) = c.pid {
+        eprintln!(
+            "ckpt: warning: process {pid} may have another pid after a restore; --app ID or \
+             --pidfile FILE (with `ckpt restore --pidfile FILE`) keep finding it"
+        );
+    }
+    let name = a.name.clone().or(c.app.clone()).unwrap_or_else(|| {
+        dir.file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default()
+    });
+    sched::check_name(&name)?;
+    let exe = std::env::current_exe().context("finding ckpt's own path")?;
+    let mut argv = vec![exe.to_string_lossy().into_owned()];
+    if device != std::path::Path::new(DEFAULT_DEVICE) {
+        argv.extend(["--device".into(), device.to_string_lossy().into_owned()]);
+    }
+    argv.push("checkpoint".into());
+    argv.extend(args);
+    if a.systemd {
+        let unit = format!("ckpt-{name}");
+        let (service, timer) = sched::systemd_units(a.every, &argv, &name)?;
+        if a.install {
+            let dir = a.unit_dir.clone().unwrap_or_else(sched::default_unit_dir);
+            sched::install_systemd(&dir, &unit, &service, &timer)?;
+            println!(
+                "installed {unit}.service and {unit}.timer in {}",
+                dir.display()
+            );
+        } else {
+            print!("# {unit}.service\n{service}\n# {unit}.timer\n{timer}");
+        }
+    } else {
+        let line = sched::crontab_line(&sched::cron_fields(a.every)?, &argv, &name)?;
+        if a.install {
+            sched::install_crontab(&line, &name)?;
+            println!("installed in your crontab: {line}");
+        } else {
+            println!("{line}");
+        }
+    }
+    Ok(0)
+}
+
 fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
     let opts = ckpt::restore::Options {
         pidns: a.pidns,
         ipcns: a.ipcns,
         trust_image: a.trust_image,
     };
-    let r = ckpt::restore::restore(&a.image, device, &opts)?;
+    let image = match a.image.is_dir() {
+        true => ckpt::periodic::latest_image(&a.image)?,
+        false => a.image.clone(),
+    };
+    let r = ckpt::restore::restore(&image, device, &opts)?;
+    if let Some(file) = &a.pidfile {
+        write_pidfile(file, r.pid)?;
+    }
     if r.processes > 1 {
         eprintln!("ckpt: restored a tree of {} processes", r.processes);
     }

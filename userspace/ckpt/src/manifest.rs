@@ -41,6 +41,14 @@ pub struct Manifest {
     pub shared: Shared,
     #[serde(default)]
     pub stats: Option<Stats>,
+    /// This image's random id (absent in images from before incremental checkpoints): a
+    /// child image names its parent by it, so a parent replaced since is detected.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_id: Option<String>,
+    /// The image holding the pages this one did not store again (`ckpt checkpoint
+    /// --parent`): page runs with `image` > 0 are in it or its ancestors (`crate::chain`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parent: Option<crate::chain::ParentRef>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
@@ -76,12 +84,24 @@ pub struct Process {
     /// POSIX timers and itimers.
     #[serde(default, skip_serializing_if = "Timers::is_empty")]
     pub timers: Timers,
+    /// Which kernel process this was (pid and start time), for a later incremental
+    /// checkpoint to know its memory's dirty tracking is about the same process
+    /// (`crate::dirty`). Absent in older images.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub identity: Option<crate::dirty::Identity>,
 }
 
 impl Validate for Manifest {
     fn validate(&self, sections: &[Section]) -> Result<(), String> {
         if self.processes.is_empty() {
             return Err("no process in the image".into());
+        }
+        let in_ancestor = (self.processes.iter())
+            .flat_map(|p| &p.memory.vmas)
+            .flat_map(|v| &v.pages)
+            .any(|r| r.image > 0);
+        if in_ancestor && self.parent.is_none() {
+            return Err("page runs in a parent image, but no parent".into());
         }
         self.shared.validate(sections, self.processes.len())?;
         for p in &self.processes {
@@ -226,6 +246,7 @@ mod tests {
                         addr: 0x12000,
                         len: 2 * PAGE,
                         offset: pages_at,
+                        image: 0,
                     }],
                 )],
             },
@@ -267,6 +288,7 @@ mod tests {
             interceptor: None,
             ctty: None,
             timers: Timers::default(),
+            identity: None,
         }
     }
 
@@ -312,19 +334,102 @@ mod tests {
     }
 
     fn write_sample(path: &std::path::Path) -> Manifest {
+        write_sample_with(path, |_| {})
+    }
+
+    /// A sample image, its manifest changed by `change` (which gets the pages' offset).
+    fn write_sample_with(path: &std::path::Path, change: impl FnOnce(&mut Manifest)) -> Manifest {
         let mut w = ImageWriter::create(path).unwrap();
         let at = w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
         let xs = w.add_blob(XSTATE, &[1u8; 832]).unwrap();
-        let m = Manifest {
+        let mut m = Manifest {
             processes: vec![sample_process(at, xs)],
             zombies: vec![],
             gone_leaders: vec![],
             netlock: None,
             shared: sample_shared(),
             stats: None,
+            image_id: None,
+            parent: None,
         };
+        change(&mut m);
         w.finish(&m).unwrap();
         m
+    }
+
+    /// A chain opens when each parent is the image its child names (by id), and a missing
+    /// or replaced parent, or a run in an image the chain does not have, is refused naming
+    /// the image.
+    #[test]
+    fn a_chain_needs_each_parent_it_names() {
+        use crate::chain::{Chain, ParentRef};
+        let dir = tmp();
+        std::fs::create_dir(&dir).unwrap();
+        let (base, child) = (dir.join("base.img"), dir.join("child.img"));
+        write_sample_with(&base, |m| m.image_id = Some("aa".into()));
+        let pages_at = |m: &Manifest| m.processes[0].memory.vmas[0].pages[0];
+        let write_child = |image: u32| {
+            write_sample_with(&child, |m| {
+                m.image_id = Some("bb".into());
+                m.parent = Some(ParentRef::to(&base, &child, "aa").unwrap());
+                let run = &mut m.processes[0].memory.vmas[0].pages;
+                // One page of its own, the next one in an ancestor.
+                let own = run[0];
+                run[0].len = PAGE;
+                run.push(crate::memory::PageRun {
+                    addr: own.addr + PAGE,
+                    len: PAGE,
+                    offset: own.offset + PAGE,
+                    image,
+                });
+            })
+        };
+        let m = write_child(1);
+        assert_eq!(m.parent.as_ref().unwrap().file, "base.img", "relative");
+        let chain = Chain::open(&child).unwrap();
+        assert_eq!(chain.images.len(), 2);
+        let sources = crate::chain::page_sources(&m.processes[0].memory.vmas[0].pages);
+        let first = pages_at(&m);
+        assert_eq!(sources[&first.addr], (0, first.offset));
+        assert_eq!(sources[&(first.addr + PAGE)], (1, first.offset + PAGE));
+        assert_eq!(m.processes[0].memory.saved_bytes(), PAGE);
+        assert_eq!(m.processes[0].memory.restored_bytes(), 2 * PAGE);
+
+        // A run two images down: this chain has two images only.
+        write_child(2);
+        let e = Chain::open(&child).unwrap_err().to_string();
+        assert!(e.contains("not in image 2 of the chain"), "{e}");
+
+        // The parent taken again (another id).
+        write_child(1);
+        std::fs::remove_file(&base).unwrap();
+        write_sample_with(&base, |m| m.image_id = Some("cc".into()));
+        let e = Chain::open(&child).unwrap_err().to_string();
+        assert!(
+            e.contains("base.img") && e.contains("its id is cc, expected aa"),
+            "{e}"
+        );
+        // Corrupted: its own checksum fails, naming it.
+        let bytes = std::fs::read(&base).unwrap();
+        let mut bad = bytes.clone();
+        bad[PAGE as usize + 10] ^= 1;
+        std::fs::write(&base, &bad).unwrap();
+        let e = Chain::open(&child).unwrap_err().to_string();
+        assert!(e.contains("base.img is corrupt"), "{e}");
+        // Missing.
+        std::fs::remove_file(&base).unwrap();
+        let e = Chain::open(&child).unwrap_err().to_string();
+        assert!(
+            e.contains("parent image") && e.contains("base.img") && e.contains("is missing"),
+            "{e}"
+        );
+        // A run in a parent without a parent: refused by the image itself.
+        write_sample_with(&base, |m| {
+            m.processes[0].memory.vmas[0].pages[0].image = 1;
+        });
+        let e = Image::open(&base).unwrap_err().to_string();
+        assert!(e.contains("no parent"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
     }
 
     fn tmp() -> std::path::PathBuf {
@@ -418,6 +523,8 @@ mod tests {
             netlock: None,
             shared: sample_shared(),
             stats: None,
+            image_id: None,
+            parent: None,
         };
         assert_eq!(good.validate(&sections), Ok(()));
         for (i, spoil) in cases.iter().enumerate() {
@@ -577,9 +684,9 @@ mod tests {
             if w.finish(&m).is_err() {
                 continue; // not an object at the top: the writer cannot even frame it
             }
-            let outcome = std::panic::catch_unwind(|| match Image::open(&p) {
-                Ok(img) => {
-                    let _ = crate::inspect::summary(&img);
+            let outcome = std::panic::catch_unwind(|| match crate::chain::Chain::open(&p) {
+                Ok(chain) => {
+                    let _ = crate::inspect::summary(&chain);
                     true
                 }
                 Err(e) => {

@@ -11,13 +11,14 @@
 //! whole address space with it (`CKPT_IOC_RESTORE`, see restore/).
 
 use crate::device::Device;
+use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
 use crate::image::{ImageWriter, Section, PAGE, PAGES};
 use crate::proc::{self, MapEntry};
 use crate::shmem::{self, ShmDump, ShmObject};
 use crate::stats::Stats;
 use ckpt_abi::{
-    CkptRange, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN,
+    CkptRange, CkptRestoreImage, CkptRestoreRun, CkptRestoreVma, CKPT_VMA_FILE, CKPT_VMA_GROWSDOWN,
     CKPT_VMA_IN_PLACE, CKPT_VMA_SHARED,
 };
 use serde::{Deserialize, Serialize};
@@ -131,12 +132,22 @@ pub enum Backing {
     },
 }
 
-/// `len` bytes of memory at `addr`, stored at `offset` of the image (inside a pages section).
+/// `len` bytes of memory at `addr`, stored at `offset` of an image of the chain (inside a
+/// pages section of that image).
 #[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PageRun {
     pub addr: u64,
     pub len: u64,
     pub offset: u64,
+    /// Which image of the chain holds the bytes: 0 this one, 1 its parent, 2 the parent's
+    /// parent... (an incremental checkpoint's unchanged pages, `crate::chain`). Absent (0)
+    /// in images from before incremental checkpoints.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub image: u32,
+}
+
+fn is_zero(n: &u32) -> bool {
+    *n == 0
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -195,6 +206,10 @@ struct Scan<'a> {
     frames: HashMap<u64, u64>,
     /// Pages already stored (by an earlier process of the tree), as runs into the image.
     refs: Vec<CkptRestoreRun>,
+    /// Pages an incremental image takes from its parent chain (unchanged since it).
+    reuse: &'a Reuse,
+    /// Those pages met, as runs into the images of the chain that hold them.
+    in_parent: Vec<PageRun>,
 }
 
 /// The shared memory each of `maps` shows, stored into the image once for the tree (SysV
@@ -235,12 +250,12 @@ pub fn dump_objects(
 /// Stores the private pages of `maps` into the image (through the module), read from process
 /// `source`: the frozen process itself, or its copy-on-write snapshot. Returns the mappings
 /// with their page runs and their shared memory (`objects`, from [`dump_objects`]). Pages an
-/// earlier process stored are not stored again (`stored`). `image_path` names the image in
-/// errors.
+/// earlier process stored are not stored again (`stored`), nor those `reuse` finds in the
+/// parent chain (unchanged since the parent image). `image_path` names the image in errors.
 pub fn dump_pages(
     source: i32,
     dev: &Device,
-    (maps, objects): (&[MapEntry], Vec<Option<Backing>>),
+    (maps, objects, reuse): (&[MapEntry], Vec<Option<Backing>>, &Reuse),
     w: &mut ImageWriter,
     (image_path, stats, stored): (&Path, &mut Stats, &mut Stored),
 ) -> Result<Vec<Vma>, CheckpointError> {
@@ -257,6 +272,8 @@ pub fn dump_pages(
         stored,
         frames: HashMap::new(),
         refs: Vec::new(),
+        reuse,
+        in_parent: Vec::new(),
     };
     // Zero pages are left out of anonymous memory only: a zero page of a private file
     // mapping differs from the file's page.
@@ -269,7 +286,8 @@ pub fn dump_pages(
         };
         scan.wanted_ranges(m, stats, out)?;
     }
-    let (frames, refs) = (scan.frames, scan.refs);
+    let (frames, refs, in_parent) = (scan.frames, scan.refs, scan.in_parent);
+    stats.pages_in_parent += in_parent.iter().map(|r| r.len / PAGE).sum::<u64>();
     // A frame is only the same page while its first owner maps it: compare the bytes, and
     // store again whatever differs (migration or KSM may have reused a frame meanwhile).
     let refs = verify_refs(pid, refs, (w, stored), &mut anon_ranges)?;
@@ -313,6 +331,15 @@ pub fn dump_pages(
         }
     }
     runs.extend(refs);
+    let mut runs: Vec<PageRun> = (runs.iter())
+        .map(|r| PageRun {
+            addr: r.addr,
+            len: r.len,
+            offset: r.image_offset,
+            image: 0,
+        })
+        .chain(in_parent)
+        .collect();
     runs.sort_by_key(|r| r.addr);
     Ok(maps
         .iter()
@@ -482,6 +509,22 @@ impl Scan<'_> {
     /// Page `addr` (pagemap entry `e`) is wanted: referenced if its frame is stored already,
     /// else to dump.
     fn take(&mut self, addr: u64, e: u64, out: &mut Vec<CkptRange>) {
+        if let Some((image, offset)) = self.reuse.get(addr) {
+            match self.in_parent.last_mut() {
+                Some(r)
+                    if r.image == image && r.addr + r.len == addr && r.offset + r.len == offset =>
+                {
+                    r.len += PAGE
+                }
+                _ => self.in_parent.push(PageRun {
+                    addr,
+                    len: PAGE,
+                    offset,
+                    image,
+                }),
+            }
+            return;
+        }
         let frame = (e & PM_PRESENT != 0)
             .then_some(e & PM_PFN)
             .filter(|&f| f != 0);
@@ -511,9 +554,9 @@ impl Scan<'_> {
     }
 }
 
-/// The image's record of mapping `m`, with its part of the dumped page `runs`; `shared`: the
-/// shared memory it maps, if it does.
-fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], shared: Option<Backing>) -> Vma {
+/// The image's record of mapping `m`, with its part of the page `runs` (sorted by address);
+/// `shared`: the shared memory it maps, if it does.
+fn vma_of(m: &MapEntry, runs: &[PageRun], shared: Option<Backing>) -> Vma {
     // The module merges pages that follow each other in memory and in the file, also across
     // adjacent mappings: cut the runs at this mapping's bounds.
     let pages = runs
@@ -525,7 +568,8 @@ fn vma_of(m: &MapEntry, runs: &[CkptRestoreRun], shared: Option<Backing>) -> Vma
             PageRun {
                 addr: start,
                 len: end - start,
-                offset: r.image_offset + (start - r.addr),
+                offset: r.offset + (start - r.addr),
+                image: r.image,
             }
         })
         .collect();
@@ -564,7 +608,8 @@ pub struct MemoryPlan {
     /// Every mapping but the kernel's; a file mapping's `fd` holds the index of its file in
     /// `files` until the restorer knows the fd numbers ([`MemoryPlan::set_file_fds`]).
     pub vmas: Vec<CkptRestoreVma>,
-    pub runs: Vec<CkptRestoreRun>,
+    /// The page runs, per image of the chain (index 0: the image itself).
+    pub runs: Vec<Vec<CkptRestoreRun>>,
     /// Distinct mapped files, opened (as the process's user) and checked.
     pub files: Vec<File>,
 }
@@ -576,7 +621,7 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
     let mut files: Vec<File> = Vec::new();
     let mut file_index: BTreeMap<(String, bool), usize> = BTreeMap::new();
     let mut out = Vec::new();
-    let mut runs = Vec::new();
+    let mut runs: Vec<Vec<CkptRestoreRun>> = Vec::new();
     for v in vmas {
         let (mut flags, fd_slot, offset) = match &v.backing {
             // Not mapped by the module: attached after the restore (`attach_sysv`).
@@ -633,11 +678,17 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
             _reserved: 0,
             file_offset: offset,
         });
-        runs.extend(v.pages.iter().map(|r| CkptRestoreRun {
-            addr: r.addr,
-            len: r.len,
-            image_offset: r.offset,
-        }));
+        for r in &v.pages {
+            let image = r.image as usize;
+            if runs.len() <= image {
+                runs.resize_with(image + 1, Vec::new);
+            }
+            runs[image].push(CkptRestoreRun {
+                addr: r.addr,
+                len: r.len,
+                image_offset: r.offset,
+            });
+        }
     }
     Ok(MemoryPlan {
         vmas: out,
@@ -676,7 +727,25 @@ impl MemoryPlan {
             }
         }
         let inside = |a: u64| ranges.iter().any(|&(s, e)| s <= a && a < e);
-        self.runs.retain(|r| !inside(r.addr));
+        for runs in &mut self.runs {
+            runs.retain(|r| !inside(r.addr));
+        }
+    }
+
+    /// The runs, each image's together in the order of `images` (the fds of the chain's
+    /// images, the image first), and the module's image table.
+    pub fn runs_by_image(&self, images: &[i32]) -> (Vec<CkptRestoreRun>, Vec<CkptRestoreImage>) {
+        let mut runs = Vec::new();
+        let mut table = Vec::new();
+        for (i, &fd) in images.iter().enumerate() {
+            let mine = self.runs.get(i).map_or(&[][..], |r| &r[..]);
+            runs.extend_from_slice(mine);
+            table.push(CkptRestoreImage {
+                fd,
+                run_count: mine.len() as u32,
+            });
+        }
+        (runs, table)
     }
 
     pub fn set_file_fds(&mut self, fds: &[i32]) {
@@ -694,8 +763,9 @@ impl MemoryPlan {
 // Checks
 
 impl Memory {
-    /// VMAs sorted and page-aligned, page runs inside their VMA and inside a pages section,
-    /// shared memory objects in `shm` (the image's table).
+    /// VMAs sorted and page-aligned, page runs inside their VMA and (those of this image)
+    /// inside a pages section, shared memory objects in `shm` (the image's table). Runs in
+    /// an ancestor image are checked against it by `crate::chain`.
     pub fn validate(
         &self,
         sections: &[Section],
@@ -726,7 +796,7 @@ impl Memory {
                     || r.len == 0
                     || r.addr < prev_run_end
                     || end > v.end
-                    || !in_pages_section(r, sections)
+                    || (r.image == 0 && !in_pages_section(r, sections))
                 {
                     return Err(format!("bad page run at {:#x}", r.addr));
                 }
@@ -736,13 +806,19 @@ impl Memory {
         Ok(())
     }
 
-    /// Bytes of page contents stored.
+    /// Bytes of page contents stored in this image (not in an ancestor).
     pub fn saved_bytes(&self) -> u64 {
+        let runs = self.vmas.iter().flat_map(|v| &v.pages);
+        runs.filter(|r| r.image == 0).map(|r| r.len).sum()
+    }
+
+    /// Bytes of page contents the restore reads, from this image and its ancestors.
+    pub fn restored_bytes(&self) -> u64 {
         self.vmas.iter().flat_map(|v| &v.pages).map(|r| r.len).sum()
     }
 }
 
-fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
+pub fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
     sections.iter().any(|s| {
         s.kind == PAGES
             && r.offset >= s.offset

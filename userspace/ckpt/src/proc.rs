@@ -98,6 +98,9 @@ pub struct Stat {
     pub threads: u32,
     /// The exit status as wait(2) reports it (a zombie's).
     pub exit_code: i32,
+    /// When the process started, in clock ticks since boot (field 22): with the pid, which
+    /// process this is.
+    pub start_time: u64,
 }
 
 pub fn stat(pid: i32) -> io::Result<Stat> {
@@ -125,6 +128,7 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
         flags: field(9)?.parse().map_err(|_| bad())?,
         threads: field(20)?.parse().map_err(|_| bad())?,
         exit_code: field(52).ok().and_then(|v| v.parse().ok()).unwrap_or(0),
+        start_time: field(22)?.parse().map_err(|_| bad())?,
     })
 }
 

@@ -20,6 +20,10 @@ pub struct Stats {
     /// before (its parent).
     #[serde(default)]
     pub pages_shared: u64,
+    /// Pages not written again: unchanged since the parent image (`--parent`), taken from
+    /// the chain.
+    #[serde(default)]
+    pub pages_in_parent: u64,
     pub image_bytes: u64,
     /// Taken through the interceptor library (flushed, ids virtual) rather than the plain path.
     #[serde(default)]
@@ -87,6 +91,13 @@ pub fn stats_text(s: &Stats) -> String {
             out,
             "  pages shared:     {} (stored once for processes sharing them copy-on-write)",
             s.pages_shared
+        );
+    }
+    if s.pages_in_parent > 0 {
+        let _ = writeln!(
+            out,
+            "  pages unchanged:  {} (in the parent images, not written again)",
+            s.pages_in_parent
         );
     }
     let _ = writeln!(

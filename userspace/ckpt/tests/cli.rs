@@ -357,3 +357,274 @@ fn a_fork_child_without_exec_gets_its_own_control_thread() {
     child.wait().unwrap();
     let _ = std::fs::remove_dir_all(&rt);
 }
+
+fn ckpt_in(
+    dir: &std::path::Path,
+    args: &[&str],
+    path: Option<&std::ffi::OsStr>,
+) -> std::process::Output {
+    let mut cmd = Command::new(common::ckpt_bin());
+    cmd.args(args).current_dir(dir);
+    if let Some(p) = path {
+        cmd.env("PATH", p);
+    }
+    cmd.output().unwrap()
+}
+
+#[test]
+fn schedule_prints_a_crontab_line_with_absolute_paths() {
+    let d = common::Dir::new("sched-print");
+    let out = ckpt_in(
+        &d.0,
+        &[
+            "schedule", "--every", "10m", "--", "--app", "job", "--dir", "imgs", "--keep", "5",
+        ],
+        None,
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let line = String::from_utf8_lossy(&out.stdout).trim().to_owned();
+    let exe = common::ckpt_bin();
+    let want = format!(
+        "*/10 * * * * {} checkpoint --app job --dir {} --keep 5 # ckpt-schedule:job",
+        exe.display(),
+        d.path("imgs").display()
+    );
+    assert_eq!(line, want);
+    // A bare pid works until a restore gives it another: said, not refused.
+    let out = ckpt_in(
+        &d.0,
+        &["schedule", "--every", "1h", "--", "42", "--dir", "/x/y"],
+        None,
+    );
+    assert!(out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--pidfile"));
+    assert!(String::from_utf8_lossy(&out.stdout).starts_with("0 * * * * "));
+}
+
+#[test]
+fn schedule_refuses_what_cron_cannot_run_and_a_missing_dir() {
+    let d = common::Dir::new("sched-refuse");
+    let out = ckpt_in(
+        &d.0,
+        &[
+            "schedule", "--every", "7m", "--", "--app", "a", "--dir", "/x",
+        ],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("cron cannot run every 7m") && err.contains("--systemd"),
+        "{err}"
+    );
+    let out = ckpt_in(
+        &d.0,
+        &["schedule", "--every", "10m", "--", "--app", "a"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("give --dir DIR"));
+    let out = ckpt_in(
+        &d.0,
+        &["schedule", "--every", "10m", "--", "--bogus", "--dir", "/x"],
+        None,
+    );
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--bogus"));
+    // systemd timers run at any interval.
+    let out = ckpt_in(
+        &d.0,
+        &[
+            "schedule",
+            "--systemd",
+            "--every",
+            "7m",
+            "--",
+            "--app",
+            "a",
+            "--dir",
+            "/x",
+        ],
+        None,
+    );
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(
+        text.contains("# ckpt-a.timer") && text.contains("OnUnitActiveSec=7m"),
+        "{text}"
+    );
+}
+
+/// A directory with fake `crontab` and `systemctl` commands that keep what they are given in
+/// files beside them, so that installing is tested without touching the machine's.
+fn fake_commands(d: &common::Dir) -> std::ffi::OsString {
+    use std::os::unix::fs::PermissionsExt;
+    let bin = d.path("bin");
+    std::fs::create_dir_all(&bin).unwrap();
+    let tab = d.path("crontab.txt");
+    let calls = d.path("systemctl.txt");
+    let scripts = [
+        (
+            "crontab",
+            format!(
+                "#!/bin/sh\ncase \"$1\" in\n-l) [ -f {t} ] || {{ echo 'no crontab' >&2; exit 1; }}; cat {t};;\n-) cat > {t};;\nesac\n",
+                t = tab.display()
+            ),
+        ),
+        ("systemctl", format!("#!/bin/sh\necho \"$@\" >> {}\n", calls.display())),
+    ];
+    for (name, text) in scripts {
+        let p = bin.join(name);
+        std::fs::write(&p, text).unwrap();
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o755)).unwrap();
+    }
+    let mut path = bin.into_os_string();
+    path.push(":/usr/bin:/bin");
+    path
+}
+
+#[test]
+fn schedule_install_replaces_its_own_crontab_line_and_keeps_the_others() {
+    let d = common::Dir::new("sched-cron");
+    let path = fake_commands(&d);
+    std::fs::write(d.path("crontab.txt"), "MAILTO=ops\n5 4 * * * backup\n").unwrap();
+    for every in ["10m", "30m"] {
+        let out = ckpt_in(
+            &d.0,
+            &[
+                "schedule",
+                "--install",
+                "--every",
+                every,
+                "--",
+                "--app",
+                "job",
+                "--dir",
+                "/srv/c",
+            ],
+            Some(&path),
+        );
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
+    let tab = std::fs::read_to_string(d.path("crontab.txt")).unwrap();
+    let lines: Vec<&str> = tab.lines().collect();
+    assert_eq!(lines.len(), 3, "{tab}");
+    assert_eq!(&lines[..2], &["MAILTO=ops", "5 4 * * * backup"]);
+    assert!(lines[2].starts_with("*/30 * * * * ") && lines[2].ends_with("# ckpt-schedule:job"));
+    // With no crontab yet, one is started.
+    std::fs::remove_file(d.path("crontab.txt")).unwrap();
+    let out = ckpt_in(
+        &d.0,
+        &[
+            "schedule",
+            "--install",
+            "--every",
+            "1h",
+            "--name",
+            "n1",
+            "--",
+            "--app",
+            "j",
+            "--dir",
+            "/x",
+        ],
+        Some(&path),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let tab = std::fs::read_to_string(d.path("crontab.txt")).unwrap();
+    assert!(
+        tab.ends_with("# ckpt-schedule:n1\n") && tab.lines().count() == 1,
+        "{tab}"
+    );
+}
+
+#[test]
+fn schedule_install_writes_systemd_units_and_enables_the_timer() {
+    let d = common::Dir::new("sched-systemd");
+    let path = fake_commands(&d);
+    let units = d.path("units");
+    let out = ckpt_in(
+        &d.0,
+        &[
+            "schedule",
+            "--systemd",
+            "--install",
+            "--unit-dir",
+            units.to_str().unwrap(),
+            "--every",
+            "90s",
+            "--",
+            "--pidfile",
+            "run/app.pid",
+            "--dir",
+            "/srv/c",
+        ],
+        Some(&path),
+    );
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let service = std::fs::read_to_string(units.join("ckpt-c.service")).unwrap();
+    let pidfile = d.path("run/app.pid");
+    assert!(
+        service.contains(&format!(
+            "checkpoint --pidfile {} --dir /srv/c\n",
+            pidfile.display()
+        )),
+        "{service}"
+    );
+    let timer = std::fs::read_to_string(units.join("ckpt-c.timer")).unwrap();
+    assert!(timer.contains("OnUnitActiveSec=1m 30s"), "{timer}");
+    let calls = std::fs::read_to_string(d.path("systemctl.txt")).unwrap();
+    assert!(
+        calls.contains("daemon-reload") && calls.contains("enable --now ckpt-c.timer"),
+        "{calls}"
+    );
+}
+
+#[test]
+fn checkpoint_pidfile_and_restore_dir_errors_name_what_is_wrong() {
+    let d = common::Dir::new("pidfile");
+    std::fs::write(d.path("bad.pid"), "not a pid\n").unwrap();
+    std::fs::write(d.path("dead.pid"), "999999999\n").unwrap();
+    for (file, want) in [
+        ("bad.pid", "holds no process id"),
+        ("dead.pid", "names process 999999999, which is not running"),
+        ("none.pid", "reading the pidfile"),
+    ] {
+        let out = ckpt_in(
+            &d.0,
+            &["checkpoint", "--pidfile", file, "--dir", "imgs"],
+            None,
+        );
+        assert_eq!(out.status.code(), Some(1), "{file}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(err.contains(want), "{file}: {err}");
+    }
+    assert!(
+        !d.path("imgs").exists(),
+        "nothing is made for a bad pidfile"
+    );
+    std::fs::create_dir(d.path("empty")).unwrap();
+    let out = ckpt_in(&d.0, &["restore", "empty"], None);
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no checkpoint to restore"));
+}

@@ -540,5 +540,111 @@ fn dump_and_restore_ioctls_validate_their_arguments() {
         .raw_ioctl(CKPT_IOC_RESTORE, &mut r as *mut _ as usize)
         .unwrap_err();
     assert!(matches!(err.raw_os_error(), Some(libc::EBUSY)), "{err}");
+    restore_image_table_is_validated(&d, &file, &wo);
     let _ = std::fs::remove_file(img);
+}
+
+/// The image table of RESTORE (ABI 5): its count and `image_fd` checked with the flags; its
+/// fds and run counts in a single-threaded process (a forked child: the module refuses a
+/// threaded caller before it looks at them), which must be refused before anything changes.
+fn restore_image_table_is_validated(d: &Device, file: &std::fs::File, wo: &std::fs::File) {
+    use ckpt_abi::{CkptRestore, CkptRestoreImage, CkptRestoreRun, CKPT_IOC_RESTORE};
+    use std::os::fd::AsRawFd;
+    let call = |r: &mut CkptRestore| {
+        d.raw_ioctl(CKPT_IOC_RESTORE, r as *mut _ as usize)
+            .unwrap_err()
+            .raw_os_error()
+    };
+    let table = [CkptRestoreImage {
+        fd: file.as_raw_fd(),
+        run_count: 0,
+    }];
+    let good = CkptRestore {
+        image_fd: -1,
+        images: table.as_ptr() as u64,
+        image_count: 1,
+        ..Default::default()
+    };
+    let too_many = ckpt_abi::CKPT_RESTORE_MAX_IMAGES + 1;
+    for (what, mut bad) in [
+        (
+            "too many images",
+            CkptRestore {
+                image_count: too_many,
+                ..good
+            },
+        ),
+        (
+            "image_fd with a table",
+            CkptRestore {
+                image_fd: file.as_raw_fd(),
+                ..good
+            },
+        ),
+        (
+            "reserved",
+            CkptRestore {
+                _reserved2: 1,
+                ..good
+            },
+        ),
+    ] {
+        assert_eq!(call(&mut bad), Some(libc::EINVAL), "{what}");
+    }
+    // In a forked child (single-threaded): each refusal comes back as its exit status.
+    let run = CkptRestoreRun {
+        addr: 0x10000,
+        len: 4096,
+        image_offset: 0,
+    };
+    let closed = CkptRestoreImage {
+        fd: 999,
+        run_count: 0,
+    };
+    let write_only = CkptRestoreImage {
+        fd: wo.as_raw_fd(),
+        run_count: 0,
+    };
+    // One run announced, none given; two images whose counts say 0 and 2 for one run.
+    let counts = [
+        table[0],
+        CkptRestoreImage {
+            fd: file.as_raw_fd(),
+            run_count: 2,
+        },
+    ];
+    let cases: [(&str, &[CkptRestoreImage], u32, i32); 4] = [
+        ("an fd that is not open", &[closed], 0, libc::EBADF),
+        ("a write-only image", &[write_only], 0, libc::EBADF),
+        ("run counts short of run_count", &table, 1, libc::EINVAL),
+        ("run counts beyond run_count", &counts, 1, libc::EINVAL),
+    ];
+    for (what, images, run_count, errno) in cases {
+        let mut r = CkptRestore {
+            images: images.as_ptr() as u64,
+            image_count: images.len() as u32,
+            run_count,
+            runs: &run as *const _ as u64,
+            ..good
+        };
+        // SAFETY: the child only makes raw system calls before _exit.
+        let child = unsafe { libc::fork() };
+        if child == 0 {
+            let dev_fd = d.as_raw_fd();
+            // SAFETY: an ioctl with a pointer to a request on our (copied) stack.
+            let ret = unsafe { libc::ioctl(dev_fd, CKPT_IOC_RESTORE as _, &mut r) };
+            let code = if ret < 0 {
+                std::io::Error::last_os_error().raw_os_error().unwrap_or(1)
+            } else {
+                0
+            };
+            // SAFETY: leaving the child at once.
+            unsafe { libc::_exit(code) };
+        }
+        let mut status = 0;
+        // SAFETY: reaping our child.
+        assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+        assert!(libc::WIFEXITED(status), "{what}: status {status:#x}");
+        assert_eq!(libc::WEXITSTATUS(status), errno, "{what}");
+    }
 }

@@ -2205,3 +2205,311 @@ fn sleeper_holding_as_fd_5(fd: std::os::fd::RawFd) -> Child {
     }
     cmd.spawn().unwrap()
 }
+
+/// The images of a periodic directory, oldest first.
+fn periodic_images(dir: &Path) -> Vec<String> {
+    let mut v: Vec<String> = std::fs::read_dir(dir)
+        .unwrap()
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .filter(|n| n.starts_with("ckpt-") && n.ends_with(".img"))
+        .collect();
+    v.sort();
+    v
+}
+
+/// What a crontab line runs: `ckpt checkpoint --pidfile P --dir D --keep 2`, again and again.
+/// Images are named by time, only the newest two stay, `latest` names the newest, every run
+/// logs one line; then the program is killed at a checkpoint, `ckpt restore D --pidfile P`
+/// brings back the latest and writes the pid, and the same line goes on working.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn periodic_checkpoints_keep_the_newest_and_restore_dir_brings_back_the_latest() {
+    use std::os::unix::fs::PermissionsExt;
+    let (_m, d, out, _img) = begin("periodic", false);
+    let mut child = start_counter("counter", &out, 8);
+    let (pidfile, dir) = (d.path("app.pid"), d.path("points"));
+    std::fs::write(&pidfile, format!("{}\n", child.id())).unwrap();
+    let (pidfile_s, dir_s) = (pidfile.to_str().unwrap(), dir.to_str().unwrap());
+    let line = [
+        "checkpoint",
+        "--pidfile",
+        pidfile_s,
+        "--dir",
+        dir_s,
+        "--keep",
+        "2",
+    ];
+    let mut seen = Vec::new();
+    for _ in 0..3 {
+        ok(&ckpt(&line));
+        let images = periodic_images(&dir);
+        seen.push(images.last().unwrap().clone());
+        assert_eq!(
+            std::fs::read_link(dir.join("latest")).unwrap().to_str(),
+            Some(seen.last().unwrap().as_str())
+        );
+    }
+    assert_eq!(
+        periodic_images(&dir),
+        seen[1..].to_vec(),
+        "the oldest of three is gone"
+    );
+    for f in periodic_images(&dir) {
+        let mode = std::fs::metadata(dir.join(&f))
+            .unwrap()
+            .permissions()
+            .mode();
+        assert_eq!(mode & 0o777, 0o600, "{f}");
+    }
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" ok ckpt-")).count(),
+        3,
+        "{log}"
+    );
+    assert!(log.contains(&format!("deleted={}", seen[0])), "{log}");
+
+    // Killed at the last point, brought back from the directory.
+    let mut last_line = line.to_vec();
+    last_line.push("--kill");
+    ok(&ckpt(&last_line));
+    let _ = child.wait();
+    let last = *numbers(&out, 0).last().unwrap();
+    std::fs::write(&pidfile, "stale\n").unwrap();
+    let from = file_len(&out);
+    let o = ckpt(&["restore", dir_s, "--pidfile", pidfile_s]);
+    let pid: i32 = ok(&o).trim().parse().unwrap();
+    assert_eq!(
+        std::fs::read_to_string(&pidfile).unwrap(),
+        format!("{pid}\n")
+    );
+    check_continues(pid, &out, from, last);
+    // The same crontab line finds the restored process.
+    ok(&ckpt(&line));
+    assert_eq!(periodic_images(&dir).len(), 2);
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert_eq!(
+        log.lines().filter(|l| l.contains(" ok ckpt-")).count(),
+        5,
+        "{log}"
+    );
+    kill_and_reap(pid);
+}
+
+/// A run that starts while the previous one still works skips with a message and a log line
+/// (exit 0: cron's next run will do); the one interrupted leaves no image and `latest` as it
+/// was, and the program running.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn an_overlapping_periodic_run_skips_and_an_interrupted_one_changes_nothing() {
+    let (_m, d, out, _img) = begin("periodic-busy", false);
+    let mut child = start_counter("counter", &out, 4);
+    let dir = d.path("points");
+    let (pid_s, dir_s) = (child.id().to_string(), dir.to_str().unwrap().to_owned());
+    let line = ["checkpoint", &pid_s, "--dir", &dir_s];
+    ok(&ckpt(&line));
+    let first = periodic_images(&dir);
+    let mut slow = Command::new(common::ckpt_bin())
+        .args(line)
+        .env("CKPT_TEST_PAUSE_SNAPSHOT", "60")
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let children = || common::children_of(child.id() as i32);
+    common::wait_for("the slow run holds a snapshot", 60, || {
+        !children().is_empty()
+    });
+    let o = ckpt(&line);
+    assert_eq!(o.status.code(), Some(0), "a skipped run is not a failure");
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert!(
+        err.contains("another checkpoint into") && err.contains("is running"),
+        "{err}"
+    );
+    slow.kill().unwrap();
+    slow.wait().unwrap();
+    common::reap_orphaned_workers();
+    let log = std::fs::read_to_string(dir.join("ckpt.log")).unwrap();
+    assert!(log.contains("skipped: another checkpoint"), "{log}");
+    assert_eq!(
+        periodic_images(&dir),
+        first,
+        "no image from the interrupted run"
+    );
+    assert_eq!(
+        std::fs::read_link(dir.join("latest")).unwrap().to_str(),
+        Some(first[0].as_str())
+    );
+    let n = numbers(&out, 0).len();
+    wait_lines(&out, 0, n + 5);
+    ok(&ckpt(&line));
+    assert_eq!(periodic_images(&dir).len(), 2);
+    kill_and_reap(child.id() as i32);
+    let _ = child.wait();
+}
+
+/// Mounts a tmpfs of `bytes` at `dir` (or resizes the one there).
+fn tmpfs_of(dir: &Path, bytes: u64, remount: bool) {
+    let opts = match remount {
+        true => format!("remount,size={bytes}"),
+        false => format!("size={bytes},mode=0700"),
+    };
+    let status = Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &opts, "tmpfs"])
+        .arg(dir)
+        .status()
+        .unwrap();
+    assert!(status.success(), "mount -o {opts} at {}", dir.display());
+}
+
+/// Crash safety: the disk fills at every point of writing an image. A tmpfs that holds the
+/// image is shrunk step by step, by 4 KiB near the start and the end of the image (header,
+/// small sections, the manifest) and in 24 steps across its pages, half the rounds with
+/// --kill. Each checkpoint that does not fit fails with a message saying the disk is full,
+/// leaves no file at all, and the program runs on (not killed, not stopped, not traced, no
+/// snapshot under it); each that fits leaves a whole image. The program is whole at the end.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_disk_filling_at_every_write_never_harms_the_program() {
+    let (_m, d, out, _img) = begin("diskfull", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "2".as_ref()]);
+    let mnt = d.path("small");
+    std::fs::create_dir(&mnt).unwrap();
+    tmpfs_of(&mnt, 64 << 20, false);
+    let img = mnt.join("img");
+    let img_s = img.to_str().unwrap().to_owned();
+    let pid_s = pid.to_string();
+    ok(&ckpt(&["checkpoint", &pid_s, "-o", &img_s]));
+    let size = std::fs::metadata(&img).unwrap().len();
+    std::fs::remove_file(&img).unwrap();
+    let page = 4096;
+    let mut sizes: Vec<u64> = (1..=8).map(|i| i * page).collect();
+    sizes.extend((1..24).map(|i| (size * i / 24) & !(page - 1)));
+    sizes.extend((0..8).map(|i| size.saturating_sub(i * page) & !(page - 1)));
+    sizes.push(size + 256 * 1024);
+    sizes.sort();
+    sizes.dedup();
+    let (mut full, mut fitted) = (0, 0);
+    for (round, &bytes) in sizes.iter().enumerate() {
+        tmpfs_of(&mnt, bytes.max(page), true);
+        let kill = round % 2 == 1;
+        let mut args = vec!["checkpoint", pid_s.as_str(), "-o", img_s.as_str()];
+        if kill {
+            args.push("--kill");
+        }
+        let o = ckpt(&args);
+        if o.status.success() {
+            fitted += 1;
+            ckpt::manifest::Image::open(&img).unwrap_or_else(|e| panic!("{bytes}: {e}"));
+            if kill {
+                // SAFETY: reaping the program killed at the checkpoint (ours, or reparented).
+                unsafe { libc::waitpid(pid, std::ptr::null_mut(), 0) };
+                assert_eq!(restore_root(&img), pid);
+            }
+        } else {
+            full += 1;
+            let err = String::from_utf8_lossy(&o.stderr);
+            assert!(err.contains("No space left on device"), "{bytes}: {err}");
+            let left: Vec<_> = std::fs::read_dir(&mnt).unwrap().flatten().collect();
+            assert!(left.is_empty(), "{bytes}: {left:?} left behind");
+            assert!(
+                matches!(state_and_tracer(pid), Some((s, 0)) if s != 't' && s != 'T' && s != 'Z'),
+                "{bytes}: the program is not running free: {:?}",
+                state_and_tracer(pid)
+            );
+        }
+        assert!(
+            common::children_of(pid).is_empty(),
+            "{bytes}: a snapshot is left"
+        );
+        let _ = std::fs::remove_file(&img);
+    }
+    eprintln!("diskfull: {full} checkpoints found the disk full, {fitted} fitted");
+    assert!(full > 30 && fitted > 0, "the sizes should span the image");
+    let report = scribbler_check(pid, &out);
+    assert!(report.starts_with("ok "), "{report}");
+    kill_and_reap(pid);
+    let _ = child.wait();
+    assert!(Command::new("umount").arg(&mnt).status().unwrap().success());
+}
+
+/// Whether process `pid` runs the scribbler (a restorer runs ckpt until its restore).
+fn is_program(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|e| e.to_string_lossy().ends_with("/scribbler"))
+}
+
+/// Crash safety of restores: `ckpt restore` killed with SIGKILL at a random moment, 60
+/// times. After each, the program is either restored and running free (not stopped, not
+/// traced), and then whole, or nothing of the restore is left (no process with its pid, no
+/// restorer); the image is unchanged, and the next restore succeeds.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_restore_killed_at_random_moments_leaves_all_or_nothing() {
+    let (_m, d, out, img) = begin("restore-chaos", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "2".as_ref()]);
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+        "--kill",
+    ]));
+    let _ = child.wait();
+    let sum = |p: &Path| xxhash_rust::xxh64::xxh64(&std::fs::read(p).unwrap(), 0);
+    let before = sum(&img);
+    let mut rng = fastrand::Rng::with_seed(0x7265_7374);
+    let (mut whole, mut nothing) = (0, 0);
+    for round in 0..60 {
+        let log = std::fs::File::create(d.path("restore.err")).unwrap();
+        let mut r = Command::new(common::ckpt_bin())
+            .args(["restore", img.to_str().unwrap()])
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(rng.u64(0..1000)));
+        let _ = r.kill();
+        let _ = r.wait();
+        // Restorers die with ckpt (parent-death signal, ptrace's exit-kill); a restored
+        // program that was let go is reparented to us and runs on. Until then a restorer may
+        // hold the pid a moment, still ckpt or already dying: settled is the pid gone, or
+        // the program's, untraced, running, and so twice 100 ms apart.
+        let settled = || match state_and_tracer(pid) {
+            None | Some(('Z', _)) => Some(false),
+            Some((s, 0)) if s != 't' && s != 'T' && is_program(pid) => Some(true),
+            _ => None,
+        };
+        let mut outcome = None;
+        common::wait_for("the restore is all or nothing", 30, || {
+            // SAFETY: reaping the restorer that had the pid, if it died (reparented to us;
+            // only it: other tests' children are theirs to wait for).
+            unsafe { libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) };
+            let now = settled();
+            let stable = now.is_some() && now == outcome;
+            outcome = now;
+            std::thread::sleep(Duration::from_millis(100));
+            stable
+        });
+        if outcome == Some(true) {
+            let report = scribbler_check(pid, &out);
+            let err = std::fs::read_to_string(d.path("restore.err")).unwrap_or_default();
+            assert!(report.starts_with("ok "), "round {round}: {report} ({err})");
+            kill_and_reap(pid);
+            whole += 1;
+        } else {
+            nothing += 1;
+        }
+        assert_eq!(sum(&img), before, "round {round}: the image changed");
+    }
+    eprintln!("restore chaos: {whole} restores completed, {nothing} left nothing");
+    assert!(
+        whole > 0 && nothing > 0,
+        "the kills should land at all moments"
+    );
+    let restored = restore_root(&img);
+    assert!(scribbler_check(restored, &out).starts_with("ok "));
+    kill_and_reap(restored);
+}

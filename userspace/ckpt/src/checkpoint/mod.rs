@@ -16,8 +16,10 @@
 //! the final name.
 
 mod interceptor;
+mod parent;
 
 use crate::device::Device;
+use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, CheckpointError};
 use crate::fds::{DumpError, SharedDump};
 use crate::freeze::Frozen;
@@ -56,6 +58,9 @@ pub struct Options<'a> {
     /// Carry UNIX stream and seqpacket sockets whose peer is outside the tree (reconnected
     /// on restore, or with their peer gone) instead of refusing them: `--external unix`.
     pub external_unix: bool,
+    /// Store only the pages changed since this image (`--parent`), the last checkpoint of
+    /// the same tree.
+    pub parent: Option<&'a Path>,
     /// Compress every section with zstd at this level (`--compress`).
     pub compress: Option<i32>,
 }
@@ -68,6 +73,11 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         checkpoint_io(pid, "opening the ckpt device")(std::io::Error::other(e.to_string()))
     })?;
     precheck(pid, &dev)?;
+    let base = match opts.parent {
+        Some(p) => Some(parent::Base::open(p, opts.output, pid)?),
+        None => None,
+    };
+    let image_id = crate::chain::new_id().map_err(checkpoint_io(pid, "making an image id"))?;
     let flush_t0 = Instant::now();
     let mut prepared = prepare_all(pid, opts);
     let flush_us = flush_t0.elapsed().as_micros() as u64;
@@ -102,15 +112,26 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         processes: tree.members.len() as u32,
         ..Stats::default()
     };
-    let (mut manifest, late) = dump_tree(&dev, &tree, &prepared, (&mut w, opts), &mut stats)?;
+    let (mut manifest, late) = dump_tree(
+        &dev,
+        &tree,
+        (&prepared, base.as_ref()),
+        (&mut w, opts),
+        &mut stats,
+    )?;
     // Killed, the tree's connections stay locked until the restore lifts the lock.
     manifest.netlock = lock.table().filter(|_| opts.kill).map(String::from);
+    manifest.image_id = Some(image_id.clone());
+    manifest.parent = base.map(|b| b.reference);
 
     // Everything of the tree is captured: unless it is to be killed, let it go now and
     // finish the image (checksums, manifest, fsync) while it runs.
     let (tree, lock) = if opts.kill {
         (Some(tree), Some(lock))
     } else {
+        // The cut: every page is read or snapshotted. From here the next checkpoint's
+        // dirty pages are those written after this point.
+        reset_tracking(&manifest, &image_id);
         lock.release();
         tree.release()?;
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
@@ -143,6 +164,22 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
     Ok(stats)
+}
+
+/// Resets the soft-dirty tracking of every process of the (still frozen) tree, relative to
+/// the image being written (`crate::dirty`). A failure only makes the next incremental
+/// image larger (the bits stay set), so it is a warning.
+fn reset_tracking(manifest: &Manifest, image_id: &str) {
+    crate::dirty::forget_gone();
+    for id in manifest
+        .processes
+        .iter()
+        .filter_map(|p| p.identity.as_ref())
+    {
+        if let Err(e) = crate::dirty::reset(id, image_id) {
+            eprintln!("ckpt: warning: resetting the change tracking of {id}: {e}");
+        }
+    }
 }
 
 /// Holds back the packets to the tree's established TCP connections (`crate::netlock`).
@@ -186,7 +223,7 @@ fn settle(
 fn dump_tree(
     dev: &Device,
     tree: &FrozenTree,
-    prepared: &BTreeMap<i32, Prepared>,
+    (prepared, base): (&BTreeMap<i32, Prepared>, Option<&parent::Base>),
     (w, opts): (&mut ImageWriter, &Options),
     stats: &mut Stats,
 ) -> Result<(Manifest, LatePages), CheckpointError> {
@@ -233,6 +270,7 @@ fn dump_tree(
         shared: &mut shared,
         late: &mut late,
         snapshot: opts.snapshot,
+        base,
     };
     let mut processes = Vec::new();
     for (i, (m, entries)) in tree.members.iter().zip(&fd_entries).enumerate() {
@@ -256,6 +294,8 @@ fn dump_tree(
             ..shared.finish().map_err(CheckpointError::Tree)?
         },
         stats: None,
+        image_id: None,
+        parent: None,
     };
     Ok((manifest, late))
 }
@@ -278,6 +318,8 @@ struct Pending {
     index: usize,
     maps: Vec<MapEntry>,
     objects: Vec<Option<Backing>>,
+    /// Its pages unchanged since the parent image, found at the cut.
+    reuse: Reuse,
 }
 
 impl LatePages {
@@ -308,7 +350,8 @@ impl LatePages {
                         frozen.pid
                     );
                     let ctx = (image_path, &mut *stats, &mut self.stored);
-                    let vmas = memory::dump_pages(frozen.pid, dev, (&p.maps, p.objects), w, ctx)?;
+                    let pages = (&p.maps[..], p.objects, &p.reuse);
+                    let vmas = memory::dump_pages(frozen.pid, dev, pages, w, ctx)?;
                     processes[p.index].memory.vmas = vmas;
                 }
             }
@@ -335,7 +378,7 @@ impl LatePages {
             let t0 = Instant::now();
             let source = snapshot.pid();
             let ctx = (image_path, &mut *stats, &mut stored);
-            let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects), w, ctx)?;
+            let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects, &p.reuse), w, ctx)?;
             let process = manifest.processes.get_mut(p.index).ok_or_else(|| {
                 CheckpointError::Tree(format!("no process record {} for a snapshot", p.index))
             })?;
@@ -424,6 +467,8 @@ struct Dump<'a> {
     late: &'a mut LatePages,
     /// Snapshot private memory (else every page is written while frozen).
     snapshot: bool,
+    /// The parent image of an incremental checkpoint.
+    base: Option<&'a parent::Base>,
 }
 
 impl Dump<'_> {
@@ -466,16 +511,22 @@ impl Dump<'_> {
 
         let mem_t0 = Instant::now();
         let objects = memory::dump_objects(pid, &maps, w, (image_path, &mut self.shared.shm))?;
+        // The dirty bits are the frozen process's, read now (a snapshot has its own).
+        let reuse = match self.base {
+            Some(base) => base.reuse(pid, st, &maps)?,
+            None => Reuse::default(),
+        };
         let vmas = if self.snapshot && Snapshot::can_copy(&maps) {
             self.late.pending.push(Pending {
                 index,
                 maps,
                 objects,
+                reuse,
             });
             Vec::new() // completed by `LatePages::write`
         } else {
             let ctx = (image_path, &mut *stats, &mut self.late.stored);
-            memory::dump_pages(pid, dev, (&maps, objects), w, ctx)?
+            memory::dump_pages(pid, dev, (&maps, objects, &reuse), w, ctx)?
         };
         stats.memdump_us += mem_t0.elapsed().as_micros() as u64;
         let threads = captured
@@ -502,6 +553,7 @@ impl Dump<'_> {
             interceptor: prepared.map(Prepared::state),
             ctty: None,
             timers,
+            identity: Some(crate::dirty::Identity::of(pid, st)),
         })
     }
 }

@@ -76,6 +76,20 @@ pub enum ImageError {
     },
     #[error("{path} is corrupt: {what}")]
     Corrupt { path: PathBuf, what: String },
+    #[error("parent image {parent} of {path} is missing")]
+    ParentMissing { path: PathBuf, parent: PathBuf },
+    #[error(
+        "parent image {parent} of {path} does not match: its id is {found}, expected {expected} \
+         (it was replaced or taken again since)"
+    )]
+    ParentMismatch {
+        path: PathBuf,
+        parent: PathBuf,
+        found: String,
+        expected: String,
+    },
+    #[error("the chain of parent images of {path} is longer than {max} images")]
+    ChainTooLong { path: PathBuf, max: usize },
 }
 
 pub(crate) fn corrupt(path: &Path, what: impl Into<String>) -> ImageError {

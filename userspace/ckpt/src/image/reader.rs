@@ -27,22 +27,39 @@ pub struct Image<M> {
     pub manifest: M,
 }
 
+/// How much of an image `open_checking` verifies.
+enum Check {
+    /// Every byte, compressed content included.
+    All,
+    /// Every byte, but compressed pages' content only as `pages_view` decompresses it.
+    PagesLater,
+    /// The header and the manifest only.
+    ManifestOnly,
+}
+
 impl<M: DeserializeOwned + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
     /// gaps, and the manifest's internal consistency; compressed sections are decompressed
     /// (streamed) to check their content too.
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, true)
+        Self::open_checking(path, Check::All)
+    }
+
+    /// Opens an image, verifying its header and manifest (checksum, consistency) but not
+    /// its sections' bytes: for reading what it describes (an incremental checkpoint's
+    /// parent, a periodic directory's chain), never for restoring from it.
+    pub fn open_manifest(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::ManifestOnly)
     }
 
     /// [`Image::open`], except that compressed pages sections are checked where the file
     /// holds them only: [`Image::pages_view`] checks their content as it decompresses them.
     /// For a restore, which needs that view before it acts: the pages are decompressed once.
     pub fn open_pages_later(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, false)
+        Self::open_checking(path, Check::PagesLater)
     }
 
-    fn open_checking(path: &Path, page_content: bool) -> Result<Self, ImageError> {
+    fn open_checking(path: &Path, check: Check) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
@@ -108,7 +125,11 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             sections: envelope.sections,
             manifest: envelope.manifest,
         };
-        image.verify_sections(h.manifest_offset, page_content)?;
+        match check {
+            Check::All => image.verify_sections(h.manifest_offset, true)?,
+            Check::PagesLater => image.verify_sections(h.manifest_offset, false)?,
+            Check::ManifestOnly => {}
+        }
         image
             .manifest
             .validate(&image.sections)

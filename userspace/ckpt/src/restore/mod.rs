@@ -18,6 +18,7 @@ mod restorer;
 mod supervise;
 mod trust;
 
+use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
 use crate::inject::Injector;
@@ -59,13 +60,27 @@ pub struct Restored {
 /// Restores the image at `path`. The restored root process (or the pid namespace's init) is
 /// our child.
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
-    // Compressed pages are checked as `pages_view` decompresses them, below.
-    let img = Image::open_pages_later(path)?;
-    trust::check(path, &img.file, &img.manifest, opts.trust_image)?;
-    let xstates = read_xstates(&img)?;
-    // Compressed pages are decompressed here, before any process exists.
-    let view = img.pages_view()?;
-    let pages = view.as_ref().unwrap_or(&img.file);
+    // An incremental image's parents too: each verified (compressed pages as they are
+    // decompressed below), each the one its child names.
+    let chain = Chain::open_pages_later(path)?;
+    for i in &chain.images {
+        trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
+    }
+    let img = chain.image();
+    let xstates = read_xstates(img)?;
+    // Compressed pages are decompressed here, before any process exists: each image's
+    // page runs are read from its view.
+    let views = chain
+        .images
+        .iter()
+        .map(|i| i.pages_view())
+        .collect::<Result<Vec<_>, _>>()?;
+    let pages: Vec<&std::fs::File> = chain
+        .images
+        .iter()
+        .zip(&views)
+        .map(|(i, v)| v.as_ref().unwrap_or(&i.file))
+        .collect();
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -76,7 +91,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         false => None,
     };
     let (mut restorers, report_in, go_out) =
-        prepare_restorers((&img, pages), &dev, groups, opts, ns.as_ref())?;
+        prepare_restorers((&chain, pages), &dev, groups, opts, ns.as_ref())?;
     // The TCP connections are made again: their peers' packets may come through.
     if let Some(table) = &img.manifest.netlock {
         lift_netlock(table);
@@ -171,14 +186,15 @@ fn read_xstates(img: &Image) -> Result<Vec<Vec<Vec<u8>>>, RestoreError> {
 
 /// Everything the restorers need, made before the first fork: the shared objects, each
 /// process's plan, the report and go pipes. Returns them with the pipes' ends ckpt keeps.
-/// `pages` is the file page runs point into (`Image::pages_view`).
+/// `pages`: per image of the chain, the file its page runs point into (`Image::pages_view`).
 fn prepare_restorers<'a>(
-    (img, pages): (&'a Image, &'a std::fs::File),
+    (chain, pages): (&'a Chain, Vec<&'a std::fs::File>),
     dev: &'a crate::device::Device,
     groups: crate::groups::Plan,
     opts: &Options,
     ns: Option<&pidns::Namespace>,
 ) -> Result<(Restorers<'a>, OwnedFd, OwnedFd), RestoreError> {
+    let img = chain.image();
     let m = &img.manifest;
     if opts.ipcns {
         // Ours, and so every restored process's: SysV objects keep their ids there.
@@ -215,7 +231,7 @@ fn prepare_restorers<'a>(
         manifest: m,
         plans,
         cow: crate::cow::plan(m),
-        image: pages,
+        images: pages,
         dev,
         report: report_out,
         go,

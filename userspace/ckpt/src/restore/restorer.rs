@@ -20,7 +20,7 @@ use crate::memory::MemoryPlan;
 use crate::sys;
 use crate::tree::Zombie;
 use crate::vdso::{MoveError, Specials};
-use ckpt_abi::{CkptRange, CkptRestore, CKPT_IOC_RESTORE};
+use ckpt_abi::{CkptRange, CkptRestore, CkptRestoreImage, CkptRestoreRun, CKPT_IOC_RESTORE};
 use nix::fcntl::{fcntl, FcntlArg, OFlag};
 use nix::sys::signal::{sigprocmask, SigSet, SigmaskHow};
 use nix::unistd::{getpid, Pid};
@@ -56,7 +56,8 @@ pub struct Restorers<'a> {
     /// Per process: the private memory its restorer puts in place to share it copy-on-write
     /// with its children (`crate::cow::plan`).
     pub cow: Vec<Vec<crate::cow::Range>>,
-    pub image: &'a File,
+    /// The image and its parent images (an incremental image's chain), the image first.
+    pub images: Vec<&'a File>,
     pub dev: &'a Device,
     /// Where each restorer writes "ORIGINAL_PID KERNEL_PID".
     pub report: OwnedFd,
@@ -114,7 +115,7 @@ pub fn run(r: &mut Restorers, index: usize, parent: Parent) -> ! {
         .map(|i| r.plans[i].in_place.clone())
         .unwrap_or_default();
     let wanted = (&r.cow[index][..], &inherited[..]);
-    r.plans[index].in_place = crate::cow::put_in_place(m, index, wanted, r.image);
+    r.plans[index].in_place = crate::cow::put_in_place(m, index, wanted, &r.images);
     let me = Parent::direct(getpid());
     fork_children(r, (p.pid, p.pgid), m.children_of(p.pid), me);
     report(&r.report, p.pid);
@@ -126,11 +127,11 @@ pub fn run(r: &mut Restorers, index: usize, parent: Parent) -> ! {
         Ok(0) => sys::exit_now(1),
         _ => fail("waiting for ckpt", "the pipe did not end"),
     }
-    let (image, dev, highest) = (r.image, r.dev, r.highest_own_fd);
+    let (images, dev, highest) = (&r.images[..], r.dev, r.highest_own_fd);
     become_process(
         (index, p),
         &mut r.plans[index],
-        image,
+        images,
         dev,
         highest,
         &r.shared,
@@ -391,12 +392,12 @@ fn report(fd: &OwnedFd, original: i32) {
 fn become_process(
     (index, p): (usize, &Process),
     plan: &mut Plan,
-    image: &File,
+    images: &[&File],
     dev: &Device,
     highest_own_fd: i32,
     shared: &SharedFds,
 ) -> ! {
-    let work = WorkFds::take(p, plan, image, dev, highest_own_fd, shared.range());
+    let work = WorkFds::take(p, plan, images, dev, highest_own_fd, shared.range());
     // Every process group exists by now (each restorer made its own before reporting).
     if let Some(c) = &p.ctty {
         if let Err(e) = crate::fds::pty::set_foreground(c, &shared.ptys) {
@@ -421,7 +422,9 @@ fn become_process(
     }
     plan.memory.set_file_fds(&work.files);
     plan.memory.mark_in_place(&plan.in_place);
-    let mut req = request(p, plan, &work);
+    // The runs, each image's together, and the image table: alive until the ioctl.
+    let (runs, table) = plan.memory.runs_by_image(&work.images);
+    let mut req = request(p, plan, &work, (&runs, &table));
     match plan.specials.move_into_place() {
         Ok(()) => {}
         Err(MoveError::Collision(what)) => {
@@ -439,11 +442,12 @@ fn become_process(
     sys::exit_now(100 + code.min(100));
 }
 
-/// The restorer's own fds (image, device, mapped files), moved above every fd of the image
+/// The restorer's own fds (images, device, mapped files), moved above every fd of the image
 /// and of ckpt so that they are consecutive; everything else is closed but inherited stdio.
 struct WorkFds {
     base: i32,
-    image: i32,
+    /// The chain's images, the image first.
+    images: Vec<i32>,
     dev: i32,
     files: Vec<i32>,
 }
@@ -453,7 +457,7 @@ impl WorkFds {
     fn take(
         p: &Process,
         plan: &Plan,
-        image: &File,
+        images: &[&File],
         dev: &Device,
         highest_own: i32,
         keep: Option<(i32, i32)>,
@@ -461,8 +465,8 @@ impl WorkFds {
         let max_fd = p.files.fds.iter().map(|f| f.fd).max().unwrap_or(2).max(2);
         let base = max_fd.max(highest_own) + 1;
         let mut work = Vec::new();
-        let sources = [image.as_fd(), dev.as_fd()]
-            .into_iter()
+        let sources = (images.iter().map(|f| f.as_fd()))
+            .chain([dev.as_fd()])
             .chain(plan.memory.files.iter().map(|f| f.as_fd()));
         for (i, fd) in sources.enumerate() {
             let want = base + i as i32;
@@ -488,16 +492,17 @@ impl WorkFds {
                 let _ = sys::close_range(fd as u32, fd as u32);
             }
         }
+        let n = images.len();
         WorkFds {
             base,
-            image: work[0],
-            dev: work[1],
-            files: work[2..].to_vec(),
+            images: work[..n].to_vec(),
+            dev: work[n],
+            files: work[n + 1..].to_vec(),
         }
     }
 
     fn count(&self) -> u32 {
-        2 + self.files.len() as u32
+        (self.images.len() + 1 + self.files.len()) as u32
     }
 }
 
@@ -543,15 +548,23 @@ fn restore_fds((index, p): (usize, &Process), plan: &Plan, work: &WorkFds, share
     drop(fs_user);
 }
 
-/// The module's request: the address space, the kept kernel mappings, the fds to close.
-fn request(p: &Process, plan: &Plan, work: &WorkFds) -> CkptRestore {
+/// The module's request: the address space, the page runs and the images they are read
+/// from, the kept kernel mappings, the fds to close.
+fn request(
+    p: &Process,
+    plan: &Plan,
+    work: &WorkFds,
+    (runs, images): (&[CkptRestoreRun], &[CkptRestoreImage]),
+) -> CkptRestore {
     let m = &plan.memory;
     let mut req = CkptRestore {
-        image_fd: work.image,
+        image_fd: -1,
         vmas: m.vmas.as_ptr() as u64,
         vma_count: m.vmas.len() as u32,
-        run_count: m.runs.len() as u32,
-        runs: m.runs.as_ptr() as u64,
+        run_count: runs.len() as u32,
+        runs: runs.as_ptr() as u64,
+        images: images.as_ptr() as u64,
+        image_count: images.len() as u32,
         keep_count: plan.specials.keep.len() as u32,
         cleanup_fd_first: work.base as u32,
         cleanup_fd_count: work.count(),

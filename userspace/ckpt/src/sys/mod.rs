@@ -3,6 +3,7 @@
 
 mod file;
 mod ipc;
+mod pagemap;
 mod process;
 mod ptrace;
 mod signal;
@@ -14,6 +15,7 @@ mod wait;
 
 pub use file::*;
 pub use ipc::*;
+pub use pagemap::*;
 pub use process::*;
 pub use ptrace::*;
 pub use signal::*;
