@@ -109,16 +109,7 @@ impl Dir {
 
     /// The images in the directory, oldest first.
     pub fn points(&self) -> Result<Vec<String>, PeriodicError> {
-        let mut names: Vec<(Key, String)> = fs::read_dir(&self.path)
-            .map_err(io_at(&self.path))?
-            .flatten()
-            .filter_map(|e| {
-                let name = e.file_name().into_string().ok()?;
-                Some((point_key(&name)?, name))
-            })
-            .collect();
-        names.sort();
-        Ok(names.into_iter().map(|(_, n)| n).collect())
+        points_in(&self.path).map_err(io_at(&self.path))
     }
 
     /// The image `latest` names, if it names one of ours that exists.
@@ -199,6 +190,20 @@ pub fn log_line(dir: &Path, line: &str) {
         .mode(0o600)
         .open(path)
         .and_then(|mut f| f.write_all(stamped.as_bytes()));
+}
+
+/// The images in `dir`, oldest first (by their time, then the number a second image in the
+/// same second got: not the names' byte order).
+pub fn points_in(dir: &Path) -> io::Result<Vec<String>> {
+    let mut names: Vec<(Key, String)> = fs::read_dir(dir)?
+        .flatten()
+        .filter_map(|e| {
+            let name = e.file_name().into_string().ok()?;
+            Some((point_key(&name)?, name))
+        })
+        .collect();
+    names.sort();
+    Ok(names.into_iter().map(|(_, n)| n).collect())
 }
 
 /// The image `dir/latest` names, if it is one of ours and exists.

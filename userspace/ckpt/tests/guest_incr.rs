@@ -433,14 +433,7 @@ fn a_tree_sharing_memory_copy_on_write_comes_back_shared_from_a_chain() {
 
 /// The images of a periodic directory, oldest first.
 fn points(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("ckpt-") && n.ends_with(".img"))
-        .collect();
-    v.sort();
-    v
+    ckpt::periodic::points_in(dir).unwrap()
 }
 
 /// What a crontab line runs with `--incremental --full-every 3 --keep 2`: full, then two

@@ -2223,14 +2223,7 @@ fn sleeper_holding_as_fd_5(fd: std::os::fd::RawFd) -> Child {
 
 /// The images of a periodic directory, oldest first.
 fn periodic_images(dir: &Path) -> Vec<String> {
-    let mut v: Vec<String> = std::fs::read_dir(dir)
-        .unwrap()
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .filter(|n| n.starts_with("ckpt-") && n.ends_with(".img"))
-        .collect();
-    v.sort();
-    v
+    ckpt::periodic::points_in(dir).unwrap()
 }
 
 /// What a crontab line runs: `ckpt checkpoint --pidfile P --dir D --keep 2`, again and again.
