@@ -131,41 +131,32 @@ fn validate_vmas(raw: KVVec<CkptRestoreVma>, keep: &[CkptRange]) -> Result<KVVec
 fn image_sources(req: &CkptRestore) -> Result<KVVec<Source>> {
     let mut out = KVVec::new();
     if req.image_count == 0 {
-        let file = FileRef::regular_from_fd(req.image_fd, true, false)?;
-        let fd = u32::try_from(req.image_fd).map_err(|_| EBADF)?;
-        let count = req.run_count as usize;
-        out.push(
-            Source {
-                file,
-                fd,
-                first: 0,
-                count,
-            },
-            GFP_KERNEL,
-        )?;
+        out.push(Source::open(req.image_fd, 0, req.run_count)?, GFP_KERNEL)?;
         return Ok(out);
     }
     let table = helpers::read_user_array::<CkptRestoreImage>(req.images, req.image_count)?;
     let mut first = 0usize;
     for img in table.iter() {
-        let file = FileRef::regular_from_fd(img.fd, true, false)?;
-        let fd = u32::try_from(img.fd).map_err(|_| EBADF)?;
-        let count = img.run_count as usize;
-        out.push(
-            Source {
-                file,
-                fd,
-                first,
-                count,
-            },
-            GFP_KERNEL,
-        )?;
-        first = first.checked_add(count).ok_or(EINVAL)?;
+        let source = Source::open(img.fd, first, img.run_count)?;
+        first = first.checked_add(source.count).ok_or(EINVAL)?;
+        out.push(source, GFP_KERNEL)?;
     }
     if first != req.run_count as usize {
         return Err(EINVAL);
     }
     Ok(out)
+}
+
+impl Source {
+    /// The regular file open for reading at `fd`, holding `count` runs from run `first`.
+    fn open(fd: i32, first: usize, count: u32) -> Result<Source> {
+        Ok(Source {
+            file: FileRef::regular_from_fd(fd, true, false)?,
+            fd: u32::try_from(fd).map_err(|_| EBADF)?,
+            first,
+            count: count as usize,
+        })
+    }
 }
 
 /// Checks every source's runs (see [`validate_runs`]) against its own file's size.

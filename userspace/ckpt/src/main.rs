@@ -70,7 +70,7 @@ enum Command {
     /// Show what an image holds (after verifying every checksum, of its parent images
     /// too).
     Inspect {
-        /// The image file.
+        /// The image file, or a directory of periodic checkpoints (its latest).
         image: PathBuf,
         /// Print the whole manifest as JSON.
         #[arg(long)]
@@ -271,7 +271,7 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
         Command::Inspect { image, json } => {
-            let chain = ckpt::chain::Chain::open(&image)?;
+            let chain = ckpt::chain::Chain::open(&image_or_latest(&image)?)?;
             let img = chain.image();
             print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
@@ -331,7 +331,6 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         ckpt::checkpoint::checkpoint(&opts)
     };
     let pid = roots[0];
-    let killed = if a.kill { " (killed)" } else { "" };
     if let Some(dir) = &a.dir {
         let opts = ckpt::periodic::Options {
             dir: dir.clone(),
@@ -349,11 +348,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
                 r => r?,
             };
         print_json_or(a.json, &outcome, || {
-            format!(
-                "checkpointed process {pid} to {}{killed}\n{}",
-                outcome.image.display(),
-                ckpt::stats::stats_text(&outcome.stats)
-            )
+            checkpoint_text(pid, &outcome.image, a.kill, &outcome.stats)
         })?;
         for w in &outcome.warnings {
             eprintln!("ckpt: warning: {w}");
@@ -366,13 +361,32 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         .unwrap_or_else(|| PathBuf::from(format!("ckpt-{pid}.img")));
     let stats = take(&output, a.parent.as_deref())?;
     print_json_or(a.json, &stats, || {
-        format!(
-            "checkpointed process {pid} to {}{killed}\n{}",
-            output.display(),
-            ckpt::stats::stats_text(&stats)
-        )
+        checkpoint_text(pid, &output, a.kill, &stats)
     })?;
     Ok(0)
+}
+
+/// `path`, or the latest image if it is a directory of periodic checkpoints.
+fn image_or_latest(path: &std::path::Path) -> anyhow::Result<PathBuf> {
+    match path.is_dir() {
+        true => Ok(ckpt::periodic::latest_image(path)?),
+        false => Ok(path.to_path_buf()),
+    }
+}
+
+/// What `ckpt checkpoint` prints of a checkpoint of `pid` into `image`.
+fn checkpoint_text(
+    pid: i32,
+    image: &std::path::Path,
+    kill: bool,
+    stats: &ckpt::stats::Stats,
+) -> String {
+    let killed = if kill { " (killed)" } else { "" };
+    format!(
+        "checkpointed process {pid} to {}{killed}\n{}",
+        image.display(),
+        ckpt::stats::stats_text(stats)
+    )
 }
 
 /// Whether a periodic run skipped because the previous one still runs.
@@ -501,11 +515,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         ipcns: a.ipcns,
         trust_image: a.trust_image,
     };
-    let image = match a.image.is_dir() {
-        true => ckpt::periodic::latest_image(&a.image)?,
-        false => a.image.clone(),
-    };
-    let r = ckpt::restore::restore(&image, device, &opts)?;
+    let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;
     if let Some(file) = &a.pidfile {
         write_pidfile(file, r.pid)?;
     }

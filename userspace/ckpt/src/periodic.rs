@@ -33,7 +33,7 @@ pub enum PeriodicError {
     Io { path: PathBuf, source: io::Error },
     #[error("another checkpoint into {dir} is running ({holder}): this run is skipped")]
     Busy { dir: PathBuf, holder: String },
-    #[error("{dir} holds no checkpoint to restore ({dir}/{LATEST} is missing)")]
+    #[error("{dir} holds no checkpoint ({dir}/{LATEST} is missing)")]
     NoLatest { dir: PathBuf },
 }
 
@@ -213,7 +213,7 @@ fn latest_name(dir: &Path) -> Option<String> {
     (point_key(&name).is_some() && dir.join(&name).is_file()).then_some(name)
 }
 
-/// What `ckpt restore DIR` restores: the image `DIR/latest` names.
+/// What `ckpt restore DIR` and `ckpt inspect DIR` take: the image `DIR/latest` names.
 pub fn latest_image(dir: &Path) -> Result<PathBuf, PeriodicError> {
     latest_name(dir)
         .map(|n| dir.join(n))

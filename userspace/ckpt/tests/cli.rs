@@ -624,7 +624,13 @@ fn checkpoint_pidfile_and_restore_dir_errors_name_what_is_wrong() {
         "nothing is made for a bad pidfile"
     );
     std::fs::create_dir(d.path("empty")).unwrap();
-    let out = ckpt_in(&d.0, &["restore", "empty"], None);
-    assert_eq!(out.status.code(), Some(1));
-    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no checkpoint to restore"));
+    for cmd in ["restore", "inspect"] {
+        let out = ckpt_in(&d.0, &[cmd, "empty"], None);
+        assert_eq!(out.status.code(), Some(1), "{cmd}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("empty holds no checkpoint (empty/latest is missing)"),
+            "{cmd}: {err}"
+        );
+    }
 }
