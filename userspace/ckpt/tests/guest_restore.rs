@@ -2263,6 +2263,11 @@ fn periodic_checkpoints_keep_the_newest_and_restore_dir_brings_back_the_latest()
         seen[1..].to_vec(),
         "the oldest of three is gone"
     );
+    let shown = ok(&ckpt(&["inspect", dir_s]));
+    assert!(
+        shown.contains(seen[2].as_str()),
+        "inspect DIR shows the latest: {shown}"
+    );
     for f in periodic_images(&dir) {
         let mode = std::fs::metadata(dir.join(&f))
             .unwrap()
