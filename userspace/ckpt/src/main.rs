@@ -193,6 +193,11 @@ struct RestoreArgs {
     /// run anything).
     #[arg(long)]
     trust_image: bool,
+    /// Start the program before its memory is back: its private memory is placed as it
+    /// touches it, and the rest in the background, by a page server that exits once all
+    /// is in (see README, "Lazy restore").
+    #[arg(long)]
+    lazy: bool,
 }
 
 #[derive(clap::Args)]
@@ -514,6 +519,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         pidns: a.pidns,
         ipcns: a.ipcns,
         trust_image: a.trust_image,
+        lazy: a.lazy,
     };
     let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;
     if let Some(file) = &a.pidfile {

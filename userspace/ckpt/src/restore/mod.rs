@@ -43,6 +43,8 @@ pub struct Options {
     /// Restore as root an image that someone other than root or its processes' users could
     /// have written (`--trust-image`).
     pub trust_image: bool,
+    /// Private anonymous memory placed on demand by a page server (`crate::lazy`).
+    pub lazy: bool,
 }
 
 /// Where the restored tree went.
@@ -85,6 +87,14 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         .zip(&views)
         .map(|(i, v)| v.as_ref().unwrap_or(&i.file))
         .collect();
+    // Forked before anything of the tree exists: it must hold none of the tree's objects.
+    let server = match opts.lazy {
+        true => Some(crate::lazy::server::Server::start(
+            &img.manifest.processes,
+            &pages,
+        )?),
+        false => None,
+    };
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -102,7 +112,13 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     }
     let memfds = std::mem::take(&mut restorers.memfds);
     let sysv = std::mem::take(&mut restorers.shared.sysv);
-    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, ns);
+    let result = restore_tree(
+        restorers,
+        &sysv,
+        (report_in, go_out),
+        &xstates,
+        (ns, server),
+    );
     if result.is_ok() {
         for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
             if let Err(e) = crate::shmem::late_seals(o, fd) {
@@ -156,7 +172,10 @@ fn restore_tree(
     sysv: &crate::sysv::Made,
     (report_in, go_out): (OwnedFd, OwnedFd),
     xstates: &[Vec<Vec<u8>>],
-    ns: Option<pidns::Namespace>,
+    (ns, server): (
+        Option<pidns::Namespace>,
+        Option<crate::lazy::server::Server>,
+    ),
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
     let sysv_ids = &sysv.shm;
@@ -179,8 +198,19 @@ fn restore_tree(
     }
     drop(go_out); // every restorer goes on
     let mut all_tids = Vec::new();
-    for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(xstates) {
+    for (i, ((p, &pid), xstates)) in m
+        .processes
+        .iter()
+        .zip(&tree.kernel)
+        .zip(xstates)
+        .enumerate()
+    {
         supervise::to_restore_exit(pid).map_err(|e| tree.abort(e))?;
+        // Before anything reads or writes its memory.
+        if let Some(server) = &server {
+            let uffd = crate::lazy::take_userfaultfd(pid, p).map_err(|e| tree.abort(e))?;
+            server.add(i, pid, uffd).map_err(|e| tree.abort(e))?;
+        }
         let done = finish_threads(pid, p, xstates, sysv_ids);
         all_tids.push(done.map_err(|e| tree.abort(e))?);
     }
@@ -192,6 +222,10 @@ fn restore_tree(
         }
     }
     tree.release(&all_tids)?;
+    if let Some(server) = server {
+        // Without the server, the tree's absent pages would read as zeros: it goes.
+        server.release(&tree.kernel).map_err(|e| tree.abort(e))?;
+    }
     Ok(tree.restored(in_pidns))
 }
 
@@ -240,7 +274,7 @@ fn prepare_restorers<'a>(
     let plans = m
         .processes
         .iter()
-        .map(|p| prepare(img, p, &shared.memory))
+        .map(|p| prepare(img, p, &shared.memory, opts.lazy))
         .collect::<Result<_, _>>()
         .inspect_err(|_| shared.sysv.remove_all())?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
@@ -491,7 +525,7 @@ fn read_reports(report: OwnedFd) -> BTreeMap<i32, i32> {
 
 /// Everything the restorer needs, before the fork. Mapped files are opened as the
 /// process's user, as it opened them.
-fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreError> {
+fn prepare(img: &Image, p: &Process, shm: &[OwnedFd], lazy: bool) -> Result<Plan, RestoreError> {
     let specials = vdso::check(&p.memory.vmas)?;
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => Some(
@@ -501,7 +535,7 @@ fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreErr
         ),
         None => None,
     };
-    let memory = memory::plan(&p.memory.vmas, shm)?;
+    let memory = memory::plan(&p.memory.vmas, shm, lazy)?;
     drop(fs_user);
     let blobs = fds::blob_sections(&p.files)
         .into_iter()
