@@ -236,3 +236,54 @@ fn python_forking_right_after_a_lazy_restore_sees_its_memory() {
     assert!(count("child-ok") >= before + 10);
     kill_and_reap(pid);
 }
+
+/// A lazy restore does not read the pages before the program runs, so a damaged pages
+/// section is found by the page server in the background: it says so and the tree dies with
+/// it, rather than run on with a damaged page.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_damaged_pages_section_found_in_the_background_kills_the_tree() {
+    setup();
+    let d = Dir::new("lazy-damaged");
+    let (out, img, err) = (d.path("out"), d.path("img"), d.path("restore.err"));
+    let printed = d.path("restore.out");
+    let mut child = start_counter(&out, 32);
+    checkpoint_kill(&mut child, &img);
+    let image = ckpt::manifest::Image::open(&img).unwrap();
+    let pages = image
+        .sections
+        .iter()
+        .find(|s| s.kind == ckpt::image::PAGES)
+        .unwrap();
+    // The last byte of the first pages section: a page the program will not touch soon.
+    let at = pages.offset + pages.len - 1;
+    drop(image);
+    let f = std::fs::OpenOptions::new().write(true).open(&img).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&f, &[0x5a], at).unwrap();
+    drop(f);
+    let restore = Command::new(common::ckpt_bin())
+        .args(["restore", "--lazy", img.to_str().unwrap()])
+        .stdin(Stdio::null())
+        // Files, not pipes: the restored counter inherits them.
+        .stdout(std::fs::File::create(&printed).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let said = || std::fs::read_to_string(&err).unwrap_or_default();
+    if restore.success() {
+        let pid: i32 = std::fs::read_to_string(&printed)
+            .unwrap()
+            .trim()
+            .parse()
+            .unwrap();
+        let mut status = 0;
+        // SAFETY: reaping the restored counter (we are its subreaper).
+        assert_eq!(unsafe { libc::waitpid(pid, &mut status, 0) }, pid);
+        assert!(libc::WIFSIGNALED(status) && libc::WTERMSIG(status) == libc::SIGKILL);
+    }
+    // Whether the tree ran or the restore failed, the server named the damage.
+    wait_for("the page server's message", 60, || {
+        said().contains("checksum")
+    });
+    assert!(said().contains("pages section"), "{}", said());
+}

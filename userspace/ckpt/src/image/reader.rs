@@ -33,6 +33,9 @@ enum Check {
     All,
     /// Every byte, but compressed pages' content only as `pages_view` decompresses it.
     PagesLater,
+    /// Every byte but uncompressed pages sections' content: a lazy restore's page server
+    /// checks those in the background (`crate::lazy`).
+    PagesInBackground,
     /// The header and the manifest only.
     ManifestOnly,
 }
@@ -57,6 +60,13 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// For a restore, which needs that view before it acts: the pages are decompressed once.
     pub fn open_pages_later(path: &Path) -> Result<Self, ImageError> {
         Self::open_checking(path, Check::PagesLater)
+    }
+
+    /// [`Image::open_pages_later`], except that uncompressed pages sections are not read at
+    /// all (only their place is checked): a lazy restore must not read the whole image
+    /// before the program runs. [`Image::unverified_pages`] lists what is left to check.
+    pub fn open_pages_unverified(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::PagesInBackground)
     }
 
     fn open_checking(path: &Path, check: Check) -> Result<Self, ImageError> {
@@ -126,8 +136,9 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             manifest: envelope.manifest,
         };
         match check {
-            Check::All => image.verify_sections(h.manifest_offset, true)?,
-            Check::PagesLater => image.verify_sections(h.manifest_offset, false)?,
+            Check::All => image.verify_sections(h.manifest_offset, (true, true))?,
+            Check::PagesLater => image.verify_sections(h.manifest_offset, (false, true))?,
+            Check::PagesInBackground => image.verify_sections(h.manifest_offset, (false, false))?,
             Check::ManifestOnly => {}
         }
         image
@@ -142,8 +153,12 @@ impl<M> Image<M> {
     /// Sections lie between the header and the manifest, in order, without overlap; their
     /// checksums match; every byte between them is zero. Compressed sections decompress to
     /// their content (checked as it streams by, never held whole), pages sections only if
-    /// `page_content`.
-    fn verify_sections(&self, data_end: u64, page_content: bool) -> Result<(), ImageError> {
+    /// `page_content`; uncompressed pages sections' checksums only if `page_sums`.
+    fn verify_sections(
+        &self,
+        data_end: u64,
+        (page_content, page_sums): (bool, bool),
+    ) -> Result<(), ImageError> {
         let path = &self.path;
         let io_err = |source| ImageError::Io {
             path: path.clone(),
@@ -183,6 +198,10 @@ impl<M> Image<M> {
                 return Err(corrupt(path, format!("pages section {i} not page-aligned")));
             }
             check_zero(pos, offset, &self.file)?;
+            if !page_sums && s.kind == PAGES && s.compressed.is_none() {
+                pos = end;
+                continue;
+            }
             let mut sum = Xxh64::new(0);
             let mut at = offset;
             let mut chunk = vec![0u8; 1 << 20];
@@ -206,6 +225,16 @@ impl<M> Image<M> {
             pos = end;
         }
         check_zero(pos, data_end, &self.file)
+    }
+
+    /// The uncompressed pages sections (offset, length, XXH64) that
+    /// [`Image::open_pages_unverified`] left unchecked.
+    pub fn unverified_pages(&self) -> Vec<(u64, u64, u64)> {
+        let plain = self.sections.iter().filter(|s| s.compressed.is_none());
+        plain
+            .filter(|s| s.kind == PAGES)
+            .map(|s| (s.offset, s.len, s.xxh64))
+            .collect()
     }
 
     /// In an image with compressed sections, section `i` is one of them, its content placed

@@ -32,6 +32,23 @@ const PREFETCH_CHUNK: u64 = 2 << 20;
 /// The "released" message's index.
 const RELEASED: u32 = u32::MAX;
 
+/// Per image of the chain, its path and the pages sections (offset, length, XXH64) still to
+/// check.
+pub type Unverified = Vec<(std::path::PathBuf, Vec<(u64, u64, u64)>)>;
+
+/// A pages section being checked in the background.
+struct Check {
+    image: usize,
+    offset: u64,
+    len: u64,
+    sum: u64,
+    done: u64,
+    hasher: xxhash_rust::xxh64::Xxh64,
+}
+
+/// How much of a section is checked between looks at the userfaultfds.
+const CHECK_STEP: u64 = 8 << 20;
+
 /// ckpt's end of the channel to the server.
 pub struct Server {
     channel: OwnedFd,
@@ -39,8 +56,12 @@ pub struct Server {
 
 impl Server {
     /// Forks the server, which keeps the pages' files (`pages`: per image of the chain, the
-    /// file or its decompressed view) and nothing else of ckpt's.
-    pub fn start(processes: &[Process], pages: &[&File]) -> Result<Server, RestoreError> {
+    /// file or its decompressed view) and nothing else of ckpt's. `unverified`: per image,
+    /// its path and the pages sections whose checksums the server checks in the background.
+    pub fn start(
+        processes: &[Process],
+        (pages, unverified): (&[&File], Unverified),
+    ) -> Result<Server, RestoreError> {
         let (ours, theirs) = socketpair(
             AddressFamily::Unix,
             SockType::SeqPacket,
@@ -59,7 +80,7 @@ impl Server {
                 if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                     let _ = nix::unistd::setsid();
                     drop(ours);
-                    serve(theirs, initial, &keep)
+                    serve(theirs, initial, (&keep, unverified))
                 }
                 crate::sys::exit_now(0)
             }
@@ -171,14 +192,29 @@ struct State {
     /// The tree's processes (pids as we see them), told before "released".
     pids: Vec<i32>,
     tracer: Option<super::tracer::Tracer>,
+    checks: std::collections::VecDeque<Check>,
+    paths: Vec<std::path::PathBuf>,
 }
 
-fn serve(channel: OwnedFd, initial: Vec<Pending>, keep: &[RawFd]) -> ! {
+fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd], Unverified)) -> ! {
     close_all_but(channel.as_raw_fd(), keep);
     let images = match keep.iter().map(|&fd| Mapped::new(fd)).collect() {
         Ok(m) => m,
         Err(e) => fatal("mapping the image", e),
     };
+    let mut checks = std::collections::VecDeque::new();
+    let mut paths = Vec::new();
+    for (image, (path, sections)) in unverified.into_iter().enumerate() {
+        paths.push(path);
+        checks.extend(sections.into_iter().map(|(offset, len, sum)| Check {
+            image,
+            offset,
+            len,
+            sum,
+            done: 0,
+            hasher: xxhash_rust::xxh64::Xxh64::new(0),
+        }));
+    }
     let mut st = State {
         spaces: Vec::new(),
         images,
@@ -186,10 +222,13 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, keep: &[RawFd]) -> ! {
         channel: Some(channel),
         pids: Vec::new(),
         tracer: None,
+        checks,
+        paths,
     };
     loop {
         let released = st.tracer.is_some();
-        let loading = released && st.spaces.iter().any(|s| !s.pending.is_empty());
+        let pending = st.spaces.iter().any(|s| !s.pending.is_empty());
+        let loading = released && (pending || !st.checks.is_empty());
         if released && !loading {
             finish(st)
         }
@@ -201,9 +240,46 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, keep: &[RawFd]) -> ! {
         if let Some(t) = st.tracer.as_mut() {
             t.pass_on_stops();
         }
-        if loading {
+        if loading && !st.checks.is_empty() {
+            check_step(&mut st);
+        } else if loading {
             prefetch(&mut st);
         }
+    }
+}
+
+/// Checks the next piece of the pages sections left unchecked (first of all, once the tree
+/// runs); a mismatch ends the server, and the tree with it (PTRACE_O_EXITKILL): it may have
+/// been given a damaged page already.
+fn check_step(st: &mut State) {
+    let Some(c) = st.checks.front_mut() else {
+        return;
+    };
+    let n = (c.len - c.done).min(CHECK_STEP);
+    let bytes = st
+        .images
+        .get(c.image)
+        .and_then(|m| m.bytes(c.offset + c.done, n));
+    let path = st.paths.get(c.image).map(|p| p.display().to_string());
+    let path = path.unwrap_or_default();
+    let Some(bytes) = bytes else {
+        fatal(
+            &path,
+            "a pages section lies outside the file; the restored tree is killed",
+        )
+    };
+    c.hasher.update(bytes);
+    c.done += n;
+    if c.done == c.len {
+        if c.hasher.digest() != c.sum {
+            let what = format!(
+                "the pages section at offset {} does not match its checksum (the image is \
+                 damaged); the restored tree is killed",
+                c.offset
+            );
+            fatal(&path, what)
+        }
+        st.checks.pop_front();
     }
 }
 

@@ -65,7 +65,11 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
-    let chain = Chain::open_pages_later(path)?;
+    let chain = match opts.lazy {
+        // Not read whole before the program runs: the page server checks the pages.
+        true => Chain::open_pages_unverified(path)?,
+        false => Chain::open_pages_later(path)?,
+    };
     for i in &chain.images {
         trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
     }
@@ -89,10 +93,17 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         .collect();
     // Forked before anything of the tree exists: it must hold none of the tree's objects.
     let server = match opts.lazy {
-        true => Some(crate::lazy::server::Server::start(
-            &img.manifest.processes,
-            &pages,
-        )?),
+        true => {
+            let unverified = chain.images.iter();
+            let unverified = unverified
+                .map(|i| (i.path.clone(), i.unverified_pages()))
+                .collect();
+            let pages = (&pages[..], unverified);
+            Some(crate::lazy::server::Server::start(
+                &img.manifest.processes,
+                pages,
+            )?)
+        }
         false => None,
     };
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
