@@ -19,6 +19,7 @@ use nix::sys::socket::{
     recvmsg, sendmsg, socketpair, AddressFamily, ControlMessage, ControlMessageOwned, MsgFlags,
     SockFlag, SockType,
 };
+use std::collections::VecDeque;
 use std::fs::File;
 use std::io::{IoSlice, IoSliceMut};
 use std::os::fd::{AsFd, AsRawFd, FromRawFd, OwnedFd, RawFd};
@@ -192,7 +193,7 @@ struct State {
     /// The tree's processes (pids as we see them), told before "released".
     pids: Vec<i32>,
     tracer: Option<super::tracer::Tracer>,
-    checks: std::collections::VecDeque<Check>,
+    checks: VecDeque<Check>,
     paths: Vec<std::path::PathBuf>,
 }
 
@@ -202,19 +203,7 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd],
         Ok(m) => m,
         Err(e) => fatal("mapping the image", e),
     };
-    let mut checks = std::collections::VecDeque::new();
-    let mut paths = Vec::new();
-    for (image, (path, sections)) in unverified.into_iter().enumerate() {
-        paths.push(path);
-        checks.extend(sections.into_iter().map(|(offset, len, sum)| Check {
-            image,
-            offset,
-            len,
-            sum,
-            done: 0,
-            hasher: xxhash_rust::xxh64::Xxh64::new(0),
-        }));
-    }
+    let (paths, checks) = checks_of(unverified);
     let mut st = State {
         spaces: Vec::new(),
         images,
@@ -246,6 +235,24 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd],
             prefetch(&mut st);
         }
     }
+}
+
+/// The images' paths, and a check per pages section left unchecked.
+fn checks_of(unverified: Unverified) -> (Vec<std::path::PathBuf>, VecDeque<Check>) {
+    let mut checks = VecDeque::new();
+    let mut paths = Vec::new();
+    for (image, (path, sections)) in unverified.into_iter().enumerate() {
+        paths.push(path);
+        checks.extend(sections.into_iter().map(|(offset, len, sum)| Check {
+            image,
+            offset,
+            len,
+            sum,
+            done: 0,
+            hasher: xxhash_rust::xxh64::Xxh64::new(0),
+        }));
+    }
+    (paths, checks)
 }
 
 /// Checks the next piece of the pages sections left unchecked (first of all, once the tree
