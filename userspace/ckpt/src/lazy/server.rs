@@ -32,6 +32,8 @@ const FAULT_READAHEAD: u64 = 256 << 10;
 const PREFETCH_CHUNK: u64 = 2 << 20;
 /// The "released" message's index.
 const RELEASED: u32 = u32::MAX;
+/// The server's name in ps (its command line stays `ckpt restore --lazy IMAGE`).
+pub const SERVER_NAME: &std::ffi::CStr = c"ckpt-pages";
 
 /// Per image of the chain, its path and the pages sections (offset, length, XXH64) still to
 /// check.
@@ -80,6 +82,7 @@ impl Server {
                 // SAFETY: as above.
                 if let Ok(nix::unistd::ForkResult::Child) = unsafe { nix::unistd::fork() } {
                     let _ = nix::unistd::setsid();
+                    let _ = nix::sys::prctl::set_name(SERVER_NAME);
                     drop(ours);
                     serve(theirs, initial, (&keep, unverified))
                 }
@@ -195,6 +198,9 @@ struct State {
     tracer: Option<super::tracer::Tracer>,
     checks: VecDeque<Check>,
     paths: Vec<std::path::PathBuf>,
+    /// Load what no fault asked for in the background (CKPT_LAZY_PREFETCH=0: never, only
+    /// on demand; for tests that need pages to stay absent).
+    prefetch: bool,
 }
 
 fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd], Unverified)) -> ! {
@@ -213,15 +219,17 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd],
         tracer: None,
         checks,
         paths,
+        prefetch: std::env::var_os("CKPT_LAZY_PREFETCH").is_none_or(|v| v != "0"),
     };
     loop {
         let released = st.tracer.is_some();
         let pending = st.spaces.iter().any(|s| !s.pending.is_empty());
-        let loading = released && (pending || !st.checks.is_empty());
-        if released && !loading {
+        if released && !pending && st.checks.is_empty() {
             finish(st)
         }
-        wait_for_work(&st, loading);
+        let checking = released && !st.checks.is_empty();
+        let loading = released && pending && st.prefetch && !checking;
+        wait_for_work(&st, checking || loading);
         read_channel(&mut st);
         for i in 0..st.spaces.len() {
             handle_events(&mut st, i);
@@ -229,7 +237,7 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd],
         if let Some(t) = st.tracer.as_mut() {
             t.pass_on_stops();
         }
-        if loading && !st.checks.is_empty() {
+        if checking {
             check_step(&mut st);
         } else if loading {
             prefetch(&mut st);
@@ -291,8 +299,8 @@ fn check_step(st: &mut State) {
 }
 
 /// Blocks until a userfaultfd, the channel or the tracer has something (not at all while
-/// there is background loading to do).
-fn wait_for_work(st: &State, loading: bool) {
+/// there is background work to do: `busy`).
+fn wait_for_work(st: &State, busy: bool) {
     let mut fds: Vec<PollFd> = st
         .spaces
         .iter()
@@ -304,7 +312,7 @@ fn wait_for_work(st: &State, loading: bool) {
     if let Some(t) = &st.tracer {
         fds.push(PollFd::new(t.signals(), PollFlags::POLLIN));
     }
-    let timeout = if loading { 0u16 } else { 1000 };
+    let timeout = if busy { 0u16 } else { 1000 };
     let _ = poll(&mut fds, PollTimeout::from(timeout));
 }
 
