@@ -116,7 +116,11 @@ impl Chain {
                         parent: file.clone(),
                     }
                 }
-                e => e,
+                e => ImageError::ParentBad {
+                    path: last.path.clone(),
+                    parent: file.clone(),
+                    source: Box::new(e),
+                },
             })?;
             let found = img.manifest.image_id.as_deref().unwrap_or("none");
             if found != parent.id {

@@ -88,6 +88,12 @@ pub enum ImageError {
         found: String,
         expected: String,
     },
+    #[error("parent image {parent} of {path} cannot be used: {source}")]
+    ParentBad {
+        path: PathBuf,
+        parent: PathBuf,
+        source: Box<ImageError>,
+    },
     #[error("the chain of parent images of {path} is longer than {max} images")]
     ChainTooLong { path: PathBuf, max: usize },
 }

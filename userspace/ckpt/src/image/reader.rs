@@ -9,7 +9,7 @@ use serde::de::DeserializeOwned;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh64::{xxh64, Xxh64};
 
@@ -64,15 +64,23 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             path: path.into(),
             source,
         };
-        let mut file = File::open(path).map_err(io_err)?;
-        let actual = file.metadata().map_err(io_err)?.len();
+        // Without waiting: a fifo named as an image (or as a parent in one) has no writer.
+        let mut file = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_NONBLOCK)
+            .open(path)
+            .map_err(io_err)?;
+        let meta = file.metadata().map_err(io_err)?;
+        if !meta.is_file() {
+            return Err(corrupt(path, "not a regular file"));
+        }
+        let actual = meta.len();
         let mut hb = [0u8; HEADER_LEN];
         if actual < PAGE {
-            return Err(ImageError::Length {
-                path: path.into(),
-                actual,
-                expected: PAGE,
-            });
+            return Err(corrupt(
+                path,
+                format!("{actual} bytes, shorter than an image's first page"),
+            ));
         }
         file.read_exact(&mut hb).map_err(io_err)?;
         let h = Header::decode(path, &hb)?;
@@ -125,11 +133,7 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             sections: envelope.sections,
             manifest: envelope.manifest,
         };
-        match check {
-            Check::All => image.verify_sections(h.manifest_offset, true)?,
-            Check::PagesLater => image.verify_sections(h.manifest_offset, false)?,
-            Check::ManifestOnly => {}
-        }
+        image.verify_sections(h.manifest_offset, check)?;
         image
             .manifest
             .validate(&image.sections)
@@ -139,32 +143,17 @@ impl<M: DeserializeOwned + Validate> Image<M> {
 }
 
 impl<M> Image<M> {
-    /// Sections lie between the header and the manifest, in order, without overlap; their
-    /// checksums match; every byte between them is zero. Compressed sections decompress to
-    /// their content (checked as it streams by, never held whole), pages sections only if
-    /// `page_content`.
-    fn verify_sections(&self, data_end: u64, page_content: bool) -> Result<(), ImageError> {
+    /// Sections lie between the header and the manifest, in order, without overlap (checked
+    /// whatever `check` says: nothing may index past the file); their checksums match; every
+    /// byte between them is zero. Compressed sections decompress to their content (checked as
+    /// it streams by, never held whole), pages sections only with [`Check::All`].
+    fn verify_sections(&self, data_end: u64, check: Check) -> Result<(), ImageError> {
         let path = &self.path;
-        let io_err = |source| ImageError::Io {
-            path: path.clone(),
-            source,
-        };
         let mut pos = PAGE;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut check_zero = |from: u64, to: u64, file: &File| -> Result<(), ImageError> {
-            let mut at = from;
-            while at < to {
-                let n = ((to - at) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..n], at).map_err(io_err)?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    return Err(corrupt(
-                        path,
-                        format!("non-zero bytes between sections at {at}"),
-                    ));
-                }
-                at += n as u64;
-            }
-            Ok(())
+        // One buffer for the whole image, never larger than its data.
+        let mut buf = match check {
+            Check::ManifestOnly => Vec::new(),
+            _ => vec![0u8; (1 << 20).min(data_end.saturating_sub(PAGE)) as usize],
         };
         let compressed = self.sections.iter().any(|s| s.compressed.is_some());
         let mut view_pos = 0;
@@ -172,7 +161,7 @@ impl<M> Image<M> {
             let (offset, len, xxh64) = s.stored();
             let end = offset
                 .checked_add(len)
-                .ok_or_else(|| corrupt(path, "section overflow"))?;
+                .ok_or_else(|| corrupt(path, format!("section {i}: its end is past 2^64")))?;
             if offset < pos || end > data_end {
                 return Err(corrupt(path, format!("section {i} out of place")));
             }
@@ -182,30 +171,63 @@ impl<M> Image<M> {
             if s.kind == PAGES && (s.offset % PAGE != 0 || s.len % PAGE != 0) {
                 return Err(corrupt(path, format!("pages section {i} not page-aligned")));
             }
-            check_zero(pos, offset, &self.file)?;
-            let mut sum = Xxh64::new(0);
-            let mut at = offset;
-            let mut chunk = vec![0u8; 1 << 20];
-            while at < end {
-                let n = ((end - at) as usize).min(chunk.len());
-                self.file
-                    .read_exact_at(&mut chunk[..n], at)
-                    .map_err(io_err)?;
-                sum.update(&chunk[..n]);
-                at += n as u64;
+            let gap = (pos, offset);
+            pos = end;
+            if matches!(check, Check::ManifestOnly) {
+                continue;
             }
+            self.check_zero(gap, &mut buf)?;
+            let mut sum = Xxh64::new(0);
+            self.read_range((offset, end), &mut buf, |b| sum.update(b))?;
             if sum.digest() != xxh64 {
                 return Err(corrupt(
                     path,
                     format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
             }
-            if page_content || s.kind != PAGES {
+            if matches!(check, Check::All) || s.kind != PAGES {
                 self.decode_section(i, |_| Ok(()))?;
             }
-            pos = end;
         }
-        check_zero(pos, data_end, &self.file)
+        match check {
+            Check::ManifestOnly => Ok(()),
+            _ => self.check_zero((pos, data_end), &mut buf),
+        }
+    }
+
+    /// Hands the bytes from `from` to `to` to `each`, a buffer at a time.
+    fn read_range(
+        &self,
+        (from, to): (u64, u64),
+        buf: &mut [u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), ImageError> {
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(buf.len());
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|source| ImageError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            each(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The bytes from `from` to `to` (a gap between sections) are zero.
+    fn check_zero(&self, (from, to): (u64, u64), buf: &mut [u8]) -> Result<(), ImageError> {
+        let mut zero = true;
+        self.read_range((from, to), buf, |b| zero &= b.iter().all(|&x| x == 0))?;
+        match zero {
+            true => Ok(()),
+            false => Err(corrupt(
+                &self.path,
+                format!("non-zero bytes between sections after {from}"),
+            )),
+        }
     }
 
     /// In an image with compressed sections, section `i` is one of them, its content placed

@@ -395,3 +395,44 @@ fn page_content_is_checked_by_open_or_else_by_the_view() {
     );
     std::fs::remove_dir_all(d).unwrap();
 }
+
+/// Found by the reader fuzzing (tests/reader_fuzz.rs): an image only its manifest was read
+/// of (a parent, a periodic directory's chain) still has its section table checked, so that
+/// nothing computes past 2^64 or past the file from it.
+#[test]
+fn a_manifest_only_open_still_checks_where_sections_are() {
+    let d = tmpdir();
+    let p = d.join("img");
+    sample_image(&p);
+    rewrite_manifest(&p, |j| j["sections"][0]["offset"] = (u64::MAX - 1).into());
+    let err = Image::<TestManifest>::open_manifest(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("section 0: its end is past 2^64"), "{err}");
+    sample_image(&p);
+    rewrite_manifest(&p, |j| j["sections"][1]["len"] = (1u64 << 40).into());
+    let err = Image::<TestManifest>::open_manifest(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("section 1 out of place"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Found by the reader fuzzing: a fifo named as an image (a parent reference may name any
+/// file) is refused at once instead of waiting for a writer; a short file is said to be short.
+#[test]
+fn a_fifo_or_a_short_file_is_refused_at_once() {
+    let d = tmpdir();
+    let fifo = d.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let err = Image::<TestManifest>::open(&fifo).unwrap_err().to_string();
+    assert!(err.contains("fifo is corrupt: not a regular file"), "{err}");
+    let short = d.join("short");
+    std::fs::write(&short, [0u8; 100]).unwrap();
+    let err = Image::<TestManifest>::open(&short).unwrap_err().to_string();
+    assert!(
+        err.contains("100 bytes, shorter than an image's first page"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
