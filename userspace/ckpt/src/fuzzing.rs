@@ -12,7 +12,7 @@
 use crate::attrs::Attrs;
 use crate::chain::{Chain, ParentRef};
 use crate::fds::{Fd, FdKind, FdTable, InheritedStdio, Pipe, PipeEnd, Shared};
-use crate::image::{ImageWriter, PAGE};
+use crate::image::{ImageWriter, MacKey, PAGE};
 use crate::manifest::{Image, Manifest, Process};
 use crate::memory::{Backing, Memory, MmLayout, PageRun, Vma};
 use crate::thread::{RobustList, SigAltStack, Thread, XSTATE};
@@ -22,22 +22,27 @@ use std::io;
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh64::xxh64;
 
-/// The seed images' ids: the plain chain's and the compressed chain's.
-pub const SEED_IDS: [&str; 4] = ["b0ba5e", "c41d", "2b0ba5e", "2c41d"];
+/// The seed images' ids: the plain chain's, the compressed chain's, the signed image's.
+pub const SEED_IDS: [&str; 5] = ["b0ba5e", "c41d", "2b0ba5e", "2c41d", "3b0ba5e"];
 
-/// Writes the seed images into `dir`: `base.img` and its incremental `child.img`, and the same
-/// pair compressed (`zbase.img`, `zchild.img`); each holds a process of two threads with a
-/// pipe's queued bytes. Also makes `dir/fifo`, which a mutated parent reference may name (a
-/// reader must not wait on it). Returns the images.
+/// Writes the seed images into `dir`: `base.img` and its incremental `child.img`, the same
+/// pair compressed (`zbase.img`, `zchild.img`), and `kbase.img`, compressed with a MAC by the
+/// key in `dir/key` ([`seed_key`]); each holds a process of two threads with a pipe's queued
+/// bytes. Also makes `dir/fifo`, which a mutated parent reference may name (a reader must not
+/// wait on it). Returns the images.
 pub fn write_seeds(dir: &Path) -> io::Result<Vec<PathBuf>> {
     let mut out = Vec::new();
     for (compress, prefix, ids) in [(false, "", &SEED_IDS[..2]), (true, "z", &SEED_IDS[2..])] {
         let base = dir.join(format!("{prefix}base.img"));
         let child = dir.join(format!("{prefix}child.img"));
-        let at = write_seed(&base, compress, ids[0], None)?;
-        write_seed(&child, compress, ids[1], Some((&base, ids[0], at)))?;
+        let at = write_seed(&base, (compress, None), ids[0], None)?;
+        write_seed(&child, (compress, None), ids[1], Some((&base, ids[0], at)))?;
         out.extend([base, child]);
     }
+    let key = seed_key(dir)?;
+    let signed = dir.join("kbase.img");
+    write_seed(&signed, (true, Some(&key)), SEED_IDS[4], None)?;
+    out.push(signed);
     let fifo = dir.join("fifo");
     if !fifo.exists() {
         nix::unistd::mkfifo(
@@ -48,17 +53,36 @@ pub fn write_seeds(dir: &Path) -> io::Result<Vec<PathBuf>> {
     Ok(out)
 }
 
-/// One seed image at `path`; with `parent` (its file, id and pages' offset) an incremental
-/// one whose second page is in the parent. Returns where its pages are.
-fn write_seed(
+/// The MAC key of the seeds, in `dir/key` (made if missing, owner-only).
+pub fn seed_key(dir: &Path) -> io::Result<MacKey> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let path = dir.join("key");
+    if !path.exists() {
+        let mut f = std::fs::OpenOptions::new()
+            .write(true)
+            .create_new(true)
+            .mode(0o600)
+            .open(&path)?;
+        std::io::Write::write_all(&mut f, b"the seeds' key, 32 bytes long...")?;
+    }
+    MacKey::load(&path).map_err(io::Error::other)
+}
+
+/// One seed image at `path`, compressed and signed with the key as `(compress, key)` say;
+/// with `parent` (its file, id and pages' offset) an incremental one whose second page is in
+/// the parent. Returns where its pages are.
+pub fn write_seed(
     path: &Path,
-    compress: bool,
+    (compress, key): (bool, Option<&MacKey>),
     id: &str,
     parent: Option<(&Path, &str, u64)>,
 ) -> io::Result<u64> {
     let mut w = ImageWriter::create(path)?;
     if compress {
         w.compress(crate::image::codec::DEFAULT_LEVEL)?;
+    }
+    if let Some(key) = key {
+        w.sign(key);
     }
     let pages: Vec<u8> = (0..2 * PAGE).map(|i| (i * 7 % 251) as u8).collect();
     let at = w.append_pages(&pages)?;
@@ -104,23 +128,29 @@ const PIPE_DATA: crate::image::SectionKind = crate::image::SectionKind::named("p
 /// outcome named: `manifests` (what `checkpoint --parent` and `--dir` read of a chain),
 /// `inspect` (the whole chain verified, the summary and the JSON made), `restore` (the chain
 /// verified with compressed pages as they decompress, each image's pages view, every section
-/// read or streamed, the tree's groups planned).
+/// read or streamed, the tree's groups planned), `keyed` (the chain opened as `restore --key`
+/// opens it, with the key of `dir/key` if there is one).
 pub fn read_image(path: &Path) -> Vec<(&'static str, Result<(), String>)> {
     let manifests = Chain::open_manifests(path).map(drop);
     let inspect = Chain::open(path).map(|chain| {
         let _ = crate::inspect::summary(&chain);
         let _ = serde_json::to_string_pretty(&chain.image().manifest);
     });
+    let keyed = match path.parent().map(|d| d.join("key")).filter(|k| k.exists()) {
+        Some(k) => MacKey::load(&k).and_then(|key| Chain::open_pages_later(path, Some(&key))),
+        None => Chain::open_pages_later(path, None),
+    };
     vec![
         ("manifests", manifests.map_err(|e| e.to_string())),
         ("inspect", inspect.map_err(|e| e.to_string())),
         ("restore", read_for_restore(path)),
+        ("keyed", keyed.map(drop).map_err(|e| e.to_string())),
     ]
 }
 
 /// What `ckpt restore` reads of an image before it forks.
 fn read_for_restore(path: &Path) -> Result<(), String> {
-    let chain = Chain::open_pages_later(path).map_err(|e| e.to_string())?;
+    let chain = Chain::open_pages_later(path, None).map_err(|e| e.to_string())?;
     let sink = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")
@@ -363,9 +393,18 @@ fn parent_ref(m: &mut Value, own: &str, rng: &mut fastrand::Rng) {
         "child.img",
         "zbase.img",
         "zchild.img",
+        "kbase.img",
+        "key",
     ];
     let own_id = m["image_id"].as_str().unwrap_or("none").to_owned();
-    let ids = [own_id.as_str(), SEED_IDS[0], SEED_IDS[1], SEED_IDS[2], "x"];
+    let ids = [
+        own_id.as_str(),
+        SEED_IDS[0],
+        SEED_IDS[1],
+        SEED_IDS[2],
+        SEED_IDS[4],
+        "x",
+    ];
     m["parent"] = serde_json::json!({
         "file": files[rng.usize(..files.len())],
         "id": ids[rng.usize(..ids.len())],

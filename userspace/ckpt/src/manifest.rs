@@ -222,7 +222,19 @@ mod tests {
 
     /// A sample image, its manifest changed by `change` (which gets the pages' offset).
     fn write_sample_with(path: &std::path::Path, change: impl FnOnce(&mut Manifest)) -> Manifest {
+        write_sample_keyed(path, None, change)
+    }
+
+    /// As `write_sample_with`, with a MAC by `key` if given.
+    fn write_sample_keyed(
+        path: &std::path::Path,
+        key: Option<&crate::image::MacKey>,
+        change: impl FnOnce(&mut Manifest),
+    ) -> Manifest {
         let mut w = ImageWriter::create(path).unwrap();
+        if let Some(key) = key {
+            w.sign(key);
+        }
         let at = w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
         let xs = w.add_blob(XSTATE, &[1u8; 832]).unwrap();
         let mut m = Manifest {
@@ -316,6 +328,54 @@ mod tests {
         });
         let e = Image::open(&base).unwrap_err().to_string();
         assert!(e.contains("no parent"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a key, every image of a chain needs its MAC: a parent written without the key is
+    /// refused, naming it.
+    #[test]
+    fn a_keyed_chain_checks_every_images_mac() {
+        use crate::chain::{Chain, ParentRef};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        std::fs::create_dir(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = crate::image::MacKey::load(&key_file).unwrap();
+        let (base, child) = (dir.join("base.img"), dir.join("child.img"));
+        let write = |parent_key| {
+            write_sample_keyed(&base, parent_key, |m| m.image_id = Some("aa".into()));
+            write_sample_keyed(&child, Some(&key), |m| {
+                m.image_id = Some("bb".into());
+                m.parent = Some(ParentRef::to(&base, &child, "aa").unwrap());
+            });
+        };
+        write(Some(&key));
+        assert_eq!(
+            Chain::open_keyed(&child, Some(&key)).unwrap().images.len(),
+            2
+        );
+        assert_eq!(
+            Chain::open_pages_later(&child, Some(&key))
+                .unwrap()
+                .images
+                .len(),
+            2
+        );
+        write(None);
+        let e = Chain::open_pages_later(&child, Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("base.img carries no MAC") && e.contains("of") && e.contains("child.img"),
+            "{e}"
+        );
+        assert_eq!(
+            Chain::open(&child).unwrap().images.len(),
+            2,
+            "no key: unchecked"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 

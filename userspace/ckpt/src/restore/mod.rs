@@ -43,6 +43,8 @@ pub struct Options {
     /// Restore as root an image that someone other than root or its processes' users could
     /// have written (`--trust-image`).
     pub trust_image: bool,
+    /// Check every image's MAC with this key (`--key`): refused if one has none or another.
+    pub key: Option<crate::image::MacKey>,
 }
 
 /// Where the restored tree went.
@@ -63,7 +65,13 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
-    let chain = Chain::open_pages_later(path)?;
+    let chain = Chain::open_pages_later(path, opts.key.as_ref())?;
+    if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
+        eprintln!(
+            "ckpt: warning: {} carries a MAC, not checked without --key",
+            path.display()
+        );
+    }
     for i in &chain.images {
         trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
     }
