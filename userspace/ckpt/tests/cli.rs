@@ -683,3 +683,29 @@ fn inspect_checks_the_mac_with_the_key() {
     let e = err(inspect(&signed, &key));
     assert!(e.contains("kbase.img"), "{e}");
 }
+
+/// A key file others may read is refused before anything else (no device needed), for
+/// checkpoint and restore alike.
+#[test]
+fn a_key_file_others_may_read_is_refused_first() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = common::Dir::new("key-perms");
+    let key = d.path("key");
+    std::fs::write(&key, [1u8; 32]).unwrap();
+    std::fs::set_permissions(&key, std::fs::Permissions::from_mode(0o644)).unwrap();
+    let key = key.to_str().unwrap();
+    let img = d.path("x.img");
+    let img = img.to_str().unwrap();
+    for args in [
+        &["checkpoint", "1", "-o", img, "--key", key][..],
+        &["restore", img, "--key", key],
+    ] {
+        let out = common::ckpt(&[args, &["--device", "/nonexistent/ckpt"]].concat());
+        assert_eq!(out.status.code(), Some(1), "{args:?}");
+        let err = String::from_utf8_lossy(&out.stderr);
+        assert!(
+            err.contains("group or others may read or write it (mode 644)"),
+            "{args:?}: {err}"
+        );
+    }
+}
