@@ -655,6 +655,19 @@ fn inspect_checks_the_mac_with_the_key() {
         assert_eq!(o.status.code(), Some(1));
         String::from_utf8_lossy(&o.stderr).into_owned()
     };
+    // Restored without --key: a warning that the MAC was not checked (before the restore
+    // fails here for want of the module).
+    let o = common::ckpt(&[
+        "restore",
+        signed.to_str().unwrap(),
+        "--device",
+        "/nonexistent/ckpt",
+    ]);
+    let e = err(o);
+    assert!(
+        e.contains("kbase.img carries a MAC, not checked without --key"),
+        "{e}"
+    );
     let e = err(inspect(&plain, &key));
     assert!(
         e.contains("base.img carries no MAC but a key was given"),
