@@ -19,9 +19,12 @@
 # text) and of incompressible memory (random bytes), taken with --kill plain and compressed,
 # against CRIU's dump and CRIU's dump followed by zstd of its image directory (--compress-level
 # L: ckpt's and zstd's level, default 3).
+# Then lazy restores of each size in LAZY (default "256 1024"; "" skips): how long until the
+# restored program runs (restore started to its next output line) and until every page is in
+# (its page server gone), against CRIU's restore --lazy-pages with its lazy-pages daemon.
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
 #                  [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N]
-#                  [--mem MIB]
+#                  [--mem MIB] [--lazy "256 1024"]
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -29,7 +32,7 @@ cd "$root"
 
 if [[ "${1:-}" == --in-guest ]]; then
   shift
-  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 incr=${10} criu=${12:-}
+  ko=$1 ckpt=$2 prog=$3 sizes=$4 reps=$5 tree=$6 tcp=$7 threads=$8 maps=$9 incr=${10} lazy=${12} criu=${13:-}
   compress=${11%:*} level=${11#*:}
   tree_prog=$(dirname "$prog")/shmtree
   threads_prog=$(dirname "$prog")/manythreads maps_prog=$(dirname "$prog")/manymaps
@@ -308,6 +311,69 @@ if [[ "${1:-}" == --in-guest ]]; then
       printf '%13s | %-31s | %-31s | %-18s | %s\n' "$fill" "${L[plain]}" "${L[compress]}" "$cline" "$zline"
     done
   }
+  # Waits (10 min at most) until the counter has written more than $1 lines.
+  wait_output() {
+    for _ in $(seq 60000); do (( $(wc -l < /tmp/b.out) > $1 )) && return 0; sleep 0.01; done
+    return 1
+  }
+  # One lazy restore of $mib MiB with $1 (ckpt or criu): sets $run_us (restore started to the
+  # program's next line) and $all_us (to its page server's exit), or returns 1.
+  lazy_once() {
+    local n t0 t1 t2 server newpid
+    start "$mib"
+    rm -rf /tmp/criu /tmp/b.img && mkdir -p /tmp/criu
+    if [[ $1 == ckpt ]]; then
+      "$ckpt" checkpoint "$pid" -o /tmp/b.img --kill >/dev/null || return 1
+    else
+      $criu dump -t "$pid" -D /tmp/criu -o dump.log >/dev/null 2>&1 || { tail -n 5 /tmp/criu/dump.log; return 1; }
+    fi
+    wait "$pid" 2>/dev/null || true
+    gone
+    n=$(wc -l < /tmp/b.out)
+    if [[ $1 == ckpt ]]; then
+      t0=$(now); newpid=$("$ckpt" restore --lazy /tmp/b.img) || return 1
+      server=$(pgrep -f "restore --lazy /tmp/b.img" || true)
+    else
+      (setsid $criu lazy-pages -D /tmp/criu -o lazy.log </dev/null >/dev/null 2>&1 &)
+      # Its socket, which restore connects to, is there once it listens.
+      for _ in $(seq 200); do [[ -S /tmp/criu/lazy-pages.socket ]] && break; sleep 0.05; done
+      t0=$(now)
+      $criu restore -D /tmp/criu --lazy-pages -d -o restore.log >/dev/null 2>&1 || { tail -n 5 /tmp/criu/restore.log; pkill -9 -f "criu lazy-pages"; return 1; }
+      server=$(pgrep -f "criu lazy-pages" || true)
+      newpid=$(pgrep -o -f "$prog /tmp/b.out" || echo 0)
+    fi
+    wait_output "$n" || return 1
+    t1=$(now)
+    for p in $server; do while [[ -e /proc/$p ]] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done
+    t2=$(now)
+    n=$(wc -l < /tmp/b.out); kill -USR2 "$newpid"
+    for _ in $(seq 600); do grep -q "^mem-" <(tail -n +"$n" /tmp/b.out) && break; sleep 0.05; done
+    grep -q "^mem-ok" <(tail -n +"$n" /tmp/b.out) || { echo "bench: lazily restored memory is not whole" >&2; exit 1; }
+    check_runs "$newpid"
+    run_us=$(( (t1 - t0) / 1000 )); all_us=$(( (t2 - t0) / 1000 ))
+    rm -rf /tmp/b.img /tmp/criu
+  }
+  lazy_bench() {
+    local tool line cline
+    printf '\n%-12s | %-30s | %-30s\n' "lazy restore" "ckpt --lazy: running / all in ms" "criu --lazy-pages: same"
+    for mib in $lazy; do
+      local -A RUN ALL
+      for tool in ckpt ${criu:+criu}; do
+        ru=(); al=()
+        for _ in $(seq "$reps"); do
+          lazy_once "$tool" || { ru=(); break; }
+          ru+=("$run_us"); al+=("$all_us")
+        done
+        if ((${#ru[@]})); then RUN[$tool]=$(median "${ru[@]}"); ALL[$tool]=$(median "${al[@]}"); fi
+      done
+      line="(failed)"; cline="(no CRIU)"
+      [[ -n ${RUN[ckpt]:-} ]] && line=$(printf '%8.1f / %8.1f' "$(ms "${RUN[ckpt]}"000)" "$(ms "${ALL[ckpt]}"000)")
+      [[ -n $criu ]] && cline="(failed)"
+      [[ -n ${RUN[criu]:-} ]] && cline=$(printf '%8.1f / %8.1f' "$(ms "${RUN[criu]}"000)" "$(ms "${ALL[criu]}"000)")
+      printf '%12s | %-30s | %-30s\n' "$mib MiB" "$line" "$cline"
+      unset RUN ALL
+    done
+  }
   echo "THP: $(cat /sys/kernel/mm/transparent_hugepage/enabled)   images on tmpfs   guest: QEMU TCG, 2 vCPU, memory preallocated, tools alternate going first"
   printf '%-6s | %-38s | %-38s | %s\n' "" "ckpt: dump / frozen / restore ms, MiB/s, image" "criu: dump / frozen / restore ms" "ckpt/criu frozen, restore"
   rows=()
@@ -345,11 +411,12 @@ if [[ "${1:-}" == --in-guest ]]; then
   ((incr > 0)) && incr_bench
   live_bench
   ((compress > 0)) && compress_bench
+  [[ -n $lazy ]] && lazy_bench
   rmmod ckpt
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3 lazy="256 1024"
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -363,7 +430,8 @@ while (($#)); do
     --mem) mem=$2; shift 2 ;;
     --compress) compress=$2; shift 2 ;;
     --compress-level) level=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB]" >&2; exit 2 ;;
+    --lazy) lazy=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB] [--lazy LIST]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -375,4 +443,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$criu"
+"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$lazy" "$criu"

@@ -93,6 +93,12 @@ impl Chain {
         Self::open_with(path, |p| Image::open_pages_later(p, key))
     }
 
+    /// As [`Chain::open`], each image opened with [`Image::open_pages_unverified`]: for a
+    /// lazy restore, whose page server checks the pages in the background.
+    pub fn open_pages_unverified(path: &Path) -> Result<Chain, ImageError> {
+        Self::open_with(path, Image::open_pages_unverified)
+    }
+
     /// As [`Chain::open`], reading only the manifests (header and manifest checksums
     /// verified, not the pages): what a checkpoint needs of its parent.
     pub fn open_manifests(path: &Path) -> Result<Chain, ImageError> {

@@ -8,6 +8,7 @@
 
 use crate::{proc, sys};
 use nix::sys::ptrace;
+use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
 use nix::unistd::Pid;
 use std::fs::OpenOptions;
 use std::io;
@@ -49,8 +50,19 @@ impl Injector {
         ))
     }
 
-    /// Writes `data` at `addr` of the tracee.
+    /// Writes `data` at `addr` of the tracee: by process_vm_writev, whose faults may wait
+    /// (a lazy restore's absent pages arrive from the page server, where /proc/PID/mem
+    /// would fail with EIO), else through /proc/PID/mem, which also writes read-only pages.
     pub fn poke(&self, addr: u64, data: &[u8]) -> io::Result<()> {
+        let local = [std::io::IoSlice::new(data)];
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len: data.len(),
+        }];
+        let pid = Pid::from_raw(self.pid);
+        if process_vm_writev(pid, &local, &remote).ok() == Some(data.len()) {
+            return Ok(());
+        }
         let mem = OpenOptions::new()
             .write(true)
             .open(format!("/proc/{}/mem", self.pid))?;
@@ -119,11 +131,21 @@ impl Injector {
 
 impl Injector {
     /// Reads `len` bytes at `addr` of the tracee.
+    /// As `poke` does, by process_vm_readv first.
     pub fn peek(&self, addr: u64, len: usize) -> io::Result<Vec<u8>> {
+        let mut buf = vec![0u8; len];
+        let remote = [RemoteIoVec {
+            base: addr as usize,
+            len,
+        }];
+        let pid = Pid::from_raw(self.pid);
+        let mut local = [std::io::IoSliceMut::new(&mut buf)];
+        if process_vm_readv(pid, &mut local, &remote).ok() == Some(len) {
+            return Ok(buf);
+        }
         let mem = OpenOptions::new()
             .read(true)
             .open(format!("/proc/{}/mem", self.pid))?;
-        let mut buf = vec![0u8; len];
         mem.read_exact_at(&mut buf, addr)?;
         Ok(buf)
     }

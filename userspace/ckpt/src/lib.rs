@@ -36,6 +36,7 @@ pub mod freeze;
 pub mod groups;
 pub mod inject;
 pub mod interceptor;
+pub mod lazy;
 pub mod proc;
 pub mod snapshot;
 pub mod sys;

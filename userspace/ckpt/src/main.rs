@@ -204,9 +204,15 @@ struct RestoreArgs {
     trust_image: bool,
     /// Check the MAC of the image and of every parent image with the key in FILE (see
     /// `ckpt checkpoint --key`): an image without a MAC, or with another key's, is refused.
-    /// Without --key, an image's MAC is not checked (a warning says so).
+    /// Without --key, an image's MAC is not checked (a warning says so). With --lazy, the
+    /// whole image is read for its MAC before the program runs.
     #[arg(long, value_name = "FILE")]
     key: Option<PathBuf>,
+    /// Start the program before its memory is back: its private memory is placed as it
+    /// touches it, and the rest in the background, by a page server that exits once all
+    /// is in (see README, "Lazy restore").
+    #[arg(long)]
+    lazy: bool,
 }
 
 #[derive(clap::Args)]
@@ -538,6 +544,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         ipcns: a.ipcns,
         trust_image: a.trust_image,
         key: load_key(a.key.as_deref())?,
+        lazy: a.lazy,
     };
     let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;
     if let Some(file) = &a.pidfile {

@@ -616,8 +616,9 @@ pub struct MemoryPlan {
 
 /// Opens each mapped file once (per path and writability) and checks it is the one that was
 /// mapped, and lists the mappings and page runs for the module. `shm`: the tree's shared
-/// memory objects, made again.
-pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
+/// memory objects, made again. `lazy`: the lazy mappings' pages are left to the page server
+/// (`crate::lazy`), the module only maps them.
+pub fn plan(vmas: &[Vma], shm: &[OwnedFd], lazy: bool) -> Result<MemoryPlan, RestoreError> {
     let mut files: Vec<File> = Vec::new();
     let mut file_index: BTreeMap<(String, bool), usize> = BTreeMap::new();
     let mut out = Vec::new();
@@ -678,6 +679,9 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd]) -> Result<MemoryPlan, RestoreError> {
             _reserved: 0,
             file_offset: offset,
         });
+        if lazy && crate::lazy::is_lazy(v) {
+            continue;
+        }
         for r in &v.pages {
             let image = r.image as usize;
             if runs.len() <= image {

@@ -132,6 +132,15 @@ pub fn stat(pid: i32) -> io::Result<Stat> {
     })
 }
 
+/// The threads of `pid` (/proc/PID/task).
+pub fn tids(pid: i32) -> io::Result<Vec<i32>> {
+    let mut out = Vec::new();
+    for t in fs::read_dir(format!("/proc/{pid}/task"))? {
+        out.extend(t?.file_name().to_str().and_then(|n| n.parse::<i32>().ok()));
+    }
+    Ok(out)
+}
+
 /// The children of every thread of `pid` (/proc/PID/task/TID/children), in pid order.
 pub fn children(pid: i32) -> io::Result<Vec<i32>> {
     let mut out = Vec::new();

@@ -38,6 +38,19 @@ pub struct Stats {
     /// tree was let go (not counted in `frozen_us`).
     #[serde(default)]
     pub snapshots: u32,
+    /// Pages written per second of the memory dump, in MiB/s (0: none written).
+    #[serde(default)]
+    pub dump_mib_per_s: u64,
+}
+
+impl Stats {
+    /// The dump's throughput, from the pages written and the memory dump time.
+    pub fn throughput(&self) -> u64 {
+        match self.memdump_us {
+            0 => 0,
+            us => self.pages_written * PAGE * 1_000_000 / us / (1 << 20),
+        }
+    }
 }
 
 pub fn stats_text(s: &Stats) -> String {
@@ -105,13 +118,27 @@ pub fn stats_text(s: &Stats) -> String {
         "  image size:       {} bytes ({mib:.1} MiB{})",
         s.image_bytes,
         if secs > 0.0 {
-            format!(
-                ", {:.0} MiB/s dumped",
-                (s.pages_written * PAGE) as f64 / 1048576.0 / secs
-            )
+            format!(", {} MiB/s dumped", s.throughput())
         } else {
             String::new()
         }
     );
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn throughput_is_pages_written_over_the_dump_time() {
+        let s = Stats {
+            pages_written: 25_600, // 100 MiB
+            memdump_us: 2_000_000,
+            ..Stats::default()
+        };
+        assert_eq!(s.throughput(), 50);
+        assert!(stats_text(&s).contains(", 50 MiB/s dumped"));
+        assert_eq!(Stats::default().throughput(), 0);
+    }
 }

@@ -150,6 +150,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         stats.frozen_us = frozen_at.elapsed().as_micros() as u64;
     }
     stats.total_us = t0.elapsed().as_micros() as u64;
+    stats.dump_mib_per_s = stats.throughput();
     manifest.stats = Some(stats);
     worker::check()?;
     stats.image_bytes = w.finish(&manifest).map_err(write_err)?;

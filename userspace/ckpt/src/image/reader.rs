@@ -36,6 +36,9 @@ enum Check {
     All,
     /// Every byte, but compressed pages' content only as `pages_view` decompresses it.
     PagesLater,
+    /// Every byte but uncompressed pages sections' content: a lazy restore's page server
+    /// checks those in the background (`crate::lazy`).
+    PagesInBackground,
     /// The header and the manifest only.
     ManifestOnly,
 }
@@ -69,6 +72,15 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// once. (The MAC covers the bytes the file holds: it is checked here.)
     pub fn open_pages_later(path: &Path, key: Option<&MacKey>) -> Result<Self, ImageError> {
         Self::open_checking(path, Check::PagesLater, key)
+    }
+
+    /// [`Image::open_pages_later`], except that uncompressed pages sections are not read at
+    /// all (only their place is checked): a lazy restore must not read the whole image
+    /// before the program runs. [`Image::unverified_pages`] lists what is left to check.
+    /// Without every byte read, no MAC can be checked: a keyed restore opens with
+    /// [`Image::open_pages_later`].
+    pub fn open_pages_unverified(path: &Path) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::PagesInBackground, None)
     }
 
     fn open_checking(path: &Path, check: Check, key: Option<&MacKey>) -> Result<Self, ImageError> {
@@ -196,9 +208,10 @@ fn read_header(path: &Path) -> Result<(File, Header, Vec<u8>), ImageError> {
 
 impl<M> Image<M> {
     /// Sections lie between the header and the manifest, in order, without overlap (checked
-    /// whatever `check` says: nothing may index past the file); their checksums match; every
-    /// byte between them is zero. Compressed sections decompress to their content (checked as
-    /// it streams by, never held whole), pages sections only with [`Check::All`].
+    /// whatever `check` says: nothing may index past the file); their checksums match (not
+    /// uncompressed pages' with [`Check::PagesInBackground`]); every byte between them is
+    /// zero. Compressed sections decompress to their content (checked as it streams by, never
+    /// held whole), pages sections only with [`Check::All`]. `mac` gets every byte read.
     fn verify_sections(
         &self,
         data_end: u64,
@@ -231,6 +244,11 @@ impl<M> Image<M> {
             let gap = (pos, offset);
             pos = end;
             if matches!(check, Check::ManifestOnly) {
+                continue;
+            }
+            self.check_zero(gap, &mut buf, mac)?;
+            let plain_pages = s.kind == PAGES && s.compressed.is_none();
+            if plain_pages && matches!(check, Check::PagesInBackground) {
                 continue;
             }
             self.check_zero(gap, &mut buf, mac)?;
@@ -300,6 +318,16 @@ impl<M> Image<M> {
                 format!("non-zero bytes between sections after {from}"),
             )),
         }
+    }
+
+    /// The uncompressed pages sections (offset, length, XXH64) that
+    /// [`Image::open_pages_unverified`] left unchecked.
+    pub fn unverified_pages(&self) -> Vec<(u64, u64, u64)> {
+        let plain = self.sections.iter().filter(|s| s.compressed.is_none());
+        plain
+            .filter(|s| s.kind == PAGES)
+            .map(|s| (s.offset, s.len, s.xxh64))
+            .collect()
     }
 
     /// In an image with compressed sections, section `i` is one of them, its content placed

@@ -45,6 +45,8 @@ pub struct Options {
     pub trust_image: bool,
     /// Check every image's MAC with this key (`--key`): refused if one has none or another.
     pub key: Option<crate::image::MacKey>,
+    /// Private anonymous memory placed on demand by a page server (`crate::lazy`).
+    pub lazy: bool,
 }
 
 /// Where the restored tree went.
@@ -65,7 +67,12 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
-    let chain = Chain::open_pages_later(path, opts.key.as_ref())?;
+    let chain = match (opts.lazy, &opts.key) {
+        // Not read whole before the program runs: the page server checks the pages. A MAC
+        // needs every byte: with a key, the image is read whole all the same.
+        (true, None) => Chain::open_pages_unverified(path)?,
+        (_, key) => Chain::open_pages_later(path, key.as_ref())?,
+    };
     if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
         eprintln!(
             "ckpt: warning: {} carries a MAC, not checked without --key",
@@ -93,6 +100,21 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         .zip(&views)
         .map(|(i, v)| v.as_ref().unwrap_or(&i.file))
         .collect();
+    // Forked before anything of the tree exists: it must hold none of the tree's objects.
+    let server = match opts.lazy {
+        true => {
+            let unverified = chain.images.iter();
+            let unverified = unverified
+                .map(|i| (i.path.clone(), i.unverified_pages()))
+                .collect();
+            let pages = (&pages[..], unverified);
+            Some(crate::lazy::server::Server::start(
+                &img.manifest.processes,
+                pages,
+            )?)
+        }
+        false => None,
+    };
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
     let dev = crate::device::Device::open(device)?;
     let m = &img.manifest;
@@ -110,7 +132,13 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     }
     let memfds = std::mem::take(&mut restorers.memfds);
     let sysv = std::mem::take(&mut restorers.shared.sysv);
-    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, ns);
+    let result = restore_tree(
+        restorers,
+        &sysv,
+        (report_in, go_out),
+        &xstates,
+        (ns, server),
+    );
     if result.is_ok() {
         for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
             if let Err(e) = crate::shmem::late_seals(o, fd) {
@@ -164,7 +192,10 @@ fn restore_tree(
     sysv: &crate::sysv::Made,
     (report_in, go_out): (OwnedFd, OwnedFd),
     xstates: &[Vec<Vec<u8>>],
-    ns: Option<pidns::Namespace>,
+    (ns, server): (
+        Option<pidns::Namespace>,
+        Option<crate::lazy::server::Server>,
+    ),
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
     let sysv_ids = &sysv.shm;
@@ -187,8 +218,19 @@ fn restore_tree(
     }
     drop(go_out); // every restorer goes on
     let mut all_tids = Vec::new();
-    for ((p, &pid), xstates) in m.processes.iter().zip(&tree.kernel).zip(xstates) {
+    for (i, ((p, &pid), xstates)) in m
+        .processes
+        .iter()
+        .zip(&tree.kernel)
+        .zip(xstates)
+        .enumerate()
+    {
         supervise::to_restore_exit(pid).map_err(|e| tree.abort(e))?;
+        // Before anything reads or writes its memory.
+        if let Some(server) = &server {
+            let uffd = crate::lazy::take_userfaultfd(pid, p).map_err(|e| tree.abort(e))?;
+            server.add(i, pid, uffd).map_err(|e| tree.abort(e))?;
+        }
         let done = finish_threads(pid, p, xstates, sysv_ids);
         all_tids.push(done.map_err(|e| tree.abort(e))?);
     }
@@ -200,6 +242,10 @@ fn restore_tree(
         }
     }
     tree.release(&all_tids)?;
+    if let Some(server) = server {
+        // Without the server, the tree's absent pages would read as zeros: it goes.
+        server.release(&tree.kernel).map_err(|e| tree.abort(e))?;
+    }
     Ok(tree.restored(in_pidns))
 }
 
@@ -248,7 +294,7 @@ fn prepare_restorers<'a>(
     let plans = m
         .processes
         .iter()
-        .map(|p| prepare(img, p, &shared.memory))
+        .map(|p| prepare(img, p, &shared.memory, opts.lazy))
         .collect::<Result<_, _>>()
         .inspect_err(|_| shared.sysv.remove_all())?;
     let pipe = || nix::unistd::pipe().map_err(|e| restore_io("pipe")(e.into()));
@@ -499,7 +545,7 @@ fn read_reports(report: OwnedFd) -> BTreeMap<i32, i32> {
 
 /// Everything the restorer needs, before the fork. Mapped files are opened as the
 /// process's user, as it opened them.
-fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreError> {
+fn prepare(img: &Image, p: &Process, shm: &[OwnedFd], lazy: bool) -> Result<Plan, RestoreError> {
     let specials = vdso::check(&p.memory.vmas)?;
     let fs_user = match p.threads[0].creds.as_ref() {
         Some(c) => Some(
@@ -509,7 +555,7 @@ fn prepare(img: &Image, p: &Process, shm: &[OwnedFd]) -> Result<Plan, RestoreErr
         ),
         None => None,
     };
-    let memory = memory::plan(&p.memory.vmas, shm)?;
+    let memory = memory::plan(&p.memory.vmas, shm, lazy)?;
     drop(fs_user);
     let blobs = fds::blob_sections(&p.files)
         .into_iter()

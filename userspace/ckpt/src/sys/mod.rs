@@ -10,6 +10,7 @@ mod signal;
 mod tcp;
 mod thread;
 mod tty;
+pub mod uffd;
 mod unix;
 mod wait;
 

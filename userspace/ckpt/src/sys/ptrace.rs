@@ -88,3 +88,9 @@ pub fn ptrace_get_rseq(pid: i32) -> io::Result<RseqConfiguration> {
 pub fn ptrace_set_options_raw(pid: i32, options: libc::c_int) -> io::Result<()> {
     ptrace(libc::PTRACE_SETOPTIONS, pid, 0, options as usize).map(drop)
 }
+
+/// PTRACE_LISTEN (nix lacks it): a seized thread in a group stop stays stopped, but the
+/// tracer hears when it is continued (SIGCONT) or interrupted.
+pub fn ptrace_listen(pid: i32) -> io::Result<()> {
+    ptrace(libc::PTRACE_LISTEN as libc::c_uint, pid, 0, 0).map(drop)
+}
