@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead fuzz clean fmt
+.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead fuzz fuzz-reader clean fmt
 
 all: kmod userspace
 
@@ -24,6 +24,9 @@ test-native:
 
 fuzz:             ## a million random ioctls against the module on the debug kernel (tools/fuzz.sh; SEED=, CALLS=)
 	tools/fuzz.sh $(if $(SEED),--seed $(SEED)) $(if $(CALLS),--calls $(CALLS))
+
+fuzz-reader:      ## libFuzzer over the image reader, natively (tools/fuzz-reader.sh; SECS=, default 600)
+	tools/fuzz-reader.sh $(if $(SECS),--secs $(SECS))
 
 demo:             ## boot the guest and show the module at work
 	tools/demo.sh

@@ -8,7 +8,7 @@
 //! share one, so a chain can be moved as a whole) and by the parent's random `image_id`: a
 //! parent replaced since, even by a checkpoint of the same process, is refused.
 
-use crate::image::{ImageError, Section};
+use crate::image::{ImageError, MacKey, Section};
 use crate::manifest::{Image, Manifest};
 use crate::memory::PageRun;
 use ckpt_abi::CKPT_RESTORE_MAX_IMAGES;
@@ -81,10 +81,16 @@ impl Chain {
         Self::open_with(path, Image::open)
     }
 
-    /// As [`Chain::open`], each image opened with [`Image::open_pages_later`]: compressed
-    /// pages are checked as the restore decompresses them (`Image::pages_view`).
-    pub fn open_pages_later(path: &Path) -> Result<Chain, ImageError> {
-        Self::open_with(path, Image::open_pages_later)
+    /// As [`Chain::open`], every image's MAC checked with `key` if given
+    /// ([`Image::open_keyed`]).
+    pub fn open_keyed(path: &Path, key: Option<&MacKey>) -> Result<Chain, ImageError> {
+        Self::open_with(path, |p| Image::open_keyed(p, key))
+    }
+
+    /// As [`Chain::open_keyed`], each image opened with [`Image::open_pages_later`]:
+    /// compressed pages are checked as the restore decompresses them (`Image::pages_view`).
+    pub fn open_pages_later(path: &Path, key: Option<&MacKey>) -> Result<Chain, ImageError> {
+        Self::open_with(path, |p| Image::open_pages_later(p, key))
     }
 
     /// As [`Chain::open`], each image opened with [`Image::open_pages_unverified`]: for a
@@ -122,7 +128,11 @@ impl Chain {
                         parent: file.clone(),
                     }
                 }
-                e => e,
+                e => ImageError::ParentBad {
+                    path: last.path.clone(),
+                    parent: file.clone(),
+                    source: Box::new(e),
+                },
             })?;
             let found = img.manifest.image_id.as_deref().unwrap_or("none");
             if found != parent.id {

@@ -42,6 +42,10 @@ pub mod snapshot;
 pub mod sys;
 pub mod worker;
 
+// Trying the image reader with images made wrong on purpose (tests and fuzz/).
+#[doc(hidden)]
+pub mod fuzzing;
+
 // Other commands.
 pub mod info;
 pub mod inspect;

@@ -75,6 +75,10 @@ enum Command {
         /// Print the whole manifest as JSON.
         #[arg(long)]
         json: bool,
+        /// Check the MAC of the image (and of its parents) with the key in FILE (see
+        /// `ckpt checkpoint --key`).
+        #[arg(long, value_name = "FILE")]
+        key: Option<PathBuf>,
     },
 }
 
@@ -159,6 +163,11 @@ struct CheckpointArgs {
     /// With --incremental: a chain's most images, its full one included.
     #[arg(long, requires = "incremental", default_value_t = 8, value_parser = clap::value_parser!(u32).range(1..=64))]
     full_every: u32,
+    /// Give the image a MAC (keyed BLAKE3 over every byte) with the key in FILE (at least 16
+    /// bytes, readable by its owner only: `head -c 32 /dev/urandom > FILE; chmod 600 FILE`),
+    /// for `ckpt restore --key FILE` to refuse an image someone else wrote or changed.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 /// What `--external` carries.
@@ -193,6 +202,12 @@ struct RestoreArgs {
     /// run anything).
     #[arg(long)]
     trust_image: bool,
+    /// Check the MAC of the image and of every parent image with the key in FILE (see
+    /// `ckpt checkpoint --key`): an image without a MAC, or with another key's, is refused.
+    /// Without --key, an image's MAC is not checked (a warning says so). With --lazy, the
+    /// whole image is read for its MAC before the program runs.
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
     /// Start the program before its memory is back: its private memory is placed as it
     /// touches it, and the rest in the background, by a page server that exits once all
     /// is in (see README, "Lazy restore").
@@ -275,8 +290,9 @@ fn run(cli: Cli) -> anyhow::Result<i32> {
             let apps = ckpt::list::list(&dir);
             print_json_or(json, &apps, || ckpt::list::text(&apps))?;
         }
-        Command::Inspect { image, json } => {
-            let chain = ckpt::chain::Chain::open(&image_or_latest(&image)?)?;
+        Command::Inspect { image, json, key } => {
+            let key = load_key(key.as_deref())?;
+            let chain = ckpt::chain::Chain::open_keyed(&image_or_latest(&image)?, key.as_ref())?;
             let img = chain.image();
             print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
@@ -317,6 +333,8 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         (None, None, Some(file)) => vec![read_pidfile(file)?],
         (None, None, None) => anyhow::bail!("give a process id, --app ID or --pidfile FILE"),
     };
+    // Read (and its permissions checked) before any process is stopped.
+    let key = load_key(a.key.as_deref())?;
     let take = |output: &std::path::Path, parent: Option<&std::path::Path>| {
         let opts = ckpt::checkpoint::Options {
             pid: roots[0],
@@ -332,6 +350,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
             external_unix: a.external.contains(&External::Unix),
             parent,
             compress: a.compress,
+            key: key.as_ref(),
         };
         ckpt::checkpoint::checkpoint(&opts)
     };
@@ -369,6 +388,11 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
         checkpoint_text(pid, &output, a.kill, &stats)
     })?;
     Ok(0)
+}
+
+/// The MAC key in `file`, if one is given (`--key`).
+fn load_key(file: Option<&std::path::Path>) -> anyhow::Result<Option<ckpt::image::MacKey>> {
+    Ok(file.map(ckpt::image::MacKey::load).transpose()?)
 }
 
 /// `path`, or the latest image if it is a directory of periodic checkpoints.
@@ -432,7 +456,7 @@ fn write_pidfile(file: &std::path::Path, pid: i32) -> anyhow::Result<()> {
 }
 
 /// Options of `ckpt checkpoint` that take a path: made absolute in a schedule.
-const PATH_OPTIONS: [&str; 4] = ["--dir", "--pidfile", "--runtime-dir", "--output"];
+const PATH_OPTIONS: [&str; 5] = ["--dir", "--pidfile", "--runtime-dir", "--output", "--key"];
 
 /// `args` with the values of [`PATH_OPTIONS`] made absolute (cron runs in the home directory).
 fn absolute_paths(args: &[String]) -> anyhow::Result<Vec<String>> {
@@ -519,6 +543,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         pidns: a.pidns,
         ipcns: a.ipcns,
         trust_image: a.trust_image,
+        key: load_key(a.key.as_deref())?,
         lazy: a.lazy,
     };
     let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;

@@ -211,127 +211,10 @@ impl Process {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fds::{Fd, FdKind, InheritedStdio, Pipe, PipeEnd};
+    use crate::fds::{FdKind, PipeEnd};
+    use crate::fuzzing::{sample_process, sample_shared};
     use crate::image::{ImageWriter, PAGE};
-    use crate::memory::{Backing, MmLayout, PageRun, Vma};
-    use crate::thread::{RobustList, SigAltStack, XSTATE};
-
-    fn sample_process(pages_at: u64, xstate_section: usize) -> Process {
-        let anon = |start: u64, pages| Vma {
-            start,
-            end: start + 0x10000,
-            prot: 3,
-            shared: false,
-            growsdown: false,
-            backing: Backing::Anonymous,
-            pages,
-        };
-        Process {
-            pid: 42,
-            ppid: 1,
-            pgid: 42,
-            sid: 42,
-            attrs: Attrs {
-                comm: "sample".into(),
-                exe: "/bin/sample".into(),
-                cwd: "/".into(),
-                umask: 0o22,
-                ..Attrs::default()
-            },
-            memory: Memory {
-                mm: MmLayout::default(),
-                vmas: vec![anon(
-                    0x10000,
-                    vec![PageRun {
-                        addr: 0x12000,
-                        len: 2 * PAGE,
-                        offset: pages_at,
-                        image: 0,
-                    }],
-                )],
-            },
-            sigactions: vec![],
-            files: FdTable {
-                fds: vec![
-                    Fd {
-                        fd: 0,
-                        flags: 0,
-                        kind: FdKind::InheritStdio(InheritedStdio { was: "pipe".into() }),
-                    },
-                    Fd {
-                        fd: 3,
-                        flags: 0,
-                        kind: FdKind::Pipe(PipeEnd {
-                            pipe: 0,
-                            write_end: false,
-                        }),
-                    },
-                ],
-                locks: vec![],
-            },
-            threads: vec![Thread {
-                tid: 42,
-                regs: Default::default(),
-                xstate_section,
-                sigmask: 0,
-                sigaltstack: SigAltStack::default(),
-                clear_child_tid: 0,
-                robust_list: RobustList::default(),
-                rseq: None,
-                pending: 0,
-                comm: String::new(),
-                kernel_tid: None,
-                creds: None,
-                own_files: false,
-            }],
-            shared_pending: 0,
-            interceptor: None,
-            ctty: None,
-            timers: Timers::default(),
-            identity: None,
-        }
-    }
-
-    fn sample_shared() -> Shared {
-        Shared {
-            pipes: vec![Pipe {
-                inode: 7,
-                capacity: 65536,
-                data_section: None,
-            }],
-            socket_pairs: vec![],
-            in_flight: vec![],
-            unix_dgram: vec![],
-            unix_external: vec![],
-            listeners: vec![],
-            ptys: vec![],
-            tcp: vec![],
-            fifos: vec![],
-            tcp_closed: vec![],
-            udp: vec![],
-            memory: vec![],
-            open_files: vec![],
-            sysv_shm: vec![],
-            sysv_sem: vec![crate::sysv::SemSet {
-                key: 0x51,
-                id: 3,
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                values: vec![1, 0, 32767],
-            }],
-            sysv_msg: vec![crate::sysv::MsgQueue {
-                key: 0,
-                id: 4,
-                mode: 0o600,
-                uid: 0,
-                gid: 0,
-                max_bytes: 16384,
-                messages: vec![],
-                data_section: None,
-            }],
-        }
-    }
+    use crate::thread::XSTATE;
 
     fn write_sample(path: &std::path::Path) -> Manifest {
         write_sample_with(path, |_| {})
@@ -339,7 +222,19 @@ mod tests {
 
     /// A sample image, its manifest changed by `change` (which gets the pages' offset).
     fn write_sample_with(path: &std::path::Path, change: impl FnOnce(&mut Manifest)) -> Manifest {
+        write_sample_keyed(path, None, change)
+    }
+
+    /// As `write_sample_with`, with a MAC by `key` if given.
+    fn write_sample_keyed(
+        path: &std::path::Path,
+        key: Option<&crate::image::MacKey>,
+        change: impl FnOnce(&mut Manifest),
+    ) -> Manifest {
         let mut w = ImageWriter::create(path).unwrap();
+        if let Some(key) = key {
+            w.sign(key);
+        }
         let at = w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
         let xs = w.add_blob(XSTATE, &[1u8; 832]).unwrap();
         let mut m = Manifest {
@@ -415,7 +310,11 @@ mod tests {
         bad[PAGE as usize + 10] ^= 1;
         std::fs::write(&base, &bad).unwrap();
         let e = Chain::open(&child).unwrap_err().to_string();
-        assert!(e.contains("base.img is corrupt"), "{e}");
+        // Naming the image that named it too (found by the reader fuzzing).
+        assert!(
+            e.contains("base.img is corrupt") && e.contains("child.img cannot be used"),
+            "{e}"
+        );
         // Missing.
         std::fs::remove_file(&base).unwrap();
         let e = Chain::open(&child).unwrap_err().to_string();
@@ -429,6 +328,54 @@ mod tests {
         });
         let e = Image::open(&base).unwrap_err().to_string();
         assert!(e.contains("no parent"), "{e}");
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// With a key, every image of a chain needs its MAC: a parent written without the key is
+    /// refused, naming it.
+    #[test]
+    fn a_keyed_chain_checks_every_images_mac() {
+        use crate::chain::{Chain, ParentRef};
+        use std::os::unix::fs::PermissionsExt;
+        let dir = tmp();
+        std::fs::create_dir(&dir).unwrap();
+        let key_file = dir.join("key");
+        std::fs::write(&key_file, [9u8; 32]).unwrap();
+        std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).unwrap();
+        let key = crate::image::MacKey::load(&key_file).unwrap();
+        let (base, child) = (dir.join("base.img"), dir.join("child.img"));
+        let write = |parent_key| {
+            write_sample_keyed(&base, parent_key, |m| m.image_id = Some("aa".into()));
+            write_sample_keyed(&child, Some(&key), |m| {
+                m.image_id = Some("bb".into());
+                m.parent = Some(ParentRef::to(&base, &child, "aa").unwrap());
+            });
+        };
+        write(Some(&key));
+        assert_eq!(
+            Chain::open_keyed(&child, Some(&key)).unwrap().images.len(),
+            2
+        );
+        assert_eq!(
+            Chain::open_pages_later(&child, Some(&key))
+                .unwrap()
+                .images
+                .len(),
+            2
+        );
+        write(None);
+        let e = Chain::open_pages_later(&child, Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("base.img carries no MAC") && e.contains("of") && e.contains("child.img"),
+            "{e}"
+        );
+        assert_eq!(
+            Chain::open(&child).unwrap().images.len(),
+            2,
+            "no key: unchecked"
+        );
         std::fs::remove_dir_all(&dir).unwrap();
     }
 
@@ -621,47 +568,6 @@ mod tests {
         }
     }
 
-    /// Changes one random leaf or container of `v`: numbers to extremes or random values,
-    /// strings to odd ones, arrays emptied, doubled or shortened, object fields dropped.
-    fn mutate(v: &mut serde_json::Value, rng: &mut fastrand::Rng) {
-        use serde_json::Value;
-        match v {
-            Value::Object(map) if !map.is_empty() && rng.u8(..4) != 0 => {
-                let keys: Vec<String> = map.keys().cloned().collect();
-                let k = &keys[rng.usize(..keys.len())];
-                if rng.u8(..8) == 0 {
-                    map.remove(k);
-                } else if let Some(child) = map.get_mut(k) {
-                    mutate(child, rng);
-                }
-            }
-            Value::Array(items) if !items.is_empty() && rng.u8(..4) != 0 => {
-                let i = rng.usize(..items.len());
-                match rng.u8(..6) {
-                    0 => items.clear(),
-                    1 => {
-                        let copy = items[i].clone();
-                        items.push(copy)
-                    }
-                    2 => drop(items.remove(i)),
-                    _ => mutate(&mut items[i], rng),
-                }
-            }
-            _ => {
-                *v = match rng.u8(..8) {
-                    0 => Value::from(u64::MAX),
-                    1 => Value::from(i64::MIN),
-                    2 => Value::from(rng.u64(..1 << 40)),
-                    3 => Value::from(0),
-                    4 => Value::from(rng.u32(..64)),
-                    5 => Value::from("/../\u{0}\u{ffff}"),
-                    6 => Value::Null,
-                    _ => Value::from(vec![Value::from(1); rng.usize(..4)]),
-                }
-            }
-        }
-    }
-
     /// The image reader is an attack surface (`inspect`, `restore`): images whose manifest
     /// is mutated at random (checksums made right, so that it is the manifest's validation
     /// that is tried) are opened and summarised thousands of times; each is accepted or
@@ -675,7 +581,7 @@ mod tests {
         for round in 0..3000 {
             let mut m = good.clone();
             for _ in 0..rng.usize(1..4) {
-                mutate(&mut m, &mut rng);
+                crate::fuzzing::mutate_value(&mut m, &mut rng);
             }
             let p = path.with_extension(format!("m{round}"));
             let mut w = ImageWriter::create(&p).unwrap();

@@ -828,7 +828,7 @@ pub fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
             && r.offset >= s.offset
             && r.offset
                 .checked_add(r.len)
-                .is_some_and(|e| e <= s.offset + s.len)
+                .is_some_and(|e| s.offset.checked_add(s.len).is_some_and(|end| e <= end))
     })
 }
 

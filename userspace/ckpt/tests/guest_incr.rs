@@ -527,3 +527,75 @@ fn a_chain_of_compressed_images_restores_the_last_state() {
         "the buffer restored from a compressed chain"
     );
 }
+
+/// Keyed MACs (`--key`) through periodic incremental checkpoints: the chain is written with
+/// the key; a restore with another key, or with the parent's MAC changed (every checksum
+/// still right), is refused naming the image, and nothing is restored; with the key the
+/// chain restores the last state (lazily: `--lazy` with `--key`).
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_keyed_chain_restores_with_its_key_only() {
+    use std::os::unix::fs::PermissionsExt;
+    setup();
+    let d = Dir::new("incr-keyed");
+    let mut t = Dirtier::start(&d, "a", 4);
+    let (key, other) = (d.path("key"), d.path("other"));
+    for (k, byte) in [(&key, 1u8), (&other, 2)] {
+        std::fs::write(k, [byte; 32]).unwrap();
+        std::fs::set_permissions(k, std::fs::Permissions::from_mode(0o600)).unwrap();
+    }
+    let dir = d.path("points");
+    let (pid_s, dir_s, key_s) = (
+        t.pid.to_string(),
+        dir.to_str().unwrap().to_owned(),
+        key.to_str().unwrap().to_owned(),
+    );
+    let line = [
+        "checkpoint",
+        &pid_s,
+        "--dir",
+        &dir_s,
+        "--incremental",
+        "--compress",
+        "--key",
+        &key_s,
+        "--json",
+    ];
+    ok(&ckpt(&line));
+    let sum = t.step();
+    let mut kill_line = line.to_vec();
+    kill_line.push("--kill");
+    let o: serde_json::Value = serde_json::from_str(&ok(&ckpt(&kill_line))).unwrap();
+    let parent = o["parent"]
+        .as_str()
+        .expect("an incremental image")
+        .to_owned();
+    t.killed();
+    let parent = dir.join(Path::new(&parent).file_name().unwrap());
+    let restore_with = |k: &Path| ckpt(&["restore", &dir_s, "--key", k.to_str().unwrap()]);
+    let refused = |o: std::process::Output, expect: &[&str]| {
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(!o.status.success(), "restored: {err}");
+        for e in expect {
+            assert!(err.contains(e), "{err}");
+        }
+        assert!(common::gone(t.pid), "restored anyway");
+    };
+    refused(restore_with(&other), &["its MAC does not match the key"]);
+    // The parent's MAC changed: its checksums still hold, only the MAC tells.
+    let good = std::fs::read(&parent).unwrap();
+    let mut bad = good.clone();
+    bad[ckpt::image::mac::MAC_AT] ^= 1;
+    std::fs::write(&parent, &bad).unwrap();
+    ckpt::manifest::Image::open(&parent).expect("checksums still right");
+    refused(
+        restore_with(&key),
+        &[parent.to_str().unwrap(), "its MAC does not match the key"],
+    );
+    std::fs::write(&parent, &good).unwrap();
+    // Lazily: the MAC needs every byte, so the chain is read whole first all the same.
+    let out = ckpt(&["restore", &dir_s, "--key", &key_s, "--lazy"]);
+    let pid: i32 = ok(&out).trim().parse().unwrap();
+    assert_eq!(pid, t.pid);
+    assert_eq!(t.check(), sum, "the buffer restored from the keyed chain");
+}

@@ -685,7 +685,10 @@ fn compressed_images_of_compressible_and_random_memory_restore() {
         let last = checkpoint_kill_with(&mut child, &img, &out, &["--compress"]);
         let image = ckpt::manifest::Image::open(&img).unwrap();
         assert!(image.sections.iter().all(|s| s.compressed.is_some()));
-        assert_eq!(image.meta.format_version, ckpt::image::FORMAT_VERSION);
+        assert_eq!(
+            image.meta.format_version,
+            ckpt::image::COMPRESSED_FORMAT_VERSION
+        );
         let largest = image.sections.iter().max_by_key(|s| s.len).unwrap();
         if fill == "pattern" {
             assert_eq!(

@@ -63,6 +63,8 @@ pub struct Options<'a> {
     pub parent: Option<&'a Path>,
     /// Compress every section with zstd at this level (`--compress`).
     pub compress: Option<i32>,
+    /// Give the image a MAC with this key (`--key`).
+    pub key: Option<&'a crate::image::MacKey>,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -104,6 +106,9 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     let mut w = ImageWriter::create(opts.output).map_err(write_err)?;
     if let Some(level) = opts.compress {
         w.compress(level).map_err(write_err)?;
+    }
+    if let Some(key) = opts.key {
+        w.sign(key);
     }
     let mut stats = Stats {
         interceptor: !prepared.is_empty(),

@@ -9,7 +9,7 @@
 
 use serde::{Deserialize, Serialize};
 use std::fs::File;
-use std::io::{self, Read, Write};
+use std::io::{self, BufRead, Read, Write};
 use std::os::unix::fs::FileExt;
 use xxhash_rust::xxh64::Xxh64;
 
@@ -160,7 +160,7 @@ pub fn worth_compressing(file: &File, (offset, len): (u64, u64)) -> io::Result<b
 /// beyond `raw_len` is produced).
 pub fn decode(
     codec: Codec,
-    src: impl Read,
+    src: impl BufRead,
     sums: (u64, u64),
     sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(), DecodeError> {
@@ -168,10 +168,21 @@ pub fn decode(
         Codec::None => copy_checked(src, sums, sink),
         Codec::Zstd => {
             let invalid = |e: io::Error| DecodeError::Invalid(e.to_string());
-            let dec = zstd::stream::read::Decoder::new(src).map_err(invalid)?;
+            // Reading from `src` as it is: no second input buffer.
+            let mut dec = zstd::stream::read::Decoder::with_buffer(src).map_err(invalid)?;
+            // The window (memory zstd allocates) a frame may ask for: what its declared
+            // content needs, as `encode` makes it, not the 128 MiB zstd allows by default.
+            dec.window_log_max(window_log(sums.0)).map_err(invalid)?;
             copy_checked(dec, sums, sink)
         }
     }
+}
+
+/// The window (as a power of two) zstd uses for `raw_len` bytes compressed with their size
+/// pledged: the smallest holding them, at least its minimum (1 KiB), at most what its
+/// levels use (128 MiB).
+fn window_log(raw_len: u64) -> u32 {
+    (64 - raw_len.saturating_sub(1).leading_zeros()).clamp(10, 27)
 }
 
 /// Copies what `src` yields to `sink`, checking it is `raw_len` bytes whose XXH64 is
@@ -182,7 +193,8 @@ fn copy_checked(
     mut sink: impl FnMut(&[u8]) -> io::Result<()>,
 ) -> Result<(), DecodeError> {
     let invalid = |e: io::Error| DecodeError::Invalid(e.to_string());
-    let mut buf = vec![0u8; raw_len.saturating_add(1).min(1 << 20) as usize];
+    // Small and fixed: the declared length is the image's word, not yet checked.
+    let mut buf = vec![0u8; raw_len.saturating_add(1).min(1 << 16) as usize];
     let mut sum = Xxh64::new(0);
     let mut got = 0u64;
     loop {
@@ -321,14 +333,19 @@ mod tests {
     fn content_beyond_the_declared_size_is_refused_without_producing_it() {
         let raw = pattern(3 << 20);
         let (z, e) = encoded(&raw);
+        // Within the window the declared size allows (4 MiB): refused as it goes past.
+        let declared = 5 << 19;
         let mut produced = 0u64;
-        let err = decode(Codec::Zstd, &z[..], (1 << 20, e.raw_xxh64), |b| {
+        let err = decode(Codec::Zstd, &z[..], (declared, e.raw_xxh64), |b| {
             produced += b.len() as u64;
             Ok(())
         })
         .unwrap_err();
-        assert_eq!(err, DecodeError::Long { declared: 1 << 20 });
-        assert!(produced <= 1 << 20);
+        assert_eq!(err, DecodeError::Long { declared });
+        assert!(produced <= declared);
+        // Declaring a third: its window is already too large.
+        let err = decoded(&z, 1 << 20, e.raw_xxh64).unwrap_err();
+        assert!(matches!(err, DecodeError::Invalid(_)), "{err:?}");
         let err = decoded(&z, 4 << 20, e.raw_xxh64).unwrap_err();
         assert_eq!(
             err,
@@ -351,6 +368,36 @@ mod tests {
     fn encode_refuses_a_source_shorter_than_declared() {
         let mut out = Vec::new();
         assert!(encode(&[1u8; 10][..], (20, None), DEFAULT_LEVEL, &mut out).is_err());
+    }
+
+    /// Found by the reader fuzzing: a frame may ask zstd for a window (memory) of up to
+    /// 128 MiB whatever its content; one asking more than its declared content needs is
+    /// refused before zstd allocates it.
+    #[test]
+    fn a_frame_asking_a_larger_window_than_its_content_needs_is_refused() {
+        let raw = pattern(3000);
+        let mut z = Vec::new();
+        let mut enc = zstd::stream::write::Encoder::new(&mut z, DEFAULT_LEVEL).unwrap();
+        enc.include_contentsize(false).unwrap(); // the size unknown: the window is used
+        enc.window_log(27).unwrap();
+        enc.write_all(&raw).unwrap();
+        enc.finish().unwrap();
+        let sum = xxhash_rust::xxh64::xxh64(&raw, 0);
+        let err = decoded(&z, raw.len() as u64, sum).unwrap_err();
+        assert!(
+            matches!(&err, DecodeError::Invalid(e) if e.contains("memory")),
+            "{err:?}"
+        );
+        // What encode makes, at every level, fits the window its content needs.
+        for level in [1, DEFAULT_LEVEL, 19] {
+            let mut z = Vec::new();
+            let e = encode(&raw[..], (3000, None), level, &mut z).unwrap();
+            assert_eq!(
+                decoded(&z, 3000, e.raw_xxh64).unwrap(),
+                raw,
+                "level {level}"
+            );
+        }
     }
 
     #[test]

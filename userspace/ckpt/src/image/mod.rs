@@ -26,10 +26,12 @@
 
 pub mod codec;
 mod header;
+pub mod mac;
 mod reader;
 mod writer;
 
 pub use codec::{Codec, Compressed};
+pub use mac::MacKey;
 pub use reader::{Image, SectionData};
 pub use writer::ImageWriter;
 
@@ -44,7 +46,10 @@ pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// 4: compressed sections (`Section::compressed`). An image without any is still written as
 /// version 3, so that a ckpt of before reads it; one with them names version 4 to that ckpt
 /// instead of failing on its section table.
-pub const FORMAT_VERSION: u32 = 4;
+/// 5: a keyed MAC after the header (`mac`), written with a key only; otherwise as 3 or 4.
+pub const FORMAT_VERSION: u32 = mac::MAC_FORMAT_VERSION;
+/// The version of an image with compressed sections and no MAC.
+pub const COMPRESSED_FORMAT_VERSION: u32 = 4;
 /// The oldest version read.
 pub const MIN_FORMAT_VERSION: u32 = 3;
 /// The version of an image without compressed sections.
@@ -88,6 +93,24 @@ pub enum ImageError {
         found: String,
         expected: String,
     },
+    #[error("parent image {parent} of {path} cannot be used: {source}")]
+    ParentBad {
+        path: PathBuf,
+        parent: PathBuf,
+        source: Box<ImageError>,
+    },
+    #[error("key file {path}: {why}")]
+    Key { path: PathBuf, why: String },
+    #[error(
+        "{path} carries no MAC but a key was given: it was written without --key, or its MAC \
+         was removed"
+    )]
+    MacMissing { path: PathBuf },
+    #[error(
+        "{path}: its MAC does not match the key: it was written with another key, or changed \
+         since"
+    )]
+    MacMismatch { path: PathBuf },
     #[error("the chain of parent images of {path} is longer than {max} images")]
     ChainTooLong { path: PathBuf, max: usize },
 }

@@ -2,6 +2,7 @@
 
 use super::codec::{self, Codec, FileRange, MAX_RATIO};
 use super::header::{Header, HEADER_LEN};
+use super::mac::{self, MacKey};
 use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -9,7 +10,7 @@ use serde::de::DeserializeOwned;
 use std::fs::File;
 use std::io::Read;
 use std::os::fd::AsFd;
-use std::os::unix::fs::FileExt;
+use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use xxhash_rust::xxh64::{xxh64, Xxh64};
 
@@ -25,6 +26,8 @@ pub struct Image<M> {
     pub meta: Meta,
     pub sections: Vec<Section>,
     pub manifest: M,
+    /// It carries a MAC (`--key`); checked only if it was opened with a key.
+    pub has_mac: bool,
 }
 
 /// How much of an image `open_checking` verifies.
@@ -43,75 +46,70 @@ enum Check {
 impl<M: DeserializeOwned + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
     /// gaps, and the manifest's internal consistency; compressed sections are decompressed
-    /// (streamed) to check their content too.
+    /// (streamed) to check their content too. A MAC it carries is not checked (no key): see
+    /// [`Image::open_keyed`].
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::All)
+        Self::open_checking(path, Check::All, None)
+    }
+
+    /// [`Image::open`], and with a key, the image's MAC checked too: an image without one,
+    /// or whose MAC is not the key's, is refused.
+    pub fn open_keyed(path: &Path, key: Option<&MacKey>) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::All, key)
     }
 
     /// Opens an image, verifying its header and manifest (checksum, consistency) but not
-    /// its sections' bytes: for reading what it describes (an incremental checkpoint's
-    /// parent, a periodic directory's chain), never for restoring from it.
+    /// its sections' bytes (nor its MAC, which covers them): for reading what it describes
+    /// (an incremental checkpoint's parent, a periodic directory's chain), never for
+    /// restoring from it.
     pub fn open_manifest(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::ManifestOnly)
+        Self::open_checking(path, Check::ManifestOnly, None)
     }
 
-    /// [`Image::open`], except that compressed pages sections are checked where the file
-    /// holds them only: [`Image::pages_view`] checks their content as it decompresses them.
-    /// For a restore, which needs that view before it acts: the pages are decompressed once.
-    pub fn open_pages_later(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::PagesLater)
+    /// [`Image::open_keyed`], except that compressed pages sections are checked where the
+    /// file holds them only: [`Image::pages_view`] checks their content as it decompresses
+    /// them. For a restore, which needs that view before it acts: the pages are decompressed
+    /// once. (The MAC covers the bytes the file holds: it is checked here.)
+    pub fn open_pages_later(path: &Path, key: Option<&MacKey>) -> Result<Self, ImageError> {
+        Self::open_checking(path, Check::PagesLater, key)
     }
 
     /// [`Image::open_pages_later`], except that uncompressed pages sections are not read at
     /// all (only their place is checked): a lazy restore must not read the whole image
     /// before the program runs. [`Image::unverified_pages`] lists what is left to check.
+    /// Without every byte read, no MAC can be checked: a keyed restore opens with
+    /// [`Image::open_pages_later`].
     pub fn open_pages_unverified(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::PagesInBackground)
+        Self::open_checking(path, Check::PagesInBackground, None)
     }
 
-    fn open_checking(path: &Path, check: Check) -> Result<Self, ImageError> {
+    fn open_checking(path: &Path, check: Check, key: Option<&MacKey>) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
         };
-        let mut file = File::open(path).map_err(io_err)?;
-        let actual = file.metadata().map_err(io_err)?.len();
-        let mut hb = [0u8; HEADER_LEN];
-        if actual < PAGE {
-            return Err(ImageError::Length {
-                path: path.into(),
-                actual,
-                expected: PAGE,
-            });
-        }
-        file.read_exact(&mut hb).map_err(io_err)?;
-        let h = Header::decode(path, &hb)?;
-        if h.file_len != actual {
-            return Err(ImageError::Length {
-                path: path.into(),
-                actual,
-                expected: h.file_len,
-            });
-        }
-        if h.arch != std::env::consts::ARCH {
-            return Err(ImageError::Arch {
-                path: path.into(),
-                found: h.arch,
-                expected: std::env::consts::ARCH,
-            });
-        }
-        let mut rest = vec![0u8; PAGE as usize - HEADER_LEN];
-        file.read_exact(&mut rest).map_err(io_err)?;
-        if rest.iter().any(|&b| b != 0) {
-            return Err(corrupt(path, "non-zero bytes in the header padding"));
-        }
-        let manifest_end = h.manifest_offset.checked_add(h.manifest_len);
-        if h.manifest_offset < PAGE
-            || manifest_end != Some(h.file_len)
-            || h.manifest_len > MAX_MANIFEST
-        {
-            return Err(corrupt(path, "manifest location out of range"));
-        }
+        let (file, h, page) = read_header(path)?;
+        let found_mac = match h.version == mac::MAC_FORMAT_VERSION {
+            true => Some(
+                page[mac::MAC_AT..mac::MAC_AT + mac::MAC_LEN]
+                    .try_into()
+                    .unwrap_or([0; 32]),
+            ),
+            false => None,
+        };
+        // The MAC covers every byte in file order: the header page (the MAC's own field
+        // zero), the sections and the gaps between them as they are verified, the manifest.
+        let mut hasher = match (key, found_mac, &check) {
+            (Some(_), None, _) => return Err(ImageError::MacMissing { path: path.into() }),
+            (Some(k), Some(_), Check::All | Check::PagesLater) => {
+                let mut h = k.hasher();
+                let mut page = page;
+                mac::zero_field(&mut page);
+                h.update(&page);
+                Some(h)
+            }
+            _ => None,
+        };
         let mut json = vec![0u8; h.manifest_len as usize];
         file.read_exact_at(&mut json, h.manifest_offset)
             .map_err(io_err)?;
@@ -134,12 +132,14 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             meta,
             sections: envelope.sections,
             manifest: envelope.manifest,
+            has_mac: found_mac.is_some(),
         };
-        match check {
-            Check::All => image.verify_sections(h.manifest_offset, (true, true))?,
-            Check::PagesLater => image.verify_sections(h.manifest_offset, (false, true))?,
-            Check::PagesInBackground => image.verify_sections(h.manifest_offset, (false, false))?,
-            Check::ManifestOnly => {}
+        image.verify_sections(h.manifest_offset, check, &mut hasher)?;
+        if let (Some(mut hasher), Some(found)) = (hasher, found_mac) {
+            hasher.update(&json);
+            if !mac::matches(&hasher, &found) {
+                return Err(ImageError::MacMismatch { path: path.into() });
+            }
         }
         image
             .manifest
@@ -149,37 +149,81 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     }
 }
 
+/// Opens the image at `path` and reads and checks its header page: the file, the header, and
+/// the page (the MAC field in it, if the version has one, is not checked here).
+fn read_header(path: &Path) -> Result<(File, Header, Vec<u8>), ImageError> {
+    let io_err = |source| ImageError::Io {
+        path: path.into(),
+        source,
+    };
+    // Without waiting: a fifo named as an image (or as a parent in one) has no writer.
+    let mut file = std::fs::OpenOptions::new()
+        .read(true)
+        .custom_flags(libc::O_NONBLOCK)
+        .open(path)
+        .map_err(io_err)?;
+    let meta = file.metadata().map_err(io_err)?;
+    if !meta.is_file() {
+        return Err(corrupt(path, "not a regular file"));
+    }
+    let actual = meta.len();
+    if actual < PAGE {
+        return Err(corrupt(
+            path,
+            format!("{actual} bytes, shorter than an image's first page"),
+        ));
+    }
+    let mut page = vec![0u8; PAGE as usize];
+    file.read_exact(&mut page).map_err(io_err)?;
+    let hb: &[u8; HEADER_LEN] = page[..HEADER_LEN].try_into().unwrap_or(&[0; HEADER_LEN]);
+    let h = Header::decode(path, hb)?;
+    if h.file_len != actual {
+        return Err(ImageError::Length {
+            path: path.into(),
+            actual,
+            expected: h.file_len,
+        });
+    }
+    if h.arch != std::env::consts::ARCH {
+        return Err(ImageError::Arch {
+            path: path.into(),
+            found: h.arch,
+            expected: std::env::consts::ARCH,
+        });
+    }
+    let padding = match h.version == mac::MAC_FORMAT_VERSION {
+        true => &page[mac::MAC_AT + mac::MAC_LEN..],
+        false => &page[HEADER_LEN..],
+    };
+    if padding.iter().any(|&b| b != 0) {
+        return Err(corrupt(path, "non-zero bytes in the header padding"));
+    }
+    let manifest_end = h.manifest_offset.checked_add(h.manifest_len);
+    if h.manifest_offset < PAGE || manifest_end != Some(h.file_len) || h.manifest_len > MAX_MANIFEST
+    {
+        return Err(corrupt(path, "manifest location out of range"));
+    }
+    Ok((file, h, page))
+}
+
 impl<M> Image<M> {
-    /// Sections lie between the header and the manifest, in order, without overlap; their
-    /// checksums match; every byte between them is zero. Compressed sections decompress to
-    /// their content (checked as it streams by, never held whole), pages sections only if
-    /// `page_content`; uncompressed pages sections' checksums only if `page_sums`.
+    /// Sections lie between the header and the manifest, in order, without overlap (checked
+    /// whatever `check` says: nothing may index past the file); their checksums match (not
+    /// uncompressed pages' with [`Check::PagesInBackground`]); every byte between them is
+    /// zero. Compressed sections decompress to their content (checked as it streams by, never
+    /// held whole), pages sections only with [`Check::All`]. `mac` gets every byte read.
     fn verify_sections(
         &self,
         data_end: u64,
-        (page_content, page_sums): (bool, bool),
+        check: Check,
+        mac: &mut Option<blake3::Hasher>,
     ) -> Result<(), ImageError> {
         let path = &self.path;
-        let io_err = |source| ImageError::Io {
-            path: path.clone(),
-            source,
-        };
         let mut pos = PAGE;
-        let mut buf = vec![0u8; 1 << 20];
-        let mut check_zero = |from: u64, to: u64, file: &File| -> Result<(), ImageError> {
-            let mut at = from;
-            while at < to {
-                let n = ((to - at) as usize).min(buf.len());
-                file.read_exact_at(&mut buf[..n], at).map_err(io_err)?;
-                if buf[..n].iter().any(|&b| b != 0) {
-                    return Err(corrupt(
-                        path,
-                        format!("non-zero bytes between sections at {at}"),
-                    ));
-                }
-                at += n as u64;
-            }
-            Ok(())
+        // One buffer for the whole image, never larger than its data.
+        let mut buf = match check {
+            Check::ManifestOnly => Vec::new(),
+            _ => vec![0u8; (1 << 20).min(data_end.saturating_sub(PAGE)) as usize],
         };
         let compressed = self.sections.iter().any(|s| s.compressed.is_some());
         let mut view_pos = 0;
@@ -187,7 +231,7 @@ impl<M> Image<M> {
             let (offset, len, xxh64) = s.stored();
             let end = offset
                 .checked_add(len)
-                .ok_or_else(|| corrupt(path, "section overflow"))?;
+                .ok_or_else(|| corrupt(path, format!("section {i}: its end is past 2^64")))?;
             if offset < pos || end > data_end {
                 return Err(corrupt(path, format!("section {i} out of place")));
             }
@@ -197,34 +241,83 @@ impl<M> Image<M> {
             if s.kind == PAGES && (s.offset % PAGE != 0 || s.len % PAGE != 0) {
                 return Err(corrupt(path, format!("pages section {i} not page-aligned")));
             }
-            check_zero(pos, offset, &self.file)?;
-            if !page_sums && s.kind == PAGES && s.compressed.is_none() {
-                pos = end;
+            let gap = (pos, offset);
+            pos = end;
+            if matches!(check, Check::ManifestOnly) {
                 continue;
             }
-            let mut sum = Xxh64::new(0);
-            let mut at = offset;
-            let mut chunk = vec![0u8; 1 << 20];
-            while at < end {
-                let n = ((end - at) as usize).min(chunk.len());
-                self.file
-                    .read_exact_at(&mut chunk[..n], at)
-                    .map_err(io_err)?;
-                sum.update(&chunk[..n]);
-                at += n as u64;
+            self.check_zero(gap, &mut buf, mac)?;
+            let plain_pages = s.kind == PAGES && s.compressed.is_none();
+            if plain_pages && matches!(check, Check::PagesInBackground) {
+                continue;
             }
+            self.check_zero(gap, &mut buf, mac)?;
+            let mut sum = Xxh64::new(0);
+            self.read_range((offset, end), &mut buf, |b| {
+                sum.update(b);
+                if let Some(h) = mac.as_mut() {
+                    h.update(b);
+                }
+            })?;
             if sum.digest() != xxh64 {
                 return Err(corrupt(
                     path,
                     format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
             }
-            if page_content || s.kind != PAGES {
+            if matches!(check, Check::All) || s.kind != PAGES {
                 self.decode_section(i, |_| Ok(()))?;
             }
-            pos = end;
         }
-        check_zero(pos, data_end, &self.file)
+        match check {
+            Check::ManifestOnly => Ok(()),
+            _ => self.check_zero((pos, data_end), &mut buf, mac),
+        }
+    }
+
+    /// Hands the bytes from `from` to `to` to `each`, a buffer at a time.
+    fn read_range(
+        &self,
+        (from, to): (u64, u64),
+        buf: &mut [u8],
+        mut each: impl FnMut(&[u8]),
+    ) -> Result<(), ImageError> {
+        let mut at = from;
+        while at < to {
+            let n = ((to - at) as usize).min(buf.len());
+            self.file
+                .read_exact_at(&mut buf[..n], at)
+                .map_err(|source| ImageError::Io {
+                    path: self.path.clone(),
+                    source,
+                })?;
+            each(&buf[..n]);
+            at += n as u64;
+        }
+        Ok(())
+    }
+
+    /// The bytes from `from` to `to` (a gap between sections) are zero; `mac` gets them.
+    fn check_zero(
+        &self,
+        (from, to): (u64, u64),
+        buf: &mut [u8],
+        mac: &mut Option<blake3::Hasher>,
+    ) -> Result<(), ImageError> {
+        let mut zero = true;
+        self.read_range((from, to), buf, |b| {
+            zero &= b.iter().all(|&x| x == 0);
+            if let Some(h) = mac.as_mut() {
+                h.update(b);
+            }
+        })?;
+        match zero {
+            true => Ok(()),
+            false => Err(corrupt(
+                &self.path,
+                format!("non-zero bytes between sections after {from}"),
+            )),
+        }
     }
 
     /// The uncompressed pages sections (offset, length, XXH64) that

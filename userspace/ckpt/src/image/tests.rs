@@ -193,7 +193,7 @@ fn compressed_round_trip() {
     let m = sample_image_at(&packed, Some(codec::DEFAULT_LEVEL));
     let img = Image::<TestManifest>::open(&packed).unwrap();
     assert_eq!(img.manifest, m);
-    assert_eq!(img.meta.format_version, FORMAT_VERSION);
+    assert_eq!(img.meta.format_version, COMPRESSED_FORMAT_VERSION);
     assert!(img.sections.iter().all(|s| s.compressed.is_some()));
     assert_eq!(img.read_section(m.blob).unwrap(), vec![7u8; 832]);
     // The pages are where the manifest says, in the view.
@@ -387,11 +387,194 @@ fn page_content_is_checked_by_open_or_else_by_the_view() {
     });
     let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
     assert!(err.contains("compressed section 0 (pages)"), "{err}");
-    let img = Image::<TestManifest>::open_pages_later(&p).unwrap();
+    let img = Image::<TestManifest>::open_pages_later(&p, None).unwrap();
     let err = img.pages_view().unwrap_err().to_string();
     assert!(
         err.contains("compressed section 0 (pages)") && err.contains("checksum"),
         "{err}"
     );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Found by the reader fuzzing (tests/reader_fuzz.rs): an image only its manifest was read
+/// of (a parent, a periodic directory's chain) still has its section table checked, so that
+/// nothing computes past 2^64 or past the file from it.
+#[test]
+fn a_manifest_only_open_still_checks_where_sections_are() {
+    let d = tmpdir();
+    let p = d.join("img");
+    sample_image(&p);
+    rewrite_manifest(&p, |j| j["sections"][0]["offset"] = (u64::MAX - 1).into());
+    let err = Image::<TestManifest>::open_manifest(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("section 0: its end is past 2^64"), "{err}");
+    sample_image(&p);
+    rewrite_manifest(&p, |j| j["sections"][1]["len"] = (1u64 << 40).into());
+    let err = Image::<TestManifest>::open_manifest(&p)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("section 1 out of place"), "{err}");
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Found by the reader fuzzing: a fifo named as an image (a parent reference may name any
+/// file) is refused at once instead of waiting for a writer; a short file is said to be short.
+#[test]
+fn a_fifo_or_a_short_file_is_refused_at_once() {
+    let d = tmpdir();
+    let fifo = d.join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
+    let err = Image::<TestManifest>::open(&fifo).unwrap_err().to_string();
+    assert!(err.contains("fifo is corrupt: not a regular file"), "{err}");
+    let short = d.join("short");
+    std::fs::write(&short, [0u8; 100]).unwrap();
+    let err = Image::<TestManifest>::open(&short).unwrap_err().to_string();
+    assert!(
+        err.contains("100 bytes, shorter than an image's first page"),
+        "{err}"
+    );
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A key file for the MAC tests, owner-only.
+fn key_file(d: &Path, name: &str, bytes: &[u8]) -> PathBuf {
+    use std::os::unix::fs::PermissionsExt;
+    let p = d.join(name);
+    std::fs::write(&p, bytes).unwrap();
+    std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o600)).unwrap();
+    p
+}
+
+/// The sample image, compressed at `level` if given, with a MAC by `key`.
+fn signed_sample(path: &Path, level: Option<i32>, key: &MacKey) -> TestManifest {
+    let mut w = ImageWriter::create(path).unwrap();
+    if let Some(level) = level {
+        w.compress(level).unwrap();
+    }
+    w.sign(key);
+    let page_offset = w.append_pages(&sample_pages()).unwrap();
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    let m = TestManifest { blob, page_offset };
+    w.finish(&m).unwrap();
+    m
+}
+
+/// An image written with a key opens with it (plain or compressed, fully or pages later),
+/// and without one (its MAC then unchecked); another key, or no MAC at all, is refused.
+#[test]
+fn a_mac_is_checked_with_the_key() {
+    let d = tmpdir();
+    let key = MacKey::load(&key_file(&d, "key", &[1u8; 32])).unwrap();
+    let other = MacKey::load(&key_file(&d, "other", &[2u8; 32])).unwrap();
+    for level in [None, Some(codec::DEFAULT_LEVEL)] {
+        let p = d.join("img");
+        let m = signed_sample(&p, level, &key);
+        let img = Image::<TestManifest>::open_keyed(&p, Some(&key)).unwrap();
+        assert_eq!(img.manifest, m);
+        assert!(img.has_mac);
+        assert_eq!(img.meta.format_version, mac::MAC_FORMAT_VERSION);
+        Image::<TestManifest>::open_pages_later(&p, Some(&key)).unwrap();
+        assert!(Image::<TestManifest>::open(&p).unwrap().has_mac);
+        let err = Image::<TestManifest>::open_keyed(&p, Some(&other))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("its MAC does not match the key"), "{err}");
+        std::fs::remove_file(&p).unwrap();
+        sample_image_at(&p, level);
+        let err = Image::<TestManifest>::open_pages_later(&p, Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            err.contains("img carries no MAC but a key was given"),
+            "{err}"
+        );
+        std::fs::remove_file(&p).unwrap();
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A change to the image at the path, whose manifest is given.
+type Forgery = dyn Fn(&Path, &TestManifest);
+
+/// Changes that keep every checksum right (what a forger does) are caught by the MAC: a
+/// section's bytes, the manifest, the header's kernel release, the MAC itself.
+#[test]
+fn a_mac_catches_changes_whose_checksums_were_made_right() {
+    let d = tmpdir();
+    let key = MacKey::load(&key_file(&d, "key", b"a passphrase of some length")).unwrap();
+    let p = d.join("img");
+    let forge: [&Forgery; 4] = [
+        &|p, m| {
+            let mut data = std::fs::read(p).unwrap();
+            let at = m.page_offset as usize;
+            data[at] ^= 1;
+            let sum = xxhash_rust::xxh64::xxh64(&data[at..at + 3 * PAGE as usize], 0);
+            std::fs::write(p, &data).unwrap();
+            rewrite_manifest(p, |j| j["sections"][0]["xxh64"] = sum.into());
+        },
+        &|p, m| rewrite_manifest(p, |j| j["page_offset"] = (m.page_offset + 1).into()),
+        &|p, _| {
+            rewrite_manifest(p, |j| j["kernel_release"] = "6.1-forged".into());
+            let data = std::fs::read(p).unwrap();
+            let mut h =
+                header::Header::decode(p, data[..header::HEADER_LEN].try_into().unwrap()).unwrap();
+            h.kernel_release = "6.1-forged".into();
+            File::options()
+                .write(true)
+                .open(p)
+                .unwrap()
+                .write_all_at(&h.encode(), 0)
+                .unwrap();
+        },
+        &|p, _| {
+            let f = File::options().write(true).open(p).unwrap();
+            f.write_all_at(&[0xaa], mac::MAC_AT as u64).unwrap();
+        },
+    ];
+    for (i, change) in forge.iter().enumerate() {
+        let m = signed_sample(&p, None, &key);
+        change(&p, &m);
+        // The checksums still hold: only the MAC tells.
+        Image::<TestManifest>::open(&p).unwrap_or_else(|e| panic!("forgery {i}: {e}"));
+        let err = Image::<TestManifest>::open_keyed(&p, Some(&key))
+            .unwrap_err()
+            .to_string();
+        assert!(err.contains("MAC does not match"), "forgery {i}: {err}");
+        std::fs::remove_file(&p).unwrap();
+    }
+    std::fs::remove_dir_all(d).unwrap();
+}
+
+/// Like ssh with a private key: a key file others may read or write, someone else's, or too
+/// short to be a key, is refused, saying why.
+#[test]
+fn a_key_file_must_be_private_and_long_enough() {
+    use std::os::unix::fs::PermissionsExt;
+    let d = tmpdir();
+    let p = key_file(&d, "key", &[3u8; 32]);
+    assert!(MacKey::load(&p).is_ok());
+    for mode in [0o640, 0o604, 0o620] {
+        std::fs::set_permissions(&p, std::fs::Permissions::from_mode(mode)).unwrap();
+        let err = MacKey::load(&p).unwrap_err().to_string();
+        assert!(
+            err.contains("group or others may read or write it") && err.contains("chmod 600"),
+            "{mode:o}: {err}"
+        );
+    }
+    let short = key_file(&d, "short", b"0123456789");
+    let err = MacKey::load(&short).unwrap_err().to_string();
+    assert!(
+        err.contains("holds 10 bytes, a key needs at least 16"),
+        "{err}"
+    );
+    if nix::unistd::geteuid().is_root() {
+        let theirs = key_file(&d, "theirs", &[4u8; 32]);
+        nix::unistd::chown(&theirs, Some(nix::unistd::Uid::from_raw(4242)), None).unwrap();
+        let err = MacKey::load(&theirs).unwrap_err().to_string();
+        assert!(err.contains("owned by uid 4242"), "{err}");
+    }
+    let err = MacKey::load(&d.join("missing")).unwrap_err().to_string();
+    assert!(err.contains("key file") && err.contains("missing"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -10,7 +10,8 @@
 use super::codec::{self, Codec, Compressed, FileRange};
 use super::header::Header;
 use super::{
-    Envelope, Meta, Section, SectionKind, FORMAT_VERSION, PAGE, PAGES, PLAIN_FORMAT_VERSION,
+    mac, Envelope, MacKey, Meta, Section, SectionKind, COMPRESSED_FORMAT_VERSION, PAGE, PAGES,
+    PLAIN_FORMAT_VERSION,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -45,6 +46,8 @@ pub struct ImageWriter {
     open_pages: Option<(usize, Box<Xxh64>)>,
     /// Set by [`ImageWriter::compress`].
     compressing: Option<Compressing>,
+    /// Set by [`ImageWriter::sign`]: the image gets a MAC.
+    key: Option<MacKey>,
     done: bool,
 }
 
@@ -78,6 +81,7 @@ impl ImageWriter {
             sections: Vec::new(),
             open_pages: None,
             compressing: None,
+            key: None,
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -124,6 +128,11 @@ impl ImageWriter {
         self.sections[*idx].len += data.len() as u64;
         self.sections[*idx].xxh64 = sum.digest();
         Ok(offset)
+    }
+
+    /// Gives the image a MAC with `key` (written by `finish`, over every byte).
+    pub fn sign(&mut self, key: &MacKey) {
+        self.key = Some(key.clone());
     }
 
     /// Compresses every section from now on, at zstd `level`.
@@ -336,7 +345,8 @@ impl ImageWriter {
     /// header, fsyncs, and renames into place. Returns the size.
     pub fn finish<M: Serialize>(mut self, manifest: &M) -> io::Result<u64> {
         let version = match self.sections.iter().any(|s| s.compressed.is_some()) {
-            true => FORMAT_VERSION,
+            _ if self.key.is_some() => mac::MAC_FORMAT_VERSION,
+            true => COMPRESSED_FORMAT_VERSION,
             false => PLAIN_FORMAT_VERSION,
         };
         let envelope = Envelope {
@@ -357,6 +367,11 @@ impl ImageWriter {
             manifest_sum: xxh64(&json, 0),
         };
         self.file.write_all_at(&header.encode(), 0)?;
+        if let Some(key) = &self.key {
+            // Read back: the module wrote pages straight into the file.
+            let sum = mac::compute(key, &self.file, self.pos)?;
+            self.file.write_all_at(&sum, mac::MAC_AT as u64)?;
+        }
         self.file.sync_all()?;
         std::fs::rename(&self.tmp, &self.dest)?;
         self.done = true;

@@ -43,6 +43,8 @@ pub struct Options {
     /// Restore as root an image that someone other than root or its processes' users could
     /// have written (`--trust-image`).
     pub trust_image: bool,
+    /// Check every image's MAC with this key (`--key`): refused if one has none or another.
+    pub key: Option<crate::image::MacKey>,
     /// Private anonymous memory placed on demand by a page server (`crate::lazy`).
     pub lazy: bool,
 }
@@ -65,11 +67,18 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
-    let chain = match opts.lazy {
-        // Not read whole before the program runs: the page server checks the pages.
-        true => Chain::open_pages_unverified(path)?,
-        false => Chain::open_pages_later(path)?,
+    let chain = match (opts.lazy, &opts.key) {
+        // Not read whole before the program runs: the page server checks the pages. A MAC
+        // needs every byte: with a key, the image is read whole all the same.
+        (true, None) => Chain::open_pages_unverified(path)?,
+        (_, key) => Chain::open_pages_later(path, key.as_ref())?,
     };
+    if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
+        eprintln!(
+            "ckpt: warning: {} carries a MAC, not checked without --key",
+            path.display()
+        );
+    }
     for i in &chain.images {
         trust::check(&i.path, &i.file, &i.manifest, opts.trust_image)?;
     }
