@@ -347,8 +347,8 @@ if [[ "${1:-}" == --in-guest ]]; then
     for p in $server; do while [[ -e /proc/$p ]] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done
     t2=$(now)
     n=$(wc -l < /tmp/b.out); kill -USR2 "$newpid"
-    for _ in $(seq 600); do grep -q "^mem-" <(tail -n +"$n" /tmp/b.out) && break; sleep 0.05; done
-    grep -q "^mem-ok" <(tail -n +"$n" /tmp/b.out) || { echo "bench: lazily restored memory is not whole" >&2; exit 1; }
+    for _ in $(seq 600); do tail -n +"$n" /tmp/b.out | grep -q "^mem-" && break; sleep 0.05; done
+    tail -n +"$n" /tmp/b.out | grep -q "^mem-ok" || { echo "bench: lazily restored memory is not whole" >&2; exit 1; }
     check_runs "$newpid"
     run_us=$(( (t1 - t0) / 1000 )); all_us=$(( (t2 - t0) / 1000 ))
     rm -rf /tmp/b.img /tmp/criu
