@@ -342,6 +342,8 @@ if [[ "${1:-}" == --in-guest ]]; then
       server=$(pgrep -f "criu lazy-pages" || true)
       newpid=$(pgrep -o -f "$prog /tmp/b.out" || echo 0)
     fi
+    # (kill 0 would signal this script's own group.)
+    ((newpid > 0)) || { echo "$1: no restored process"; tail -n 5 /tmp/criu/restore.log /tmp/criu/lazy.log 2>/dev/null; return 1; }
     wait_output "$n" || return 1
     t1=$(now)
     for p in $server; do while [[ -e /proc/$p ]] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done
