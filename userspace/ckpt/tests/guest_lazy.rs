@@ -2,7 +2,7 @@
 //! runs while its page server places its memory, on faults and in the background.
 
 mod common;
-use common::{ckpt, gone, ok, wait_for, Dir};
+use common::{ckpt_env, gone, ok, wait_for, Dir};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
 
@@ -21,22 +21,8 @@ fn restore_lazy(img: &Path) -> i32 {
 
 /// `restore_lazy`, the background loading off unless `prefetch` (only faults bring pages).
 fn restore_lazy_with(img: &Path, prefetch: bool) -> i32 {
-    let dir = img.parent().unwrap();
-    let (o, e) = (dir.join("restore.out"), dir.join("restore.err"));
-    let status = Command::new(common::ckpt_bin())
-        .args(["restore", "--lazy", img.to_str().unwrap()])
-        .env("CKPT_LAZY_PREFETCH", if prefetch { "1" } else { "0" })
-        .stdin(Stdio::null())
-        // Files, not pipes: the restored program inherits them.
-        .stdout(std::fs::File::create(&o).unwrap())
-        .stderr(std::fs::File::create(&e).unwrap())
-        .status()
-        .unwrap();
-    let out = std::process::Output {
-        status,
-        stdout: std::fs::read(&o).unwrap(),
-        stderr: std::fs::read(&e).unwrap(),
-    };
+    let prefetch = ("CKPT_LAZY_PREFETCH", if prefetch { "1" } else { "0" });
+    let out = ckpt_env(&["restore", "--lazy", img.to_str().unwrap()], &[prefetch]);
     let text = ok(&out);
     text.trim().parse().unwrap_or_else(|_| {
         panic!(
@@ -115,16 +101,9 @@ fn start_counter(out: &Path, mib: u32) -> Child {
     child
 }
 
+/// Checkpoints `child` with --kill into `img`, once it is gone.
 fn checkpoint_kill(child: &mut Child, img: &Path) {
-    let pid = child.id().to_string();
-    ok(&ckpt(&[
-        "checkpoint",
-        &pid,
-        "-o",
-        img.to_str().unwrap(),
-        "--kill",
-    ]));
-    child.wait().unwrap();
+    common::checkpoint_kill(child, img);
 }
 
 /// Asks the counter to verify its buffer (SIGUSR2) until it answers; its answer.

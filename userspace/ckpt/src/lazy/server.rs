@@ -29,7 +29,7 @@ const PAGE: u64 = 4096;
 /// more often than not, and each fault is a round trip through the server.
 const FAULT_READAHEAD: u64 = 256 << 10;
 /// The background load goes this far between looks at the userfaultfds.
-const PREFETCH_CHUNK: u64 = 2 << 20;
+const PREFETCH_CHUNK: u64 = 1 << 20;
 /// The "released" message's index.
 const RELEASED: u32 = u32::MAX;
 /// The server's name in ps (its command line stays `ckpt restore --lazy IMAGE`).
@@ -50,7 +50,7 @@ struct Check {
 }
 
 /// How much of a section is checked between looks at the userfaultfds.
-const CHECK_STEP: u64 = 8 << 20;
+const CHECK_STEP: u64 = 1 << 20;
 
 /// ckpt's end of the channel to the server.
 pub struct Server {

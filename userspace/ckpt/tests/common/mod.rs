@@ -101,12 +101,18 @@ pub fn threaded_pattern(i: usize) -> u8 {
 /// Runs ckpt with its output in files, not pipes: a restored process inherits ckpt's stdio
 /// (that is what a user at a terminal wants), and would keep a pipe open forever.
 pub fn ckpt(args: &[&str]) -> std::process::Output {
+    ckpt_env(args, &[])
+}
+
+/// `ckpt` with environment variables set.
+pub fn ckpt_env(args: &[&str], env: &[(&str, &str)]) -> std::process::Output {
     static N: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
     let n = N.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let base = std::env::temp_dir().join(format!("ckpt-out-{}-{n}", std::process::id()));
     let (o, e) = (base.with_extension("out"), base.with_extension("err"));
     let status = Command::new(ckpt_bin())
         .args(args)
+        .envs(env.iter().copied())
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(&o).unwrap())
         .stderr(std::fs::File::create(&e).unwrap())
