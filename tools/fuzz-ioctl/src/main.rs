@@ -197,9 +197,8 @@ fn run(args: Args) -> std::io::Result<bool> {
         Some(only) => run.replay_one(&only)?,
         None => run.fuzz()?,
     };
-    for target in mem_targets {
-        let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-        let _ = nix::sys::wait::waitpid(target, None);
+    for (t, target) in mem_targets.into_iter().enumerate() {
+        targets::stop_memory_target(board, t, target);
     }
     let Run { servers, .. } = run;
     servers.into_iter().for_each(Server::stop);

@@ -45,6 +45,19 @@ pub fn spawn_memory_target(board: &'static Board, t: usize) -> std::io::Result<P
     }
 }
 
+/// Kills fuzzing thread `t`'s memory target (`pid`) and reaps it. Its threads may still be
+/// traced by a thread of this process (the main thread in a replay): then each is a zombie
+/// until its tracer reaps it (`__WALL`), and the leader cannot be reaped before them.
+pub fn stop_memory_target(board: &Board, t: usize, pid: Pid) {
+    let _ = kill(pid, Signal::SIGKILL);
+    for slot in board.target[t].iter().skip(1) {
+        let tid = Pid::from_raw(slot.load(Relaxed));
+        // ECHILD when nobody here traces it (its tracer thread has exited): nothing to reap.
+        let _ = waitpid(tid, Some(nix::sys::wait::WaitPidFlag::__WALL));
+    }
+    let _ = waitpid(pid, None);
+}
+
 /// Seizes every thread of fuzzing thread `t`'s memory target, from the calling thread, which
 /// becomes their tracer. Waits (up to 30 s) for the target to publish its threads.
 pub fn seize_memory_target(board: &Board, t: usize) -> std::io::Result<()> {
