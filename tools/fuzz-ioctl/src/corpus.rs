@@ -67,6 +67,7 @@ fn dump_request(c: &Ctx, fd: i32, file_offset: u64) -> Call {
             max_runs: 16,
         },
         gate: true,
+        whose: Some(gen::Whose::Itself),
     }
 }
 

@@ -65,6 +65,8 @@ pub struct Call {
     /// readable. Then a result other than the early ones (see `stats::past_check`) shows the
     /// call got past the check.
     pub gate: bool,
+    /// Whose the pid it names is (None for the commands naming none).
+    pub whose: Option<Whose>,
 }
 
 pub struct Ctx<'a> {
@@ -228,11 +230,30 @@ fn out_buffer(rng: &mut Rng, c: &Ctx, len: u64) -> u64 {
     }
 }
 
+/// Whose a generated pid is, for the summary: calls past the permission check are counted by
+/// it, which shows each kind of seized target is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Whose {
+    /// 0, negative, past pid_max, or any number at all.
+    Junk,
+    /// This process or one of its threads (the module allows its own thread group).
+    Itself,
+    /// A thread of this thread's memory target, which it traces.
+    OwnTarget,
+    /// One of this thread's own churn, which it forked and seized.
+    OwnChurn,
+    /// Another thread's target or churn: traced, but not by the caller.
+    OthersTraced,
+    /// Nobody traces it: init, the fork servers, restore children, the shared churn.
+    Untraced,
+    KernelThread,
+}
+
 /// A pid of some kind: ourselves, processes this thread traces (its memory target's threads,
 /// its own churn: being born, exec'ing, exiting or zombies), the same kinds traced by another
 /// thread or by nobody, kernel threads, init, a restore child mid-restore, or junk. About
 /// half are ones the module lets this thread read: the rest exercise the refusals.
-pub fn pid(rng: &mut Rng, c: &Ctx) -> i32 {
+pub fn pid(rng: &mut Rng, c: &Ctx) -> (i32, Whose) {
     let b = c.board;
     let t = c.thread as usize;
     let threads = c.fx.threads as usize;
@@ -241,23 +262,35 @@ pub fn pid(rng: &mut Rng, c: &Ctx) -> i32 {
     };
     // Another fuzzing thread (itself when there is only one).
     let other = (t + 1 + rng.below(threads.max(2) as u64 - 1) as usize) % threads;
+    let others = if other == t {
+        Whose::OwnTarget
+    } else {
+        Whose::OthersTraced
+    };
     match rng.below(32) {
-        0 => 0,
-        1 => -1,
-        2 => rng.pick(&[i32::MIN, i32::MAX]),
-        3 => 4_194_304 + rng.below(2) as i32,
-        4 => 1 + rng.below(32768) as i32,
-        5 => std::process::id() as i32,
-        6 | 7 => slot(rng, &b.fuzz_tids[..threads]),
-        8 => 1,
-        9 | 10 => slot(rng, &b.kthreads),
-        11 => slot(rng, &b.servers[..threads]),
-        12 => slot(rng, &b.restoring[..threads]),
-        13..=15 => slot(rng, &b.churn),
-        16 => slot(rng, &b.target[other]),
-        17 => slot(rng, &b.seized[other]),
-        18..=25 => slot(rng, &b.target[t]),
-        _ => slot(rng, &b.seized[t]),
+        0 => (0, Whose::Junk),
+        1 => (-1, Whose::Junk),
+        2 => (rng.pick(&[i32::MIN, i32::MAX]), Whose::Junk),
+        3 => (4_194_304 + rng.below(2) as i32, Whose::Junk),
+        4 => (1 + rng.below(32768) as i32, Whose::Junk),
+        5 => (std::process::id() as i32, Whose::Itself),
+        6 | 7 => (slot(rng, &b.fuzz_tids[..threads]), Whose::Itself),
+        8 => (1, Whose::Untraced),
+        9 | 10 => (slot(rng, &b.kthreads), Whose::KernelThread),
+        11 => (slot(rng, &b.servers[..threads]), Whose::Untraced),
+        12 => (slot(rng, &b.restoring[..threads]), Whose::Untraced),
+        13..=15 => (slot(rng, &b.churn), Whose::Untraced),
+        16 => (slot(rng, &b.target[other]), others),
+        17 => (
+            slot(rng, &b.seized[other]),
+            if other == t {
+                Whose::OwnChurn
+            } else {
+                Whose::OthersTraced
+            },
+        ),
+        18..=25 => (slot(rng, &b.target[t]), Whose::OwnTarget),
+        _ => (slot(rng, &b.seized[t]), Whose::OwnChurn),
     }
 }
 
@@ -328,6 +361,7 @@ fn version(rng: &mut Rng, c: &Ctx) -> Call {
             Check::None
         },
         gate: false,
+        whose: None,
     }
 }
 
@@ -341,8 +375,9 @@ fn query(rng: &mut Rng, c: &Ctx) -> Call {
         50..=55 => PAGE * (1 + rng.below(64)),
         _ => rng.wild_u64(),
     };
+    let (target, whose) = pid(rng, c);
     let q = CkptQuery {
-        pid: pid(rng, c),
+        pid: target,
         flags: flags(rng, 0),
         read_addr: address(rng, c),
         read_len,
@@ -365,12 +400,14 @@ fn query(rng: &mut Rng, c: &Ctx) -> Call {
             Check::None
         },
         gate: p.readable() && q.flags == 0 && read_len <= CKPT_QUERY_MAX_READ,
+        whose: Some(whose),
     }
 }
 
 fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
+    let (target, whose) = pid(rng, c);
     let mut st = CkptTaskState {
-        pid: pid(rng, c),
+        pid: target,
         flags: flags(rng, 0),
         ..Default::default()
     };
@@ -390,6 +427,7 @@ fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
         }),
         check: Check::None,
         gate: p.readable() && st.flags == 0,
+        whose: Some(whose),
     }
 }
 
@@ -469,8 +507,9 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
         _ => rng.wild_u64(),
     };
     let (image_fd, fdk) = fd_of(rng, c, FdKind::Dump, 70);
+    let (target, whose) = pid(rng, c);
     let req = CkptDumpPages {
-        pid: pid(rng, c),
+        pid: target,
         image_fd,
         flags: flags(rng, CKPT_DUMP_SKIP_ZERO),
         range_count,
@@ -510,6 +549,7 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
             && ranges_readable
             // The big array holds valid ranges when it is filled at all.
             && (big || (range_count as usize == rs.len() && ranges_valid(&rs))),
+        whose: Some(whose),
     }
 }
 
@@ -593,6 +633,7 @@ fn unknown(rng: &mut Rng, c: &Ctx) -> Call {
         what: describe(c, || format!("ioctl {cmd:#010x} arg {arg:#x} ({p:?})")),
         check: Check::None,
         gate: false,
+        whose: None,
     }
 }
 
@@ -651,6 +692,7 @@ fn restore(rng: &mut Rng, c: &Ctx) -> Call {
         }),
         check: Check::None,
         gate: false,
+        whose: None,
     }
 }
 

@@ -63,21 +63,38 @@ fn a_short_fixed_seed_run_finds_nothing() {
             refused[cmd]
         );
     }
+    // By whose pid: its own memory target and its own churn (exiting, exec'ing, zombies)
+    // are read; nothing another thread traces or nobody traces ever is (the tracer rule is
+    // per thread). A pid reused between a slot's reap and its update could name one of
+    // ours; in 2500 calls the pids do not wrap, so that cannot happen here.
+    let by = per_command(
+        &stdout,
+        "fuzz-ioctl: past the permission check, by target: ",
+    );
+    let n = |w: &str| by.get(w).copied().unwrap_or(0);
+    assert!(n("OwnTarget") >= MIN_PAST, "own memory target:\n{stdout}");
+    assert!(n("OwnChurn") >= MIN_CHURN, "own seized churn:\n{stdout}");
+    assert_eq!(n("OthersTraced") + n("Untraced"), 0, "{stdout}");
     eprintln!("{stdout}");
 }
+
+/// Least calls on its own churn (forked and seized by the calling thread) that must get past
+/// the permission check (some 35 to 70 in a run).
+const MIN_CHURN: u64 = 5;
 
 /// Least calls of each command that must get past the permission check in the short run.
 const MIN_PAST: u64 = 25;
 /// Least calls of each command the permission check must refuse in it.
 const MIN_REFUSED: u64 = 5;
 
-/// The counts of a summary line "PREFIX Query N, DumpTask N, DumpPages N", by command.
+/// The counts of a summary line "PREFIX Query N, DumpTask N, DumpPages N", by name.
 fn per_command(stdout: &str, prefix: &str) -> std::collections::HashMap<String, u64> {
     let line = stdout
         .lines()
         .find_map(|l| l.strip_prefix(prefix))
         .unwrap_or_else(|| panic!("no line {prefix:?} in the output:\n{stdout}"));
     line.split(", ")
+        .filter(|item| !item.is_empty())
         .map(|item| {
             let (cmd, n) = item
                 .split_once(' ')
