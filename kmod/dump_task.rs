@@ -15,9 +15,10 @@ pub(crate) fn dump_task(st: &mut CkptTaskState) -> Result {
         return Err(EINVAL);
     }
     let target = Target::lookup(st.pid)?;
-    let mm = target.access_mm()?;
-    st.mm = helpers::mm_layout(&mm);
-    drop(mm);
+    // Held throughout: the handlers, sigaltstack and personality are the task's, which an
+    // exec after the check would reset to the new image's; all of it is one image's state.
+    let access = target.access()?;
+    st.mm = helpers::mm_layout(access.mm());
     let misc = helpers::task_misc(target.task());
     st.clear_child_tid = misc.clear_child_tid;
     st.sas_ss_sp = misc.sas_ss_sp;

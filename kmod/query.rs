@@ -17,7 +17,11 @@ pub(crate) fn query(q: &mut CkptQuery) -> Result {
     }
     let read_len = usize::try_from(q.read_len).map_err(|_| EINVAL)?;
     let target = Target::lookup(q.pid)?;
-    let mm = target.access_mm()?;
+    // Held until the read is done: `access_process_vm()` takes the task's mm anew, and
+    // without the lock an exec after the check would have it read the new image (say an
+    // execute-only or setuid program the caller may not read) under the old one's check.
+    let access = target.access()?;
+    let mm = access.mm();
 
     q.thread_count = helpers::nr_threads(target.task());
 
@@ -25,7 +29,7 @@ pub(crate) fn query(q: &mut CkptQuery) -> Result {
     {
         let lock = mm.mmap_read_lock();
         let mut addr = 0usize;
-        while let Some(vma) = helpers::find_vma(&mm, &lock, addr) {
+        while let Some(vma) = helpers::find_vma(mm, &lock, addr) {
             count = count.saturating_add(1);
             let (start, end) = (vma.start(), vma.end());
             bytes = bytes.saturating_add(end.saturating_sub(start) as u64);
@@ -39,20 +43,24 @@ pub(crate) fn query(q: &mut CkptQuery) -> Result {
     }
     q.vma_count = count;
     q.mapped_bytes = bytes;
-    drop(mm);
 
     q.bytes_read = 0;
-    if read_len > 0 {
-        let mut buf = KVVec::from_elem(0u8, read_len, GFP_KERNEL)?;
-        let n = helpers::access_process_vm(target.task(), q.read_addr, &mut buf)?;
-        if n == 0 {
-            // Nothing is mapped readable at that address.
-            return Err(EIO);
-        }
-        let data = buf.get(..n).ok_or(EIO)?;
-        let dest = UserPtr::from_addr(usize::try_from(q.read_buf).map_err(|_| EFAULT)?);
-        UserSlice::new(dest, n).writer().write_slice(data)?;
-        q.bytes_read = n as u64;
+    if read_len == 0 {
+        return Ok(());
     }
+    let mut buf = KVVec::from_elem(0u8, read_len, GFP_KERNEL)?;
+    // Under the lock the task's mm is the one checked (or none, once it exits: 0 bytes).
+    let n = helpers::access_process_vm(target.task(), q.read_addr, &mut buf)?;
+    // Released before the copy out: a fault on the caller's memory must not hold up the
+    // target's exec.
+    drop(access);
+    if n == 0 {
+        // Nothing is mapped readable at that address.
+        return Err(EIO);
+    }
+    let data = buf.get(..n).ok_or(EIO)?;
+    let dest = UserPtr::from_addr(usize::try_from(q.read_buf).map_err(|_| EFAULT)?);
+    UserSlice::new(dest, n).writer().write_slice(data)?;
+    q.bytes_read = n as u64;
     Ok(())
 }

@@ -18,6 +18,19 @@
 use crate::helpers::{self, ExecUpdateReadGuard};
 use kernel::{mm::MmWithUser, prelude::*, sync::aref::ARef, task::Task};
 
+/// A checked target: its mm, and its exec_update_lock held for reading, so the process cannot
+/// exec (change its mm, credentials or dumpability) while this lives.
+pub(crate) struct Access<'a> {
+    mm: ARef<MmWithUser>,
+    _exec: ExecUpdateReadGuard<'a>,
+}
+
+impl Access<'_> {
+    pub(crate) fn mm(&self) -> &MmWithUser {
+        &self.mm
+    }
+}
+
 /// A process that exists and is not a kernel thread. Holding it pins the task struct, not the
 /// process: it may still exit.
 pub(crate) struct Target {
@@ -42,17 +55,28 @@ impl Target {
         &self.task
     }
 
-    /// Checks the caller's permission and returns the target's address space. The check and
-    /// `get_task_mm()` happen under the target's exec_update_lock, so an exec of a setuid
-    /// program cannot slip in between (as in the kernel's `mm_access()`).
+    /// Checks the caller's permission and returns the target's address space, for a caller
+    /// that reads only through that mm. The check and `get_task_mm()` happen under the
+    /// target's exec_update_lock, so an exec of a setuid program cannot slip in between (as
+    /// in the kernel's `mm_access()`); after it, the process may exec, but the mm returned
+    /// stays the old image's, the one the check allowed.
     /// EPERM when not allowed, ESRCH when the process has exited (a zombie has no mm).
     pub(crate) fn access_mm(&self) -> Result<ARef<MmWithUser>> {
-        let _exec = ExecUpdateReadGuard::lock_killable(&self.task)?;
+        Ok(self.access()?.mm)
+    }
+
+    /// Like `access_mm`, but keeps the exec_update_lock (read) for as long as the `Access`
+    /// lives: for a caller that also reads the task itself (`access_process_vm()` takes the
+    /// task's mm anew, signal handlers, the personality), which an exec would otherwise
+    /// replace with the new image's after the check. Drop it before touching the caller's own
+    /// memory: a fault there must not hold up the target's exec.
+    pub(crate) fn access(&self) -> Result<Access<'_>> {
+        let exec = ExecUpdateReadGuard::lock_killable(&self.task)?;
         // An exited process (a zombie) has no mm: report it as gone before the permission
         // check, whose dumpability state an exited task may no longer have.
         let mm = helpers::task_mm(&self.task).ok_or(ESRCH)?;
         self.check_may_access()?;
-        Ok(mm)
+        Ok(Access { mm, _exec: exec })
     }
 
     fn check_may_access(&self) -> Result {

@@ -8,6 +8,10 @@ use std::sync::atomic::{AtomicI32, AtomicU32, AtomicU64};
 
 pub const MAX_THREADS: usize = 16;
 pub const CHURN_SLOTS: usize = 16;
+/// Threads of each memory target.
+pub const TARGET_THREADS: usize = 4;
+/// Processes each fuzzing thread forks and seizes (see `targets::Seized`).
+pub const SEIZED_SLOTS: usize = 4;
 
 /// What became of RESTORE calls (one set per fork server).
 #[repr(C)]
@@ -34,14 +38,18 @@ pub struct Board {
     pub stop: AtomicU32,
     /// Set by a regression case's child just before its call.
     pub corpus_started: AtomicU32,
-    /// The memory target (a process with the fixture's layout, busy rewriting it) and its
-    /// threads.
-    pub target: [AtomicI32; 4],
+    /// Each fuzzing thread's memory target (a process with the fixture's layout, busy
+    /// rewriting it): its threads, every one seized by that fuzzing thread, which alone may
+    /// then read it (ptrace is per thread); the others' calls on it are refused.
+    pub target: [[AtomicI32; TARGET_THREADS]; MAX_THREADS],
     pub servers: [AtomicI32; MAX_THREADS],
     /// The child each fork server is running restore calls in (0 when none).
     pub restoring: [AtomicI32; MAX_THREADS],
-    /// Processes the churn thread forks: exiting, zombies, exec'ing, killed.
+    /// Processes the churn thread forks: exiting, zombies, exec'ing, killed. Nobody traces
+    /// them: calls on them are refused (EPERM), or fail earlier (ESRCH).
     pub churn: [AtomicI32; CHURN_SLOTS],
+    /// The same kinds of processes, forked and seized by each fuzzing thread itself.
+    pub seized: [[AtomicI32; SEIZED_SLOTS]; MAX_THREADS],
     pub kthreads: [AtomicI32; 8],
     pub fuzz_tids: [AtomicI32; MAX_THREADS],
     /// How many calls of its batch each restore child has finished.

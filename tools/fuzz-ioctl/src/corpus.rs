@@ -66,6 +66,8 @@ fn dump_request(c: &Ctx, fd: i32, file_offset: u64) -> Call {
             at: arg,
             max_runs: 16,
         },
+        gate: true,
+        whose: Some(gen::Whose::Itself),
     }
 }
 

@@ -60,6 +60,13 @@ pub struct Call {
     pub arg: u64,
     pub what: String,
     pub check: Check,
+    /// Whether the call reaches the module's permission check: every input the module
+    /// validates before it (the struct, its flags and limits, the ranges) is valid and
+    /// readable. Then a result other than the early ones (see `stats::past_check`) shows the
+    /// call got past the check.
+    pub gate: bool,
+    /// Whose the pid it names is (None for the commands naming none).
+    pub whose: Option<Whose>,
 }
 
 pub struct Ctx<'a> {
@@ -92,6 +99,13 @@ enum Place {
     Null,
     Kernel,
     Sigbus,
+}
+
+impl Place {
+    /// Whether the module can read a struct placed here (writing it back may still fail).
+    fn readable(self) -> bool {
+        matches!(self, Place::Good | Place::Misaligned | Place::ReadOnly)
+    }
 }
 
 pub fn bytes_of<T: Copy>(v: &T) -> &[u8] {
@@ -172,31 +186,32 @@ fn place(rng: &mut Rng, c: &Ctx, bytes: &[u8]) -> (u64, Place) {
     (addr, p)
 }
 
-/// Puts an array of input records somewhere (they are only read) and returns the pointer.
-fn place_array<T: Copy>(rng: &mut Rng, c: &Ctx, items: &[T]) -> u64 {
+/// Puts an array of input records somewhere (they are only read) and returns the pointer and
+/// whether all of `items` can be read there.
+fn place_array<T: Copy>(rng: &mut Rng, c: &Ctx, items: &[T]) -> (u64, bool) {
     let bytes = slice_bytes(items);
     let base = fx::slot(c.thread) + ARRAYS;
     match rng.weighted(&[85, 3, 3, 2, 2, 2, 2, 1]) {
         0 => {
             write_scratch(c, base, bytes);
-            base
+            (base, true)
         }
         1 => {
             let a = base + 1 + rng.below(7);
             write_scratch(c, a, bytes);
-            a
+            (a, true)
         }
         2 => {
             // Only the first element fits before the unmapped gap.
             let a = fx::scratch_end(c.thread) - (std::mem::size_of::<T>() as u64).max(1);
             write_scratch(c, a, bytes);
-            a
+            (a, items.len() <= 1)
         }
-        3 => region_start(c, RegionKind::ReadOnly),
-        4 => fx::unmapped(c.thread),
-        5 => kernel_addr(rng),
-        6 => 0,
-        _ => sigbus_addr(c),
+        3 => (region_start(c, RegionKind::ReadOnly), items.is_empty()),
+        4 => (fx::unmapped(c.thread), items.is_empty()),
+        5 => (kernel_addr(rng), items.is_empty()),
+        6 => (0, items.is_empty()),
+        _ => (sigbus_addr(c), items.is_empty()),
     }
 }
 
@@ -215,28 +230,67 @@ fn out_buffer(rng: &mut Rng, c: &Ctx, len: u64) -> u64 {
     }
 }
 
-/// A pid of some kind: ourselves, the memory target, processes being born, exec'ing,
-/// exiting or zombies, kernel threads, init, a restore child mid-restore, or junk.
-pub fn pid(rng: &mut Rng, c: &Ctx) -> i32 {
+/// Whose a generated pid is, for the summary: calls past the permission check are counted by
+/// it, which shows each kind of seized target is reached.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub enum Whose {
+    /// 0, negative, past pid_max, or any number at all.
+    Junk,
+    /// This process or one of its threads (the module allows its own thread group).
+    Itself,
+    /// A thread of this thread's memory target, which it traces.
+    OwnTarget,
+    /// One of this thread's own churn, which it forked and seized.
+    OwnChurn,
+    /// Another thread's target or churn: traced, but not by the caller.
+    OthersTraced,
+    /// Nobody traces it: init, the fork servers, restore children, the shared churn.
+    Untraced,
+    KernelThread,
+}
+
+/// A pid of some kind: ourselves, processes this thread traces (its memory target's threads,
+/// its own churn: being born, exec'ing, exiting or zombies), the same kinds traced by another
+/// thread or by nobody, kernel threads, init, a restore child mid-restore, or junk. About
+/// half are ones the module lets this thread read: the rest exercise the refusals.
+pub fn pid(rng: &mut Rng, c: &Ctx) -> (i32, Whose) {
     let b = c.board;
+    let t = c.thread as usize;
+    let threads = c.fx.threads as usize;
     let slot = |rng: &mut Rng, xs: &[std::sync::atomic::AtomicI32]| {
         xs[rng.below(xs.len() as u64) as usize].load(Relaxed)
     };
-    match rng.below(24) {
-        0 => 0,
-        1 => -1,
-        2 => i32::MIN,
-        3 => i32::MAX,
-        4 => 4_194_304 + rng.below(2) as i32,
-        5 => 1 + rng.below(32768) as i32,
-        6 => std::process::id() as i32,
-        7 | 8 => slot(rng, &b.fuzz_tids[..c.fx.threads as usize]),
-        9 => 1,
-        10 | 11 => slot(rng, &b.kthreads),
-        12 => slot(rng, &b.servers[..c.fx.threads as usize]),
-        13 | 14 => slot(rng, &b.restoring[..c.fx.threads as usize]),
-        15..=18 => slot(rng, &b.churn),
-        _ => slot(rng, &b.target),
+    // Another fuzzing thread (itself when there is only one).
+    let other = (t + 1 + rng.below(threads.max(2) as u64 - 1) as usize) % threads;
+    let others = if other == t {
+        Whose::OwnTarget
+    } else {
+        Whose::OthersTraced
+    };
+    match rng.below(32) {
+        0 => (0, Whose::Junk),
+        1 => (-1, Whose::Junk),
+        2 => (rng.pick(&[i32::MIN, i32::MAX]), Whose::Junk),
+        3 => (4_194_304 + rng.below(2) as i32, Whose::Junk),
+        4 => (1 + rng.below(32768) as i32, Whose::Junk),
+        5 => (std::process::id() as i32, Whose::Itself),
+        6 | 7 => (slot(rng, &b.fuzz_tids[..threads]), Whose::Itself),
+        8 => (1, Whose::Untraced),
+        9 | 10 => (slot(rng, &b.kthreads), Whose::KernelThread),
+        11 => (slot(rng, &b.servers[..threads]), Whose::Untraced),
+        12 => (slot(rng, &b.restoring[..threads]), Whose::Untraced),
+        13..=15 => (slot(rng, &b.churn), Whose::Untraced),
+        16 => (slot(rng, &b.target[other]), others),
+        17 => (
+            slot(rng, &b.seized[other]),
+            if other == t {
+                Whose::OwnChurn
+            } else {
+                Whose::OthersTraced
+            },
+        ),
+        18..=25 => (slot(rng, &b.target[t]), Whose::OwnTarget),
+        _ => (slot(rng, &b.seized[t]), Whose::OwnChurn),
     }
 }
 
@@ -306,6 +360,8 @@ fn version(rng: &mut Rng, c: &Ctx) -> Call {
         } else {
             Check::None
         },
+        gate: false,
+        whose: None,
     }
 }
 
@@ -319,8 +375,9 @@ fn query(rng: &mut Rng, c: &Ctx) -> Call {
         50..=55 => PAGE * (1 + rng.below(64)),
         _ => rng.wild_u64(),
     };
+    let (target, whose) = pid(rng, c);
     let q = CkptQuery {
-        pid: pid(rng, c),
+        pid: target,
         flags: flags(rng, 0),
         read_addr: address(rng, c),
         read_len,
@@ -342,12 +399,15 @@ fn query(rng: &mut Rng, c: &Ctx) -> Call {
         } else {
             Check::None
         },
+        gate: p.readable() && q.flags == 0 && read_len <= CKPT_QUERY_MAX_READ,
+        whose: Some(whose),
     }
 }
 
 fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
+    let (target, whose) = pid(rng, c);
     let mut st = CkptTaskState {
-        pid: pid(rng, c),
+        pid: target,
         flags: flags(rng, 0),
         ..Default::default()
     };
@@ -366,6 +426,8 @@ fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
             )
         }),
         check: Check::None,
+        gate: p.readable() && st.flags == 0,
+        whose: Some(whose),
     }
 }
 
@@ -424,8 +486,8 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
     } else {
         rng.count(CKPT_DUMP_MAX_RANGES)
     };
-    let ranges = if big {
-        fx::BIG_RANGES
+    let (ranges, ranges_readable) = if big {
+        (fx::BIG_RANGES, c.fx.limit_arrays)
     } else {
         place_array(rng, c, &rs)
     };
@@ -445,8 +507,9 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
         _ => rng.wild_u64(),
     };
     let (image_fd, fdk) = fd_of(rng, c, FdKind::Dump, 70);
+    let (target, whose) = pid(rng, c);
     let req = CkptDumpPages {
-        pid: pid(rng, c),
+        pid: target,
         image_fd,
         flags: flags(rng, CKPT_DUMP_SKIP_ZERO),
         range_count,
@@ -481,7 +544,37 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
         } else {
             Check::None
         },
+        gate: p.readable()
+            && dump_request_valid(&req)
+            && ranges_readable
+            // The big array holds valid ranges when it is filled at all.
+            && (big || (range_count as usize == rs.len() && ranges_valid(&rs))),
+        whose: Some(whose),
     }
+}
+
+/// Whether DUMP_PAGES's checks before the permission check accept `req`'s scalars (as
+/// kmod/dump_pages.rs makes them).
+fn dump_request_valid(req: &CkptDumpPages) -> bool {
+    req.flags & !CKPT_DUMP_SKIP_ZERO == 0
+        && req.range_count <= CKPT_DUMP_MAX_RANGES
+        && req.max_runs <= 1 << 22
+        && req.file_offset.is_multiple_of(PAGE)
+        && i64::try_from(req.file_offset).is_ok()
+}
+
+/// Whether DUMP_PAGES accepts `rs`: page-aligned, non-empty, in order, below the top.
+fn ranges_valid(rs: &[CkptRange]) -> bool {
+    let mut prev_end = 0;
+    rs.iter().all(|r| {
+        let ok = r.start.is_multiple_of(PAGE)
+            && r.end.is_multiple_of(PAGE)
+            && r.start < r.end
+            && r.end <= USER_TOP
+            && r.start >= prev_end;
+        prev_end = r.end;
+        ok
+    })
 }
 
 fn unknown(rng: &mut Rng, c: &Ctx) -> Call {
@@ -539,6 +632,8 @@ fn unknown(rng: &mut Rng, c: &Ctx) -> Call {
         arg,
         what: describe(c, || format!("ioctl {cmd:#010x} arg {arg:#x} ({p:?})")),
         check: Check::None,
+        gate: false,
+        whose: None,
     }
 }
 
@@ -567,7 +662,7 @@ fn restore(rng: &mut Rng, c: &Ctx) -> Call {
         } else {
             rng.count(CKPT_RESTORE_MAX_RUNS)
         };
-        req.vmas = place_array(rng, c, &vmas);
+        req.vmas = place_array(rng, c, &vmas).0;
         req.runs = fx::slot(c.thread) + (768 << 10);
         write_scratch(c, req.runs, slice_bytes(&runs));
         (vmas, runs)
@@ -596,6 +691,8 @@ fn restore(rng: &mut Rng, c: &Ctx) -> Call {
         )
         }),
         check: Check::None,
+        gate: false,
+        whose: None,
     }
 }
 

@@ -4,7 +4,10 @@
 //!
 //! Several threads make random and structure-aware calls of every command (see `gen.rs`)
 //! while processes fork, exit and exec in the background (`targets.rs`); RESTORE runs in
-//! fork servers' children (`forkserver.rs`). The run fails on any kernel report in the log
+//! fork servers' children (`forkserver.rs`). The module reads only processes its calling
+//! thread traces, so each thread seizes its own targets (a memory target, a churn of children
+//! exiting and exec'ing), and calls on the rest check the refusals; the summary says how many
+//! calls of each command got past the permission check. The run fails on any kernel report in the log
 //! (`kmsg.rs`), a restore child that ignores SIGKILL, a call that hangs, or a reply that
 //! breaks the ABI's promises. A seed gives the same calls again; `--only T:I --verbose`
 //! makes one call of it alone.
@@ -166,8 +169,10 @@ fn run(args: Args) -> std::io::Result<bool> {
     let fx = Fixture::new(&dir, &args.device, args.threads, !args.quick)?;
     check_abi(&fx)?;
     targets::find_kthreads(board);
-    // Forked while single-threaded: the memory target and the fork servers.
-    let target = targets::spawn_memory_target(board)?;
+    // Forked while single-threaded: the memory targets (one per thread) and the fork servers.
+    let mem_targets = (0..args.threads as usize)
+        .map(|t| targets::spawn_memory_target(board, t))
+        .collect::<std::io::Result<Vec<_>>>()?;
     let limits = |verbose| Limits {
         child_time: Duration::from_secs(args.restore_timeout),
         kill_grace: Duration::from_secs(30),
@@ -192,8 +197,9 @@ fn run(args: Args) -> std::io::Result<bool> {
         Some(only) => run.replay_one(&only)?,
         None => run.fuzz()?,
     };
-    let _ = nix::sys::signal::kill(target, nix::sys::signal::Signal::SIGKILL);
-    let _ = nix::sys::wait::waitpid(target, None);
+    for (t, target) in mem_targets.into_iter().enumerate() {
+        targets::stop_memory_target(board, t, target);
+    }
     let Run { servers, .. } = run;
     servers.into_iter().for_each(Server::stop);
     remove_private_dir(&dir);
@@ -239,6 +245,9 @@ impl Run {
                 std::io::Error::other(format!("--only wants THREAD:INDEX, got {only:?}"))
             })?;
         self.board.fuzz_tids[t as usize].store(nix::unistd::gettid().as_raw(), Relaxed);
+        // This thread stands in for thread t: it traces t's memory target (t's churn is not
+        // there in a replay).
+        targets::seize_memory_target(self.board, t as usize)?;
         let mut rng = rng::Rng::for_call(self.seed, t, i);
         let kind = gen::choose(&mut rng);
         if kind == gen::Kind::Restore {
@@ -324,8 +333,12 @@ impl Run {
     }
 
     /// One fuzzing thread: its share of the calls, RESTORE ones batched to its fork server.
+    /// It traces its memory target and its own churn, so its calls on them get past the
+    /// module's permission check.
     fn worker(&self, t: u32) -> std::io::Result<()> {
         self.board.fuzz_tids[t as usize].store(nix::unistd::gettid().as_raw(), Relaxed);
+        targets::seize_memory_target(self.board, t as usize)?;
+        let mut seized = targets::Seized::new(self.board, t as usize, self.seed);
         let ctx = self.ctx(t, self.args.verbose);
         let share = self.args.calls / self.args.threads as u64
             + u64::from((t as u64) < self.args.calls % self.args.threads as u64);
@@ -347,6 +360,7 @@ impl Run {
                 // Room in the dump file again (else every dump ends in ENOSPC).
                 ctx.fx.empty_dump_file(t);
             }
+            seized.tick();
             let call = gen::generate(kind, &mut rng, &ctx);
             self.make(t, i, &call);
         }
@@ -383,7 +397,7 @@ impl Run {
         let bad = stats::check_reply(call, r).err();
         if let Ok(mut st) = self.stats[t as usize].lock() {
             st.end();
-            st.record(call.kind, r, took);
+            st.record(call, r, took);
             if let Some(why) = bad {
                 eprintln!("fuzz-ioctl: FAILED: call {t}:{i}: {why} (see it with --only {t}:{i} --verbose)");
                 st.bad_replies += 1;
@@ -396,6 +410,7 @@ impl Run {
         let n = stats::total_calls(&self.stats, self.board, self.args.threads);
         stats::print_calls(&self.stats);
         stats::print_restores(self.board, self.args.threads);
+        stats::print_permission(&self.stats);
         let reports = self.reports.lock().map(|r| r.clone()).unwrap_or_default();
         let bad = stats::bad_replies(&self.stats)
             + stats::restore_failures(self.board, self.args.threads);

@@ -3,7 +3,7 @@
 
 use crate::board::Board;
 use crate::fixture::PAGE;
-use crate::gen::{Call, Check, Kind};
+use crate::gen::{Call, Check, Kind, Whose};
 use ckpt_abi::{CkptDumpPages, CkptQuery, CkptRestoreRun, CkptVersionInfo};
 use nix::errno::Errno;
 use std::collections::{BTreeMap, VecDeque};
@@ -19,6 +19,10 @@ pub struct Thread {
     counts: BTreeMap<(Kind, i32), u64>,
     /// Time spent in the calls of each command.
     time: BTreeMap<Kind, Duration>,
+    /// Calls of each command that got past the module's permission check (`past_check`).
+    past: BTreeMap<Kind, u64>,
+    /// The same calls, by whose pid they named.
+    past_by_whose: BTreeMap<Whose, u64>,
     current: Option<(u64, Instant)>,
     recent: VecDeque<u64>,
     pub bad_replies: u64,
@@ -37,11 +41,71 @@ impl Thread {
         self.current = None;
     }
 
-    pub fn record(&mut self, kind: Kind, r: Result<i32, Errno>, took: Duration) {
+    pub fn record(&mut self, call: &Call, r: Result<i32, Errno>, took: Duration) {
+        let kind = call.kind;
         *self.time.entry(kind).or_default() += took;
+        if past_check(call, r) {
+            *self.past.entry(kind).or_default() += 1;
+            if let Some(w) = call.whose {
+                *self.past_by_whose.entry(w).or_default() += 1;
+            }
+        }
         let e = r.err().map_or(0, |e| e as i32);
         *self.counts.entry((kind, e)).or_default() += 1;
     }
+}
+
+/// Whether `call`, which returned `r`, got past the module's permission check: it reached the
+/// check (`Call::gate`: nothing before it could fail) and returned none of the results the
+/// module gives up to and at the check for such inputs: EINVAL (a pid <= 0, a kernel thread),
+/// ESRCH (no such process, or a zombie), EINTR (killed waiting for the target's exec lock),
+/// ENOMEM, and EPERM (the check's refusal). A lower bound: a call failing with one of those
+/// after the check is not counted.
+pub fn past_check(call: &Call, r: Result<i32, Errno>) -> bool {
+    call.gate
+        && !matches!(
+            r,
+            Err(Errno::EINVAL | Errno::ESRCH | Errno::EINTR | Errno::ENOMEM | Errno::EPERM)
+        )
+}
+
+/// The commands that name a pid, which the permission check guards.
+pub const CHECKED: [Kind; 3] = [Kind::Query, Kind::DumpTask, Kind::DumpPages];
+
+/// Prints, per command naming a pid, how many calls got past the permission check and how
+/// many it refused, in one line each (the short form's test reads them).
+pub fn print_permission(stats: &[Mutex<Thread>]) {
+    let (mut past, mut refused): (BTreeMap<Kind, u64>, BTreeMap<Kind, u64>) = Default::default();
+    let mut by_whose: BTreeMap<Whose, u64> = BTreeMap::new();
+    for s in stats.iter().filter_map(|s| s.lock().ok()) {
+        for (k, n) in &s.past {
+            *past.entry(*k).or_default() += n;
+        }
+        for (w, n) in &s.past_by_whose {
+            *by_whose.entry(*w).or_default() += n;
+        }
+        for ((k, e), n) in &s.counts {
+            if *e == Errno::EPERM as i32 {
+                *refused.entry(*k).or_default() += n;
+            }
+        }
+    }
+    let line = |m: &BTreeMap<Kind, u64>| {
+        CHECKED
+            .iter()
+            .map(|k| format!("{k:?} {}", m.get(k).copied().unwrap_or(0)))
+            .collect::<Vec<_>>()
+            .join(", ")
+    };
+    println!("fuzz-ioctl: past the permission check: {}", line(&past));
+    println!("fuzz-ioctl: refused by it (EPERM): {}", line(&refused));
+    // Any kind not listed got none past: a pid traced by another thread or by nobody never
+    // should, a junk one only by chance (a random number that is one of ours).
+    let whose: Vec<String> = by_whose.iter().map(|(w, n)| format!("{w:?} {n}")).collect();
+    println!(
+        "fuzz-ioctl: past the permission check, by target: {}",
+        whose.join(", ")
+    );
 }
 
 /// A call running for longer than `limit`, as "THREAD:INDEX".

@@ -416,3 +416,202 @@ fn root_refuses_a_users_image_asking_for_root() {
     let _ = bash.kill();
     let _ = bash.wait();
 }
+
+/// How one process fared in `exec_race_as`, summed over its rounds.
+#[derive(Debug, Default, Clone, Copy)]
+struct RaceOutcome {
+    /// QUERYs that read the new image (its ELF header): the leak.
+    leaked: u32,
+    /// QUERYs that saw the old image (nothing mapped at the address: EIO).
+    before: u32,
+    /// Rounds whose loop ended refused (EPERM): the new image is not dumpable.
+    refused: u32,
+    /// Rounds that ended some other way (the last such errno in `other_errno`).
+    other: u32,
+    other_errno: u32,
+}
+
+/// Where the execute-only program (`static_target`, linked static, not PIE) has its first
+/// page, the ELF header; nothing of the test's own (PIE) image is there.
+const EXEC_BASE: u64 = 0x40_0000;
+/// Mappings the racing process makes before its exec: each QUERY walks them, a window of
+/// milliseconds in which the exec can land between the permission check and the read.
+const RACE_VMAS: usize = 20_000;
+
+/// In a forked child running as `uid`: `rounds` times, forks a process, seizes it, and QUERYs
+/// it in a loop (reading 4 bytes at EXEC_BASE) while it execs `exe`, until a QUERY is refused.
+/// Everything after the fork is async-signal-safe (raw syscalls on memory prepared before).
+fn exec_race_as(uid: u32, dev: &std::fs::File, exe: &Path, rounds: u32) -> RaceOutcome {
+    use std::os::unix::ffi::OsStrExt;
+    let fd = dev.as_raw_fd();
+    let path = std::ffi::CString::new(exe.as_os_str().as_bytes()).unwrap();
+    let argv = [path.as_ptr(), std::ptr::null()];
+    let envp = [std::ptr::null::<libc::c_char>()];
+    let devnull = std::fs::File::create("/dev/null").unwrap();
+    let (res_r, res_w) = nix::unistd::pipe().unwrap();
+    let mut res_r = std::fs::File::from(res_r);
+    // SAFETY: the child makes only async-signal-safe calls (see `race_rounds`).
+    let child = unsafe { libc::fork() };
+    if child == 0 {
+        // SAFETY: plain syscalls in the forked child, on memory prepared before the fork.
+        unsafe {
+            if libc::setgroups(0, std::ptr::null()) != 0
+                || libc::setresgid(uid, uid, uid) != 0
+                || libc::setresuid(uid, uid, uid) != 0
+            {
+                libc::_exit(10);
+            }
+            let mut out = RaceOutcome::default();
+            for _ in 0..rounds {
+                race_round(
+                    fd,
+                    argv.as_ptr(),
+                    envp.as_ptr(),
+                    devnull.as_raw_fd(),
+                    &mut out,
+                );
+            }
+            let words = [
+                out.leaked,
+                out.before,
+                out.refused,
+                out.other,
+                out.other_errno,
+            ];
+            libc::write(res_w.as_raw_fd(), words.as_ptr().cast(), 20);
+            libc::_exit(0);
+        }
+    }
+    drop(res_w);
+    let mut buf = [0u8; 20];
+    std::io::Read::read_exact(&mut res_r, &mut buf).expect("the racing child's answer");
+    let mut status = 0;
+    // SAFETY: our own child.
+    assert_eq!(unsafe { libc::waitpid(child, &mut status, 0) }, child);
+    let w = |i: usize| u32::from_ne_bytes(buf[i * 4..i * 4 + 4].try_into().unwrap());
+    RaceOutcome {
+        leaked: w(0),
+        before: w(1),
+        refused: w(2),
+        other: w(3),
+        other_errno: w(4),
+    }
+}
+
+/// One round of `exec_race_as`, in its forked child.
+///
+/// # Safety
+///
+/// Only in a child forked from the test: `argv` and `envp` NULL-terminated, `devnull` open.
+unsafe fn race_round(
+    dev: i32,
+    argv: *const *const libc::c_char,
+    envp: *const *const libc::c_char,
+    devnull: i32,
+    out: &mut RaceOutcome,
+) {
+    let (mut ready, mut go) = ([0; 2], [0; 2]);
+    // SAFETY: async-signal-safe syscalls on valid arguments (the function's contract).
+    unsafe {
+        if libc::pipe(ready.as_mut_ptr()) != 0 || libc::pipe(go.as_mut_ptr()) != 0 {
+            libc::_exit(11);
+        }
+        let pid = libc::fork();
+        if pid == 0 {
+            // Dumpable again (the setresuid made this process not), so its parent may seize
+            // it; then the mappings, then the exec once the parent says go.
+            libc::prctl(libc::PR_SET_DUMPABLE, 1);
+            let page = 4096;
+            let base = libc::mmap(
+                std::ptr::null_mut(),
+                2 * RACE_VMAS * page,
+                libc::PROT_READ | libc::PROT_WRITE,
+                libc::MAP_PRIVATE | libc::MAP_ANONYMOUS,
+                -1,
+                0,
+            );
+            if base == libc::MAP_FAILED {
+                libc::_exit(12);
+            }
+            for i in 0..RACE_VMAS {
+                libc::mprotect(
+                    base.cast::<u8>().add(2 * i * page).cast(),
+                    page,
+                    libc::PROT_READ,
+                );
+            }
+            let b = 0u8;
+            libc::write(ready[1], (&raw const b).cast(), 1);
+            let mut g = 0u8;
+            libc::read(go[0], (&raw mut g).cast(), 1);
+            libc::dup2(devnull, 1);
+            libc::execve(*argv, argv, envp);
+            libc::_exit(13);
+        }
+        let mut b = 0u8;
+        if pid < 0
+            || libc::read(ready[0], (&raw mut b).cast(), 1) != 1
+            || libc::ptrace(libc::PTRACE_SEIZE, pid, 0, 0) != 0
+        {
+            libc::_exit(14);
+        }
+        libc::write(go[1], (&raw const b).cast(), 1);
+        let mut head = [0u8; 4];
+        for _ in 0..100_000 {
+            let mut q = CkptQuery {
+                pid,
+                read_addr: EXEC_BASE,
+                read_len: head.len() as u64,
+                read_buf: head.as_mut_ptr() as u64,
+                ..Default::default()
+            };
+            if libc::ioctl(dev, CKPT_IOC_QUERY as _, &mut q) == 0 {
+                out.leaked += 1;
+                continue;
+            }
+            match *libc::__errno_location() {
+                libc::EIO => out.before += 1,
+                libc::EPERM => {
+                    out.refused += 1;
+                    break;
+                }
+                e => {
+                    out.other += 1;
+                    out.other_errno = e as u32;
+                    break;
+                }
+            }
+        }
+        libc::kill(pid, libc::SIGKILL);
+        let mut status = 0;
+        libc::waitpid(pid, &mut status, 0);
+        for f in [ready[0], ready[1], go[0], go[1]] {
+            libc::close(f);
+        }
+    }
+}
+
+/// The QUERY exec race (docs/design.md, "Permission"): a process its caller traces execs a
+/// program the caller may not read (execute-only, root's: the new image is not dumpable) while
+/// the caller QUERYs it in a loop, reading the new image's first page. Each QUERY must see one
+/// image: the old one (nothing mapped there: EIO) or the new one (not dumpable: EPERM). The
+/// module used to check the old image and then read whatever image the process had by then.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_query_racing_an_exec_reads_nothing_of_the_new_image() {
+    const ROUNDS: u32 = 12;
+    let _s = setup();
+    let dev = open_dev();
+    let d = Dir::new("users-execrace");
+    std::fs::set_permissions(&d.0, std::fs::Permissions::from_mode(0o755)).unwrap();
+    let exe = d.path("execute-only");
+    std::fs::copy(common::prog("static_target"), &exe).unwrap();
+    std::fs::set_permissions(&exe, std::fs::Permissions::from_mode(0o711)).unwrap();
+    let r = exec_race_as(USER, &dev, &exe, ROUNDS);
+    eprintln!("exec race: {r:?}");
+    assert_eq!(r.leaked, 0, "QUERY read the execute-only image: {r:?}");
+    assert_eq!(r.other, 0, "a round ended unexpectedly: {r:?}");
+    assert_eq!(r.refused, ROUNDS, "every round ends refused: {r:?}");
+    // Some QUERY saw the old image: the loop did overlap the exec.
+    assert!(r.before > 0, "no QUERY before the exec: {r:?}");
+}
