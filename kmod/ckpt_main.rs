@@ -87,7 +87,11 @@ module! {
 
 /// The `group` parameter: None (root only), or the gid whose members may open the device.
 fn device_group() -> Result<Option<u32>> {
-    let gid = *module_parameters::group.value();
+    group_from_param(*module_parameters::group.value())
+}
+
+/// The `group` parameter's value checked: -1 is root only, else it must be a valid gid.
+fn group_from_param(gid: i64) -> Result<Option<u32>> {
     match gid {
         -1 => Ok(None),
         // u32::MAX is the kernel's invalid id.
@@ -173,5 +177,22 @@ impl MiscDevice for CkptDevice {
         // The ABI uses only fixed-size fields laid out alike for 32- and 64-bit callers, and
         // x86-64 compat pointers need no conversion.
         Self::ioctl(device, file, cmd, arg)
+    }
+}
+
+#[kunit_tests(ckpt_main)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_parameter_is_root_only_or_a_valid_gid() {
+        assert_eq!(group_from_param(-1), Ok(None));
+        assert_eq!(group_from_param(0), Ok(Some(0)));
+        assert_eq!(group_from_param(1000), Ok(Some(1000)));
+        assert_eq!(group_from_param(0xffff_fffe), Ok(Some(0xffff_fffe)));
+        // u32::MAX is the kernel's invalid id; the rest is not a gid at all.
+        for bad in [0xffff_ffff, 1 << 32, -2, i64::MIN, i64::MAX] {
+            assert_eq!(group_from_param(bad), Err(EINVAL));
+        }
     }
 }
