@@ -87,7 +87,10 @@ module! {
 
 /// The `group` parameter: None (root only), or the gid whose members may open the device.
 fn device_group() -> Result<Option<u32>> {
-    group_from_param(*module_parameters::group.value())
+    let gid = *module_parameters::group.value();
+    group_from_param(gid).inspect_err(|_| {
+        pr_err!("group={gid} is not a gid (0 to 4294967294, or -1 for root only)\n");
+    })
 }
 
 /// The `group` parameter's value checked: -1 is root only, else it must be a valid gid.
@@ -96,10 +99,7 @@ fn group_from_param(gid: i64) -> Result<Option<u32>> {
         -1 => Ok(None),
         // u32::MAX is the kernel's invalid id.
         0..=0xffff_fffe => Ok(Some(gid as u32)),
-        _ => {
-            pr_err!("group={gid} is not a gid (0 to 4294967294, or -1 for root only)\n");
-            Err(EINVAL)
-        }
+        _ => Err(EINVAL),
     }
 }
 
