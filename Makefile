@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug userspace test test-native demo bench overhead fuzz fuzz-reader clean fmt
+.PHONY: all kmod kernel kernel-debug kernel-kasan userspace test test-native test-kasan kunit demo bench overhead fuzz fuzz-reader clean fmt
 
 all: kmod userspace
 
@@ -10,8 +10,11 @@ kmod:             ## build ckpt.ko against KDIR (default: the cached tree from t
 kernel:           ## fetch and build the test kernel (cached under /var/cache/ckpt)
 	tools/kernel.sh
 
-kernel-debug:     ## the same with KASAN, lockdep, KFENCE and kmemleak
+kernel-debug:     ## the same with lockdep, KFENCE and kmemleak
 	tools/kernel.sh --debug
+
+kernel-kasan:     ## the same with KASAN and KUnit (built with clang)
+	tools/kernel.sh --kasan
 
 userspace:
 	cargo build --release --locked
@@ -22,8 +25,14 @@ test:             ## everything: lints, native tests, guest tests
 test-native:
 	tools/test.sh --native
 
-fuzz:             ## a million random ioctls against the module on the debug kernel (tools/fuzz.sh; SEED=, CALLS=)
-	tools/fuzz.sh $(if $(SEED),--seed $(SEED)) $(if $(CALLS),--calls $(CALLS))
+test-kasan:       ## everything, the guest suite on the KASAN kernel (and the module's KUnit tests)
+	tools/test.sh --kasan
+
+kunit:            ## the module's KUnit tests only: boot the KASAN kernel, load the module, check the KTAP
+	tools/kunit.sh
+
+fuzz:             ## a million random ioctls against the module on the debug kernel (tools/fuzz.sh; SEED=, CALLS=, KASAN=1 for the KASAN kernel)
+	tools/fuzz.sh $(if $(KASAN),--kasan) $(if $(SEED),--seed $(SEED)) $(if $(CALLS),--calls $(CALLS))
 
 fuzz-reader:      ## libFuzzer over the image reader, natively (tools/fuzz-reader.sh; SECS=, default 600)
 	tools/fuzz-reader.sh $(if $(SECS),--secs $(SECS))

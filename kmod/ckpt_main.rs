@@ -88,14 +88,18 @@ module! {
 /// The `group` parameter: None (root only), or the gid whose members may open the device.
 fn device_group() -> Result<Option<u32>> {
     let gid = *module_parameters::group.value();
+    group_from_param(gid).inspect_err(|_| {
+        pr_err!("group={gid} is not a gid (0 to 4294967294, or -1 for root only)\n");
+    })
+}
+
+/// The `group` parameter's value checked: -1 is root only, else it must be a valid gid.
+fn group_from_param(gid: i64) -> Result<Option<u32>> {
     match gid {
         -1 => Ok(None),
         // u32::MAX is the kernel's invalid id.
         0..=0xffff_fffe => Ok(Some(gid as u32)),
-        _ => {
-            pr_err!("group={gid} is not a gid (0 to 4294967294, or -1 for root only)\n");
-            Err(EINVAL)
-        }
+        _ => Err(EINVAL),
     }
 }
 
@@ -173,5 +177,22 @@ impl MiscDevice for CkptDevice {
         // The ABI uses only fixed-size fields laid out alike for 32- and 64-bit callers, and
         // x86-64 compat pointers need no conversion.
         Self::ioctl(device, file, cmd, arg)
+    }
+}
+
+#[kunit_tests(ckpt_main)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn group_parameter_is_root_only_or_a_valid_gid() {
+        assert_eq!(group_from_param(-1), Ok(None));
+        assert_eq!(group_from_param(0), Ok(Some(0)));
+        assert_eq!(group_from_param(1000), Ok(Some(1000)));
+        assert_eq!(group_from_param(0xffff_fffe), Ok(Some(0xffff_fffe)));
+        // u32::MAX is the kernel's invalid id; the rest is not a gid at all.
+        for bad in [0xffff_ffff, 1 << 32, -2, i64::MIN, i64::MAX] {
+            assert_eq!(group_from_param(bad), Err(EINVAL));
+        }
     }
 }

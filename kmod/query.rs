@@ -12,10 +12,7 @@ use kernel::{
 
 /// Validates `q`'s inputs, fills its outputs and copies the bytes read to `q.read_buf`.
 pub(crate) fn query(q: &mut CkptQuery) -> Result {
-    if q.flags != 0 || q.read_len > CKPT_QUERY_MAX_READ {
-        return Err(EINVAL);
-    }
-    let read_len = usize::try_from(q.read_len).map_err(|_| EINVAL)?;
+    let read_len = check_request(q)?;
     let target = Target::lookup(q.pid)?;
     // Held until the read is done: `access_process_vm()` takes the task's mm anew, and
     // without the lock an exec after the check would have it read the new image (say an
@@ -63,4 +60,42 @@ pub(crate) fn query(q: &mut CkptQuery) -> Result {
     UserSlice::new(dest, n).writer().write_slice(data)?;
     q.bytes_read = n as u64;
     Ok(())
+}
+
+/// The request's flags are zero and its read length in bounds (EINVAL otherwise); returns
+/// that length.
+fn check_request(q: &CkptQuery) -> Result<usize> {
+    if q.flags != 0 || q.read_len > CKPT_QUERY_MAX_READ {
+        return Err(EINVAL);
+    }
+    usize::try_from(q.read_len).map_err(|_| EINVAL)
+}
+
+#[kunit_tests(ckpt_query)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn query_flags_and_read_length_are_checked() {
+        let ok = CkptQuery::default();
+        assert_eq!(check_request(&ok), Ok(0));
+        let most = CkptQuery {
+            read_len: CKPT_QUERY_MAX_READ,
+            ..ok
+        };
+        assert_eq!(check_request(&most), Ok(CKPT_QUERY_MAX_READ as usize));
+        assert_eq!(check_request(&CkptQuery { flags: 1, ..ok }), Err(EINVAL));
+        let too_long = CkptQuery {
+            read_len: CKPT_QUERY_MAX_READ + 1,
+            ..ok
+        };
+        assert_eq!(check_request(&too_long), Err(EINVAL));
+        assert_eq!(
+            check_request(&CkptQuery {
+                read_len: u64::MAX,
+                ..ok
+            }),
+            Err(EINVAL)
+        );
+    }
 }

@@ -212,12 +212,7 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
 
     // 1. Copy in and validate everything.
     let keep = req.keep.get(..req.keep_count as usize).ok_or(EINVAL)?;
-    if keep
-        .iter()
-        .any(|k| !aligned(k.start) || !aligned(k.end) || k.start >= k.end || k.end > USER_TOP)
-    {
-        return Err(EINVAL);
-    }
+    validate_keep(keep)?;
     validate_layout(&req.mm)?;
     let sources = image_sources(req)?;
     let vmas = validate_vmas(
@@ -245,6 +240,17 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
 
 /// The request's counts and flags are in bounds, and the caller may restore.
 fn check_request(req: &CkptRestore) -> Result {
+    check_counts(req)?;
+    if !helpers::capable(bindings::CAP_CHECKPOINT_RESTORE)
+        && !helpers::capable(bindings::CAP_SYS_ADMIN)
+    {
+        return Err(EPERM);
+    }
+    Ok(())
+}
+
+/// The request's counts are in bounds and its flags and reserved fields zero (EINVAL).
+fn check_counts(req: &CkptRestore) -> Result {
     if req.flags != 0
         || req._reserved != 0
         || req._reserved2 != 0
@@ -257,10 +263,16 @@ fn check_request(req: &CkptRestore) -> Result {
     {
         return Err(EINVAL);
     }
-    if !helpers::capable(bindings::CAP_CHECKPOINT_RESTORE)
-        && !helpers::capable(bindings::CAP_SYS_ADMIN)
+    Ok(())
+}
+
+/// The ranges to keep are page-aligned, non-empty and in the user range (EINVAL otherwise).
+fn validate_keep(keep: &[CkptRange]) -> Result {
+    if keep
+        .iter()
+        .any(|k| !aligned(k.start) || !aligned(k.end) || k.start >= k.end || k.end > USER_TOP)
     {
-        return Err(EPERM);
+        return Err(EINVAL);
     }
     Ok(())
 }
@@ -313,20 +325,7 @@ fn mappings_to_drop(
         {
             continue;
         }
-        let mut cursor = start;
-        let first = in_place.partition_point(|p| p.1 <= start);
-        for &(p_start, p_end) in in_place.iter().skip(first) {
-            if p_start >= end {
-                break;
-            }
-            if p_start > cursor {
-                old.push((cursor, p_start), GFP_KERNEL)?;
-            }
-            cursor = cursor.max(p_end);
-        }
-        if cursor < end {
-            old.push((cursor, end), GFP_KERNEL)?;
-        }
+        push_uncovered(&mut old, (start, end), in_place)?;
     }
     for &(start, end) in in_place {
         let mut at = start;
@@ -338,6 +337,30 @@ fn mappings_to_drop(
         }
     }
     Ok(old)
+}
+
+/// Appends to `out` the parts of `[start, end)` that no range of `in_place` (sorted, disjoint)
+/// covers, in address order.
+fn push_uncovered(
+    out: &mut KVVec<(usize, usize)>,
+    (start, end): (usize, usize),
+    in_place: &[(usize, usize)],
+) -> Result {
+    let mut cursor = start;
+    let first = in_place.partition_point(|p| p.1 <= start);
+    for &(p_start, p_end) in in_place.iter().skip(first) {
+        if p_start >= end {
+            break;
+        }
+        if p_start > cursor {
+            out.push((cursor, p_start), GFP_KERNEL)?;
+        }
+        cursor = cursor.max(p_end);
+    }
+    if cursor < end {
+        out.push((cursor, end), GFP_KERNEL)?;
+    }
+    Ok(())
 }
 
 /// Unmaps `old`, maps every VMA of the image, copies the page runs in. The caller is killed
@@ -418,4 +441,340 @@ fn map_vma(v: &NewVma) -> Result {
         return Err(EFAULT);
     }
     Ok(())
+}
+
+#[kunit_tests(ckpt_restore)]
+mod tests {
+    use super::*;
+
+    const P: u64 = PAGE;
+
+    fn range(start: u64, end: u64) -> CkptRange {
+        CkptRange { start, end }
+    }
+
+    /// A private anonymous read-write VMA.
+    fn anon(start: u64, end: u64) -> CkptRestoreVma {
+        CkptRestoreVma {
+            start,
+            end,
+            prot: CKPT_PROT_READ | CKPT_PROT_WRITE,
+            flags: 0,
+            fd: -1,
+            _reserved: 0,
+            file_offset: 0,
+        }
+    }
+
+    fn run(addr: u64, len: u64, image_offset: u64) -> CkptRestoreRun {
+        CkptRestoreRun {
+            addr,
+            len,
+            image_offset,
+        }
+    }
+
+    fn new_vma(vma: CkptRestoreVma) -> NewVma {
+        NewVma { vma, file: None }
+    }
+
+    fn vma_list(vmas: &[CkptRestoreVma]) -> Result<KVVec<CkptRestoreVma>> {
+        let mut raw = KVVec::new();
+        for v in vmas {
+            raw.push(*v, GFP_KERNEL)?;
+        }
+        Ok(raw)
+    }
+
+    #[test]
+    fn request_counts_flags_and_reserved_fields_are_checked() {
+        let ok = CkptRestore::default();
+        assert_eq!(check_counts(&ok), Ok(()));
+        let at_limits = CkptRestore {
+            image_fd: -1,
+            keep_count: CKPT_RESTORE_MAX_KEEP as u32,
+            vma_count: CKPT_RESTORE_MAX_VMAS,
+            run_count: CKPT_RESTORE_MAX_RUNS,
+            cleanup_fd_count: 4096,
+            image_count: CKPT_RESTORE_MAX_IMAGES,
+            ..ok
+        };
+        assert_eq!(check_counts(&at_limits), Ok(()));
+        let bad = [
+            CkptRestore { flags: 1, ..ok },
+            CkptRestore { _reserved: 1, ..ok },
+            CkptRestore {
+                _reserved2: 1,
+                ..ok
+            },
+            CkptRestore {
+                keep_count: CKPT_RESTORE_MAX_KEEP as u32 + 1,
+                ..ok
+            },
+            CkptRestore {
+                vma_count: CKPT_RESTORE_MAX_VMAS + 1,
+                ..ok
+            },
+            CkptRestore {
+                run_count: CKPT_RESTORE_MAX_RUNS + 1,
+                ..ok
+            },
+            CkptRestore {
+                cleanup_fd_count: 4097,
+                ..ok
+            },
+            CkptRestore {
+                image_fd: -1,
+                image_count: CKPT_RESTORE_MAX_IMAGES + 1,
+                ..ok
+            },
+            // An image table and an image fd at once.
+            CkptRestore {
+                image_fd: 3,
+                image_count: 1,
+                ..ok
+            },
+        ];
+        for req in bad.iter() {
+            assert_eq!(check_counts(req), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn kept_ranges_must_be_aligned_non_empty_and_in_user_space() {
+        assert_eq!(validate_keep(&[]), Ok(()));
+        assert_eq!(
+            validate_keep(&[range(P, 3 * P), range(USER_TOP - P, USER_TOP)]),
+            Ok(())
+        );
+        for k in [
+            range(P + 8, 3 * P),
+            range(P, 3 * P - 8),
+            range(P, P),
+            range(3 * P, P),
+            range(USER_TOP, USER_TOP + P),
+        ] {
+            assert_eq!(validate_keep(&[range(0, P), k]), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn mm_layout_must_be_ordered_and_in_user_space() {
+        let ok = CkptMmLayout {
+            start_code: 0x40_0000,
+            end_code: 0x40_1000,
+            start_data: 0x60_0000,
+            end_data: 0x60_1000,
+            start_brk: 0x70_0000,
+            brk: 0x72_0000,
+            start_stack: USER_TOP - P,
+            arg_start: USER_TOP - 2 * P,
+            arg_end: USER_TOP - 2 * P + 100,
+            env_start: USER_TOP - 2 * P + 100,
+            env_end: USER_TOP - P,
+            ..CkptMmLayout::default()
+        };
+        assert_eq!(validate_layout(&ok), Ok(()));
+        let bad = [
+            CkptMmLayout {
+                end_code: ok.start_code - 1,
+                ..ok
+            },
+            CkptMmLayout {
+                end_data: ok.start_data - 1,
+                ..ok
+            },
+            CkptMmLayout {
+                brk: ok.start_brk - P,
+                ..ok
+            },
+            CkptMmLayout {
+                arg_end: ok.arg_start - 1,
+                ..ok
+            },
+            CkptMmLayout {
+                env_end: ok.env_start - 1,
+                ..ok
+            },
+            CkptMmLayout {
+                start_stack: USER_TOP + 1,
+                ..ok
+            },
+            CkptMmLayout {
+                env_end: u64::MAX,
+                ..ok
+            },
+        ];
+        for mm in bad.iter() {
+            assert_eq!(validate_layout(mm), Err(EINVAL));
+        }
+    }
+
+    #[test]
+    fn anonymous_vma_lists_that_are_sane_pass() -> Result {
+        let stack = CkptRestoreVma {
+            flags: CKPT_VMA_GROWSDOWN,
+            ..anon(USER_TOP - 32 * P, USER_TOP)
+        };
+        let shared = CkptRestoreVma {
+            flags: CKPT_VMA_SHARED,
+            ..anon(0x20_0000, 0x20_2000)
+        };
+        let in_place = CkptRestoreVma {
+            flags: CKPT_VMA_IN_PLACE,
+            ..anon(0x30_0000, 0x30_1000)
+        };
+        let list = [
+            anon(0x10_0000, 0x10_1000),
+            anon(0x10_1000, 0x10_3000),
+            shared,
+            in_place,
+            stack,
+        ];
+        let keep = [range(0x40_0000, 0x40_2000)];
+        let out = validate_vmas(vma_list(&list)?, &keep)?;
+        assert_eq!(out.len(), list.len());
+        assert!(out
+            .iter()
+            .zip(list.iter())
+            .all(|(n, v)| n.vma == *v && n.file.is_none()));
+        Ok(())
+    }
+
+    #[test]
+    fn insane_vmas_are_refused() -> Result {
+        let good = anon(0x10_0000, 0x10_2000);
+        let bad = [
+            anon(0x10_0008, 0x10_2000),
+            anon(0x10_0000, 0x10_2008),
+            anon(0x10_2000, 0x10_2000),
+            anon(USER_TOP - P, USER_TOP + P),
+            CkptRestoreVma { prot: 8, ..good },
+            CkptRestoreVma {
+                flags: 1 << 7,
+                ..good
+            },
+            CkptRestoreVma {
+                _reserved: 1,
+                ..good
+            },
+            // Memory in place is private anonymous memory.
+            CkptRestoreVma {
+                flags: CKPT_VMA_IN_PLACE | CKPT_VMA_SHARED,
+                ..good
+            },
+            // An anonymous VMA names no file.
+            CkptRestoreVma { fd: 3, ..good },
+            CkptRestoreVma {
+                file_offset: P,
+                ..good
+            },
+            // Over the kept range.
+            anon(0x3f_f000, 0x40_1000),
+        ];
+        let keep = [range(0x40_0000, 0x40_2000)];
+        for v in bad.iter() {
+            assert_eq!(validate_vmas(vma_list(&[*v])?, &keep).err(), Some(EINVAL));
+        }
+        // Overlapping, and out of order.
+        let overlapping = [good, anon(0x10_1000, 0x10_3000)];
+        assert_eq!(
+            validate_vmas(vma_list(&overlapping)?, &keep).err(),
+            Some(EINVAL)
+        );
+        let unsorted = [anon(0x20_0000, 0x20_1000), good];
+        assert_eq!(
+            validate_vmas(vma_list(&unsorted)?, &keep).err(),
+            Some(EINVAL)
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn runs_must_fall_inside_one_writable_private_vma_and_the_image() -> Result {
+        let mut vmas = KVVec::new();
+        vmas.push(new_vma(anon(0x10_0000, 0x10_4000)), GFP_KERNEL)?;
+        vmas.push(new_vma(anon(0x10_4000, 0x10_6000)), GFP_KERNEL)?;
+        let in_place = CkptRestoreVma {
+            flags: CKPT_VMA_IN_PLACE,
+            ..anon(0x20_0000, 0x20_1000)
+        };
+        vmas.push(new_vma(in_place), GFP_KERNEL)?;
+        let shared_file = CkptRestoreVma {
+            flags: CKPT_VMA_FILE | CKPT_VMA_SHARED,
+            ..anon(0x30_0000, 0x30_2000)
+        };
+        vmas.push(new_vma(shared_file), GFP_KERNEL)?;
+        let shared_anon = CkptRestoreVma {
+            flags: CKPT_VMA_SHARED,
+            ..anon(0x40_0000, 0x40_2000)
+        };
+        vmas.push(new_vma(shared_anon), GFP_KERNEL)?;
+        let size = 16 * P;
+
+        let fine = [
+            run(0x10_0000, 4 * P, 0),
+            run(0x10_4000, 2 * P, 4 * P),
+            run(0x40_0000, 2 * P, 14 * P),
+        ];
+        assert_eq!(validate_runs(&fine, &vmas, size), Ok(()));
+        let bad = [
+            // Across the boundary of two VMAs, even adjacent ones.
+            run(0x10_3000, 2 * P, 0),
+            // Below the first VMA, in a gap, past the last.
+            run(0x0f_f000, P, 0),
+            run(0x10_6000, P, 0),
+            run(0x50_0000, P, 0),
+            run(0x10_0800, P, 0),
+            run(0x10_0000, P + 8, 0),
+            run(0x10_0000, P, 8),
+            run(0x10_0000, 0, 0),
+            // Past the image's end, and wrapping around.
+            run(0x10_0000, 2 * P, 15 * P),
+            run(0x10_0000, P, u64::MAX - P + 1),
+            run(u64::MAX - P + 1, P, 0),
+            // Into memory in place, through a shared file mapping.
+            run(0x20_0000, P, 0),
+            run(0x30_0000, P, 0),
+        ];
+        for r in bad.iter() {
+            assert_eq!(validate_runs(&[fine[0], *r], &vmas, size), Err(EINVAL));
+        }
+        Ok(())
+    }
+
+    #[test]
+    fn uncovered_parts_of_a_mapping_are_what_is_unmapped() -> Result {
+        let p = PAGE as usize;
+        let in_place = [(2 * p, 3 * p), (5 * p, 7 * p), (9 * p, 10 * p)];
+        let mut out = KVVec::new();
+        // Whole mappings: around and between the ranges in place.
+        push_uncovered(&mut out, (0, 12 * p), &in_place)?;
+        assert_eq!(
+            &out[..],
+            &[(0, 2 * p), (3 * p, 5 * p), (7 * p, 9 * p), (10 * p, 12 * p)]
+        );
+        // A mapping that starts and ends inside ranges in place.
+        out.clear();
+        push_uncovered(&mut out, (6 * p, 9 * p + p / 2), &in_place)?;
+        assert_eq!(&out[..], &[(7 * p, 9 * p)]);
+        // Entirely in place, and entirely outside.
+        out.clear();
+        push_uncovered(&mut out, (5 * p, 7 * p), &in_place)?;
+        assert!(out.is_empty());
+        push_uncovered(&mut out, (20 * p, 21 * p), &in_place)?;
+        push_uncovered(&mut out, (3 * p, 4 * p), &[])?;
+        assert_eq!(&out[..], &[(20 * p, 21 * p), (3 * p, 4 * p)]);
+        Ok(())
+    }
+
+    #[test]
+    fn touching_ranges_do_not_overlap() {
+        let r = range(2 * P, 4 * P);
+        assert!(overlaps(3 * P, 5 * P, &r));
+        assert!(overlaps(P, 3 * P, &r));
+        assert!(overlaps(0, 8 * P, &r));
+        assert!(!overlaps(4 * P, 5 * P, &r));
+        assert!(!overlaps(P, 2 * P, &r));
+    }
 }

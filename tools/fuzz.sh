@@ -4,7 +4,9 @@
 # default), unloads the module and has kmemleak scan for anything ckpt leaked. The run fails on
 # any kernel report (the fuzzer watches the log, tools/guest.sh checks it again), a leak, a
 # failed rmmod, or a failure the fuzzer itself reports.
-#   tools/fuzz.sh [--test-kernel] [FUZZER ARGS...]    e.g. --seed 42 --calls 100000
+#   tools/fuzz.sh [--test-kernel|--kasan] [FUZZER ARGS...]    e.g. --seed 42 --calls 100000
+# (--kasan: on the KASAN kernel, tools/kernel/kasan.fragment: out-of-bounds and use-after-free
+# accesses are caught, leaks are not: it has no kmemleak.)
 # A failing run prints its seed; `tools/fuzz.sh --seed S` replays it (add --only T:I --verbose
 # for one call).
 set -euo pipefail
@@ -12,7 +14,10 @@ here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 cd "$root"
 variant=(--debug)
-if [[ "${1:-}" == --test-kernel ]]; then variant=(); shift; fi
+case "${1:-}" in
+  --test-kernel) variant=(); shift ;;
+  --kasan) variant=(--kasan); shift ;;
+esac
 export PATH="${CARGO_HOME:-$HOME/.cargo}/bin:$PATH"
 KDIR=$("$here/kernel.sh" "${variant[@]}")
 export KDIR

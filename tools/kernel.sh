@@ -7,6 +7,8 @@
 #   tools/kernel.sh            the test kernel
 #   tools/kernel.sh --debug    the same plus lockdep, KFENCE, kmemleak, atomic-sleep checks
 #                              (tools/kernel/debug.fragment; built with clang if it asks for KASAN)
+#   tools/kernel.sh --kasan    the test kernel plus KASAN (generic, outline) and KUnit, built
+#                              with clang (tools/kernel/kasan.fragment)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 . "$here/versions.env"
@@ -16,9 +18,10 @@ die() { printf '[kernel] error: %s\n' "$*" >&2; exit 1; }
 variant=test
 case "${1:-}" in
   --debug) variant=debug ;;
+  --kasan) variant=kasan ;;
   --fetch-only) variant=fetch ;;
   "") ;;
-  *) die "usage: tools/kernel.sh [--debug|--fetch-only]" ;;
+  *) die "usage: tools/kernel.sh [--debug|--kasan|--fetch-only]" ;;
 esac
 
 
@@ -73,6 +76,7 @@ export LIBCLANG_PATH=/usr/lib/llvm-${CKPT_LLVM_VERSION}/lib
 [[ -d "$LIBCLANG_PATH" ]] || die "libclang ${CKPT_LLVM_VERSION} is missing: run tools/deps.sh"
 fragments=("$here/kernel/config.fragment")
 [[ $variant == debug ]] && fragments+=("$here/kernel/debug.fragment")
+[[ $variant == kasan ]] && fragments+=("$here/kernel/kasan.fragment")
 key=$( {
   echo "$CKPT_KERNEL_PKG $src_version $variant"
   grep -qx 'CONFIG_KASAN=y' "${fragments[@]}" && clang-"$CKPT_LLVM_VERSION" --version | head -n1

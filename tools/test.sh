@@ -5,11 +5,21 @@
 #   tools/test.sh --native   only what needs no guest
 #   tools/test.sh --debug    everything, the guest part on the debug kernel (lockdep, KFENCE,
 #                            kmemleak, atomic-sleep checks; see tools/kernel/debug.fragment)
+#   tools/test.sh --kasan    everything, the guest part on the KASAN kernel, which also runs
+#                            and checks the module's KUnit tests (tools/kernel/kasan.fragment)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
 cd "$root"
 . "$here/versions.env"
+variant=() guest_timeout=2400
+case "${1:-}" in
+  --debug) variant=(--debug) ;;
+  # KASAN checks every access of the kernel and the module: the suite runs slower.
+  --kasan) variant=(--kasan) guest_timeout=7200 ;;
+  ""|--native) ;;
+  *) echo "usage: tools/test.sh [--native|--debug|--kasan]" >&2; exit 2 ;;
+esac
 step() { printf '\n=== %s\n' "$*" >&2; }
 t0=$SECONDS
 
@@ -30,8 +40,6 @@ cargo build --workspace --locked
 cargo test --workspace --locked 2>&1
 
 [[ "${1:-}" == --native ]] && exit 0
-variant=()
-[[ "${1:-}" == --debug ]] && variant=(--debug)
 
 step "kernel ${variant[*]} (cached in $CKPT_CACHE_DIR)"
 kdir=$("$here/kernel.sh" "${variant[@]}")
@@ -59,5 +67,5 @@ step "guest tests"
 mapfile -t exes < <(cargo test --workspace --locked --no-run --message-format=json 2>/dev/null |
   grep -E '"profile":\{[^}]*"test":true' | grep -o '"executable":"[^"]*"' | cut -d'"' -f4)
 ((${#exes[@]})) || { echo "no test executables found" >&2; exit 1; }
-"$here/guest.sh" "${variant[@]}" --timeout 2400 -- tests/guest/suite.sh "$ko" "${exes[@]}"
+"$here/guest.sh" "${variant[@]}" --timeout "$guest_timeout" -- tests/guest/suite.sh "$ko" "${exes[@]}"
 printf '\nall tests passed in %d s\n' $((SECONDS - t0)) >&2

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The guest test suite. Runs inside the guest as root (tools/guest.sh), from the checkout:
 #   tests/guest/suite.sh KO TEST_EXE...
-# Loads the module, checks the device node, runs every given cargo test executable's ignored
+# Loads the module (checking its KUnit results when the kernel has KUnit), checks the device
+# node, runs every given cargo test executable's ignored
 # (module-needing) tests, then unloads the module and checks it left nothing behind.
 set -uo pipefail
 ko=$1; shift
@@ -11,7 +12,14 @@ check() { # check DESCRIPTION COMMAND...
   if "${@:2}"; then echo "suite: ok: $1"; else echo "suite: FAILED: $1"; fail=1; fi
 }
 
+log_lines=$(dmesg | wc -l)
 check "insmod $ko" insmod "$ko"
+# On a kernel with KUnit (the kasan flavour) the load ran the module's #[kunit_tests] suites.
+# (grep without -q reads it all: with pipefail, zcat killed by SIGPIPE would skip the check.)
+if zcat /proc/config.gz 2>/dev/null | grep -x 'CONFIG_KUNIT=y' >/dev/null; then
+  check "the module's KUnit tests pass" \
+    bash -c "dmesg | tail -n +$((log_lines + 1)) | '$(dirname "$0")/kunit.sh'"
+fi
 check "/dev/ckpt is a character device" test -c /dev/ckpt
 check "/dev/ckpt is root-only (0600)" test "$(stat -c %a /dev/ckpt)" = 600
 
