@@ -102,17 +102,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         .collect();
     // Forked before anything of the tree exists: it must hold none of the tree's objects.
     let server = match opts.lazy {
-        true => {
-            let unverified = chain.images.iter();
-            let unverified = unverified
-                .map(|i| (i.path.clone(), i.unverified_pages()))
-                .collect();
-            let pages = (&pages[..], unverified);
-            Some(crate::lazy::server::Server::start(
-                &img.manifest.processes,
-                pages,
-            )?)
-        }
+        true => Some(start_page_server(&chain, &pages, opts.key.is_some())?),
         false => None,
     };
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
@@ -151,6 +141,21 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         sysv.remove_all();
     }
     result
+}
+
+/// The lazy restore's page server, with the page sections it is to check in the background
+/// (none if the chain was read whole for its MAC: `read_whole`).
+fn start_page_server(
+    chain: &Chain,
+    pages: &[&std::fs::File],
+    read_whole: bool,
+) -> Result<crate::lazy::server::Server, RestoreError> {
+    let unverified = chain.images.iter().map(|i| match read_whole {
+        true => (i.path.clone(), Vec::new()),
+        false => (i.path.clone(), i.unverified_pages()),
+    });
+    let processes = &chain.image().manifest.processes;
+    crate::lazy::server::Server::start(processes, (pages, unverified.collect()))
 }
 
 /// A user other than root restores only what they could give a process of their own
