@@ -546,6 +546,23 @@ fn a_mac_catches_changes_whose_checksums_were_made_right() {
     std::fs::remove_dir_all(d).unwrap();
 }
 
+/// A pages section after a blob starts at the next page: the zero bytes between them count
+/// once in the MAC, as the writer counted them.
+#[test]
+fn a_mac_counts_the_padding_before_a_pages_section_once() {
+    let d = tmpdir();
+    let key = MacKey::load(&key_file(&d, "key", &[5u8; 32])).unwrap();
+    let p = d.join("img");
+    let mut w = ImageWriter::create(&p).unwrap();
+    let blob = w.add_blob(BLOB, &[7u8; 100]).unwrap();
+    let page_offset = w.append_pages(&sample_pages()).unwrap();
+    assert!(page_offset % PAGE == 0 && page_offset > PAGE, "a gap before the pages");
+    w.sign(&key);
+    w.finish(&TestManifest { blob, page_offset }).unwrap();
+    Image::<TestManifest>::open_keyed(&p, Some(&key)).unwrap();
+    Image::<TestManifest>::open_pages_later(&p, Some(&key)).unwrap();
+}
+
 /// Like ssh with a private key: a key file others may read or write, someone else's, or too
 /// short to be a key, is refused, saying why.
 #[test]
