@@ -218,10 +218,10 @@ int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, boo
 	return ret;
 }
 
-/* fatal_signal_pending(current): an inline the Rust bindings lack. */
-bool ckpt_helper_fatal_signal_pending(void)
+/* fatal_signal_pending(): an inline the Rust bindings lack. */
+bool ckpt_helper_fatal_signal_pending(struct task_struct *task)
 {
-	return fatal_signal_pending(current);
+	return fatal_signal_pending(task);
 }
 
 void ckpt_helper_put_page(struct page *page)

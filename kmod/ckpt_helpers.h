@@ -64,6 +64,6 @@ void ckpt_rust_hash_page(void *hash, const void *page);
 void ckpt_helper_put_page(struct page *page);
 bool ckpt_helper_file_can(struct file *file, bool read, bool write);
 bool ckpt_helper_task_still_dumpable(struct task_struct *task);
-bool ckpt_helper_fatal_signal_pending(void);
+bool ckpt_helper_fatal_signal_pending(struct task_struct *task);
 
 #endif

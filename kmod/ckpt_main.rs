@@ -20,6 +20,7 @@ mod dump_pages;
 mod dump_task;
 mod helpers;
 mod layout;
+mod page_copy;
 mod query;
 mod registration;
 mod restore;

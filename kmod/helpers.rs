@@ -13,12 +13,13 @@ mod task;
 
 pub(crate) use file::{close_fds_on_return, dump_page, FileRef};
 pub(crate) use mm::{
-    access_process_vm, find_vma, mm_layout, mm_sole_user, pin_remote_pages, poke_current,
-    read_user_array, set_mm_layout, task_mm, vm_mmap, vm_munmap, vma_is_private_anon, PinnedPage,
+    access_process_vm, find_vma, mm_layout, mm_sole_user, pin_remote_pages, read_user_array,
+    set_mm_layout, task_mm, vm_mmap, vm_munmap, vma_is_private_anon, with_own_pages_pinned,
+    PinnedPage,
 };
 pub(crate) use task::{
     c_layout, caller_has_ptrace_cap_over, capable, current_ids, fatal_signal_pending,
     force_sigkill_current, is_kernel_thread, may_open_as_group, nr_threads, same_thread_group,
-    sigactions, signal_pending, task_by_vpid, task_ids, task_misc, task_still_dumpable,
-    traced_by_current, CLayout, ExecUpdateReadGuard,
+    sigactions, signal_pending, task_by_vpid, task_ids, task_killed, task_misc,
+    task_still_dumpable, traced_by_current, CLayout, ExecUpdateReadGuard,
 };

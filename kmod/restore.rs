@@ -7,9 +7,10 @@
 //!    the caller put in place (`CKPT_VMA_IN_PLACE`: private anonymous memory mapped before it
 //!    forked, shared copy-on-write with its children as when checkpointed);
 //! 3. map every other VMA (`vm_mmap`, files through the caller's fds);
-//! 4. copy page runs from the image files into place (FOLL_FORCE writes, so read-only
-//!    mappings need no mprotect dance): one file, or an incremental image's chain, each run
-//!    read from the image of the chain that holds it;
+//! 4. copy page runs from the image files into place: each chunk's pages pinned for writing
+//!    (FOLL_FORCE, so read-only mappings need no mprotect dance) and read into through their
+//!    kernel mapping, one copy from the page cache; one file, or an incremental image's
+//!    chain, each run read from the image of the chain that holds it;
 //! 5. install the mm layout (brk, arg/env, auxv, ...).
 //!
 //! A failure in 2-5 kills the caller: it never returns into a half-built address space.
@@ -24,7 +25,14 @@ use crate::abi::{
     CKPT_VMA_GROWSDOWN, CKPT_VMA_IN_PLACE, CKPT_VMA_KNOWN_FLAGS, CKPT_VMA_SHARED,
 };
 use crate::helpers::{self, FileRef};
-use kernel::{alloc::KVVec, bindings, mm::MmWithUser, prelude::*};
+use crate::page_copy::PageCopy;
+use kernel::{
+    alloc::KVVec,
+    bindings,
+    mm::MmWithUser,
+    prelude::*,
+    sync::{aref::ARef, Arc},
+};
 
 pub(crate) const PAGE: u64 = 4096;
 // mmap() flags: x86-64 UAPI values (asm-generic/mman-common.h, asm/mman.h), absent from the
@@ -36,8 +44,6 @@ const MAP_ANONYMOUS: u32 = 0x20;
 const MAP_GROWSDOWN: u32 = 0x0100;
 /// The top of a 4-level x86-64 user address space; anything above is refused.
 pub(crate) const USER_TOP: u64 = (1 << 47) - PAGE;
-/// How much page data is copied per step.
-const CHUNK: usize = 1 << 20;
 
 /// An image file held, with the runs read from it (a range of the run list).
 struct Source {
@@ -168,6 +174,14 @@ fn validate_sources(sources: &[Source], runs: &[CkptRestoreRun], vmas: &[NewVma]
     Ok(())
 }
 
+/// The VMA of the (sorted) list that holds `addr`, if any: the last starting at or below it.
+fn vma_at(vmas: &[NewVma], addr: u64) -> Option<&NewVma> {
+    let idx = vmas.partition_point(|v| v.vma.start <= addr);
+    idx.checked_sub(1)
+        .and_then(|i| vmas.get(i))
+        .filter(|v| addr < v.vma.end)
+}
+
 /// Checks that each run is page-aligned, inside one VMA and inside the image file.
 fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> Result {
     for run in runs {
@@ -179,9 +193,7 @@ fn validate_runs(runs: &[CkptRestoreRun], vmas: &[NewVma], image_size: u64) -> R
         if image_end > image_size {
             return Err(EINVAL);
         }
-        // The VMA list is sorted: find the last VMA starting at or below the run.
-        let idx = vmas.partition_point(|v| v.vma.start <= run.addr);
-        let vma = idx.checked_sub(1).and_then(|i| vmas.get(i)).ok_or(EINVAL)?;
+        let vma = vma_at(vmas, run.addr).ok_or(EINVAL)?;
         if end > vma.vma.end {
             return Err(EINVAL);
         }
@@ -221,15 +233,15 @@ pub(crate) fn restore(req: &CkptRestore) -> Result {
     )?;
     let runs = helpers::read_user_array::<CkptRestoreRun>(req.runs, req.run_count)?;
     validate_sources(&sources, &runs, &vmas)?;
-    let mut buf = KVVec::from_elem(0u8, CHUNK, GFP_KERNEL)?;
     let fds = fds_to_close(req, &vmas, &sources)?;
     // Collected before touching anything: allocation can still fail cleanly.
     let in_place = in_place_ranges(&vmas)?;
     let old = mappings_to_drop(mm, keep, &in_place)?;
+    let copy = page_copy_of(sources, runs, mm)?;
     helpers::close_fds_on_return(fds)?;
 
     // 2-5. Past this point, failure kills the caller.
-    let result = replace_address_space(&old, &vmas, (&runs, &sources), &mut buf).map(|()| {
+    let result = replace_address_space(&old, &vmas, copy).map(|()| {
         helpers::set_mm_layout(mm, &req.mm);
     });
     if result.is_err() {
@@ -365,12 +377,7 @@ fn push_uncovered(
 
 /// Unmaps `old`, maps every VMA of the image, copies the page runs in. The caller is killed
 /// if this fails part-way.
-fn replace_address_space(
-    old: &[(usize, usize)],
-    vmas: &[NewVma],
-    (runs, sources): (&[CkptRestoreRun], &[Source]),
-    buf: &mut KVVec<u8>,
-) -> Result {
+fn replace_address_space(old: &[(usize, usize)], vmas: &[NewVma], copy: Arc<PageCopy>) -> Result {
     for &(start, end) in old.iter() {
         helpers::vm_munmap(start, end - start)?;
     }
@@ -380,28 +387,22 @@ fn replace_address_space(
         stop_if_killed()?;
         map_vma(v)?;
     }
-    for s in sources {
-        let end = s.first.checked_add(s.count).ok_or(EINVAL)?;
-        for run in runs.get(s.first..end).ok_or(EINVAL)? {
-            copy_run(run, &s.file, buf)?;
-        }
-    }
-    Ok(())
+    copy.run()
 }
 
-/// Copies one run from `image` into place, a chunk at a time (stopping once the caller is
-/// killed).
-fn copy_run(run: &CkptRestoreRun, image: &FileRef, buf: &mut KVVec<u8>) -> Result {
-    let mut done = 0u64;
-    while done < run.len {
-        stop_if_killed()?;
-        let n = core::cmp::min(run.len - done, CHUNK as u64) as usize;
-        let chunk = buf.get_mut(..n).ok_or(EINVAL)?;
-        image.read_exact_at(chunk, run.image_offset + done)?;
-        helpers::poke_current((run.addr + done) as usize, chunk)?;
-        done += n as u64;
+/// The page copy of `runs` from the sources' files into `mm`, the caller's.
+fn page_copy_of(
+    sources: KVVec<Source>,
+    runs: KVVec<CkptRestoreRun>,
+    mm: &MmWithUser,
+) -> Result<Arc<PageCopy>> {
+    let mut files = KVVec::with_capacity(sources.len(), GFP_KERNEL)?;
+    let mut spans = KVVec::with_capacity(sources.len(), GFP_KERNEL)?;
+    for s in sources.into_iter() {
+        spans.push((s.first, s.count), GFP_KERNEL)?;
+        files.push(s.file, GFP_KERNEL)?;
     }
-    Ok(())
+    PageCopy::new(files, spans, runs, ARef::from(mm))
 }
 
 /// EINTR once the caller has been killed. Only a fatal signal: an ordinary one must not make

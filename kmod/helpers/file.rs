@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Files: counted references taken from the caller's fds (with the mode checks kernel_read and
-//! kernel_write need), reading the image, closing the caller's fds once the ioctl has returned,
+//! kernel_write need), reading the image into pinned pages, closing the caller's fds once the ioctl has returned,
 //! and writing pinned pages into the image.
 
 use super::mm::PinnedPage;
@@ -25,6 +25,13 @@ extern "C" {
 
 /// A counted reference to an open file, taken from one of the caller's fds.
 pub(crate) struct FileRef(NonNull<bindings::file>);
+
+// SAFETY: a counted `struct file` reference may be used (read through) and dropped (fput) from
+// any thread: the restore's page-copy worker reads the image through one.
+unsafe impl Send for FileRef {}
+// SAFETY: as above; reading a file through a shared reference needs no exclusive access (each
+// reader passes its own position).
+unsafe impl Sync for FileRef {}
 
 impl FileRef {
     /// `fget(fd)`: EBADF if the caller has no such fd.
@@ -58,21 +65,45 @@ impl FileRef {
         u64::try_from(size).unwrap_or(0)
     }
 
-    /// `kernel_read()` at `pos`, filling all of `buf`; EIO on a short read.
-    pub(crate) fn read_exact_at(&self, buf: &mut [u8], pos: u64) -> Result {
-        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
-        let mut done = 0usize;
-        while done < buf.len() {
-            let rest = buf.get_mut(done..).ok_or(EINVAL)?;
-            // SAFETY: we hold the file; `rest` is a writable kernel buffer of that length.
-            let n = unsafe {
-                bindings::kernel_read(
-                    self.0.as_ptr(),
-                    rest.as_mut_ptr().cast(),
-                    rest.len(),
-                    &mut pos,
-                )
+    /// Reads `pages.len()` whole pages at `pos` into `pages` through their kernel mapping
+    /// (one `vfs_iter_read` over a bvec of them: one kernel-to-kernel copy from the page
+    /// cache). `bvecs` is scratch room. EIO on a short read (the file shrank).
+    pub(crate) fn read_into_pages(
+        &self,
+        pages: &[*mut bindings::page],
+        pos: u64,
+        bvecs: &mut KVec<bindings::bio_vec>,
+    ) -> Result {
+        let page_size = kernel::page::PAGE_SIZE;
+        bvecs.clear();
+        for &page in pages {
+            let bv = bindings::bio_vec {
+                bv_page: page,
+                bv_len: page_size as u32,
+                bv_offset: 0,
             };
+            bvecs.push(bv, GFP_KERNEL)?;
+        }
+        let total = pages.len() * page_size;
+        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
+        let mut iter = core::mem::MaybeUninit::<bindings::iov_iter>::zeroed();
+        // SAFETY: `iter` is ours to initialise; `bvecs` holds `pages.len()` entries of whole
+        // pinned pages and outlives the iterator's use below.
+        unsafe {
+            bindings::iov_iter_bvec(
+                iter.as_mut_ptr(),
+                bindings::ITER_DEST,
+                bvecs.as_ptr(),
+                bvecs.len() as _,
+                total,
+            )
+        };
+        let mut done = 0usize;
+        while done < total {
+            // SAFETY: we hold the file (opened for reading, checked at fget); `iter` was
+            // initialised above and advances past what each call read.
+            let n =
+                unsafe { bindings::vfs_iter_read(self.0.as_ptr(), iter.as_mut_ptr(), &mut pos, 0) };
             if n <= 0 {
                 return Err(if n < 0 {
                     Error::from_errno(n as i32)

@@ -1,6 +1,6 @@
 // SPDX-License-Identifier: GPL-2.0
 //! Address spaces: a task's mm, VMA lookup, another task's memory (access_process_vm, pinned
-//! pages to dump), the caller's own (vm_mmap/vm_munmap, forced writes, an ioctl's user arrays),
+//! pages to dump), the caller's own (vm_mmap/vm_munmap, pages pinned for writing, an ioctl's user arrays),
 //! and the mm layout (code/data/brk/stack/args/env, auxv).
 
 use super::file::FileRef;
@@ -124,28 +124,6 @@ pub(crate) fn vm_mmap(
     Ok(ret)
 }
 
-/// Writes `buf` at `addr` of the caller's memory like a debugger would (FOLL_FORCE: also into
-/// read-only private mappings, breaking COW). EFAULT unless all of it was written.
-pub(crate) fn poke_current(addr: usize, buf: &[u8]) -> Result {
-    let len = i32::try_from(buf.len()).map_err(|_| EINVAL)?;
-    let current = kernel::current!();
-    // SAFETY: `current` is valid; `buf` is a readable kernel buffer of `len` bytes (the kernel
-    // only reads from it for a FOLL_WRITE access).
-    let n = unsafe {
-        bindings::access_process_vm(
-            current.as_ptr(),
-            addr,
-            buf.as_ptr().cast_mut().cast(),
-            len,
-            bindings::FOLL_FORCE | bindings::FOLL_WRITE,
-        )
-    };
-    if n != len {
-        return Err(EFAULT);
-    }
-    Ok(())
-}
-
 /// A page of another process pinned by `get_user_pages_remote()`; unpinned on drop.
 pub(crate) struct PinnedPage(NonNull<bindings::page>);
 
@@ -199,6 +177,56 @@ pub(crate) fn pin_remote_pages(
         out.push(PinnedPage(page), GFP_KERNEL)?;
     }
     Ok(got)
+}
+
+/// Pins the `count` pages of the caller's own memory from `addr` for writing (FOLL_PIN, as
+/// direct I/O does; FOLL_FORCE: read-only private mappings too, breaking COW, as a debugger
+/// writes), lets `fill` write them through their kernel mapping, then unpins them marked
+/// dirty. `slots` is scratch room for the page pointers. EFAULT at a hole.
+pub(crate) fn with_own_pages_pinned(
+    addr: usize,
+    count: usize,
+    slots: &mut KVec<*mut bindings::page>,
+    fill: impl FnOnce(&[*mut bindings::page]) -> Result,
+) -> Result {
+    slots.clear();
+    slots.reserve(count, GFP_KERNEL)?;
+    let mut result = Ok(());
+    while slots.len() < count {
+        let done = slots.len();
+        let want = i32::try_from(count - done).map_err(|_| EINVAL)?;
+        let at = addr + done * kernel::page::PAGE_SIZE;
+        // SAFETY: `slots` has room for `count` pointers (reserved above), of which `done` are
+        // used; the kernel writes at most `want` more, and we account for what it wrote.
+        let got = unsafe {
+            let free = slots.as_mut_ptr().add(done);
+            let got = bindings::pin_user_pages_fast(
+                at as _,
+                want,
+                bindings::FOLL_WRITE | bindings::FOLL_FORCE,
+                free,
+            );
+            if got > 0 {
+                slots.inc_len(got as usize);
+            }
+            got
+        };
+        if got <= 0 {
+            result = Err(if got < 0 {
+                Error::from_errno(got)
+            } else {
+                EFAULT
+            });
+            break;
+        }
+    }
+    if result.is_ok() {
+        result = fill(slots);
+    }
+    // SAFETY: every pointer in `slots` was pinned by pin_user_pages_fast above, once.
+    unsafe { bindings::unpin_user_pages_dirty_lock(slots.as_mut_ptr(), slots.len() as _, true) };
+    slots.clear();
+    result
 }
 
 /// Reads `count` records of `T` from user memory at `ptr`. EINTR if the caller is killed

@@ -49,7 +49,7 @@ extern "C" {
     fn ckpt_helper_may_open_as_group(gid: u32) -> bool;
     fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
     fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
-    fn ckpt_helper_fatal_signal_pending() -> bool;
+    fn ckpt_helper_fatal_signal_pending(task: *mut c_void) -> bool;
 }
 
 /// The field offsets as the C compiler laid them out.
@@ -236,6 +236,12 @@ pub(crate) fn signal_pending() -> bool {
 /// Whether the caller has been killed (SIGKILL, or a fatal signal turned into it). Loops that
 /// must not stop for an ordinary signal (past the restore's point of no return) stop for this.
 pub(crate) fn fatal_signal_pending() -> bool {
-    // SAFETY: only reads current's pending signals.
-    unsafe { ckpt_helper_fatal_signal_pending() }
+    task_killed(kernel::current!())
+}
+
+/// Whether `task` has been killed (as [`fatal_signal_pending`] for current): a worker acting
+/// for it stops then.
+pub(crate) fn task_killed(task: &Task) -> bool {
+    // SAFETY: `task` is valid; the helper only reads its pending signals.
+    unsafe { ckpt_helper_fatal_signal_pending(task.as_ptr().cast()) }
 }

@@ -27,6 +27,7 @@
 pub mod codec;
 mod header;
 pub mod mac;
+pub mod mapped;
 mod reader;
 mod writer;
 

@@ -3,15 +3,17 @@
 use super::codec::{self, Codec, FileRange, MAX_RATIO};
 use super::header::{Header, HEADER_LEN};
 use super::mac::{self, MacKey};
+use super::mapped::MappedFile;
 use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::de::DeserializeOwned;
 use std::fs::File;
-use std::io::Read;
+use std::io::{self, Read};
 use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::atomic::Ordering;
 use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// The manifest is JSON metadata; anything larger than this is not a ckpt image.
@@ -149,6 +151,53 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     }
 }
 
+/// Checks the checksums of the plain pages sections `indexes` of `sections` (placed
+/// already) from `map`, on as many threads as there are CPUs: each section's XXH64 is
+/// sequential, but sections are independent (a dump writes one per 64 MiB or less).
+fn check_pages_sections(
+    path: &Path,
+    sections: &[Section],
+    indexes: &[usize],
+    map: &MappedFile,
+) -> Result<(), ImageError> {
+    let threads = std::thread::available_parallelism()
+        .map_or(1, |n| n.get())
+        .min(indexes.len());
+    let next = std::sync::atomic::AtomicUsize::new(0);
+    let check_one = |i: usize| -> Result<(), ImageError> {
+        let (offset, len, xxh64) = sections[i].stored();
+        let mut sum = Xxh64::new(0);
+        map.for_each_mib((offset, offset + len), |b| sum.update(b))
+            .map_err(|source| ImageError::Io {
+                path: path.into(),
+                source,
+            })?;
+        match sum.digest() == xxh64 {
+            true => Ok(()),
+            false => Err(corrupt(
+                path,
+                format!("section {i} (pages) checksum mismatch"),
+            )),
+        }
+    };
+    // Each thread takes the next section until none is left or one fails.
+    let work = || -> Result<(), ImageError> {
+        while let Some(&i) = indexes.get(next.fetch_add(1, Ordering::Relaxed)) {
+            check_one(i).inspect_err(|_| next.store(indexes.len(), Ordering::Relaxed))?;
+        }
+        Ok(())
+    };
+    std::thread::scope(|scope| {
+        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
+        let mine = work();
+        let theirs = others.into_iter().map(|h| {
+            h.join()
+                .unwrap_or_else(|_| Err(corrupt(path, "a checksum thread panicked")))
+        });
+        std::iter::once(mine).chain(theirs).collect()
+    })
+}
+
 /// Opens the image at `path` and reads and checks its header page: the file, the header, and
 /// the page (the MAC field in it, if the version has one, is not checked here).
 fn read_header(path: &Path) -> Result<(File, Header, Vec<u8>), ImageError> {
@@ -226,6 +275,10 @@ impl<M> Image<M> {
             _ => vec![0u8; (1 << 20).min(data_end.saturating_sub(PAGE)) as usize],
         };
         let compressed = self.sections.iter().any(|s| s.compressed.is_some());
+        // Pages sections are read where they lie in the page cache (no copy); without a MAC
+        // (which needs every byte in order) they are hashed after the others, in parallel.
+        let mut mapped: Option<MappedFile> = None;
+        let mut pages = Vec::new();
         let mut view_pos = 0;
         for (i, s) in self.sections.iter().enumerate() {
             let (offset, len, xxh64) = s.stored();
@@ -251,8 +304,16 @@ impl<M> Image<M> {
             if plain_pages && matches!(check, Check::PagesInBackground) {
                 continue;
             }
+            if plain_pages && mapped.is_none() {
+                mapped = Some(MappedFile::new(&self.file).map_err(|e| self.io_err(e))?);
+            }
+            if plain_pages && mac.is_none() {
+                pages.push(i); // hashed after the loop, several at once
+                continue;
+            }
             let mut sum = Xxh64::new(0);
-            self.read_range((offset, end), &mut buf, |b| {
+            let map = mapped.as_ref().filter(|_| plain_pages);
+            self.read_range((offset, end), map, &mut buf, |b| {
                 sum.update(b);
                 if let Some(h) = mac.as_mut() {
                     h.update(b);
@@ -264,9 +325,13 @@ impl<M> Image<M> {
                     format!("section {i} ({}) checksum mismatch", s.kind.name()),
                 ));
             }
-            if matches!(check, Check::All) || s.kind != PAGES {
+            // A plain pages section's content is what was just checked.
+            if !plain_pages && (matches!(check, Check::All) || s.kind != PAGES) {
                 self.decode_section(i, |_| Ok(()))?;
             }
+        }
+        if let Some(map) = &mapped {
+            check_pages_sections(path, &self.sections, &pages, map)?;
         }
         match check {
             Check::ManifestOnly => Ok(()),
@@ -274,26 +339,37 @@ impl<M> Image<M> {
         }
     }
 
-    /// Hands the bytes from `from` to `to` to `each`, a buffer at a time.
+    /// Hands the bytes from `from` to `to` to `each`: from `map` if given (no copy), else a
+    /// buffer at a time, read into `buf`.
     fn read_range(
         &self,
         (from, to): (u64, u64),
+        map: Option<&MappedFile>,
         buf: &mut [u8],
         mut each: impl FnMut(&[u8]),
     ) -> Result<(), ImageError> {
+        if let Some(map) = map {
+            return map
+                .for_each_mib((from, to), each)
+                .map_err(|e| self.io_err(e));
+        }
         let mut at = from;
         while at < to {
             let n = ((to - at) as usize).min(buf.len());
             self.file
                 .read_exact_at(&mut buf[..n], at)
-                .map_err(|source| ImageError::Io {
-                    path: self.path.clone(),
-                    source,
-                })?;
+                .map_err(|e| self.io_err(e))?;
             each(&buf[..n]);
             at += n as u64;
         }
         Ok(())
+    }
+
+    fn io_err(&self, source: io::Error) -> ImageError {
+        ImageError::Io {
+            path: self.path.clone(),
+            source,
+        }
     }
 
     /// The bytes from `from` to `to` (a gap between sections) are zero; `mac` gets them.
@@ -304,7 +380,7 @@ impl<M> Image<M> {
         mac: &mut Option<blake3::Hasher>,
     ) -> Result<(), ImageError> {
         let mut zero = true;
-        self.read_range((from, to), buf, |b| {
+        self.read_range((from, to), None, buf, |b| {
             zero &= b.iter().all(|&x| x == 0);
             if let Some(h) = mac.as_mut() {
                 h.update(b);

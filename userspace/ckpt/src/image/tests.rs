@@ -556,7 +556,10 @@ fn a_mac_counts_the_padding_before_a_pages_section_once() {
     let mut w = ImageWriter::create(&p).unwrap();
     let blob = w.add_blob(BLOB, &[7u8; 100]).unwrap();
     let page_offset = w.append_pages(&sample_pages()).unwrap();
-    assert!(page_offset % PAGE == 0 && page_offset > PAGE, "a gap before the pages");
+    assert!(
+        page_offset.is_multiple_of(PAGE) && page_offset > PAGE,
+        "a gap before the pages"
+    );
     w.sign(&key);
     w.finish(&TestManifest { blob, page_offset }).unwrap();
     Image::<TestManifest>::open_keyed(&p, Some(&key)).unwrap();

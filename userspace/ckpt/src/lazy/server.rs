@@ -12,6 +12,7 @@
 
 use super::pending::{Pending, Piece};
 use crate::errors::{restore_io, RestoreError};
+use crate::image::mapped::MappedFile;
 use crate::manifest::Process;
 use crate::sys::uffd::{self, Event};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
@@ -136,48 +137,12 @@ impl Server {
     }
 }
 
-/// An image's pages, mapped read-only.
-struct Mapped {
-    addr: *const u8,
-    len: usize,
-}
-
-impl Mapped {
-    fn new(fd: RawFd) -> std::io::Result<Mapped> {
-        // SAFETY: `fd` is open (inherited from ckpt); the mapping is read-only and private.
-        let f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
-        let len = f.metadata()?.len() as usize;
-        let Some(size) = std::num::NonZeroUsize::new(len) else {
-            return Ok(Mapped {
-                addr: std::ptr::null(),
-                len: 0,
-            });
-        };
-        // SAFETY: a new read-only mapping of a file we hold; nothing else is placed there.
-        let p = unsafe {
-            nix::sys::mman::mmap(
-                None,
-                size,
-                nix::sys::mman::ProtFlags::PROT_READ,
-                nix::sys::mman::MapFlags::MAP_PRIVATE,
-                f.as_fd(),
-                0,
-            )
-        }?;
-        Ok(Mapped {
-            addr: p.as_ptr() as *const u8,
-            len,
-        })
-    }
-
-    fn bytes(&self, offset: u64, len: u64) -> Option<&[u8]> {
-        let end = offset.checked_add(len)?;
-        if end > self.len as u64 || self.addr.is_null() {
-            return None;
-        }
-        // SAFETY: inside the mapping, which lives as long as the server.
-        Some(unsafe { std::slice::from_raw_parts(self.addr.add(offset as usize), len as usize) })
-    }
+/// An image (or decompressed view) file, by the fd ckpt left it at: the mapping outlives the
+/// fd's number, which is never closed.
+fn map_image(fd: RawFd) -> std::io::Result<MappedFile> {
+    // SAFETY: `fd` is open (inherited from ckpt) and stays open: the `File` is never dropped.
+    let f = std::mem::ManuallyDrop::new(unsafe { File::from_raw_fd(fd) });
+    MappedFile::new(&f)
 }
 
 /// One address space served: a process of the tree, or a child it forked since.
@@ -190,7 +155,7 @@ struct Space {
 
 struct State {
     spaces: Vec<Space>,
-    images: Vec<Mapped>,
+    images: Vec<MappedFile>,
     initial: Vec<Pending>,
     channel: Option<OwnedFd>,
     /// The tree's processes (pids as we see them), told before "released".
@@ -205,7 +170,7 @@ struct State {
 
 fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd], Unverified)) -> ! {
     close_all_but(channel.as_raw_fd(), keep);
-    let images = match keep.iter().map(|&fd| Mapped::new(fd)).collect() {
+    let images = match keep.iter().map(|&fd| map_image(fd)).collect() {
         Ok(m) => m,
         Err(e) => fatal("mapping the image", e),
     };
@@ -424,7 +389,7 @@ enum Placed {
     Again,
 }
 
-fn place(space: &mut Space, piece: Piece, images: &[Mapped]) -> Placed {
+fn place(space: &mut Space, piece: Piece, images: &[MappedFile]) -> Placed {
     let Some(src) = images
         .get(piece.image)
         .and_then(|m| m.bytes(piece.offset, piece.len))
