@@ -482,7 +482,9 @@ impl Scan<'_> {
         let anonymous = !m.is_file();
         let npages = ((m.end - m.start) / PAGE) as usize;
         const BATCH: usize = 4096;
-        let mut entries = vec![0u8; BATCH * 8];
+        // Sized to the mapping: a zeroed 32 KiB per one-page mapping was most of the dump
+        // time of a process with 10,000 mappings (memset runs slowly under TCG).
+        let mut entries = vec![0u8; BATCH.min(npages) * 8];
         let mut first = 0usize;
         while first < npages {
             let n = BATCH.min(npages - first);
@@ -558,10 +560,13 @@ impl Scan<'_> {
 /// `shared`: the shared memory it maps, if it does.
 fn vma_of(m: &MapEntry, runs: &[PageRun], shared: Option<Backing>) -> Vma {
     // The module merges pages that follow each other in memory and in the file, also across
-    // adjacent mappings: cut the runs at this mapping's bounds.
-    let pages = runs
+    // adjacent mappings: cut the runs at this mapping's bounds. `runs` are sorted by address
+    // and disjoint: the first overlapping one is found by bisection (a scan of every run for
+    // every mapping was quadratic: most of the dump time of 10,000 mappings).
+    let first = runs.partition_point(|r| r.addr + r.len <= m.start);
+    let pages = runs[first..]
         .iter()
-        .filter(|r| r.addr < m.end && m.start < r.addr + r.len)
+        .take_while(|r| r.addr < m.end)
         .map(|r| {
             let start = r.addr.max(m.start);
             let end = (r.addr + r.len).min(m.end);
