@@ -1,6 +1,6 @@
 //! A progress bar on stderr for the long parts of a checkpoint (writing pages) and of a
 //! restore (verifying and decompressing the image): bytes done and to do, throughput, time
-//! left. Drawn only on a terminal, only when allowed (not with `--json` or `--no-progress`),
+//! left. Drawn only on a terminal (TERM set, not `dumb`), only when allowed (not with `--json` or `--no-progress`),
 //! and only once the work is long enough ([`THRESHOLD`]): a short checkpoint prints what it
 //! always printed.
 //!
@@ -39,9 +39,12 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Progress of `what`, drawn on stderr if it is a terminal and `allowed`.
+    /// Progress of `what`, drawn on stderr if it is a terminal and `allowed`. A terminal
+    /// whose kind is unknown (TERM unset) or `dumb` cannot move its cursor: no bar there
+    /// (indicatif would draw none either).
     pub fn stderr(what: &'static str, allowed: bool) -> Self {
-        let terminal = std::io::stderr().is_terminal();
+        let known = std::env::var_os("TERM").is_some_and(|t| !t.is_empty() && t != "dumb");
+        let terminal = known && std::io::stderr().is_terminal();
         Self::build(what, (allowed, terminal), ProgressDrawTarget::stderr)
     }
 
