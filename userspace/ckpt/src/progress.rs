@@ -1,8 +1,8 @@
 //! A progress bar on stderr for the long parts of a checkpoint (writing pages) and of a
 //! restore (verifying and decompressing the image): bytes done and to do, throughput, time
-//! left. Drawn only on a terminal (TERM set, not `dumb`), only when allowed (not with `--json` or `--no-progress`),
-//! and only once the work is long enough ([`THRESHOLD`]): a short checkpoint prints what it
-//! always printed.
+//! left. Drawn only on a terminal (TERM set, not `dumb`), only when allowed (not with
+//! `--json` or `--no-progress`), and only once the work is long enough ([`THRESHOLD`]): a
+//! short checkpoint prints what it always printed.
 //!
 //! The work's size may grow as it goes (a tree's processes are scanned one after the other):
 //! [`Progress::add_total`] as it is found, [`Progress::advance`] as it is done. The bar
@@ -22,6 +22,13 @@ pub fn wanted(allowed: bool, stderr_is_terminal: bool, total: u64) -> bool {
     allowed && stderr_is_terminal && total > THRESHOLD
 }
 
+/// Whether a bar can be drawn on stderr: a terminal (`isatty`) of a known kind (`term`, the
+/// TERM variable): one whose kind is unknown or `dumb` cannot move its cursor (indicatif
+/// draws nothing there either).
+pub fn usable_terminal(term: Option<&std::ffi::OsStr>, isatty: bool) -> bool {
+    isatty && term.is_some_and(|t| !t.is_empty() && t != "dumb")
+}
+
 /// The progress of one long piece of work, in bytes. Methods take `&self`: the readers that
 /// advance it are closures handed around.
 pub struct Progress {
@@ -39,12 +46,11 @@ pub struct Progress {
 }
 
 impl Progress {
-    /// Progress of `what`, drawn on stderr if it is a terminal and `allowed`. A terminal
-    /// whose kind is unknown (TERM unset) or `dumb` cannot move its cursor: no bar there
-    /// (indicatif would draw none either).
+    /// Progress of `what`, drawn on stderr if it is a [usable terminal](usable_terminal) and
+    /// `allowed`.
     pub fn stderr(what: &'static str, allowed: bool) -> Self {
-        let known = std::env::var_os("TERM").is_some_and(|t| !t.is_empty() && t != "dumb");
-        let terminal = known && std::io::stderr().is_terminal();
+        let term = std::env::var_os("TERM");
+        let terminal = usable_terminal(term.as_deref(), std::io::stderr().is_terminal());
         Self::build(what, (allowed, terminal), ProgressDrawTarget::stderr)
     }
 
@@ -161,6 +167,19 @@ mod tests {
             "not more than the threshold"
         );
         assert!(!wanted(true, true, 0));
+    }
+
+    #[test]
+    fn a_terminal_of_unknown_or_dumb_kind_gets_no_bar() {
+        let term = |t: &str| Some(std::ffi::OsString::from(t));
+        assert!(usable_terminal(term("xterm-256color").as_deref(), true));
+        assert!(
+            !usable_terminal(term("xterm").as_deref(), false),
+            "not a tty"
+        );
+        assert!(!usable_terminal(term("dumb").as_deref(), true));
+        assert!(!usable_terminal(term("").as_deref(), true));
+        assert!(!usable_terminal(None, true), "TERM unset");
     }
 
     /// A terminal that keeps what is written to it.
