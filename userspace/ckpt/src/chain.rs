@@ -11,6 +11,7 @@
 use crate::image::{ImageError, MacKey, Section};
 use crate::manifest::{Image, Manifest};
 use crate::memory::PageRun;
+use crate::progress::Progress;
 use ckpt_abi::CKPT_RESTORE_MAX_IMAGES;
 use serde::{Deserialize, Serialize};
 use std::io;
@@ -89,8 +90,13 @@ impl Chain {
 
     /// As [`Chain::open_keyed`], each image opened with [`Image::open_pages_later`]:
     /// compressed pages are checked as the restore decompresses them (`Image::pages_view`).
-    pub fn open_pages_later(path: &Path, key: Option<&MacKey>) -> Result<Chain, ImageError> {
-        Self::open_with(path, |p| Image::open_pages_later(p, key))
+    /// `progress` counts the bytes verified, over the whole chain.
+    pub fn open_pages_later(
+        path: &Path,
+        key: Option<&MacKey>,
+        progress: &Progress,
+    ) -> Result<Chain, ImageError> {
+        Self::open_with(path, |p| Image::open_pages_later(p, key, progress))
     }
 
     /// As [`Chain::open`], each image opened with [`Image::open_pages_unverified`]: for a

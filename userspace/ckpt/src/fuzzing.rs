@@ -15,6 +15,7 @@ use crate::fds::{Fd, FdKind, FdTable, InheritedStdio, Pipe, PipeEnd, Shared};
 use crate::image::{ImageWriter, MacKey, PAGE};
 use crate::manifest::{Image, Manifest, Process};
 use crate::memory::{Backing, Memory, MmLayout, PageRun, Vma};
+use crate::progress::Progress;
 use crate::thread::{RobustList, SigAltStack, Thread, XSTATE};
 use crate::timers::Timers;
 use serde_json::Value;
@@ -137,8 +138,9 @@ pub fn read_image(path: &Path) -> Vec<(&'static str, Result<(), String>)> {
         let _ = serde_json::to_string_pretty(&chain.image().manifest);
     });
     let keyed = match path.parent().map(|d| d.join("key")).filter(|k| k.exists()) {
-        Some(k) => MacKey::load(&k).and_then(|key| Chain::open_pages_later(path, Some(&key))),
-        None => Chain::open_pages_later(path, None),
+        Some(k) => MacKey::load(&k)
+            .and_then(|key| Chain::open_pages_later(path, Some(&key), &Progress::hidden())),
+        None => Chain::open_pages_later(path, None, &Progress::hidden()),
     };
     vec![
         ("manifests", manifests.map_err(|e| e.to_string())),
@@ -150,13 +152,15 @@ pub fn read_image(path: &Path) -> Vec<(&'static str, Result<(), String>)> {
 
 /// What `ckpt restore` reads of an image before it forks.
 fn read_for_restore(path: &Path) -> Result<(), String> {
-    let chain = Chain::open_pages_later(path, None).map_err(|e| e.to_string())?;
+    let chain =
+        Chain::open_pages_later(path, None, &Progress::hidden()).map_err(|e| e.to_string())?;
     let sink = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")
         .map_err(|e| e.to_string())?;
     for img in &chain.images {
-        img.pages_view().map_err(|e| e.to_string())?;
+        img.pages_view(&Progress::hidden())
+            .map_err(|e| e.to_string())?;
         read_sections(img, &sink)?;
     }
     // A plan the restore refuses (not the image's fault: it says why, the harness names

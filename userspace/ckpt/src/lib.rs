@@ -38,6 +38,7 @@ pub mod inject;
 pub mod interceptor;
 pub mod lazy;
 pub mod proc;
+pub mod progress;
 pub mod snapshot;
 pub mod sys;
 pub mod worker;

@@ -131,9 +131,14 @@ struct CheckpointArgs {
     #[arg(long, value_name = "LEVEL", num_args = 0..=1, require_equals = true,
           default_missing_value = "3", value_parser = clap::value_parser!(i32).range(1..=22))]
     compress: Option<i32>,
-    /// Print the statistics as JSON.
+    /// Print the statistics as JSON (no progress bar either).
     #[arg(long)]
     json: bool,
+    /// No progress bar. Without this, a checkpoint writing more than 64 MiB of pages shows
+    /// one on stderr when stderr is a terminal (bytes written and to write, throughput,
+    /// time left).
+    #[arg(long)]
+    no_progress: bool,
     /// Take the plain path even if the process runs under `ckpt run` (no flushing, ids
     /// not virtualized).
     #[arg(long)]
@@ -213,6 +218,11 @@ struct RestoreArgs {
     /// is in (see README, "Lazy restore").
     #[arg(long)]
     lazy: bool,
+    /// No progress bar. Without this, a restore reading more than 64 MiB of image shows one
+    /// on stderr when stderr is a terminal, while it verifies the image (and while it
+    /// decompresses a compressed one's pages).
+    #[arg(long)]
+    no_progress: bool,
 }
 
 #[derive(clap::Args)]
@@ -351,6 +361,7 @@ fn checkpoint(device: &std::path::Path, a: CheckpointArgs) -> anyhow::Result<i32
             parent,
             compress: a.compress,
             key: key.as_ref(),
+            progress: !a.json && !a.no_progress,
         };
         ckpt::checkpoint::checkpoint(&opts)
     };
@@ -545,6 +556,7 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         trust_image: a.trust_image,
         key: load_key(a.key.as_deref())?,
         lazy: a.lazy,
+        progress: !a.no_progress,
     };
     let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;
     if let Some(file) = &a.pidfile {

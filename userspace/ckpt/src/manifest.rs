@@ -357,14 +357,14 @@ mod tests {
             2
         );
         assert_eq!(
-            Chain::open_pages_later(&child, Some(&key))
+            Chain::open_pages_later(&child, Some(&key), &crate::progress::Progress::hidden())
                 .unwrap()
                 .images
                 .len(),
             2
         );
         write(None);
-        let e = Chain::open_pages_later(&child, Some(&key))
+        let e = Chain::open_pages_later(&child, Some(&key), &crate::progress::Progress::hidden())
             .unwrap_err()
             .to_string();
         assert!(

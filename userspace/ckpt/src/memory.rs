@@ -15,6 +15,7 @@ use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
 use crate::image::{ImageWriter, Section, PAGE, PAGES};
 use crate::proc::{self, MapEntry};
+use crate::progress::Progress;
 use crate::shmem::{self, ShmDump, ShmObject};
 use crate::stats::Stats;
 use ckpt_abi::{
@@ -252,12 +253,14 @@ pub fn dump_objects(
 /// with their page runs and their shared memory (`objects`, from [`dump_objects`]). Pages an
 /// earlier process stored are not stored again (`stored`), nor those `reuse` finds in the
 /// parent chain (unchanged since the parent image). `image_path` names the image in errors.
+/// The module is called for [`DUMP_CHUNK`] bytes of memory at a time, `progress` advanced
+/// after each.
 pub fn dump_pages(
     source: i32,
     dev: &Device,
     (maps, objects, reuse): (&[MapEntry], Vec<Option<Backing>>, &Reuse),
     w: &mut ImageWriter,
-    (image_path, stats, stored): (&Path, &mut Stats, &mut Stored),
+    (image_path, stats, stored, progress): (&Path, &mut Stats, &mut Stored, &Progress),
 ) -> Result<Vec<Vma>, CheckpointError> {
     let pid = source;
     let write_err = |source| CheckpointError::Write {
@@ -293,7 +296,11 @@ pub fn dump_pages(
     let refs = verify_refs(pid, refs, (w, stored), &mut anon_ranges)?;
     stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
     let mut runs: Vec<CkptRestoreRun> = Vec::new();
-    let limit = w.external_pages_limit();
+    let compressing = w.external_pages_limit().is_some();
+    let limit = w
+        .external_pages_limit()
+        .map_or(DUMP_CHUNK, |l| l.min(DUMP_CHUNK));
+    progress.add_total(bytes_of(&anon_ranges) + bytes_of(&file_ranges));
     for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
         for chunk in chunks(&set, limit) {
             let (file, offset) = w.external_pages_target().map_err(write_err)?;
@@ -303,10 +310,10 @@ pub fn dump_pages(
                     Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
                     _ => checkpoint_io(pid, "dumping pages")(e),
                 })?;
-            let sums = match limit {
-                Some(_) if !stored.lone => page_sums(file, offset, (&r.runs, &frames))
+            let sums = match compressing && !stored.lone {
+                true => page_sums(file, offset, (&r.runs, &frames))
                     .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
-                _ => Vec::new(),
+                false => Vec::new(),
             };
             let start = w
                 .external_pages_written(r.bytes_written, r.xxh64)
@@ -320,6 +327,7 @@ pub fn dump_pages(
                 run.image_offset = run.image_offset - offset + start;
                 run
             }));
+            progress.advance(bytes_of(&chunk));
         }
     }
     // Where this process's pages landed, for the processes after it.
@@ -348,18 +356,22 @@ pub fn dump_pages(
         .collect())
 }
 
+/// The most memory one `CKPT_IOC_DUMP_PAGES` copies: each call's pages become a pages
+/// section of their own (the module checksums what one call writes), and the progress bar
+/// moves between calls. Large enough that the calls cost nothing next to the copy.
+pub const DUMP_CHUNK: u64 = 64 << 20;
+
+/// Bytes of memory `ranges` cover.
+fn bytes_of(ranges: &[CkptRange]) -> u64 {
+    ranges.iter().map(|r| r.end - r.start).sum()
+}
+
 const PM_PRESENT: u64 = 1 << 63;
 const PM_SWAP: u64 = 1 << 62;
 const PM_FILE: u64 = 1 << 61;
 
-/// `ranges` cut in pieces of at most `limit` bytes of memory (one piece: no limit).
-fn chunks(ranges: &[CkptRange], limit: Option<u64>) -> Vec<Vec<CkptRange>> {
-    let Some(limit) = limit else {
-        return match ranges.is_empty() {
-            true => Vec::new(),
-            false => vec![ranges.to_vec()],
-        };
-    };
+/// `ranges` cut in pieces of at most `limit` bytes of memory.
+fn chunks(ranges: &[CkptRange], limit: u64) -> Vec<Vec<CkptRange>> {
     let (mut out, mut piece, mut room) = (Vec::new(), Vec::new(), limit);
     for r in ranges {
         let mut start = r.start;
@@ -885,11 +897,11 @@ mod tests {
     }
 
     #[test]
-    fn without_a_limit_ranges_are_one_piece() {
-        assert!(chunks(&[], None).is_empty());
+    fn ranges_within_the_limit_are_one_piece() {
+        assert!(chunks(&[], DUMP_CHUNK).is_empty());
         let set = [r(0, 10 * PAGE), r(20 * PAGE, 100 * PAGE)];
         assert_eq!(
-            pairs(&chunks(&set, None)),
+            pairs(&chunks(&set, DUMP_CHUNK)),
             vec![vec![(0, 10 * PAGE), (20 * PAGE, 100 * PAGE)]]
         );
     }
@@ -901,7 +913,7 @@ mod tests {
         let p = PAGE;
         let set = [r(0, 3 * p), r(10 * p, 15 * p), r(20 * p, 21 * p)];
         assert_eq!(
-            pairs(&chunks(&set, Some(4 * p))),
+            pairs(&chunks(&set, 4 * p)),
             vec![
                 vec![(0, 3 * p), (10 * p, 11 * p)],
                 vec![(11 * p, 15 * p)],

@@ -2535,3 +2535,154 @@ fn a_restore_killed_at_random_moments_leaves_all_or_nothing() {
     assert!(scribbler_check(restored, &out).starts_with("ok "));
     kill_and_reap(restored);
 }
+
+/// What a ckpt run wrote on a terminal: its stdout (a file), its exit status, and everything
+/// that came out of the pseudo-terminal its stderr was.
+struct OnTerminal {
+    status: std::process::ExitStatus,
+    stdout: String,
+    terminal: String,
+}
+
+/// Runs ckpt with `args`, its stderr a pseudo-terminal (read as it writes, so that it never
+/// blocks on a full one) and its stdout the file `stdout`. A restored process inherits the
+/// terminal: what it shows is what arrived by the time ckpt exited and went quiet. TERM says
+/// what terminal it is (the guest has none set, and without it no bar is drawn).
+fn ckpt_on_terminal(args: &[&str], stdout: &Path) -> OnTerminal {
+    use std::io::Read;
+    use std::sync::{Arc, Mutex};
+    let size = nix::pty::Winsize {
+        ws_row: 30,
+        ws_col: 120,
+        ws_xpixel: 0,
+        ws_ypixel: 0,
+    };
+    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let mut master = std::fs::File::from(pty.master);
+    let sink = Arc::clone(&seen);
+    // Ends when every copy of the other side is closed (EIO); a restored process's copy
+    // keeps it reading until the test kills that process.
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 4096];
+        while let Ok(n @ 1..) = master.read(&mut buf) {
+            sink.lock().unwrap().extend_from_slice(&buf[..n]);
+        }
+    });
+    let status = Command::new(common::ckpt_bin())
+        .args(args)
+        .env("TERM", "xterm")
+        .stdin(Stdio::null())
+        .stdout(std::fs::File::create(stdout).unwrap())
+        .stderr(std::fs::File::from(pty.slave))
+        .status()
+        .unwrap();
+    let mut last = 0;
+    common::wait_for("the terminal goes quiet", 30, || {
+        std::thread::sleep(Duration::from_millis(200));
+        let now = seen.lock().unwrap().len();
+        std::mem::replace(&mut last, now) == now
+    });
+    let terminal = String::from_utf8_lossy(&seen.lock().unwrap()).into_owned();
+    OnTerminal {
+        status,
+        stdout: std::fs::read_to_string(stdout).unwrap(),
+        terminal,
+    }
+}
+
+/// Whether `text` shows a progress bar of `what`: its name, bytes done of the total, the
+/// throughput and the time left.
+fn shows_bar(text: &str, what: &str) -> bool {
+    [what, " MiB/", " MiB/s", " ETA "]
+        .iter()
+        .all(|w| text.contains(w))
+}
+
+/// A checkpoint of 128 MiB with stderr on a terminal draws a progress bar there (and still
+/// prints its report on stdout); with --no-progress, or stderr a file, nothing but the usual
+/// output; compressing, a bar too. The pages went in pieces of 64 MiB at most (a pages
+/// section each), and the image restores (the counter checks its memory), drawing a bar
+/// while it verifies the image.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn long_checkpoints_and_restores_show_progress_on_a_terminal() {
+    let (_m, d, out, img) = begin("progress", false);
+    let mut child = start_counter("counter", &out, 128);
+    let pid = child.id().to_string();
+    let (image, report) = (img.to_str().unwrap(), d.path("report"));
+
+    let drawn = ckpt_on_terminal(&["checkpoint", &pid, "-o", image], &report);
+    assert!(drawn.status.success(), "{}", drawn.terminal);
+    assert!(
+        shows_bar(&drawn.terminal, "writing pages"),
+        "no bar on the terminal: {:?}",
+        drawn.terminal
+    );
+    let last_draw = drawn.terminal.rsplit('\r').find(|l| l.contains(" MiB/"));
+    eprintln!("the checkpoint's bar, last drawn: {last_draw:?}");
+    assert!(
+        drawn.stdout.starts_with("checkpointed process"),
+        "{}",
+        drawn.stdout
+    );
+    let sections = ckpt::manifest::Image::open(&img).unwrap().sections;
+    let pages: Vec<u64> = (sections.iter())
+        .filter(|s| s.kind == ckpt::image::PAGES)
+        .map(|s| s.len)
+        .collect();
+    assert!(
+        pages.len() >= 2 && pages.iter().all(|&l| l <= 64 << 20),
+        "pages sections of {pages:?} bytes"
+    );
+
+    let quiet = ckpt_on_terminal(&["checkpoint", &pid, "-o", image, "--no-progress"], &report);
+    assert!(quiet.status.success(), "{}", quiet.terminal);
+    assert_eq!(quiet.terminal, "", "--no-progress drew on the terminal");
+    let json = ckpt_on_terminal(&["checkpoint", &pid, "-o", image, "--json"], &report);
+    assert!(json.status.success(), "{}", json.terminal);
+    assert_eq!(json.terminal, "", "--json drew on the terminal");
+    assert!(json.stdout.trim_start().starts_with('{'), "{}", json.stdout);
+
+    // Compressing, the pages go through zstd in the same pieces, under the same bar.
+    let packed = d.path("packed");
+    let args = [
+        "checkpoint",
+        &pid,
+        "-o",
+        packed.to_str().unwrap(),
+        "--compress",
+    ];
+    let compressed = ckpt_on_terminal(&args, &report);
+    assert!(compressed.status.success(), "{}", compressed.terminal);
+    assert!(
+        shows_bar(&compressed.terminal, "writing pages"),
+        "no bar on the terminal: {:?}",
+        compressed.terminal
+    );
+
+    // stderr a pipe: empty, the report on stdout as always.
+    let last = {
+        let piped = Command::new(common::ckpt_bin())
+            .args(["checkpoint", &pid, "-o", image, "--kill"])
+            .stdin(Stdio::null())
+            .output()
+            .unwrap();
+        assert_eq!(String::from_utf8_lossy(&piped.stderr), "");
+        assert!(ok(&piped).starts_with("checkpointed process"));
+        child.wait().unwrap();
+        *numbers(&out, 0).last().unwrap()
+    };
+
+    let from = file_len(&out);
+    let restored = ckpt_on_terminal(&["restore", image], &d.path("restored"));
+    assert!(restored.status.success(), "{}", restored.terminal);
+    assert!(
+        shows_bar(&restored.terminal, "verifying"),
+        "no bar on the terminal: {:?}",
+        restored.terminal
+    );
+    let pid: i32 = restored.stdout.trim().parse().unwrap();
+    check_continues(pid, &out, from, last);
+    kill_and_reap(pid);
+}

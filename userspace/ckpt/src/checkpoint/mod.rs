@@ -28,6 +28,7 @@ use crate::manifest::{Manifest, Process};
 use crate::memory::{Backing, Memory};
 use crate::netlock::NetLock;
 use crate::proc::{FdEntry, MapEntry};
+use crate::progress::Progress;
 use crate::snapshot::Snapshot;
 use crate::stats::Stats;
 use crate::tree::FrozenTree;
@@ -65,6 +66,9 @@ pub struct Options<'a> {
     pub compress: Option<i32>,
     /// Give the image a MAC with this key (`--key`).
     pub key: Option<&'a crate::image::MacKey>,
+    /// A progress bar on stderr if it is a terminal and the pages are many (not with
+    /// `--json` or `--no-progress`): `crate::progress`.
+    pub progress: bool,
 }
 
 /// Takes the checkpoint. Returns the statistics (also stored in the image).
@@ -266,6 +270,7 @@ fn dump_tree(
     let (sysv_sem, sysv_msg) = crate::sysv::dump(&pids, w).map_err(CheckpointError::Tree)?;
     let mut late = LatePages {
         stored: memory::Stored::for_tree(tree.members.len()),
+        progress: Progress::stderr("writing pages", opts.progress),
         ..LatePages::default()
     };
     let mut dump = Dump {
@@ -307,8 +312,9 @@ fn dump_tree(
 }
 
 /// The private pages of the processes whose memory was snapshotted, written once the tree
-/// runs again; and which frames the image holds already (a child's pages still shared
-/// copy-on-write with its parent are stored once).
+/// runs again; which frames the image holds already (a child's pages still shared
+/// copy-on-write with its parent are stored once); and the progress of writing pages, over
+/// the whole tree.
 #[derive(Default)]
 struct LatePages {
     /// Waiting for their snapshot (`LatePages::snapshot`).
@@ -316,6 +322,7 @@ struct LatePages {
     /// Snapshotted: their pages are read from it (`LatePages::write`).
     taken: Vec<(Pending, Snapshot)>,
     stored: memory::Stored,
+    progress: Progress,
 }
 
 /// A process whose private pages are still to be read from its snapshot.
@@ -355,7 +362,7 @@ impl LatePages {
                          memory is written while the tree is frozen",
                         frozen.pid
                     );
-                    let ctx = (image_path, &mut *stats, &mut self.stored);
+                    let ctx = (image_path, &mut *stats, &mut self.stored, &self.progress);
                     let pages = (&p.maps[..], p.objects, &p.reuse);
                     let vmas = memory::dump_pages(frozen.pid, dev, pages, w, ctx)?;
                     processes[p.index].memory.vmas = vmas;
@@ -374,7 +381,7 @@ impl LatePages {
         (w, image_path): (&mut ImageWriter, &Path),
         stats: &mut Stats,
     ) -> Result<(), CheckpointError> {
-        let mut stored = self.stored;
+        let (mut stored, progress) = (self.stored, self.progress);
         // For the test of a ckpt killed while it holds snapshots.
         if !self.taken.is_empty() {
             worker::pause_for_test("CKPT_TEST_PAUSE_SNAPSHOT");
@@ -383,7 +390,7 @@ impl LatePages {
             worker::check()?;
             let t0 = Instant::now();
             let source = snapshot.pid();
-            let ctx = (image_path, &mut *stats, &mut stored);
+            let ctx = (image_path, &mut *stats, &mut stored, &progress);
             let vmas = memory::dump_pages(source, dev, (&p.maps, p.objects, &p.reuse), w, ctx)?;
             let process = manifest.processes.get_mut(p.index).ok_or_else(|| {
                 CheckpointError::Tree(format!("no process record {} for a snapshot", p.index))
@@ -391,6 +398,7 @@ impl LatePages {
             process.memory.vmas = vmas;
             stats.memdump_us += t0.elapsed().as_micros() as u64;
         }
+        progress.finish();
         Ok(())
     }
 }
@@ -531,7 +539,8 @@ impl Dump<'_> {
             });
             Vec::new() // completed by `LatePages::write`
         } else {
-            let ctx = (image_path, &mut *stats, &mut self.late.stored);
+            let late = &mut *self.late;
+            let ctx = (image_path, &mut *stats, &mut late.stored, &late.progress);
             memory::dump_pages(pid, dev, (&maps, objects, &reuse), w, ctx)?
         };
         stats.memdump_us += mem_t0.elapsed().as_micros() as u64;

@@ -5,6 +5,7 @@ use super::header::{Header, HEADER_LEN};
 use super::mac::{self, MacKey};
 use super::mapped::MappedFile;
 use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
+use crate::progress::Progress;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
 use serde::de::DeserializeOwned;
@@ -51,13 +52,13 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// (streamed) to check their content too. A MAC it carries is not checked (no key): see
     /// [`Image::open_keyed`].
     pub fn open(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::All, None)
+        Self::open_checking(path, (Check::All, &Progress::hidden()), None)
     }
 
     /// [`Image::open`], and with a key, the image's MAC checked too: an image without one,
     /// or whose MAC is not the key's, is refused.
     pub fn open_keyed(path: &Path, key: Option<&MacKey>) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::All, key)
+        Self::open_checking(path, (Check::All, &Progress::hidden()), key)
     }
 
     /// Opens an image, verifying its header and manifest (checksum, consistency) but not
@@ -65,15 +66,20 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// (an incremental checkpoint's parent, a periodic directory's chain), never for
     /// restoring from it.
     pub fn open_manifest(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::ManifestOnly, None)
+        Self::open_checking(path, (Check::ManifestOnly, &Progress::hidden()), None)
     }
 
     /// [`Image::open_keyed`], except that compressed pages sections are checked where the
     /// file holds them only: [`Image::pages_view`] checks their content as it decompresses
     /// them. For a restore, which needs that view before it acts: the pages are decompressed
-    /// once. (The MAC covers the bytes the file holds: it is checked here.)
-    pub fn open_pages_later(path: &Path, key: Option<&MacKey>) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::PagesLater, key)
+    /// once. (The MAC covers the bytes the file holds: it is checked here.) `progress`
+    /// counts the bytes verified.
+    pub fn open_pages_later(
+        path: &Path,
+        key: Option<&MacKey>,
+        progress: &Progress,
+    ) -> Result<Self, ImageError> {
+        Self::open_checking(path, (Check::PagesLater, progress), key)
     }
 
     /// [`Image::open_pages_later`], except that uncompressed pages sections are not read at
@@ -82,10 +88,14 @@ impl<M: DeserializeOwned + Validate> Image<M> {
     /// Without every byte read, no MAC can be checked: a keyed restore opens with
     /// [`Image::open_pages_later`].
     pub fn open_pages_unverified(path: &Path) -> Result<Self, ImageError> {
-        Self::open_checking(path, Check::PagesInBackground, None)
+        Self::open_checking(path, (Check::PagesInBackground, &Progress::hidden()), None)
     }
 
-    fn open_checking(path: &Path, check: Check, key: Option<&MacKey>) -> Result<Self, ImageError> {
+    fn open_checking(
+        path: &Path,
+        (check, progress): (Check, &Progress),
+        key: Option<&MacKey>,
+    ) -> Result<Self, ImageError> {
         let io_err = |source| ImageError::Io {
             path: path.into(),
             source,
@@ -136,7 +146,7 @@ impl<M: DeserializeOwned + Validate> Image<M> {
             manifest: envelope.manifest,
             has_mac: found_mac.is_some(),
         };
-        image.verify_sections(h.manifest_offset, check, &mut hasher)?;
+        image.verify_sections(h.manifest_offset, (check, progress), &mut hasher)?;
         if let (Some(mut hasher), Some(found)) = (hasher, found_mac) {
             hasher.update(&json);
             if !mac::matches(&hasher, &found) {
@@ -260,14 +270,17 @@ impl<M> Image<M> {
     /// whatever `check` says: nothing may index past the file); their checksums match (not
     /// uncompressed pages' with [`Check::PagesInBackground`]); every byte between them is
     /// zero. Compressed sections decompress to their content (checked as it streams by, never
-    /// held whole), pages sections only with [`Check::All`]. `mac` gets every byte read.
+    /// held whole), pages sections only with [`Check::All`]. `mac` gets every byte read;
+    /// `progress` counts the bytes of sections read.
     fn verify_sections(
         &self,
         data_end: u64,
-        check: Check,
+        (check, progress): (Check, &Progress),
         mac: &mut Option<blake3::Hasher>,
     ) -> Result<(), ImageError> {
         let path = &self.path;
+        let stored = self.sections.iter().map(|s| s.stored().1);
+        progress.add_total(stored.fold(0, u64::saturating_add));
         let mut pos = PAGE;
         // One buffer for the whole image, never larger than its data.
         let mut buf = match check {
@@ -318,6 +331,7 @@ impl<M> Image<M> {
                 if let Some(h) = mac.as_mut() {
                     h.update(b);
                 }
+                progress.advance(b.len() as u64);
             })?;
             if sum.digest() != xxh64 {
                 return Err(corrupt(
@@ -466,7 +480,8 @@ impl<M> Image<M> {
     /// A file holding every pages section's content at its `offset`, for the module and the
     /// restorers to read page runs from: `None` if that is the image file itself (nothing is
     /// compressed), else a memfd the compressed pages are decompressed into, sealed.
-    pub fn pages_view(&self) -> Result<Option<File>, ImageError> {
+    /// `progress` counts the bytes decompressed.
+    pub fn pages_view(&self, progress: &Progress) -> Result<Option<File>, ImageError> {
         if self.sections.iter().all(|s| s.compressed.is_none()) {
             return Ok(None);
         }
@@ -480,6 +495,8 @@ impl<M> Image<M> {
         )
         .map_err(|e| io_err(e.into()))?;
         let view = File::from(memfd);
+        let pages = self.sections.iter().filter(|s| s.kind == PAGES);
+        progress.add_total(pages.map(|s| s.len).fold(0, u64::saturating_add));
         for (i, s) in self.sections.iter().enumerate() {
             if s.kind != PAGES {
                 continue;
@@ -488,6 +505,7 @@ impl<M> Image<M> {
             self.decode_section(i, |b| {
                 view.write_all_at(b, at)?;
                 at += b.len() as u64;
+                progress.advance(b.len() as u64);
                 Ok(())
             })?;
         }

@@ -1,6 +1,7 @@
 //! The container alone: round trip, every corruption caught, versions named, no leftovers.
 
 use super::*;
+use crate::progress::Progress;
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 
@@ -67,7 +68,7 @@ fn round_trip() {
     assert_eq!(img.sections.len(), 2);
     // Nothing compressed: still the version a ckpt of before reads.
     assert_eq!(img.meta.format_version, PLAIN_FORMAT_VERSION);
-    assert!(img.pages_view().unwrap().is_none());
+    assert!(img.pages_view(&Progress::hidden()).unwrap().is_none());
     assert_eq!(img.read_section(1).unwrap(), vec![7u8; 832]);
     // No temporary file left behind.
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
@@ -198,7 +199,7 @@ fn compressed_round_trip() {
     assert_eq!(img.read_section(m.blob).unwrap(), vec![7u8; 832]);
     // The pages are where the manifest says, in the view.
     let view = img
-        .pages_view()
+        .pages_view(&Progress::hidden())
         .unwrap()
         .expect("a view of compressed pages");
     let mut pages = vec![0u8; 3 * PAGE as usize];
@@ -364,7 +365,7 @@ fn external_pages_through_the_scratch_memfd() {
         (stored.len, stored.xxh64),
         (8 * PAGE, img.sections[3].xxh64)
     );
-    let view = img.pages_view().unwrap().unwrap();
+    let view = img.pages_view(&Progress::hidden()).unwrap().unwrap();
     for (piece, &offset) in pieces.iter().zip(&at) {
         assert_eq!(offset % PAGE, 0);
         let mut got = vec![0u8; piece.len()];
@@ -387,8 +388,8 @@ fn page_content_is_checked_by_open_or_else_by_the_view() {
     });
     let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
     assert!(err.contains("compressed section 0 (pages)"), "{err}");
-    let img = Image::<TestManifest>::open_pages_later(&p, None).unwrap();
-    let err = img.pages_view().unwrap_err().to_string();
+    let img = Image::<TestManifest>::open_pages_later(&p, None, &Progress::hidden()).unwrap();
+    let err = img.pages_view(&Progress::hidden()).unwrap_err().to_string();
     assert!(
         err.contains("compressed section 0 (pages)") && err.contains("checksum"),
         "{err}"
@@ -474,7 +475,7 @@ fn a_mac_is_checked_with_the_key() {
         assert_eq!(img.manifest, m);
         assert!(img.has_mac);
         assert_eq!(img.meta.format_version, mac::MAC_FORMAT_VERSION);
-        Image::<TestManifest>::open_pages_later(&p, Some(&key)).unwrap();
+        Image::<TestManifest>::open_pages_later(&p, Some(&key), &Progress::hidden()).unwrap();
         assert!(Image::<TestManifest>::open(&p).unwrap().has_mac);
         let err = Image::<TestManifest>::open_keyed(&p, Some(&other))
             .unwrap_err()
@@ -482,7 +483,7 @@ fn a_mac_is_checked_with_the_key() {
         assert!(err.contains("its MAC does not match the key"), "{err}");
         std::fs::remove_file(&p).unwrap();
         sample_image_at(&p, level);
-        let err = Image::<TestManifest>::open_pages_later(&p, Some(&key))
+        let err = Image::<TestManifest>::open_pages_later(&p, Some(&key), &Progress::hidden())
             .unwrap_err()
             .to_string();
         assert!(
@@ -563,7 +564,7 @@ fn a_mac_counts_the_padding_before_a_pages_section_once() {
     w.sign(&key);
     w.finish(&TestManifest { blob, page_offset }).unwrap();
     Image::<TestManifest>::open_keyed(&p, Some(&key)).unwrap();
-    Image::<TestManifest>::open_pages_later(&p, Some(&key)).unwrap();
+    Image::<TestManifest>::open_pages_later(&p, Some(&key), &Progress::hidden()).unwrap();
 }
 
 /// Like ssh with a private key: a key file others may read or write, someone else's, or too
@@ -597,4 +598,29 @@ fn a_key_file_must_be_private_and_long_enough() {
     let err = MacKey::load(&d.join("missing")).unwrap_err().to_string();
     assert!(err.contains("key file") && err.contains("missing"), "{err}");
     std::fs::remove_dir_all(d).unwrap();
+}
+
+/// A restore's progress counts every byte of every section it verifies (the file's stored
+/// bytes), and then every byte of pages it decompresses; a plain image has nothing to
+/// decompress.
+#[test]
+fn verifying_and_decompressing_count_every_byte() {
+    let d = tmpdir();
+    for level in [None, Some(1)] {
+        let p = d.join("img");
+        sample_image_at(&p, level);
+        let verifying = Progress::hidden();
+        let img = Image::<TestManifest>::open_pages_later(&p, None, &verifying).unwrap();
+        let stored: u64 = img.sections.iter().map(|s| s.stored().1).sum();
+        assert!(stored > 0);
+        assert_eq!(verifying.counts(), (stored, stored), "{level:?}");
+        let decompressing = Progress::hidden();
+        img.pages_view(&decompressing).unwrap();
+        let pages = match level {
+            Some(_) => sample_pages().len() as u64,
+            None => 0,
+        };
+        assert_eq!(decompressing.counts(), (pages, pages), "{level:?}");
+    }
+    std::fs::remove_dir_all(&d).unwrap();
 }

@@ -24,6 +24,7 @@ use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
 use crate::inject::Injector;
 use crate::manifest::{Image, Process};
+use crate::progress::Progress;
 use crate::{fds, memory, sys, thread, vdso};
 use nix::sys::ptrace;
 use nix::unistd::Pid;
@@ -47,6 +48,9 @@ pub struct Options {
     pub key: Option<crate::image::MacKey>,
     /// Private anonymous memory placed on demand by a page server (`crate::lazy`).
     pub lazy: bool,
+    /// Progress bars on stderr if it is a terminal and the image is large (not with
+    /// `--no-progress`): `crate::progress`.
+    pub progress: bool,
 }
 
 /// Where the restored tree went.
@@ -67,12 +71,14 @@ pub struct Restored {
 pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, RestoreError> {
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
+    let verifying = Progress::stderr("verifying", opts.progress);
     let chain = match (opts.lazy, &opts.key) {
         // Not read whole before the program runs: the page server checks the pages. A MAC
         // needs every byte: with a key, the image is read whole all the same.
         (true, None) => Chain::open_pages_unverified(path)?,
-        (_, key) => Chain::open_pages_later(path, key.as_ref())?,
+        (_, key) => Chain::open_pages_later(path, key.as_ref(), &verifying)?,
     };
+    verifying.finish();
     if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
         eprintln!(
             "ckpt: warning: {} carries a MAC, not checked without --key",
@@ -89,11 +95,13 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let xstates = read_xstates(img)?;
     // Compressed pages are decompressed here, before any process exists: each image's
     // page runs are read from its view.
+    let decompressing = Progress::stderr("decompressing", opts.progress);
     let views = chain
         .images
         .iter()
-        .map(|i| i.pages_view())
+        .map(|i| i.pages_view(&decompressing))
         .collect::<Result<Vec<_>, _>>()?;
+    decompressing.finish();
     let pages: Vec<&std::fs::File> = chain
         .images
         .iter()
