@@ -95,6 +95,10 @@ impl Injector {
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
             (args[0], args[1], args[2], args[3], args[4], args[5]);
         ptrace::setregs(t, regs)?;
+        // Two stops (entry, exit) per call. Single-stepping the `syscall` instruction would
+        // take one, but its trap is a forced SIGTRAP: with every signal blocked (a restored
+        // thread), the kernel resets the program's SIGTRAP handler to the default (tried:
+        // 500 threads restored 15 % faster, and the interceptor tests' handlers lost).
         let mut syscall_stops = 0;
         let mut new_tid = None;
         // Bounded: each pending signal costs a stop (real-time ones queue).

@@ -15,6 +15,7 @@ use std::os::fd::AsFd;
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
+use std::sync::mpsc;
 use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// The manifest is JSON metadata; anything larger than this is not a ckpt image.
@@ -163,25 +164,29 @@ impl<M: DeserializeOwned + Validate> Image<M> {
 
 /// Checks the checksums of the plain pages sections `indexes` of `sections` (placed
 /// already) from `map`, on as many threads as there are CPUs: each section's XXH64 is
-/// sequential, but sections are independent (a dump writes one per 64 MiB or less).
+/// sequential, but sections are independent (a dump writes one per 64 MiB of memory). The
+/// calling thread only advances `progress` with what the others report.
 fn check_pages_sections(
     path: &Path,
     sections: &[Section],
-    indexes: &[usize],
-    map: &MappedFile,
+    (indexes, map): (&[usize], &MappedFile),
+    progress: &Progress,
 ) -> Result<(), ImageError> {
     let threads = std::thread::available_parallelism()
         .map_or(1, |n| n.get())
         .min(indexes.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let check_one = |i: usize| -> Result<(), ImageError> {
+    let check_one = |i: usize, done: &mpsc::Sender<u64>| -> Result<(), ImageError> {
         let (offset, len, xxh64) = sections[i].stored();
         let mut sum = Xxh64::new(0);
-        map.for_each_mib((offset, offset + len), |b| sum.update(b))
-            .map_err(|source| ImageError::Io {
-                path: path.into(),
-                source,
-            })?;
+        map.for_each_mib((offset, offset + len), |b| {
+            sum.update(b);
+            let _ = done.send(b.len() as u64);
+        })
+        .map_err(|source| ImageError::Io {
+            path: path.into(),
+            source,
+        })?;
         match sum.digest() == xxh64 {
             true => Ok(()),
             false => Err(corrupt(
@@ -191,20 +196,29 @@ fn check_pages_sections(
         }
     };
     // Each thread takes the next section until none is left or one fails.
-    let work = || -> Result<(), ImageError> {
+    let work = |done: mpsc::Sender<u64>| -> Result<(), ImageError> {
         while let Some(&i) = indexes.get(next.fetch_add(1, Ordering::Relaxed)) {
-            check_one(i).inspect_err(|_| next.store(indexes.len(), Ordering::Relaxed))?;
+            check_one(i, &done).inspect_err(|_| next.store(indexes.len(), Ordering::Relaxed))?;
         }
         Ok(())
     };
     std::thread::scope(|scope| {
-        let others: Vec<_> = (1..threads).map(|_| scope.spawn(work)).collect();
-        let mine = work();
-        let theirs = others.into_iter().map(|h| {
+        let (tx, rx) = mpsc::channel();
+        let workers: Vec<_> = (0..threads)
+            .map(|_| {
+                let tx = tx.clone();
+                scope.spawn(move || work(tx))
+            })
+            .collect();
+        drop(tx);
+        // Ends once every worker has dropped its sender.
+        for n in rx {
+            progress.advance(n);
+        }
+        workers.into_iter().try_for_each(|h| {
             h.join()
                 .unwrap_or_else(|_| Err(corrupt(path, "a checksum thread panicked")))
-        });
-        std::iter::once(mine).chain(theirs).collect()
+        })
     })
 }
 
@@ -345,7 +359,7 @@ impl<M> Image<M> {
             }
         }
         if let Some(map) = &mapped {
-            check_pages_sections(path, &self.sections, &pages, map)?;
+            check_pages_sections(path, &self.sections, (&pages, map), progress)?;
         }
         match check {
             Check::ManifestOnly => Ok(()),
