@@ -187,35 +187,21 @@ s64 ckpt_helper_file_size(struct file *file)
 }
 
 /*
- * Writes one page (pinned by get_user_pages_remote()) to @file at *@pos, unless @skip_zero and
- * it is all zero. Drops the page reference in every case. Returns 1 if written, 0 if skipped,
- * a negative errno on failure.
+ * Feeds one page (pinned by get_user_pages_remote()) to the running XXH64 at @hash, unless
+ * @skip_zero and it is all zero (kmap_local_page and memchr_inv are inlines). Returns true if
+ * it is to be written, false if skipped. The caller writes the pages it keeps in one call and
+ * drops their references.
  */
-int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, bool skip_zero,
-			  void *hash)
+bool ckpt_helper_hash_page(struct page *page, bool skip_zero, void *hash)
 {
 	void *kaddr = kmap_local_page(page);
-	loff_t at = *pos;
-	ssize_t n;
-	int ret;
+	bool keep = !skip_zero || memchr_inv(kaddr, 0, PAGE_SIZE);
 
-	if (skip_zero && !memchr_inv(kaddr, 0, PAGE_SIZE)) {
-		ret = 0;
-	} else {
-		/* Checksummed while mapped and hot: the image is never read back. */
+	/* Checksummed while mapped and hot: the image is never read back. */
+	if (keep)
 		ckpt_rust_hash_page(hash, kaddr);
-		n = kernel_write(file, kaddr, PAGE_SIZE, pos);
-		ret = n == PAGE_SIZE ? 1 : (n < 0 ? (int)n : -EIO);
-		/*
-		 * The page must have landed at @at, where the caller records it: not so if
-		 * O_APPEND was set on the file after ckpt_helper_file_can() looked.
-		 */
-		if (ret == 1 && *pos != at + PAGE_SIZE)
-			ret = -EBADF;
-	}
 	kunmap_local(kaddr);
-	put_page(page);
-	return ret;
+	return keep;
 }
 
 /* fatal_signal_pending(): an inline the Rust bindings lack. */

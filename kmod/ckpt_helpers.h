@@ -57,8 +57,7 @@ void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out)
 int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count);
 s64 ckpt_helper_file_size(struct file *file);
 struct page;
-int ckpt_helper_dump_page(struct page *page, struct file *file, loff_t *pos, bool skip_zero,
-			  void *hash);
+bool ckpt_helper_hash_page(struct page *page, bool skip_zero, void *hash);
 /* In Rust (kmod/helpers/file.rs): feeds a mapped page to the running XXH64 at @hash. */
 void ckpt_rust_hash_page(void *hash, const void *page);
 void ckpt_helper_put_page(struct page *page);

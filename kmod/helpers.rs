@@ -11,7 +11,7 @@ mod file;
 mod mm;
 mod task;
 
-pub(crate) use file::{close_fds_on_return, dump_page, FileRef};
+pub(crate) use file::{close_fds_on_return, hash_page, FileRef};
 pub(crate) use mm::{
     access_process_vm, find_vma, mm_layout, mm_sole_user, pin_remote_pages, read_user_array,
     set_mm_layout, task_mm, vm_mmap, vm_munmap, vma_is_private_anon, with_own_pages_pinned,

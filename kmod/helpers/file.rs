@@ -13,13 +13,7 @@ use kernel::{bindings, prelude::*};
 // lint rejects, and the helpers only need the pointers.
 extern "C" {
     fn ckpt_helper_file_size(file: *mut c_void) -> i64;
-    fn ckpt_helper_dump_page(
-        page: *mut c_void,
-        file: *mut c_void,
-        pos: *mut i64,
-        skip_zero: bool,
-        hash: *mut c_void,
-    ) -> i32;
+    fn ckpt_helper_hash_page(page: *mut c_void, skip_zero: bool, hash: *mut c_void) -> bool;
     fn ckpt_helper_file_can(file: *mut c_void, read: bool, write: bool) -> bool;
 }
 
@@ -63,6 +57,59 @@ impl FileRef {
         // SAFETY: we hold a reference to the file.
         let size = unsafe { ckpt_helper_file_size(self.0.as_ptr().cast()) };
         u64::try_from(size).unwrap_or(0)
+    }
+
+    /// Writes `pages` whole, in order, at `*pos` (advancing it) in one `vfs_iter_write` over a
+    /// bvec of them: a call per batch, not per page. EBADF if they did not land at `*pos` (the
+    /// file was made O_APPEND meanwhile), EIO on a short write. `bvecs` is scratch room.
+    pub(crate) fn write_pages(
+        &self,
+        pages: &[PinnedPage],
+        pos: &mut i64,
+        bvecs: &mut KVec<bindings::bio_vec>,
+    ) -> Result {
+        let page_size = kernel::page::PAGE_SIZE;
+        bvecs.clear();
+        for page in pages {
+            let bv = bindings::bio_vec {
+                bv_page: page.as_raw(),
+                bv_len: page_size as u32,
+                bv_offset: 0,
+            };
+            bvecs.push(bv, GFP_KERNEL)?;
+        }
+        let total = pages.len() * page_size;
+        let expected = pos.checked_add(total as i64).ok_or(EINVAL)?;
+        let mut iter = core::mem::MaybeUninit::<bindings::iov_iter>::zeroed();
+        // SAFETY: `iter` is ours to initialise; `bvecs` holds `pages.len()` entries of whole
+        // pinned pages and outlives the iterator's use below.
+        unsafe {
+            bindings::iov_iter_bvec(
+                iter.as_mut_ptr(),
+                bindings::ITER_SOURCE,
+                bvecs.as_ptr(),
+                bvecs.len() as _,
+                total,
+            )
+        };
+        let mut done = 0usize;
+        while done < total {
+            // SAFETY: we hold the file (opened for writing, checked at fget); `iter` was
+            // initialised above and advances past what each call wrote.
+            let n = unsafe { bindings::vfs_iter_write(self.0.as_ptr(), iter.as_mut_ptr(), pos, 0) };
+            if n <= 0 {
+                return Err(if n < 0 {
+                    Error::from_errno(n as i32)
+                } else {
+                    EIO
+                });
+            }
+            done += n as usize;
+        }
+        if *pos != expected {
+            return Err(EBADF);
+        }
+        Ok(())
     }
 
     /// Reads `pages.len()` whole pages at `pos` into `pages` through their kernel mapping
@@ -180,41 +227,20 @@ pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
     Ok(())
 }
 
-/// Writes `page` to `file` at `*pos` (advancing it) unless `skip_zero` and it is all zero,
-/// feeding what it writes to `hash`. Returns whether it was written.
-pub(crate) fn dump_page(
-    page: PinnedPage,
-    file: &FileRef,
-    pos: &mut i64,
-    skip_zero: bool,
-    hash: &mut Xxh64,
-) -> Result<bool> {
-    // The helper drops the page's reference.
-    let raw = page.into_raw().as_ptr();
+/// Feeds `page` to `hash` unless `skip_zero` and it is all zero. Returns whether it is to be
+/// written (see [`FileRef::write_pages`]).
+pub(crate) fn hash_page(page: &PinnedPage, skip_zero: bool, hash: &mut Xxh64) -> bool {
     let hash: *mut Xxh64 = hash;
-    // SAFETY: `raw` is a pinned page whose reference the helper consumes; `file` is held;
-    // `hash` is a live, exclusively borrowed `Xxh64`, which the helper only passes back to
-    // `ckpt_rust_hash_page` during the call.
-    let ret = unsafe {
-        ckpt_helper_dump_page(
-            raw.cast(),
-            file.as_ptr().cast(),
-            pos,
-            skip_zero,
-            hash.cast(),
-        )
-    };
-    if ret < 0 {
-        return Err(Error::from_errno(ret));
-    }
-    Ok(ret == 1)
+    // SAFETY: `page` stays pinned for the call; `hash` is a live, exclusively borrowed
+    // `Xxh64`, which the helper only passes back to `ckpt_rust_hash_page` during the call.
+    unsafe { ckpt_helper_hash_page(page.as_raw().cast(), skip_zero, hash.cast()) }
 }
 
-/// Called by `ckpt_helper_dump_page` with the page it is about to write, mapped.
+/// Called by `ckpt_helper_hash_page` with the page it is about to keep, mapped.
 ///
 /// # Safety
 ///
-/// `hash` is the `Xxh64` `dump_page` passed down (valid, not otherwise borrowed during the
+/// `hash` is the `Xxh64` `hash_page` passed down (valid, not otherwise borrowed during the
 /// call) and `page` is the kernel address of a mapped page of `PAGE_SIZE` bytes.
 #[no_mangle]
 pub(super) unsafe extern "C" fn ckpt_rust_hash_page(hash: *mut c_void, page: *const c_void) {

@@ -128,12 +128,9 @@ pub(crate) fn vm_mmap(
 pub(crate) struct PinnedPage(NonNull<bindings::page>);
 
 impl PinnedPage {
-    /// Gives up the page without unpinning it: the caller hands the reference to C code that
-    /// drops it.
-    pub(super) fn into_raw(self) -> NonNull<bindings::page> {
-        let page = self.0;
-        core::mem::forget(self);
-        page
+    /// The page, for C code that uses it while we hold the reference.
+    pub(super) fn as_raw(&self) -> *mut bindings::page {
+        self.0.as_ptr()
     }
 }
 

@@ -2550,16 +2550,34 @@ struct OnTerminal {
 /// what terminal it is (the guest has none set, and without it no bar is drawn).
 fn ckpt_on_terminal(args: &[&str], stdout: &Path) -> OnTerminal {
     use std::io::Read;
+    use std::os::fd::AsRawFd;
+    use std::os::unix::fs::OpenOptionsExt;
     use std::sync::{Arc, Mutex};
-    let size = nix::pty::Winsize {
+    // Both ends close-on-exec from the start (openpty's are not): the other tests, running
+    // at the same time, spawn programs that expect their fds at fixed numbers.
+    let flags = nix::fcntl::OFlag::O_RDWR | nix::fcntl::OFlag::O_NOCTTY;
+    let master = nix::pty::posix_openpt(flags | nix::fcntl::OFlag::O_CLOEXEC).unwrap();
+    nix::pty::grantpt(&master).unwrap();
+    nix::pty::unlockpt(&master).unwrap();
+    let slave = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .custom_flags(libc::O_NOCTTY)
+        .open(nix::pty::ptsname_r(&master).unwrap())
+        .unwrap();
+    let size = libc::winsize {
         ws_row: 30,
         ws_col: 120,
         ws_xpixel: 0,
         ws_ypixel: 0,
     };
-    let pty = nix::pty::openpty(Some(&size), None).unwrap();
+    // SAFETY: TIOCSWINSZ reads one winsize from a valid pointer.
+    assert_eq!(
+        unsafe { libc::ioctl(slave.as_raw_fd(), libc::TIOCSWINSZ, &size) },
+        0
+    );
     let seen = Arc::new(Mutex::new(Vec::new()));
-    let mut master = std::fs::File::from(pty.master);
+    let mut master = std::fs::File::from(std::os::fd::OwnedFd::from(master));
     let sink = Arc::clone(&seen);
     // Ends when every copy of the other side is closed (EIO); a restored process's copy
     // keeps it reading until the test kills that process.
@@ -2574,7 +2592,7 @@ fn ckpt_on_terminal(args: &[&str], stdout: &Path) -> OnTerminal {
         .env("TERM", "xterm")
         .stdin(Stdio::null())
         .stdout(std::fs::File::create(stdout).unwrap())
-        .stderr(std::fs::File::from(pty.slave))
+        .stderr(slave)
         .status()
         .unwrap();
     let mut last = 0;
