@@ -68,44 +68,10 @@ impl FileRef {
         pos: &mut i64,
         bvecs: &mut KVec<bindings::bio_vec>,
     ) -> Result {
-        let page_size = kernel::page::PAGE_SIZE;
-        bvecs.clear();
-        for page in pages {
-            let bv = bindings::bio_vec {
-                bv_page: page.as_raw(),
-                bv_len: page_size as u32,
-                bv_offset: 0,
-            };
-            bvecs.push(bv, GFP_KERNEL)?;
-        }
-        let total = pages.len() * page_size;
-        let expected = pos.checked_add(total as i64).ok_or(EINVAL)?;
-        let mut iter = core::mem::MaybeUninit::<bindings::iov_iter>::zeroed();
-        // SAFETY: `iter` is ours to initialise; `bvecs` holds `pages.len()` entries of whole
-        // pinned pages and outlives the iterator's use below.
-        unsafe {
-            bindings::iov_iter_bvec(
-                iter.as_mut_ptr(),
-                bindings::ITER_SOURCE,
-                bvecs.as_ptr(),
-                bvecs.len() as _,
-                total,
-            )
-        };
-        let mut done = 0usize;
-        while done < total {
-            // SAFETY: we hold the file (opened for writing, checked at fget); `iter` was
-            // initialised above and advances past what each call wrote.
-            let n = unsafe { bindings::vfs_iter_write(self.0.as_ptr(), iter.as_mut_ptr(), pos, 0) };
-            if n <= 0 {
-                return Err(if n < 0 {
-                    Error::from_errno(n as i32)
-                } else {
-                    EIO
-                });
-            }
-            done += n as usize;
-        }
+        let expected = (pages.len() * kernel::page::PAGE_SIZE) as i64;
+        let expected = pos.checked_add(expected).ok_or(EINVAL)?;
+        let raw = pages.iter().map(PinnedPage::as_raw);
+        self.pages_io(raw, pos, bvecs, Direction::Write)?;
         if *pos != expected {
             return Err(EBADF);
         }
@@ -121,9 +87,23 @@ impl FileRef {
         pos: u64,
         bvecs: &mut KVec<bindings::bio_vec>,
     ) -> Result {
+        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
+        self.pages_io(pages.iter().copied(), &mut pos, bvecs, Direction::Read)
+    }
+
+    /// Reads into or writes from whole `pages` at `*pos` (advancing it), through one iov_iter
+    /// over a bvec of them (built in `bvecs`), until all of them are done. EIO when the file
+    /// gives no more.
+    fn pages_io(
+        &self,
+        pages: impl Iterator<Item = *mut bindings::page>,
+        pos: &mut i64,
+        bvecs: &mut KVec<bindings::bio_vec>,
+        dir: Direction,
+    ) -> Result {
         let page_size = kernel::page::PAGE_SIZE;
         bvecs.clear();
-        for &page in pages {
+        for page in pages {
             let bv = bindings::bio_vec {
                 bv_page: page,
                 bv_len: page_size as u32,
@@ -131,15 +111,18 @@ impl FileRef {
             };
             bvecs.push(bv, GFP_KERNEL)?;
         }
-        let total = pages.len() * page_size;
-        let mut pos = i64::try_from(pos).map_err(|_| EINVAL)?;
+        let total = bvecs.len() * page_size;
+        let direction = match dir {
+            Direction::Read => bindings::ITER_DEST,
+            Direction::Write => bindings::ITER_SOURCE,
+        };
         let mut iter = core::mem::MaybeUninit::<bindings::iov_iter>::zeroed();
-        // SAFETY: `iter` is ours to initialise; `bvecs` holds `pages.len()` entries of whole
-        // pinned pages and outlives the iterator's use below.
+        // SAFETY: `iter` is ours to initialise; `bvecs` holds entries of whole pages the
+        // caller holds, and outlives the iterator's use below.
         unsafe {
             bindings::iov_iter_bvec(
                 iter.as_mut_ptr(),
-                bindings::ITER_DEST,
+                direction,
                 bvecs.as_ptr(),
                 bvecs.len() as _,
                 total,
@@ -147,10 +130,15 @@ impl FileRef {
         };
         let mut done = 0usize;
         while done < total {
-            // SAFETY: we hold the file (opened for reading, checked at fget); `iter` was
-            // initialised above and advances past what each call read.
-            let n =
-                unsafe { bindings::vfs_iter_read(self.0.as_ptr(), iter.as_mut_ptr(), &mut pos, 0) };
+            let (file, it) = (self.0.as_ptr(), iter.as_mut_ptr());
+            // SAFETY: we hold the file (opened for this direction, checked at fget); `iter`
+            // was initialised above and advances past what each call did.
+            let n = unsafe {
+                match dir {
+                    Direction::Read => bindings::vfs_iter_read(file, it, pos, 0),
+                    Direction::Write => bindings::vfs_iter_write(file, it, pos, 0),
+                }
+            };
             if n <= 0 {
                 return Err(if n < 0 {
                     Error::from_errno(n as i32)
@@ -162,6 +150,12 @@ impl FileRef {
         }
         Ok(())
     }
+}
+
+/// Which way [`FileRef::pages_io`] moves the bytes.
+enum Direction {
+    Read,
+    Write,
 }
 
 impl Drop for FileRef {

@@ -13,7 +13,7 @@
 //! is then restored as usual, a copy per process.
 
 use crate::manifest::Manifest;
-use crate::memory::{Backing, Vma};
+use crate::memory::{Backing, PageRun, Vma};
 use nix::sys::mman::{madvise, mmap_anonymous, mprotect, munmap, MapFlags, MmapAdvise, ProtFlags};
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -37,6 +37,29 @@ fn pages(v: &Vma) -> BTreeMap<u64, (u32, u64)> {
     crate::chain::page_sources(&v.pages)
 }
 
+/// Whether page runs `a` and `b` (each sorted by address) store some page at one address in
+/// one place, walking both lists once (a map of every page of a lone process's 1 GiB cost
+/// its lazy restore 0.1 s before the program ran).
+fn share_a_page(a: &[PageRun], b: &[PageRun]) -> bool {
+    let (mut i, mut j) = (0, 0);
+    while let (Some(x), Some(y)) = (a.get(i), b.get(j)) {
+        let overlap = x.addr.max(y.addr) < (x.addr + x.len).min(y.addr + y.len);
+        // Overlapping runs hold the same page at every common address iff they are shifted
+        // alike from memory to the image.
+        let same_place =
+            x.image == y.image && x.offset.wrapping_sub(x.addr) == y.offset.wrapping_sub(y.addr);
+        if overlap && same_place {
+            return true;
+        }
+        if x.addr + x.len <= y.addr + y.len {
+            i += 1;
+        } else {
+            j += 1;
+        }
+    }
+    false
+}
+
 fn vma_at(vmas: &[Vma], (start, end): Range) -> Option<&Vma> {
     vmas.iter()
         .find(|v| v.start == start && v.end == end && candidate(v))
@@ -55,10 +78,9 @@ pub fn plan(m: &Manifest) -> Vec<Vec<Range>> {
             .iter()
             .filter(|v| candidate(v))
             .filter(|v| {
-                let mine = pages(v);
                 children.iter().any(|&c| {
                     let theirs = vma_at(&m.processes[c].memory.vmas, (v.start, v.end));
-                    theirs.is_some_and(|t| pages(t).iter().any(|(a, o)| mine.get(a) == Some(o)))
+                    theirs.is_some_and(|t| share_a_page(&v.pages, &t.pages))
                 })
             })
             .map(|v| (v.start, v.end))
@@ -205,4 +227,34 @@ fn unmap((start, end): Range) {
 
 fn page_ptr(addr: u64) -> nix::Result<NonNull<libc::c_void>> {
     NonNull::new(addr as *mut libc::c_void).ok_or(nix::Error::EINVAL)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn run(addr: u64, len: u64, offset: u64, image: u32) -> PageRun {
+        PageRun {
+            addr,
+            len: len * PAGE,
+            offset,
+            image,
+        }
+    }
+
+    #[test]
+    fn runs_share_a_page_only_at_one_address_in_one_place() {
+        let a = [run(0x1000, 2, 0x10000, 0), run(0x8000, 4, 0x20000, 0)];
+        // The second page of a's first run, stored at the same offset.
+        assert!(share_a_page(&a, &[run(0x2000, 1, 0x11000, 0)]));
+        // Same addresses, another offset or another image of the chain.
+        assert!(!share_a_page(&a, &[run(0x2000, 1, 0x12000, 0)]));
+        assert!(!share_a_page(&a, &[run(0x1000, 2, 0x10000, 1)]));
+        // Same place shifted, no common address; and runs met after a long one.
+        assert!(!share_a_page(&a, &[run(0x3000, 1, 0x12000, 0)]));
+        let b = [run(0x0, 8, 0x90000, 0), run(0xa000, 1, 0x22000, 0)];
+        assert!(share_a_page(&a, &b));
+        assert!(share_a_page(&b, &a));
+        assert!(!share_a_page(&a, &[]));
+    }
 }

@@ -193,7 +193,11 @@ fn serve(channel: OwnedFd, initial: Vec<Pending>, (keep, unverified): (&[RawFd],
             finish(st)
         }
         let checking = released && !st.checks.is_empty();
-        let loading = released && pending && st.prefetch && !checking;
+        // Once the traced tree is gone, loading (even with background loading off) finds the
+        // address spaces left without a process (ESRCH) and drops them: the server ends
+        // instead of holding the image for pages nobody will ask for.
+        let tree_gone = st.tracer.as_ref().is_some_and(|t| t.tree_gone());
+        let loading = released && pending && (st.prefetch || tree_gone) && !checking;
         wait_for_work(&st, checking || loading);
         read_channel(&mut st);
         for i in 0..st.spaces.len() {

@@ -50,6 +50,11 @@ impl Tracer {
         Tracer { tids, signals }
     }
 
+    /// Every traced task has exited: the tree is gone.
+    pub fn tree_gone(&self) -> bool {
+        self.tids.is_empty()
+    }
+
     pub fn signals(&self) -> BorrowedFd<'_> {
         self.signals.as_fd()
     }
