@@ -124,7 +124,7 @@ impl FileRef {
                 iter.as_mut_ptr(),
                 direction,
                 bvecs.as_ptr(),
-                bvecs.len() as _,
+                bvecs.len(),
                 total,
             )
         };

@@ -198,7 +198,7 @@ pub(crate) fn with_own_pages_pinned(
         let got = unsafe {
             let free = slots.as_mut_ptr().add(done);
             let got = bindings::pin_user_pages_fast(
-                at as _,
+                at,
                 want,
                 bindings::FOLL_WRITE | bindings::FOLL_FORCE,
                 free,
@@ -221,7 +221,7 @@ pub(crate) fn with_own_pages_pinned(
         result = fill(slots);
     }
     // SAFETY: every pointer in `slots` was pinned by pin_user_pages_fast above, once.
-    unsafe { bindings::unpin_user_pages_dirty_lock(slots.as_mut_ptr(), slots.len() as _, true) };
+    unsafe { bindings::unpin_user_pages_dirty_lock(slots.as_mut_ptr(), slots.len(), true) };
     slots.clear();
     result
 }
