@@ -35,7 +35,7 @@ use kernel::{
 
 const PAGE: u64 = 4096;
 /// How much page data is copied per step (and per check for a kill).
-pub(crate) const CHUNK: u64 = 1 << 20;
+const CHUNK: u64 = 1 << 20;
 /// Below this much page data, a worker costs more than it saves.
 const WORKER_MIN: u64 = 16 << 20;
 
