@@ -13,7 +13,7 @@ kernel:           ## fetch and build the test kernel (cached under /var/cache/ck
 kernel-debug:     ## the same with lockdep, KFENCE and kmemleak
 	tools/kernel.sh --debug
 
-kernel-kasan:     ## the same with KASAN and KUnit (built with clang)
+kernel-kasan:     ## the same with KASAN (built with clang)
 	tools/kernel.sh --kasan
 
 userspace:
@@ -25,10 +25,10 @@ test:             ## everything: lints, native tests, guest tests
 test-native:
 	tools/test.sh --native
 
-test-kasan:       ## everything, the guest suite on the KASAN kernel (and the module's KUnit tests)
+test-kasan:       ## everything, the guest suite on the KASAN kernel
 	tools/test.sh --kasan
 
-kunit:            ## the module's KUnit tests only: boot the KASAN kernel, load the module, check the KTAP
+kunit:            ## the module's KUnit tests only: boot the test kernel, load the module, check the KTAP
 	tools/kunit.sh
 
 fuzz:             ## a million random ioctls against the module on the debug kernel (tools/fuzz.sh; SEED=, CALLS=, KASAN=1 for the KASAN kernel)

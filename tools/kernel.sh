@@ -7,7 +7,7 @@
 #   tools/kernel.sh            the test kernel
 #   tools/kernel.sh --debug    the same plus lockdep, KFENCE, kmemleak, atomic-sleep checks
 #                              (tools/kernel/debug.fragment; built with clang if it asks for KASAN)
-#   tools/kernel.sh --kasan    the test kernel plus KASAN (generic, outline) and KUnit, built
+#   tools/kernel.sh --kasan    the test kernel plus KASAN (generic, outline), built
 #                              with clang (tools/kernel/kasan.fragment)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)

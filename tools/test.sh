@@ -5,8 +5,8 @@
 #   tools/test.sh --native   only what needs no guest
 #   tools/test.sh --debug    everything, the guest part on the debug kernel (lockdep, KFENCE,
 #                            kmemleak, atomic-sleep checks; see tools/kernel/debug.fragment)
-#   tools/test.sh --kasan    everything, the guest part on the KASAN kernel, which also runs
-#                            and checks the module's KUnit tests (tools/kernel/kasan.fragment)
+#   tools/test.sh --kasan    everything, the guest part on the KASAN kernel
+#                            (tools/kernel/kasan.fragment)
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")

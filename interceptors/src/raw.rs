@@ -284,6 +284,20 @@ pub fn prctl_set_name(name: &[u8]) {
     sys!(libc::SYS_prctl, libc::PR_SET_NAME, name.as_ptr());
 }
 
+/// PR_SET_PTRACER: `tracer` (0: nobody) may ptrace this process as if it were an ancestor,
+/// under Yama's ptrace_scope 1. Declared for the whole process (Yama keys it on the thread
+/// group leader). EINVAL without Yama.
+pub fn prctl_set_ptracer(tracer: i32) -> i64 {
+    sys!(
+        libc::SYS_prctl,
+        libc::PR_SET_PTRACER,
+        tracer as libc::c_ulong,
+        0,
+        0,
+        0
+    )
+}
+
 /// Closes every fd of the calling thread's table.
 pub fn close_range_all() {
     sys!(libc::SYS_close_range, 0, u32::MAX, 0);

@@ -34,7 +34,7 @@ pub fn serve_one(conn: i32) -> bool {
         answer_info(conn);
         false
     } else if req == REQ_PREPARE.as_bytes() {
-        prepare(conn)
+        prepare(conn, peer)
     } else if let (true, Some(tid)) = (own_process, req.strip_prefix(b"CREDS ")) {
         let ok = creds::adopt_credentials(tid);
         send_all(conn, if ok { b"OK\n" } else { b"ERROR\n" });
@@ -59,13 +59,55 @@ fn answer_info(conn: i32) {
 
 /// Flushes, reports, and waits for the checkpoint to be over. True if our fds vanished
 /// meanwhile (a restore).
-fn prepare(conn: i32) -> bool {
+fn prepare(conn: i32, peer: libc::ucred) -> bool {
     let stdio = flush::flush_stdio();
     let synced = sync_files::sync_written_files();
+    let tracer = TracerDeclared::for_checkpoint(peer);
     if !send_ready(conn, stdio, synced) {
         return false;
     }
-    wait_for_done(conn)
+    let restored = wait_for_done(conn);
+    drop(tracer);
+    restored
+}
+
+/// Under Yama's ptrace_scope 1 only an ancestor (or CAP_SYS_PTRACE) may attach, and the
+/// checkpointing `ckpt` (its worker) is never the program's ancestor: so that a user can
+/// checkpoint their own `ckpt run` program there, the process names the peer (already checked
+/// to be its own user) its tracer for the time of the checkpoint, and withdraws it after
+/// (PR_SET_PTRACER 0, also when the connection fails). A program's own PR_SET_PTRACER is
+/// lost by this (the kernel has no getter); it is done only under scope 1 and for a
+/// non-root peer, which the scope does not stop.
+struct TracerDeclared(bool);
+
+impl TracerDeclared {
+    fn for_checkpoint(peer: libc::ucred) -> TracerDeclared {
+        let wanted = peer.uid != 0 && peer.pid != raw::getpid() && yama_scope_is_one();
+        TracerDeclared(wanted && raw::prctl_set_ptracer(peer.pid) == 0)
+    }
+}
+
+impl Drop for TracerDeclared {
+    fn drop(&mut self) {
+        if self.0 {
+            raw::prctl_set_ptracer(0);
+        }
+    }
+}
+
+fn yama_scope_is_one() -> bool {
+    let fd = raw::open(
+        b"/proc/sys/kernel/yama/ptrace_scope\0",
+        libc::O_RDONLY | libc::O_CLOEXEC,
+        0,
+    );
+    if fd < 0 {
+        return false;
+    }
+    let mut buf = [0u8; 4];
+    let n = raw::read(fd as i32, &mut buf);
+    raw::close(fd as i32);
+    n >= 1 && buf[0] == b'1'
 }
 
 /// READY: everything ckpt needs to know about this process's library.

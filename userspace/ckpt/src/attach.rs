@@ -52,8 +52,8 @@ pub fn why_refused(pid: i32, err: nix::Error) -> String {
         }
         Some(1) if !root => {
             return "kernel.yama.ptrace_scope is 1: only an ancestor of a process may trace it \
-                    (start ckpt from the process's parent shell, or the program under `ckpt \
-                    run`)"
+                    (start the program under `ckpt run`: its interceptor lets a checkpoint by \
+                    its own user attach)"
                 .into()
         }
         _ => {}

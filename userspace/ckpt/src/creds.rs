@@ -104,6 +104,11 @@ pub fn restore(
     // Arguments go below the main thread's saved stack pointer and red zone, and below
     // whatever they hold (a group list can be long): nothing live is there.
     let below = scratch - 64;
+    // The restored threads start with ckpt's own credentials (all of root's, or an ordinary
+    // user's with CAP_CHECKPOINT_RESTORE).
+    let own = read(std::process::id() as i32, nix::unistd::gettid().as_raw())
+        .map_err(restore_io("reading ckpt's own credentials"))?;
+    warn_if_groups_stay(threads, &own);
     for t in threads {
         let calls = Calls {
             inj,
@@ -111,6 +116,7 @@ pub fn restore(
             shown_tid: t.shown_tid,
             below,
             last_cap: last_cap.min(63),
+            own: &own,
         };
         if let Some(c) = t.creds {
             calls.restore(c)?;
@@ -123,6 +129,7 @@ pub fn restore(
             shown_tid: main.shown_tid,
             below,
             last_cap,
+            own: &own,
         };
         calls.prctl(
             "PR_SET_DUMPABLE",
@@ -141,6 +148,8 @@ struct Calls<'a> {
     /// Arguments are written below this address.
     below: u64,
     last_cap: u64,
+    /// What the thread has before: ckpt's own credentials.
+    own: &'a Creds,
 }
 
 impl Calls<'_> {
@@ -159,7 +168,8 @@ impl Calls<'_> {
         } else {
             (1u64 << (self.last_cap + 1)) - 1
         };
-        self.capset("capset (inheritable)", all, all, c.cap_inheritable & all)?;
+        let held = self.own.cap_permitted & all;
+        self.capset("capset (inheritable)", held, held, c.cap_inheritable & all)?;
         for cap in (0..=self.last_cap).filter(|cap| c.cap_bounding & (1 << cap) == 0) {
             self.prctl("PR_CAPBSET_DROP", [libc::PR_CAPBSET_DROP as u64, cap, 0])?;
         }
@@ -188,10 +198,14 @@ impl Calls<'_> {
 
     /// Groups, gids, then uids (keeping capabilities), then the filesystem ids.
     fn ids(&self, c: &Creds) -> Result<(), RestoreError> {
-        let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-        let at = self.write_below(&groups, "writing the groups")?;
-        let n = c.groups.len() as u64;
-        self.call("setgroups", libc::SYS_setgroups, [n, at, 0, 0, 0, 0])?;
+        // Left alone when they are ckpt's already, or cannot be changed (see
+        // `warn_if_groups_stay`).
+        if !same_set(&c.groups, &self.own.groups) && can_set_groups(self.own) {
+            let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
+            let at = self.write_below(&groups, "writing the groups")?;
+            let n = c.groups.len() as u64;
+            self.call("setgroups", libc::SYS_setgroups, [n, at, 0, 0, 0, 0])?;
+        }
         let [rg, eg, sg, fg] = c.gid.map(u64::from);
         self.call("setresgid", libc::SYS_setresgid, [rg, eg, sg, 0, 0, 0])?;
         self.prctl("PR_SET_KEEPCAPS", [libc::PR_SET_KEEPCAPS as u64, 1, 0])?;
@@ -261,11 +275,51 @@ impl Calls<'_> {
     }
 }
 
+fn can_set_groups(own: &Creds) -> bool {
+    const CAP_SETGID: u32 = 6;
+    own.cap_effective & (1 << CAP_SETGID) != 0
+}
+
+/// An ordinary user (no CAP_SETGID) cannot change their supplementary groups, and needs the
+/// device's group to run ckpt at all: a process that had fewer (a subset: anything else was
+/// refused before, `restore/unprivileged.rs`) keeps the user's. Said once.
+fn warn_if_groups_stay(threads: &[ThreadCreds], own: &Creds) {
+    if can_set_groups(own) {
+        return;
+    }
+    let differ = threads
+        .iter()
+        .filter_map(|t| t.creds)
+        .find(|c| !same_set(&c.groups, &own.groups));
+    if let Some(c) = differ {
+        eprintln!(
+            "ckpt: warning: the restored processes keep your supplementary groups {:?} \
+             instead of the image's {:?}: changing them needs CAP_SETGID",
+            own.groups, c.groups
+        );
+    }
+}
+
+/// Whether two group lists hold the same groups.
+fn same_set(a: &[u32], b: &[u32]) -> bool {
+    let (mut a, mut b) = (a.to_vec(), b.to_vec());
+    a.sort_unstable();
+    b.sort_unstable();
+    a.dedup();
+    b.dedup();
+    a == b
+}
+
 /// While alive, the calling thread opens, creates and binds files as `uid`/`gid` with
 /// `groups` (its filesystem ids and supplementary groups; it keeps its other privileges, and
 /// they come back on drop). Raw system calls: per thread, unlike glibc's setgroups.
+///
+/// An ordinary user's restore (no CAP_SETGID) cannot set groups: there the image's groups are
+/// a subset of the user's own (`restore/unprivileged.rs` refused anything else), and the user's
+/// own are kept.
 pub struct AsFsUser {
-    old_groups: Vec<libc::gid_t>,
+    /// The groups to put back, if they were changed.
+    old_groups: Option<Vec<libc::gid_t>>,
     old_fsuid: u32,
     old_fsgid: u32,
 }
@@ -286,16 +340,25 @@ pub fn as_fs_user(uid: u32, gid: u32, groups: &[u32]) -> io::Result<AsFsUser> {
             libc::syscall(libc::SYS_setfsgid, u32::MAX) as u32,
         )
     };
-    let guard = AsFsUser {
-        old_groups,
+    let mut guard = AsFsUser {
+        old_groups: None,
         old_fsuid,
         old_fsgid,
     };
-    // SAFETY: per-thread credential calls with a list of the stated length.
-    unsafe {
-        if libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) != 0 {
-            return Err(io::Error::last_os_error());
+    if !same_set(&old_groups, groups) {
+        // SAFETY: a per-thread credential call with a list of the stated length.
+        if unsafe { libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr()) } == 0 {
+            guard.old_groups = Some(old_groups);
+        } else {
+            let e = io::Error::last_os_error();
+            let within = groups.iter().all(|g| old_groups.contains(g));
+            if !(e.raw_os_error() == Some(libc::EPERM) && within) {
+                return Err(e);
+            }
         }
+    }
+    // SAFETY: per-thread credential calls; setfs*id(-1) only reports.
+    unsafe {
         libc::syscall(libc::SYS_setfsgid, gid);
         libc::syscall(libc::SYS_setfsuid, uid);
         // setfs*id report the old value, not errors: check the new one took.
@@ -315,11 +378,9 @@ impl Drop for AsFsUser {
         unsafe {
             libc::syscall(libc::SYS_setfsuid, self.old_fsuid);
             libc::syscall(libc::SYS_setfsgid, self.old_fsgid);
-            libc::syscall(
-                libc::SYS_setgroups,
-                self.old_groups.len(),
-                self.old_groups.as_ptr(),
-            );
+            if let Some(groups) = &self.old_groups {
+                libc::syscall(libc::SYS_setgroups, groups.len(), groups.as_ptr());
+            }
         }
     }
 }

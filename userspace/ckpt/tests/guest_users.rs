@@ -47,7 +47,22 @@ fn setup() -> MutexGuard<'static, ()> {
 
 /// Runs ckpt as `uid` (its gid the same), with `groups` as its supplementary groups.
 fn ckpt_as(uid: u32, groups: &[u32], args: &[&str]) -> Output {
-    let ids = [format!("--reuid={uid}"), format!("--regid={uid}")];
+    ckpt_as_with_caps(uid, groups, &[], args)
+        .stdin(Stdio::null())
+        .output()
+        .unwrap()
+}
+
+/// The command for `ckpt_as`, holding the capabilities `caps` (names as setpriv takes them)
+/// in its permitted, effective, inheritable and ambient sets: how a user is given
+/// CAP_CHECKPOINT_RESTORE without a setuid or file-capability binary.
+fn ckpt_as_with_caps(uid: u32, groups: &[u32], caps: &[&str], args: &[&str]) -> Command {
+    let mut ids = vec![format!("--reuid={uid}"), format!("--regid={uid}")];
+    if !caps.is_empty() {
+        let list = caps.iter().map(|c| format!("+{c}")).collect::<Vec<_>>();
+        ids.push(format!("--inh-caps={}", list.join(",")));
+        ids.push(format!("--ambient-caps={}", list.join(",")));
+    }
     let groups = match groups {
         [] => "--clear-groups".to_string(),
         g => format!(
@@ -55,14 +70,13 @@ fn ckpt_as(uid: u32, groups: &[u32], args: &[&str]) -> Output {
             g.iter().map(u32::to_string).collect::<Vec<_>>().join(",")
         ),
     };
-    Command::new("setpriv")
-        .args(&ids)
+    let mut cmd = Command::new("setpriv");
+    cmd.args(&ids)
         .arg(groups)
         .arg(ckpt_bin())
         .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .unwrap()
+        .stdin(Stdio::null());
+    cmd
 }
 
 fn stderr(o: &Output) -> String {
@@ -331,6 +345,63 @@ fn yama_ptrace_scope_holds_for_the_module() {
     assert!(!Path::new(img).exists());
 }
 
+/// Under ptrace_scope 1 a user's program started by `ckpt run` names the checkpoint's worker
+/// its tracer for the time of the checkpoint (PR_SET_PTRACER), so the user checkpoints it; the
+/// exception is withdrawn after: another process of the user's still cannot attach, nor can a
+/// second `ckpt info`, which does not go through the interceptor.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn under_ptrace_scope_1_a_user_checkpoints_its_ckpt_run_program() {
+    let _s = setup();
+    let dev = open_dev();
+    let d = dir_for("users-yama-run", USER);
+    let runtime = d.path("rt");
+    let mut program = Command::new("setpriv")
+        .args([
+            format!("--reuid={USER}"),
+            format!("--regid={USER}"),
+            "--clear-groups".into(),
+        ])
+        .arg(ckpt_bin())
+        .args(["run", "--id", "sleeper", "--runtime-dir"])
+        .arg(&runtime)
+        .args(["--", "sleep", "1000"])
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let pid = program.id() as i32;
+    let socket = runtime.join("sleeper").join(format!("{pid}.sock"));
+    common::wait_for("the interceptor's socket", 30, || socket.exists());
+    let _scope = Scope::set(1);
+    let img = d.path("run.img");
+    let img_s = img.to_str().unwrap();
+    let pid_s = pid.to_string();
+    let o = ckpt_as(USER, &[GROUP], &["checkpoint", &pid_s, "-o", img_s]);
+    assert!(o.status.success(), "scope 1, ckpt run: {}", stderr(&o));
+    assert!(img.exists());
+    assert!(!common::gone(pid), "the program runs on");
+    // The exception is gone with the checkpoint.
+    refused(
+        &ckpt_as(USER, &[GROUP], &["info", &pid_s]),
+        &["cannot attach", "kernel.yama.ptrace_scope is 1"],
+    );
+    assert_eq!(
+        direct_as(USER, &dev, pid),
+        (libc::EPERM, libc::EPERM, libc::EPERM)
+    );
+    // A second checkpoint works the same way.
+    let img2 = d.path("run2.img");
+    let o = ckpt_as(
+        USER,
+        &[GROUP],
+        &["checkpoint", &pid_s, "-o", img2.to_str().unwrap()],
+    );
+    assert!(o.status.success(), "second checkpoint: {}", stderr(&o));
+    let _ = program.kill();
+    let _ = program.wait();
+}
+
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn an_unprivileged_restore_asks_for_nothing_the_user_lacks() {
@@ -368,6 +439,112 @@ fn an_unprivileged_restore_asks_for_nothing_the_user_lacks() {
     assert!(o.status.success(), "{}", stderr(&o));
     let o = ckpt_as(USER, &[GROUP], &["restore", img_s]);
     refused(&o, &["CAP_CHECKPOINT_RESTORE"]);
+}
+
+/// A user holding CAP_CHECKPOINT_RESTORE (and nothing else) restores their own process tree
+/// (sessions, groups, a zombie): every process goes on counting where it was, as the user,
+/// and none of them holds the capability the restore needed.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_user_with_cap_checkpoint_restore_restores_their_tree() {
+    let _s = setup();
+    let d = dir_for("users-cr-restore", USER);
+    let mut tree = Command::new(common::prog("tree"))
+        .arg(&d.0)
+        .uid(USER)
+        .gid(USER)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let line = common::first_line(&mut tree);
+    let pids: Vec<i32> = line
+        .split_whitespace()
+        .skip(1)
+        .filter_map(|w| w.parse().ok())
+        .collect();
+    assert_eq!(pids.len(), 5, "tree said {line:?}");
+    let count = |name: &str| {
+        let (nums, bad) = common::numbered_lines(&d.path(name), &format!("{name} "));
+        assert!(!bad, "{name} wrote bad");
+        nums.last().copied()
+    };
+    let names = ["root", "a", "a1", "b"];
+    common::wait_for("every process counts", 30, || {
+        names.iter().all(|n| count(n).is_some_and(|c| c > 2))
+    });
+    let img = d.path("tree.img");
+    let img_s = img.to_str().unwrap();
+    let root = pids[0].to_string();
+    let o = ckpt_as(
+        USER,
+        &[GROUP],
+        &["checkpoint", &root, "--kill", "-o", img_s],
+    );
+    assert!(o.status.success(), "{}", stderr(&o));
+    tree.wait().unwrap();
+    common::wait_for("the tree is gone", 30, || {
+        pids[..4].iter().all(|&p| common::gone(p))
+    });
+    let counts: Vec<u64> = names.iter().map(|n| count(n).unwrap()).collect();
+    // The restored tree inherits ckpt's stdout and stderr: files, not pipes (which would
+    // stay open).
+    let (out, err) = (d.path("restore.out"), d.path("restore.err"));
+    let status = ckpt_as_with_caps(USER, &[GROUP], &["checkpoint_restore"], &[])
+        .args(["restore", img_s])
+        .stdout(std::fs::File::create(&out).unwrap())
+        .stderr(std::fs::File::create(&err).unwrap())
+        .status()
+        .unwrap();
+    let o = Output {
+        status,
+        stdout: std::fs::read(&out).unwrap(),
+        stderr: std::fs::read(&err).unwrap(),
+    };
+    assert!(o.status.success(), "{}", stderr(&o));
+    // The tree had no supplementary group; the user cannot drop the device's group.
+    assert!(
+        stderr(&o).contains(&format!("keep your supplementary groups [{GROUP}]")),
+        "{}",
+        stderr(&o)
+    );
+    let restored: i32 = String::from_utf8_lossy(&o.stdout).trim().parse().unwrap();
+    assert_eq!(restored, pids[0]);
+    let kill_all = || {
+        for &p in &pids[..4] {
+            // SAFETY: signalling the restored processes of this test.
+            unsafe { libc::kill(p, libc::SIGKILL) };
+        }
+    };
+    for (name, from) in names.iter().zip(&counts) {
+        common::wait_for(&format!("{name} counts on"), 30, || {
+            count(name).is_some_and(|n| n > from + 3)
+        });
+        let (nums, _) = common::numbered_lines(&d.path(name), &format!("{name} "));
+        assert!(
+            nums.windows(2).all(|w| w[1] == w[0] + 1),
+            "{name}: a gap or a repeat: {nums:?}"
+        );
+    }
+    for &p in &pids[..4] {
+        let status = std::fs::read_to_string(format!("/proc/{p}/status")).unwrap();
+        let field = |k: &str| {
+            status
+                .lines()
+                .find_map(|l| l.strip_prefix(k))
+                .map(|v| v.split_whitespace().collect::<Vec<_>>().join(" "))
+                .unwrap()
+        };
+        assert_eq!(field("Uid:"), format!("{USER} {USER} {USER} {USER}"), "{p}");
+        assert_eq!(field("Gid:"), format!("{USER} {USER} {USER} {USER}"), "{p}");
+        assert_eq!(field("Groups:"), GROUP.to_string(), "{p}");
+        for caps in ["CapInh:", "CapPrm:", "CapEff:", "CapAmb:"] {
+            assert_eq!(field(caps), "0000000000000000", "{p} {caps}");
+        }
+    }
+    let zombie = std::fs::read_to_string(format!("/proc/{}/stat", pids[4])).unwrap();
+    assert!(zombie.contains(") Z "), "z is a zombie again: {zombie}");
+    kill_all();
 }
 
 /// Root restores an image a user owns only if it asks for no more than that user has: a tree

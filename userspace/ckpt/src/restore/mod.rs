@@ -616,7 +616,7 @@ fn finish_threads(
     // POSIX locks belong to the process's fd table: taken by the process itself, now that the
     // module has closed the restorer's working fds (closing a file's fd drops them).
     crate::fds::locks::take_posix(&inj, pid, &p.files, scratch)?;
-    p.attrs.restore_exe(&inj, pid, scratch);
+    p.attrs.restore_exe(&inj, pid, scratch, &p.memory.mm);
     if let Some(ic) = &p.interceptor {
         // The ids the process sees (inside a new pid namespace, not ours).
         let seen: Vec<i32> = tids
