@@ -5,11 +5,13 @@
 //! temporary filesystem identity ([`as_fs_user`]), so that files are opened, created and
 //! bound as the process's user.
 
+use crate::batch::{CallSink, OneByOne};
 use crate::errors::{restore_io, RestoreError};
 use crate::inject::Injector;
 use serde::{Deserialize, Serialize};
 use std::fs;
 use std::io;
+use std::sync::atomic::{AtomicBool, Ordering};
 
 /// A thread's credentials, from /proc/PID/task/TID/status.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq, Default)]
@@ -82,84 +84,50 @@ pub fn read(pid: i32, tid: i32) -> io::Result<Creds> {
 
 /// One thread to give its credentials back: its kernel tid, the tid the program knows (for
 /// messages) and what it had.
-pub struct ThreadCreds<'a> {
-    pub tid: i32,
-    pub shown_tid: i32,
-    pub creds: Option<&'a Creds>,
-}
-
-/// Gives every thread the credentials it had (the restorer's are root's), then the process
-/// its dumpable flag (changing the effective ids cleared it). Arguments are written below
-/// `scratch` (memory of the process nothing live uses), the main thread first in `threads`.
-pub fn restore(
-    inj: &Injector,
-    threads: &[ThreadCreds],
-    scratch: u64,
-    dumpable: Option<bool>,
-) -> Result<(), RestoreError> {
-    let last_cap: u64 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
-        .ok()
-        .and_then(|s| s.trim().parse().ok())
-        .unwrap_or(40);
-    // Arguments go below the main thread's saved stack pointer and red zone, and below
-    // whatever they hold (a group list can be long): nothing live is there.
-    let below = scratch - 64;
-    // The restored threads start with ckpt's own credentials (all of root's, or an ordinary
-    // user's with CAP_CHECKPOINT_RESTORE).
-    let own = read(std::process::id() as i32, nix::unistd::gettid().as_raw())
-        .map_err(restore_io("reading ckpt's own credentials"))?;
-    warn_if_groups_stay(threads, &own);
-    for t in threads {
-        let calls = Calls {
-            inj,
-            tid: t.tid,
-            shown_tid: t.shown_tid,
-            below,
-            last_cap: last_cap.min(63),
-            own: &own,
-        };
-        if let Some(c) = t.creds {
-            calls.restore(c)?;
-        }
-    }
-    if let (Some(d), Some(main)) = (dumpable, threads.first()) {
-        let calls = Calls {
-            inj,
-            tid: main.tid,
-            shown_tid: main.shown_tid,
-            below,
-            last_cap,
-            own: &own,
-        };
-        calls.prctl(
-            "PR_SET_DUMPABLE",
-            [libc::PR_SET_DUMPABLE as u64, u64::from(d), 0],
-        )?;
-    }
-    Ok(())
-}
-
-/// Injected credential calls in one thread.
-struct Calls<'a> {
-    inj: &'a Injector,
-    tid: i32,
-    /// The tid the program knows, for messages.
-    shown_tid: i32,
-    /// Arguments are written below this address.
-    below: u64,
+/// What restored threads start with, and so what they can be given: ckpt's own credentials
+/// (all of root's, or an ordinary user's with CAP_CHECKPOINT_RESTORE), and the highest
+/// capability this kernel knows.
+pub struct Giver {
+    own: Creds,
     last_cap: u64,
-    /// What the thread has before: ckpt's own credentials.
-    own: &'a Creds,
 }
 
-impl Calls<'_> {
-    /// Order matters: the capability bounding set and groups while still privileged, uid last
-    /// with KEEPCAPS so that the permitted capabilities survive it, then the exact sets.
-    fn restore(&self, c: &Creds) -> Result<(), RestoreError> {
+/// The warning of `Giver::warn_if_groups_stay` is said once per restore, not per process.
+static GROUPS_WARNED: AtomicBool = AtomicBool::new(false);
+
+impl Giver {
+    pub fn new() -> Result<Giver, RestoreError> {
+        let last_cap: u64 = fs::read_to_string("/proc/sys/kernel/cap_last_cap")
+            .ok()
+            .and_then(|s| s.trim().parse().ok())
+            .unwrap_or(40);
+        let own = read(std::process::id() as i32, nix::unistd::gettid().as_raw())
+            .map_err(restore_io("reading ckpt's own credentials"))?;
+        Ok(Giver {
+            own,
+            last_cap: last_cap.min(63),
+        })
+    }
+
+    /// Queues into `sink` what gives a thread (`shown_tid` to the program) the credentials
+    /// `c`. Order matters: the capability bounding set and groups while still privileged,
+    /// uid last with KEEPCAPS so that the permitted capabilities survive it, then the exact
+    /// sets.
+    pub fn give(
+        &self,
+        sink: &mut dyn CallSink,
+        shown_tid: i32,
+        c: &Creds,
+    ) -> Result<(), RestoreError> {
+        let mut calls = Calls {
+            sink,
+            shown_tid,
+            giver: self,
+        };
         // Nothing of the restorer's ambient set; the inheritable set first, while the
         // bounding set still allows it (inheritable must stay within it once dropped).
         let ambient = libc::PR_CAP_AMBIENT as u64;
-        self.prctl(
+        calls.prctl(
             "PR_CAP_AMBIENT_CLEAR_ALL",
             [ambient, libc::PR_CAP_AMBIENT_CLEAR_ALL as u64, 0],
         )?;
@@ -169,26 +137,26 @@ impl Calls<'_> {
             (1u64 << (self.last_cap + 1)) - 1
         };
         let held = self.own.cap_permitted & all;
-        self.capset("capset (inheritable)", held, held, c.cap_inheritable & all)?;
+        calls.capset("capset (inheritable)", held, held, c.cap_inheritable & all)?;
         for cap in (0..=self.last_cap).filter(|cap| c.cap_bounding & (1 << cap) == 0) {
-            self.prctl("PR_CAPBSET_DROP", [libc::PR_CAPBSET_DROP as u64, cap, 0])?;
+            calls.prctl("PR_CAPBSET_DROP", [libc::PR_CAPBSET_DROP as u64, cap, 0])?;
         }
-        self.ids(c)?;
-        self.capset(
+        calls.ids(c)?;
+        calls.capset(
             "capset",
             c.cap_effective,
             c.cap_permitted,
             c.cap_inheritable,
         )?;
         for cap in (0..=self.last_cap).filter(|cap| c.cap_ambient & (1 << cap) != 0) {
-            self.prctl(
+            calls.prctl(
                 "PR_CAP_AMBIENT_RAISE",
                 [ambient, libc::PR_CAP_AMBIENT_RAISE as u64, cap],
             )?;
         }
-        self.prctl("PR_SET_KEEPCAPS", [libc::PR_SET_KEEPCAPS as u64, 0, 0])?;
+        calls.prctl("PR_SET_KEEPCAPS", [libc::PR_SET_KEEPCAPS as u64, 0, 0])?;
         if c.no_new_privs {
-            self.prctl(
+            calls.prctl(
                 "PR_SET_NO_NEW_PRIVS",
                 [libc::PR_SET_NO_NEW_PRIVS as u64, 1, 0],
             )?;
@@ -196,21 +164,96 @@ impl Calls<'_> {
         Ok(())
     }
 
+    fn can_set_groups(&self) -> bool {
+        const CAP_SETGID: u32 = 6;
+        self.own.cap_effective & (1 << CAP_SETGID) != 0
+    }
+
+    /// An ordinary user (no CAP_SETGID) cannot change their supplementary groups, and needs
+    /// the device's group to run ckpt at all: a process that had fewer (a subset: anything
+    /// else was refused before, `restore/unprivileged.rs`) keeps the user's. Said once.
+    pub fn warn_if_groups_stay<'a>(&self, creds: impl IntoIterator<Item = &'a Creds>) {
+        if self.can_set_groups() {
+            return;
+        }
+        let own = &self.own.groups;
+        let differ = creds.into_iter().find(|c| !same_set(&c.groups, own));
+        if let Some(c) = differ {
+            if !GROUPS_WARNED.swap(true, Ordering::Relaxed) {
+                eprintln!(
+                    "ckpt: warning: the restored processes keep your supplementary groups \
+                     {own:?} instead of the image's {:?}: changing them needs CAP_SETGID",
+                    c.groups
+                );
+            }
+        }
+    }
+}
+
+/// Gives the main thread `pid` (`shown_tid` to the program) its credentials `c`, then the
+/// process its dumpable flag (changing the effective ids cleared it). The other threads got
+/// theirs when they were made (`thread::create_others`). Arguments are written below
+/// `scratch` (memory of the process nothing live uses).
+pub fn restore_main(
+    inj: &Injector,
+    (pid, shown_tid): (i32, i32),
+    c: Option<&Creds>,
+    scratch: u64,
+    dumpable: Option<bool>,
+    giver: &Giver,
+) -> Result<(), RestoreError> {
+    // Below the main thread's saved stack pointer and red zone, and below whatever they hold
+    // (a group list can be long): nothing live is there.
+    let mut sink = OneByOne {
+        inj,
+        tid: pid,
+        below: scratch - 64,
+    };
+    if let Some(c) = c {
+        giver.give(&mut sink, shown_tid, c)?;
+    }
+    if let Some(d) = dumpable {
+        let args = [libc::PR_SET_DUMPABLE as u64, u64::from(d), 0, 0, 0, 0];
+        sink.call("PR_SET_DUMPABLE", libc::SYS_prctl, args, None)?;
+    }
+    Ok(())
+}
+
+/// The credential calls of one thread, into a sink.
+struct Calls<'a> {
+    sink: &'a mut dyn CallSink,
+    /// The tid the program knows, for messages.
+    shown_tid: i32,
+    giver: &'a Giver,
+}
+
+impl Calls<'_> {
     /// Groups, gids, then uids (keeping capabilities), then the filesystem ids.
-    fn ids(&self, c: &Creds) -> Result<(), RestoreError> {
+    fn ids(&mut self, c: &Creds) -> Result<(), RestoreError> {
         // Left alone when they are ckpt's already, or cannot be changed (see
         // `warn_if_groups_stay`).
-        if !same_set(&c.groups, &self.own.groups) && can_set_groups(self.own) {
+        let own = &self.giver.own;
+        if !same_set(&c.groups, &own.groups) && self.giver.can_set_groups() {
             let groups: Vec<u8> = c.groups.iter().flat_map(|g| g.to_le_bytes()).collect();
-            let at = self.write_below(&groups, "writing the groups")?;
+            let at = self.sink.put(&groups, "writing the groups")?;
             let n = c.groups.len() as u64;
-            self.call("setgroups", libc::SYS_setgroups, [n, at, 0, 0, 0, 0])?;
+            self.call("setgroups", libc::SYS_setgroups, [n, at, 0, 0, 0, 0], None)?;
         }
         let [rg, eg, sg, fg] = c.gid.map(u64::from);
-        self.call("setresgid", libc::SYS_setresgid, [rg, eg, sg, 0, 0, 0])?;
+        self.call(
+            "setresgid",
+            libc::SYS_setresgid,
+            [rg, eg, sg, 0, 0, 0],
+            None,
+        )?;
         self.prctl("PR_SET_KEEPCAPS", [libc::PR_SET_KEEPCAPS as u64, 1, 0])?;
         let [ru, eu, su, fu] = c.uid.map(u64::from);
-        self.call("setresuid", libc::SYS_setresuid, [ru, eu, su, 0, 0, 0])?;
+        self.call(
+            "setresuid",
+            libc::SYS_setresuid,
+            [ru, eu, su, 0, 0, 0],
+            None,
+        )?;
         // The filesystem ids follow the effective ones; set them (while the permitted
         // capabilities still allow any) only where they differed, and check they took:
         // setfs*id reports the old value, not errors.
@@ -219,49 +262,35 @@ impl Calls<'_> {
             ("setfsuid", libc::SYS_setfsuid, fu, eu),
         ] {
             if want != eff {
-                self.call(what, nr, [want, 0, 0, 0, 0, 0])?;
-                let now = self.call(what, nr, [u64::from(u32::MAX), 0, 0, 0, 0, 0])?;
-                if now as u64 != want {
-                    return Err(self.failed(what, libc::EPERM));
-                }
+                self.call(what, nr, [want, 0, 0, 0, 0, 0], None)?;
+                let ask = [u64::from(u32::MAX), 0, 0, 0, 0, 0];
+                self.call(what, nr, ask, Some(want as i64))?;
             }
         }
         Ok(())
     }
 
-    fn failed(&self, what: &str, errno: i32) -> RestoreError {
-        RestoreError::Creds {
-            tid: self.shown_tid,
-            what: what.to_owned(),
-            source: io::Error::from_raw_os_error(errno),
-        }
+    fn call(
+        &mut self,
+        what: &str,
+        nr: i64,
+        args: [u64; 6],
+        expect: Option<i64>,
+    ) -> Result<(), RestoreError> {
+        let what = format!(
+            "giving thread {} its credentials back: {what}",
+            self.shown_tid
+        );
+        self.sink.call(&what, nr, args, expect)
     }
 
-    fn call(&self, what: &str, nr: i64, args: [u64; 6]) -> Result<i64, RestoreError> {
-        let (r, _) = self
-            .inj
-            .syscall(self.tid, nr, args)
-            .map_err(restore_io(format!("{what} in thread {}", self.shown_tid)))?;
-        if r < 0 {
-            return Err(self.failed(what, -r as i32));
-        }
-        Ok(r)
-    }
-
-    fn prctl(&self, what: &str, a: [u64; 3]) -> Result<i64, RestoreError> {
-        self.call(what, libc::SYS_prctl, [a[0], a[1], a[2], 0, 0, 0])
-    }
-
-    /// Writes `data` below the scratch address; returns where.
-    fn write_below(&self, data: &[u8], what: &str) -> Result<u64, RestoreError> {
-        let at = (self.below - data.len() as u64) & !15;
-        self.inj.poke(at, data).map_err(restore_io(what))?;
-        Ok(at)
+    fn prctl(&mut self, what: &str, a: [u64; 3]) -> Result<(), RestoreError> {
+        self.call(what, libc::SYS_prctl, [a[0], a[1], a[2], 0, 0, 0], None)
     }
 
     /// capset(header {version 3, pid 0}, data[2] {effective, permitted, inheritable} as low
     /// and high 32-bit halves).
-    fn capset(&self, what: &str, eff: u64, prm: u64, inh: u64) -> Result<i64, RestoreError> {
+    fn capset(&mut self, what: &str, eff: u64, prm: u64, inh: u64) -> Result<(), RestoreError> {
         let mut capdata = Vec::new();
         capdata.extend_from_slice(&0x2008_0522u32.to_le_bytes());
         capdata.extend_from_slice(&0i32.to_le_bytes());
@@ -270,33 +299,8 @@ impl Calls<'_> {
                 capdata.extend_from_slice(&((set >> half) as u32).to_le_bytes());
             }
         }
-        let at = self.write_below(&capdata, "writing the capabilities")?;
-        self.call(what, libc::SYS_capset, [at, at + 8, 0, 0, 0, 0])
-    }
-}
-
-fn can_set_groups(own: &Creds) -> bool {
-    const CAP_SETGID: u32 = 6;
-    own.cap_effective & (1 << CAP_SETGID) != 0
-}
-
-/// An ordinary user (no CAP_SETGID) cannot change their supplementary groups, and needs the
-/// device's group to run ckpt at all: a process that had fewer (a subset: anything else was
-/// refused before, `restore/unprivileged.rs`) keeps the user's. Said once.
-fn warn_if_groups_stay(threads: &[ThreadCreds], own: &Creds) {
-    if can_set_groups(own) {
-        return;
-    }
-    let differ = threads
-        .iter()
-        .filter_map(|t| t.creds)
-        .find(|c| !same_set(&c.groups, &own.groups));
-    if let Some(c) = differ {
-        eprintln!(
-            "ckpt: warning: the restored processes keep your supplementary groups {:?} \
-             instead of the image's {:?}: changing them needs CAP_SETGID",
-            own.groups, c.groups
-        );
+        let at = self.sink.put(&capdata, "writing the capabilities")?;
+        self.call(what, libc::SYS_capset, [at, at + 8, 0, 0, 0, 0], None)
     }
 }
 

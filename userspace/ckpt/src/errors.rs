@@ -119,12 +119,6 @@ pub enum RestoreError {
     /// the holder).
     #[error("{0}")]
     Lock(String),
-    #[error("giving thread {tid} its credentials back: {what}: {source}")]
-    Creds {
-        tid: i32,
-        what: String,
-        source: std::io::Error,
-    },
 }
 
 pub fn restore_io(what: impl Into<String>) -> impl FnOnce(std::io::Error) -> RestoreError {

@@ -29,6 +29,7 @@ pub mod vdso;
 
 // Mechanisms.
 pub mod attach;
+pub mod batch;
 pub mod device;
 pub mod errors;
 pub mod flush;

@@ -9,7 +9,8 @@
 //! state the same way ([`create_others`]); registers, XSAVE state and masks go in last,
 //! through ptrace, where the kernel validates them ([`set_final_state`]).
 
-use crate::creds::Creds;
+use crate::batch::{Area, CallSink, OneByOne};
+use crate::creds::{Creds, Giver};
 use crate::device::Device;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
 use crate::image::{section_is, Section, SectionKind};
@@ -245,12 +246,15 @@ pub fn call(
 }
 
 /// Creates the process's threads after the first, in order, by making the main thread run
-/// clone3 (through `inj`); each new thread then sets its robust list, alternate signal stack
-/// and rseq area the same way. Returns their tids; all stay stopped for the caller.
+/// clone3 (through `inj`); each new thread then sets its own state (robust list, alternate
+/// signal stack, rseq area, name, credentials) in one batch of injected calls
+/// (`crate::batch`; one by one where the process may not have the batch's area). Returns
+/// their tids; all stay stopped for the caller.
 pub fn create_others(
     inj: &Injector,
     pid: i32,
     threads: &[Thread],
+    giver: &Giver,
 ) -> Result<Vec<i32>, RestoreError> {
     ptrace::setoptions(
         Pid::from_raw(pid),
@@ -259,12 +263,37 @@ pub fn create_others(
             | ptrace::Options::PTRACE_O_TRACECLONE,
     )
     .map_err(|e| restore_io("PTRACE_SETOPTIONS")(e.into()))?;
+    let area = Area::map(inj, pid);
+    let made = make_each(inj, pid, threads, area.as_ref(), giver);
+    match area {
+        Some(a) => made.and_then(|tids| a.unmap(inj, pid).map(|()| tids)),
+        None => made,
+    }
+}
+
+fn make_each(
+    inj: &Injector,
+    pid: i32,
+    threads: &[Thread],
+    area: Option<&Area>,
+    giver: &Giver,
+) -> Result<Vec<i32>, RestoreError> {
     let scratch = scratch_area(threads);
     let mut tids = Vec::new();
     for t in threads.iter().skip(1) {
         let tid = clone_thread(inj, pid, t, scratch)?;
         tids.push(tid);
-        set_own_state(inj, tid, t, scratch)?;
+        match area {
+            Some(area) => {
+                let mut batch = area.batch();
+                own_state(&mut batch, t, giver)?;
+                batch.run(inj, pid, tid)?;
+            }
+            None => {
+                let below = scratch;
+                own_state(&mut OneByOne { inj, tid, below }, t, giver)?;
+            }
+        }
     }
     Ok(tids)
 }
@@ -324,28 +353,18 @@ fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i3
     }
 }
 
-/// A new thread sets its own per-thread state, by injected syscalls.
-fn set_own_state(inj: &Injector, tid: i32, t: &Thread, scratch: u64) -> Result<(), RestoreError> {
+/// A new thread's own per-thread state, as calls it makes itself.
+fn own_state(sink: &mut dyn CallSink, t: &Thread, giver: &Giver) -> Result<(), RestoreError> {
     if t.own_files {
         // It got a copy of the process's fd table: it had none of those.
         let all = [0, u64::from(u32::MAX), 0, 0, 0, 0];
-        call(
-            inj,
-            tid,
-            "emptying a thread's own fd table",
-            libc::SYS_close_range,
-            all,
-        )?;
+        let what = "emptying a thread's own fd table";
+        sink.call(what, libc::SYS_close_range, all, None)?;
     }
     if t.robust_list.head != 0 {
         let args = [t.robust_list.head, t.robust_list.len, 0, 0, 0, 0];
-        call(
-            inj,
-            tid,
-            "set_robust_list in a thread",
-            libc::SYS_set_robust_list,
-            args,
-        )?;
+        let what = "set_robust_list in a thread";
+        sink.call(what, libc::SYS_set_robust_list, args, None)?;
     }
     if t.sigaltstack.size != 0 {
         let mut ss = Vec::new();
@@ -353,18 +372,30 @@ fn set_own_state(inj: &Injector, tid: i32, t: &Thread, scratch: u64) -> Result<(
         ss.extend_from_slice(&(t.sigaltstack.flags & SS_AUTODISARM).to_le_bytes());
         ss.extend_from_slice(&0u32.to_le_bytes());
         ss.extend_from_slice(&t.sigaltstack.size.to_le_bytes());
-        inj.poke(scratch, &ss)
-            .map_err(restore_io("writing sigaltstack arguments"))?;
-        let args = [scratch, 0, 0, 0, 0, 0];
-        call(
-            inj,
-            tid,
-            "sigaltstack in a thread",
-            libc::SYS_sigaltstack,
-            args,
-        )?;
+        let at = sink.put(&ss, "writing sigaltstack arguments")?;
+        let what = "sigaltstack in a thread";
+        sink.call(what, libc::SYS_sigaltstack, [at, 0, 0, 0, 0, 0], None)?;
     }
-    register_rseq(inj, tid, t)
+    if let Some(rs) = t.rseq {
+        let args = [rs.addr, u64::from(rs.len), 0, u64::from(rs.sig), 0, 0];
+        sink.call("registering the rseq area", libc::SYS_rseq, args, None)?;
+    }
+    if !t.comm.is_empty() {
+        let at = sink.put(&name_bytes(&t.comm), "writing the thread's name")?;
+        let args = [libc::PR_SET_NAME as u64, at, 0, 0, 0, 0];
+        sink.call("naming a thread", libc::SYS_prctl, args, None)?;
+    }
+    match &t.creds {
+        Some(c) => giver.give(sink, t.tid, c),
+        None => Ok(()),
+    }
+}
+
+/// A thread name as PR_SET_NAME takes it: at most 15 bytes and a NUL.
+fn name_bytes(comm: &str) -> Vec<u8> {
+    let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
+    name.push(0);
+    name
 }
 
 /// The thread registers its rseq area (the main thread's only once its memory is back).
@@ -376,22 +407,19 @@ pub fn register_rseq(inj: &Injector, tid: i32, t: &Thread) -> Result<(), Restore
     Ok(())
 }
 
-/// Thread names: a thread can only rename itself (prctl PR_SET_NAME). Informational, so a
-/// failure here is not worth the process. `main_comm` names a main thread without a name.
-pub fn set_names(inj: &Injector, threads: &[Thread], tids: &[i32], main_comm: &str) {
-    let scratch = scratch_area(threads);
-    for (i, (t, &tid)) in threads.iter().zip(tids).enumerate() {
-        let comm = if t.comm.is_empty() && i == 0 {
-            main_comm
-        } else {
-            &t.comm
-        };
-        let mut name = comm.as_bytes()[..comm.len().min(15)].to_vec();
-        name.push(0);
-        if !comm.is_empty() && inj.poke(scratch, &name).is_ok() {
-            let args = [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0];
-            let _ = inj.syscall(tid, libc::SYS_prctl, args);
-        }
+/// The main thread's name: a thread can only rename itself (prctl PR_SET_NAME; the others
+/// did in `create_others`). Informational, so a failure here is not worth the process.
+/// `main_comm` names a main thread without a name.
+pub fn set_main_name(inj: &Injector, pid: i32, main: &Thread, main_comm: &str) {
+    let comm = if main.comm.is_empty() {
+        main_comm
+    } else {
+        &main.comm
+    };
+    let scratch = (main.regs.rsp.wrapping_sub(1024)) & !15;
+    if !comm.is_empty() && inj.poke(scratch, &name_bytes(comm)).is_ok() {
+        let args = [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0];
+        let _ = inj.syscall(pid, libc::SYS_prctl, args);
     }
 }
 

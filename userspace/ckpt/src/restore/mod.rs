@@ -595,12 +595,14 @@ fn finish_threads(
 ) -> Result<Vec<i32>, RestoreError> {
     let inj = Injector::find(pid).map_err(restore_io("finding a syscall instruction"))?;
     memory::attach_sysv(&inj, pid, &p.memory.vmas, sysv_ids)?;
+    let giver = crate::creds::Giver::new()?;
+    giver.warn_if_groups_stay(p.threads.iter().filter_map(|t| t.creds.as_ref()));
     let mut tids = vec![pid];
     if p.threads.len() > 1 {
-        tids.extend(thread::create_others(&inj, pid, &p.threads)?);
+        tids.extend(thread::create_others(&inj, pid, &p.threads, &giver)?);
     }
     thread::register_rseq(&inj, pid, &p.threads[0])?;
-    thread::set_names(&inj, &p.threads, &tids, &p.attrs.comm);
+    thread::set_main_name(&inj, pid, &p.threads[0], &p.attrs.comm);
     // The restorer's own traces: its parent-death signal, and signals that came while it
     // had every signal blocked (its children stopping or exiting); the image's pending
     // signals are raised again once it runs.
@@ -636,17 +638,9 @@ fn finish_threads(
             .collect();
         crate::timers::restore(&inj, pid, &p.timers, (&image_tids, &seen), scratch)?;
     }
-    let creds: Vec<crate::creds::ThreadCreds> = p
-        .threads
-        .iter()
-        .zip(&tids)
-        .map(|(t, &tid)| crate::creds::ThreadCreds {
-            tid,
-            shown_tid: t.tid,
-            creds: t.creds.as_ref(),
-        })
-        .collect();
-    crate::creds::restore(&inj, &creds, scratch, p.attrs.dumpable)?;
+    let main = &p.threads[0];
+    let (creds, dumpable) = (main.creds.as_ref(), p.attrs.dumpable);
+    crate::creds::restore_main(&inj, (pid, main.tid), creds, scratch, dumpable, &giver)?;
     thread::set_final_state((pid, &p.threads), &tids, xstates)?;
     Ok(tids)
 }
