@@ -5,6 +5,7 @@
 use crate::attrs::Attrs;
 use crate::fds::{FdTable, Shared};
 use crate::groups::{Ids, Plan};
+use crate::image::flat;
 use crate::image::{Section, Validate};
 use crate::interceptor::InterceptorState;
 use crate::memory::Memory;
@@ -13,13 +14,14 @@ use crate::stats::Stats;
 use crate::thread::Thread;
 use crate::timers::Timers;
 use crate::tree::Zombie;
-use serde::{Deserialize, Serialize};
+use serde::{Deserialize, Deserializer, Serialize};
 use std::collections::BTreeSet;
 
 /// An image of this version, verified.
 pub type Image = crate::image::Image<Manifest>;
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Read through [`flat`] (see there why), written by the derive.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Manifest {
     /// The tree's live processes, parents before children; the first is the root.
     pub processes: Vec<Process>,
@@ -51,7 +53,8 @@ pub struct Manifest {
     pub parent: Option<crate::chain::ParentRef>,
 }
 
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+/// Read through [`flat`] (see there why), written by the derive.
+#[derive(Debug, Clone, Serialize, PartialEq)]
 pub struct Process {
     pub pid: i32,
     pub ppid: i32,
@@ -89,6 +92,89 @@ pub struct Process {
     /// (`crate::dirty`). Absent in older images.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub identity: Option<crate::dirty::Identity>,
+}
+
+/// A manifest's own keys (the rest are its flattened `shared`'s). Its fields and their
+/// attributes are `Manifest`'s: the struct literal below names every field, so one added to
+/// `Manifest` and not here does not compile.
+#[derive(Deserialize)]
+struct ManifestOwn {
+    processes: Vec<Process>,
+    #[serde(default)]
+    zombies: Vec<Zombie>,
+    #[serde(default)]
+    gone_leaders: Vec<i32>,
+    #[serde(default)]
+    netlock: Option<String>,
+    #[serde(default)]
+    stats: Option<Stats>,
+    #[serde(default)]
+    image_id: Option<String>,
+    #[serde(default)]
+    parent: Option<crate::chain::ParentRef>,
+}
+
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = flat::RawObject::deserialize(d)?;
+        let own: ManifestOwn = raw.part()?;
+        Ok(Manifest {
+            processes: own.processes,
+            zombies: own.zombies,
+            gone_leaders: own.gone_leaders,
+            netlock: own.netlock,
+            shared: raw.part()?,
+            stats: own.stats,
+            image_id: own.image_id,
+            parent: own.parent,
+        })
+    }
+}
+
+/// A process's own keys (the rest are its flattened parts'), as in `ManifestOwn`.
+#[derive(Deserialize)]
+struct ProcessOwn {
+    pid: i32,
+    ppid: i32,
+    #[serde(default)]
+    pgid: i32,
+    #[serde(default)]
+    sid: i32,
+    sigactions: Vec<SigAction>,
+    threads: Vec<Thread>,
+    #[serde(default)]
+    shared_pending: u64,
+    #[serde(default)]
+    interceptor: Option<InterceptorState>,
+    #[serde(default)]
+    ctty: Option<crate::fds::Ctty>,
+    #[serde(default)]
+    timers: Timers,
+    #[serde(default)]
+    identity: Option<crate::dirty::Identity>,
+}
+
+impl<'de> Deserialize<'de> for Process {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let raw = flat::RawObject::deserialize(d)?;
+        let own: ProcessOwn = raw.part()?;
+        Ok(Process {
+            pid: own.pid,
+            ppid: own.ppid,
+            pgid: own.pgid,
+            sid: own.sid,
+            attrs: raw.part()?,
+            memory: raw.part()?,
+            sigactions: own.sigactions,
+            files: raw.part()?,
+            threads: own.threads,
+            shared_pending: own.shared_pending,
+            interceptor: own.interceptor,
+            ctty: own.ctty,
+            timers: own.timers,
+            identity: own.identity,
+        })
+    }
 }
 
 impl Validate for Manifest {
@@ -394,6 +480,46 @@ mod tests {
         let img = Image::open(&p).unwrap();
         assert_eq!(img.manifest, m);
         std::fs::remove_file(p).unwrap();
+    }
+
+    /// Every key a process or manifest is written with is read by one of its parts
+    /// (`flat`), and no two parts read the same key.
+    #[test]
+    fn every_written_key_has_one_reader() {
+        use crate::image::flat::fields_of;
+        let check = |v: serde_json::Value, parts: &[&[&str]]| {
+            for k in v.as_object().unwrap().keys() {
+                let readers = parts.iter().filter(|p| p.contains(&k.as_str())).count();
+                assert_eq!(readers, 1, "{k}");
+            }
+            for p in parts {
+                assert!(!p.is_empty(), "a part with flatten of its own");
+            }
+        };
+        let p = sample_process(4096, 0);
+        check(
+            serde_json::to_value(&p).unwrap(),
+            &[
+                fields_of::<super::ProcessOwn>(),
+                fields_of::<Attrs>(),
+                fields_of::<Memory>(),
+                fields_of::<FdTable>(),
+            ],
+        );
+        let m = Manifest {
+            processes: vec![p],
+            zombies: vec![],
+            gone_leaders: vec![1],
+            netlock: Some("t".into()),
+            shared: crate::fuzzing::sample_shared(),
+            stats: None,
+            image_id: Some("id".into()),
+            parent: None,
+        };
+        check(
+            serde_json::to_value(&m).unwrap(),
+            &[fields_of::<super::ManifestOwn>(), fields_of::<Shared>()],
+        );
     }
 
     /// The resources' state types are flattened into the process: the JSON is the layout the

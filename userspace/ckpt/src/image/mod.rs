@@ -25,6 +25,7 @@
 //! refuses any other `FORMAT_VERSION`, naming both (like Firecracker's versioned state).
 
 pub mod codec;
+pub mod flat;
 mod header;
 pub mod mac;
 pub mod mapped;
@@ -200,14 +201,29 @@ pub fn kernel_release() -> String {
 }
 
 /// The manifest as stored: the container's fields, then the caller's. Field names are the
-/// format: renaming one is a format change.
-#[derive(Serialize, Deserialize)]
+/// format: renaming one is a format change. Read through [`flat`] (see there why).
+#[derive(Serialize)]
 struct Envelope<M> {
     #[serde(flatten)]
     meta: Meta,
     sections: Vec<Section>,
     #[serde(flatten)]
     manifest: M,
+}
+
+impl<'de, M: serde::de::DeserializeOwned> Deserialize<'de> for Envelope<M> {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        #[derive(Deserialize)]
+        struct Own {
+            sections: Vec<Section>,
+        }
+        let raw = flat::RawObject::deserialize(d)?;
+        Ok(Envelope {
+            meta: raw.part()?,
+            sections: raw.part::<Own, _>()?.sections,
+            manifest: raw.whole()?,
+        })
+    }
 }
 
 /// A manifest checks its own consistency against the sections it refers to; the container
