@@ -30,7 +30,15 @@ unsafe impl Sync for MappedFile {}
 impl MappedFile {
     /// Maps `file` as long as it is now (nothing for an empty file).
     pub fn new(file: &File) -> io::Result<MappedFile> {
-        let len = usize::try_from(file.metadata()?.len()).map_err(io::Error::other)?;
+        let len = file.metadata()?.len();
+        MappedFile::range(file, 0, len)
+    }
+
+    /// Maps `len` bytes of `file` from `offset` (a multiple of the page size); offsets in
+    /// the other calls are then from `offset`.
+    pub fn range(file: &File, offset: u64, len: u64) -> io::Result<MappedFile> {
+        let len = usize::try_from(len).map_err(io::Error::other)?;
+        let at = libc::off_t::try_from(offset).map_err(io::Error::other)?;
         let Some(size) = NonZeroUsize::new(len) else {
             return Ok(MappedFile { addr: None, len: 0 });
         };
@@ -42,7 +50,7 @@ impl MappedFile {
                 ProtFlags::PROT_READ,
                 MapFlags::MAP_PRIVATE,
                 file.as_fd(),
-                0,
+                at,
             )
         }?;
         Ok(MappedFile {

@@ -582,6 +582,10 @@ impl SectionData<'_> {
         if s.compressed.is_some() {
             return self.decode(index, write).map_err(std::io::Error::other);
         }
+        // One copy in the kernel where it can (copy_file_range), else through a buffer.
+        if copy_range(self.file, s.offset, to, at, s.len).is_ok() {
+            return Ok(());
+        }
         let mut src = FileRange::new(self.file, s.offset, s.len);
         let mut buf = vec![0u8; (1 << 20).min(s.len as usize)];
         loop {
@@ -617,4 +621,22 @@ impl SectionData<'_> {
             )
         })
     }
+}
+
+/// Copies `len` bytes of `from` at `from_at` into `to` at `to_at` with copy_file_range
+/// (neither file's position moves). An error (another filesystem that cannot, an old
+/// kernel) leaves the caller to copy some other way.
+fn copy_range(from: &File, from_at: u64, to: &File, to_at: u64, len: u64) -> std::io::Result<()> {
+    let mut off_in = i64::try_from(from_at).map_err(std::io::Error::other)?;
+    let mut off_out = i64::try_from(to_at).map_err(std::io::Error::other)?;
+    let mut done = 0u64;
+    while done < len {
+        let left = (len - done).min(1 << 30) as usize;
+        let n = nix::fcntl::copy_file_range(from, Some(&mut off_in), to, Some(&mut off_out), left)?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        done += n as u64;
+    }
+    Ok(())
 }

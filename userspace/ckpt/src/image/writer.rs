@@ -9,6 +9,7 @@
 
 use super::codec::{self, Codec, Compressed, FileRange};
 use super::header::Header;
+use super::mapped::MappedFile;
 use super::{
     mac, Envelope, MacKey, Meta, Section, SectionKind, COMPRESSED_FORMAT_VERSION, PAGE, PAGES,
     PLAIN_FORMAT_VERSION,
@@ -23,6 +24,8 @@ use xxhash_rust::xxh64::{xxh64, Xxh64};
 /// The most page content the module writes into the scratch memfd at once when compressing:
 /// the memory a compressed checkpoint needs beyond the uncompressed one's.
 pub const COMPRESSED_PAGES_CHUNK: u64 = 64 << 20;
+/// From this size on, a blob copied from a file is copied by the kernel (`add_blob_copied`).
+const COPY_IN_KERNEL_MIN: u64 = 1 << 20;
 
 /// Compressing: the level, the scratch memfd pages go through, and the next free place in the
 /// uncompressed view.
@@ -302,6 +305,9 @@ impl ImageWriter {
         if self.compressing.is_some() {
             return self.add_compressed(kind, FileRange::new(from, start, len), (len, None));
         }
+        if len >= COPY_IN_KERNEL_MIN {
+            return self.add_blob_copied(kind, from, (start, len));
+        }
         let offset = self.pos;
         let mut sum = Xxh64::new(0);
         let mut buf = vec![0u8; (1usize << 20).min(len as usize)];
@@ -313,6 +319,41 @@ impl ImageWriter {
             self.write_all(&buf[..n])?;
             done += n as u64;
         }
+        self.sections.push(Section {
+            kind,
+            offset,
+            len,
+            xxh64: sum.digest(),
+            compressed: None,
+        });
+        Ok(self.sections.len() - 1)
+    }
+
+    /// `add_blob_from` for a large range: copied by the kernel (sendfile: one copy, where
+    /// reading into a buffer and writing it out made two), at a page boundary so that the
+    /// checksum is then taken from a mapping of the copy (no copy either, and what is
+    /// checksummed is what the image holds even if the source changes meanwhile).
+    fn add_blob_copied(
+        &mut self,
+        kind: SectionKind,
+        from: &File,
+        (start, len): (u64, u64),
+    ) -> io::Result<usize> {
+        self.pad_to(PAGE)?;
+        let offset = self.pos;
+        let mut at = libc::off_t::try_from(start).map_err(io::Error::other)?;
+        let mut done = 0u64;
+        while done < len {
+            let left = (len - done).min(1 << 30) as usize;
+            let n = nix::sys::sendfile::sendfile(&self.file, from, Some(&mut at), left)?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            done += n as u64;
+        }
+        self.pos += len;
+        let mut sum = Xxh64::new(0);
+        MappedFile::range(&self.file, offset, len)?.for_each_mib((0, len), |b| sum.update(b))?;
         self.sections.push(Section {
             kind,
             offset,
