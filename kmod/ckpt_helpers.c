@@ -187,18 +187,22 @@ s64 ckpt_helper_file_size(struct file *file)
 }
 
 /*
- * Feeds one page (pinned by get_user_pages_remote()) to the running XXH64 at @hash, unless
- * @skip_zero and it is all zero (kmap_local_page and memchr_inv are inlines). Returns true if
+ * Feeds one page (pinned by get_user_pages_remote()) to the running XXH64 at @hash (if not
+ * NULL), unless @skip_zero and it is all zero (kmap_local_page and memchr_inv are inlines). Returns true if
  * it is to be written, false if skipped. The caller writes the pages it keeps in one call and
  * drops their references.
  */
 bool ckpt_helper_hash_page(struct page *page, bool skip_zero, void *hash)
 {
-	void *kaddr = kmap_local_page(page);
-	bool keep = !skip_zero || memchr_inv(kaddr, 0, PAGE_SIZE);
+	void *kaddr;
+	bool keep;
 
-	/* Checksummed while mapped and hot: the image is never read back. */
-	if (keep)
+	if (!skip_zero && !hash)
+		return true;
+	kaddr = kmap_local_page(page);
+	keep = !skip_zero || memchr_inv(kaddr, 0, PAGE_SIZE);
+	/* Checksummed while mapped and hot (unless user space checksums the section: NULL). */
+	if (keep && hash)
 		ckpt_rust_hash_page(hash, kaddr);
 	kunmap_local(kaddr);
 	return keep;

@@ -6,7 +6,8 @@
 //! checksums what it writes as it goes (XXH64, the section's checksum in the image).
 
 use crate::abi::{
-    CkptDumpPages, CkptRange, CkptRestoreRun, CKPT_DUMP_MAX_RANGES, CKPT_DUMP_SKIP_ZERO,
+    CkptDumpPages, CkptRange, CkptRestoreRun, CKPT_DUMP_MAX_RANGES, CKPT_DUMP_NO_HASH,
+    CKPT_DUMP_SKIP_ZERO,
 };
 use crate::helpers::{self, FileRef, PinnedPage};
 use crate::restore::{PAGE, USER_TOP};
@@ -26,6 +27,7 @@ const BATCH: usize = 64;
 pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
     check_request(req)?;
     let skip_zero = req.flags & CKPT_DUMP_SKIP_ZERO != 0;
+    let hashing = req.flags & CKPT_DUMP_NO_HASH == 0;
     let ranges = helpers::read_user_array::<CkptRange>(req.ranges, req.range_count)?;
     check_ranges(&ranges)?;
     let target = Target::lookup(req.pid)?;
@@ -54,7 +56,7 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
             // The pages stay pinned without the lock: hashed (or skipped as zero) one by one,
             // then the kept ones written in one call.
             for (i, page) in batch.drain_all().enumerate() {
-                if !helpers::hash_page(&page, skip_zero, &mut hash) {
+                if !helpers::hash_page(&page, skip_zero, hashing.then_some(&mut hash)) {
                     zero += 1;
                     continue;
                 }
@@ -85,13 +87,13 @@ pub(crate) fn dump_pages(req: &mut CkptDumpPages) -> Result {
     req.run_count = runs.len() as u32;
     req.bytes_written = (pos - start_pos) as u64;
     req.pages_zero = zero;
-    req.xxh64 = hash.digest();
+    req.xxh64 = if hashing { hash.digest() } else { 0 };
     Ok(())
 }
 
 /// The request's flags, counts and file offset are in bounds (EINVAL otherwise).
 fn check_request(req: &CkptDumpPages) -> Result {
-    if req.flags & !CKPT_DUMP_SKIP_ZERO != 0
+    if req.flags & !(CKPT_DUMP_SKIP_ZERO | CKPT_DUMP_NO_HASH) != 0
         || req.range_count > CKPT_DUMP_MAX_RANGES
         || req.max_runs > MAX_RUNS
         || req.file_offset % PAGE != 0
@@ -160,8 +162,13 @@ mod tests {
             ..ok
         };
         assert_eq!(check_request(&skip), Ok(()));
+        let unhashed = CkptDumpPages {
+            flags: CKPT_DUMP_SKIP_ZERO | CKPT_DUMP_NO_HASH,
+            ..ok
+        };
+        assert_eq!(check_request(&unhashed), Ok(()));
         let bad = [
-            CkptDumpPages { flags: 2, ..ok },
+            CkptDumpPages { flags: 4, ..ok },
             CkptDumpPages {
                 flags: CKPT_DUMP_SKIP_ZERO | 1 << 31,
                 ..ok

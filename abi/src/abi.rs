@@ -12,7 +12,7 @@
 //! - bump [`CKPT_ABI_VERSION`] on any change.
 
 /// Version of this ABI. User space refuses to talk to a module that reports another one.
-pub const CKPT_ABI_VERSION: u32 = 5;
+pub const CKPT_ABI_VERSION: u32 = 6;
 
 /// The ioctl "type" byte. 0xCC is not listed in Documentation/userspace-api/ioctl/ioctl-number.rst.
 pub const CKPT_IOC_MAGIC: u32 = 0xCC;
@@ -283,6 +283,10 @@ pub struct CkptRestore {
 /// [`CkptDumpPages::flags`]: do not store pages that are all zero (anonymous memory reads
 /// back as zero-fill on restore).
 pub const CKPT_DUMP_SKIP_ZERO: u32 = 1 << 0;
+/// [`CKPT_DUMP_SKIP_ZERO`]'s sibling: do not checksum what is written ([`CkptDumpPages::xxh64`]
+/// is then 0): user space checksums the section itself, on another CPU while the next call
+/// copies.
+pub const CKPT_DUMP_NO_HASH: u32 = 1 << 1;
 /// Largest number of ranges one `CKPT_IOC_DUMP_PAGES` accepts.
 pub const CKPT_DUMP_MAX_RANGES: u32 = 1 << 20;
 
@@ -313,7 +317,8 @@ pub struct CkptDumpPages {
     /// Out: pages skipped because they were all zero.
     pub pages_zero: u64,
     /// Out: XXH64 (seed 0, `crate::xxh64`) of the `bytes_written` bytes written, computed
-    /// while copying: the image's checksum of that page section.
+    /// while copying: the image's checksum of that page section (0 with
+    /// [`CKPT_DUMP_NO_HASH`]).
     pub xxh64: u64,
 }
 

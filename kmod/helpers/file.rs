@@ -221,12 +221,13 @@ pub(crate) fn close_fds_on_return(fds: KVec<u32>) -> Result {
     Ok(())
 }
 
-/// Feeds `page` to `hash` unless `skip_zero` and it is all zero. Returns whether it is to be
-/// written (see [`FileRef::write_pages`]).
-pub(crate) fn hash_page(page: &PinnedPage, skip_zero: bool, hash: &mut Xxh64) -> bool {
-    let hash: *mut Xxh64 = hash;
-    // SAFETY: `page` stays pinned for the call; `hash` is a live, exclusively borrowed
-    // `Xxh64`, which the helper only passes back to `ckpt_rust_hash_page` during the call.
+/// Feeds `page` to `hash` (if any) unless `skip_zero` and it is all zero. Returns whether it
+/// is to be written (see [`FileRef::write_pages`]).
+pub(crate) fn hash_page(page: &PinnedPage, skip_zero: bool, hash: Option<&mut Xxh64>) -> bool {
+    let hash: *mut Xxh64 = hash.map_or(core::ptr::null_mut(), |h| h);
+    // SAFETY: `page` stays pinned for the call; `hash` is null or a live, exclusively
+    // borrowed `Xxh64`, which the helper only passes back to `ckpt_rust_hash_page` during
+    // the call.
     unsafe { ckpt_helper_hash_page(page.as_raw().cast(), skip_zero, hash.cast()) }
 }
 

@@ -511,7 +511,7 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
     let req = CkptDumpPages {
         pid: target,
         image_fd,
-        flags: flags(rng, CKPT_DUMP_SKIP_ZERO),
+        flags: flags(rng, CKPT_DUMP_SKIP_ZERO | CKPT_DUMP_NO_HASH),
         range_count,
         ranges,
         file_offset,
@@ -556,7 +556,7 @@ fn dump_pages(rng: &mut Rng, c: &Ctx) -> Call {
 /// Whether DUMP_PAGES's checks before the permission check accept `req`'s scalars (as
 /// kmod/dump_pages.rs makes them).
 fn dump_request_valid(req: &CkptDumpPages) -> bool {
-    req.flags & !CKPT_DUMP_SKIP_ZERO == 0
+    req.flags & !(CKPT_DUMP_SKIP_ZERO | CKPT_DUMP_NO_HASH) == 0
         && req.range_count <= CKPT_DUMP_MAX_RANGES
         && req.max_runs <= 1 << 22
         && req.file_offset.is_multiple_of(PAGE)

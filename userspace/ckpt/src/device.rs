@@ -2,8 +2,8 @@
 
 use ckpt_abi::{
     CkptDumpPages, CkptQuery, CkptRange, CkptRestoreRun, CkptTaskState, CkptVersionInfo,
-    CKPT_ABI_VERSION, CKPT_DUMP_SKIP_ZERO, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
-    CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
+    CKPT_ABI_VERSION, CKPT_DUMP_NO_HASH, CKPT_DUMP_SKIP_ZERO, CKPT_IOC_DUMP_PAGES,
+    CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
 };
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -73,8 +73,18 @@ pub struct DumpedPages {
     pub runs: Vec<CkptRestoreRun>,
     pub bytes_written: u64,
     pub pages_zero: u64,
-    /// The XXH64 of the bytes written (the module computed it while copying).
-    pub xxh64: u64,
+    /// The XXH64 of the bytes written (the module computed it while copying), unless it was
+    /// asked not to.
+    pub xxh64: Option<u64>,
+}
+
+/// How `Device::dump_pages` treats the pages it copies.
+#[derive(Clone, Copy, Debug)]
+pub struct DumpHow {
+    /// All-zero pages are left out (anonymous memory).
+    pub skip_zero: bool,
+    /// The module checksums what it writes (else the caller does).
+    pub checksum: bool,
 }
 
 /// An open, ABI-checked `/dev/ckpt`.
@@ -202,7 +212,7 @@ impl Device {
         image: &File,
         ranges: &[CkptRange],
         offset: u64,
-        skip_zero: bool,
+        how: DumpHow,
     ) -> io::Result<DumpedPages> {
         let pages: u64 = ranges.iter().map(|r| (r.end - r.start) / 4096).sum();
         let mut runs = vec![CkptRestoreRun::default(); pages as usize];
@@ -210,7 +220,11 @@ impl Device {
         let mut req = CkptDumpPages {
             pid,
             image_fd: image.as_raw_fd(),
-            flags: if skip_zero { CKPT_DUMP_SKIP_ZERO } else { 0 },
+            flags: (if how.skip_zero {
+                CKPT_DUMP_SKIP_ZERO
+            } else {
+                0
+            }) | (if how.checksum { 0 } else { CKPT_DUMP_NO_HASH }),
             range_count: u32::try_from(ranges.len()).map_err(|_| too_many())?,
             ranges: ranges.as_ptr() as u64,
             file_offset: offset,
@@ -235,7 +249,7 @@ impl Device {
             runs,
             bytes_written: req.bytes_written,
             pages_zero: req.pages_zero,
-            xxh64: req.xxh64,
+            xxh64: how.checksum.then_some(req.xxh64),
         })
     }
 

@@ -10,7 +10,7 @@
 //! and checked to be the same inode, and the page runs); the module replaces the restorer's
 //! whole address space with it (`CKPT_IOC_RESTORE`, see restore/).
 
-use crate::device::Device;
+use crate::device::{Device, DumpHow};
 use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
 use crate::image::{ImageWriter, Section, PAGE, PAGES};
@@ -301,11 +301,18 @@ pub fn dump_pages(
         .external_pages_limit()
         .map_or(DUMP_CHUNK, |l| l.min(DUMP_CHUNK));
     progress.add_total(bytes_of(&anon_ranges) + bytes_of(&file_ranges));
+    // Written into the image itself, the pages are checksummed by the writer on another
+    // CPU while the module copies the next chunk.
+    let checksum = !w.external_pages_checksummed_here();
     for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
         for chunk in chunks(&set, limit) {
             let (file, offset) = w.external_pages_target().map_err(write_err)?;
+            let how = DumpHow {
+                skip_zero,
+                checksum,
+            };
             let r = dev
-                .dump_pages(pid, file, &chunk, offset, skip_zero)
+                .dump_pages(pid, file, &chunk, offset, how)
                 .map_err(|e| match e.raw_os_error() {
                     Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
                     _ => checkpoint_io(pid, "dumping pages")(e),

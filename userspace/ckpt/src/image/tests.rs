@@ -346,7 +346,10 @@ fn external_pages_through_the_scratch_memfd() {
         // What the module does: write at the offset, report the XXH64.
         file.write_all_at(piece, offset).unwrap();
         let sum = xxhash_rust::xxh64::xxh64(piece, 0);
-        at.push(w.external_pages_written(piece.len() as u64, sum).unwrap());
+        at.push(
+            w.external_pages_written(piece.len() as u64, Some(sum))
+                .unwrap(),
+        );
     }
     let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
     w.finish(&TestManifest {

@@ -19,6 +19,8 @@ use std::fs::{File, OpenOptions};
 use std::io::{self, Seek, SeekFrom, Write};
 use std::os::unix::fs::{FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::mpsc;
+use std::thread::JoinHandle;
 use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// The most page content the module writes into the scratch memfd at once when compressing:
@@ -51,7 +53,60 @@ pub struct ImageWriter {
     compressing: Option<Compressing>,
     /// Set by [`ImageWriter::sign`]: the image gets a MAC.
     key: Option<MacKey>,
+    /// Checksums of pages sections written without one, being taken on another thread.
+    background: Option<BackgroundSums>,
     done: bool,
+}
+
+/// The checksums of pages sections the kernel wrote without one (`CKPT_DUMP_NO_HASH`),
+/// taken on another thread from a mapping of the image (no copy) while the next section is
+/// being written: the checksum and the copy no longer take turns on one CPU.
+struct BackgroundSums {
+    jobs: Option<mpsc::Sender<(usize, u64, u64)>>,
+    thread: Option<JoinHandle<io::Result<Vec<(usize, u64)>>>>,
+}
+
+impl BackgroundSums {
+    fn start(image: File) -> BackgroundSums {
+        let (jobs, queue) = mpsc::channel::<(usize, u64, u64)>();
+        let thread = std::thread::spawn(move || {
+            let mut sums = Vec::new();
+            for (section, offset, len) in queue {
+                let mut sum = Xxh64::new(0);
+                MappedFile::range(&image, offset, len)?
+                    .for_each_mib((0, len), |b| sum.update(b))?;
+                sums.push((section, sum.digest()));
+            }
+            Ok(sums)
+        });
+        BackgroundSums {
+            jobs: Some(jobs),
+            thread: Some(thread),
+        }
+    }
+
+    /// Queues section `section`, `len` bytes at `offset` of the image.
+    fn add(&mut self, section: usize, offset: u64, len: u64) -> io::Result<()> {
+        (self.jobs.as_ref())
+            .and_then(|j| j.send((section, offset, len)).ok())
+            .ok_or_else(|| io::Error::other("the checksum thread ended early"))
+    }
+
+    /// Every queued section's checksum, once taken.
+    fn wait(mut self) -> io::Result<Vec<(usize, u64)>> {
+        self.jobs = None;
+        match self.thread.take().map(JoinHandle::join) {
+            Some(Ok(sums)) => sums,
+            _ => Err(io::Error::other("the checksum thread failed")),
+        }
+    }
+}
+
+impl Drop for BackgroundSums {
+    fn drop(&mut self) {
+        // An abandoned image: the thread ends once its queue (no longer fed) is done.
+        self.jobs = None;
+    }
 }
 
 impl ImageWriter {
@@ -85,6 +140,7 @@ impl ImageWriter {
             open_pages: None,
             compressing: None,
             key: None,
+            background: None,
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -185,11 +241,22 @@ impl ImageWriter {
         self.file.read_exact_at(buf, offset)
     }
 
+    /// Whether the pages someone else writes where `external_pages_target` says may come
+    /// without their checksum (`external_pages_written` with `None`): when they are written
+    /// into the image itself, not into the compressor's scratch file.
+    pub fn external_pages_checksummed_here(&self) -> bool {
+        self.compressing.is_none()
+    }
+
     /// Records `len` bytes of pages written by someone else where
-    /// `external_pages_target` said, whose XXH64 the writer computed while writing, as a new
-    /// pages section. Returns the offset the image records for their first byte (page runs
-    /// are moved by the difference).
-    pub fn external_pages_written(&mut self, len: u64, xxh64: u64) -> io::Result<u64> {
+    /// `external_pages_target` said, whose XXH64 the writer computed while writing (`None`:
+    /// taken here, on another thread, see `BackgroundSums`; only where
+    /// `external_pages_checksummed_here`), as a new pages section. Returns the offset the
+    /// image records for their first byte (page runs are moved by the difference).
+    pub fn external_pages_written(&mut self, len: u64, xxh64: Option<u64>) -> io::Result<u64> {
+        let Some(xxh64) = xxh64 else {
+            return self.external_pages_unsummed(len);
+        };
         assert_eq!(len % PAGE, 0);
         if let Some(c) = &self.compressing {
             if len == 0 {
@@ -218,6 +285,24 @@ impl ImageWriter {
         });
         self.pos += len;
         self.file.seek(SeekFrom::Start(self.pos))?;
+        Ok(offset)
+    }
+
+    fn external_pages_unsummed(&mut self, len: u64) -> io::Result<u64> {
+        if self.compressing.is_some() {
+            return Err(io::Error::other("compressed pages need their checksum"));
+        }
+        let offset = self.external_pages_written(len, Some(0))?;
+        if len > 0 {
+            let section = self.sections.len() - 1;
+            let background = match &mut self.background {
+                Some(b) => b,
+                None => self
+                    .background
+                    .insert(BackgroundSums::start(self.file.try_clone()?)),
+            };
+            background.add(section, offset, len)?;
+        }
         Ok(offset)
     }
 
@@ -385,6 +470,13 @@ impl ImageWriter {
     /// Writes the manifest (the envelope with the sections, then `manifest`'s fields) and the
     /// header, fsyncs, and renames into place. Returns the size.
     pub fn finish<M: Serialize>(mut self, manifest: &M) -> io::Result<u64> {
+        if let Some(background) = self.background.take() {
+            for (section, sum) in background.wait()? {
+                if let Some(s) = self.sections.get_mut(section) {
+                    s.xxh64 = sum;
+                }
+            }
+        }
         let version = match self.sections.iter().any(|s| s.compressed.is_some()) {
             _ if self.key.is_some() => mac::MAC_FORMAT_VERSION,
             true => COMPRESSED_FORMAT_VERSION,
