@@ -62,9 +62,13 @@ pub struct ImageWriter {
 /// taken on another thread from a mapping of the image (no copy) while the next section is
 /// being written: the checksum and the copy no longer take turns on one CPU.
 struct BackgroundSums {
+    /// (section index, offset, length) to checksum.
     jobs: Option<mpsc::Sender<(usize, u64, u64)>>,
-    thread: Option<JoinHandle<io::Result<Vec<(usize, u64)>>>>,
+    thread: Option<JoinHandle<io::Result<SectionSums>>>,
 }
+
+/// (section index, XXH64) pairs.
+type SectionSums = Vec<(usize, u64)>;
 
 impl BackgroundSums {
     fn start(image: File) -> BackgroundSums {
@@ -93,7 +97,7 @@ impl BackgroundSums {
     }
 
     /// Every queued section's checksum, once taken.
-    fn wait(mut self) -> io::Result<Vec<(usize, u64)>> {
+    fn wait(mut self) -> io::Result<SectionSums> {
         self.jobs = None;
         match self.thread.take().map(JoinHandle::join) {
             Some(Ok(sums)) => sums,
