@@ -76,10 +76,7 @@ impl BackgroundSums {
         let thread = std::thread::spawn(move || {
             let mut sums = Vec::new();
             for (section, offset, len) in queue {
-                let mut sum = Xxh64::new(0);
-                MappedFile::range(&image, offset, len)?
-                    .for_each_mib((0, len), |b| sum.update(b))?;
-                sums.push((section, sum.digest()));
+                sums.push((section, checksum_of(&image, offset, len)?));
             }
             Ok(sums)
         });
@@ -104,6 +101,13 @@ impl BackgroundSums {
             _ => Err(io::Error::other("the checksum thread failed")),
         }
     }
+}
+
+/// The XXH64 of `len` bytes of `file` at `offset` (page-aligned), read from a mapping.
+fn checksum_of(file: &File, offset: u64, len: u64) -> io::Result<u64> {
+    let mut sum = Xxh64::new(0);
+    MappedFile::range(file, offset, len)?.for_each_mib((0, len), |b| sum.update(b))?;
+    Ok(sum.digest())
 }
 
 impl Drop for BackgroundSums {
@@ -322,15 +326,7 @@ impl ImageWriter {
         let offset = c.view_end.next_multiple_of(PAGE);
         c.view_end = offset + len;
         let at = self.pos;
-        let mut from: libc::off_t = 0;
-        while (from as u64) < len {
-            let left = (len - from as u64).min(1 << 30) as usize;
-            let n = nix::sys::sendfile::sendfile(&self.file, scratch, Some(&mut from), left)?;
-            if n == 0 {
-                return Err(io::ErrorKind::UnexpectedEof.into());
-            }
-        }
-        self.pos += len;
+        self.send_from(scratch, 0, len)?;
         self.sections.push(Section {
             kind: PAGES,
             offset,
@@ -408,14 +404,7 @@ impl ImageWriter {
             self.write_all(&buf[..n])?;
             done += n as u64;
         }
-        self.sections.push(Section {
-            kind,
-            offset,
-            len,
-            xxh64: sum.digest(),
-            compressed: None,
-        });
-        Ok(self.sections.len() - 1)
+        Ok(self.push_plain(kind, offset, len, sum.digest()))
     }
 
     /// `add_blob_from` for a large range: copied by the kernel (sendfile: one copy, where
@@ -430,6 +419,14 @@ impl ImageWriter {
     ) -> io::Result<usize> {
         self.pad_to(PAGE)?;
         let offset = self.pos;
+        self.send_from(from, start, len)?;
+        let xxh64 = checksum_of(&self.file, offset, len)?;
+        Ok(self.push_plain(kind, offset, len, xxh64))
+    }
+
+    /// Appends `len` bytes of `from` at `start` to the image, copied by the kernel (sendfile,
+    /// which unlike copy_file_range crosses filesystems everywhere).
+    fn send_from(&mut self, from: &File, start: u64, len: u64) -> io::Result<()> {
         let mut at = libc::off_t::try_from(start).map_err(io::Error::other)?;
         let mut done = 0u64;
         while done < len {
@@ -441,16 +438,19 @@ impl ImageWriter {
             done += n as u64;
         }
         self.pos += len;
-        let mut sum = Xxh64::new(0);
-        MappedFile::range(&self.file, offset, len)?.for_each_mib((0, len), |b| sum.update(b))?;
+        Ok(())
+    }
+
+    /// Records an uncompressed section; returns its index.
+    fn push_plain(&mut self, kind: SectionKind, offset: u64, len: u64, xxh64: u64) -> usize {
         self.sections.push(Section {
             kind,
             offset,
             len,
-            xxh64: sum.digest(),
+            xxh64,
             compressed: None,
         });
-        Ok(self.sections.len() - 1)
+        self.sections.len() - 1
     }
 
     /// Adds a small binary section; returns its index in the manifest's section list.
@@ -461,14 +461,7 @@ impl ImageWriter {
         }
         let offset = self.pos;
         self.write_all(data)?;
-        self.sections.push(Section {
-            kind,
-            offset,
-            len: data.len() as u64,
-            xxh64: xxh64(data, 0),
-            compressed: None,
-        });
-        Ok(self.sections.len() - 1)
+        Ok(self.push_plain(kind, offset, data.len() as u64, xxh64(data, 0)))
     }
 
     /// Writes the manifest (the envelope with the sections, then `manifest`'s fields) and the
