@@ -258,6 +258,7 @@ mod tests {
             prot: 3,
             shared: false,
             growsdown: false,
+            accounted: false,
             backing,
             pages,
         }

@@ -536,6 +536,7 @@ pub fn sample_process(pages_at: u64, xstate_section: usize) -> Process {
         prot: 3,
         shared: false,
         growsdown: false,
+        accounted: false,
         backing: Backing::Anonymous,
         pages,
     };

@@ -10,6 +10,7 @@
 //! and checked to be the same inode, and the page runs); the module replaces the restorer's
 //! whole address space with it (`CKPT_IOC_RESTORE`, see restore/).
 
+use crate::batch::CallSink;
 use crate::device::{Device, DumpHow};
 use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
@@ -99,6 +100,12 @@ pub struct Vma {
     pub prot: u32,
     pub shared: bool,
     pub growsdown: bool,
+    /// A private mapping without write permission that has its memory accounted all the
+    /// same (VM_ACCOUNT, smaps' `ac`: it was writable once, as a library's RELRO part is).
+    /// The kernel merges it with a neighbour that is not, so it is made writable (which
+    /// accounts it) and made read-only again after the restore. Absent in older images.
+    #[serde(default, skip_serializing_if = "is_false")]
+    pub accounted: bool,
     pub backing: Backing,
     /// Saved page contents, sorted by address.
     pub pages: Vec<PageRun>,
@@ -149,6 +156,10 @@ pub struct PageRun {
 
 fn is_zero(n: &u32) -> bool {
     *n == 0
+}
+
+fn is_false(b: &bool) -> bool {
+    !*b
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -621,6 +632,7 @@ fn vma_of(m: &MapEntry, runs: &[PageRun], shared: Option<Backing>) -> Vma {
         prot: u32::from(m.read) | u32::from(m.write) << 1 | u32::from(m.exec) << 2,
         shared: m.shared,
         growsdown: m.has_flag("gd"),
+        accounted: !m.shared && !m.write && m.has_flag("ac"),
         backing,
         pages,
     }
@@ -628,6 +640,20 @@ fn vma_of(m: &MapEntry, runs: &[PageRun], shared: Option<Backing>) -> Vma {
 
 // ---------------------------------------------------------------------------------------------
 // Restore
+
+const PROT_WRITE: u32 = 2;
+
+/// The process's accounted read-only mappings, made writable by the restore so that the
+/// kernel accounted them (`Vma::accounted`), lose write permission again: calls the process
+/// makes itself, into `sink`.
+pub fn drop_restore_write(sink: &mut dyn CallSink, vmas: &[Vma]) -> Result<(), RestoreError> {
+    for v in vmas.iter().filter(|v| v.accounted) {
+        let args = [v.start, v.end - v.start, u64::from(v.prot), 0, 0, 0];
+        let what = format!("mprotect of the mapping at {:#x}", v.start);
+        sink.call(&what, libc::SYS_mprotect, args, None)?;
+    }
+    Ok(())
+}
 
 /// The module's restore request for an address space, prepared before the restorer forks.
 pub struct MemoryPlan {
@@ -699,7 +725,12 @@ pub fn plan(vmas: &[Vma], shm: &[OwnedFd], lazy: bool) -> Result<MemoryPlan, Res
         out.push(CkptRestoreVma {
             start: v.start,
             end: v.end,
-            prot: v.prot,
+            // Writable for now, so that the kernel accounts it (see `Vma::accounted`).
+            prot: if v.accounted {
+                v.prot | PROT_WRITE
+            } else {
+                v.prot
+            },
             flags,
             fd: fd_slot,
             _reserved: 0,

@@ -254,7 +254,7 @@ pub fn create_others(
     inj: &Injector,
     pid: i32,
     threads: &[Thread],
-    giver: &Giver,
+    (area, giver): (Option<&Area>, &Giver),
 ) -> Result<Vec<i32>, RestoreError> {
     ptrace::setoptions(
         Pid::from_raw(pid),
@@ -263,21 +263,6 @@ pub fn create_others(
             | ptrace::Options::PTRACE_O_TRACECLONE,
     )
     .map_err(|e| restore_io("PTRACE_SETOPTIONS")(e.into()))?;
-    let area = Area::map(inj, pid);
-    let made = make_each(inj, pid, threads, area.as_ref(), giver);
-    match area {
-        Some(a) => made.and_then(|tids| a.unmap(inj, pid).map(|()| tids)),
-        None => made,
-    }
-}
-
-fn make_each(
-    inj: &Injector,
-    pid: i32,
-    threads: &[Thread],
-    area: Option<&Area>,
-    giver: &Giver,
-) -> Result<Vec<i32>, RestoreError> {
     let scratch = scratch_area(threads);
     let mut tids = Vec::new();
     for t in threads.iter().skip(1) {

@@ -200,6 +200,7 @@ fn counter_continues_after_kill_and_restore() {
     let before_fdinfo = std::fs::read_to_string(format!("/proc/{orig}/fdinfo/3")).unwrap();
     let before_rseq = rseq_of(orig);
     assert_ne!(before_rseq.0, 0, "glibc registers an rseq area");
+    let before_maps = maps_of(orig);
     let last = checkpoint_kill(&mut child, &img, &out);
     let from = file_len(&out);
     let pid = restore_root(&img);
@@ -227,6 +228,9 @@ fn counter_continues_after_kill_and_restore() {
         maps.contains("[heap]") && maps.contains("[stack]") && maps.contains("[vdso]"),
         "{maps}"
     );
+    // Exactly the original mappings: libc's RELRO part (read-only, accounted) is not merged
+    // with the read-only part before it.
+    assert_eq!(maps, before_maps);
     kill_and_reap(pid);
 }
 

@@ -19,6 +19,7 @@ mod supervise;
 mod trust;
 pub mod unprivileged;
 
+use crate::batch::{Area, OneByOne};
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
@@ -597,9 +598,36 @@ fn finish_threads(
     memory::attach_sysv(&inj, pid, &p.memory.vmas, sysv_ids)?;
     let giver = crate::creds::Giver::new()?;
     giver.warn_if_groups_stay(p.threads.iter().filter_map(|t| t.creds.as_ref()));
+    // Where the threads' and the main thread's own calls run in batches (`crate::batch`).
+    let accounted = p.memory.vmas.iter().any(|v| v.accounted);
+    let area = (p.threads.len() > 1 || accounted)
+        .then(|| Area::map(&inj, pid))
+        .flatten();
     let mut tids = vec![pid];
     if p.threads.len() > 1 {
-        tids.extend(thread::create_others(&inj, pid, &p.threads, &giver)?);
+        let made = thread::create_others(&inj, pid, &p.threads, (area.as_ref(), &giver))?;
+        tids.extend(made);
+    }
+    match &area {
+        Some(area) => {
+            let mut batch = area.batch();
+            memory::drop_restore_write(&mut batch, &p.memory.vmas)?;
+            batch.run(&inj, pid, pid)?;
+        }
+        None => {
+            let below = thread::scratch_area(&p.threads);
+            memory::drop_restore_write(
+                &mut OneByOne {
+                    inj: &inj,
+                    tid: pid,
+                    below,
+                },
+                &p.memory.vmas,
+            )?;
+        }
+    }
+    if let Some(area) = area {
+        area.unmap(&inj, pid)?;
     }
     thread::register_rseq(&inj, pid, &p.threads[0])?;
     thread::set_main_name(&inj, pid, &p.threads[0], &p.attrs.comm);
