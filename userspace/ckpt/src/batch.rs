@@ -79,10 +79,9 @@ fn check_result(what: &str, r: i64, expect: Option<i64>) -> Result<(), RestoreEr
     Err(restore_io(what)(io::Error::from_raw_os_error(errno)))
 }
 
-/// The loop, position-independent x86-64, entered with r12 = the table, r13 = the number of
-/// entries, r14 = the process's pid, r15 = the thread's tid (all callee-saved across
-/// `syscall`). Each 64-byte entry is the call number, its six arguments and a slot for the
-/// result:
+/// The loop, position-independent x86-64, entered with r12 = the table and r13 = the number
+/// of entries (both callee-saved across `syscall`). Each 64-byte entry is the call number,
+/// its six arguments and a slot for the result:
 ///
 /// ```text
 /// 0:  test r13, r13 ; jz stop
@@ -93,15 +92,18 @@ fn check_result(what: &str, r: i64, expect: Option<i64>) -> Result<(), RestoreEr
 ///     cmp rax, -4095 ; jae stop          (an error: stop here)
 ///     add r12, 64 ; dec r13 ; jmp 0
 /// stop:
-///     tgkill(r14, r15, SIGSTOP) ; jmp stop
+///     tgkill(getpid(), gettid(), SIGSTOP) ; jmp stop
 /// ```
-const CODE: [u8; 83] = [
+///
+/// The ids are asked inside: in a new pid namespace they are not the tracer's.
+const CODE: [u8; 100] = [
     0x4d, 0x85, 0xed, 0x74, 0x3a, 0x49, 0x8b, 0x04, 0x24, 0x49, 0x8b, 0x7c, 0x24, 0x08, 0x49, 0x8b,
     0x74, 0x24, 0x10, 0x49, 0x8b, 0x54, 0x24, 0x18, 0x4d, 0x8b, 0x54, 0x24, 0x20, 0x4d, 0x8b, 0x44,
     0x24, 0x28, 0x4d, 0x8b, 0x4c, 0x24, 0x30, 0x0f, 0x05, 0x49, 0x89, 0x44, 0x24, 0x38, 0x48, 0x3d,
     0x01, 0xf0, 0xff, 0xff, 0x73, 0x09, 0x49, 0x83, 0xc4, 0x40, 0x49, 0xff, 0xcd, 0xeb, 0xc1, 0xb8,
-    0xea, 0x00, 0x00, 0x00, 0x4c, 0x89, 0xf7, 0x4c, 0x89, 0xfe, 0xba, 0x13, 0x00, 0x00, 0x00, 0x0f,
-    0x05, 0xeb, 0xec,
+    0x27, 0x00, 0x00, 0x00, 0x0f, 0x05, 0x49, 0x89, 0xc6, 0xb8, 0xba, 0x00, 0x00, 0x00, 0x0f, 0x05,
+    0x48, 0x89, 0xc6, 0x4c, 0x89, 0xf7, 0xb8, 0xea, 0x00, 0x00, 0x00, 0xba, 0x13, 0x00, 0x00, 0x00,
+    0x0f, 0x05, 0xeb, 0xdb,
 ];
 
 const ENTRY: usize = 64;
@@ -211,10 +213,10 @@ impl CallSink for Batch {
 }
 
 impl Batch {
-    /// Runs the calls in thread `tid` of process `pid` (stopped, traced, every signal
+    /// Runs the calls in thread `tid` of `inj`'s process (stopped, traced, every signal
     /// blocked), which is left in the signal-delivery stop of the loop's SIGSTOP. The first
     /// failing call is the error.
-    pub fn run(self, inj: &Injector, pid: i32, tid: i32) -> Result<(), RestoreError> {
+    pub fn run(self, inj: &Injector, tid: i32) -> Result<(), RestoreError> {
         if self.entries.is_empty() {
             return Ok(());
         }
@@ -226,7 +228,7 @@ impl Batch {
                     true => Ok(()),
                     false => inj.poke(self.area + DATA_OFF, &self.data),
                 });
-        write.and_then(|()| self.resume(tid, pid)).map_err(io)?;
+        write.and_then(|()| self.resume(tid)).map_err(io)?;
         let done = inj
             .peek(self.area + TABLE_OFF, table.len())
             .map_err(restore_io("reading the injected calls' results"))?;
@@ -254,13 +256,12 @@ impl Batch {
     }
 
     /// Points the thread at the loop, lets it run and waits for the loop's SIGSTOP.
-    fn resume(&self, tid: i32, pid: i32) -> io::Result<()> {
+    fn resume(&self, tid: i32) -> io::Result<()> {
         let t = Pid::from_raw(tid);
         let mut regs = ptrace::getregs(t)?;
         regs.rip = self.area;
         regs.orig_rax = u64::MAX;
         (regs.r12, regs.r13) = (self.area + TABLE_OFF, self.entries.len() as u64);
-        (regs.r14, regs.r15) = (pid as u64, tid as u64);
         ptrace::setregs(t, regs)?;
         // Bounded: another stop (a signal the thread takes, a group stop) is passed over.
         for _ in 0..4096 {
@@ -370,7 +371,7 @@ mod tests {
         .unwrap();
         b.call("after the failure", libc::SYS_getpid, [0; 6], None)
             .unwrap();
-        let e = b.run(&inj, pid, pid).unwrap_err().to_string();
+        let e = b.run(&inj, pid).unwrap_err().to_string();
         assert!(e.starts_with("closing nothing: Bad file descriptor"), "{e}");
         let mut got = [0u8; 14];
         nix::unistd::read(&r, &mut got).unwrap();
@@ -380,13 +381,13 @@ mod tests {
         again
             .call("gettid", libc::SYS_gettid, [0; 6], Some(pid.into()))
             .unwrap();
-        again.run(&inj, pid, pid).unwrap();
+        again.run(&inj, pid).unwrap();
         // A result other than the one expected fails too.
         let mut wrong = area.batch();
         wrong
             .call("getppid", libc::SYS_getppid, [0; 6], Some(1))
             .unwrap();
-        let e = wrong.run(&inj, pid, pid).unwrap_err().to_string();
+        let e = wrong.run(&inj, pid).unwrap_err().to_string();
         assert!(e.starts_with("getppid: Operation not permitted"), "{e}");
 
         let addr = area.addr;

@@ -272,7 +272,7 @@ pub fn create_others(
             Some(area) => {
                 let mut batch = area.batch();
                 own_state(&mut batch, t, giver)?;
-                batch.run(inj, pid, tid)?;
+                batch.run(inj, tid)?;
             }
             None => {
                 let below = scratch;

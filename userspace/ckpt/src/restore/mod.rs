@@ -612,7 +612,7 @@ fn finish_threads(
         Some(area) => {
             let mut batch = area.batch();
             memory::drop_restore_write(&mut batch, &p.memory.vmas)?;
-            batch.run(&inj, pid, pid)?;
+            batch.run(&inj, pid)?;
         }
         None => {
             let below = thread::scratch_area(&p.threads);
