@@ -167,6 +167,24 @@ impl Area {
     }
 }
 
+/// Makes thread `tid` (stopped) run the calls `fill` decides: as one batch in `area` if there
+/// is one, else one by one with their arguments written below `below`.
+pub fn run_in_thread(
+    inj: &Injector,
+    (tid, below): (i32, u64),
+    area: Option<&Area>,
+    fill: impl FnOnce(&mut dyn CallSink) -> Result<(), RestoreError>,
+) -> Result<(), RestoreError> {
+    match area {
+        Some(area) => {
+            let mut batch = area.batch();
+            fill(&mut batch)?;
+            batch.run(inj, tid)
+        }
+        None => fill(&mut OneByOne { inj, tid, below }),
+    }
+}
+
 /// Calls queued for one thread, with the data they point at; `run` runs them.
 pub struct Batch {
     area: u64,

@@ -9,7 +9,7 @@
 //! state the same way ([`create_others`]); registers, XSAVE state and masks go in last,
 //! through ptrace, where the kernel validates them ([`set_final_state`]).
 
-use crate::batch::{Area, CallSink, OneByOne};
+use crate::batch::{self, Area, CallSink};
 use crate::creds::{Creds, Giver};
 use crate::device::Device;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
@@ -268,17 +268,9 @@ pub fn create_others(
     for t in threads.iter().skip(1) {
         let tid = clone_thread(inj, pid, t, scratch)?;
         tids.push(tid);
-        match area {
-            Some(area) => {
-                let mut batch = area.batch();
-                own_state(&mut batch, t, giver)?;
-                batch.run(inj, tid)?;
-            }
-            None => {
-                let below = scratch;
-                own_state(&mut OneByOne { inj, tid, below }, t, giver)?;
-            }
-        }
+        batch::run_in_thread(inj, (tid, scratch), area, |calls| {
+            own_state(calls, t, giver)
+        })?;
     }
     Ok(tids)
 }

@@ -19,7 +19,7 @@ mod supervise;
 mod trust;
 pub mod unprivileged;
 
-use crate::batch::{Area, OneByOne};
+use crate::batch::{self, Area};
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
@@ -608,24 +608,10 @@ fn finish_threads(
         let made = thread::create_others(&inj, pid, &p.threads, (area.as_ref(), &giver))?;
         tids.extend(made);
     }
-    match &area {
-        Some(area) => {
-            let mut batch = area.batch();
-            memory::drop_restore_write(&mut batch, &p.memory.vmas)?;
-            batch.run(&inj, pid)?;
-        }
-        None => {
-            let below = thread::scratch_area(&p.threads);
-            memory::drop_restore_write(
-                &mut OneByOne {
-                    inj: &inj,
-                    tid: pid,
-                    below,
-                },
-                &p.memory.vmas,
-            )?;
-        }
-    }
+    let main = (pid, thread::scratch_area(&p.threads));
+    batch::run_in_thread(&inj, main, area.as_ref(), |calls| {
+        memory::drop_restore_write(calls, &p.memory.vmas)
+    })?;
     if let Some(area) = area {
         area.unmap(&inj, pid)?;
     }
