@@ -558,7 +558,12 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         lazy: a.lazy,
         progress: !a.no_progress,
     };
-    let r = ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts)?;
+    let r = match ckpt::restore::restore(&image_or_latest(&a.image)?, device, &opts) {
+        Err(ckpt::errors::RestoreError::Child(ckpt::restore::EXIT_VDSO_COLLISION)) => {
+            return Err(restore_again());
+        }
+        r => r?,
+    };
     if let Some(file) = &a.pidfile {
         write_pidfile(file, r.pid)?;
     }
@@ -584,6 +589,30 @@ fn restore(device: &std::path::Path, a: RestoreArgs) -> anyhow::Result<i32> {
         return Ok(ckpt::restore::wait_exit_status(r.wait_pid)?);
     }
     Ok(0)
+}
+
+/// Runs this `ckpt restore` again, as a new process (exec: another address-space layout),
+/// after a restore that failed only because ckpt's own memory lay where the image's vDSO
+/// goes. Twice at most; returns the error when it may not or cannot.
+fn restore_again() -> anyhow::Error {
+    const TRIES: &str = "CKPT_RESTORE_VDSO_RETRY";
+    let done: u32 = std::env::var(TRIES)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    if done >= 2 {
+        return anyhow::anyhow!(
+            "the image's vDSO lies where ckpt's own memory is, three times; run the restore again"
+        );
+    }
+    eprintln!("ckpt: running the restore again in a new process (a new memory layout)");
+    let args: Vec<std::ffi::OsString> = std::env::args_os().skip(1).collect();
+    use std::os::unix::process::CommandExt;
+    let e = std::process::Command::new("/proc/self/exe")
+        .args(args)
+        .env(TRIES, (done + 1).to_string())
+        .exec();
+    anyhow::anyhow!("running the restore again: {e}")
 }
 
 fn main() -> ExitCode {

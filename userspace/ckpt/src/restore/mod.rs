@@ -20,6 +20,11 @@ mod trust;
 pub mod unprivileged;
 
 use crate::batch::{self, Area};
+
+/// A restorer's exit status when the image's vDSO lies where ckpt's own memory is (random,
+/// from both address-space layouts): nothing was restored, and a new ckpt process, laid out
+/// anew, will do (`ckpt restore` runs itself again, see main.rs).
+pub const EXIT_VDSO_COLLISION: i32 = 75;
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};

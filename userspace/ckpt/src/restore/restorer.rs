@@ -428,8 +428,8 @@ fn become_process(
     match plan.specials.move_into_place() {
         Ok(()) => {}
         Err(MoveError::Collision(what)) => {
-            eprintln!("ckpt restore: {what}; run the restore again");
-            sys::exit_now(75);
+            eprintln!("ckpt restore: {what}");
+            sys::exit_now(super::EXIT_VDSO_COLLISION);
         }
         Err(MoveError::Failed(what, e)) => fail(what, e),
     }
