@@ -393,7 +393,7 @@ pub fn set_main_name(inj: &Injector, pid: i32, main: &Thread, main_comm: &str) {
     } else {
         &main.comm
     };
-    let scratch = (main.regs.rsp.wrapping_sub(1024)) & !15;
+    let scratch = scratch_area(std::slice::from_ref(main));
     if !comm.is_empty() && inj.poke(scratch, &name_bytes(comm)).is_ok() {
         let args = [libc::PR_SET_NAME as u64, scratch, 0, 0, 0, 0];
         let _ = inj.syscall(pid, libc::SYS_prctl, args);

@@ -613,7 +613,8 @@ fn finish_threads(
         let made = thread::create_others(&inj, pid, &p.threads, (area.as_ref(), &giver))?;
         tids.extend(made);
     }
-    let main = (pid, thread::scratch_area(&p.threads));
+    let scratch = thread::scratch_area(&p.threads);
+    let main = (pid, scratch);
     batch::run_in_thread(&inj, main, area.as_ref(), |calls| {
         memory::drop_restore_write(calls, &p.memory.vmas)
     })?;
@@ -625,7 +626,6 @@ fn finish_threads(
     // The restorer's own traces: its parent-death signal, and signals that came while it
     // had every signal blocked (its children stopping or exiting); the image's pending
     // signals are raised again once it runs.
-    let scratch = thread::scratch_area(&p.threads);
     thread::call(
         &inj,
         pid,
