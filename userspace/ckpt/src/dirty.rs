@@ -77,20 +77,39 @@ fn unchanged(categories: u64, anon: bool) -> bool {
     c & PAGE_IS_PRESENT != 0 && !(anon && c & PAGE_IS_FILE != 0)
 }
 
-/// Pages of a process that an incremental image takes from its parent chain: address ->
-/// (image of the chain, seen from the new image; offset in it).
+/// Where the chain holds a page an incremental image takes from it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ParentPage {
+    /// The image of the chain, seen from the new image (1: the parent).
+    pub image: u32,
+    /// The page's offset in that image.
+    pub offset: u64,
+    /// It begins a page run there. A run lies in one pages section, and the next section
+    /// may start right where one ends: pages that follow each other in memory and in the
+    /// file must still not be joined across that point.
+    pub starts_run: bool,
+}
+
+/// Pages of a process that an incremental image takes from its parent chain, by address.
 #[derive(Debug, Default)]
 pub struct Reuse {
-    pages: HashMap<u64, (u32, u64)>,
+    pages: HashMap<u64, ParentPage>,
 }
 
 impl Reuse {
-    pub fn get(&self, addr: u64) -> Option<(u32, u64)> {
+    pub fn get(&self, addr: u64) -> Option<ParentPage> {
         self.pages.get(&addr).copied()
     }
 
     pub fn len(&self) -> usize {
         self.pages.len()
+    }
+
+    #[cfg(test)]
+    pub fn of(pages: impl IntoIterator<Item = (u64, ParentPage)>) -> Reuse {
+        Reuse {
+            pages: pages.into_iter().collect(),
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -122,7 +141,7 @@ impl Reuse {
     fn take_unchanged(
         &mut self,
         regions: &[PageRegion],
-        (from, anon): (&HashMap<u64, (u32, u64)>, bool),
+        (from, anon): (&HashMap<u64, ParentPage>, bool),
     ) {
         for r in regions.iter().filter(|r| unchanged(r.categories, anon)) {
             let mut addr = r.start;
@@ -139,7 +158,7 @@ impl Reuse {
 /// The pages the parent stored in the mapping at `m`'s place, one image further down the
 /// chain, if the parent's mapping is the same (private anonymous memory, or the same file
 /// at the same offset); None if nothing can be taken from it.
-fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<HashMap<u64, (u32, u64)>> {
+fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<HashMap<u64, ParentPage>> {
     if m.shared || m.is_special() {
         return None;
     }
@@ -153,7 +172,15 @@ fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<HashMap<u64, (u32, u64)>
             for k in 0..r.len / PAGE {
                 let addr = r.addr + k * PAGE;
                 if (m.start..m.end).contains(&addr) {
-                    out.insert(addr, (image, r.offset + k * PAGE));
+                    let (offset, starts_run) = (r.offset + k * PAGE, k == 0);
+                    out.insert(
+                        addr,
+                        ParentPage {
+                            image,
+                            offset,
+                            starts_run,
+                        },
+                    );
                 }
             }
         }
@@ -312,14 +339,35 @@ mod tests {
             region(6, 1, CLEAN),
         ];
         reuse.take_unchanged(&regions, (&from, true));
-        assert_eq!(reuse.get(base), Some((1, 0x5000)));
-        assert_eq!(reuse.get(base + PAGE), None, "dirty");
-        assert_eq!(reuse.get(base + 2 * PAGE), Some((2, 0x9000)));
-        assert_eq!(reuse.get(base + 3 * PAGE), Some((2, 0xa000)));
-        assert_eq!(reuse.get(base + 4 * PAGE), None, "not stored in the parent");
-        assert_eq!(reuse.get(base + 5 * PAGE), None, "absent");
-        assert_eq!(reuse.get(base + 6 * PAGE), Some((1, 0x7000)));
+        let at = |addr| reuse.get(addr).map(|p| (p.image, p.offset));
+        assert_eq!(at(base), Some((1, 0x5000)));
+        assert_eq!(at(base + PAGE), None, "dirty");
+        assert_eq!(at(base + 2 * PAGE), Some((2, 0x9000)));
+        assert_eq!(at(base + 3 * PAGE), Some((2, 0xa000)));
+        assert_eq!(at(base + 4 * PAGE), None, "not stored in the parent");
+        assert_eq!(at(base + 5 * PAGE), None, "absent");
+        assert_eq!(at(base + 6 * PAGE), Some((1, 0x7000)));
         assert_eq!(reuse.len(), 4);
+    }
+
+    /// Two runs of the parent that follow each other in memory and in its file (the end of
+    /// one pages section and the start of the next) stay apart: the second's first page says
+    /// it starts a run, so the new image does not join them into one that no section holds.
+    #[test]
+    fn a_parent_run_boundary_is_kept_where_sections_meet() {
+        let base = 0x10000u64;
+        let parent = vec![vma(
+            base,
+            base + 4 * PAGE,
+            Backing::Anonymous,
+            vec![run(base, 2, 0x5000, 0), run(base + 2 * PAGE, 2, 0x7000, 0)],
+        )];
+        let from = parent_pages(&anon_map(base, base + 4 * PAGE), &parent).unwrap();
+        let starts: Vec<bool> = (0..4)
+            .map(|k| from[&(base + k * PAGE)].starts_run)
+            .collect();
+        assert_eq!(starts, [true, false, true, false]);
+        assert_eq!(from[&(base + 2 * PAGE)].offset, 0x7000);
     }
 
     /// MADV_DONTNEED then a read: the zero page, clean. Never taken for unchanged.

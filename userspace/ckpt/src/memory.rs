@@ -541,18 +541,21 @@ impl Scan<'_> {
     /// Page `addr` (pagemap entry `e`) is wanted: referenced if its frame is stored already,
     /// else to dump.
     fn take(&mut self, addr: u64, e: u64, out: &mut Vec<CkptRange>) {
-        if let Some((image, offset)) = self.reuse.get(addr) {
+        if let Some(p) = self.reuse.get(addr) {
             match self.in_parent.last_mut() {
                 Some(r)
-                    if r.image == image && r.addr + r.len == addr && r.offset + r.len == offset =>
+                    if !p.starts_run
+                        && r.image == p.image
+                        && r.addr + r.len == addr
+                        && r.offset + r.len == p.offset =>
                 {
                     r.len += PAGE
                 }
                 _ => self.in_parent.push(PageRun {
                     addr,
                     len: PAGE,
-                    offset,
-                    image,
+                    offset: p.offset,
+                    image: p.image,
                 }),
             }
             return;
@@ -943,6 +946,67 @@ mod tests {
         assert_eq!(
             pairs(&chunks(&set, DUMP_CHUNK)),
             vec![vec![(0, 10 * PAGE), (20 * PAGE, 100 * PAGE)]]
+        );
+    }
+
+    /// Unchanged pages taken from the parent become runs into the chain: pages that follow
+    /// each other in memory and in the parent's file are joined, except where the parent
+    /// began a run (a pages section may end there, and a run must lie in one).
+    #[test]
+    fn pages_from_the_parent_are_joined_only_within_a_parent_run() {
+        use crate::dirty::{ParentPage, Reuse};
+        let page = |k: u64, starts_run| {
+            let (image, offset) = (1, 0x5000 + k * PAGE);
+            (
+                0x10000 + k * PAGE,
+                ParentPage {
+                    image,
+                    offset,
+                    starts_run,
+                },
+            )
+        };
+        // Parent runs: pages 0-1 and 2-3, one after the other in its file; page 4 of the
+        // grandparent's run (its own offsets) after a gap of one page.
+        let mut pages: Vec<_> = (0..4).map(|k| page(k, k % 2 == 0)).collect();
+        pages.push((
+            0x10000 + 5 * PAGE,
+            ParentPage {
+                image: 2,
+                offset: 0x9000,
+                starts_run: false,
+            },
+        ));
+        let (reuse, stored) = (Reuse::of(pages), Stored::default());
+        let mut scan = Scan {
+            pid: 0,
+            pagemap: File::open("/dev/null").unwrap(),
+            stored: &stored,
+            frames: HashMap::new(),
+            refs: Vec::new(),
+            reuse: &reuse,
+            in_parent: Vec::new(),
+        };
+        let mut out = Vec::new();
+        for k in [0, 1, 2, 3, 5, 6] {
+            scan.take(0x10000 + k * PAGE, PM_PRESENT, &mut out);
+        }
+        let runs: Vec<_> = (scan.in_parent.iter())
+            .map(|r| (r.addr, r.len / PAGE, r.offset, r.image))
+            .collect();
+        assert_eq!(
+            runs,
+            [
+                (0x10000, 2, 0x5000, 1),
+                (0x10000 + 2 * PAGE, 2, 0x5000 + 2 * PAGE, 1),
+                (0x10000 + 5 * PAGE, 1, 0x9000, 2),
+            ]
+        );
+        let dumped: Vec<_> = out.iter().map(|r| (r.start, r.end)).collect();
+        assert_eq!(
+            dumped,
+            [(0x10000 + 6 * PAGE, 0x10000 + 7 * PAGE)],
+            "not in the parent"
         );
     }
 

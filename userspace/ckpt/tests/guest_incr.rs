@@ -182,6 +182,27 @@ fn a_chain_of_five_incremental_images_restores_the_last_state() {
     assert_ne!(t.step(), sum);
 }
 
+/// A process larger than one pages section (64 MiB of memory per DUMP_PAGES call): the
+/// parent's runs meet where its sections meet, and the incremental image must not join the
+/// unchanged pages on both sides into one run no section holds (it did: `inspect` and
+/// `restore` refused the image as corrupt for any process over 64 MiB).
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn an_incremental_image_of_a_process_over_one_section_restores() {
+    setup();
+    let d = Dir::new("incr-sections");
+    let mut t = Dirtier::start(&d, "a", 144);
+    let (full, inc) = (d.path("full"), d.path("inc"));
+    checkpoint(t.pid, &full, None, &[]);
+    let sum = t.step();
+    let s = checkpoint(t.pid, &inc, Some(&full), &["--kill"]);
+    assert!(s["pages_in_parent"].as_u64().unwrap() > 30000, "{s}");
+    t.killed();
+    ok(&ckpt(&["inspect", inc.to_str().unwrap()]));
+    assert_eq!(common::restore_root(&inc), t.pid);
+    assert_eq!(t.check(), sum, "the buffer after restoring");
+}
+
 /// A parent image that is corrupted, missing or replaced makes restore and inspect fail,
 /// naming it; nothing is restored.
 #[test]
