@@ -61,18 +61,6 @@ pub fn at_safe_point(pid: i32, r: &libc::user_regs_struct) -> bool {
     })
 }
 
-/// The registers a thread stopped at an interrupt stop inside an interrupted system call
-/// should resume with if nobody else handles the restart (the trampoline's own way back):
-/// the call rewound to be made again.
-fn restart_explicitly(r: &libc::user_regs_struct) -> libc::user_regs_struct {
-    let mut out = *r;
-    if (r.orig_rax as i64) >= 0 && sys::RESTART_CODES.contains(&(r.rax as i64)) {
-        out.rax = r.orig_rax;
-        out.rip = r.rip - 2;
-    }
-    out
-}
-
 /// How a flush call ended.
 #[derive(Debug, PartialEq, Eq)]
 pub enum Flushed {
@@ -94,7 +82,7 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
     let saved = ptrace::getregs(Pid::from_raw(tid))?;
     let xstate = sys::ptrace_get_xstate(tid)?;
     // The trampoline's way back, for when ckpt does not take the thread back itself.
-    let back = restart_explicitly(&saved);
+    let back = crate::detour::way_back(&saved);
     let words = [
         back.rax,
         back.rbx,

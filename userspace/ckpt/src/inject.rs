@@ -6,6 +6,7 @@
 //! its vDSO), lets it execute exactly that, and takes the result at the syscall-exit stop. The
 //! thread's final registers are set afterwards, so the detour leaves no trace.
 
+use crate::detour::Detour;
 use crate::{proc, sys};
 use nix::sys::ptrace;
 use nix::sys::uio::{process_vm_readv, process_vm_writev, RemoteIoVec};
@@ -75,21 +76,34 @@ impl Injector {
     /// A signal the thread would take on the way is suppressed (a restored process has all
     /// of them blocked until it is let go).
     pub fn syscall(&self, tid: i32, nr: i64, args: [u64; 6]) -> io::Result<(i64, Option<i32>)> {
-        self.run(tid, nr, args, None)
+        self.run((tid, self.gadget), nr, args, None)
     }
 
-    /// `syscall`, for a live process: the signals the thread takes on the way are kept in
+    /// `syscall` for a live process: the signals the thread takes on the way are kept in
     /// `held` with their siginfo (for the caller to queue again), not lost.
-    fn run(
+    pub fn syscall_holding(
         &self,
         tid: i32,
+        nr: i64,
+        args: [u64; 6],
+        held: &mut Vec<libc::siginfo_t>,
+    ) -> io::Result<i64> {
+        Ok(self.run((tid, self.gadget), nr, args, Some(held))?.0)
+    }
+
+    /// `syscall` through the `syscall` instruction at `site`, for a live process: the
+    /// signals the thread takes on the way are kept in `held` with their siginfo (for the
+    /// caller to queue again), not lost.
+    fn run(
+        &self,
+        (tid, site): (i32, u64),
         nr: i64,
         args: [u64; 6],
         mut held: Option<&mut Vec<libc::siginfo_t>>,
     ) -> io::Result<(i64, Option<i32>)> {
         let t = Pid::from_raw(tid);
         let mut regs = ptrace::getregs(t)?;
-        regs.rip = self.gadget;
+        regs.rip = site;
         regs.rax = nr as u64;
         regs.orig_rax = u64::MAX;
         (regs.rdi, regs.rsi, regs.rdx, regs.r10, regs.r8, regs.r9) =
@@ -162,7 +176,8 @@ impl Injector {
 /// restart handling applies when it is let go, as if nothing had happened. Signals it takes
 /// meanwhile are queued again as they came (siginfo kept when the kernel allows it). A
 /// process with a seccomp filter has it suspended for the thread while lent: an injected
-/// call must not be judged (or killed) by it.
+/// call must not be judged (or killed) by it. The calls go through a [`Detour`], so that the
+/// thread finds its own way back should ckpt die while it holds it.
 pub struct Borrowed {
     inj: Injector,
     tid: i32,
@@ -177,6 +192,8 @@ pub struct Borrowed {
     held: Vec<libc::siginfo_t>,
     /// The ptrace options set while lent.
     options: libc::c_int,
+    /// None where it could not be mapped: then the program dies with ckpt (EXITKILL).
+    detour: Option<Detour>,
     returned: bool,
 }
 
@@ -197,14 +214,16 @@ impl Borrowed {
         if seccomp {
             options |= libc::PTRACE_O_SUSPEND_SECCOMP;
         }
-        sys::ptrace_set_options_raw(tid, options).map_err(|e| match seccomp {
-            true => io::Error::new(
-                e.kind(),
-                format!("suspending its seccomp filter for ckpt's calls: {e}"),
-            ),
-            false => e,
+        sys::ptrace_set_options_raw(tid, options | libc::PTRACE_O_EXITKILL).map_err(|e| {
+            match seccomp {
+                true => io::Error::new(
+                    e.kind(),
+                    format!("suspending its seccomp filter for ckpt's calls: {e}"),
+                ),
+                false => e,
+            }
         })?;
-        Ok(Borrowed {
+        let mut lent = Borrowed {
             inj,
             tid,
             regs,
@@ -214,8 +233,20 @@ impl Borrowed {
             shared_before,
             held: Vec::new(),
             options,
+            detour: None,
             returned: false,
-        })
+        };
+        // From here a failure puts the thread back (drop).
+        lent.detour = Detour::map(&lent.inj, (pid, tid), &lent.regs, &mut lent.held)?;
+        if lent.detour.is_some() {
+            sys::ptrace_set_options_raw(tid, options)?;
+        }
+        Ok(lent)
+    }
+
+    /// The `syscall` instruction the calls go through.
+    fn site(&self) -> u64 {
+        self.detour.as_ref().map_or(self.inj.gadget, Detour::entry)
     }
 
     /// Where arguments may go: `SCRATCH_LEN` bytes.
@@ -233,7 +264,8 @@ impl Borrowed {
 
     /// Runs syscall `nr` in the thread; its result (negative: -errno).
     pub fn syscall(&mut self, nr: i64, args: [u64; 6]) -> io::Result<i64> {
-        let (r, _) = self.inj.run(self.tid, nr, args, Some(&mut self.held))?;
+        let at = (self.tid, self.site());
+        let (r, _) = self.inj.run(at, nr, args, Some(&mut self.held))?;
         Ok(r)
     }
 
@@ -246,9 +278,11 @@ impl Borrowed {
         nr: i64,
         args: [u64; 6],
     ) -> io::Result<(i64, Option<i32>)> {
-        sys::ptrace_set_options_raw(self.tid, self.options | libc::PTRACE_O_TRACECLONE)?;
-        let r = self.inj.run(self.tid, nr, args, Some(&mut self.held));
-        sys::ptrace_set_options_raw(self.tid, self.options)?;
+        let options = self.options | (self.detour.is_none() as i32 * libc::PTRACE_O_EXITKILL);
+        sys::ptrace_set_options_raw(self.tid, options | libc::PTRACE_O_TRACECLONE)?;
+        let at = (self.tid, self.site());
+        let r = self.inj.run(at, nr, args, Some(&mut self.held));
+        sys::ptrace_set_options_raw(self.tid, options)?;
         r
     }
 
@@ -260,9 +294,13 @@ impl Borrowed {
     fn put_back(&mut self) -> io::Result<()> {
         self.returned = true;
         let tid = self.tid;
-        self.inj.poke(self.scratch, &self.saved)?;
-        sys::ptrace_set_options_raw(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+        // Until its registers are back, the program dies with ckpt.
+        sys::ptrace_set_options_raw(tid, self.options | libc::PTRACE_O_EXITKILL)?;
+        // Not unmapped (the error is reported last), it stays: the thread still goes back.
+        let unmapped = (self.detour.take()).map(|d| d.unmap(&self.inj, tid, &mut self.held));
         crate::flush::put_back(tid, &self.regs, &self.xstate, &mut Vec::new())?;
+        sys::ptrace_set_options_raw(tid, libc::PTRACE_O_TRACESYSGOOD)?;
+        self.inj.poke(self.scratch, &self.saved)?;
         for info in self.held.drain(..) {
             let sig = info.si_signo;
             let to_process = sig > 0 && sig <= 64 && self.shared_before & (1 << (sig - 1)) != 0;
@@ -276,7 +314,7 @@ impl Borrowed {
                 };
             }
         }
-        Ok(())
+        unmapped.unwrap_or(Ok(()))
     }
 }
 

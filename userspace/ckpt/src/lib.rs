@@ -30,6 +30,7 @@ pub mod vdso;
 // Mechanisms.
 pub mod attach;
 pub mod batch;
+pub mod detour;
 pub mod device;
 pub mod errors;
 pub mod flush;

@@ -77,6 +77,7 @@ impl Snapshot {
         let fd = i32::from_ne_bytes([fd_bytes[0], fd_bytes[1], fd_bytes[2], fd_bytes[3]]);
         let pidfd = sys::steal_fd(pid, fd);
         let closed = lent.syscall(libc::SYS_close, [fd as u64, 0, 0, 0, 0, 0]);
+        crate::worker::pause_for_test("CKPT_TEST_PAUSE_LENT");
         lent.give_back()?;
         snapshot._pidfd = Some(pidfd?);
         closed?;

@@ -1105,6 +1105,65 @@ fn a_ckpt_killed_while_it_holds_a_snapshot_leaves_nothing() {
     let _ = child.wait();
 }
 
+/// A ckpt worker killed outright (SIGKILL, as the OOM killer would) while a thread of the
+/// program is lent to it for the snapshot's calls: the thread goes back to the program's own
+/// code by itself (`detour.rs`), the program runs on whole, the snapshot dies, no image takes
+/// the final name, and the next checkpoint succeeds. Before, the thread ran on from the
+/// `syscall` instruction ckpt had pointed it at, with the call's registers, and crashed.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_worker_killed_while_it_holds_a_lent_thread_leaves_the_program_whole() {
+    let (_m, _d, out, img) = begin("lent-kill", false);
+    let (mut child, pid) = common::spawn_ready("scribbler", &[out.as_os_str(), "16".as_ref()]);
+    let children_of = |p: u32| {
+        std::fs::read_to_string(format!("/proc/{p}/task/{p}/children")).unwrap_or_default()
+    };
+    let holds_pidfd = || {
+        let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).unwrap();
+        fds.flatten().any(|e| {
+            std::fs::read_link(e.path()).is_ok_and(|l| l.to_string_lossy().contains("pidfd"))
+        })
+    };
+    let mut c = Command::new(common::ckpt_bin())
+        .args(["checkpoint", &pid.to_string(), "-o", img.to_str().unwrap()])
+        .env("CKPT_TEST_PAUSE_LENT", "60")
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    // Paused after the last lent call (the close of the snapshot's pidfd in the program).
+    common::wait_for("the snapshot exists", 60, || {
+        !children_of(pid as u32).trim().is_empty()
+    });
+    common::wait_for("the program's pidfd closed", 60, || !holds_pidfd());
+    let worker: i32 = children_of(c.id()).trim().parse().unwrap();
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap();
+    assert!(
+        status.contains("TracerPid:\t") && !status.contains("TracerPid:\t0\n"),
+        "{status}"
+    );
+    // SAFETY: signalling ckpt's worker.
+    assert_eq!(unsafe { libc::kill(worker, libc::SIGKILL) }, 0);
+    assert!(
+        !c.wait().unwrap().success(),
+        "ckpt succeeded without its worker"
+    );
+    common::reap_orphaned_workers();
+    common::wait_for("the snapshot is gone", 30, || {
+        children_of(pid as u32).trim().is_empty()
+    });
+    let report = scribbler_check(pid, &out);
+    assert!(
+        report.starts_with("ok "),
+        "after the worker's death: {report}"
+    );
+    assert!(!img.exists(), "no image under the final name");
+    let stats = common::checkpoint_json(pid, &img, &[]);
+    assert_eq!(stats["snapshots"], 1, "{stats}");
+    assert!(scribbler_check(pid, &out).starts_with("ok "));
+    kill_and_reap(pid);
+    let _ = child.wait();
+}
+
 /// Root restores only an image that root or a user its processes run as owns and that
 /// nobody else may write: whoever can write an image could make a root restore run anything.
 /// `--trust-image` restores it anyway.
