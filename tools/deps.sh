@@ -18,6 +18,8 @@ apt_pkgs=(
   # an interpreter with a process pool, a database with background processes, a JIT runtime
   # with a forked child on an IPC channel, a terminal multiplexer.
   nginx-light make python3 postgresql-15 postgresql-client-15 nodejs tmux
+  # A JVM (many threads, GC, JIT); an in-memory database whose background save forks.
+  openjdk-17-jre-headless redis-server
   # The network lock that holds back packets of TCP connections while their process is down.
   nftables
   # The bench compresses CRIU's images to compare with --compress.

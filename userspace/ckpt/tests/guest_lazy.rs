@@ -2,6 +2,7 @@
 //! runs while its page server places its memory, on faults and in the background.
 
 mod common;
+use common::kill_and_reap;
 use common::{ckpt_env, gone, ok, wait_for, Dir};
 use std::path::Path;
 use std::process::{Child, Command, Stdio};
@@ -76,14 +77,6 @@ fn tracer_of(pid: i32) -> i32 {
 fn lines(out: &Path) -> Vec<String> {
     let text = std::fs::read_to_string(out).unwrap_or_default();
     text.lines().map(str::to_owned).collect()
-}
-
-fn kill_and_reap(pid: i32) {
-    // SAFETY: signalling and reaping a process of the test.
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
 }
 
 /// Starts tests/progs/counter with a `mib` MiB buffer of a repeated pattern; waits for its

@@ -977,3 +977,183 @@ fn python(script: &std::path::Path, arg: &std::path::Path) -> std::process::Chil
         .spawn()
         .unwrap()
 }
+
+/// A JVM program: a worker thread counting, the main thread reporting the count to a file,
+/// garbage made all along.
+const JAVA_COUNTER: &str = r#"
+import java.io.*;
+import java.util.*;
+import java.util.concurrent.atomic.AtomicLong;
+public class Count {
+  public static void main(String[] a) throws Exception {
+    AtomicLong n = new AtomicLong();
+    Thread t = new Thread(() -> {
+      List<long[]> keep = new ArrayList<>();
+      while (true) {
+        n.incrementAndGet();
+        keep.add(new long[512]); if (keep.size() > 4000) keep.remove(0);
+        try { Thread.sleep(5); } catch (InterruptedException e) { return; }
+      }
+    });
+    t.start();
+    PrintWriter out = new PrintWriter(new FileWriter(a[0], true), true);
+    for (long seq = 1; ; seq++) { out.println(seq + " " + n.get()); Thread.sleep(50); }
+  }
+}
+"#;
+
+/// The last "SEQ COUNT" line of the Java counter's output.
+fn java_last(out: &Path) -> Option<(u64, u64)> {
+    let text = std::fs::read_to_string(out).ok()?;
+    let (seq, n) = text.lines().last()?.split_once(' ')?;
+    Some((seq.parse().ok()?, n.parse().ok()?))
+}
+
+/// A JVM (about twenty threads: GC, JIT compilers, signal dispatcher; a UNIX socket whose
+/// peer has closed, which ckpt refused until then) checkpointed with --kill and restored:
+/// its report goes on from where it was, no line lost or repeated and the count not started
+/// over; then a live checkpoint of the restored JVM restores too.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_jvm_counts_on_after_kill_and_restore_and_after_a_live_checkpoint() {
+    let d = Dir::new("real-java");
+    std::fs::write(d.path("Count.java"), JAVA_COUNTER).unwrap();
+    let out = d.path("out");
+    let mut java = Command::new("java")
+        .args(["-Xmx128m", "-Xshare:off"])
+        .arg(d.path("Count.java"))
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    common::wait_for("the JVM reports", 300, || {
+        java_last(&out).is_some_and(|(s, _)| s > 5)
+    });
+    let threads = std::fs::read_dir(format!("/proc/{}/task", java.id())).unwrap();
+    assert!(threads.count() > 10, "a JVM has many threads");
+    let img = d.path("java.img");
+    checkpoint_kill(&mut java, &img);
+    let (seq, count) = java_last(&out).unwrap();
+    let pid = restore_root(&img);
+    wait_for("the JVM reports again", || {
+        java_last(&out).is_some_and(|(s, _)| s > seq + 5)
+    });
+    let text = std::fs::read_to_string(&out).unwrap();
+    let seqs: Vec<u64> = (text.lines())
+        .filter_map(|l| l.split_once(' ')?.0.parse().ok())
+        .collect();
+    assert_eq!(
+        seqs,
+        (1..=seqs.len() as u64).collect::<Vec<_>>(),
+        "lines lost or repeated"
+    );
+    let (_, later) = java_last(&out).unwrap();
+    assert!(
+        later > count,
+        "the count started over: {later} after {count}"
+    );
+    // Live: the JVM runs on, and the image restores once it is gone.
+    let img2 = d.path("java2.img");
+    let stats = common::checkpoint_json(pid, &img2, &[]);
+    assert_eq!(stats["snapshots"], 1, "{stats}");
+    common::kill_and_reap(pid);
+    let (seq, _) = java_last(&out).unwrap();
+    let pid = restore_root(&img2);
+    wait_for("the JVM restored from a live image reports", || {
+        java_last(&out).is_some_and(|(s, _)| s > seq + 5)
+    });
+    common::kill_and_reap(pid);
+}
+
+/// A request to Redis on connection `s` (an inline command); its whole answer (a bulk
+/// string read to its length, anything else to its line end), without the last CRLF.
+fn redis_ask(s: &mut std::net::TcpStream, cmd: &str) -> String {
+    write!(s, "{cmd}\r\n").unwrap();
+    let mut got = Vec::new();
+    let complete = |got: &[u8]| {
+        let text = String::from_utf8_lossy(got);
+        let Some((head, rest)) = text.split_once("\r\n") else {
+            return false;
+        };
+        match head.strip_prefix('$').and_then(|n| n.parse::<usize>().ok()) {
+            Some(len) => rest.len() >= len + 2,
+            None => true,
+        }
+    };
+    while !complete(&got) {
+        let mut buf = [0u8; 4096];
+        let n = s.read(&mut buf).unwrap();
+        assert!(n > 0, "redis closed the connection");
+        got.extend_from_slice(&buf[..n]);
+    }
+    String::from_utf8_lossy(&got).trim_end().to_owned()
+}
+
+/// Redis with 4,000 keys of 1 KiB and a client holding a TCP connection, checkpointed with
+/// --kill while a background save's forked child (sharing the parent's memory copy-on-write)
+/// writes the database: both come back, the save finishes, every key is there, and the
+/// client goes on over its connection.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn redis_with_a_client_and_a_background_save_after_kill_and_restore() {
+    let d = Dir::new("real-redis");
+    let port = 16379 + (std::process::id() % 1000) as u16;
+    let mut redis = Command::new("redis-server")
+        .args([
+            "--port",
+            &port.to_string(),
+            "--save",
+            "",
+            "--appendonly",
+            "no",
+        ])
+        .args(["--enable-debug-command", "yes", "--dir"])
+        .arg(d.path(""))
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .spawn()
+        .unwrap();
+    let mut client = None;
+    common::wait_for("redis listens", 60, || {
+        client = std::net::TcpStream::connect(("127.0.0.1", port)).ok();
+        client.is_some()
+    });
+    let mut c = client.unwrap();
+    c.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+    assert_eq!(redis_ask(&mut c, "DEBUG POPULATE 4000 key 1024"), "+OK");
+    assert_eq!(redis_ask(&mut c, "INCR visits"), ":1");
+    // A save slowed down (a 10 µs sleep a key: about 1.5 ms under TCG, 6 s in all) so that
+    // its child is in the tree.
+    assert_eq!(redis_ask(&mut c, "CONFIG SET rdb-key-save-delay 10"), "+OK");
+    assert_eq!(redis_ask(&mut c, "BGSAVE"), "+Background saving started");
+    let pid = redis.id();
+    let children = || std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children"));
+    wait_for("the save's child", || {
+        children().is_ok_and(|c| !c.trim().is_empty())
+    });
+    let img = d.path("redis.img");
+    let pids = checkpoint_kill(&mut redis, &img);
+    assert_eq!(pids.len(), 2, "redis and its save's child: {pids:?}");
+    let restored = restore_root(&img);
+    assert_eq!(restored, pid as i32);
+    assert_eq!(
+        redis_ask(&mut c, "INCR visits"),
+        ":2",
+        "the client's connection"
+    );
+    assert_eq!(redis_ask(&mut c, "DBSIZE"), ":4001");
+    let value = redis_ask(&mut c, "GET key:3999");
+    assert!(value.starts_with("$1024\r\nvalue:3999"), "{value}");
+    common::wait_for("the background save ends", 300, || {
+        redis_ask(&mut c, "INFO persistence").contains("rdb_bgsave_in_progress:0")
+    });
+    let info = redis_ask(&mut c, "INFO persistence");
+    assert!(info.contains("rdb_last_bgsave_status:ok"), "{info}");
+    assert!(d.path("dump.rdb").exists(), "the save's file");
+    for &p in &pids {
+        // SAFETY: signalling the restored processes.
+        unsafe { libc::kill(p, libc::SIGKILL) };
+    }
+    wait_for("redis is gone", || pids.iter().all(|&p| gone(p)));
+}

@@ -6,6 +6,7 @@
 //! subreaper so that restored processes (children of `ckpt restore`) are reaped here.
 
 mod common;
+use common::kill_and_reap;
 use common::{ckpt, ok, restore_root, Dir};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -112,14 +113,6 @@ fn wait_text(out: &Path, from: usize, needle: &str) {
 
 fn file_len(p: &Path) -> usize {
     std::fs::metadata(p).map(|m| m.len() as usize).unwrap_or(0)
-}
-
-fn kill_and_reap(pid: i32) {
-    // SAFETY: signalling and reaping a process of ours (a child, or reparented to us).
-    unsafe {
-        libc::kill(pid, libc::SIGKILL);
-        libc::waitpid(pid, std::ptr::null_mut(), 0);
-    }
 }
 
 /// Checkpoints `pid` into `img` with --kill and reaps it. Returns the last number written.
@@ -1857,6 +1850,55 @@ fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
     // Our end is still open, but the restored socket's peer is not it.
     assert_eq!(text_after(&out, 0), "read hello then eof\n");
     drop(ours);
+    kill_and_reap(restored);
+}
+
+/// A stream socket whose peer had closed the connection, bytes still queued at it (a JVM
+/// holds one): carried without asking, it comes back as it was: the bytes, then end of file.
+/// It was refused ("its peer has closed the connection: not supported yet").
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_socket_whose_peer_had_closed_comes_back_with_its_bytes_then_eof() {
+    use std::io::Write;
+    let (_m, _d, out, img) = begin("unix-peer-closed", false);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
+    let mut cmd = Command::new(common::prog("unix_socks"));
+    cmd.args(["reader".as_ref(), "5".as_ref(), out.as_os_str()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped());
+    // SAFETY: between fork and exec: dup2 and fcntl only.
+    unsafe {
+        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
+            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
+                return Err(std::io::Error::last_os_error());
+            }
+            Ok(())
+        });
+    }
+    let mut child = cmd.spawn().unwrap();
+    drop(theirs);
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    ours.write_all(b"hello").unwrap();
+    drop(ours);
+    let pid = child.id() as i32;
+    let (_, image, _) = common::checkpoint_kill_with(pid, &img, &[], || {
+        child.wait().unwrap();
+    });
+    let ext = &image.manifest.shared.unix_external;
+    assert_eq!(ext.len(), 1, "{ext:?}");
+    assert_eq!(
+        (ext[0].reconnect, ext[0].peer_inode),
+        (ckpt::fds::Reconnect::Gone, 0)
+    );
+    let summary = ok(&ckpt(&["inspect", img.to_str().unwrap()]));
+    assert!(summary.contains("its peer had closed"), "{summary}");
+    let restored = restore_root(&img);
+    common::signal_until(restored, libc::SIGUSR1, "it reads its socket", || {
+        text_after(&out, 0).contains("read ")
+    });
+    assert_eq!(text_after(&out, 0), "read hello then eof\n");
     kill_and_reap(restored);
 }
 

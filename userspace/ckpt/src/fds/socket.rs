@@ -2,7 +2,9 @@
 //! kind's module records it: a listening socket (`listen`); a UNIX socket connected to one
 //! that is connected back to it (`socket_pair`); another UNIX datagram socket
 //! (`unix_dgram`); one whose peer no process of the tree holds (`unix_external`: carried
-//! when it can be connected again, or with `--external unix`; else refused, naming the peer).
+//! when it can be connected again, or with `--external unix`; else refused, naming the peer),
+//! or whose peer has closed the connection (`unix_external` too: queued bytes, then end of
+//! file).
 //! Also the address helpers they use.
 
 use super::unix::{self, Diag, UnixType};
@@ -58,15 +60,20 @@ fn dump_unix(ctx: &mut DumpCtx, s: &OwnedFd, ino: u64) -> Result<FdKind, DumpErr
         (UnixType::Dgram, p) => Err(unsupported(format!(
             "it is connected to the datagram socket socket:[{p}], which is connected to another one (socket:[{peers_peer}]); not supported yet"
         ))),
+        // Closing, the peer shut this end down both ways (and is no longer shown).
+        (_, 0) if d.shutdown & 3 == 3 => {
+            super::unix_external::dump_peer_closed(ctx, s, (ino, ty), &d)
+        }
         (_, _) => Err(unconnected(ty, &d)),
     }
 }
 
-/// Why a stream or seqpacket socket that neither listens nor has a peer is refused.
+/// Why a stream or seqpacket socket that neither listens nor has a peer (nor lost one) is
+/// refused.
 fn unconnected(ty: UnixType, d: &Diag) -> DumpError {
     let why = match d.shutdown {
-        0 => "not connected and not listening",
-        _ => "its peer has closed the connection",
+        0 => "not connected and not listening".to_owned(),
+        s => format!("with no peer, shut down ({s:#x})"),
     };
     unsupported(format!(
         "a UNIX {} socket {why}: not supported yet",

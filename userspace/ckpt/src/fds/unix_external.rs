@@ -15,6 +15,9 @@
 //!   one are dropped. Otherwise (an unnamed peer, or this socket is named: the accepted end of
 //!   a client outside, or a client that bound a name first): `gone`, a socket whose peer has
 //!   closed: its queued bytes are read first, then end of file (EPIPE on writes).
+//! - a stream or seqpacket socket whose peer had closed the connection already (its peer no
+//!   longer shown): always, as `gone`: nothing is lost (a read that would have reported
+//!   ECONNRESET, the peer having closed with bytes unread, reports end of file).
 //!
 //! Every one is made before the restorers fork, by `ckpt restore` itself; a stream or
 //! seqpacket socket connects by a helper with its holder's pid and effective ids (`peercred`),
@@ -111,6 +114,32 @@ pub fn dump_end(
     if !by_default && !ctx.shared.external_unix {
         return Err(refusal(ctx));
     }
+    record(ctx, s, (inode, ty), d, (reconnect, peer, own))
+}
+
+/// Records stream or seqpacket socket `s` (inode `inode`, type `ty`, `d` from sock_diag),
+/// whose peer has closed the connection, once for the tree: it comes back as it is, its
+/// queued bytes then end of file (`Reconnect::Gone`), with nothing outside to ask about.
+pub fn dump_peer_closed(
+    ctx: &mut DumpCtx,
+    s: &OwnedFd,
+    (inode, ty): (u64, UnixType),
+    d: &Diag,
+) -> Result<FdKind, DumpError> {
+    if let Some(&socket) = ctx.shared.external_index.get(&inode) {
+        return Ok(FdKind::UnixExternal(ExternalEnd { socket }));
+    }
+    record(ctx, s, (inode, ty), d, (Reconnect::Gone, None, None))
+}
+
+/// Records socket `s` as `reconnect` says (with the peer's and its own name if it has them).
+fn record(
+    ctx: &mut DumpCtx,
+    s: &OwnedFd,
+    (inode, ty): (u64, UnixType),
+    d: &Diag,
+    (reconnect, peer, own): (Reconnect, Option<Name>, Option<Name>),
+) -> Result<FdKind, DumpError> {
     // Kept: a gone peer's bytes (sent from the other end of a new pair), and a named
     // datagram socket's messages (sent to its name before it connects).
     let keep = match reconnect {
@@ -293,6 +322,7 @@ impl FdState for ExternalEnd {
                 "reconnected to {} on restore (a new connection)",
                 p.display()
             ),
+            _ if s.peer_inode == 0 => "its peer had closed: restored so (end of file)".into(),
             _ => "peer unnamed: restored with its peer gone (end of file)".into(),
         };
         let bytes = s

@@ -367,3 +367,12 @@ impl Drop for Traced {
         let _ = nix::sys::ptrace::detach(nix::unistd::Pid::from_raw(self.0), None);
     }
 }
+
+/// SIGKILLs process `pid` (a child of the test, or reparented to it) and reaps it.
+pub fn kill_and_reap(pid: i32) {
+    // SAFETY: signalling and reaping a process of ours.
+    unsafe {
+        libc::kill(pid, libc::SIGKILL);
+        libc::waitpid(pid, std::ptr::null_mut(), 0);
+    }
+}
