@@ -240,3 +240,58 @@ fn peer_credentials_come_back_in_a_new_pid_namespace() {
     });
     drop(all);
 }
+
+/// A server that gave its listening socket's file another owner and mode after binding it
+/// (screen keeps its sessions' state in those bits; a socket others may connect to must stay
+/// so): the file comes back with them, not with the umask's mode and the restorer's ids, and
+/// clients connect to it again.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_listening_socket_file_keeps_its_owner_and_mode() {
+    use std::io::{Read, Write};
+    use std::os::unix::fs::MetadataExt;
+    let d = Dir::new("listen-mode");
+    let path = d.path("s.sock");
+    const SERVER: &str = "import os, socket, sys
+p = sys.argv[1]
+s = socket.socket(socket.AF_UNIX)
+s.bind(p)
+os.chown(p, 4242, 4243)
+os.chmod(p, 0o640)
+s.listen()
+print('ready', os.getpid(), flush=True)
+while True:
+    c, _ = s.accept()
+    c.sendall(b'pong')
+    c.close()
+";
+    let mut child = std::process::Command::new("python3")
+        .args(["-c", SERVER])
+        .arg(&path)
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    let owner_and_mode = || {
+        let m = std::fs::symlink_metadata(&path).unwrap();
+        (m.uid(), m.gid(), m.mode() & 0o7777)
+    };
+    assert_eq!(owner_and_mode(), (4242, 4243, 0o640));
+    let ask = || {
+        let mut s = std::os::unix::net::UnixStream::connect(&path).unwrap();
+        let mut answer = String::new();
+        s.read_to_string(&mut answer).unwrap();
+        let _ = s.flush();
+        answer
+    };
+    assert_eq!(ask(), "pong");
+    let img = d.path("img");
+    let pids = common::checkpoint_kill(&mut child, &img).2;
+    let restored = restore_root(&img);
+    assert_eq!(owner_and_mode(), (4242, 4243, 0o640), "the socket file");
+    assert_eq!(ask(), "pong");
+    kill_all(&pids);
+    common::kill_and_reap(restored);
+}

@@ -38,6 +38,11 @@ pub struct ListeningSocket {
     /// their peer's (SO_PEERCRED): listen is called again as them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub listened_by: Option<super::PeerCred>,
+    /// A UNIX socket's file, still linked at its path: made again with this owner and mode
+    /// (a server may have chmod'ed it: screen keeps its state in the mode bits, and one that
+    /// others may connect to must stay so).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file: Option<super::unix::SockFile>,
 }
 
 /// A listening socket of the tree and the process (index in the image) whose user,
@@ -114,6 +119,7 @@ pub fn make_all(listeners: &[SharedListener], envs: &[HolderEnv]) -> io::Result<
             let made = l.socket.make();
             drop(user);
             umask(old_umask);
+            let made = made.and_then(|fd| l.socket.settle_file().map(|_| fd));
             made.map_err(|e| {
                 io::Error::new(
                     e.kind(),
@@ -167,6 +173,10 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
         _ => None,
     }
     .unwrap_or(libc::SOMAXCONN);
+    let file = match family {
+        libc::AF_UNIX => unix_socket_file(pid, &addr, inode),
+        _ => None,
+    };
     Ok(ListeningSocket {
         family,
         display: display(family, &addr),
@@ -180,7 +190,16 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
             libc::AF_UNIX => super::peercred::read(s),
             _ => None,
         },
+        file,
     })
+}
+
+/// Owner and mode of the file of UNIX socket `inode` bound at `addr` (a path), if still
+/// linked there as process `pid` sees it.
+fn unix_socket_file(pid: i32, addr: &[u8], inode: u64) -> Option<super::unix::SockFile> {
+    let path = unix_path(addr);
+    let vfs_ino = super::unix::diag(inode).ok()?.vfs_ino?;
+    (!path.starts_with('@')).then(|| super::unix::socket_file(pid, &path, vfs_ino))?
 }
 
 /// The accept backlog of a listening TCP socket: /proc/PID/net/tcp{,6} shows it as the
@@ -233,6 +252,15 @@ impl ListeningSocket {
         super::peercred::listen_as_peer(&fd, backlog, self.listened_by.as_ref())?;
         Ok(fd)
     }
+
+    /// Gives its socket file (bound by `make`, in the same directory) the recorded owner and
+    /// mode.
+    fn settle_file(&self) -> io::Result<()> {
+        match &self.file {
+            Some(f) => super::unix::settle_socket_file(&unix_path(&self.addr), f),
+            None => Ok(()),
+        }
+    }
 }
 
 impl FdState for ListenEnd {
@@ -250,10 +278,10 @@ impl FdState for ListenEnd {
     }
 
     fn valid(&self, _f: &Fd, v: &View) -> bool {
-        v.shared
-            .listeners
-            .get(self.listener)
-            .is_some_and(|l| valid_address(l.socket.family, &l.socket.addr))
+        v.shared.listeners.get(self.listener).is_some_and(|l| {
+            valid_address(l.socket.family, &l.socket.addr)
+                && l.socket.file.as_ref().is_none_or(|f| f.mode <= 0o7777)
+        })
     }
 
     fn describe(&self, _f: &Fd, v: &View) -> String {

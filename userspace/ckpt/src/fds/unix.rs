@@ -594,40 +594,35 @@ impl Name {
 
     /// Once bound (and others connected to it): its file as it was, or none if it was gone.
     pub fn settle_file(&self) -> io::Result<()> {
-        use nix::fcntl::AtFlags;
-        use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
         if self.is_abstract() {
             return Ok(());
         }
         let path = self.display();
-        let Some(f) = &self.file else {
-            return Ok(nix::unistd::unlink(path.as_str())?);
-        };
-        let (uid, gid) = (
-            nix::unistd::Uid::from_raw(f.uid),
-            nix::unistd::Gid::from_raw(f.gid),
-        );
-        nix::unistd::fchownat(
-            nix::fcntl::AT_FDCWD,
-            path.as_str(),
-            Some(uid),
-            Some(gid),
-            AtFlags::AT_SYMLINK_NOFOLLOW,
-        )?;
-        let mode = Mode::from_bits_truncate(f.mode);
-        fchmodat(
-            nix::fcntl::AT_FDCWD,
-            path.as_str(),
-            mode,
-            FchmodatFlags::FollowSymlink,
-        )?;
-        Ok(())
+        match &self.file {
+            Some(f) => settle_socket_file(&path, f),
+            None => Ok(nix::unistd::unlink(path.as_str())?),
+        }
     }
+}
+
+/// Gives the socket file at `path` (just bound) the owner and mode it had.
+pub fn settle_socket_file(path: &str, f: &SockFile) -> io::Result<()> {
+    use nix::fcntl::AtFlags;
+    use nix::sys::stat::{fchmodat, FchmodatFlags, Mode};
+    let (uid, gid) = (
+        nix::unistd::Uid::from_raw(f.uid),
+        nix::unistd::Gid::from_raw(f.gid),
+    );
+    let (at, path) = (nix::fcntl::AT_FDCWD, path);
+    nix::unistd::fchownat(at, path, Some(uid), Some(gid), AtFlags::AT_SYMLINK_NOFOLLOW)?;
+    let mode = Mode::from_bits_truncate(f.mode);
+    fchmodat(at, path, mode, FchmodatFlags::FollowSymlink)?;
+    Ok(())
 }
 
 /// Owner and mode of the socket file at `path` as process `pid` sees it, if it is the one
 /// bound (inode `ino`).
-fn socket_file(pid: i32, path: &str, ino: u64) -> Option<SockFile> {
+pub fn socket_file(pid: i32, path: &str, ino: u64) -> Option<SockFile> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let seen = if path.starts_with('/') {
         format!("/proc/{pid}/root{path}")
