@@ -1902,6 +1902,81 @@ fn a_socket_whose_peer_had_closed_comes_back_with_its_bytes_then_eof() {
     kill_and_reap(restored);
 }
 
+/// A program with netlink sockets (dbus-daemon and sshd keep an audit one; this one a route
+/// socket subscribed to link events, and an audit socket never bound): both come back with
+/// their protocol, port id and groups, and the route socket answers a dump of the links on
+/// the same port. Refused before ("connected and unbound sockets are not supported yet").
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn netlink_sockets_come_back_bound_to_their_port_and_groups() {
+    const PROG: &str = r#"
+import os, signal, socket, struct, sys
+out = sys.argv[1]
+route = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, socket.NETLINK_ROUTE)
+route.bind((0, 1))  # RTMGRP_LINK
+audit = socket.socket(socket.AF_NETLINK, socket.SOCK_RAW, 9)  # NETLINK_AUDIT
+def report(*_):
+    seq = os.getpid()
+    # RTM_GETLINK (18), NLM_F_REQUEST | NLM_F_DUMP; an ifinfomsg of AF_UNSPEC.
+    route.send(struct.pack("=IHHII", 32, 18, 0x301, seq, 0) + bytes(16))
+    links = 0
+    while True:
+        data = route.recv(65536)
+        at, done = 0, False
+        while at < len(data):
+            length, kind = struct.unpack_from("=IH", data, at)
+            if kind == 3:  # NLMSG_DONE
+                done = True
+            elif kind == 16:  # RTM_NEWLINK
+                links += 1
+            at += (length + 3) & ~3
+        if done:
+            break
+    port, groups = route.getsockname()
+    with open(out, "a") as f:
+        f.write("links %d port %d groups %d audit %d\n" % (links, port, groups, audit.getsockname()[0]))
+signal.signal(signal.SIGUSR1, report)
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"#;
+    let (_m, _d, out, img) = begin("netlink", false);
+    let mut child = Command::new("python3")
+        .args(["-c", PROG])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    let pid = child.id() as i32;
+    let ask = |pid: i32| {
+        let before = text_after(&out, 0).lines().count();
+        common::signal_until(pid, libc::SIGUSR1, "it reports", || {
+            text_after(&out, 0).lines().count() > before
+        });
+        text_after(&out, 0).lines().last().unwrap().to_owned()
+    };
+    let before = ask(pid);
+    assert!(
+        before.starts_with("links ") && !before.starts_with("links 0"),
+        "{before}"
+    );
+    assert!(
+        before.contains(&format!("port {pid} groups 1 audit 0")),
+        "{before}"
+    );
+    let (_, image, _) = common::checkpoint_kill_with(pid, &img, &[], || {
+        child.wait().unwrap();
+    });
+    let kinds = format!("{:?}", image.manifest.processes[0].files.fds);
+    assert_eq!(kinds.matches("Netlink(").count(), 2, "{kinds}");
+    let restored = restore_root(&img);
+    assert_eq!(ask(restored), before, "after the restore");
+    kill_and_reap(restored);
+}
+
 /// CLOCK_MONOTONIC in milliseconds, as tests/progs/timers.c reports it.
 fn mono_ms() -> i64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();

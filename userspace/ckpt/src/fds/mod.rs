@@ -23,6 +23,7 @@ mod inotify;
 mod listen;
 pub mod locks;
 mod memfd;
+mod netlink;
 mod notify;
 mod open_file;
 mod packet;
@@ -54,6 +55,7 @@ pub use inotify::{Inotify, InotifyWatch};
 pub use listen::{HolderEnv, ListenEnd, ListeningSocket, SharedListener};
 pub use locks::{FileLock, LockKind};
 pub use memfd::MemfdFd;
+pub use netlink::NetlinkSocket;
 pub use notify::Watched;
 pub use open_file::{validate_watches as validate_shared_watches, OpenFile, OpenFileEnd};
 pub use packet::MARK as PACKET_MARK;
@@ -115,6 +117,7 @@ pub enum FdKind {
     Udp(UdpEnd),
     TcpClosed(TcpClosedEnd),
     OpenFile(OpenFileEnd),
+    Netlink(NetlinkSocket),
 }
 
 impl FdKind {
@@ -142,6 +145,7 @@ impl FdKind {
             FdKind::Udp(s) => s,
             FdKind::TcpClosed(s) => s,
             FdKind::OpenFile(s) => s,
+            FdKind::Netlink(s) => s,
         }
     }
 
@@ -157,6 +161,7 @@ impl FdKind {
             FdKind::TimerFd(s) => Some(s),
             FdKind::SignalFd(s) => Some(s),
             FdKind::Epoll(s) => Some(s),
+            FdKind::Netlink(s) => Some(s),
             _ => None,
         }
     }

@@ -4,7 +4,7 @@
 //! (`unix_dgram`); one whose peer no process of the tree holds (`unix_external`: carried
 //! when it can be connected again, or with `--external unix`; else refused, naming the peer),
 //! or whose peer has closed the connection (`unix_external` too: queued bytes, then end of
-//! file).
+//! file); a netlink socket (`netlink`).
 //! Also the address helpers they use.
 
 use super::unix::{self, Diag, UnixType};
@@ -22,9 +22,12 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     };
     let ours = crate::sys::steal_fd(ctx.pid, e.fd)
         .map_err(|err| unsupported(format!("pidfd_getfd: {err}")))?;
-    let unix = local_address(&ours).ok().and_then(|a| family_of(&a)) == Some(libc::AF_UNIX);
-    if unix && !getsockopt(&ours, sockopt::AcceptConn).unwrap_or(false) {
+    let family = local_address(&ours).ok().and_then(|a| family_of(&a));
+    if family == Some(libc::AF_UNIX) && !getsockopt(&ours, sockopt::AcceptConn).unwrap_or(false) {
         return dump_unix(ctx, &ours, ino).map(Some);
+    }
+    if family == Some(libc::AF_NETLINK) {
+        return super::netlink::dump(ctx, &ours, e.fd).map(|n| Some(FdKind::Netlink(n)));
     }
     if let Some(kind) = super::tcp::dump_end(ctx, &ours, ino)? {
         return Ok(Some(kind));

@@ -3,6 +3,7 @@
 
 mod file;
 mod ipc;
+mod netlink;
 mod pagemap;
 mod process;
 mod ptrace;
@@ -16,6 +17,7 @@ mod wait;
 
 pub use file::*;
 pub use ipc::*;
+pub use netlink::*;
 pub use pagemap::*;
 pub use process::*;
 pub use ptrace::*;
