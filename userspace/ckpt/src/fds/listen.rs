@@ -139,6 +139,13 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
         super::socket::local_address(s).map_err(|e| unsupported(format!("getsockname: {e}")))?;
     let family = super::socket::family_of(&addr).unwrap_or(-1);
     let ty = getsockopt(s, sockopt::SockType).map_err(why)?;
+    if ![libc::AF_INET, libc::AF_INET6, libc::AF_UNIX].contains(&family) {
+        return Err(unsupported(format!(
+            "a socket of address family {family} ({}): not supported yet (TCP, UDP, UNIX and \
+             netlink sockets are)",
+            family_name(family)
+        )));
+    }
     if !getsockopt(s, sockopt::AcceptConn).map_err(why)? {
         return Err(unsupported(
             "connected and unbound sockets are not supported yet (only listening ones)",
@@ -192,6 +199,21 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
         },
         file,
     })
+}
+
+/// The C name of address family `family`, for a refusal.
+fn family_name(family: i32) -> &'static str {
+    match family {
+        libc::AF_PACKET => "AF_PACKET",
+        libc::AF_ALG => "AF_ALG",
+        libc::AF_VSOCK => "AF_VSOCK",
+        libc::AF_BLUETOOTH => "AF_BLUETOOTH",
+        libc::AF_CAN => "AF_CAN",
+        libc::AF_XDP => "AF_XDP",
+        libc::AF_KEY => "AF_KEY",
+        libc::AF_TIPC => "AF_TIPC",
+        _ => "another family",
+    }
 }
 
 /// Owner and mode of the file of UNIX socket `inode` bound at `addr` (a path), if still
