@@ -1977,6 +1977,73 @@ while True:
     kill_and_reap(restored);
 }
 
+/// A child whose stdin and stdout are one end of a socket pair its parent holds the other
+/// end of (socat's SYSTEM and EXEC, libuv's pipes, Python's subprocess given a socket): the
+/// pair is the tree's and comes back connected. It was taken for stdio connected outside
+/// and replaced by `ckpt restore`'s own, so the parent's next write met a closed socket.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_childs_stdio_on_a_socket_pair_with_its_parent_comes_back_connected() {
+    const PROG: &str = r#"
+import os, signal, socket, subprocess, sys
+out = sys.argv[1]
+ours, theirs = socket.socketpair()
+child = subprocess.Popen(["cat"], stdin=theirs, stdout=theirs)
+theirs.close()
+def ask(*_):
+    ours.sendall(b"ping\n")
+    got = b""
+    while not got.endswith(b"\n"):
+        got += ours.recv(100)
+    with open(out, "a") as f:
+        f.write("echoed " + got.decode())
+signal.signal(signal.SIGUSR1, ask)
+print("ready", os.getpid(), flush=True)
+while True:
+    signal.pause()
+"#;
+    let (_m, _d, out, img) = begin("stdio-pair", false);
+    let mut child = Command::new("python3")
+        .args(["-c", PROG])
+        .arg(&out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    let pid = child.id() as i32;
+    let ask = |pid: i32, n: usize| {
+        common::signal_until(pid, libc::SIGUSR1, "the child echoes", || {
+            text_after(&out, 0).lines().count() >= n
+        });
+        text_after(&out, 0)
+    };
+    assert_eq!(ask(pid, 1), "echoed ping\n");
+    let children = std::fs::read_to_string(format!("/proc/{pid}/task/{pid}/children")).unwrap();
+    let cat: i32 = children.trim().parse().unwrap();
+    let (_, image, pids) = common::checkpoint_kill_with(pid, &img, &[], || {
+        child.wait().unwrap();
+        // Orphaned, it comes to this process (the subreaper).
+        // SAFETY: reaping a process of the test.
+        unsafe { libc::waitpid(cat, std::ptr::null_mut(), 0) };
+    });
+    assert_eq!(pids, [pid, cat], "python and cat");
+    let cat_fds = &image.manifest.processes[1].files.fds;
+    let stdio: Vec<_> = cat_fds.iter().filter(|f| f.fd <= 1).collect();
+    assert!(
+        stdio
+            .iter()
+            .all(|f| matches!(f.kind, ckpt::fds::FdKind::SocketPairEnd(_))),
+        "{stdio:?}"
+    );
+    let restored = restore_root(&img);
+    assert_eq!(ask(restored, 2), "echoed ping\nechoed ping\n");
+    for &p in &pids {
+        kill_and_reap(p);
+    }
+}
+
 /// CLOCK_MONOTONIC in milliseconds, as tests/progs/timers.c reports it.
 fn mono_ms() -> i64 {
     let t = nix::time::clock_gettime(nix::time::ClockId::CLOCK_MONOTONIC).unwrap();

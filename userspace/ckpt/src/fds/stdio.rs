@@ -23,6 +23,11 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let own_pipe = crate::proc::bracketed_inode(&e.target, "pipe")
         .and_then(|ino| ctx.shared.census.pipes.get(&ino))
         .is_some_and(|ends| ends.inside());
+    // So is a UNIX socket connected to one the tree holds (a child's stdio made by its
+    // parent with socketpair: socat's SYSTEM and EXEC, libuv's pipes).
+    let own_socket = crate::proc::bracketed_inode(&e.target, "socket")
+        .and_then(|ino| super::unix::diag(ino).ok())
+        .is_some_and(|d| d.peer != 0 && ctx.shared.census.sockets.contains(&d.peer));
     // A terminal whose master the tree holds (a program under tmux) is the tree's too.
     let own_pty = e
         .target
@@ -30,7 +35,7 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         .and_then(|n| n.parse::<u32>().ok())
         .is_some_and(|n| ctx.shared.census.pty_masters.contains_key(&n));
     Ok(
-        ((0..=2).contains(&e.fd) && outside && !own_pipe && !own_pty).then(|| {
+        ((0..=2).contains(&e.fd) && outside && !own_pipe && !own_socket && !own_pty).then(|| {
             FdKind::InheritStdio(InheritedStdio {
                 was: e.target.clone(),
             })
