@@ -1806,14 +1806,9 @@ fn a_stream_client_of_a_server_outside_is_reconnected_with_external_unix() {
     kill_and_reap(restored);
 }
 
-/// With `--external unix`, a socket whose peer outside is unnamed (the other end of a pair
-/// the test holds) comes back with its peer gone: what was queued, then end of file.
-#[test]
-#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
-fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
-    use std::io::Write;
-    let (_m, _d, out, img) = begin("unix-ext-gone", false);
-    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+/// Starts tests/progs/unix_socks reading its fd 5, which is `theirs` (closed here once it is
+/// the child's); waits until it is ready.
+fn spawn_socket_reader(theirs: std::os::unix::net::UnixStream, out: &Path) -> Child {
     let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
     let mut cmd = Command::new(common::prog("unix_socks"));
     cmd.args(["reader".as_ref(), "5".as_ref(), out.as_os_str()])
@@ -1833,6 +1828,18 @@ fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
     drop(theirs);
     let ready = common::first_line(&mut child);
     assert!(ready.starts_with("ready "), "{ready}");
+    child
+}
+
+/// With `--external unix`, a socket whose peer outside is unnamed (the other end of a pair
+/// the test holds) comes back with its peer gone: what was queued, then end of file.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_socket_whose_unnamed_peer_is_outside_comes_back_with_its_peer_gone() {
+    use std::io::Write;
+    let (_m, _d, out, img) = begin("unix-ext-gone", false);
+    let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
+    let mut child = spawn_socket_reader(theirs, &out);
     ours.write_all(b"hello").unwrap();
     let pid = child.id() as i32;
     let (_, image, _) = common::checkpoint_kill_with(pid, &img, &["--external", "unix"], || {
@@ -1862,24 +1869,7 @@ fn a_socket_whose_peer_had_closed_comes_back_with_its_bytes_then_eof() {
     use std::io::Write;
     let (_m, _d, out, img) = begin("unix-peer-closed", false);
     let (mut ours, theirs) = std::os::unix::net::UnixStream::pair().unwrap();
-    let fd = std::os::fd::AsRawFd::as_raw_fd(&theirs);
-    let mut cmd = Command::new(common::prog("unix_socks"));
-    cmd.args(["reader".as_ref(), "5".as_ref(), out.as_os_str()])
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped());
-    // SAFETY: between fork and exec: dup2 and fcntl only.
-    unsafe {
-        std::os::unix::process::CommandExt::pre_exec(&mut cmd, move || {
-            if libc::dup2(fd, 5) < 0 || libc::fcntl(5, libc::F_SETFD, 0) < 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let mut child = cmd.spawn().unwrap();
-    drop(theirs);
-    let ready = common::first_line(&mut child);
-    assert!(ready.starts_with("ready "), "{ready}");
+    let mut child = spawn_socket_reader(theirs, &out);
     ours.write_all(b"hello").unwrap();
     drop(ours);
     let pid = child.id() as i32;

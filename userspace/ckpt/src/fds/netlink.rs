@@ -10,19 +10,14 @@ use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, connect, getpeername, getsockname, getsockopt, setsockopt, sockopt, NetlinkAddr, SockType,
 };
-use nix::{getsockopt_impl, setsockopt_impl, sockopt_impl};
+use nix::{setsockopt_impl, sockopt_impl};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 
-// Socket options nix does not name.
-sockopt_impl!(
-    Protocol,
-    GetOnly,
-    libc::SOL_SOCKET,
-    libc::SO_PROTOCOL,
-    libc::c_int
-);
+use super::socket::Protocol;
+
+// NETLINK_ADD_MEMBERSHIP, which nix does not name.
 sockopt_impl!(
     AddMembership,
     SetOnly,

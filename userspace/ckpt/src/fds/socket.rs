@@ -16,6 +16,16 @@ use nix::sys::socket::{
 use std::io;
 use std::os::fd::{AsRawFd, OwnedFd};
 
+// SO_PROTOCOL, which nix does not name.
+use nix::{getsockopt_impl, sockopt_impl};
+sockopt_impl!(
+    Protocol,
+    GetOnly,
+    libc::SOL_SOCKET,
+    libc::SO_PROTOCOL,
+    libc::c_int
+);
+
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
     let Some(ino) = crate::proc::bracketed_inode(&e.target, "socket") else {
         return Ok(None);

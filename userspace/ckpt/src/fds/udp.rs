@@ -26,15 +26,7 @@ use std::os::fd::{AsRawFd, OwnedFd};
 /// The queued datagrams' bytes, one after the other.
 pub const UDP_QUEUE: SectionKind = SectionKind::named("udp_queue");
 
-// SO_PROTOCOL, which nix does not name.
-use nix::{getsockopt_impl, sockopt_impl};
-sockopt_impl!(
-    Protocol,
-    GetOnly,
-    libc::SOL_SOCKET,
-    libc::SO_PROTOCOL,
-    libc::c_int
-);
+use super::socket::Protocol;
 
 /// More datagrams than this in one queue is taken for a loop that does not end.
 const MAX_DATAGRAMS: usize = 1 << 20;
