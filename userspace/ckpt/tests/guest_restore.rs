@@ -1892,6 +1892,20 @@ fn a_socket_whose_peer_had_closed_comes_back_with_its_bytes_then_eof() {
     kill_and_reap(restored);
 }
 
+/// Starts `python3 -c PROG OUT`, which prints "ready PID" once set up; waits for it.
+fn spawn_python_ready(prog: &str, out: &Path) -> Child {
+    let mut child = Command::new("python3")
+        .args(["-c", prog])
+        .arg(out)
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    let ready = common::first_line(&mut child);
+    assert!(ready.starts_with("ready "), "{ready}");
+    child
+}
+
 /// A program with netlink sockets (dbus-daemon and sshd keep an audit one; this one a route
 /// socket subscribed to link events, and an audit socket never bound): both come back with
 /// their protocol, port id and groups, and the route socket answers a dump of the links on
@@ -1931,15 +1945,7 @@ while True:
     signal.pause()
 "#;
     let (_m, _d, out, img) = begin("netlink", false);
-    let mut child = Command::new("python3")
-        .args(["-c", PROG])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = common::first_line(&mut child);
-    assert!(ready.starts_with("ready "), "{ready}");
+    let mut child = spawn_python_ready(PROG, &out);
     let pid = child.id() as i32;
     let ask = |pid: i32| {
         let before = text_after(&out, 0).lines().count();
@@ -1993,15 +1999,7 @@ while True:
     signal.pause()
 "#;
     let (_m, _d, out, img) = begin("stdio-pair", false);
-    let mut child = Command::new("python3")
-        .args(["-c", PROG])
-        .arg(&out)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let ready = common::first_line(&mut child);
-    assert!(ready.starts_with("ready "), "{ready}");
+    let mut child = spawn_python_ready(PROG, &out);
     let pid = child.id() as i32;
     let ask = |pid: i32, n: usize| {
         common::signal_until(pid, libc::SIGUSR1, "the child echoes", || {
