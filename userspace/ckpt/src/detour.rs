@@ -60,17 +60,15 @@ pub fn way_back(r: &libc::user_regs_struct) -> libc::user_regs_struct {
     out
 }
 
-/// The way-back block for `back` (see [`way_back`]), the thread being `tid` in its own pid
-/// namespace.
-pub fn block(back: &libc::user_regs_struct, tid: u64) -> Vec<u8> {
+/// The registers of `back` (see [`way_back`]) in the order a way back loads them: rax rbx
+/// rcx rdx rsi rdi rbp r8-r15 rflags rsp rip (also the interceptor's flush trampoline's).
+pub fn block(back: &libc::user_regs_struct) -> Vec<u8> {
     let b = back;
     let words = [
         b.rax, b.rbx, b.rcx, b.rdx, b.rsi, b.rdi, b.rbp, b.r8, b.r9, b.r10, b.r11, b.r12, b.r13,
         b.r14, b.r15, b.eflags, b.rsp, b.rip,
     ];
-    let mut out: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
-    out.extend(tid.to_le_bytes());
-    out
+    words.iter().flat_map(|w| w.to_le_bytes()).collect()
 }
 
 /// The page, mapped into a live process while one of its threads is lent.
@@ -91,7 +89,8 @@ impl Detour {
         saved: &libc::user_regs_struct,
         held: &mut Vec<libc::siginfo_t>,
     ) -> io::Result<Option<Detour>> {
-        let Some(own_tid) = tid_inside(pid, tid) else {
+        // Guessed wrong, the way back would end the program itself: none without it.
+        let Some(own_tid) = crate::proc::tid_inside(pid, tid) else {
             return Ok(None);
         };
         let prot = (libc::PROT_READ | libc::PROT_EXEC) as u64;
@@ -103,9 +102,11 @@ impl Detour {
         }
         let detour = Detour { addr: addr as u64 };
         // Read-only to the program: written through /proc/PID/mem (FOLL_FORCE).
+        let mut back = block(&way_back(saved));
+        back.extend((own_tid as u64).to_le_bytes());
         let written = inj
             .poke(detour.addr, &CODE)
-            .and_then(|_| inj.poke(detour.addr + BLOCK, &block(&way_back(saved), own_tid)));
+            .and_then(|_| inj.poke(detour.addr + BLOCK, &back));
         if let Err(e) = written {
             detour.unmap(inj, tid, held)?;
             return Err(e);
@@ -133,13 +134,6 @@ impl Detour {
             e => Err(io::Error::from_raw_os_error(-e as i32)),
         }
     }
-}
-
-/// Thread `tid` of `pid` as it sees itself: the last NSpid of its status. None if unread.
-fn tid_inside(pid: i32, tid: i32) -> Option<u64> {
-    let text = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
-    let ids = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
-    ids.split_whitespace().last()?.parse().ok()
 }
 
 #[cfg(test)]

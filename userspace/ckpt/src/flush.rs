@@ -82,28 +82,7 @@ pub fn call_flush(pid: i32, entry: u64, ctx: u64, timeout: Duration) -> std::io:
     let saved = ptrace::getregs(Pid::from_raw(tid))?;
     let xstate = sys::ptrace_get_xstate(tid)?;
     // The trampoline's way back, for when ckpt does not take the thread back itself.
-    let back = crate::detour::way_back(&saved);
-    let words = [
-        back.rax,
-        back.rbx,
-        back.rcx,
-        back.rdx,
-        back.rsi,
-        back.rdi,
-        back.rbp,
-        back.r8,
-        back.r9,
-        back.r10,
-        back.r11,
-        back.r12,
-        back.r13,
-        back.r14,
-        back.r15,
-        back.eflags,
-        back.rsp,
-        back.rip,
-    ];
-    let block: Vec<u8> = words.iter().flat_map(|w| w.to_le_bytes()).collect();
+    let block = crate::detour::block(&crate::detour::way_back(&saved));
     let mem = std::fs::OpenOptions::new()
         .write(true)
         .open(format!("/proc/{tid}/mem"))?;

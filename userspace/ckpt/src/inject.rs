@@ -297,7 +297,10 @@ impl Borrowed {
         // Until its registers are back, the program dies with ckpt.
         sys::ptrace_set_options_raw(tid, self.options | libc::PTRACE_O_EXITKILL)?;
         // Not unmapped (the error is reported last), it stays: the thread still goes back.
-        let unmapped = (self.detour.take()).map(|d| d.unmap(&self.inj, tid, &mut self.held));
+        let unmapped = self
+            .detour
+            .take()
+            .map(|d| d.unmap(&self.inj, tid, &mut self.held));
         crate::flush::put_back(tid, &self.regs, &self.xstate, &mut Vec::new())?;
         sys::ptrace_set_options_raw(tid, libc::PTRACE_O_TRACESYSGOOD)?;
         self.inj.poke(self.scratch, &self.saved)?;

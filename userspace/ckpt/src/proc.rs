@@ -385,14 +385,15 @@ pub fn traced() -> bool {
 }
 
 /// Thread `tid` of `pid` (as /proc sees them) as the process itself sees it: the last NSpid
-/// of its status (its pid namespace's view; the same number outside any namespace).
+/// of its status (its pid namespace's view; the same number outside any namespace). None
+/// if the status cannot be read.
+pub fn tid_inside(pid: i32, tid: i32) -> Option<i32> {
+    let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status")).ok()?;
+    let ids = text.lines().find_map(|l| l.strip_prefix("NSpid:"))?;
+    ids.split_whitespace().last()?.parse().ok()
+}
+
+/// [`tid_inside`], or `tid` itself if unread.
 pub fn tid_seen_inside(pid: i32, tid: i32) -> i32 {
-    fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
-        .ok()
-        .and_then(|t| {
-            t.lines()
-                .find_map(|l| l.strip_prefix("NSpid:"))
-                .and_then(|v| v.split_whitespace().last()?.parse().ok())
-        })
-        .unwrap_or(tid)
+    tid_inside(pid, tid).unwrap_or(tid)
 }

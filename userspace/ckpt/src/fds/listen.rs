@@ -181,7 +181,7 @@ fn dump(pid: i32, s: &OwnedFd, inode: u64) -> Result<ListeningSocket, DumpError>
     }
     .unwrap_or(libc::SOMAXCONN);
     let file = match family {
-        libc::AF_UNIX => unix_socket_file(pid, &addr, inode),
+        libc::AF_UNIX => unix_socket_file(pid, s, inode),
         _ => None,
     };
     Ok(ListeningSocket {
@@ -216,12 +216,11 @@ fn family_name(family: i32) -> &'static str {
     }
 }
 
-/// Owner and mode of the file of UNIX socket `inode` bound at `addr` (a path), if still
-/// linked there as process `pid` sees it.
-fn unix_socket_file(pid: i32, addr: &[u8], inode: u64) -> Option<super::unix::SockFile> {
-    let path = unix_path(addr);
-    let vfs_ino = super::unix::diag(inode).ok()?.vfs_ino?;
-    (!path.starts_with('@')).then(|| super::unix::socket_file(pid, &path, vfs_ino))?
+/// Owner and mode of the file of UNIX socket `s` (inode `inode`), if still linked at its
+/// name as process `pid` sees it.
+fn unix_socket_file(pid: i32, s: &OwnedFd, inode: u64) -> Option<super::unix::SockFile> {
+    let vfs_ino = super::unix::diag(inode).ok()?.vfs_ino;
+    super::unix::Name::dump(pid, s, vfs_ino, true)?.file
 }
 
 /// The accept backlog of a listening TCP socket: /proc/PID/net/tcp{,6} shows it as the

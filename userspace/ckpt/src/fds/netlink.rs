@@ -4,8 +4,8 @@
 //! they had joined) and connected to the same peer. Messages queued at one (the kernel's
 //! answers or events) cannot be put back: they are dropped, with a warning.
 
-use super::View;
-use super::{place, unsupported, DumpCtx, DumpError, Fd, FdState, Make, MakeCtx, RestoreCtx};
+use super::socket::Protocol;
+use super::{place, unsupported, DumpCtx, DumpError, Fd, FdState, Make, MakeCtx, RestoreCtx, View};
 use nix::poll::{poll, PollFd, PollFlags, PollTimeout};
 use nix::sys::socket::{
     bind, connect, getpeername, getsockname, getsockopt, setsockopt, sockopt, NetlinkAddr, SockType,
@@ -14,8 +14,6 @@ use nix::{setsockopt_impl, sockopt_impl};
 use serde::{Deserialize, Serialize};
 use std::io;
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
-
-use super::socket::Protocol;
 
 // NETLINK_ADD_MEMBERSHIP, which nix does not name.
 sockopt_impl!(

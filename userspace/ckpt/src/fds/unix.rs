@@ -622,7 +622,7 @@ pub fn settle_socket_file(path: &str, f: &SockFile) -> io::Result<()> {
 
 /// Owner and mode of the socket file at `path` as process `pid` sees it, if it is the one
 /// bound (inode `ino`).
-pub fn socket_file(pid: i32, path: &str, ino: u64) -> Option<SockFile> {
+fn socket_file(pid: i32, path: &str, ino: u64) -> Option<SockFile> {
     use std::os::unix::fs::{FileTypeExt, MetadataExt};
     let seen = if path.starts_with('/') {
         format!("/proc/{pid}/root{path}")
