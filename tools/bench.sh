@@ -312,9 +312,26 @@ if [[ "${1:-}" == --in-guest ]]; then
     done
   }
   # Waits (10 min at most) until the counter has written more than $1 lines.
+  # Waits for the restored process $2's next line after line $1; gives up at once if it is
+  # gone, after 10 minutes otherwise.
   wait_output() {
-    for _ in $(seq 60000); do (( $(wc -l < /tmp/b.out) > $1 )) && return 0; sleep 0.01; done
+    for _ in $(seq 60000); do
+      (( $(wc -l < /tmp/b.out) > $1 )) && return 0
+      [[ -e /proc/$2 ]] || { echo "bench: restored process $2 is gone" >&2; return 1; }
+      sleep 0.01
+    done
+    echo "bench: restored process $2 wrote nothing for 10 minutes" >&2
     return 1
+  }
+  # What a lazy restore that stalled left: the restored process's and the page server's
+  # threads, and the kernel's last words (an OOM kill, say).
+  lazy_stalled() {
+    local p t
+    for p in $1 $2; do
+      echo "bench: pid $p: $(tr '\0' ' ' < /proc/"$p"/cmdline 2>/dev/null) $(grep -E '^(State|TracerPid)' /proc/"$p"/status 2>/dev/null | tr '\n' ' ')" >&2
+      for t in /proc/"$p"/task/*; do echo "  $t: $(cat "$t"/wchan 2>/dev/null)" >&2; done
+    done
+    dmesg | tail -n 20 >&2
   }
   # One lazy restore of $mib MiB with $1 (ckpt or criu): sets $run_us (restore started to the
   # program's next line) and $all_us (to its page server's exit), or returns 1.
@@ -338,20 +355,23 @@ if [[ "${1:-}" == --in-guest ]]; then
       # Its socket, which restore connects to, is there once it listens.
       for _ in $(seq 200); do [[ -S /tmp/criu/lazy-pages.socket ]] && break; sleep 0.05; done
       t0=$(now)
-      $criu restore -D /tmp/criu --lazy-pages -d -o restore.log >/dev/null 2>&1 || { tail -n 5 /tmp/criu/restore.log; pkill -9 -f "criu lazy-pages"; return 1; }
+      # Bounded: at 1 GiB it has been seen never to return (sessions 8 and 10).
+      timeout 300 $criu restore -D /tmp/criu --lazy-pages -d --pidfile /tmp/criu/restored.pid -o restore.log >/dev/null 2>&1 || { echo "criu restore --lazy-pages failed or timed out: $?"; tail -n 5 /tmp/criu/restore.log; pkill -9 -f "criu lazy-pages"; return 1; }
       server=$(pgrep -f "criu lazy-pages" || true)
-      newpid=$(pgrep -o -f "$prog /tmp/b.out" || echo 0)
+      # Not by its command line: that is in its memory, absent until the daemon brings it
+      # (pgrep reads it as empty).
+      newpid=$(cat /tmp/criu/restored.pid 2>/dev/null || echo 0)
     fi
     # (kill 0 would signal this script's own group.)
     ((newpid > 0)) || { echo "$1: no restored process"; tail -n 5 /tmp/criu/restore.log /tmp/criu/lazy.log 2>/dev/null; return 1; }
-    wait_output "$n" || return 1
+    wait_output "$n" "$newpid" || { lazy_stalled "$newpid" "$server"; return 1; }
     t1=$(now)
     for p in $server; do while [[ -e /proc/$p ]] && ! grep -q '^State:.*Z' /proc/$p/status 2>/dev/null; do sleep 0.01; done; done
     t2=$(now)
     n=$(wc -l < /tmp/b.out); kill -USR2 "$newpid"
     # Its check reads the whole buffer: minutes at 1 GiB under TCG.
-    for _ in $(seq 6000); do tail -n +"$n" /tmp/b.out | grep -q "^mem-" && break; sleep 0.1; done
-    tail -n +"$n" /tmp/b.out | grep -q "^mem-" || { echo "bench: the lazily restored counter did not answer its memory check" >&2; exit 1; }
+    for _ in $(seq 6000); do tail -n +"$n" /tmp/b.out | grep -q "^mem-" && break; [[ -e /proc/$newpid ]] || break; sleep 0.1; done
+    tail -n +"$n" /tmp/b.out | grep -q "^mem-" || { echo "bench: the lazily restored counter did not answer its memory check" >&2; lazy_stalled "$newpid" "$server"; exit 1; }
     tail -n +"$n" /tmp/b.out | grep -q "^mem-ok" || { echo "bench: lazily restored memory is not whole" >&2; exit 1; }
     check_runs "$newpid"
     run_us=$(( (t1 - t0) / 1000 )); all_us=$(( (t2 - t0) / 1000 ))
