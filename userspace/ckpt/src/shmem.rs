@@ -125,6 +125,7 @@ impl ShmDump {
         let size = meta.len();
         let extents = data_extents(&file, size)?
             .into_iter()
+            .flat_map(pieces)
             .map(|(offset, len)| {
                 let section = w.add_blob_from(SHMEM_DATA, &file, (offset, len))?;
                 Ok(Extent {
@@ -178,6 +179,18 @@ impl ShmObject {
     }
 }
 
+/// The most of an object's content one section holds: its checksum is taken on another
+/// thread while the next piece is copied.
+const PIECE: u64 = 32 << 20;
+
+/// A data range of an object cut in pieces of at most [`PIECE`] bytes.
+fn pieces((offset, len): (u64, u64)) -> impl Iterator<Item = (u64, u64)> {
+    (0..len.div_ceil(PIECE)).map(move |k| {
+        let at = k * PIECE;
+        (offset + at, PIECE.min(len - at))
+    })
+}
+
 /// The (offset, length) ranges of `file` (`size` bytes) that hold data, by SEEK_DATA and
 /// SEEK_HOLE (shmem knows its holes), page-aligned.
 fn data_extents(file: &File, size: u64) -> io::Result<Vec<(u64, u64)>> {
@@ -219,4 +232,24 @@ pub fn validate(table: &[ShmObject], sections: &[Section]) -> Result<(), String>
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn data_ranges_are_cut_in_pieces_that_cover_them_exactly() {
+        let got: Vec<_> = pieces((4096, 2 * PIECE + 8192)).collect();
+        assert_eq!(
+            got,
+            [
+                (4096, PIECE),
+                (4096 + PIECE, PIECE),
+                (4096 + 2 * PIECE, 8192)
+            ]
+        );
+        assert_eq!(pieces((0, PIECE)).collect::<Vec<_>>(), [(0, PIECE)]);
+        assert_eq!(pieces((0, 0)).count(), 0);
+    }
 }

@@ -58,9 +58,10 @@ pub struct ImageWriter {
     done: bool,
 }
 
-/// The checksums of pages sections the kernel wrote without one (`CKPT_DUMP_NO_HASH`),
-/// taken on another thread from a mapping of the image (no copy) while the next section is
-/// being written: the checksum and the copy no longer take turns on one CPU.
+/// The checksums of pages sections the kernel wrote without one (`CKPT_DUMP_NO_HASH`) and of
+/// large blobs the kernel copied, taken on another thread from a mapping of the image (no
+/// copy) while the next section is being written: the checksum and the copy no longer take
+/// turns on one CPU.
 struct BackgroundSums {
     /// (section index, offset, length) to checksum.
     jobs: Option<mpsc::Sender<(usize, u64, u64)>>,
@@ -302,16 +303,26 @@ impl ImageWriter {
         }
         let offset = self.external_pages_written(len, Some(0))?;
         if len > 0 {
-            let section = self.sections.len() - 1;
-            let background = match &mut self.background {
-                Some(b) => b,
-                None => self
-                    .background
-                    .insert(BackgroundSums::start(self.file.try_clone()?)),
-            };
-            background.add(section, offset, len)?;
+            self.sum_later(self.sections.len() - 1)?;
         }
         Ok(offset)
+    }
+
+    /// Has the checksum of plain section `section` (written, its `xxh64` not yet known)
+    /// taken on the background thread, which maps the image (no copy); [`Self::finish`]
+    /// puts it in.
+    fn sum_later(&mut self, section: usize) -> io::Result<()> {
+        let (offset, len) = match self.sections.get(section) {
+            Some(s) => (s.offset, s.len),
+            None => return Err(io::Error::other("no such section")),
+        };
+        let background = match &mut self.background {
+            Some(b) => b,
+            None => self
+                .background
+                .insert(BackgroundSums::start(self.file.try_clone()?)),
+        };
+        background.add(section, offset, len)
     }
 
     /// Copies the `len` bytes of pages at the start of `scratch`, whose XXH64 is `xxh64`, into
@@ -410,7 +421,9 @@ impl ImageWriter {
     /// `add_blob_from` for a large range: copied by the kernel (sendfile: one copy, where
     /// reading into a buffer and writing it out made two), at a page boundary so that the
     /// checksum is then taken from a mapping of the copy (no copy either, and what is
-    /// checksummed is what the image holds even if the source changes meanwhile).
+    /// checksummed is what the image holds even if the source changes meanwhile), on the
+    /// background thread while this one goes on (a shared memory object's next piece, the
+    /// next process).
     fn add_blob_copied(
         &mut self,
         kind: SectionKind,
@@ -420,8 +433,9 @@ impl ImageWriter {
         self.pad_to(PAGE)?;
         let offset = self.pos;
         self.send_from(from, start, len)?;
-        let xxh64 = checksum_of(&self.file, offset, len)?;
-        Ok(self.push_plain(kind, offset, len, xxh64))
+        let section = self.push_plain(kind, offset, len, 0);
+        self.sum_later(section)?;
+        Ok(section)
     }
 
     /// Appends `len` bytes of `from` at `start` to the image, copied by the kernel (sendfile,
