@@ -32,6 +32,14 @@ fn own_specials() -> Result<Named, RestoreError> {
         .collect())
 }
 
+/// Where the image's vDSO is (start, end), which is where a restored process has it.
+pub fn place(vmas: &[Vma]) -> Option<(u64, u64)> {
+    vmas.iter().find_map(|v| match &v.backing {
+        Backing::Special { name } if name == "[vdso]" => Some((v.start, v.end)),
+        _ => None,
+    })
+}
+
 /// Checks that the image's kernel mappings are this kernel's: same names and sizes, in the
 /// same order, or the image is foreign.
 pub fn check(vmas: &[Vma]) -> Result<Specials, RestoreError> {

@@ -57,7 +57,8 @@ const FEATURES: u64 = uffd::UFFD_FEATURE_EVENT_FORK
 /// At the exit of `pid`'s restore ioctl (stopped, traced by us, nothing of its memory touched
 /// yet): makes its userfaultfd, takes it, and registers its lazy mappings.
 pub fn take_userfaultfd(pid: i32, p: &Process) -> Result<OwnedFd, RestoreError> {
-    let inj = Injector::find(pid).map_err(restore_io("finding a syscall instruction"))?;
+    let inj = Injector::find_in(pid, crate::vdso::place(&p.memory.vmas))
+        .map_err(restore_io("finding a syscall instruction"))?;
     let what = "making the process's userfaultfd (userfaultfd(2))";
     let nr = libc::SYS_userfaultfd;
     let fd = crate::thread::call(

@@ -599,7 +599,8 @@ fn finish_threads(
     xstates: &[Vec<u8>],
     sysv_ids: &[i32],
 ) -> Result<Vec<i32>, RestoreError> {
-    let inj = Injector::find(pid).map_err(restore_io("finding a syscall instruction"))?;
+    let inj = Injector::find_in(pid, crate::vdso::place(&p.memory.vmas))
+        .map_err(restore_io("finding a syscall instruction"))?;
     memory::attach_sysv(&inj, pid, &p.memory.vmas, sysv_ids)?;
     let giver = crate::creds::Giver::new()?;
     giver.warn_if_groups_stay(p.threads.iter().filter_map(|t| t.creds.as_ref()));
