@@ -235,8 +235,22 @@ impl Batch {
     /// blocked), which is left in the signal-delivery stop of the loop's SIGSTOP. The first
     /// failing call is the error.
     pub fn run(self, inj: &Injector, tid: i32) -> Result<(), RestoreError> {
+        let results = self.run_until_failure(inj, tid)?;
+        for (i, e) in self.entries.iter().enumerate() {
+            let Some(&r) = results.get(i) else {
+                return Err(restore_io(&e.what)(io::Error::other("it did not run")));
+            };
+            check_result(&e.what, r, e.expect)?;
+        }
+        Ok(())
+    }
+
+    /// Runs the calls as [`Batch::run`] does and returns the results of those that ran, in
+    /// order: all of them, or up to the first that failed (whose error is the last result).
+    /// `expect` is not checked: the results are the caller's to judge.
+    pub fn run_until_failure(&self, inj: &Injector, tid: i32) -> Result<Vec<i64>, RestoreError> {
         if self.entries.is_empty() {
-            return Ok(());
+            return Ok(Vec::new());
         }
         let io = restore_io(format!("running injected calls in thread {tid}"));
         let table = self.table();
@@ -250,15 +264,14 @@ impl Batch {
         let done = inj
             .peek(self.area + TABLE_OFF, table.len())
             .map_err(restore_io("reading the injected calls' results"))?;
-        for (e, entry) in self.entries.iter().zip(done.chunks_exact(ENTRY)) {
+        let results = done.chunks_exact(ENTRY).map(|entry| {
             let slot = entry.get(RESULT..ENTRY).and_then(|s| s.try_into().ok());
-            let r = u64::from_le_bytes(slot.unwrap_or([0; 8]));
-            if r == NOT_RUN {
-                return Err(restore_io(&e.what)(io::Error::other("it did not run")));
-            }
-            check_result(&e.what, r as i64, e.expect)?;
-        }
-        Ok(())
+            u64::from_le_bytes(slot.unwrap_or([0; 8]))
+        });
+        Ok(results
+            .take_while(|&r| r != NOT_RUN)
+            .map(|r| r as i64)
+            .collect())
     }
 
     fn table(&self) -> Vec<u8> {
@@ -273,7 +286,9 @@ impl Batch {
         t
     }
 
-    /// Points the thread at the loop, lets it run and waits for the loop's SIGSTOP.
+    /// Points the thread at the loop, lets it run and waits for the loop's SIGSTOP. The
+    /// stops on the way are passed over: a clone event for each thread a queued clone3 made
+    /// (`thread::create_others`), a signal the thread takes, a group stop.
     fn resume(&self, tid: i32) -> io::Result<()> {
         let t = Pid::from_raw(tid);
         let mut regs = ptrace::getregs(t)?;
@@ -281,8 +296,8 @@ impl Batch {
         regs.orig_rax = u64::MAX;
         (regs.r12, regs.r13) = (self.area + TABLE_OFF, self.entries.len() as u64);
         ptrace::setregs(t, regs)?;
-        // Bounded: another stop (a signal the thread takes, a group stop) is passed over.
-        for _ in 0..4096 {
+        // Bounded: at most MAX_CALLS clone events, and a few other stops.
+        for _ in 0..MAX_CALLS + 4096 {
             ptrace::cont(t, None)?;
             let status = sys::waitpid(tid, libc::__WALL)?;
             if !libc::WIFSTOPPED(status) {

@@ -264,10 +264,22 @@ pub fn create_others(
     )
     .map_err(|e| restore_io("PTRACE_SETOPTIONS")(e.into()))?;
     let scratch = scratch_area(threads);
+    let others = threads.get(1..).unwrap_or_default();
     let mut tids = Vec::new();
-    for t in threads.iter().skip(1) {
-        let tid = clone_thread(inj, pid, t, scratch)?;
-        tids.push(tid);
+    while tids.len() < others.len() {
+        let rest = &others[tids.len()..];
+        let made = match area {
+            Some(area) => clone_in_batch(inj, pid, area, rest)?,
+            None => Vec::new(),
+        };
+        if made.is_empty() {
+            // One by one: without an area, or for a thread whose tid is taken.
+            tids.push(clone_thread(inj, pid, &rest[0], scratch)?);
+        }
+        tids.extend(made);
+    }
+    for (t, &tid) in others.iter().zip(&tids) {
+        wait_first_stop(tid)?;
         batch::run_in_thread(inj, (tid, scratch), area, |calls| {
             own_state(calls, t, giver)
         })?;
@@ -275,9 +287,50 @@ pub fn create_others(
     Ok(tids)
 }
 
-/// Makes the main thread run clone3 for thread `t` (its original tid when free); waits for
-/// the new thread's first stop. Returns its tid.
-fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i32, RestoreError> {
+/// The most threads one batch makes: each is a clone3 entry and 104 bytes of arguments.
+const CLONES_PER_BATCH: usize = 512;
+
+/// Makes the main thread run clone3 for the first threads of `threads` in one batch (one
+/// ptrace stop per thread, its clone event, where injecting each call took three), each
+/// with its own tid. Stops at the first that fails: returns the tids of those made before
+/// it, which may be none. A taken tid is left to [`clone_thread`]; any other failure is the
+/// error. The new threads are stopped, their first stop not yet waited for.
+fn clone_in_batch(
+    inj: &Injector,
+    pid: i32,
+    area: &Area,
+    threads: &[Thread],
+) -> Result<Vec<i32>, RestoreError> {
+    let mut batch = area.batch();
+    let some = &threads[..threads.len().min(CLONES_PER_BATCH)];
+    for t in some {
+        let set_tid = batch.put(&i64::from(t.tid).to_le_bytes(), "writing clone3 arguments")?;
+        let args = clone_args(t, set_tid);
+        let at = batch.put(&args, "writing clone3 arguments")?;
+        batch.call(
+            "creating a thread",
+            libc::SYS_clone3,
+            [at, 88, 0, 0, 0, 0],
+            None,
+        )?;
+    }
+    let results = batch.run_until_failure(inj, pid)?;
+    let made: Vec<i32> = results
+        .iter()
+        .take_while(|&&r| r > 0)
+        .map(|&r| r as i32)
+        .collect();
+    match results.get(made.len()) {
+        Some(&r) if r != -(libc::EEXIST as i64) => Err(restore_io("creating a thread")(
+            std::io::Error::from_raw_os_error(-r as i32),
+        )),
+        _ => Ok(made),
+    }
+}
+
+/// clone3's arguments (88 bytes) for thread `t`: a thread of the process, its tid given by
+/// the pid_t at `set_tid` (0: any).
+fn clone_args(t: &Thread, set_tid: u64) -> Vec<u8> {
     const CLONE_FLAGS: u64 = (libc::CLONE_VM
         | libc::CLONE_FS
         | libc::CLONE_FILES
@@ -285,7 +338,6 @@ fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i3
         | libc::CLONE_THREAD
         | libc::CLONE_SYSVSEM
         | libc::CLONE_CHILD_CLEARTID) as u64;
-    let io = restore_io("creating a thread");
     let mut args = [0u64; 11];
     args[0] = if t.own_files {
         CLONE_FLAGS & !((libc::CLONE_FILES | libc::CLONE_FS) as u64)
@@ -293,11 +345,30 @@ fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i3
         CLONE_FLAGS
     };
     args[2] = t.clear_child_tid; // child_tid, with CLONE_CHILD_CLEARTID
-    args[8] = scratch + 96; // set_tid
-    args[9] = 1; // set_tid_size
-    let mut bytes: Vec<u8> = args.iter().flat_map(|a| a.to_le_bytes()).collect();
+    if set_tid != 0 {
+        args[8] = set_tid;
+        args[9] = 1; // set_tid_size
+    }
+    args.iter().flat_map(|a| a.to_le_bytes()).collect()
+}
+
+/// Waits for a new thread's first stop (it was auto-attached, stopped before running).
+fn wait_first_stop(tid: i32) -> Result<(), RestoreError> {
+    let wait = restore_io("waiting for a new thread");
+    match sys::waitpid(tid, libc::__WALL) {
+        Ok(status) if libc::WIFSTOPPED(status) => Ok(()),
+        Ok(_) => Err(wait(std::io::Error::other("it did not stop"))),
+        Err(e) => Err(wait(e)),
+    }
+}
+
+/// Makes the main thread run clone3 for thread `t` (its original tid when free, else another,
+/// with a warning). Returns its tid; its first stop is not waited for.
+fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i32, RestoreError> {
+    let io = restore_io("creating a thread");
+    let mut bytes = clone_args(t, scratch + 96);
     bytes.resize(96, 0);
-    bytes.extend_from_slice(&(t.tid as i64).to_le_bytes());
+    bytes.extend_from_slice(&i64::from(t.tid).to_le_bytes());
     inj.poke(scratch, &bytes)
         .map_err(restore_io("writing clone3 arguments"))?;
     let clone3 = [scratch, 88, 0, 0, 0, 0];
@@ -320,14 +391,7 @@ fn clone_thread(inj: &Injector, pid: i32, t: &Thread, scratch: u64) -> Result<i3
             std::io::Error::from_raw_os_error(-ret as i32),
         ));
     }
-    let tid = new.unwrap_or(ret as i32);
-    // The new thread starts stopped (auto-attached): wait for that stop.
-    let wait = restore_io("waiting for a new thread");
-    match sys::waitpid(tid, libc::__WALL) {
-        Ok(status) if libc::WIFSTOPPED(status) => Ok(tid),
-        Ok(_) => Err(wait(std::io::Error::other("it did not stop"))),
-        Err(e) => Err(wait(e)),
-    }
+    Ok(new.unwrap_or(ret as i32))
 }
 
 /// A new thread's own per-thread state, as calls it makes itself.

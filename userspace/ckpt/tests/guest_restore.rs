@@ -1414,6 +1414,79 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
     }
 }
 
+/// A threaded process restored while the original runs on: every tid is taken, so each
+/// thread is made one by one with another tid (the threads are otherwise made in one batch,
+/// each with its tid), and the copy works like the original.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_threaded_process_whose_thread_ids_are_taken_comes_back_with_others() {
+    let (_m, _d, out, img) = begin("tidstaken", false);
+    let mut child = Command::new(common::prog("mt_counter"))
+        .arg(&out)
+        .arg("7")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(common::first_line(&mut child), "ready\n");
+    let pid = child.id() as i32;
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mt_lines(&out, 0).len() < 3 {
+        assert!(Instant::now() < deadline);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let original = tasks_of(pid);
+    ok(&ckpt(&[
+        "checkpoint",
+        &pid.to_string(),
+        "-o",
+        img.to_str().unwrap(),
+    ]));
+    let from = file_len(&out);
+    let restored = ckpt(&["restore", img.to_str().unwrap()]);
+    let copy: i32 = ok(&restored).trim().parse().unwrap();
+    let said = String::from_utf8_lossy(&restored.stderr);
+    assert_eq!(
+        said.matches("was taken; the thread was restored with another")
+            .count(),
+        7,
+        "{said}"
+    );
+    let tasks = tasks_of(copy);
+    assert_eq!(tasks.len(), 8);
+    let names = |v: &[(i32, String)]| v.iter().map(|t| t.1.clone()).collect::<Vec<_>>();
+    let (mut a, mut b) = (names(&tasks), names(&original));
+    a.sort();
+    b.sort();
+    assert_eq!(a, b, "the same thread names");
+    assert!(
+        tasks.iter().all(|t| !original.iter().any(|o| o.0 == t.0)),
+        "new tids"
+    );
+    // Both write on: the copy's counts repeat the original's.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        let mut seen = std::collections::HashSet::new();
+        let repeats = mt_lines(&out, from)
+            .iter()
+            .filter(|l| !seen.insert(l.0))
+            .count();
+        if repeats >= 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "the copy does not count");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    // Its threads' tids are not what they saved (gettid tells them: "bad-tid", the known
+    // cost of a taken tid outside `ckpt run`); names, masks and TLS are theirs.
+    let text = text_after(&out, from);
+    let bad: Vec<&str> = text.lines().filter(|l| l.contains("bad")).collect();
+    assert!(bad.iter().all(|l| l.starts_with("bad-tid")), "{bad:?}");
+    kill_and_reap(copy);
+    child.kill().unwrap();
+    child.wait().unwrap();
+}
+
 /// The credential lines of every thread of `pid` (Uid, Gid, Groups, capabilities), by tid.
 fn creds_of(pid: i32) -> Vec<(i32, String)> {
     tasks_of(pid)
