@@ -24,62 +24,99 @@ struct Cli {
 enum Command {
     /// Show what the kernel module sees of a process: threads, VMAs, mapped bytes, and
     /// optionally bytes of its memory.
-    Info {
-        /// The process id.
-        pid: i32,
-        /// Also read memory at this address (decimal or 0x-prefixed hex).
-        #[arg(long, value_parser = parse_u64, requires = "len")]
-        read: Option<u64>,
-        /// How many bytes to read with --read (at most 1 MiB).
-        #[arg(long, default_value_t = 0)]
-        len: usize,
-        /// Print JSON instead of text.
-        #[arg(long)]
-        json: bool,
-    },
+    Info(Deferred<InfoArgs>),
     /// Save a running process tree to an image file. It keeps running unless --kill is given.
-    Checkpoint(CheckpointArgs),
+    Checkpoint(Deferred<CheckpointArgs>),
     /// Run a program with the interceptor preloaded (inherited by its children), so that its
     /// checkpoints are flushed and consistent and its ids survive restores.
-    Run {
-        /// The application id (default: PROGRAM-PID).
-        #[arg(long)]
-        id: Option<String>,
-        /// Where applications register (default: $CKPT_RUNTIME_DIR, $XDG_RUNTIME_DIR/ckpt,
-        /// /run/ckpt for root, /tmp/ckpt-UID).
-        #[arg(long)]
-        runtime_dir: Option<PathBuf>,
-        /// The program and its arguments.
-        #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
-        command: Vec<std::ffi::OsString>,
-    },
+    Run(Deferred<RunArgs>),
     /// List the applications started with `ckpt run` and their processes.
-    List {
-        /// The runtime directory (see `ckpt run`).
-        #[arg(long)]
-        runtime_dir: Option<PathBuf>,
-        /// Print JSON.
-        #[arg(long)]
-        json: bool,
-    },
+    List(Deferred<ListArgs>),
     /// Recreate a process tree from an image. Prints the root's pid.
-    Restore(RestoreArgs),
+    Restore(Deferred<RestoreArgs>),
     /// Print the crontab line (or with --systemd the service and timer units) that runs
     /// `ckpt checkpoint ... --dir DIR` at an interval; --install installs it.
-    Schedule(ScheduleArgs),
+    Schedule(Deferred<ScheduleArgs>),
     /// Show what an image holds (after verifying every checksum, of its parent images
     /// too).
-    Inspect {
-        /// The image file, or a directory of periodic checkpoints (its latest).
-        image: PathBuf,
-        /// Print the whole manifest as JSON.
-        #[arg(long)]
-        json: bool,
-        /// Check the MAC of the image (and of its parents) with the key in FILE (see
-        /// `ckpt checkpoint --key`).
-        #[arg(long, value_name = "FILE")]
-        key: Option<PathBuf>,
-    },
+    Inspect(Deferred<InspectArgs>),
+}
+
+/// A subcommand's arguments, built only when that subcommand is the one given
+/// (`clap::Command::defer`). Every command line used to build every subcommand's
+/// arguments: in the emulated guest, running that much code once costs 15-20 ms of each
+/// ckpt run (its translation, not its work), as much as a tiny process's restore is behind
+/// CRIU's.
+struct Deferred<T>(T);
+
+impl<T: clap::FromArgMatches> clap::FromArgMatches for Deferred<T> {
+    fn from_arg_matches(m: &clap::ArgMatches) -> Result<Self, clap::Error> {
+        T::from_arg_matches(m).map(Deferred)
+    }
+    fn update_from_arg_matches(&mut self, m: &clap::ArgMatches) -> Result<(), clap::Error> {
+        self.0.update_from_arg_matches(m)
+    }
+}
+
+impl<T: clap::Args> clap::Args for Deferred<T> {
+    fn augment_args(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args)
+    }
+    fn augment_args_for_update(cmd: clap::Command) -> clap::Command {
+        cmd.defer(T::augment_args_for_update)
+    }
+}
+
+#[derive(clap::Args)]
+struct InfoArgs {
+    /// The process id.
+    pid: i32,
+    /// Also read memory at this address (decimal or 0x-prefixed hex).
+    #[arg(long, value_parser = parse_u64, requires = "len")]
+    read: Option<u64>,
+    /// How many bytes to read with --read (at most 1 MiB).
+    #[arg(long, default_value_t = 0)]
+    len: usize,
+    /// Print JSON instead of text.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// The application id (default: PROGRAM-PID).
+    #[arg(long)]
+    id: Option<String>,
+    /// Where applications register (default: $CKPT_RUNTIME_DIR, $XDG_RUNTIME_DIR/ckpt,
+    /// /run/ckpt for root, /tmp/ckpt-UID).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// The program and its arguments.
+    #[arg(required = true, trailing_var_arg = true, allow_hyphen_values = true)]
+    command: Vec<std::ffi::OsString>,
+}
+
+#[derive(clap::Args)]
+struct ListArgs {
+    /// The runtime directory (see `ckpt run`).
+    #[arg(long)]
+    runtime_dir: Option<PathBuf>,
+    /// Print JSON.
+    #[arg(long)]
+    json: bool,
+}
+
+#[derive(clap::Args)]
+struct InspectArgs {
+    /// The image file, or a directory of periodic checkpoints (its latest).
+    image: PathBuf,
+    /// Print the whole manifest as JSON.
+    #[arg(long)]
+    json: bool,
+    /// Check the MAC of the image (and of its parents) with the key in FILE (see
+    /// `ckpt checkpoint --key`).
+    #[arg(long, value_name = "FILE")]
+    key: Option<PathBuf>,
 }
 
 #[derive(clap::Args)]
@@ -267,44 +304,35 @@ fn parse_u64(s: &str) -> Result<u64, String> {
 
 fn run(cli: Cli) -> anyhow::Result<i32> {
     match cli.command {
-        Command::Info {
-            pid,
-            read,
-            len,
-            json,
-        } => {
+        Command::Info(Deferred(a)) => {
             let dev = Device::open(&cli.device)?;
-            let report = ckpt::info::info(&dev, pid, read.unwrap_or(0), len)?;
-            print_json_or(json, &report, || report.to_string())?;
+            let report = ckpt::info::info(&dev, a.pid, a.read.unwrap_or(0), a.len)?;
+            print_json_or(a.json, &report, || report.to_string())?;
         }
-        Command::Checkpoint(a) => return checkpoint(&cli.device, a),
-        Command::Restore(a) => return restore(&cli.device, a),
-        Command::Schedule(a) => return schedule(&cli.device, a),
-        Command::Run {
-            id,
-            runtime_dir,
-            command,
-        } => {
+        Command::Checkpoint(Deferred(a)) => return checkpoint(&cli.device, a),
+        Command::Restore(Deferred(a)) => return restore(&cli.device, a),
+        Command::Schedule(Deferred(a)) => return schedule(&cli.device, a),
+        Command::Run(Deferred(a)) => {
             let opts = ckpt::run::RunOptions {
-                id,
-                runtime_dir,
-                argv: command,
+                id: a.id,
+                runtime_dir: a.runtime_dir,
+                argv: a.command,
             };
             match ckpt::run::run(opts) {
                 Ok(never) => match never {},
                 Err(e) => return Err(e.into()),
             }
         }
-        Command::List { runtime_dir, json } => {
-            let dir = runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
+        Command::List(Deferred(a)) => {
+            let dir = a.runtime_dir.unwrap_or_else(ckpt::run::default_runtime_dir);
             let apps = ckpt::list::list(&dir);
-            print_json_or(json, &apps, || ckpt::list::text(&apps))?;
+            print_json_or(a.json, &apps, || ckpt::list::text(&apps))?;
         }
-        Command::Inspect { image, json, key } => {
-            let key = load_key(key.as_deref())?;
-            let chain = ckpt::chain::Chain::open_keyed(&image_or_latest(&image)?, key.as_ref())?;
+        Command::Inspect(Deferred(a)) => {
+            let key = load_key(a.key.as_deref())?;
+            let chain = ckpt::chain::Chain::open_keyed(&image_or_latest(&a.image)?, key.as_ref())?;
             let img = chain.image();
-            print_json_or(json, &img.manifest, || ckpt::inspect::summary(&chain))?;
+            print_json_or(a.json, &img.manifest, || ckpt::inspect::summary(&chain))?;
         }
     }
     Ok(0)
@@ -499,7 +527,7 @@ fn schedule(device: &std::path::Path, a: ScheduleArgs) -> anyhow::Result<i32> {
             .chain(args.clone()),
     )
     .map_err(|e| anyhow::anyhow!("the checkpoint's arguments: {}", e.render()))?;
-    let Command::Checkpoint(c) = parsed.command else {
+    let Command::Checkpoint(Deferred(c)) = parsed.command else {
         anyhow::bail!("the checkpoint's arguments do not make a checkpoint");
     };
     let Some(dir) = &c.dir else {
