@@ -43,6 +43,11 @@ impl Creds {
 /// The credentials of thread `tid` of `pid` (its status file).
 pub fn read(pid: i32, tid: i32) -> io::Result<Creds> {
     let text = fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))?;
+    from_status(&text, (pid, tid))
+}
+
+/// The credentials in `text`, the status file of thread `tid` of `pid` (named in errors).
+pub fn from_status(text: &str, (pid, tid): (i32, i32)) -> io::Result<Creds> {
     let bad = |what: &str| {
         io::Error::new(
             io::ErrorKind::InvalidData,

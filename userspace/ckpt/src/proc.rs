@@ -179,7 +179,11 @@ pub fn status_field(pid: i32, name: &str) -> io::Result<String> {
 
 /// (SigPnd, ShdPnd) of /proc/PID/status: signals pending for the thread and the process.
 pub fn pending_signals(pid: i32) -> io::Result<(u64, u64)> {
-    let text = fs::read_to_string(format!("/proc/{pid}/status"))?;
+    pending_signals_in(&fs::read_to_string(format!("/proc/{pid}/status"))?)
+}
+
+/// [`pending_signals`] from the text of a status file.
+pub fn pending_signals_in(text: &str) -> io::Result<(u64, u64)> {
     let get = |key: &str| {
         text.lines()
             .find_map(|l| l.strip_prefix(key))
@@ -262,33 +266,12 @@ pub fn fd_entry(pid: i32, fd: i32) -> io::Result<FdEntry> {
     })
 }
 
-/// The (fd, link target) pairs of an fd directory.
-fn fd_links(dir: &str) -> io::Result<Vec<(String, String)>> {
-    let mut v = Vec::new();
-    for e in std::fs::read_dir(dir)? {
-        let e = e?;
-        let target = std::fs::read_link(e.path())
-            .map(|t| t.to_string_lossy().into_owned())
-            .unwrap_or_default();
-        v.push((e.file_name().to_string_lossy().into_owned(), target));
-    }
-    v.sort();
-    Ok(v)
-}
-
 /// Whether thread `tid` of `pid` has an fd table of its own (it was created without
-/// CLONE_FILES): its fd directory differs from the thread group leader's.
+/// CLONE_FILES): kcmp says it is not the thread group leader's. (Comparing their fd
+/// directories, as before, read two directories and a link per fd for every thread, most of
+/// a 500-thread dump's system calls, and took a copy holding the same files for a share.)
 pub fn has_own_files(pid: i32, tid: i32) -> bool {
-    if tid == pid {
-        return false;
-    }
-    match (
-        fd_links(&format!("/proc/{pid}/fd")),
-        fd_links(&format!("/proc/{pid}/task/{tid}/fd")),
-    ) {
-        (Ok(a), Ok(b)) => a != b,
-        _ => false,
-    }
+    tid != pid && crate::sys::same_fd_table(pid, tid).is_ok_and(|same| !same)
 }
 
 /// Whether `pid` is dumpable, as /proc shows it: a non-dumpable process's /proc directory
@@ -396,4 +379,27 @@ pub fn tid_inside(pid: i32, tid: i32) -> Option<i32> {
 /// [`tid_inside`], or `tid` itself if unread.
 pub fn tid_seen_inside(pid: i32, tid: i32) -> i32 {
     tid_inside(pid, tid).unwrap_or(tid)
+}
+
+#[cfg(test)]
+mod own_files_tests {
+    /// A thread made by std (CLONE_FILES) shares the process's table; kcmp answers for it.
+    /// (One with a table of its own: `tests/cli.rs`, the interceptor's control thread.)
+    #[test]
+    fn a_plain_thread_shares_the_fd_table() {
+        let pid = std::process::id() as i32;
+        let (tx, rx) = std::sync::mpsc::channel();
+        let (done_tx, done_rx) = std::sync::mpsc::channel::<()>();
+        let t = std::thread::spawn(move || {
+            tx.send(nix::unistd::gettid().as_raw()).unwrap();
+            let _ = done_rx.recv();
+        });
+        let tid = rx.recv().unwrap();
+        assert_ne!(tid, pid);
+        assert!(crate::sys::same_fd_table(pid, tid).unwrap());
+        assert!(!super::has_own_files(pid, tid));
+        assert!(!super::has_own_files(pid, pid));
+        done_tx.send(()).unwrap();
+        t.join().unwrap();
+    }
 }

@@ -149,11 +149,15 @@ pub fn capture(dev: &Device, pid: i32, tid: i32) -> Result<Captured, CheckpointE
     });
     let (head, len) = sys::get_robust_list(tid).map_err(io("get_robust_list"))?;
     let ts = dev.dump_task(tid)?;
-    let (pending, _) = proc::pending_signals(tid).map_err(io("reading pending signals"))?;
+    // One read of the status file for both (a 500-thread dump read it twice per thread).
+    let status = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/status"))
+        .map_err(io("reading the thread's status"))?;
+    let (pending, _) = proc::pending_signals_in(&status).map_err(io("reading pending signals"))?;
     let comm = std::fs::read_to_string(format!("/proc/{pid}/task/{tid}/comm"))
         .map(|c| c.trim_end_matches('\n').to_owned())
         .unwrap_or_default();
-    let creds = crate::creds::read(pid, tid).map_err(io("reading credentials"))?;
+    let creds =
+        crate::creds::from_status(&status, (pid, tid)).map_err(io("reading credentials"))?;
     let thread = Thread {
         tid,
         regs: Regs::from(&regs),

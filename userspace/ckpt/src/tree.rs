@@ -84,6 +84,11 @@ impl FrozenTree {
             gone_leaders: Vec::new(),
         };
         let mut seen = BTreeSet::new();
+        // Members that had children once frozen: only they can be given more (a child's
+        // clone with CLONE_PARENT, a subreaper's adopted orphans); a frozen process with
+        // none gets none, so it is not listed again (for a process of 500 threads, a read
+        // of 500 files while frozen).
+        let mut parents = Vec::new();
         let mut queue = VecDeque::from(roots.to_vec());
         loop {
             while let Some(pid) = queue.pop_front() {
@@ -91,14 +96,17 @@ impl FrozenTree {
                     continue;
                 }
                 if let Some(children) = tree.take(pid, pid == root)? {
+                    if !children.is_empty() {
+                        parents.push(pid);
+                    }
                     queue.extend(children.into_iter().filter(|_| !single));
                 }
             }
             if single {
                 return Ok(tree);
             }
-            for m in &tree.members {
-                let children = proc::children(m.frozen.pid).unwrap_or_default();
+            for &pid in &parents {
+                let children = proc::children(pid).unwrap_or_default();
                 queue.extend(children.into_iter().filter(|c| !seen.contains(c)));
             }
             if queue.is_empty() {

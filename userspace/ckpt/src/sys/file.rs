@@ -47,6 +47,15 @@ pub fn compare_open_files(a: (i32, i32), b: (i32, i32)) -> io::Result<std::cmp::
     })?)
 }
 
+/// Whether tasks `a` and `b` share one fd table (kcmp KCMP_FILES; needs ptrace access to
+/// both): a thread created without CLONE_FILES has one of its own.
+pub fn same_fd_table(a: i32, b: i32) -> io::Result<bool> {
+    const KCMP_FILES: libc::c_long = 2;
+    // SAFETY: kcmp takes only numbers and touches no memory of ours.
+    let r = check(unsafe { libc::syscall(libc::SYS_kcmp, a, b, KCMP_FILES, 0, 0) })?;
+    Ok(kcmp_ordering(r)? == std::cmp::Ordering::Equal)
+}
+
 /// Whether fd `file.1` of process `file.0` is the file that the epoll instance at fd `efd` of
 /// process `pid` watches as its `toff`-th item added under fd number `tfd` (kcmp
 /// KCMP_EPOLL_TFD: the only way to name a watched file, which epoll holds by pointer).
