@@ -1332,6 +1332,25 @@ fn mt_lines(out: &Path, from: usize) -> Vec<(u64, u64)> {
         .collect()
 }
 
+/// Starts tests/progs/mt_counter (7 workers) writing to `out`; returns once it has written
+/// `lines` lines.
+fn start_mt_counter(out: &Path, lines: usize) -> Child {
+    let mut child = Command::new(common::prog("mt_counter"))
+        .arg(out)
+        .arg("7")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .spawn()
+        .unwrap();
+    assert_eq!(common::first_line(&mut child), "ready\n");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while mt_lines(out, 0).len() < lines {
+        assert!(Instant::now() < deadline, "mt_counter does not count");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    child
+}
+
 fn tasks_of(pid: i32) -> Vec<(i32, String)> {
     let mut v: Vec<(i32, String)> = std::fs::read_dir(format!("/proc/{pid}/task"))
         .unwrap()
@@ -1349,21 +1368,8 @@ fn tasks_of(pid: i32) -> Vec<(i32, String)> {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn eight_threads_with_mutexes_and_condvars_repeatedly() {
     let (_m, _d, out, img) = begin("threads", false);
-    let mut child = Command::new(common::prog("mt_counter"))
-        .arg(&out)
-        .arg("7")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    let line = common::first_line(&mut child);
-    assert_eq!(line, "ready\n");
+    let mut child = start_mt_counter(&out, 5);
     let pid = child.id() as i32;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while mt_lines(&out, 0).len() < 5 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let tasks = tasks_of(pid);
     assert_eq!(tasks.len(), 8);
     common::checkpoint_kill(&mut child, &img);
@@ -1421,20 +1427,8 @@ fn eight_threads_with_mutexes_and_condvars_repeatedly() {
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_threaded_process_whose_thread_ids_are_taken_comes_back_with_others() {
     let (_m, _d, out, img) = begin("tidstaken", false);
-    let mut child = Command::new(common::prog("mt_counter"))
-        .arg(&out)
-        .arg("7")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .spawn()
-        .unwrap();
-    assert_eq!(common::first_line(&mut child), "ready\n");
+    let mut child = start_mt_counter(&out, 3);
     let pid = child.id() as i32;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while mt_lines(&out, 0).len() < 3 {
-        assert!(Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
     let original = tasks_of(pid);
     ok(&ckpt(&[
         "checkpoint",

@@ -25,6 +25,7 @@
 //! refuses any other `FORMAT_VERSION`, naming both (like Firecracker's versioned state).
 
 pub mod codec;
+mod copy;
 pub mod flat;
 mod header;
 pub mod mac;
