@@ -116,7 +116,12 @@ struct ManifestOwn {
 
 impl<'de> Deserialize<'de> for Manifest {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        let raw = flat::RawObject::deserialize(d)?;
+        <Self as flat::FromRawObject>::from_raw(&flat::RawObject::deserialize(d)?)
+    }
+}
+
+impl flat::FromRawObject for Manifest {
+    fn from_raw<E: serde::de::Error>(raw: &flat::RawObject) -> Result<Self, E> {
         let own: ManifestOwn = raw.part()?;
         Ok(Manifest {
             processes: own.processes,

@@ -212,7 +212,7 @@ struct Envelope<M> {
     manifest: M,
 }
 
-impl<'de, M: serde::de::DeserializeOwned> Deserialize<'de> for Envelope<M> {
+impl<'de, M: flat::FromRawObject> Deserialize<'de> for Envelope<M> {
     fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
         #[derive(Deserialize)]
         struct Own {
@@ -222,7 +222,7 @@ impl<'de, M: serde::de::DeserializeOwned> Deserialize<'de> for Envelope<M> {
         Ok(Envelope {
             meta: raw.part()?,
             sections: raw.part::<Own, _>()?.sections,
-            manifest: raw.whole()?,
+            manifest: M::from_raw(&raw)?,
         })
     }
 }

@@ -2,6 +2,7 @@
 
 use super::codec::{self, Codec, FileRange, MAX_RATIO};
 use super::copy::{copy_range, splice_range};
+use super::flat::FromRawObject;
 use super::header::{Header, HEADER_LEN};
 use super::mac::{self, MacKey};
 use super::mapped::MappedFile;
@@ -9,7 +10,6 @@ use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES}
 use crate::progress::Progress;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
-use serde::de::DeserializeOwned;
 use std::fs::File;
 use std::io::{self, Read};
 use std::os::fd::AsFd;
@@ -48,7 +48,7 @@ enum Check {
     ManifestOnly,
 }
 
-impl<M: DeserializeOwned + Validate> Image<M> {
+impl<M: FromRawObject + Validate> Image<M> {
     /// Opens and fully verifies an image: header, manifest, every section's checksum, zero
     /// gaps, and the manifest's internal consistency; compressed sections are decompressed
     /// (streamed) to check their content too. A MAC it carries is not checked (no key): see

@@ -14,6 +14,8 @@ pub(crate) struct TestManifest {
 
 const BLOB: SectionKind = SectionKind::named("test_blob");
 
+impl super::flat::FromRawObject for TestManifest {}
+
 impl Validate for TestManifest {
     fn validate(&self, sections: &[Section]) -> Result<(), String> {
         if !section_is(sections, self.blob, &BLOB) {
