@@ -168,6 +168,9 @@ impl<M: FromRawObject + Validate> Image<M> {
 /// `pread`'s copy into user memory is what the emulated guest runs slowest.
 const MAPPED_MIN: u64 = 1 << 20;
 
+/// From this much to hash, the sections are hashed on as many threads as there are CPUs.
+const THREADS_FROM: u64 = 16 << 20;
+
 /// Checks the checksums of the plain sections `indexes` of `sections` (placed already) from
 /// `map`, on as many threads as there are CPUs: each section's XXH64 is sequential, but
 /// sections are independent (a dump writes one per 64 MiB of memory). The calling thread
@@ -182,12 +185,12 @@ fn check_mapped_sections(
         .map_or(1, |n| n.get())
         .min(indexes.len());
     let next = std::sync::atomic::AtomicUsize::new(0);
-    let check_one = |i: usize, done: &mpsc::Sender<u64>| -> Result<(), ImageError> {
+    let check_one = |i: usize, done: &dyn Fn(u64)| -> Result<(), ImageError> {
         let (offset, len, xxh64) = sections[i].stored();
         let mut sum = Xxh64::new(0);
         map.for_each_mib((offset, offset + len), |b| {
             sum.update(b);
-            let _ = done.send(b.len() as u64);
+            done(b.len() as u64);
         })
         .map_err(|source| ImageError::Io {
             path: path.into(),
@@ -204,10 +207,20 @@ fn check_mapped_sections(
             )),
         }
     };
+    // A small image is checked here: starting threads would cost more than they save (a
+    // tiny process's restore spent 10 ms of the emulated guest's time on two).
+    let total = indexes.iter().map(|&i| sections[i].stored().1).sum::<u64>();
+    if total < THREADS_FROM {
+        let advance = |n| progress.advance(n);
+        return indexes.iter().try_for_each(|&i| check_one(i, &advance));
+    }
     // Each thread takes the next section until none is left or one fails.
     let work = |done: mpsc::Sender<u64>| -> Result<(), ImageError> {
+        let send = |n| {
+            let _ = done.send(n);
+        };
         while let Some(&i) = indexes.get(next.fetch_add(1, Ordering::Relaxed)) {
-            check_one(i, &done).inspect_err(|_| next.store(indexes.len(), Ordering::Relaxed))?;
+            check_one(i, &send).inspect_err(|_| next.store(indexes.len(), Ordering::Relaxed))?;
         }
         Ok(())
     };
