@@ -272,15 +272,16 @@ pub fn create_others(
     let mut tids = Vec::new();
     while tids.len() < others.len() {
         let rest = &others[tids.len()..];
-        let made = match area {
+        let (made, whole) = match area {
             Some(area) => clone_in_batch(inj, pid, area, rest)?,
-            None => Vec::new(),
+            None => (Vec::new(), false),
         };
-        if made.is_empty() {
-            // One by one: without an area, or for a thread whose tid is taken.
-            tids.push(clone_thread(inj, pid, &rest[0], scratch)?);
-        }
         tids.extend(made);
+        if !whole {
+            // One by one: without an area, or the thread whose tid is taken (the batch
+            // stopped there; another batch would stop there again).
+            tids.push(clone_thread(inj, pid, &others[tids.len()], scratch)?);
+        }
     }
     for (t, &tid) in others.iter().zip(&tids) {
         wait_first_stop(tid)?;
@@ -297,14 +298,15 @@ const CLONES_PER_BATCH: usize = 512;
 /// Makes the main thread run clone3 for the first threads of `threads` in one batch (one
 /// ptrace stop per thread, its clone event, where injecting each call took three), each
 /// with its own tid. Stops at the first that fails: returns the tids of those made before
-/// it, which may be none. A taken tid is left to [`clone_thread`]; any other failure is the
-/// error. The new threads are stopped, their first stop not yet waited for.
+/// it, which may be none, and whether the batch made all it was given (false: the next
+/// thread's tid is taken, left to [`clone_thread`]); any other failure is the error. The
+/// new threads are stopped, their first stop not yet waited for.
 fn clone_in_batch(
     inj: &Injector,
     pid: i32,
     area: &Area,
     threads: &[Thread],
-) -> Result<Vec<i32>, RestoreError> {
+) -> Result<(Vec<i32>, bool), RestoreError> {
     let mut batch = area.batch();
     let some = &threads[..threads.len().min(CLONES_PER_BATCH)];
     for t in some {
@@ -328,7 +330,10 @@ fn clone_in_batch(
         Some(&r) if r != -(libc::EEXIST as i64) => Err(restore_io("creating a thread")(
             std::io::Error::from_raw_os_error(-r as i32),
         )),
-        _ => Ok(made),
+        _ => {
+            let whole = made.len() == some.len();
+            Ok((made, whole))
+        }
     }
 }
 

@@ -172,9 +172,9 @@ const MAPPED_MIN: u64 = 1 << 20;
 const THREADS_FROM: u64 = 16 << 20;
 
 /// Checks the checksums of the plain sections `indexes` of `sections` (placed already) from
-/// `map`, on as many threads as there are CPUs: each section's XXH64 is sequential, but
-/// sections are independent (a dump writes one per 64 MiB of memory). The calling thread
-/// only advances `progress` with what the others report.
+/// `map`, from [`THREADS_FROM`] bytes on as many threads as there are CPUs: each section's
+/// XXH64 is sequential, but sections are independent (a dump writes one per 64 MiB of
+/// memory). The calling thread then only advances `progress` with what the others report.
 fn check_mapped_sections(
     path: &Path,
     sections: &[Section],
