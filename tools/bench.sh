@@ -24,7 +24,10 @@
 # (its page server gone), against CRIU's restore --lazy-pages with its lazy-pages daemon.
 #   tools/bench.sh [--no-criu] [--sizes "0 64 256 1024"] [--tree MIB] [--tcp N] [--threads N]
 #                  [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N]
-#                  [--mem MIB] [--lazy "256 1024"]
+#                  [--mem MIB] [--lazy "256 1024"] [--append ARGS]
+# --append adds ARGS to the guest kernel's command line, e.g. clearcpuid=rep_good (see
+# ../shared/notes/benchmarking.md: TCG runs the kernel's `rep stosq` page clearing about 6x
+# slower than a plain store loop, a cost both tools share that real CPUs do not have).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 root=$(dirname "$here")
@@ -440,7 +443,7 @@ if [[ "${1:-}" == --in-guest ]]; then
   exit 0
 fi
 
-criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3 lazy="256 1024"
+criu_wanted=1 sizes="0 64 256 1024" reps=3 tree=256 tcp=100 threads=500 maps=10000 incr=256 mem=6144 compress=256 level=3 lazy="256 1024" append=""
 while (($#)); do
   case "$1" in
     --no-criu) criu_wanted=0; shift ;;
@@ -455,7 +458,8 @@ while (($#)); do
     --compress) compress=$2; shift 2 ;;
     --compress-level) level=$2; shift 2 ;;
     --lazy) lazy=$2; shift 2 ;;
-    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB] [--lazy LIST]" >&2; exit 2 ;;
+    --append) append=$2; shift 2 ;;
+    *) echo "usage: tools/bench.sh [--no-criu] [--sizes LIST] [--tree MIB] [--tcp N] [--threads N] [--maps N] [--incr MIB] [--compress MIB] [--compress-level L] [--reps N] [--mem MIB] [--lazy LIST] [--append ARGS]" >&2; exit 2 ;;
   esac
 done
 "$here/deps.sh"
@@ -467,4 +471,4 @@ criu=""
 if ((criu_wanted)); then
   criu=$("$here/criu.sh") || { echo "bench: CRIU unavailable; measuring ckpt alone" >&2; criu=""; }
 fi
-"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$lazy" "$criu"
+"$here/guest.sh" --mem "$mem" --prealloc --timeout 3000 ${append:+--append "$append"} -- "$here/bench.sh" --in-guest "$ko" "$root/target/release/ckpt" "$prog" "$sizes" "$reps" "$tree" "$tcp" "$threads" "$maps" "$incr" "$compress:$level" "$lazy" "$criu"

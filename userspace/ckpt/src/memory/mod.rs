@@ -143,8 +143,12 @@ pub enum Backing {
 }
 
 /// `len` bytes of memory at `addr`, stored at `offset` of an image of the chain (inside a
-/// pages section of that image).
-#[derive(Debug, Clone, Copy, Serialize, Deserialize, PartialEq, Eq)]
+/// pages section of that image). Written as an array, `[addr, len, offset]` or `[addr, len,
+/// offset, image]`: a large process has thousands of runs, and as objects their keys were
+/// half of a manifest's bytes (a 256 MiB process: 607 KB of manifest). Read in either form
+/// (serde's derived struct reading takes a sequence too), so images written as objects
+/// still restore.
+#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
 pub struct PageRun {
     pub addr: u64,
     pub len: u64,
@@ -152,12 +156,21 @@ pub struct PageRun {
     /// Which image of the chain holds the bytes: 0 this one, 1 its parent, 2 the parent's
     /// parent... (an incremental checkpoint's unchanged pages, `crate::chain`). Absent (0)
     /// in images from before incremental checkpoints.
-    #[serde(default, skip_serializing_if = "is_zero")]
+    #[serde(default)]
     pub image: u32,
 }
 
-fn is_zero(n: &u32) -> bool {
-    *n == 0
+impl Serialize for PageRun {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeSeq;
+        let fields = [self.addr, self.len, self.offset, u64::from(self.image)];
+        let n = if self.image == 0 { 3 } else { 4 };
+        let mut seq = s.serialize_seq(Some(n))?;
+        for f in &fields[..n] {
+            seq.serialize_element(f)?;
+        }
+        seq.end()
+    }
 }
 
 fn is_false(b: &bool) -> bool {
@@ -706,6 +719,31 @@ pub fn attach_sysv(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// Page runs are written as arrays (the image only when not 0) and read back in that form
+    /// and in the object form older images hold.
+    #[test]
+    fn page_runs_are_arrays_and_objects_still_read() {
+        let run = |image| PageRun {
+            addr: 0x7000_0000,
+            len: 3 * PAGE,
+            offset: 0x5000,
+            image,
+        };
+        for (r, text) in [
+            (run(0), "[1879048192,12288,20480]"),
+            (run(2), "[1879048192,12288,20480,2]"),
+        ] {
+            assert_eq!(serde_json::to_string(&r).unwrap(), text);
+            assert_eq!(serde_json::from_str::<PageRun>(text).unwrap(), r);
+        }
+        let old = r#"{"addr":1879048192,"len":12288,"offset":20480}"#;
+        assert_eq!(serde_json::from_str::<PageRun>(old).unwrap(), run(0));
+        let old = r#"{"addr":1879048192,"len":12288,"offset":20480,"image":2}"#;
+        assert_eq!(serde_json::from_str::<PageRun>(old).unwrap(), run(2));
+        assert!(serde_json::from_str::<PageRun>("[1879048192,12288]").is_err());
+        assert!(serde_json::from_str::<PageRun>("[1,2,3,4,5]").is_err());
+    }
 
     fn r(start: u64, end: u64) -> CkptRange {
         CkptRange { start, end }
