@@ -86,10 +86,7 @@ impl Frozen {
             }
         }
         self.tids.push(tid);
-        ptrace::interrupt(Pid::from_raw(tid))
-            .map_err(|e| checkpoint_io(pid, "PTRACE_INTERRUPT")(e.into()))?;
-        let status =
-            sys::waitpid(tid, libc::__WALL).map_err(checkpoint_io(pid, "waiting for the stop"))?;
+        let status = interrupt(tid).map_err(checkpoint_io(pid, "stopping a thread"))?;
         if !libc::WIFSTOPPED(status) {
             self.tids.pop();
             if tid == pid {
@@ -138,6 +135,25 @@ impl Frozen {
     }
 }
 
+/// Stops seized thread `tid` at an interrupt stop (or a group stop); its wait status. A thread
+/// that met a signal between the seize and the interrupt is reported first at that signal's
+/// delivery stop: the signal is dequeued then (pending nowhere, so in no image), and resuming
+/// with no signal, as a lent thread's first injected call or a detach does, would drop it (a
+/// raise() whose handler never ran). It is passed on instead, as if ckpt had not been there:
+/// the interrupt, asked again while stopped so that it sticks, stops the thread right after
+/// (at its handler's first instruction, in a group stop, or its default action taken).
+fn interrupt(tid: i32) -> std::io::Result<libc::c_int> {
+    ptrace::interrupt(Pid::from_raw(tid))?;
+    loop {
+        let status = sys::waitpid(tid, libc::__WALL)?;
+        if !libc::WIFSTOPPED(status) || status >> 16 != 0 {
+            return Ok(status);
+        }
+        ptrace::interrupt(Pid::from_raw(tid))?;
+        sys::ptrace_cont_signal(tid, libc::WSTOPSIG(status))?;
+    }
+}
+
 /// System calls that fail with EINTR when a stop interrupts them, even with no signal handler
 /// run (signal(7)): the kernel does not restart them after a freeze as it does the others.
 const NEVER_RESTARTED: &[i64] = &[
@@ -167,4 +183,67 @@ fn redo_interrupted_call(tid: i32) -> std::io::Result<()> {
     r.rax = r.orig_rax;
     r.rip -= 2;
     Ok(ptrace::setregs(Pid::from_raw(tid), r)?)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::os::fd::AsRawFd;
+    use std::sync::atomic::{AtomicI32, Ordering};
+
+    static HANDLED: AtomicI32 = AtomicI32::new(-1);
+
+    extern "C" fn on_usr2(_: libc::c_int) {
+        // SAFETY: write is async-signal-safe; the fd is the child's pipe end.
+        unsafe { libc::write(HANDLED.load(Ordering::Relaxed), b"h".as_ptr().cast(), 1) };
+    }
+
+    /// A thread that meets a signal between the seize and the interrupt (ckpt preempted
+    /// there) is reported at its delivery stop first: the freeze passes the signal on, so
+    /// that once let go, the program's handler has run exactly once (it was dropped).
+    #[test]
+    fn a_signal_met_between_seize_and_interrupt_is_delivered_once() {
+        let (ready_r, ready_w) = nix::unistd::pipe().unwrap();
+        let (handled_r, handled_w) = nix::unistd::pipe().unwrap();
+        // SAFETY: the child makes only async-signal-safe calls.
+        let pid = unsafe { libc::fork() };
+        if pid == 0 {
+            HANDLED.store(handled_w.as_raw_fd(), Ordering::Relaxed);
+            // SAFETY: as above; the handler is async-signal-safe.
+            unsafe {
+                let mut sa: libc::sigaction = std::mem::zeroed();
+                sa.sa_sigaction = on_usr2 as *const () as usize;
+                libc::sigaction(libc::SIGUSR2, &sa, std::ptr::null_mut());
+                libc::write(ready_w.as_raw_fd(), b"r".as_ptr().cast(), 1);
+                loop {
+                    libc::pause();
+                }
+            }
+        }
+        let mut b = [0u8; 8];
+        assert_eq!(nix::unistd::read(&ready_r, &mut b).unwrap(), 1);
+        ptrace::seize(Pid::from_raw(pid), ptrace::Options::empty()).unwrap();
+        sys::kill(pid, libc::SIGUSR2).unwrap();
+        // Traced, the child stops for the signal before its handler: wait for that stop
+        // without taking its report, which is the freeze's to see.
+        // SAFETY: a zeroed siginfo is a valid out-buffer.
+        let mut info: libc::siginfo_t = unsafe { std::mem::zeroed() };
+        let flags = libc::WSTOPPED | libc::WNOWAIT | libc::__WALL;
+        // SAFETY: as above.
+        assert_eq!(
+            unsafe { libc::waitid(libc::P_PID, pid as u32, &mut info, flags) },
+            0
+        );
+        let status = interrupt(pid);
+        let _ = ptrace::detach(Pid::from_raw(pid), None);
+        std::thread::sleep(std::time::Duration::from_millis(200));
+        let _ = sys::kill(pid, libc::SIGKILL);
+        let _ = sys::waitpid(pid, 0);
+        drop(handled_w);
+        let mut got = Vec::new();
+        std::io::Read::read_to_end(&mut std::fs::File::from(handled_r), &mut got).unwrap();
+        assert_eq!(got, b"h", "the handler ran {} times", got.len());
+        let status = status.unwrap();
+        assert_eq!(status >> 16, libc::PTRACE_EVENT_STOP, "status {status:#x}");
+    }
 }

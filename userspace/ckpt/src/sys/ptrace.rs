@@ -94,3 +94,8 @@ pub fn ptrace_set_options_raw(pid: i32, options: libc::c_int) -> io::Result<()> 
 pub fn ptrace_listen(pid: i32) -> io::Result<()> {
     ptrace(libc::PTRACE_LISTEN as libc::c_uint, pid, 0, 0).map(drop)
 }
+
+/// PTRACE_CONT with signal `sig`, a real-time one too (nix's `Signal` has none of them).
+pub fn ptrace_cont_signal(pid: i32, sig: libc::c_int) -> io::Result<()> {
+    ptrace(libc::PTRACE_CONT, pid, 0, sig as usize).map(drop)
+}
