@@ -153,10 +153,16 @@ impl Chain {
         }
         let sections: Vec<&[Section]> = images.iter().map(|i| &i.sections[..]).collect();
         for (i, img) in images.iter().enumerate() {
-            check_runs(&img.manifest, &sections[i..]).map_err(|what| ImageError::Corrupt {
+            let corrupt = |what| ImageError::Corrupt {
                 path: img.path.clone(),
                 what,
-            })?;
+            };
+            check_runs(&img.manifest, &sections[i..]).map_err(corrupt)?;
+            for s in &img.sections {
+                if let Some(d) = &s.delta {
+                    d.check(s, &sections[i..]).map_err(corrupt)?;
+                }
+            }
         }
         Ok(Chain { images })
     }

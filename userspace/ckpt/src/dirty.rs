@@ -95,6 +95,12 @@ pub struct ParentPage {
 #[derive(Debug, Default)]
 pub struct Reuse {
     runs: Vec<Taken>,
+    /// Every page the chain holds for the process's mappings, changed or not: where a changed
+    /// page's previous version is, to store the page as its difference from it.
+    previous: Vec<Taken>,
+    /// The chain's files by distance (1: the parent), where their pages can serve as such a
+    /// base (stored as they are, not compressed).
+    bases: Vec<Option<File>>,
 }
 
 /// `len` bytes at `addr`, held by the chain from `at` on: each page's place follows the
@@ -108,13 +114,7 @@ struct Taken {
 
 impl Reuse {
     pub fn get(&self, addr: u64) -> Option<ParentPage> {
-        let i = self.runs.partition_point(|r| r.addr + r.len <= addr);
-        let r = self.runs.get(i).filter(|r| r.addr <= addr)?;
-        Some(ParentPage {
-            image: r.at.image,
-            offset: r.at.offset + (addr - r.addr),
-            starts_run: r.at.starts_run && addr == r.addr,
-        })
+        page_in(&self.runs, addr)
     }
 
     /// How many pages.
@@ -129,7 +129,10 @@ impl Reuse {
             len: PAGE,
             at,
         });
-        Reuse::sorted(runs.collect())
+        Reuse {
+            runs: Reuse::sorted(runs.collect()),
+            ..Reuse::default()
+        }
     }
 
     pub fn is_empty(&self) -> bool {
@@ -152,16 +155,66 @@ impl Reuse {
             };
             let regions = crate::sys::scan(&pagemap, (m.start, m.end), (any_of, report))?;
             reuse.take_unchanged(&regions, (&from, !m.is_file()));
+            reuse.previous.extend(from);
         }
-        Ok(Reuse::sorted(reuse.runs))
+        Ok(Reuse {
+            runs: Reuse::sorted(reuse.runs),
+            previous: Reuse::sorted(reuse.previous),
+            bases: Vec::new(),
+        })
+    }
+
+    /// Gives the chain's files (`bases[k]`: the k-th ancestor's, None where its pages are
+    /// not stored as they are) for changed pages to be stored as differences.
+    pub fn with_bases(self, bases: Vec<Option<File>>) -> Reuse {
+        Reuse { bases, ..self }
+    }
+
+    pub fn bases(&self) -> &[Option<File>] {
+        &self.bases
+    }
+
+    /// The delta bases (`crate::image::delta`) of pages just dumped as `runs` into a section
+    /// whose content starts at `start` of the file the runs point into: for each page whose
+    /// previous version the chain holds in an image that can serve, `[page index in the
+    /// section, count, image, offset]`, consecutive pages joined.
+    pub fn delta_bases(&self, runs: &[ckpt_abi::CkptRestoreRun], start: u64) -> Vec<[u64; 4]> {
+        let mut out: Vec<[u64; 4]> = Vec::new();
+        for r in runs {
+            for k in 0..r.len / PAGE {
+                let Some(base) = self.base_of(r.addr + k * PAGE) else {
+                    continue;
+                };
+                let page = (r.image_offset - start) / PAGE + k;
+                let (image, offset) = (u64::from(base.image), base.offset);
+                match out.last_mut() {
+                    Some([first, count, i, o])
+                        if *first + *count == page
+                            && *i == image
+                            && *o + *count * PAGE == offset =>
+                    {
+                        *count += 1
+                    }
+                    _ => out.push([page, 1, image, offset]),
+                }
+            }
+        }
+        out
+    }
+
+    /// Where the chain holds the previous version of page `addr`, if in an image that can
+    /// serve as a base.
+    fn base_of(&self, addr: u64) -> Option<ParentPage> {
+        let p = page_in(&self.previous, addr)?;
+        self.bases.get(p.image as usize)?.as_ref().map(|_| p)
     }
 
     /// Of the pages of `regions` (PAGEMAP_SCAN's), takes those unchanged (see [`unchanged`];
     /// `anon`: anonymous memory) and stored in the parent (`from`).
-    fn take_unchanged(&mut self, regions: &[PageRegion], (from, anon): (&Reuse, bool)) {
+    fn take_unchanged(&mut self, regions: &[PageRegion], (from, anon): (&[Taken], bool)) {
         for r in regions.iter().filter(|r| unchanged(r.categories, anon)) {
-            let first = from.runs.partition_point(|f| f.addr + f.len <= r.start);
-            for f in from.runs[first..].iter().take_while(|f| f.addr < r.end) {
+            let first = from.partition_point(|f| f.addr + f.len <= r.start);
+            for f in from[first..].iter().take_while(|f| f.addr < r.end) {
                 let (start, end) = (f.addr.max(r.start), (f.addr + f.len).min(r.end));
                 self.runs.push(Taken {
                     addr: start,
@@ -178,7 +231,7 @@ impl Reuse {
 
     /// `runs` sorted by address; a run overlapping the one before (two records of one page:
     /// not from a sound image) is dropped rather than trusted.
-    fn sorted(mut runs: Vec<Taken>) -> Reuse {
+    fn sorted(mut runs: Vec<Taken>) -> Vec<Taken> {
         runs.sort_by_key(|r| r.addr);
         let mut out: Vec<Taken> = Vec::with_capacity(runs.len());
         for r in runs {
@@ -186,14 +239,14 @@ impl Reuse {
                 out.push(r);
             }
         }
-        Reuse { runs: out }
+        out
     }
 }
 
 /// The pages the parent stored in the mapping at `m`'s place, one image further down the
 /// chain, if the parent's mapping is the same (private anonymous memory, or the same file
 /// at the same offset); None if nothing can be taken from it.
-fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<Reuse> {
+fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<Vec<Taken>> {
     if m.shared || m.is_special() {
         return None;
     }
@@ -221,6 +274,17 @@ fn parent_pages(m: &MapEntry, parent: &[Vma]) -> Option<Reuse> {
         }
     }
     Some(Reuse::sorted(runs)).filter(|o| !o.is_empty())
+}
+
+/// The page at `addr` in `runs` (sorted, disjoint).
+fn page_in(runs: &[Taken], addr: u64) -> Option<ParentPage> {
+    let i = runs.partition_point(|r| r.addr + r.len <= addr);
+    let r = runs.get(i).filter(|r| r.addr <= addr)?;
+    Some(ParentPage {
+        image: r.at.image,
+        offset: r.at.offset + (addr - r.addr),
+        starts_run: r.at.starts_run && addr == r.addr,
+    })
 }
 
 /// Whether the parent's mapping `v` maps what `m` maps, where they overlap.
@@ -374,6 +438,7 @@ mod tests {
             region(6, 1, CLEAN),
         ];
         reuse.take_unchanged(&regions, (&from, true));
+        reuse.runs = Reuse::sorted(reuse.runs);
         let at = |addr| reuse.get(addr).map(|p| (p.image, p.offset));
         assert_eq!(at(base), Some((1, 0x5000)));
         assert_eq!(at(base + PAGE), None, "dirty");
@@ -399,10 +464,10 @@ mod tests {
         )];
         let from = parent_pages(&anon_map(base, base + 4 * PAGE), &parent).unwrap();
         let starts: Vec<bool> = (0..4)
-            .map(|k| from.get(base + k * PAGE).unwrap().starts_run)
+            .map(|k| page_in(&from, base + k * PAGE).unwrap().starts_run)
             .collect();
         assert_eq!(starts, [true, false, true, false]);
-        assert_eq!(from.get(base + 2 * PAGE).unwrap().offset, 0x7000);
+        assert_eq!(page_in(&from, base + 2 * PAGE).unwrap().offset, 0x7000);
     }
 
     /// MADV_DONTNEED then a read: the zero page, clean. Never taken for unchanged.

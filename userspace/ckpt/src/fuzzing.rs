@@ -159,7 +159,7 @@ fn read_for_restore(path: &Path) -> Result<(), String> {
         .open("/dev/null")
         .map_err(|e| e.to_string())?;
     for img in &chain.images {
-        img.pages_view(&Progress::hidden())
+        img.pages_view(&Progress::hidden(), &[])
             .map_err(|e| e.to_string())?;
         read_sections(img, &sink)?;
     }

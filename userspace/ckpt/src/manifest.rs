@@ -585,6 +585,7 @@ mod tests {
                 len: 2 * PAGE,
                 xxh64: 0,
                 compressed: None,
+                delta: None,
             },
             crate::image::Section {
                 kind: XSTATE,
@@ -592,6 +593,7 @@ mod tests {
                 len: 832,
                 xxh64: 0,
                 compressed: None,
+                delta: None,
             },
         ];
         let good = Manifest {

@@ -24,6 +24,10 @@ pub struct Stats {
     /// the chain.
     #[serde(default)]
     pub pages_in_parent: u64,
+    /// Of `pages_written`, those stored as their difference from the chain's earlier version
+    /// (`image::delta`).
+    #[serde(default)]
+    pub pages_as_differences: u64,
     pub image_bytes: u64,
     /// Taken through the interceptor library (flushed, ids virtual) rather than the plain path.
     #[serde(default)]
@@ -111,6 +115,13 @@ pub fn stats_text(s: &Stats) -> String {
             out,
             "  pages unchanged:  {} (in the parent images, not written again)",
             s.pages_in_parent
+        );
+    }
+    if s.pages_as_differences > 0 {
+        let _ = writeln!(
+            out,
+            "  pages changed:    {} stored as differences from the parent images",
+            s.pages_as_differences
         );
     }
     let _ = writeln!(

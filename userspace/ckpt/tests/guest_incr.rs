@@ -157,6 +157,18 @@ fn a_chain_of_five_incremental_images_restores_the_last_state() {
             "image {i}: only {kept} pages taken from the chain"
         );
         assert!(written < 400, "image {i}: {written} pages written again");
+        // A step changes one word of each page it changes: those whose previous version is
+        // in the (plain) full image are stored as differences, in a few bytes each.
+        let differences = s["pages_as_differences"].as_u64().unwrap();
+        assert!(
+            differences * 2 > written,
+            "image {i}: {differences} of {written} pages stored as differences"
+        );
+        assert!(
+            size(&imgs[i]) < written * 4096 / 2,
+            "image {i} is {} bytes for {written} changed pages",
+            size(&imgs[i])
+        );
         assert!(
             size(&imgs[i]) * 10 < size(&imgs[0]),
             "image {i} is {} bytes, the full one {}",

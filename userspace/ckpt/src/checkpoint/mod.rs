@@ -23,6 +23,7 @@ use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, CheckpointError};
 use crate::fds::{DumpError, SharedDump};
 use crate::freeze::Frozen;
+use crate::image::codec;
 use crate::image::ImageWriter;
 use crate::manifest::{Manifest, Process};
 use crate::memory::{Backing, Memory};
@@ -108,7 +109,10 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
         source,
     };
     let mut w = ImageWriter::create(opts.output).map_err(write_err)?;
-    if let Some(level) = opts.compress {
+    // An incremental image is compressed even unasked: its changed pages are stored as their
+    // differences from the parent's (`image::delta`), which zstd keeps in a few bytes each.
+    let delta_level = (base.is_some() && opts.key.is_none()).then_some(codec::DEFAULT_LEVEL);
+    if let Some(level) = opts.compress.or(delta_level) {
         w.compress(level).map_err(write_err)?;
     }
     if let Some(key) = opts.key {

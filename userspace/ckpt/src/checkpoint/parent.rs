@@ -94,8 +94,24 @@ impl Base {
             );
             return Ok(Reuse::default());
         }
-        Reuse::read(pid, maps, &record.memory.vmas)
-            .map_err(checkpoint_io(pid, "reading its soft-dirty bits (pagemap)"))
+        let reuse = Reuse::read(pid, maps, &record.memory.vmas)
+            .map_err(checkpoint_io(pid, "reading its soft-dirty bits (pagemap)"))?;
+        Ok(reuse.with_bases(self.plain_images()))
+    }
+
+    /// The chain's files by distance from the new image (1: the parent), where their pages
+    /// are stored as they are: those can be the bases of pages stored as differences.
+    fn plain_images(&self) -> Vec<Option<std::fs::File>> {
+        let plain = |i: &crate::image::Image<crate::manifest::Manifest>| {
+            (i.sections.iter())
+                .filter(|s| s.kind == crate::image::PAGES)
+                .all(|s| s.compressed.is_none())
+        };
+        let ancestors = self.chain.images.iter().map(|i| match plain(i) {
+            true => i.file.try_clone().ok(),
+            false => None,
+        });
+        std::iter::once(None).chain(ancestors).collect()
     }
 
     fn record_of(&self, id: &Identity) -> Option<&Process> {

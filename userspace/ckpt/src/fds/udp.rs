@@ -401,6 +401,7 @@ mod tests {
             len: 8,
             xxh64: 0,
             compressed: None,
+            delta: None,
         }];
         assert_eq!(validate(std::slice::from_ref(&u), &sections, 1), Ok(()));
         let taken = u.make().unwrap_err();

@@ -321,6 +321,7 @@ mod tests {
             len: q.data.len() as u64,
             xxh64: 0,
             compressed: None,
+            delta: None,
         }];
         assert_eq!(validate(std::slice::from_ref(&s), &sections, 1), Ok(()));
         std::fs::remove_file(dir).unwrap();

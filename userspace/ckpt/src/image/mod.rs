@@ -26,6 +26,7 @@
 
 pub mod codec;
 mod copy;
+pub mod delta;
 pub mod flat;
 mod header;
 pub mod mac;
@@ -34,6 +35,7 @@ mod reader;
 mod writer;
 
 pub use codec::{Codec, Compressed};
+pub use delta::Delta;
 pub use mac::MacKey;
 pub use reader::{Image, SectionData};
 pub use writer::ImageWriter;
@@ -50,7 +52,11 @@ pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// version 3, so that a ckpt of before reads it; one with them names version 4 to that ckpt
 /// instead of failing on its section table.
 /// 5: a keyed MAC after the header (`mac`), written with a key only; otherwise as 3 or 4.
-pub const FORMAT_VERSION: u32 = mac::MAC_FORMAT_VERSION;
+/// 6: pages stored as differences from an earlier image's (`Section::delta`), written by
+/// incremental checkpoints without a key only; otherwise as 3, 4 or 5.
+pub const FORMAT_VERSION: u32 = DELTA_FORMAT_VERSION;
+/// The version of an image with a pages section stored as differences (and no MAC).
+pub const DELTA_FORMAT_VERSION: u32 = 6;
 /// The version of an image with compressed sections and no MAC.
 pub const COMPRESSED_FORMAT_VERSION: u32 = 4;
 /// The oldest version read.
@@ -156,6 +162,9 @@ pub struct Section {
     pub xxh64: u64,
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub compressed: Option<Compressed>,
+    /// Pages stored as differences from an earlier image's ([`delta`]; compressed only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub delta: Option<Delta>,
 }
 
 impl Section {

@@ -518,8 +518,13 @@ impl<M> Image<M> {
     /// A file holding every pages section's content at its `offset`, for the module and the
     /// restorers to read page runs from: `None` if that is the image file itself (nothing is
     /// compressed), else a memfd the compressed pages are decompressed into, sealed.
-    /// `progress` counts the bytes decompressed.
-    pub fn pages_view(&self, progress: &Progress) -> Result<Option<File>, ImageError> {
+    /// `progress` counts the bytes decompressed. Pages stored as differences (`delta`) get
+    /// their bases back from `chain` (`chain[k]`: the k-th ancestor's file).
+    pub fn pages_view(
+        &self,
+        progress: &Progress,
+        chain: &[&File],
+    ) -> Result<Option<File>, ImageError> {
         if self.sections.iter().all(|s| s.compressed.is_none()) {
             return Ok(None);
         }
@@ -546,6 +551,12 @@ impl<M> Image<M> {
                 progress.advance(b.len() as u64);
                 Ok(())
             })?;
+            if let Some(d) = &s.delta {
+                d.apply(s, &view, chain).map_err(|e| ImageError::Corrupt {
+                    path: self.path.clone(),
+                    what: format!("pages section {i}: {e}"),
+                })?;
+            }
         }
         // Nobody changes it now: the restorers only read it.
         let seals = SealFlag::F_SEAL_WRITE

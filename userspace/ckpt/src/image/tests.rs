@@ -70,7 +70,7 @@ fn round_trip() {
     assert_eq!(img.sections.len(), 2);
     // Nothing compressed: still the version a ckpt of before reads.
     assert_eq!(img.meta.format_version, PLAIN_FORMAT_VERSION);
-    assert!(img.pages_view(&Progress::hidden()).unwrap().is_none());
+    assert!(img.pages_view(&Progress::hidden(), &[]).unwrap().is_none());
     assert_eq!(img.read_section(1).unwrap(), vec![7u8; 832]);
     // No temporary file left behind.
     assert_eq!(std::fs::read_dir(&d).unwrap().count(), 1);
@@ -201,7 +201,7 @@ fn compressed_round_trip() {
     assert_eq!(img.read_section(m.blob).unwrap(), vec![7u8; 832]);
     // The pages are where the manifest says, in the view.
     let view = img
-        .pages_view(&Progress::hidden())
+        .pages_view(&Progress::hidden(), &[])
         .unwrap()
         .expect("a view of compressed pages");
     let mut pages = vec![0u8; 3 * PAGE as usize];
@@ -370,7 +370,7 @@ fn external_pages_through_the_scratch_memfd() {
         (stored.len, stored.xxh64),
         (8 * PAGE, img.sections[3].xxh64)
     );
-    let view = img.pages_view(&Progress::hidden()).unwrap().unwrap();
+    let view = img.pages_view(&Progress::hidden(), &[]).unwrap().unwrap();
     for (piece, &offset) in pieces.iter().zip(&at) {
         assert_eq!(offset % PAGE, 0);
         let mut got = vec![0u8; piece.len()];
@@ -394,7 +394,10 @@ fn page_content_is_checked_by_open_or_else_by_the_view() {
     let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
     assert!(err.contains("compressed section 0 (pages)"), "{err}");
     let img = Image::<TestManifest>::open_pages_later(&p, None, &Progress::hidden()).unwrap();
-    let err = img.pages_view(&Progress::hidden()).unwrap_err().to_string();
+    let err = img
+        .pages_view(&Progress::hidden(), &[])
+        .unwrap_err()
+        .to_string();
     assert!(
         err.contains("compressed section 0 (pages)") && err.contains("checksum"),
         "{err}"
@@ -620,7 +623,7 @@ fn verifying_and_decompressing_count_every_byte() {
         assert!(stored > 0);
         assert_eq!(verifying.counts(), (stored, stored), "{level:?}");
         let decompressing = Progress::hidden();
-        img.pages_view(&decompressing).unwrap();
+        img.pages_view(&decompressing, &[]).unwrap();
         let pages = match level {
             Some(_) => sample_pages().len() as u64,
             None => 0,
@@ -628,4 +631,77 @@ fn verifying_and_decompressing_count_every_byte() {
         assert_eq!(decompressing.counts(), (pages, pages), "{level:?}");
     }
     std::fs::remove_dir_all(&d).unwrap();
+}
+
+/// An incremental image's changed pages stored as differences from a plain parent's pages:
+/// most of each page is the parent's, so the section compresses to next to nothing; the view
+/// holds the pages as they were; a base that no longer holds what it held is caught.
+#[test]
+fn pages_stored_as_differences_come_back_whole() {
+    let d = tmpdir();
+    let (parent, child) = (d.join("parent"), d.join("child"));
+    let m = sample_image(&parent);
+    let base = File::open(&parent).unwrap();
+    // Three pages, each the parent's with one word changed; the middle one has no base.
+    let mut pages = sample_pages();
+    for k in 0..3 {
+        pages[k * PAGE as usize + 8] ^= 0x5a;
+    }
+    let mut w = ImageWriter::create(&child).unwrap();
+    w.compress(codec::DEFAULT_LEVEL).unwrap();
+    let (file, offset) = w.external_pages_target().unwrap();
+    file.write_all_at(&pages, offset).unwrap();
+    let sum = xxhash_rust::xxh64::xxh64(&pages, 0);
+    let o = m.page_offset;
+    let bases = vec![[0, 1, 1, o], [2, 1, 1, o + 2 * PAGE]];
+    let chain = [None, Some(base.try_clone().unwrap())];
+    let at = w
+        .external_pages_written_as_delta((pages.len() as u64, sum), bases, &chain)
+        .unwrap();
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    w.finish(&TestManifest {
+        blob,
+        page_offset: at,
+    })
+    .unwrap();
+    let img = Image::<TestManifest>::open(&child).unwrap();
+    assert_eq!(img.meta.format_version, DELTA_FORMAT_VERSION);
+    let s = img.sections.iter().find(|s| s.delta.is_some()).unwrap();
+    let parent_sections = Image::<TestManifest>::open(&parent).unwrap().sections;
+    s.delta
+        .as_ref()
+        .unwrap()
+        .check(s, &[&img.sections, &parent_sections])
+        .unwrap();
+    let me = File::open(&child).unwrap();
+    let view = img
+        .pages_view(&Progress::hidden(), &[&me, &base])
+        .unwrap()
+        .unwrap();
+    let mut got = vec![0u8; pages.len()];
+    view.read_exact_at(&mut got, at).unwrap();
+    assert_eq!(got, pages);
+    // Without its base, or with a base that changed, the view is refused.
+    assert!(img.pages_view(&Progress::hidden(), &[&me]).is_err());
+    let other = tempfile_in(&d);
+    other
+        .write_all_at(&vec![1u8; 8 * PAGE as usize], 0)
+        .unwrap();
+    let err = img
+        .pages_view(&Progress::hidden(), &[&me, &other])
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("do not match their checksum"), "{err}");
+    // A base outside the parent's pages, or naming the image itself, fails the check.
+    let mut bad = s.delta.clone().unwrap();
+    bad.bases[0][3] = 1 << 40;
+    assert!(bad.check(s, &[&img.sections, &parent_sections]).is_err());
+    bad.bases[0] = [0, 1, 0, o];
+    assert!(bad.check(s, &[&img.sections, &parent_sections]).is_err());
+    bad.bases[0] = [2, 2, 1, o];
+    assert!(
+        bad.check(s, &[&img.sections, &parent_sections]).is_err(),
+        "beyond its section"
+    );
+    std::fs::remove_dir_all(d).unwrap();
 }

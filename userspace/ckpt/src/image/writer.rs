@@ -8,11 +8,12 @@
 //! (`Section::offset`), which is what page runs point at.
 
 use super::codec::{self, Codec, Compressed, FileRange};
+use super::delta::{self, Delta};
 use super::header::Header;
 use super::mapped::MappedFile;
 use super::{
-    mac, Envelope, MacKey, Meta, Section, SectionKind, COMPRESSED_FORMAT_VERSION, PAGE, PAGES,
-    PLAIN_FORMAT_VERSION,
+    mac, Envelope, MacKey, Meta, Section, SectionKind, COMPRESSED_FORMAT_VERSION,
+    DELTA_FORMAT_VERSION, PAGE, PAGES, PLAIN_FORMAT_VERSION,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -105,7 +106,7 @@ impl BackgroundSums {
 }
 
 /// The XXH64 of `len` bytes of `file` at `offset` (page-aligned), read from a mapping.
-fn checksum_of(file: &File, offset: u64, len: u64) -> io::Result<u64> {
+pub(super) fn checksum_of(file: &File, offset: u64, len: u64) -> io::Result<u64> {
     let mut sum = Xxh64::new(0);
     MappedFile::range(file, offset, len)?.for_each_mib((0, len), |b| sum.update(b))?;
     Ok(sum.digest())
@@ -186,6 +187,7 @@ impl ImageWriter {
                 len: 0,
                 xxh64: 0,
                 compressed: None,
+                delta: None,
             });
             self.open_pages = Some((self.sections.len() - 1, Box::new(Xxh64::new(0))));
         }
@@ -291,10 +293,34 @@ impl ImageWriter {
             len,
             xxh64,
             compressed: None,
+            delta: None,
         });
         self.pos += len;
         self.file.seek(SeekFrom::Start(self.pos))?;
         Ok(offset)
+    }
+
+    /// As [`Self::external_pages_written`] (compressing), for pages of which those `bases`
+    /// name are stored as their difference from an earlier image's (see [`delta`]): XORed
+    /// with them in the scratch file, then compressed. `xxh64` is the pages' own checksum;
+    /// `chain[k]` the k-th ancestor's file, where it can serve as a base. Without bases, or
+    /// not compressing, or with a key (a MAC'd image stays version 5), the pages are stored
+    /// as they are.
+    pub fn external_pages_written_as_delta(
+        &mut self,
+        (len, xxh64): (u64, u64),
+        bases: Vec<[u64; 4]>,
+        chain: &[Option<File>],
+    ) -> io::Result<u64> {
+        let scratch = match &self.compressing {
+            Some(c) if !bases.is_empty() && self.key.is_none() => c.scratch.try_clone()?,
+            _ => return self.external_pages_written(len, Some(xxh64)),
+        };
+        delta::subtract((&scratch, len), &bases, chain)?;
+        let src = FileRange::new(&scratch, 0, len);
+        let i = self.add_compressed(PAGES, src, (len, None))?;
+        self.sections[i].delta = Some(Delta { bases, xxh64 });
+        Ok(self.sections[i].offset)
     }
 
     fn external_pages_unsummed(&mut self, len: u64) -> io::Result<u64> {
@@ -349,6 +375,7 @@ impl ImageWriter {
                 len,
                 xxh64,
             }),
+            delta: None,
         });
         Ok(self.sections.len() - 1)
     }
@@ -385,6 +412,7 @@ impl ImageWriter {
                 len: e.len,
                 xxh64: e.xxh64,
             }),
+            delta: None,
         });
         Ok(self.sections.len() - 1)
     }
@@ -463,6 +491,7 @@ impl ImageWriter {
             len,
             xxh64,
             compressed: None,
+            delta: None,
         });
         self.sections.len() - 1
     }
@@ -490,6 +519,7 @@ impl ImageWriter {
         }
         let version = match self.sections.iter().any(|s| s.compressed.is_some()) {
             _ if self.key.is_some() => mac::MAC_FORMAT_VERSION,
+            _ if self.sections.iter().any(|s| s.delta.is_some()) => DELTA_FORMAT_VERSION,
             true => COMPRESSED_FORMAT_VERSION,
             false => PLAIN_FORMAT_VERSION,
         };

@@ -310,9 +310,21 @@ pub fn dump_pages(
                     .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
                 false => Vec::new(),
             };
-            let start = w
-                .external_pages_written(r.bytes_written, r.xxh64)
-                .map_err(write_err)?;
+            // Compressing, a changed page the chain holds an earlier version of is stored as
+            // its difference from it (`image::delta`).
+            let bases = match (compressing, r.xxh64) {
+                (true, Some(_)) => reuse.delta_bases(&r.runs, offset),
+                _ => Vec::new(),
+            };
+            stats.pages_as_differences += bases.iter().map(|b| b[1]).sum::<u64>();
+            let start = match r.xxh64 {
+                Some(sum) if !bases.is_empty() => {
+                    let written = (r.bytes_written, sum);
+                    w.external_pages_written_as_delta(written, bases, reuse.bases())
+                }
+                _ => w.external_pages_written(r.bytes_written, r.xxh64),
+            }
+            .map_err(write_err)?;
             stored
                 .sums
                 .extend(sums.into_iter().map(|(at, sum)| (at + start, sum)));

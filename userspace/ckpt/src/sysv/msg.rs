@@ -145,6 +145,7 @@ mod tests {
             len: 10,
             xxh64: 0,
             compressed: None,
+            delta: None,
         }];
         assert!(validate(&[queue(&[4, 6], Some(0))], &sections).is_ok());
         assert!(validate(&[queue(&[4, 7], Some(0))], &sections).is_err());

@@ -249,6 +249,7 @@ fn a_queue_goes_through_the_image_unchanged() {
         len,
         xxh64: 0,
         compressed: None,
+        delta: None,
     };
     assert!(rec.validate(true, &[section(bytes.len() as u64)]).is_ok());
     assert!(rec.validate(false, &[section(bytes.len() as u64)]).is_err());
