@@ -191,10 +191,18 @@ pub(crate) fn to_interrupt_stop(tid: i32, held: &mut Vec<i32>) -> std::io::Resul
     }
 }
 
-/// Queues signals held back during the call again (the process is stopped: they stay pending,
-/// are saved with it, and are delivered when it runs).
-fn requeue(pid: i32, held: &[i32]) {
+/// Queues signals held back during the call again to thread `tid` (the process is stopped:
+/// they stay pending, are saved with it, and are delivered when it runs). tgkill names the
+/// thread group too: for a thread other than the leader, that is not its own id.
+fn requeue(tid: i32, held: &[i32]) {
+    if held.is_empty() {
+        return;
+    }
+    let tgid = crate::proc::status_field(tid, "Tgid")
+        .ok()
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap_or(tid);
     for &sig in held {
-        let _ = sys::tgkill(pid, pid, sig);
+        let _ = sys::tgkill(tgid, tid, sig);
     }
 }
