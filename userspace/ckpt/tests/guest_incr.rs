@@ -215,6 +215,31 @@ fn an_incremental_image_of_a_process_over_one_section_restores() {
     assert_eq!(t.check(), sum, "the buffer after restoring");
 }
 
+/// A lazy restore of an incremental image whose changed pages are stored as differences: the
+/// page server serves them from the view, where the parent's pages were added back, and the
+/// program's own checksum of its buffer is the one it had at the cut.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_lazy_restore_of_pages_stored_as_differences_gives_them_whole() {
+    setup();
+    let d = Dir::new("incr-lazy");
+    let mut t = Dirtier::start(&d, "a", 16);
+    let (full, inc) = (d.path("full"), d.path("inc"));
+    checkpoint(t.pid, &full, None, &[]);
+    let sum = t.step();
+    let s = checkpoint(t.pid, &inc, Some(&full), &["--kill"]);
+    assert!(s["pages_as_differences"].as_u64().unwrap() > 0, "{s}");
+    t.killed();
+    let out = ckpt(&["restore", "--lazy", inc.to_str().unwrap()]);
+    let pid: i32 = ok(&out).trim().parse().unwrap();
+    assert_eq!(pid, t.pid);
+    assert_eq!(
+        t.check(),
+        sum,
+        "the buffer after a lazy restore of the chain"
+    );
+}
+
 /// A parent image that is corrupted, missing or replaced makes restore and inspect fail,
 /// naming it; nothing is restored.
 #[test]
