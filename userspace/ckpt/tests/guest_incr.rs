@@ -194,6 +194,24 @@ fn a_chain_of_five_incremental_images_restores_the_last_state() {
     assert_ne!(t.step(), sum);
 }
 
+/// A dirtier of `mib` MiB in a new directory `name`, checkpointed whole, one step, then
+/// checkpointed incrementally with --kill: (the directory, the dirtier, the incremental
+/// image, the buffer's sum at its cut, the checkpoint's stats).
+fn full_step_incremental(
+    name: &str,
+    mib: u32,
+) -> (Dir, Dirtier, PathBuf, String, serde_json::Value) {
+    setup();
+    let d = Dir::new(name);
+    let mut t = Dirtier::start(&d, "a", mib);
+    let (full, inc) = (d.path("full"), d.path("inc"));
+    checkpoint(t.pid, &full, None, &[]);
+    let sum = t.step();
+    let s = checkpoint(t.pid, &inc, Some(&full), &["--kill"]);
+    t.killed();
+    (d, t, inc, sum, s)
+}
+
 /// A process larger than one pages section (64 MiB of memory per DUMP_PAGES call): the
 /// parent's runs meet where its sections meet, and the incremental image must not join the
 /// unchanged pages on both sides into one run no section holds (it did: `inspect` and
@@ -201,15 +219,8 @@ fn a_chain_of_five_incremental_images_restores_the_last_state() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn an_incremental_image_of_a_process_over_one_section_restores() {
-    setup();
-    let d = Dir::new("incr-sections");
-    let mut t = Dirtier::start(&d, "a", 144);
-    let (full, inc) = (d.path("full"), d.path("inc"));
-    checkpoint(t.pid, &full, None, &[]);
-    let sum = t.step();
-    let s = checkpoint(t.pid, &inc, Some(&full), &["--kill"]);
+    let (_d, mut t, inc, sum, s) = full_step_incremental("incr-sections", 144);
     assert!(s["pages_in_parent"].as_u64().unwrap() > 30000, "{s}");
-    t.killed();
     ok(&ckpt(&["inspect", inc.to_str().unwrap()]));
     assert_eq!(common::restore_root(&inc), t.pid);
     assert_eq!(t.check(), sum, "the buffer after restoring");
@@ -221,15 +232,8 @@ fn an_incremental_image_of_a_process_over_one_section_restores() {
 #[test]
 #[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
 fn a_lazy_restore_of_pages_stored_as_differences_gives_them_whole() {
-    setup();
-    let d = Dir::new("incr-lazy");
-    let mut t = Dirtier::start(&d, "a", 16);
-    let (full, inc) = (d.path("full"), d.path("inc"));
-    checkpoint(t.pid, &full, None, &[]);
-    let sum = t.step();
-    let s = checkpoint(t.pid, &inc, Some(&full), &["--kill"]);
+    let (_d, mut t, inc, sum, s) = full_step_incremental("incr-lazy", 16);
     assert!(s["pages_as_differences"].as_u64().unwrap() > 0, "{s}");
-    t.killed();
     let out = ckpt(&["restore", "--lazy", inc.to_str().unwrap()]);
     let pid: i32 = ok(&out).trim().parse().unwrap();
     assert_eq!(pid, t.pid);
