@@ -182,10 +182,13 @@ impl Reuse {
         let mut out: Vec<[u64; 4]> = Vec::new();
         for r in runs {
             for k in 0..r.len / PAGE {
-                let Some(base) = self.base_of(r.addr + k * PAGE) else {
+                let (Some(base), Some(at)) = (
+                    self.base_of(r.addr + k * PAGE),
+                    r.image_offset.checked_sub(start),
+                ) else {
                     continue;
                 };
-                let page = (r.image_offset - start) / PAGE + k;
+                let page = at / PAGE + k;
                 let (image, offset) = (u64::from(base.image), base.offset);
                 match out.last_mut() {
                     Some([first, count, i, o])
