@@ -14,6 +14,7 @@ use crate::memory::PageRun;
 use crate::progress::Progress;
 use ckpt_abi::CKPT_RESTORE_MAX_IMAGES;
 use serde::{Deserialize, Serialize};
+use std::fs::File;
 use std::io;
 use std::path::{Path, PathBuf};
 
@@ -171,6 +172,23 @@ impl Chain {
     pub fn image(&self) -> &Image {
         &self.images[0]
     }
+}
+
+/// Each image's pages view (`Image::pages_view`; None where the file is its own view), made
+/// from the oldest image on: pages an image stores as differences (`image::delta`) get their
+/// bases from an ancestor's view. `progress` counts the bytes decompressed.
+pub fn views(images: &[Image], progress: &Progress) -> Result<Vec<Option<File>>, ImageError> {
+    let mut views: Vec<Option<File>> = Vec::with_capacity(images.len());
+    for (k, img) in images.iter().enumerate().rev() {
+        // `views` holds the ancestors' so far, the oldest first.
+        let ancestors = (images[k + 1..].iter().enumerate())
+            .map(|(j, a)| views[views.len() - 1 - j].as_ref().unwrap_or(&a.file));
+        let chain: Vec<&File> = std::iter::once(&img.file).chain(ancestors).collect();
+        let view = img.pages_view(progress, &chain)?;
+        views.push(view);
+    }
+    views.reverse();
+    Ok(views)
 }
 
 /// Every page run of `m` lies inside a pages section of the image it names (`chain[0]`: the

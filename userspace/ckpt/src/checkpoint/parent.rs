@@ -12,6 +12,9 @@ use std::path::Path;
 /// The parent chain, read (manifests only: the restore verifies the pages).
 pub struct Base {
     chain: Chain,
+    /// Where a changed page's previous version can be read, by distance from the new image
+    /// (see [`Base::base_files`]).
+    bases: Vec<Option<std::fs::File>>,
     id: String,
     /// What the new image's manifest records.
     pub reference: ParentRef,
@@ -73,6 +76,7 @@ impl Base {
         let reference = ParentRef::to(parent, output, &id)
             .map_err(|e| refuse(format!("resolving its path: {e}")))?;
         Ok(Base {
+            bases: base_files(&chain),
             chain,
             id,
             reference,
@@ -96,26 +100,48 @@ impl Base {
         }
         let reuse = Reuse::read(pid, maps, &record.memory.vmas)
             .map_err(checkpoint_io(pid, "reading its soft-dirty bits (pagemap)"))?;
-        Ok(reuse.with_bases(self.plain_images()))
-    }
-
-    /// The chain's files by distance from the new image (1: the parent), where their pages
-    /// are stored as they are: those can be the bases of pages stored as differences.
-    fn plain_images(&self) -> Vec<Option<std::fs::File>> {
-        let plain = |i: &crate::image::Image<crate::manifest::Manifest>| {
-            (i.sections.iter())
-                .filter(|s| s.kind == crate::image::PAGES)
-                .all(|s| s.compressed.is_none())
-        };
-        let ancestors = self.chain.images.iter().map(|i| match plain(i) {
-            true => i.file.try_clone().ok(),
-            false => None,
-        });
-        std::iter::once(None).chain(ancestors).collect()
+        let bases = self.bases.iter().map(|f| f.as_ref()?.try_clone().ok());
+        Ok(reuse.with_bases(bases.collect()))
     }
 
     fn record_of(&self, id: &Identity) -> Option<&Process> {
         let m = &self.chain.image().manifest;
         m.processes.iter().find(|p| p.identity.as_ref() == Some(id))
     }
+}
+
+/// The most page content of compressed images in a parent chain that a checkpoint decodes
+/// to take changed pages' previous versions from them: the chain's incremental images are
+/// small, a compressed full image is not (decoding it would cost more than the differences
+/// save).
+const DECODED_BASES_MAX: u64 = 16 << 20;
+
+/// The chain's pages by distance from the new image (1: the parent; 0, the new image, None):
+/// a plain image's file; a compressed image's view (`chain::views`), when the chain's
+/// compressed images hold at most [`DECODED_BASES_MAX`] of pages; else None: its changed
+/// pages are stored whole.
+fn base_files(chain: &Chain) -> Vec<Option<std::fs::File>> {
+    let pages = |i: &crate::manifest::Image| {
+        let s = i.sections.iter().filter(|s| s.kind == crate::image::PAGES);
+        (
+            s.clone().all(|s| s.compressed.is_none()),
+            s.map(|s| s.len).sum::<u64>(),
+        )
+    };
+    let compressed: u64 = (chain.images.iter().map(pages))
+        .filter(|(plain, _)| !plain)
+        .map(|(_, len)| len)
+        .sum();
+    let views = (compressed <= DECODED_BASES_MAX)
+        .then(|| crate::chain::views(&chain.images, &crate::progress::Progress::hidden()).ok())
+        .flatten();
+    let ancestors = chain.images.iter().enumerate().map(|(k, i)| {
+        let view = views.as_ref().and_then(|v| v.get(k)?.as_ref());
+        match (pages(i).0, view) {
+            (true, _) => i.file.try_clone().ok(),
+            (false, Some(v)) => v.try_clone().ok(),
+            (false, None) => None,
+        }
+    });
+    std::iter::once(None).chain(ancestors).collect()
 }

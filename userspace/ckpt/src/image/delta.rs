@@ -5,12 +5,13 @@
 //! it in a few bytes, where the page itself would take 4096.
 //!
 //! A pages section with a [`Delta`] holds, for the pages its `bases` name, page XOR base,
-//! the base being a page stored as it is (uncompressed, not itself a difference) in an image
-//! further down the chain; other pages are stored as they are. Decoding adds the bases back
-//! into the image's view ([`Delta::apply`]) and checks the result against `xxh64`, the
-//! checksum of the pages as the process held them. A base names the image by its distance
-//! (1: the parent), like a page run, and is checked to lie in a plain pages section of that
-//! image when the chain is opened ([`Delta::check`]).
+//! the base being the page's previous version in an image further down the chain, at its
+//! place in that image's view (the file itself for a plain image; for a compressed one, its
+//! pages decoded, bases added back: views are made from the oldest image on); other pages are
+//! stored as they are. Decoding adds the bases back into the image's view ([`Delta::apply`])
+//! and checks the result against `xxh64`, the checksum of the pages as the process held them.
+//! A base names the image by its distance (1: the parent), like a page run, and is checked to
+//! lie in a pages section of that image when the chain is opened ([`Delta::check`]).
 
 use super::{Section, PAGE, PAGES};
 use serde::{Deserialize, Serialize};
@@ -31,7 +32,7 @@ pub struct Delta {
 
 impl Delta {
     /// Checks every base of `section` (of the chain's image `chain[0]`; `chain[k]` the k-th
-    /// ancestor's sections) lies inside the section and inside one plain pages section of
+    /// ancestor's sections) lies inside the section and inside one pages section of
     /// the image it names.
     pub fn check(&self, section: &Section, chain: &[&[Section]]) -> Result<(), String> {
         if section.compressed.is_none() || section.kind != PAGES {
@@ -55,22 +56,22 @@ impl Delta {
             };
             let inside = sections.iter().any(|s| {
                 s.kind == PAGES
-                    && s.compressed.is_none()
                     && offset >= s.offset
                     && offset
                         .checked_add(len)
                         .is_some_and(|e| e <= s.offset + s.len)
             });
             if !inside {
-                return bad("not in a plain pages section of its image");
+                return bad("not in a pages section of its image");
             }
         }
         Ok(())
     }
 
     /// Adds the bases back into `view`, which holds `section`'s stored content at
-    /// `section.offset`, reading them from `chain` (`chain[k]`: the k-th ancestor's file; the
-    /// bases were checked by [`Delta::check`]), then checks the pages against `xxh64`.
+    /// `section.offset`, reading them from `chain` (`chain[k]`: the k-th ancestor's view, its
+    /// file if plain; the bases were checked by [`Delta::check`]), then checks the pages
+    /// against `xxh64`.
     pub fn apply(&self, section: &Section, view: &File, chain: &[&File]) -> io::Result<()> {
         let files: Vec<Option<&File>> = chain.iter().map(|&f| Some(f)).collect();
         let content = Window::new(view, section.offset, section.len);

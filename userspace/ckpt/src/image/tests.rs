@@ -703,5 +703,38 @@ fn pages_stored_as_differences_come_back_whole() {
         bad.check(s, &[&img.sections, &parent_sections]).is_err(),
         "beyond its section"
     );
+    // A grandchild whose pages changed again: its bases are in the child's view (compressed,
+    // itself differences), which is made first.
+    let grandchild = d.join("grandchild");
+    let mut again = pages.clone();
+    again[PAGE as usize + 16] ^= 0x33;
+    let mut w = ImageWriter::create(&grandchild).unwrap();
+    w.compress(codec::DEFAULT_LEVEL).unwrap();
+    let (file, offset) = w.external_pages_target().unwrap();
+    file.write_all_at(&again, offset).unwrap();
+    let sum = xxhash_rust::xxh64::xxh64(&again, 0);
+    let chain = [None, Some(view.try_clone().unwrap()), None];
+    let bases = vec![[0, 3, 1, at]];
+    let at2 = w
+        .external_pages_written_as_delta((again.len() as u64, sum), bases, &chain)
+        .unwrap();
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    w.finish(&TestManifest {
+        blob,
+        page_offset: at2,
+    })
+    .unwrap();
+    let img2 = Image::<TestManifest>::open(&grandchild).unwrap();
+    let s2 = img2.sections.iter().find(|s| s.delta.is_some()).unwrap();
+    let sections = [&img2.sections[..], &img.sections, &parent_sections];
+    s2.delta.as_ref().unwrap().check(s2, &sections).unwrap();
+    let me2 = File::open(&grandchild).unwrap();
+    let view2 = img2
+        .pages_view(&Progress::hidden(), &[&me2, &view, &base])
+        .unwrap()
+        .unwrap();
+    let mut got = vec![0u8; again.len()];
+    view2.read_exact_at(&mut got, at2).unwrap();
+    assert_eq!(got, again);
     std::fs::remove_dir_all(d).unwrap();
 }

@@ -102,10 +102,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     // Compressed pages are decompressed here, before any process exists: each image's
     // page runs are read from its view.
     let decompressing = Progress::stderr("decompressing", opts.progress);
-    let files: Vec<&std::fs::File> = chain.images.iter().map(|i| &i.file).collect();
-    let views = (chain.images.iter().enumerate())
-        .map(|(k, i)| i.pages_view(&decompressing, &files[k..]))
-        .collect::<Result<Vec<_>, _>>()?;
+    let views = crate::chain::views(&chain.images, &decompressing)?;
     decompressing.finish();
     let pages: Vec<&std::fs::File> = chain
         .images
