@@ -633,6 +633,27 @@ fn verifying_and_decompressing_count_every_byte() {
     std::fs::remove_dir_all(&d).unwrap();
 }
 
+/// Writes an image at `path` whose pages are `pages`, stored as differences from `bases` in
+/// `chain` (as the module's path does: written into the scratch memfd, then recorded); returns
+/// where they are in its view.
+fn delta_image(path: &Path, pages: &[u8], bases: Vec<[u64; 4]>, chain: &[Option<File>]) -> u64 {
+    let mut w = ImageWriter::create(path).unwrap();
+    w.compress(codec::DEFAULT_LEVEL).unwrap();
+    let (file, offset) = w.external_pages_target().unwrap();
+    file.write_all_at(pages, offset).unwrap();
+    let sum = xxhash_rust::xxh64::xxh64(pages, 0);
+    let at = w
+        .external_pages_written_as_delta((pages.len() as u64, sum), bases, chain)
+        .unwrap();
+    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
+    w.finish(&TestManifest {
+        blob,
+        page_offset: at,
+    })
+    .unwrap();
+    at
+}
+
 /// An incremental image's changed pages stored as differences from a plain parent's pages:
 /// most of each page is the parent's, so the section compresses to next to nothing; the view
 /// holds the pages as they were; a base that no longer holds what it held is caught.
@@ -647,23 +668,10 @@ fn pages_stored_as_differences_come_back_whole() {
     for k in 0..3 {
         pages[k * PAGE as usize + 8] ^= 0x5a;
     }
-    let mut w = ImageWriter::create(&child).unwrap();
-    w.compress(codec::DEFAULT_LEVEL).unwrap();
-    let (file, offset) = w.external_pages_target().unwrap();
-    file.write_all_at(&pages, offset).unwrap();
-    let sum = xxhash_rust::xxh64::xxh64(&pages, 0);
     let o = m.page_offset;
     let bases = vec![[0, 1, 1, o], [2, 1, 1, o + 2 * PAGE]];
     let chain = [None, Some(base.try_clone().unwrap())];
-    let at = w
-        .external_pages_written_as_delta((pages.len() as u64, sum), bases, &chain)
-        .unwrap();
-    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
-    w.finish(&TestManifest {
-        blob,
-        page_offset: at,
-    })
-    .unwrap();
+    let at = delta_image(&child, &pages, bases, &chain);
     let img = Image::<TestManifest>::open(&child).unwrap();
     assert_eq!(img.meta.format_version, DELTA_FORMAT_VERSION);
     let s = img.sections.iter().find(|s| s.delta.is_some()).unwrap();
@@ -708,22 +716,8 @@ fn pages_stored_as_differences_come_back_whole() {
     let grandchild = d.join("grandchild");
     let mut again = pages.clone();
     again[PAGE as usize + 16] ^= 0x33;
-    let mut w = ImageWriter::create(&grandchild).unwrap();
-    w.compress(codec::DEFAULT_LEVEL).unwrap();
-    let (file, offset) = w.external_pages_target().unwrap();
-    file.write_all_at(&again, offset).unwrap();
-    let sum = xxhash_rust::xxh64::xxh64(&again, 0);
     let chain = [None, Some(view.try_clone().unwrap()), None];
-    let bases = vec![[0, 3, 1, at]];
-    let at2 = w
-        .external_pages_written_as_delta((again.len() as u64, sum), bases, &chain)
-        .unwrap();
-    let blob = w.add_blob(BLOB, &[7u8; 832]).unwrap();
-    w.finish(&TestManifest {
-        blob,
-        page_offset: at2,
-    })
-    .unwrap();
+    let at2 = delta_image(&grandchild, &again, vec![[0, 3, 1, at]], &chain);
     let img2 = Image::<TestManifest>::open(&grandchild).unwrap();
     let s2 = img2.sections.iter().find(|s| s.delta.is_some()).unwrap();
     let sections = [&img2.sections[..], &img.sections, &parent_sections];
