@@ -81,7 +81,8 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     })?;
     precheck(pid)?;
     let base = match opts.parent {
-        Some(p) => Some(parent::Base::open(p, opts.output, pid)?),
+        // With a key, changed pages are stored whole (see below): no bases to read.
+        Some(p) => Some(parent::Base::open(p, opts.output, pid, opts.key.is_none())?),
         None => None,
     };
     let image_id = crate::chain::new_id().map_err(checkpoint_io(pid, "making an image id"))?;

@@ -23,7 +23,13 @@ pub struct Base {
 impl Base {
     /// Opens the chain of `parent` for a checkpoint of the tree rooted at `pid` written to
     /// `output`, and refuses a parent that is not the last checkpoint of that process.
-    pub fn open(parent: &Path, output: &Path, pid: i32) -> Result<Base, CheckpointError> {
+    /// `differences`: changed pages are to be stored as differences (their bases are found).
+    pub fn open(
+        parent: &Path,
+        output: &Path,
+        pid: i32,
+        differences: bool,
+    ) -> Result<Base, CheckpointError> {
         let refuse = |why: String| CheckpointError::Parent {
             path: parent.into(),
             why,
@@ -76,7 +82,10 @@ impl Base {
         let reference = ParentRef::to(parent, output, &id)
             .map_err(|e| refuse(format!("resolving its path: {e}")))?;
         Ok(Base {
-            bases: base_files(&chain),
+            bases: match differences {
+                true => base_files(&chain),
+                false => Vec::new(),
+            },
             chain,
             id,
             reference,

@@ -54,14 +54,7 @@ impl Delta {
             let Some(len) = count.checked_mul(PAGE) else {
                 return bad("too long");
             };
-            let inside = sections.iter().any(|s| {
-                s.kind == PAGES
-                    && offset >= s.offset
-                    && offset
-                        .checked_add(len)
-                        .is_some_and(|e| e <= s.offset + s.len)
-            });
-            if !inside {
+            if !sections.iter().any(|s| s.holds_pages(offset, len)) {
                 return bad("not in a pages section of its image");
             }
         }

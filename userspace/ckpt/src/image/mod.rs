@@ -175,6 +175,18 @@ impl Section {
             None => (self.offset, self.len, self.xxh64),
         }
     }
+
+    /// Whether it is a pages section whose content holds the `len` bytes at `offset` (in the
+    /// image's view), without overflow whatever the numbers.
+    pub fn holds_pages(&self, offset: u64, len: u64) -> bool {
+        self.kind == PAGES
+            && offset >= self.offset
+            && offset.checked_add(len).is_some_and(|e| {
+                self.offset
+                    .checked_add(self.len)
+                    .is_some_and(|end| e <= end)
+            })
+    }
 }
 
 /// Facts about an image as a whole, kept in the manifest next to the caller's fields.

@@ -16,7 +16,7 @@ use crate::batch::CallSink;
 use crate::device::{Device, DumpHow};
 use crate::dirty::Reuse;
 use crate::errors::{checkpoint_io, restore_io, CheckpointError, RestoreError};
-use crate::image::{ImageWriter, Section, PAGE, PAGES};
+use crate::image::{ImageWriter, Section, PAGE};
 use crate::proc::{self, MapEntry};
 use crate::progress::Progress;
 use crate::shmem::{self, ShmDump, ShmObject};
@@ -312,13 +312,10 @@ pub fn dump_pages(
             };
             // Compressing, a changed page the chain holds an earlier version of is stored as
             // its difference from it (`image::delta`).
-            let bases = match (compressing, r.xxh64) {
-                (true, Some(_)) => reuse.delta_bases(&r.runs, offset),
-                _ => Vec::new(),
-            };
-            stats.pages_as_differences += bases.iter().map(|b| b[1]).sum::<u64>();
             let start = match r.xxh64 {
-                Some(sum) if !bases.is_empty() => {
+                Some(sum) if compressing => {
+                    let bases = reuse.delta_bases(&r.runs, offset);
+                    stats.pages_as_differences += bases.iter().map(|b| b[1]).sum::<u64>();
                     let written = (r.bytes_written, sum);
                     w.external_pages_written_as_delta(written, bases, reuse.bases())
                 }
@@ -687,13 +684,7 @@ impl Memory {
 }
 
 pub fn in_pages_section(r: &PageRun, sections: &[Section]) -> bool {
-    sections.iter().any(|s| {
-        s.kind == PAGES
-            && r.offset >= s.offset
-            && r.offset
-                .checked_add(r.len)
-                .is_some_and(|e| s.offset.checked_add(s.len).is_some_and(|end| e <= end))
-    })
+    sections.iter().any(|s| s.holds_pages(r.offset, r.len))
 }
 
 /// In the restored process `pid` (its address space the image's): attaches every SysV segment
