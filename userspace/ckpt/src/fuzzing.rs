@@ -563,6 +563,7 @@ pub fn sample_process(pages_at: u64, xstate_section: usize) -> Process {
                     image: 0,
                 }],
             )],
+            table: None,
         },
         sigactions: vec![],
         files: FdTable {

@@ -6,7 +6,7 @@ use crate::attrs::Attrs;
 use crate::fds::{FdTable, Shared};
 use crate::groups::{Ids, Plan};
 use crate::image::flat;
-use crate::image::{Section, Validate};
+use crate::image::{ImageWriter, Section, Validate};
 use crate::interceptor::InterceptorState;
 use crate::memory::Memory;
 use crate::signals::SigAction;
@@ -183,6 +183,13 @@ impl<'de> Deserialize<'de> for Process {
 }
 
 impl Validate for Manifest {
+    fn load_tables(&mut self, read: &crate::image::ReadTable) -> Result<(), String> {
+        for p in &mut self.processes {
+            (p.memory.load_table(read)).map_err(|e| format!("process {}: {e}", p.pid))?;
+        }
+        Ok(())
+    }
+
     fn validate(&self, sections: &[Section]) -> Result<(), String> {
         if self.processes.is_empty() {
             return Err("no process in the image".into());
@@ -206,6 +213,16 @@ impl Validate for Manifest {
 }
 
 impl Manifest {
+    /// Moves its large tables (each process's mappings) into sections of `w`, where reading
+    /// them back costs a fraction of parsing them as JSON (`crate::memory::table`); then
+    /// writes it, finishing the image. Returns the image's size.
+    pub fn write_to(mut self, mut w: ImageWriter) -> std::io::Result<u64> {
+        for p in &mut self.processes {
+            p.memory.store_table(&mut w)?;
+        }
+        w.finish(&self)
+    }
+
     /// Pids are unique and positive; a process whose parent is in the image comes after it
     /// (the restore forks them in this order; the others are roots), and so does every
     /// zombie's; a gone group or session leader is none of them.

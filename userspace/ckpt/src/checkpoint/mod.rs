@@ -162,7 +162,7 @@ pub fn checkpoint(opts: &Options) -> Result<Stats, CheckpointError> {
     stats.dump_mib_per_s = stats.throughput();
     manifest.stats = Some(stats);
     worker::check()?;
-    stats.image_bytes = w.finish(&manifest).map_err(write_err)?;
+    stats.image_bytes = manifest.write_to(w).map_err(write_err)?;
     if let Some(tree) = tree {
         if let Some(lock) = &lock {
             lock.arm_for_kill().map_err(|e| {
@@ -565,6 +565,7 @@ impl Dump<'_> {
             memory: Memory {
                 mm: memory::MmLayout::from(&ts.mm),
                 vmas,
+                table: None,
             },
             sigactions: signals::dump(&ts),
             files,

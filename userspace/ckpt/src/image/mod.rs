@@ -54,7 +54,11 @@ pub const MAGIC: [u8; 8] = *b"CKPTIMG\0";
 /// 5: a keyed MAC after the header (`mac`), written with a key only; otherwise as 3 or 4.
 /// 6: pages stored as differences from an earlier image's (`Section::delta`), written by
 /// incremental checkpoints without a key only; otherwise as 3, 4 or 5.
-pub const FORMAT_VERSION: u32 = DELTA_FORMAT_VERSION;
+/// 7: parts of the manifest in sections of their own ([`ImageWriter::add_table`]: a
+/// process's mappings, `memory::table`), written without a key only; otherwise as 3 to 6.
+pub const FORMAT_VERSION: u32 = TABLES_FORMAT_VERSION;
+/// The version of an image with a part of its manifest in a section (and no MAC).
+pub const TABLES_FORMAT_VERSION: u32 = 7;
 /// The version of an image with a pages section stored as differences (and no MAC).
 pub const DELTA_FORMAT_VERSION: u32 = 6;
 /// The version of an image with compressed sections and no MAC.
@@ -253,7 +257,17 @@ impl<'de, M: flat::FromRawObject> Deserialize<'de> for Envelope<M> {
 /// indexes or sizes by must be checked here.
 pub trait Validate {
     fn validate(&self, sections: &[Section]) -> Result<(), String>;
+
+    /// Reads the parts of the manifest stored as sections of their own (large tables,
+    /// written with [`ImageWriter::add_table`]) into it, before [`Validate::validate`].
+    fn load_tables(&mut self, _read: &ReadTable) -> Result<(), String> {
+        Ok(())
+    }
 }
+
+/// Gives the content of section `index` if it is of `kind`, checked against its checksum
+/// (whatever the image was opened to verify): what [`Validate::load_tables`] reads with.
+pub type ReadTable<'a> = dyn Fn(usize, &SectionKind) -> Result<Vec<u8>, String> + 'a;
 
 /// Whether section `index` exists and is of `kind`.
 pub fn section_is(sections: &[Section], index: usize, kind: &SectionKind) -> bool {

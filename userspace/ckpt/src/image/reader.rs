@@ -6,7 +6,7 @@ use super::flat::FromRawObject;
 use super::header::{Header, HEADER_LEN};
 use super::mac::{self, MacKey};
 use super::mapped::MappedFile;
-use super::{corrupt, Envelope, ImageError, Meta, Section, Validate, PAGE, PAGES};
+use super::{corrupt, Envelope, ImageError, Meta, Section, SectionKind, Validate, PAGE, PAGES};
 use crate::progress::Progress;
 use nix::fcntl::{fcntl, FcntlArg, SealFlag};
 use nix::sys::memfd::{memfd_create, MFdFlags};
@@ -139,7 +139,7 @@ impl<M: FromRawObject + Validate> Image<M> {
         {
             return Err(corrupt(path, "manifest and header disagree"));
         }
-        let image = Image {
+        let mut image = Image {
             path: path.into(),
             file,
             file_len: h.file_len,
@@ -155,6 +155,14 @@ impl<M: FromRawObject + Validate> Image<M> {
                 return Err(ImageError::MacMismatch { path: path.into() });
             }
         }
+        let data = SectionData {
+            path: &image.path,
+            file: &image.file,
+            sections: &image.sections,
+        };
+        (image.manifest)
+            .load_tables(&|i, kind| data.read_table(i, kind).map_err(|e| e.to_string()))
+            .map_err(|what| corrupt(path, what))?;
         image
             .manifest
             .validate(&image.sections)
@@ -603,6 +611,25 @@ impl SectionData<'_> {
                 source,
             })?;
         Ok(buf)
+    }
+
+    /// Reads whole section `index` if it is of `kind`, checked against its checksum even
+    /// if the image was opened without checking its sections (a compressed one is as it
+    /// decompresses).
+    pub fn read_table(&self, index: usize, kind: &SectionKind) -> Result<Vec<u8>, ImageError> {
+        let s = self.section(index)?;
+        if &s.kind != kind {
+            let what = format!("section {index} is not a {} section", kind.name());
+            return Err(corrupt(self.path, what));
+        }
+        let data = self.read(index)?;
+        if s.compressed.is_none() && xxh64(&data, 0) != s.xxh64 {
+            return Err(corrupt(
+                self.path,
+                format!("section {index} checksum mismatch"),
+            ));
+        }
+        Ok(data)
     }
 
     /// Writes section `index`'s content into `to` at `at`, streamed.

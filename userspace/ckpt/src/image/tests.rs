@@ -125,11 +125,12 @@ fn another_version_is_named() {
     let p = d.join("img");
     sample_image(&p);
     let mut data = std::fs::read(&p).unwrap();
-    data[8..12].copy_from_slice(&7u32.to_le_bytes());
+    let future = FORMAT_VERSION + 1;
+    data[8..12].copy_from_slice(&future.to_le_bytes());
     std::fs::write(&p, &data).unwrap();
     let err = Image::<TestManifest>::open(&p).unwrap_err().to_string();
     assert!(
-        err.contains("format version 7")
+        err.contains(&format!("format version {future}"))
             && err.contains(&format!(
                 "versions {MIN_FORMAT_VERSION} to {FORMAT_VERSION}"
             )),

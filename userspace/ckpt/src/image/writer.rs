@@ -13,7 +13,7 @@ use super::header::Header;
 use super::mapped::MappedFile;
 use super::{
     mac, Envelope, MacKey, Meta, Section, SectionKind, COMPRESSED_FORMAT_VERSION,
-    DELTA_FORMAT_VERSION, PAGE, PAGES, PLAIN_FORMAT_VERSION,
+    DELTA_FORMAT_VERSION, PAGE, PAGES, PLAIN_FORMAT_VERSION, TABLES_FORMAT_VERSION,
 };
 use serde::Serialize;
 use std::fs::{File, OpenOptions};
@@ -56,6 +56,8 @@ pub struct ImageWriter {
     key: Option<MacKey>,
     /// Checksums of pages sections written without one, being taken on another thread.
     background: Option<BackgroundSums>,
+    /// A part of the manifest was added as a section ([`ImageWriter::add_table`]).
+    tables: bool,
     done: bool,
 }
 
@@ -151,6 +153,7 @@ impl ImageWriter {
             compressing: None,
             key: None,
             background: None,
+            tables: false,
             done: false,
         };
         w.write_all(&[0u8; PAGE as usize])?; // header placeholder
@@ -507,6 +510,17 @@ impl ImageWriter {
         Ok(self.push_plain(kind, offset, data.len() as u64, xxh64(data, 0)))
     }
 
+    /// Adds a part of the manifest (`kind`, a large table) as a section of its own; returns
+    /// its index, or None for an image with a MAC, whose version (5) cannot tell an older
+    /// ckpt that its manifest lacks the part: the caller keeps it in the manifest then.
+    pub fn add_table(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<Option<usize>> {
+        if self.key.is_some() {
+            return Ok(None);
+        }
+        self.tables = true;
+        self.add_blob(kind, data).map(Some)
+    }
+
     /// Writes the manifest (the envelope with the sections, then `manifest`'s fields) and the
     /// header, fsyncs, and renames into place. Returns the size.
     pub fn finish<M: Serialize>(mut self, manifest: &M) -> io::Result<u64> {
@@ -519,6 +533,7 @@ impl ImageWriter {
         }
         let version = match self.sections.iter().any(|s| s.compressed.is_some()) {
             _ if self.key.is_some() => mac::MAC_FORMAT_VERSION,
+            _ if self.tables => TABLES_FORMAT_VERSION,
             _ if self.sections.iter().any(|s| s.delta.is_some()) => DELTA_FORMAT_VERSION,
             true => COMPRESSED_FORMAT_VERSION,
             false => PLAIN_FORMAT_VERSION,

@@ -11,6 +11,7 @@
 //! whole address space with it (`CKPT_IOC_RESTORE`, see restore/).
 
 mod scan;
+pub mod table;
 
 use crate::batch::CallSink;
 use crate::device::{Device, DumpHow};
@@ -37,7 +38,13 @@ use std::path::Path;
 #[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq, Eq)]
 pub struct Memory {
     pub mm: MmLayout,
+    /// Empty in the JSON when the mappings are in a section of their own (`table`), and
+    /// filled from it when the image is read.
+    #[serde(default)]
     pub vmas: Vec<Vma>,
+    /// The section holding the mappings (`table::MAPPINGS`), in images from version 7 on.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub table: Option<usize>,
 }
 
 /// The image's form of the ABI's `CkptMmLayout`: kept apart (serde, an auxv of any length)
