@@ -8,6 +8,7 @@
 //! share one, so a chain can be moved as a whole) and by the parent's random `image_id`: a
 //! parent replaced since, even by a checkpoint of the same process, is refused.
 
+use crate::image::background::{plain_pages, PagesCheck, Unchecked};
 use crate::image::{ImageError, MacKey, Section};
 use crate::manifest::{Image, Manifest};
 use crate::memory::PageRun;
@@ -101,9 +102,23 @@ impl Chain {
     }
 
     /// As [`Chain::open`], each image opened with [`Image::open_pages_unverified`]: for a
-    /// lazy restore, whose page server checks the pages in the background.
+    /// restore, which checks the pages in the background (a lazy one in its page server).
     pub fn open_pages_unverified(path: &Path) -> Result<Chain, ImageError> {
         Self::open_with(path, Image::open_pages_unverified)
+    }
+
+    /// Starts checking the plain pages sections of every image (opened with
+    /// [`Chain::open_pages_unverified`]) on another thread: `image::background`.
+    pub fn check_pages_in_background(&self) -> io::Result<PagesCheck> {
+        let unchecked = |i: &Image| -> io::Result<Unchecked> {
+            Ok((
+                i.path.clone(),
+                i.file.try_clone()?,
+                plain_pages(&i.sections),
+            ))
+        };
+        let images = self.images.iter().map(unchecked);
+        Ok(PagesCheck::start(images.collect::<io::Result<_>>()?))
     }
 
     /// As [`Chain::open`], reading only the manifests (header and manifest checksums

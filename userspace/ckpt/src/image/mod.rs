@@ -24,6 +24,7 @@
 //! Extending: new data goes into new optional manifest fields or new section kinds; a reader
 //! refuses any other `FORMAT_VERSION`, naming both (like Firecracker's versioned state).
 
+pub mod background;
 pub mod codec;
 mod copy;
 pub mod delta;

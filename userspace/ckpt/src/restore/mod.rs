@@ -28,6 +28,8 @@ pub const EXIT_VDSO_COLLISION: i32 = 75;
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
+use crate::image::background::PagesCheck;
+use crate::image::ImageError;
 use crate::inject::Injector;
 use crate::manifest::{Image, Process};
 use crate::progress::Progress;
@@ -78,13 +80,35 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     // An incremental image's parents too: each verified (compressed pages as they are
     // decompressed below), each the one its child names.
     let verifying = Progress::stderr("verifying", opts.progress);
-    let chain = match (opts.lazy, &opts.key) {
-        // Not read whole before the program runs: the page server checks the pages. A MAC
-        // needs every byte: with a key, the image is read whole all the same.
-        (true, None) => Chain::open_pages_unverified(path)?,
-        (_, key) => Chain::open_pages_later(path, key.as_ref(), &verifying)?,
+    let chain = match &opts.key {
+        // Plain pages are not read before the processes are made: the page server (lazy)
+        // or a thread (`pages` below) checks them. A MAC needs every byte in order: with a
+        // key, the image is read whole first.
+        None => Chain::open_pages_unverified(path)?,
+        key => Chain::open_pages_later(path, key.as_ref(), &verifying)?,
     };
     verifying.finish();
+    // The plain pages, checked while the module copies them into place; no process runs
+    // before the verdict (`restore_tree`). An image that locked its TCP connections is
+    // checked first: damaged, it leaves them locked for another try.
+    let mut checking = match (opts.lazy, &opts.key) {
+        (false, None) => {
+            Some(
+                chain
+                    .check_pages_in_background()
+                    .map_err(|source| ImageError::Io {
+                        path: path.into(),
+                        source,
+                    })?,
+            )
+        }
+        _ => None,
+    };
+    if chain.image().manifest.netlock.is_some() {
+        if let Some(check) = checking.take() {
+            check.wait(&verifying)?;
+        }
+    }
     if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
         eprintln!(
             "ckpt: warning: {} carries a MAC, not checked without --key",
@@ -132,13 +156,12 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     }
     let memfds = std::mem::take(&mut restorers.memfds);
     let sysv = std::mem::take(&mut restorers.shared.sysv);
-    let result = restore_tree(
-        restorers,
-        &sysv,
-        (report_in, go_out),
-        &xstates,
-        (ns, server),
-    );
+    let alongside = Alongside {
+        ns,
+        server,
+        pages: checking.map(|check| (check, &verifying)),
+    };
+    let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, alongside);
     if result.is_ok() {
         for (o, fd) in img.manifest.shared.memory.iter().zip(&memfds) {
             if let Err(e) = crate::shmem::late_seals(o, fd) {
@@ -202,15 +225,20 @@ fn lift_netlock(table: &str) {
 
 /// Forks the tree's restorers, traces them to their restore ioctls, finishes and releases
 /// every process.
+/// What a restore runs beside the tree until it lets it go.
+struct Alongside<'a> {
+    ns: Option<pidns::Namespace>,
+    server: Option<crate::lazy::server::Server>,
+    /// The pages sections being checked (`image::background`), and the bar that shows it.
+    pages: Option<(PagesCheck, &'a Progress)>,
+}
+
 fn restore_tree(
     mut restorers: Restorers,
     sysv: &crate::sysv::Made,
     (report_in, go_out): (OwnedFd, OwnedFd),
     xstates: &[Vec<Vec<u8>>],
-    (ns, server): (
-        Option<pidns::Namespace>,
-        Option<crate::lazy::server::Server>,
-    ),
+    Alongside { ns, server, pages }: Alongside,
 ) -> Result<Restored, RestoreError> {
     let m = restorers.manifest;
     let sysv_ids = &sysv.shm;
@@ -255,6 +283,9 @@ fn restore_tree(
             sys::sysv_shm_remove(id)
                 .map_err(|e| tree.abort(restore_io("removing a SysV segment")(e)))?;
         }
+    }
+    if let Some((check, progress)) = pages {
+        check.wait(progress).map_err(|e| tree.abort(e.into()))?;
     }
     tree.release(&all_tids)?;
     if let Some(server) = server {
