@@ -8,7 +8,7 @@
 //! share one, so a chain can be moved as a whole) and by the parent's random `image_id`: a
 //! parent replaced since, even by a checkpoint of the same process, is refused.
 
-use crate::image::background::{plain_pages, PagesCheck, Unchecked};
+use crate::image::background::{plain_pages, Unchecked};
 use crate::image::{ImageError, MacKey, Section};
 use crate::manifest::{Image, Manifest};
 use crate::memory::PageRun;
@@ -107,18 +107,17 @@ impl Chain {
         Self::open_with(path, Image::open_pages_unverified)
     }
 
-    /// Starts checking the plain pages sections of every image (opened with
-    /// [`Chain::open_pages_unverified`]) on another thread: `image::background`.
-    pub fn check_pages_in_background(&self) -> io::Result<PagesCheck> {
-        let unchecked = |i: &Image| -> io::Result<Unchecked> {
-            Ok((
-                i.path.clone(),
-                i.file.try_clone()?,
-                plain_pages(&i.sections),
-            ))
+    /// The plain pages sections of every image (opened with
+    /// [`Chain::open_pages_unverified`]), for `image::background` to check.
+    pub fn unchecked_pages(&self) -> Result<Vec<Unchecked>, ImageError> {
+        let unchecked = |i: &Image| -> Result<Unchecked, ImageError> {
+            let file = i.file.try_clone().map_err(|source| ImageError::Io {
+                path: i.path.clone(),
+                source,
+            })?;
+            Ok((i.path.clone(), file, plain_pages(&i.sections)))
         };
-        let images = self.images.iter().map(unchecked);
-        Ok(PagesCheck::start(images.collect::<io::Result<_>>()?))
+        self.images.iter().map(unchecked).collect()
     }
 
     /// As [`Chain::open`], reading only the manifests (header and manifest checksums

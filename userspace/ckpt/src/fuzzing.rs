@@ -119,7 +119,12 @@ pub fn write_seed(
             image: 1,
         });
     }
-    w.finish(&m)?;
+    // The full image keeps its mappings in the JSON (as images before version 7 and MAC'd
+    // ones do), the incremental one has them in a section: both forms get mutated.
+    match m.parent {
+        Some(_) => m.write_to(w)?,
+        None => w.finish(&m)?,
+    };
     Ok(at)
 }
 
@@ -128,8 +133,8 @@ const PIPE_DATA: crate::image::SectionKind = crate::image::SectionKind::named("p
 /// Reads the image at `path` as the commands do before they touch a process, each step's
 /// outcome named: `manifests` (what `checkpoint --parent` and `--dir` read of a chain),
 /// `inspect` (the whole chain verified, the summary and the JSON made), `restore` (the chain
-/// verified with compressed pages as they decompress, each image's pages view, every section
-/// read or streamed, the tree's groups planned), `keyed` (the chain opened as `restore --key`
+/// verified but its plain pages, then those checked as a full restore does, each image's
+/// pages view, every section read or streamed, the tree's groups planned), `keyed` (the chain opened as `restore --key`
 /// opens it, with the key of `dir/key` if there is one).
 pub fn read_image(path: &Path) -> Vec<(&'static str, Result<(), String>)> {
     let manifests = Chain::open_manifests(path).map(drop);
@@ -150,10 +155,14 @@ pub fn read_image(path: &Path) -> Vec<(&'static str, Result<(), String>)> {
     ]
 }
 
-/// What `ckpt restore` reads of an image before it forks.
+/// What `ckpt restore` reads of an image: before it forks, and its plain pages as it
+/// checks them while the module copies them (`image::background`).
 fn read_for_restore(path: &Path) -> Result<(), String> {
-    let chain =
-        Chain::open_pages_later(path, None, &Progress::hidden()).map_err(|e| e.to_string())?;
+    let chain = Chain::open_pages_unverified(path).map_err(|e| e.to_string())?;
+    let unchecked = chain.unchecked_pages().map_err(|e| e.to_string())?;
+    crate::image::background::PagesCheck::start(unchecked)
+        .and_then(|check| check.wait(&Progress::hidden()))
+        .map_err(|e| e.to_string())?;
     let sink = std::fs::OpenOptions::new()
         .write(true)
         .open("/dev/null")

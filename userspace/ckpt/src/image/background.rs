@@ -22,6 +22,8 @@ pub type Unchecked = (PathBuf, File, Vec<(usize, Section)>);
 
 /// Plain pages sections being checked on another thread.
 pub struct PagesCheck {
+    /// The first image's, to name in an error not about one section.
+    path: PathBuf,
     total: u64,
     /// Bytes checked, as the thread goes.
     checked: mpsc::Receiver<u64>,
@@ -38,38 +40,28 @@ pub fn plain_pages(sections: &[Section]) -> Vec<(usize, Section)> {
 }
 
 impl PagesCheck {
-    /// Starts checking `images`' sections, in order.
-    pub fn start(images: Vec<Unchecked>) -> PagesCheck {
+    /// Starts checking `images`' sections, in order, on a thread of its own.
+    pub fn start(images: Vec<Unchecked>) -> Result<PagesCheck, ImageError> {
         let sections = images.iter().flat_map(|(_, _, s)| s);
         let total = sections.map(|(_, s)| s.len).fold(0, u64::saturating_add);
+        let path = images
+            .first()
+            .map(|(p, _, _)| p.clone())
+            .unwrap_or_default();
         let (tell, checked) = mpsc::channel();
-        let thread = std::thread::spawn(move || {
-            for (path, file, sections) in &images {
-                for (i, s) in sections {
-                    let io_err = |source| ImageError::Io {
-                        path: path.clone(),
-                        source,
-                    };
-                    let mut sum = Xxh64::new(0);
-                    let map = MappedFile::range(file, s.offset, s.len).map_err(io_err)?;
-                    map.for_each_mib((0, s.len), |b| {
-                        sum.update(b);
-                        let _ = tell.send(b.len() as u64);
-                    })
-                    .map_err(io_err)?;
-                    if sum.digest() != s.xxh64 {
-                        let what = format!("section {i} (pages) checksum mismatch");
-                        return Err(corrupt(path, what));
-                    }
-                }
-            }
-            Ok(())
-        });
-        PagesCheck {
+        let thread = std::thread::Builder::new()
+            .name("ckpt-check".into())
+            .spawn(move || check_all(&images, &tell))
+            .map_err(|source| ImageError::Io {
+                path: path.clone(),
+                source,
+            })?;
+        Ok(PagesCheck {
+            path,
             total,
             checked,
             thread,
-        }
+        })
     }
 
     /// Waits for the verdict; `progress` shows the check (its total added here).
@@ -80,11 +72,36 @@ impl PagesCheck {
             progress.advance(bytes);
         }
         progress.finish();
-        self.thread.join().unwrap_or_else(|_| {
-            Err(ImageError::Io {
-                path: PathBuf::new(),
-                source: std::io::Error::other("the pages check thread panicked"),
-            })
-        })
+        match self.thread.join() {
+            Ok(verdict) => verdict,
+            Err(_) => Err(ImageError::Io {
+                path: self.path,
+                source: std::io::Error::other("the thread checking the pages panicked"),
+            }),
+        }
     }
+}
+
+/// Checks every section of `images`, telling `tell` the bytes checked as it goes.
+fn check_all(images: &[Unchecked], tell: &mpsc::Sender<u64>) -> Result<(), ImageError> {
+    for (path, file, sections) in images {
+        for (i, s) in sections {
+            let io_err = |e: std::io::Error| ImageError::Io {
+                path: path.clone(),
+                source: std::io::Error::new(e.kind(), format!("reading pages section {i}: {e}")),
+            };
+            let mut sum = Xxh64::new(0);
+            let map = MappedFile::range(file, s.offset, s.len).map_err(io_err)?;
+            map.for_each_mib((0, s.len), |b| {
+                sum.update(b);
+                let _ = tell.send(b.len() as u64);
+            })
+            .map_err(io_err)?;
+            if sum.digest() != s.xxh64 {
+                let what = format!("section {i} (pages) checksum mismatch");
+                return Err(corrupt(path, what));
+            }
+        }
+    }
+    Ok(())
 }

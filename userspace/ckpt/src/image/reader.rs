@@ -21,6 +21,10 @@ use xxhash_rust::xxh64::{xxh64, Xxh64};
 
 /// The manifest is JSON metadata; anything larger than this is not a ckpt image.
 const MAX_MANIFEST: u64 = 256 << 20;
+/// The most a part of the manifest stored as a section (`ImageWriter::add_table`) may hold:
+/// a process's mappings take a few dozen bytes each, and far fewer than 65,536 of them are
+/// allowed by default (vm.max_map_count).
+const MAX_TABLE: u64 = 64 << 20;
 
 /// An image whose every byte has been verified.
 #[derive(Debug)]
@@ -160,8 +164,13 @@ impl<M: FromRawObject + Validate> Image<M> {
             file: &image.file,
             sections: &image.sections,
         };
+        // The path is named once, by the error made of what `load_tables` says.
+        let read = |i, kind: &SectionKind| match data.read_table(i, kind) {
+            Err(ImageError::Corrupt { what, .. }) => Err(what),
+            other => other.map_err(|e| e.to_string()),
+        };
         (image.manifest)
-            .load_tables(&|i, kind| data.read_table(i, kind).map_err(|e| e.to_string()))
+            .load_tables(&read)
             .map_err(|what| corrupt(path, what))?;
         image
             .manifest
@@ -618,16 +627,23 @@ impl SectionData<'_> {
     /// decompresses).
     pub fn read_table(&self, index: usize, kind: &SectionKind) -> Result<Vec<u8>, ImageError> {
         let s = self.section(index)?;
+        let name = kind.name();
         if &s.kind != kind {
-            let what = format!("section {index} is not a {} section", kind.name());
+            let what = format!("section {index} is not a {name} section");
+            return Err(corrupt(self.path, what));
+        }
+        // Decoded, a table takes a few times its size: bounded like the manifest.
+        if s.len > MAX_TABLE {
+            let what = format!(
+                "section {index} ({name}) declares {} bytes, more than a table may hold",
+                s.len
+            );
             return Err(corrupt(self.path, what));
         }
         let data = self.read(index)?;
         if s.compressed.is_none() && xxh64(&data, 0) != s.xxh64 {
-            return Err(corrupt(
-                self.path,
-                format!("section {index} checksum mismatch"),
-            ));
+            let what = format!("section {index} ({name}) checksum mismatch");
+            return Err(corrupt(self.path, what));
         }
         Ok(data)
     }

@@ -510,11 +510,16 @@ impl ImageWriter {
         Ok(self.push_plain(kind, offset, data.len() as u64, xxh64(data, 0)))
     }
 
+    /// Whether [`Self::add_table`] adds a section (not to an image with a MAC).
+    pub fn takes_tables(&self) -> bool {
+        self.key.is_none()
+    }
+
     /// Adds a part of the manifest (`kind`, a large table) as a section of its own; returns
     /// its index, or None for an image with a MAC, whose version (5) cannot tell an older
     /// ckpt that its manifest lacks the part: the caller keeps it in the manifest then.
     pub fn add_table(&mut self, kind: SectionKind, data: &[u8]) -> io::Result<Option<usize>> {
-        if self.key.is_some() {
+        if !self.takes_tables() {
             return Ok(None);
         }
         self.tables = true;

@@ -145,6 +145,9 @@ impl Memory {
     /// Moves the mappings into a section of `w` (the manifest then names it), unless the
     /// image cannot have one (a MAC'd image: see `ImageWriter::add_table`).
     pub fn store_table(&mut self, w: &mut ImageWriter) -> std::io::Result<()> {
+        if !w.takes_tables() {
+            return Ok(());
+        }
         let records: Vec<Record> = self.vmas.iter().map(Record::from).collect();
         let data = postcard::to_stdvec(&records).map_err(std::io::Error::other)?;
         if let Some(index) = w.add_table(MAPPINGS, &data)? {

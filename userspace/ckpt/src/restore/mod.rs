@@ -28,8 +28,7 @@ pub const EXIT_VDSO_COLLISION: i32 = 75;
 use crate::chain::Chain;
 use crate::creds::as_fs_user;
 use crate::errors::{restore_io, RestoreError};
-use crate::image::background::PagesCheck;
-use crate::image::ImageError;
+use crate::image::background::{PagesCheck, Unchecked};
 use crate::inject::Injector;
 use crate::manifest::{Image, Process};
 use crate::progress::Progress;
@@ -89,24 +88,15 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     };
     verifying.finish();
     // The plain pages, checked while the module copies them into place; no process runs
-    // before the verdict (`restore_tree`). An image that locked its TCP connections is
-    // checked first: damaged, it leaves them locked for another try.
-    let mut checking = match (opts.lazy, &opts.key) {
-        (false, None) => {
-            Some(
-                chain
-                    .check_pages_in_background()
-                    .map_err(|source| ImageError::Io {
-                        path: path.into(),
-                        source,
-                    })?,
-            )
-        }
+    // before the verdict (`restore_tree`). A full restore of an image that locked TCP
+    // connections checks them first: damaged, it leaves them locked for another try.
+    let mut unchecked = match (opts.lazy, &opts.key) {
+        (false, None) => Some(chain.unchecked_pages()?),
         _ => None,
     };
     if chain.image().manifest.netlock.is_some() {
-        if let Some(check) = checking.take() {
-            check.wait(&verifying)?;
+        if let Some(images) = unchecked.take() {
+            PagesCheck::start(images)?.wait(&verifying)?;
         }
     }
     if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
@@ -159,7 +149,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let alongside = Alongside {
         ns,
         server,
-        pages: checking.map(|check| (check, &verifying)),
+        pages: unchecked.map(|images| (images, &verifying)),
     };
     let result = restore_tree(restorers, &sysv, (report_in, go_out), &xstates, alongside);
     if result.is_ok() {
@@ -223,16 +213,17 @@ fn lift_netlock(table: &str) {
     }
 }
 
-/// Forks the tree's restorers, traces them to their restore ioctls, finishes and releases
-/// every process.
 /// What a restore runs beside the tree until it lets it go.
 struct Alongside<'a> {
     ns: Option<pidns::Namespace>,
     server: Option<crate::lazy::server::Server>,
-    /// The pages sections being checked (`image::background`), and the bar that shows it.
-    pages: Option<(PagesCheck, &'a Progress)>,
+    /// The pages sections to check once every restorer is forked (`image::background`),
+    /// and the bar that shows it.
+    pages: Option<(Vec<Unchecked>, &'a Progress)>,
 }
 
+/// Forks the tree's restorers, traces them to their restore ioctls, finishes and releases
+/// every process.
 fn restore_tree(
     mut restorers: Restorers,
     sysv: &crate::sysv::Made,
@@ -245,6 +236,12 @@ fn restore_tree(
     let in_pidns = ns.is_some();
     let roots = launch(&mut restorers, ns)?;
     drop(restorers);
+    // Started only now: ckpt forks nothing from here on (its restorers, made with a raw
+    // clone3, could not take a lock a second thread held, malloc's included).
+    let checking = match pages {
+        Some((images, progress)) => Some((PagesCheck::start(images), progress)),
+        None => None,
+    };
     // From here on, a failure kills the whole tree.
     let tree = Launched {
         manifest: m,
@@ -284,8 +281,9 @@ fn restore_tree(
                 .map_err(|e| tree.abort(restore_io("removing a SysV segment")(e)))?;
         }
     }
-    if let Some((check, progress)) = pages {
-        check.wait(progress).map_err(|e| tree.abort(e.into()))?;
+    if let Some((check, progress)) = checking {
+        let verdict = check.and_then(|c| c.wait(progress));
+        verdict.map_err(|e| tree.abort(e.into()))?;
     }
     tree.release(&all_tids)?;
     if let Some(server) = server {

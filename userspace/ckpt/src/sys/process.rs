@@ -64,7 +64,8 @@ fn clone3_fork(pid: Option<i32>, flags: u64) -> io::Result<i32> {
         ..Default::default()
     };
     // SAFETY: like fork(): no CLONE_VM, so the child gets a copy of our memory and returns
-    // here with 0. ckpt is single-threaded when it restores, so the child may do anything.
+    // here with 0. ckpt is single-threaded when it forks its restorers (the restore's pages
+    // check starts after: `image::background`), so the child may do anything.
     check(unsafe {
         libc::syscall(
             libc::SYS_clone3,
