@@ -238,10 +238,7 @@ fn restore_tree(
     drop(restorers);
     // Started only now: ckpt forks nothing from here on (its restorers, made with a raw
     // clone3, could not take a lock a second thread held, malloc's included).
-    let checking = match pages {
-        Some((images, progress)) => Some((PagesCheck::start(images), progress)),
-        None => None,
-    };
+    let checking = pages.map(|(images, progress)| (PagesCheck::start(images), progress));
     // From here on, a failure kills the whole tree.
     let tree = Launched {
         manifest: m,
