@@ -616,6 +616,20 @@ pub fn sample_process(pages_at: u64, xstate_section: usize) -> Process {
     }
 }
 
+/// A manifest of one process `p` with the sample shared objects, no parent.
+pub fn sample_manifest(p: Process) -> Manifest {
+    Manifest {
+        processes: vec![p],
+        zombies: vec![],
+        gone_leaders: vec![],
+        netlock: None,
+        shared: sample_shared(),
+        stats: None,
+        image_id: None,
+        parent: None,
+    }
+}
+
 /// The sample's shared objects: a pipe, a SysV semaphore set and message queue.
 pub fn sample_shared() -> Shared {
     Shared {

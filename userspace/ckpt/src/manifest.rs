@@ -320,7 +320,7 @@ impl Process {
 mod tests {
     use super::*;
     use crate::fds::{FdKind, PipeEnd};
-    use crate::fuzzing::{sample_process, sample_shared};
+    use crate::fuzzing::{sample_manifest, sample_process, sample_shared};
     use crate::image::{ImageWriter, PAGE};
     use crate::thread::XSTATE;
 
@@ -345,16 +345,7 @@ mod tests {
         }
         let at = w.append_pages(&[5u8; 2 * PAGE as usize]).unwrap();
         let xs = w.add_blob(XSTATE, &[1u8; 832]).unwrap();
-        let mut m = Manifest {
-            processes: vec![sample_process(at, xs)],
-            zombies: vec![],
-            gone_leaders: vec![],
-            netlock: None,
-            shared: sample_shared(),
-            stats: None,
-            image_id: None,
-            parent: None,
-        };
+        let mut m = sample_manifest(sample_process(at, xs));
         change(&mut m);
         w.finish(&m).unwrap();
         m

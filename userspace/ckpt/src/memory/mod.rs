@@ -258,10 +258,88 @@ pub fn dump_pages(
     (image_path, stats, stored, progress): (&Path, &mut Stats, &mut Stored, &Progress),
 ) -> Result<Vec<Vma>, CheckpointError> {
     let pid = source;
-    let write_err = |source| CheckpointError::Write {
-        path: image_path.into(),
-        source,
+    let wanted = wanted_pages(pid, maps, (stored, reuse), stats)?;
+    let Wanted {
+        mut anon,
+        file,
+        frames,
+        refs,
+        in_parent,
+    } = wanted;
+    stats.pages_in_parent += in_parent.iter().map(|r| r.len / PAGE).sum::<u64>();
+    // A frame is only the same page while its first owner maps it: compare the bytes, and
+    // store again whatever differs (migration or KSM may have reused a frame meanwhile).
+    let refs = verify_refs(pid, refs, (w, stored), &mut anon)?;
+    stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
+    let limit = w
+        .external_pages_limit()
+        .map_or(DUMP_CHUNK, |l| l.min(DUMP_CHUNK));
+    progress.add_total(bytes_of(&anon) + bytes_of(&file));
+    let mut dumper = ChunkDumper {
+        pid,
+        dev,
+        image_path,
+        frames: &frames,
+        reuse,
     };
+    let mut runs: Vec<CkptRestoreRun> = Vec::new();
+    for (set, skip_zero) in [(anon, true), (file, false)] {
+        for chunk in chunks(&set, limit) {
+            runs.extend(dumper.dump(&chunk, skip_zero, (&mut *w, &mut *stored, &mut *stats))?);
+            progress.advance(bytes_of(&chunk));
+        }
+    }
+    // Where this process's pages landed, for the processes after it.
+    for r in runs.iter().filter(|_| !frames.is_empty()) {
+        for i in 0..r.len / PAGE {
+            if let Some(&frame) = frames.get(&(r.addr + i * PAGE)) {
+                stored.by_frame.insert(frame, r.image_offset + i * PAGE);
+            }
+        }
+    }
+    runs.extend(refs);
+    let runs = page_runs(&runs, in_parent);
+    Ok(maps
+        .iter()
+        .zip(objects)
+        .map(|(m, object)| vma_of(m, &runs, object))
+        .collect())
+}
+
+/// The image's page runs of a process, by address: those in this image (`runs`), then
+/// those in the parent chain.
+fn page_runs(runs: &[CkptRestoreRun], in_parent: Vec<PageRun>) -> Vec<PageRun> {
+    let here = runs.iter().map(|r| PageRun {
+        addr: r.addr,
+        len: r.len,
+        offset: r.image_offset,
+        image: 0,
+    });
+    let mut all: Vec<PageRun> = here.chain(in_parent).collect();
+    all.sort_by_key(|r| r.addr);
+    all
+}
+
+/// What of a process's memory a dump stores or refers to (`wanted_pages`).
+struct Wanted {
+    /// Memory to store: of anonymous mappings (zero pages left out), of file mappings.
+    anon: Vec<CkptRange>,
+    file: Vec<CkptRange>,
+    /// Pages to dump: address -> frame, to remember where they land.
+    frames: HashMap<u64, u64>,
+    /// Pages an earlier process of the tree stored, as runs into the image.
+    refs: Vec<CkptRestoreRun>,
+    /// Pages an incremental image takes from its parent chain.
+    in_parent: Vec<PageRun>,
+}
+
+/// Scans process `pid`'s page table for the pages of `maps` to store.
+fn wanted_pages(
+    pid: i32,
+    maps: &[MapEntry],
+    (stored, reuse): (&Stored, &Reuse),
+    stats: &mut Stats,
+) -> Result<Wanted, CheckpointError> {
     let pagemap = File::open(format!("/proc/{pid}/pagemap"))
         .map_err(checkpoint_io(pid, "opening pagemap"))?;
     let mut scan = Scan {
@@ -275,96 +353,87 @@ pub fn dump_pages(
     };
     // Zero pages are left out of anonymous memory only: a zero page of a private file
     // mapping differs from the file's page.
-    let (mut anon_ranges, mut file_ranges) = (Vec::new(), Vec::new());
+    let (mut anon, mut file) = (Vec::new(), Vec::new());
     for m in maps {
-        let out = if m.is_file() {
-            &mut file_ranges
-        } else {
-            &mut anon_ranges
-        };
+        let out = if m.is_file() { &mut file } else { &mut anon };
         scan.wanted_ranges(m, stats, out)?;
     }
-    let (frames, refs, in_parent) = (scan.frames, scan.refs, scan.in_parent);
-    stats.pages_in_parent += in_parent.iter().map(|r| r.len / PAGE).sum::<u64>();
-    // A frame is only the same page while its first owner maps it: compare the bytes, and
-    // store again whatever differs (migration or KSM may have reused a frame meanwhile).
-    let refs = verify_refs(pid, refs, (w, stored), &mut anon_ranges)?;
-    stats.pages_shared += refs.iter().map(|r| r.len / PAGE).sum::<u64>();
-    let mut runs: Vec<CkptRestoreRun> = Vec::new();
-    let compressing = w.external_pages_limit().is_some();
-    let limit = w
-        .external_pages_limit()
-        .map_or(DUMP_CHUNK, |l| l.min(DUMP_CHUNK));
-    progress.add_total(bytes_of(&anon_ranges) + bytes_of(&file_ranges));
-    // Written into the image itself, the pages are checksummed by the writer on another
-    // CPU while the module copies the next chunk.
-    let checksum = !w.external_pages_checksummed_here();
-    for (set, skip_zero) in [(anon_ranges, true), (file_ranges, false)] {
-        for chunk in chunks(&set, limit) {
-            let (file, offset) = w.external_pages_target().map_err(write_err)?;
-            let how = DumpHow {
-                skip_zero,
-                checksum,
-            };
-            let r = dev
-                .dump_pages(pid, file, &chunk, offset, how)
-                .map_err(|e| match e.raw_os_error() {
-                    Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
-                    _ => checkpoint_io(pid, "dumping pages")(e),
-                })?;
-            let sums = match compressing && !stored.lone {
-                true => page_sums(file, offset, (&r.runs, &frames))
-                    .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
-                false => Vec::new(),
-            };
-            // Compressing, a changed page the chain holds an earlier version of is stored as
-            // its difference from it (`image::delta`).
-            let start = match r.xxh64 {
-                Some(sum) if compressing => {
-                    let bases = reuse.delta_bases(&r.runs, offset);
-                    stats.pages_as_differences += bases.iter().map(|b| b[1]).sum::<u64>();
-                    let written = (r.bytes_written, sum);
-                    w.external_pages_written_as_delta(written, bases, reuse.bases())
-                }
-                _ => w.external_pages_written(r.bytes_written, r.xxh64),
+    Ok(Wanted {
+        anon,
+        file,
+        frames: scan.frames,
+        refs: scan.refs,
+        in_parent: scan.in_parent,
+    })
+}
+
+/// Dumps a process's pages a chunk at a time (`CKPT_IOC_DUMP_PAGES`), each chunk a pages
+/// section of the image.
+struct ChunkDumper<'a> {
+    pid: i32,
+    dev: &'a Device,
+    image_path: &'a Path,
+    /// Pages a later process of the tree may share (`Wanted::frames`).
+    frames: &'a HashMap<u64, u64>,
+    reuse: &'a Reuse,
+}
+
+impl ChunkDumper<'_> {
+    /// Dumps the memory of `chunk` into `w`; returns its runs, placed in the image.
+    fn dump(
+        &mut self,
+        chunk: &[CkptRange],
+        skip_zero: bool,
+        (w, stored, stats): (&mut ImageWriter, &mut Stored, &mut Stats),
+    ) -> Result<Vec<CkptRestoreRun>, CheckpointError> {
+        let (pid, reuse) = (self.pid, self.reuse);
+        let write_err = |source| CheckpointError::Write {
+            path: self.image_path.into(),
+            source,
+        };
+        let compressing = w.external_pages_limit().is_some();
+        // Written into the image itself, the pages are checksummed by the writer on another
+        // CPU while the module copies the next chunk.
+        let checksum = !w.external_pages_checksummed_here();
+        let (file, offset) = w.external_pages_target().map_err(write_err)?;
+        let how = DumpHow {
+            skip_zero,
+            checksum,
+        };
+        let r = (self.dev.dump_pages(pid, file, chunk, offset, how)).map_err(|e| {
+            match e.raw_os_error() {
+                Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG | libc::EIO) => write_err(e),
+                _ => checkpoint_io(pid, "dumping pages")(e),
             }
-            .map_err(write_err)?;
-            stored
-                .sums
-                .extend(sums.into_iter().map(|(at, sum)| (at + start, sum)));
-            stats.pages_written += r.bytes_written / PAGE;
-            stats.pages_skipped_zero += r.pages_zero;
-            runs.extend(r.runs.into_iter().map(|mut run| {
+        })?;
+        let sums = match compressing && !stored.lone {
+            true => page_sums(file, offset, (&r.runs, self.frames))
+                .map_err(checkpoint_io(pid, "reading dumped pages back"))?,
+            false => Vec::new(),
+        };
+        // Compressing, a changed page the chain holds an earlier version of is stored as its
+        // difference from it (`image::delta`).
+        let start = match r.xxh64 {
+            Some(sum) if compressing => {
+                let bases = reuse.delta_bases(&r.runs, offset);
+                stats.pages_as_differences += bases.iter().map(|b| b[1]).sum::<u64>();
+                let written = (r.bytes_written, sum);
+                w.external_pages_written_as_delta(written, bases, reuse.bases())
+            }
+            _ => w.external_pages_written(r.bytes_written, r.xxh64),
+        }
+        .map_err(write_err)?;
+        let placed = sums.into_iter().map(|(at, sum)| (at + start, sum));
+        stored.sums.extend(placed);
+        stats.pages_written += r.bytes_written / PAGE;
+        stats.pages_skipped_zero += r.pages_zero;
+        Ok((r.runs.into_iter())
+            .map(|mut run| {
                 run.image_offset = run.image_offset - offset + start;
                 run
-            }));
-            progress.advance(bytes_of(&chunk));
-        }
+            })
+            .collect())
     }
-    // Where this process's pages landed, for the processes after it.
-    for r in runs.iter().filter(|_| !frames.is_empty()) {
-        for i in 0..r.len / PAGE {
-            if let Some(&frame) = frames.get(&(r.addr + i * PAGE)) {
-                stored.by_frame.insert(frame, r.image_offset + i * PAGE);
-            }
-        }
-    }
-    runs.extend(refs);
-    let mut runs: Vec<PageRun> = (runs.iter())
-        .map(|r| PageRun {
-            addr: r.addr,
-            len: r.len,
-            offset: r.image_offset,
-            image: 0,
-        })
-        .chain(in_parent)
-        .collect();
-    runs.sort_by_key(|r| r.addr);
-    Ok(maps
-        .iter()
-        .zip(objects)
-        .map(|(m, object)| vma_of(m, &runs, object))
-        .collect())
 }
 
 /// The most memory one `CKPT_IOC_DUMP_PAGES` copies: each call's pages become a pages

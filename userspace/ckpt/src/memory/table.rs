@@ -177,7 +177,7 @@ impl Memory {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::fuzzing::{sample_process, sample_shared};
+    use crate::fuzzing::{sample_manifest, sample_process};
     use crate::image::{Image, ImageWriter, MacKey, FORMAT_VERSION, PAGE};
     use crate::manifest::Manifest;
     use crate::thread::XSTATE;
@@ -220,16 +220,7 @@ mod tests {
             ..file.clone()
         };
         p.memory.vmas.extend([file, stack]);
-        Manifest {
-            processes: vec![p],
-            zombies: vec![],
-            gone_leaders: vec![],
-            netlock: None,
-            shared: sample_shared(),
-            stats: None,
-            image_id: None,
-            parent: None,
-        }
+        sample_manifest(p)
     }
 
     fn write(path: &Path, key: Option<&MacKey>) -> Manifest {
