@@ -191,6 +191,56 @@ fn a_client_outside_keeps_its_connection_across_kill_and_restore() {
     wait_for("the server is gone", || gone(pid));
 }
 
+/// An inetd-style service: `cat` (Debian's) started with an accepted TCP connection as its
+/// stdin and stdout. The connection is the program's own, not the shell's stdio: killed and
+/// restored, it is back at fds 0 and 1 and the client outside (this test) keeps talking to
+/// it, a line sent while it was down answered too.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn an_inetd_style_service_keeps_its_connection_on_its_stdio() {
+    let d = Dir::new("tcp-inetd");
+    let l = TcpListener::bind(("127.0.0.1", port() + 9)).unwrap();
+    let mut s = TcpStream::connect(l.local_addr().unwrap()).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(60))).unwrap();
+    let (conn, _) = l.accept().unwrap();
+    let conn = std::os::fd::OwnedFd::from(conn);
+    let mut cat = Command::new("cat")
+        .stdin(conn.try_clone().unwrap())
+        .stdout(conn)
+        .spawn()
+        .unwrap();
+    let pid = cat.id() as i32;
+    let mut reader = BufReader::new(s.try_clone().unwrap());
+    let mut next_line = || {
+        let mut line = String::new();
+        reader.read_line(&mut line).unwrap();
+        line.trim_end().to_string()
+    };
+    writeln!(s, "before").unwrap();
+    assert_eq!(next_line(), "before");
+    let img = d.path("cat.img");
+    let (_, image, _) = common::checkpoint_kill(&mut cat, &img);
+    assert_eq!(
+        image.manifest.shared.tcp.len(),
+        1,
+        "the connection is carried"
+    );
+    writeln!(s, "while down").unwrap();
+    assert_eq!(restore_root(&img), pid);
+    for fd in [0, 1] {
+        let target = std::fs::read_link(format!("/proc/{pid}/fd/{fd}")).unwrap();
+        assert!(
+            target.to_string_lossy().starts_with("socket:"),
+            "fd {fd} is {target:?}"
+        );
+    }
+    assert_eq!(next_line(), "while down", "the line sent while it was down");
+    writeln!(s, "after").unwrap();
+    assert_eq!(next_line(), "after");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("cat is gone", || gone(pid));
+}
+
 /// A ckpt killed while the connections are locked (repair mode on, packets held back): its
 /// guard lifts the lock, the server goes on and its client gets its replies.
 #[test]

@@ -1,6 +1,8 @@
 //! Standard input, output and error connected outside the process (a terminal, a pipe to
-//! another program, a socket): not saved; on restore the process gets `ckpt restore`'s own
-//! (like CRIU's --shell-job).
+//! another program, a UNIX socket): not saved; on restore the process gets `ckpt restore`'s
+//! own (like CRIU's --shell-job). A TCP or UDP socket there is the program's own connection
+//! (a service started by inetd, or by a systemd socket unit with `Accept=yes`): carried like
+//! a socket at any other number (`socket`).
 
 use super::{DumpCtx, DumpResult, Fd, FdKind, FdState, RestoreCtx, View};
 use crate::proc::FdEntry;
@@ -13,6 +15,9 @@ pub struct InheritedStdio {
 }
 
 pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
+    if !(0..=2).contains(&e.fd) || is_inet_socket(ctx.pid, e) {
+        return Ok(None);
+    }
     let outside = e.target.starts_with("pipe:")
         || e.target.starts_with("socket:")
         || e.target.starts_with("/dev/pts/")
@@ -34,13 +39,24 @@ pub fn dump(ctx: &mut DumpCtx, e: &FdEntry) -> DumpResult {
         .strip_prefix("/dev/pts/")
         .and_then(|n| n.parse::<u32>().ok())
         .is_some_and(|n| ctx.shared.census.pty_masters.contains_key(&n));
-    Ok(
-        ((0..=2).contains(&e.fd) && outside && !own_pipe && !own_socket && !own_pty).then(|| {
-            FdKind::InheritStdio(InheritedStdio {
-                was: e.target.clone(),
-            })
-        }),
-    )
+    Ok((outside && !own_pipe && !own_socket && !own_pty).then(|| {
+        FdKind::InheritStdio(InheritedStdio {
+            was: e.target.clone(),
+        })
+    }))
+}
+
+/// Whether fd `e` of process `pid` is an IPv4 or IPv6 socket (false if it cannot be told:
+/// then it is taken for stdio, as before).
+fn is_inet_socket(pid: i32, e: &FdEntry) -> bool {
+    if !e.target.starts_with("socket:") {
+        return false;
+    }
+    let family = crate::sys::steal_fd(pid, e.fd)
+        .ok()
+        .and_then(|s| super::socket::local_address(&s).ok())
+        .and_then(|a| super::socket::family_of(&a));
+    matches!(family, Some(libc::AF_INET | libc::AF_INET6))
 }
 
 impl FdState for InheritedStdio {
