@@ -320,7 +320,7 @@ impl Process {
 mod tests {
     use super::*;
     use crate::fds::{FdKind, PipeEnd};
-    use crate::fuzzing::{sample_manifest, sample_process, sample_shared};
+    use crate::fuzzing::{sample_manifest, sample_process};
     use crate::image::{ImageWriter, PAGE};
     use crate::thread::XSTATE;
 
@@ -604,16 +604,7 @@ mod tests {
                 delta: None,
             },
         ];
-        let good = Manifest {
-            processes: vec![sample_process(at, xs)],
-            zombies: vec![],
-            gone_leaders: vec![],
-            netlock: None,
-            shared: sample_shared(),
-            stats: None,
-            image_id: None,
-            parent: None,
-        };
+        let good = sample_manifest(sample_process(at, xs));
         assert_eq!(good.validate(&sections), Ok(()));
         for (i, spoil) in cases.iter().enumerate() {
             let mut m = good.clone();
