@@ -81,7 +81,7 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
     let verifying = Progress::stderr("verifying", opts.progress);
     let chain = match &opts.key {
         // Plain pages are not read before the processes are made: the page server (lazy)
-        // or a thread (`pages` below) checks them. A MAC needs every byte in order: with a
+        // or a thread (`unchecked` below) checks them. A MAC needs every byte in order: with a
         // key, the image is read whole first.
         None => Chain::open_pages_unverified(path)?,
         key => Chain::open_pages_later(path, key.as_ref(), &verifying)?,
