@@ -1,9 +1,10 @@
 // SPDX-License-Identifier: GPL-2.0
 //! The restore's page copy: every page run read from its image file into the caller's new
-//! address space, split in chunks of at most [`CHUNK`] bytes that the caller and one kernel
-//! worker claim in turn. On two CPUs the copy and the faults that allocate (and zero) the
-//! memory run side by side; claiming chunks one at a time balances the halves whatever the
-//! runs' sizes and however late the worker starts.
+//! address space, split in chunks (the parts of the runs in each [`CHUNK`]-aligned window of
+//! the address space) that the caller and one kernel worker claim in turn. On two CPUs the
+//! copy and the faults that allocate (and zero) the memory run side by side; claiming chunks
+//! one at a time balances the halves whatever the runs' sizes and however late the worker
+//! starts.
 //!
 //! The worker adopts the caller's mm (`kthread_use_mm`), so the copy is the same code in both:
 //! a chunk's pages pinned for writing (FOLL_FORCE, so read-only private mappings need no
@@ -34,12 +35,28 @@ use kernel::{
 };
 
 const PAGE: u64 = 4096;
-/// How much page data is copied per step (and per check for a kill).
-const CHUNK: u64 = 1 << 20;
+/// How much page data is copied per step (and per check for a kill), at most: chunks end at
+/// the multiples of this size in the address space. It is the size of a transparent huge
+/// page: two copiers claiming the halves of one huge page would both fault it, and the one
+/// that loses the race throws away a huge page it has just zeroed.
+const CHUNK: u64 = 2 << 20;
 /// Below this much page data, a worker costs more than it saves.
 const WORKER_MIN: u64 = 16 << 20;
 
-/// Up to [`CHUNK`] bytes of one run, read from `files[file]` at `image_offset`.
+/// How many [`CHUNK`]-aligned windows of the address space `run` (validated: not empty)
+/// touches.
+fn chunks_of(run: &CkptRestoreRun) -> Result<u64> {
+    let last = run
+        .addr
+        .checked_add(run.len)
+        .ok_or(EINVAL)?
+        .checked_sub(1)
+        .ok_or(EINVAL)?;
+    Ok(last / CHUNK - run.addr / CHUNK + 1)
+}
+
+/// The part of one run inside one [`CHUNK`]-aligned window of the address space, read from
+/// `files[file]` at `image_offset`.
 #[derive(Clone, Copy)]
 struct Chunk {
     addr: u64,
@@ -83,7 +100,7 @@ impl ChunkMap {
         let (mut chunks, mut bytes) = (0u64, 0u64);
         for run in runs.iter() {
             starts.push(chunks, GFP_KERNEL)?;
-            chunks = chunks.checked_add(run.len.div_ceil(CHUNK)).ok_or(EINVAL)?;
+            chunks = chunks.checked_add(chunks_of(run)?).ok_or(EINVAL)?;
             bytes = bytes.checked_add(run.len).ok_or(EINVAL)?;
         }
         Ok(ChunkMap {
@@ -103,15 +120,19 @@ impl ChunkMap {
         }
         let i = self.starts.partition_point(|&s| s <= k).checked_sub(1)?;
         let run = self.runs.get(i)?;
-        let done = (k - self.starts.get(i)?) * CHUNK;
+        // The run's n-th window of the address space, its first being the one it starts in.
+        let n = k.checked_sub(*self.starts.get(i)?)?;
+        let window = (run.addr / CHUNK).checked_add(n)?.checked_mul(CHUNK)?;
+        let start = core::cmp::max(run.addr, window);
+        let end = core::cmp::min(run.addr.checked_add(run.len)?, window.checked_add(CHUNK)?);
         let file = self
             .spans
             .partition_point(|&(first, _)| first <= i)
             .checked_sub(1)?;
         Some(Chunk {
-            addr: run.addr.checked_add(done)?,
-            image_offset: run.image_offset.checked_add(done)?,
-            len: core::cmp::min(run.len.checked_sub(done)?, CHUNK),
+            addr: start,
+            image_offset: run.image_offset.checked_add(start.checked_sub(run.addr)?)?,
+            len: end.checked_sub(start)?,
             file,
         })
     }
@@ -257,21 +278,30 @@ mod tests {
     }
 
     #[test]
-    fn runs_are_cut_in_chunks_of_at_most_a_mib_in_order() -> Result {
-        // File 0: a run of 2.5 MiB and one of a page; file 1 (after an empty file): a MiB.
+    fn runs_are_cut_at_the_windows_of_the_address_space_in_order() -> Result {
+        const MIB: u64 = 1 << 20;
+        // File 0: an aligned run of 2.5 windows and one of a page; file 1 (after an empty
+        // file): a run of 3 MiB starting 1 MiB into a window and ending 1 MiB into another.
         let runs = [
             run(0x10000000, 5 * CHUNK / 2, 0x1000),
             run(0x20000000, PAGE, 0x300000),
-            run(0x30000000, CHUNK, 0x5000),
+            run(0x30000000 + MIB, 3 * MIB, 0x5000),
         ];
         let m = map(&[(0, 2), (2, 0), (2, 1)], &runs)?;
-        assert_eq!((m.chunks, m.bytes), (5, 7 * CHUNK / 2 + PAGE));
+        assert_eq!((m.chunks, m.bytes), (6, 5 * CHUNK / 2 + PAGE + 3 * MIB));
         let want = [
             (0x10000000, 0x1000, CHUNK, 0),
             (0x10000000 + CHUNK, 0x1000 + CHUNK, CHUNK, 0),
             (0x10000000 + 2 * CHUNK, 0x1000 + 2 * CHUNK, CHUNK / 2, 0),
             (0x20000000, 0x300000, PAGE, 0),
-            (0x30000000, 0x5000, CHUNK, 2),
+            // Only to the end of the window the run starts in: a huge page is one chunk.
+            (0x30000000 + MIB, 0x5000, CHUNK - MIB, 2),
+            (
+                0x30000000 + CHUNK,
+                0x5000 + CHUNK - MIB,
+                3 * MIB - (CHUNK - MIB),
+                2,
+            ),
         ];
         for (k, &(addr, at, len, file)) in want.iter().enumerate() {
             let c = m.chunk(k as u64).ok_or(EINVAL)?;
@@ -280,8 +310,18 @@ mod tests {
                 (addr, at, len, file)
             );
         }
-        assert!(m.chunk(5).is_none());
+        assert!(m.chunk(6).is_none());
         assert!(m.chunk(u64::MAX).is_none());
+        Ok(())
+    }
+
+    #[test]
+    fn a_run_ending_on_a_window_boundary_has_no_empty_chunk() -> Result {
+        let m = map(&[(0, 1)], &[run(0x40000000 - PAGE, PAGE + CHUNK, 0)])?;
+        assert_eq!(m.chunks, 2);
+        let c = m.chunk(1).ok_or(EINVAL)?;
+        assert_eq!((c.addr, c.image_offset, c.len), (0x40000000, PAGE, CHUNK));
+        assert!(m.chunk(2).is_none());
         Ok(())
     }
 
