@@ -9,6 +9,8 @@
  *    step of __ptrace_may_access() (kernel/ptrace.c).
  *  - ckpt_helper_traced_by_current(): ptrace_parent() is an inline that must run under RCU.
  *  - ckpt_helper_may_open_as_group(): current_fsuid() and make_kgid() are inlines.
+ *  - ckpt_helper_itimers_armed(): hrtimer_active() is an inline, the locking of the signal
+ *    struct (__lock_task_sighand) is not exported.
  * Keep it that small: logic belongs in Rust.
  */
 #include <linux/capability.h>
@@ -23,10 +25,12 @@
 #include <linux/mm.h>
 #include <linux/mmap_lock.h>
 #include <linux/personality.h>
+#include <linux/posix-timers.h>
 #include <linux/ptrace.h>
 #include <linux/uidgid.h>
 #include <linux/signal.h>
 #include <linux/stddef.h>
+#include <linux/time.h>
 
 #include "ckpt_helpers.h"
 
@@ -147,6 +151,29 @@ void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out)
 	out->personality = READ_ONCE(task->personality);
 }
 
+/*
+ * The body of __lock_task_sighand(), which is not exported: @task's sighand, its siglock
+ * taken (released by the caller with spin_unlock_irqrestore(&sighand->siglock, *flags)), or
+ * NULL once the task has exited.
+ */
+static struct sighand_struct *lock_sighand(struct task_struct *task, unsigned long *flags)
+{
+	struct sighand_struct *sighand;
+
+	rcu_read_lock();
+	for (;;) {
+		sighand = rcu_dereference(task->sighand);
+		if (!sighand)
+			break;
+		spin_lock_irqsave(&sighand->siglock, *flags);
+		if (likely(sighand == rcu_access_pointer(task->sighand)))
+			break;
+		spin_unlock_irqrestore(&sighand->siglock, *flags);
+	}
+	rcu_read_unlock();
+	return sighand;
+}
+
 int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count)
 {
 	struct sighand_struct *sighand;
@@ -155,20 +182,9 @@ int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *
 
 	if (count > _NSIG)
 		return -EINVAL;
-	/* The body of __lock_task_sighand(), which is not exported. */
-	rcu_read_lock();
-	for (;;) {
-		sighand = rcu_dereference(task->sighand);
-		if (!sighand) {
-			rcu_read_unlock();
-			return -ESRCH;
-		}
-		spin_lock_irqsave(&sighand->siglock, flags);
-		if (likely(sighand == rcu_access_pointer(task->sighand)))
-			break;
-		spin_unlock_irqrestore(&sighand->siglock, flags);
-	}
-	rcu_read_unlock();
+	sighand = lock_sighand(task, &flags);
+	if (!sighand)
+		return -ESRCH;
 	for (i = 0; i < count; i++) {
 		const struct sigaction *sa = &sighand->action[i].sa;
 
@@ -179,6 +195,31 @@ int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *
 	}
 	spin_unlock_irqrestore(&sighand->siglock, flags);
 	return 0;
+}
+
+/*
+ * Which itimers of @task's process are armed (bit ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF),
+ * or -ESRCH once it has exited: what do_getitimer() (kernel/time/itimer.c) tests, under the
+ * same lock. hrtimer_active() is an inline.
+ */
+int ckpt_helper_itimers_armed(struct task_struct *task)
+{
+	struct sighand_struct *sighand;
+	struct signal_struct *sig = task->signal;
+	unsigned long flags;
+	int armed = 0;
+
+	sighand = lock_sighand(task, &flags);
+	if (!sighand)
+		return -ESRCH;
+	if (hrtimer_active(&sig->real_timer))
+		armed |= 1 << ITIMER_REAL;
+	if (sig->it[CPUCLOCK_VIRT].expires)
+		armed |= 1 << ITIMER_VIRTUAL;
+	if (sig->it[CPUCLOCK_PROF].expires)
+		armed |= 1 << ITIMER_PROF;
+	spin_unlock_irqrestore(&sighand->siglock, flags);
+	return armed;
 }
 
 s64 ckpt_helper_file_size(struct file *file)

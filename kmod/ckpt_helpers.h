@@ -55,6 +55,7 @@ bool ckpt_helper_traced_by_current(struct task_struct *task);
 bool ckpt_helper_may_open_as_group(u32 gid);
 void ckpt_helper_task_misc(struct task_struct *task, struct ckpt_task_misc *out);
 int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *out, u32 count);
+int ckpt_helper_itimers_armed(struct task_struct *task);
 s64 ckpt_helper_file_size(struct file *file);
 struct page;
 bool ckpt_helper_hash_page(struct page *page, bool skip_zero, void *hash);

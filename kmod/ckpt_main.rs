@@ -30,9 +30,9 @@ mod target;
 mod xxh64;
 
 use abi::{
-    CkptDumpPages, CkptQuery, CkptRestore, CkptRestoreImage, CkptRestoreRun, CkptRestoreVma,
-    CkptTaskState, CkptVersionInfo, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY,
-    CKPT_IOC_RESTORE, CKPT_IOC_VERSION,
+    CkptDumpPages, CkptItimers, CkptQuery, CkptRestore, CkptRestoreImage, CkptRestoreRun,
+    CkptRestoreVma, CkptTaskState, CkptVersionInfo, CKPT_IOC_DUMP_PAGES, CKPT_IOC_DUMP_TASK,
+    CKPT_IOC_ITIMERS, CKPT_IOC_QUERY, CKPT_IOC_RESTORE, CKPT_IOC_VERSION,
 };
 
 // SAFETY: `repr(C)` structs of integers with no padding (abi.rs asserts the sizes): every bit
@@ -62,6 +62,10 @@ unsafe impl FromBytes for CkptRestoreImage {}
 unsafe impl AsBytes for CkptDumpPages {}
 // SAFETY: as above.
 unsafe impl FromBytes for abi::CkptRange {}
+// SAFETY: as above (four `i32`/`u32`, size pinned to 16 in abi.rs).
+unsafe impl FromBytes for CkptItimers {}
+// SAFETY: as above.
+unsafe impl AsBytes for CkptItimers {}
 
 // The shared ABI file computes ioctl numbers itself; they must equal the kernel's macros.
 const _: () = {
@@ -70,6 +74,7 @@ const _: () = {
     assert!(CKPT_IOC_DUMP_TASK == _IOWR::<CkptTaskState>(abi::CKPT_IOC_MAGIC, 0x03));
     assert!(CKPT_IOC_RESTORE == _IOW::<CkptRestore>(abi::CKPT_IOC_MAGIC, 0x04));
     assert!(CKPT_IOC_DUMP_PAGES == _IOWR::<CkptDumpPages>(abi::CKPT_IOC_MAGIC, 0x05));
+    assert!(CKPT_IOC_ITIMERS == _IOWR::<CkptItimers>(abi::CKPT_IOC_MAGIC, 0x06));
 };
 
 module! {
@@ -166,6 +171,12 @@ impl MiscDevice for CkptDevice {
                 let (mut reader, mut writer) = user.reader_writer();
                 let mut req: CkptDumpPages = reader.read()?;
                 dump_pages::dump_pages(&mut req)?;
+                writer.write(&req)?;
+            }
+            CKPT_IOC_ITIMERS => {
+                let (mut reader, mut writer) = user.reader_writer();
+                let mut req: CkptItimers = reader.read()?;
+                dump_task::itimers(&mut req)?;
                 writer.write(&req)?;
             }
             _ => return Err(ENOTTY),

@@ -3,11 +3,16 @@
 //! completely: the mm layout with brk and the saved auxv, signal handlers, the alternate signal
 //! stack, clear_child_tid and the personality. Restored by `restore.rs` (mm layout) and by user
 //! space before the restore ioctl (handlers, sigaltstack, set_tid_address, personality).
+//!
+//! `CKPT_IOC_ITIMERS`: which itimers are armed, so that ckpt lends a thread to read their time
+//! left (getitimer) only when there is something to read.
 
-use crate::abi::CkptTaskState;
+use crate::abi::{
+    CkptItimers, CkptTaskState, CKPT_ITIMER_PROF, CKPT_ITIMER_REAL, CKPT_ITIMER_VIRTUAL,
+};
 use crate::helpers;
 use crate::target::Target;
-use kernel::prelude::*;
+use kernel::{bindings, prelude::*};
 
 /// Fills `st` for the task `st.pid`, with the same permission rule as every ioctl naming a pid.
 pub(crate) fn dump_task(st: &mut CkptTaskState) -> Result {
@@ -26,4 +31,23 @@ pub(crate) fn dump_task(st: &mut CkptTaskState) -> Result {
     st.sas_ss_flags = misc.sas_ss_flags;
     st.personality = misc.personality;
     helpers::sigactions(target.task(), &mut st.sigactions)
+}
+
+// The helper reports bit n for itimer n; the ABI's bits are the same.
+const _: () = {
+    assert!(CKPT_ITIMER_REAL == 1 << bindings::ITIMER_REAL);
+    assert!(CKPT_ITIMER_VIRTUAL == 1 << bindings::ITIMER_VIRTUAL);
+    assert!(CKPT_ITIMER_PROF == 1 << bindings::ITIMER_PROF);
+};
+
+/// Fills `req.armed` for the process of `req.pid`, with the same permission rule as every
+/// ioctl naming a pid.
+pub(crate) fn itimers(req: &mut CkptItimers) -> Result {
+    if req.flags != 0 || req._reserved != 0 {
+        return Err(EINVAL);
+    }
+    let target = Target::lookup(req.pid)?;
+    let _access = target.access()?;
+    req.armed = helpers::itimers_armed(target.task())?;
+    Ok(())
 }

@@ -19,7 +19,7 @@ pub(crate) use mm::{
 };
 pub(crate) use task::{
     c_layout, caller_has_ptrace_cap_over, capable, current_ids, fatal_signal_pending,
-    force_sigkill_current, is_kernel_thread, may_open_as_group, nr_threads, same_thread_group,
-    sigactions, signal_pending, task_by_vpid, task_ids, task_killed, task_misc,
+    force_sigkill_current, is_kernel_thread, itimers_armed, may_open_as_group, nr_threads,
+    same_thread_group, sigactions, signal_pending, task_by_vpid, task_ids, task_killed, task_misc,
     task_still_dumpable, traced_by_current, CLayout, ExecUpdateReadGuard,
 };

@@ -49,6 +49,7 @@ extern "C" {
     fn ckpt_helper_may_open_as_group(gid: u32) -> bool;
     fn ckpt_helper_task_misc(task: *mut c_void, out: *mut TaskMisc);
     fn ckpt_helper_get_sigactions(task: *mut c_void, out: *mut CkptSigaction, count: u32) -> i32;
+    fn ckpt_helper_itimers_armed(task: *mut c_void) -> i32;
     fn ckpt_helper_fatal_signal_pending(task: *mut c_void) -> bool;
 }
 
@@ -214,6 +215,15 @@ pub(crate) fn sigactions(task: &Task, out: &mut [CkptSigaction; CKPT_NSIG]) -> R
         ckpt_helper_get_sigactions(task.as_ptr().cast(), out.as_mut_ptr(), CKPT_NSIG as u32)
     };
     to_result(ret)
+}
+
+/// Which itimers of `task`'s process are armed: bit `ITIMER_REAL`, `ITIMER_VIRTUAL`,
+/// `ITIMER_PROF` (ESRCH once it has exited).
+pub(crate) fn itimers_armed(task: &Task) -> Result<u32> {
+    // SAFETY: `task` is valid; the helper takes the locks it needs.
+    let ret = unsafe { ckpt_helper_itimers_armed(task.as_ptr().cast()) };
+    to_result(ret)?;
+    u32::try_from(ret).map_err(|_| EINVAL)
 }
 
 /// `capable(cap)`: does the caller have `cap` in the initial user namespace?

@@ -36,6 +36,7 @@ fn main() {
         ("unix_socks", &[]),
         ("scm", &[]),
         ("timers", &["-pthread"]),
+        ("itimer", &[]),
         ("locks", &[]),
         ("notify", &[]),
         ("sigmask", &["-pthread"]),

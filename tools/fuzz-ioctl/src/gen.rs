@@ -27,21 +27,23 @@ pub enum Kind {
     DumpTask,
     DumpPages,
     Restore,
+    Itimers,
     /// An ioctl number the module does not serve (random, or one of ours mangled).
     Unknown,
 }
 
 /// Draws the command: the first draw of every call.
 pub fn choose(rng: &mut Rng) -> Kind {
-    const KINDS: [Kind; 6] = [
+    const KINDS: [Kind; 7] = [
         Kind::Version,
         Kind::Query,
         Kind::DumpTask,
         Kind::DumpPages,
         Kind::Restore,
+        Kind::Itimers,
         Kind::Unknown,
     ];
-    KINDS[rng.weighted(&[4, 26, 20, 22, 14, 14])]
+    KINDS[rng.weighted(&[4, 24, 18, 22, 14, 8, 14])]
 }
 
 /// What to check in the reply of a call that succeeded (its struct was in good memory).
@@ -342,6 +344,7 @@ pub fn generate(kind: Kind, rng: &mut Rng, c: &Ctx) -> Call {
         Kind::DumpTask => dump_task(rng, c),
         Kind::DumpPages => dump_pages(rng, c),
         Kind::Restore => restore(rng, c),
+        Kind::Itimers => itimers(rng, c),
         Kind::Unknown => unknown(rng, c),
     }
 }
@@ -427,6 +430,36 @@ fn dump_task(rng: &mut Rng, c: &Ctx) -> Call {
         }),
         check: Check::None,
         gate: p.readable() && st.flags == 0,
+        whose: Some(whose),
+    }
+}
+
+fn itimers(rng: &mut Rng, c: &Ctx) -> Call {
+    let (target, whose) = pid(rng, c);
+    let req = CkptItimers {
+        pid: target,
+        flags: flags(rng, 0),
+        armed: rng.next() as u32,
+        _reserved: if rng.chance(1, 16) {
+            rng.next() as u32
+        } else {
+            0
+        },
+    };
+    let (arg, p) = place(rng, c, bytes_of(&req));
+    Call {
+        kind: Kind::Itimers,
+        fd: device(rng, c),
+        cmd: CKPT_IOC_ITIMERS,
+        arg,
+        what: describe(c, || {
+            format!(
+                "ITIMERS pid {} flags {:#x} reserved {:#x} at {arg:#x} ({p:?})",
+                req.pid, req.flags, req._reserved
+            )
+        }),
+        check: Check::None,
+        gate: p.readable() && req.flags == 0 && req._reserved == 0,
         whose: Some(whose),
     }
 }
@@ -578,12 +611,13 @@ fn ranges_valid(rs: &[CkptRange]) -> bool {
 }
 
 fn unknown(rng: &mut Rng, c: &Ctx) -> Call {
-    const OURS: [u32; 5] = [
+    const OURS: [u32; 6] = [
         CKPT_IOC_VERSION,
         CKPT_IOC_QUERY,
         CKPT_IOC_DUMP_TASK,
         CKPT_IOC_DUMP_PAGES,
         CKPT_IOC_RESTORE,
+        CKPT_IOC_ITIMERS,
     ];
     // Generic ioctls the VFS answers itself, read-only or harmless ones only (never
     // FS_IOC_SETFLAGS and the like, which would change /dev/ckpt's inode).

@@ -70,7 +70,7 @@ pub fn past_check(call: &Call, r: Result<i32, Errno>) -> bool {
 }
 
 /// The commands that name a pid, which the permission check guards.
-pub const CHECKED: [Kind; 3] = [Kind::Query, Kind::DumpTask, Kind::DumpPages];
+pub const CHECKED: [Kind; 4] = [Kind::Query, Kind::DumpTask, Kind::DumpPages, Kind::Itimers];
 
 /// Prints, per command naming a pid, how many calls got past the permission check and how
 /// many it refused, in one line each (the short form's test reads them).

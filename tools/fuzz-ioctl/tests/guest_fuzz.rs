@@ -51,7 +51,7 @@ fn a_short_fixed_seed_run_finds_nothing() {
     // (some 55, 40 and 18).
     let past = per_command(&stdout, "fuzz-ioctl: past the permission check: ");
     let refused = per_command(&stdout, "fuzz-ioctl: refused by it (EPERM): ");
-    for cmd in ["Query", "DumpTask", "DumpPages"] {
+    for cmd in ["Query", "DumpTask", "DumpPages", "Itimers"] {
         assert!(
             past[cmd] >= MIN_PAST,
             "only {} {cmd} calls got past the permission check:\n{stdout}",

@@ -1,9 +1,9 @@
 //! The `/dev/ckpt` device: opening it, checking the module's ABI, and its ioctls.
 
 use ckpt_abi::{
-    CkptDumpPages, CkptQuery, CkptRange, CkptRestoreRun, CkptTaskState, CkptVersionInfo,
-    CKPT_ABI_VERSION, CKPT_DUMP_NO_HASH, CKPT_DUMP_SKIP_ZERO, CKPT_IOC_DUMP_PAGES,
-    CKPT_IOC_DUMP_TASK, CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
+    CkptDumpPages, CkptItimers, CkptQuery, CkptRange, CkptRestoreRun, CkptTaskState,
+    CkptVersionInfo, CKPT_ABI_VERSION, CKPT_DUMP_NO_HASH, CKPT_DUMP_SKIP_ZERO, CKPT_IOC_DUMP_PAGES,
+    CKPT_IOC_DUMP_TASK, CKPT_IOC_ITIMERS, CKPT_IOC_QUERY, CKPT_IOC_VERSION, CKPT_QUERY_MAX_READ,
 };
 use std::fs::{File, OpenOptions};
 use std::io;
@@ -194,15 +194,29 @@ impl Device {
             )
         };
         if ret < 0 {
-            let e = io::Error::last_os_error();
-            return Err(match e.raw_os_error() {
-                Some(libc::ESRCH) => QueryError::NoSuchProcess { pid },
-                Some(libc::EPERM) => QueryError::NotPermitted { pid },
-                Some(libc::EINVAL) => QueryError::Invalid { pid },
-                _ => QueryError::Other { pid, source: e },
-            });
+            return Err(query_error(pid, io::Error::last_os_error()));
         }
         Ok(st)
+    }
+
+    /// `CKPT_IOC_ITIMERS`: the `CKPT_ITIMER_*` bits of the itimers `pid`'s process has armed.
+    pub fn itimers_armed(&self, pid: i32) -> Result<u32, QueryError> {
+        let mut req = CkptItimers {
+            pid,
+            ..Default::default()
+        };
+        // SAFETY: the kernel reads and writes one CkptItimers at the pointer.
+        let ret = unsafe {
+            libc::ioctl(
+                self.file.as_raw_fd(),
+                CKPT_IOC_ITIMERS as _,
+                &mut req as *mut CkptItimers,
+            )
+        };
+        if ret < 0 {
+            return Err(query_error(pid, io::Error::last_os_error()));
+        }
+        Ok(req.armed)
     }
 
     /// `CKPT_IOC_DUMP_PAGES`: copies the pages of `pid` in `ranges` into `image` at `offset`.
@@ -289,6 +303,16 @@ impl AsFd for Device {
 impl AsRawFd for Device {
     fn as_raw_fd(&self) -> RawFd {
         self.file.as_raw_fd()
+    }
+}
+
+/// The error of an ioctl naming `pid`, in words.
+fn query_error(pid: i32, e: io::Error) -> QueryError {
+    match e.raw_os_error() {
+        Some(libc::ESRCH) => QueryError::NoSuchProcess { pid },
+        Some(libc::EPERM) => QueryError::NotPermitted { pid },
+        Some(libc::EINVAL) => QueryError::Invalid { pid },
+        _ => QueryError::Other { pid, source: e },
     }
 }
 

@@ -4,7 +4,8 @@
 //! Checkpoint: /proc/PID/timers lists the POSIX timers (id, clock, signal and sigev_value,
 //! notification and its thread) but not their time left, and nothing outside the process
 //! shows its itimers: a frozen thread is lent (`inject::Borrowed`) to run timer_gettime,
-//! timer_getoverrun and getitimer, and put back as it was.
+//! timer_getoverrun and getitimer, and put back as it was; not when the process has no POSIX
+//! timer and the module reports no itimer armed (most programs).
 //!
 //! Restore, injected into the restored process before its credentials drop: each POSIX timer
 //! made again with its id (PR_TIMER_CREATE_RESTORE_IDS, or on kernels without it by creating
@@ -221,7 +222,15 @@ fn parse_listing(text: &str) -> Option<Vec<Listed>> {
 
 /// Reads the timers of frozen process `frozen`; `to_virtual` turns a kernel tid into the one
 /// the image records.
-pub fn dump(frozen: &Frozen, to_virtual: impl Fn(i32) -> i32) -> Result<Timers, CheckpointError> {
+/// The timers of the frozen process; `itimers_armed`: which of its itimers are armed
+/// (`Device::itimers_armed`). With no POSIX timer and no itimer armed there is nothing to read
+/// and no thread is lent: that saves the lend's ptrace stops (about 30 ms in the test guest)
+/// of the freeze of most programs.
+pub fn dump(
+    frozen: &Frozen,
+    itimers_armed: u32,
+    to_virtual: impl Fn(i32) -> i32,
+) -> Result<Timers, CheckpointError> {
     let pid = frozen.pid;
     let unsupported = |why: String| CheckpointError::Unsupported { pid, why };
     let text = std::fs::read_to_string(format!("/proc/{pid}/timers"))
@@ -243,6 +252,9 @@ pub fn dump(frozen: &Frozen, to_virtual: impl Fn(i32) -> i32) -> Result<Timers, 
                 l.id, l.target
             )));
         }
+    }
+    if listed.is_empty() && itimers_armed == 0 {
+        return Ok(Timers::default());
     }
     let mut lent = borrow(frozen)?;
     let read = read_all(&mut lent, &listed, &to_virtual);

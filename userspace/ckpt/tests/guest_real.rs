@@ -1019,15 +1019,27 @@ fn a_jvm_counts_on_after_kill_and_restore_and_after_a_live_checkpoint() {
     let d = Dir::new("real-java");
     std::fs::write(d.path("Count.java"), JAVA_COUNTER).unwrap();
     let out = d.path("out");
+    // Its own messages and a crash report (HotSpot writes the report's summary on stdout)
+    // go to files shown if it ends before the checkpoint: that is not ckpt's doing, but
+    // it must say why.
+    let log = std::fs::File::create(d.path("java.log")).unwrap();
     let mut java = Command::new("java")
         .args(["-Xmx128m", "-Xshare:off"])
+        .arg(format!("-XX:ErrorFile={}", d.path("hs_err.log").display()))
         .arg(d.path("Count.java"))
         .arg(&out)
         .stdin(Stdio::null())
-        .stdout(Stdio::null())
+        .stdout(log.try_clone().unwrap())
+        .stderr(log)
         .spawn()
         .unwrap();
     common::wait_for("the JVM reports", 300, || {
+        if let Some(status) = java.try_wait().unwrap() {
+            let show = |f| std::fs::read_to_string(d.path(f)).unwrap_or_default();
+            let (log, report) = (show("java.log"), show("hs_err.log"));
+            let head: String = report.lines().take(40).collect::<Vec<_>>().join("\n");
+            panic!("the JVM ended by itself ({status}) before any checkpoint:\n{log}\n{head}");
+        }
         java_last(&out).is_some_and(|(s, _)| s > 5)
     });
     let threads = std::fs::read_dir(format!("/proc/{}/task", java.id())).unwrap();

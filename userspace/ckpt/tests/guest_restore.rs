@@ -2214,6 +2214,67 @@ fn fired_on_time(what: &str, at: i64, (t0, t1): (i64, i64), left_ms: i64) {
     );
 }
 
+/// The last "left=MS interval=MS" line of tests/progs/itimer.c after byte `from`.
+fn itimer_line(out: &Path, from: usize) -> Option<(i64, i64)> {
+    let text = text_after(out, from);
+    let (left, interval) = text.lines().last()?.split_once(' ')?;
+    let left = left.strip_prefix("left=")?.parse().ok()?;
+    Some((left, interval.strip_prefix("interval=")?.parse().ok()?))
+}
+
+/// A process whose only timer is an ITIMER_VIRTUAL, or an ITIMER_PROF: ckpt lends a thread to
+/// read timers only when the module reports one armed (or /proc lists a POSIX timer), so each
+/// kind must be reported; checkpointed with --kill and restored, it is still armed, with at
+/// most the CPU time it had left and its interval.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_lone_cpu_time_itimer_is_carried() {
+    for which in ["virtual", "prof"] {
+        let (_m, _d, out, img) = begin(&format!("itimer-{which}"), false);
+        let (mut child, pid) = common::spawn_ready("itimer", &[which.as_ref(), out.as_os_str()]);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while itimer_line(&out, 0).is_none() {
+            assert!(Instant::now() < deadline, "{which}: no line from itimer");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        ok(&ckpt(&[
+            "checkpoint",
+            &pid.to_string(),
+            "-o",
+            img.to_str().unwrap(),
+            "--kill",
+        ]));
+        child.wait().unwrap();
+        let (left_before, _) = itimer_line(&out, 0).unwrap();
+        let image = ckpt::manifest::Image::open(&img).unwrap();
+        let t = &image.manifest.processes[0].timers;
+        let kept = if which == "virtual" { t.virt } else { t.prof };
+        let kept = kept.unwrap_or_else(|| panic!("ITIMER_{which} is not in the image: {t:?}"));
+        assert_eq!(kept.interval_us, 7_000_000, "{which}");
+        let from = file_len(&out);
+        assert_eq!(restore_root(&img), pid);
+        let deadline = Instant::now() + Duration::from_secs(30);
+        let (left, interval) = loop {
+            if let Some(l) = itimer_line(&out, from) {
+                break l;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{which}: no line after the restore"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        // setitimer adds a tick to a CPU-time value (kernel/time/itimer.c), the restore's
+        // as the program's own: at most 10 ms more (HZ >= 100).
+        assert!(
+            left > 290_000 && left <= left_before + 10,
+            "{which}: {left} ms of CPU left after the restore, {left_before} before"
+        );
+        assert_eq!(interval, 7000, "{which}: the interval");
+        kill_and_reap(pid);
+    }
+}
+
 /// POSIX timers (periodic with a value, one-shot, to a thread, SIGEV_NONE), ITIMER_REAL and
 /// ITIMER_PROF, and a child's alarm, through a checkpoint with --kill, a pause, a restore
 /// and a live checkpoint: same ids, counts go on at their rates, the time left is what was
@@ -2395,7 +2456,15 @@ fn a_thread_lent_at_checkpoint_gives_its_signals_back() {
         )
     };
     let before: Vec<_> = frozen.tids.iter().map(|&t| regs(t)).collect();
-    let timers = ckpt::timers::dump(&frozen, |t| t).unwrap();
+    // The module reports the itimers the program armed, ITIMER_REAL and ITIMER_PROF.
+    let dev = ckpt::device::Device::open(Path::new("/dev/ckpt")).unwrap();
+    let armed = dev.itimers_armed(pid).unwrap();
+    assert_eq!(
+        armed,
+        ckpt_abi::CKPT_ITIMER_REAL | ckpt_abi::CKPT_ITIMER_PROF,
+        "armed itimers"
+    );
+    let timers = ckpt::timers::dump(&frozen, armed, |t| t).unwrap();
     assert_eq!(timers.posix.len(), 4);
     let after: Vec<_> = frozen.tids.iter().map(|&t| regs(t)).collect();
     assert_eq!(before, after, "registers of the lent thread");

@@ -191,6 +191,49 @@ fn a_client_outside_keeps_its_connection_across_kill_and_restore() {
     wait_for("the server is gone", || gone(pid));
 }
 
+/// A damaged image of a server killed with its connection locked is refused, by a full and
+/// by a lazy restore, before anything is made: its pages are checked before the lock would be
+/// lifted, so the lock still holds the client's packets and the good copy of the image
+/// restores the connection afterwards.
+#[test]
+#[ignore = "needs /dev/ckpt: runs in the guest (tools/guest.sh)"]
+fn a_damaged_image_leaves_the_connection_locked_for_another_try() {
+    let (d, mut server, pid, mut s, mut reader) = server_and_client("tcp-damaged", 10);
+    assert_eq!(ask(&mut s, &mut reader, 1), 1);
+    let img = d.path("server.img");
+    let (_, image, _) = common::checkpoint_kill(&mut server, &img);
+    let table = image.manifest.netlock.clone().expect("a network lock");
+    let (i, section) = (image.sections.iter().enumerate())
+        .filter(|(_, s)| s.kind == ckpt::image::PAGES && s.compressed.is_none())
+        .max_by_key(|(_, s)| s.len)
+        .expect("a plain pages section");
+    let mut data = std::fs::read(&img).unwrap();
+    data[(section.offset + section.len - 100) as usize] ^= 0x01;
+    let bad = d.path("bad.img");
+    std::fs::write(&bad, &data).unwrap();
+    for lazy in [false, true] {
+        let mut args = vec!["restore", bad.to_str().unwrap()];
+        args.extend(lazy.then_some("--lazy"));
+        let o = common::ckpt(&args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(1), "lazy {lazy}: {err}");
+        assert!(
+            err.contains(&format!("section {i} (pages) checksum mismatch")),
+            "lazy {lazy}: {err}"
+        );
+        assert!(gone(pid), "lazy {lazy}: the damaged image runs");
+        assert!(lock_held(&table), "lazy {lazy}: the lock was lifted");
+    }
+    writeln!(s, "2").unwrap();
+    assert_eq!(restore_root(&img), pid);
+    assert!(!lock_held(&table), "the lock is lifted after the restore");
+    let mut line = String::new();
+    reader.read_line(&mut line).unwrap();
+    assert_eq!(line.trim(), "2", "the request sent meanwhile is answered");
+    unsafe { libc::kill(pid, libc::SIGKILL) };
+    wait_for("the server is gone", || gone(pid));
+}
+
 /// An inetd-style service: `cat` (Debian's) started with an accepted TCP connection as its
 /// stdin and stdout. The connection is the program's own, not the shell's stdio: killed and
 /// restored, it is back at fds 0 and 1 and the client outside (this test) keeps talking to

@@ -512,7 +512,7 @@ impl Dump<'_> {
         let to_virtual = |k: i32| prepared.map_or(k, |p| p.ready.to_virtual(k));
         // First: reading them lends a thread, which is then put back exactly as it was (its
         // registers, FPU state and pending signals, captured below).
-        let timers = crate::timers::dump(frozen, to_virtual)?;
+        let timers = crate::timers::dump(frozen, dev.itimers_armed(pid)?, to_virtual)?;
         let captured = frozen
             .tids
             .iter()

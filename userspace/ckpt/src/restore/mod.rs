@@ -87,18 +87,19 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         key => Chain::open_pages_later(path, key.as_ref(), &verifying)?,
     };
     verifying.finish();
-    // The plain pages, checked while the module copies them into place; no process runs
-    // before the verdict (`restore_tree`). A full restore of an image that locked TCP
-    // connections checks them first: damaged, it leaves them locked for another try.
-    let mut unchecked = match (opts.lazy, &opts.key) {
-        (false, None) => Some(chain.unchecked_pages()?),
+    // An image that locked TCP connections has its plain pages checked before anything is
+    // made, lazy or not: damaged, it leaves them locked for another try (the lock is lifted
+    // once the restorers are ready, before any page would be checked otherwise).
+    let checked_first = chain.image().manifest.netlock.is_some() && opts.key.is_none();
+    if checked_first {
+        PagesCheck::start(chain.unchecked_pages()?)?.wait(&verifying)?;
+    }
+    // Else they are checked while the module copies them into place; no process runs before
+    // the verdict (`restore_tree`). A lazy restore's page server checks them as it serves.
+    let unchecked = match (opts.lazy, &opts.key, checked_first) {
+        (false, None, false) => Some(chain.unchecked_pages()?),
         _ => None,
     };
-    if chain.image().manifest.netlock.is_some() {
-        if let Some(images) = unchecked.take() {
-            PagesCheck::start(images)?.wait(&verifying)?;
-        }
-    }
     if opts.key.is_none() && chain.images.iter().any(|i| i.has_mac) {
         eprintln!(
             "ckpt: warning: {} carries a MAC, not checked without --key",
@@ -126,7 +127,11 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
         .collect();
     // Forked before anything of the tree exists: it must hold none of the tree's objects.
     let server = match opts.lazy {
-        true => Some(start_page_server(&chain, &pages, opts.key.is_some())?),
+        true => Some(start_page_server(
+            &chain,
+            &pages,
+            opts.key.is_some() || checked_first,
+        )?),
         false => None,
     };
     // Opened (and its ABI checked) before anything else; the restorers use this fd.
@@ -167,13 +172,14 @@ pub fn restore(path: &Path, device: &Path, opts: &Options) -> Result<Restored, R
 }
 
 /// The lazy restore's page server, with the page sections it is to check in the background
-/// (none if the chain was read whole for its MAC: `read_whole`).
+/// (none if they were checked already: `verified`, the chain read whole for its MAC or its
+/// pages checked first).
 fn start_page_server(
     chain: &Chain,
     pages: &[&std::fs::File],
-    read_whole: bool,
+    verified: bool,
 ) -> Result<crate::lazy::server::Server, RestoreError> {
-    let unverified = chain.images.iter().map(|i| match read_whole {
+    let unverified = chain.images.iter().map(|i| match verified {
         true => (i.path.clone(), Vec::new()),
         false => (i.path.clone(), i.unverified_pages()),
     });
