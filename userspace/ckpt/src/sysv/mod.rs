@@ -145,19 +145,35 @@ pub fn dump(
     let read_err = |kind: Kind| move |e: io::Error| format!("reading the {}s: {e}", kind.what());
     let mut sets = Vec::new();
     for (key, id) in listed(Kind::Sem).map_err(read_err(Kind::Sem))? {
-        let (set, pids) = sem::read(key, id).map_err(read_err(Kind::Sem))?;
+        let Some((set, pids)) = unless_removed(sem::read(key, id)).map_err(read_err(Kind::Sem))?
+        else {
+            continue;
+        };
         if used_by_tree(Kind::Sem, (key, id), &pids, tree)? {
             sets.push(set);
         }
     }
     let mut queues = Vec::new();
     for (key, id) in listed(Kind::Msg).map_err(read_err(Kind::Msg))? {
-        let pids = msg::last_users(id).map_err(read_err(Kind::Msg))?;
+        let Some(pids) = unless_removed(msg::last_users(id)).map_err(read_err(Kind::Msg))? else {
+            continue;
+        };
         if used_by_tree(Kind::Msg, (key, id), &pids, tree)? {
-            queues.push(msg::read(key, id, w).map_err(read_err(Kind::Msg))?);
+            let read = unless_removed(msg::read(key, id, w));
+            queues.extend(read.map_err(read_err(Kind::Msg))?);
         }
     }
     Ok((sets, queues))
+}
+
+/// `read`'s result, `None` if the object was removed after it was listed (EINVAL, EIDRM): by
+/// a process outside the tree, which is frozen; gone for the tree too.
+fn unless_removed<T>(read: io::Result<T>) -> io::Result<Option<T>> {
+    match read {
+        Ok(v) => Ok(Some(v)),
+        Err(e) if matches!(e.raw_os_error(), Some(libc::EINVAL | libc::EIDRM)) => Ok(None),
+        Err(e) => Err(e),
+    }
 }
 
 /// Moves ckpt's thread into the IPC namespace of the processes `pids` (nothing if it is
@@ -322,6 +338,16 @@ impl Made {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn an_object_removed_after_it_was_listed_is_skipped_and_other_errors_kept() {
+        let err = |n| Err::<(), _>(io::Error::from_raw_os_error(n));
+        assert!(matches!(unless_removed(Ok(5)), Ok(Some(5))));
+        assert!(matches!(unless_removed(err(libc::EINVAL)), Ok(None)));
+        assert!(matches!(unless_removed(err(libc::EIDRM)), Ok(None)));
+        let kept = unless_removed(err(libc::EACCES)).unwrap_err();
+        assert_eq!(kept.raw_os_error(), Some(libc::EACCES));
+    }
 
     #[test]
     fn an_object_is_the_trees_when_a_process_of_it_used_it_and_nobody_alive_outside() {
