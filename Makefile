@@ -1,6 +1,6 @@
 # ckpt's top-level make targets. kbuild itself reads ./Kbuild (for `make -C KDIR M=...`), so this
 # file is only for people. Every target is a thin wrapper around a script in tools/.
-.PHONY: all kmod kernel kernel-debug kernel-kasan userspace test test-native test-kasan kunit demo bench overhead fuzz fuzz-reader clean fmt
+.PHONY: all kmod kernel kernel-debug kernel-kasan userspace test test-native test-kasan kunit demo bench overhead floor fuzz fuzz-reader clean fmt
 
 all: kmod userspace
 
@@ -53,3 +53,6 @@ bench:            ## checkpoint/restore benchmark in the guest, side by side wit
 
 overhead:         ## the interceptor's cost while no checkpoint runs (natively, with and without it)
 	tools/overhead.sh
+
+floor:            ## what the guest charges for faulting, zeroing, copying and hashing a GiB (bench/floor.c)
+	tools/floor.sh

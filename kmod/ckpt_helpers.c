@@ -198,9 +198,11 @@ int ckpt_helper_get_sigactions(struct task_struct *task, struct ckpt_sigaction *
 }
 
 /*
- * Which itimers of @task's process are armed (bit ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF),
- * or -ESRCH once it has exited: what do_getitimer() (kernel/time/itimer.c) tests, under the
- * same lock. hrtimer_active() is an inline.
+ * Which itimers of @task's process are set (bit ITIMER_REAL, ITIMER_VIRTUAL, ITIMER_PROF), or
+ * -ESRCH once it has exited: what do_getitimer() (kernel/time/itimer.c) reads, under the same
+ * lock. A periodic ITIMER_REAL that has fired is armed again only when its SIGALRM is
+ * dequeued (dequeue_signal()): until then its hrtimer is not active but its interval is set,
+ * and it counts as set. hrtimer_active() is an inline.
  */
 int ckpt_helper_itimers_armed(struct task_struct *task)
 {
@@ -212,7 +214,7 @@ int ckpt_helper_itimers_armed(struct task_struct *task)
 	sighand = lock_sighand(task, &flags);
 	if (!sighand)
 		return -ESRCH;
-	if (hrtimer_active(&sig->real_timer))
+	if (hrtimer_active(&sig->real_timer) || sig->it_real_incr)
 		armed |= 1 << ITIMER_REAL;
 	if (sig->it[CPUCLOCK_VIRT].expires)
 		armed |= 1 << ITIMER_VIRTUAL;

@@ -340,7 +340,8 @@ pub struct CkptItimers {
     pub _reserved: u32,
 }
 
-/// `CkptItimers::armed`: ITIMER_REAL (which alarm() sets too) is armed.
+/// `CkptItimers::armed`: ITIMER_REAL (which alarm() sets too) is armed, or periodic and
+/// waiting for its SIGALRM to be taken (the kernel arms it again then).
 pub const CKPT_ITIMER_REAL: u32 = 1 << 0;
 /// `CkptItimers::armed`: ITIMER_VIRTUAL is armed.
 pub const CKPT_ITIMER_VIRTUAL: u32 = 1 << 1;

@@ -43,6 +43,19 @@ pub struct ITimer {
     pub interval_us: u64,
 }
 
+impl ITimer {
+    /// The value to give setitimer. A periodic ITIMER_REAL read after it fired and before its
+    /// SIGALRM was taken reads 0 left (the kernel arms it again as the signal is taken, and
+    /// the image has the signal pending): setitimer would take 0 as "disarm", so it is armed
+    /// for one interval, when it would have fired next.
+    pub fn value_to_arm(&self) -> u64 {
+        match self.value_us {
+            0 => self.interval_us,
+            v => v,
+        }
+    }
+}
+
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
 pub struct PosixTimer {
     /// The timer id the program holds (timer_t).
@@ -498,7 +511,7 @@ fn arm(
     for (which, it) in timers.itimers() {
         let Some(it) = it else { continue };
         let [isec, iusec] = split(it.interval_us, 1_000_000);
-        let [vsec, vusec] = split(it.value_us, 1_000_000);
+        let [vsec, vusec] = split(it.value_to_arm(), 1_000_000);
         inj.poke(scratch, &bytes(&[isec, iusec, vsec, vusec]))
             .map_err(restore_io("writing setitimer's arguments"))?;
         let args = [which as u64, scratch, 0, 0, 0, 0];
@@ -510,6 +523,17 @@ fn arm(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_periodic_itimer_read_between_firing_and_its_signal_is_armed_for_an_interval() {
+        let it = |value_us, interval_us| ITimer {
+            value_us,
+            interval_us,
+        };
+        assert_eq!(it(0, 100_000).value_to_arm(), 100_000);
+        assert_eq!(it(53_000, 100_000).value_to_arm(), 53_000);
+        assert_eq!(it(9_000_000, 0).value_to_arm(), 9_000_000);
+    }
 
     #[test]
     fn the_proc_listing_is_parsed() {

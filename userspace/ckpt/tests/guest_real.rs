@@ -693,7 +693,8 @@ fn python_setitimer_ticks_on_after_kill_and_restore() {
     };
     wait_for("python ticks", || lines(0).last().is_some_and(|l| l.1 >= 5));
     let img = d.path("python.img");
-    checkpoint_kill(&mut py, &img);
+    let (_, image, _) = common::checkpoint_kill(&mut py, &img);
+    let timers = image.manifest.processes[0].timers.clone();
     let before = lines(0).last().cloned().unwrap();
     let from = std::fs::metadata(&out).unwrap().len() as usize;
     let pid = restore_root(&img);
@@ -710,7 +711,8 @@ fn python_setitimer_ticks_on_after_kill_and_restore() {
     let (dt, dn) = (last.0 - first.0, last.1 - first.1);
     assert!(
         dn * 2 >= dt / 100 - 2 && dn <= dt / 100 + dt / 500 + 2,
-        "{dn} ticks in {dt} ms, one every 100 ms expected"
+        "{dn} ticks in {dt} ms, one every 100 ms expected (before: {before:?}, after: \
+         {l:?}; in the image: {timers:?})"
     );
     assert_eq!(last.2, "0.1", "the interval Python reads back");
     // SAFETY: ending the restored process (init reaps it: `ckpt restore` has exited).
