@@ -9,7 +9,8 @@
  * pread: the kernel's copy from the page cache into user memory (CRIU's restore);
  * copy_file_range: the kernel's copy from one tmpfs file into a new one (a dump's write into
  *   an image: page cache allocation and copy, under the file's lock);
- * xxh64: hashing from a mapping of the page cache (ckpt's checksum of every page). */
+ * xxh64: XXH64's main loop in plain C from a mapping of the page cache (ckpt's checksum of
+ *   every page; the xxhash-rust crate ckpt uses took 0.6 s per GiB on one thread, session 14). */
 #define _GNU_SOURCE
 #include <fcntl.h>
 #include <linux/userfaultfd.h>

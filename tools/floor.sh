@@ -12,9 +12,10 @@ mib=${1:-1024} rounds=${2:-3}
 work=$root/target/floor
 mkdir -p "$work"
 cc -O2 -Wall -Werror -pthread -o "$work/floor" "$root/bench/floor.c"
-"$here/guest.sh" --mem $((mib * 3 + 1024)) --prealloc --timeout 1200 -- \
-  bash -c "for i in \$(seq $rounds); do $work/floor $mib; done" | tee "$work/out" >&2
+# The source file, its copy (tmpfs: half the guest's memory) and the anonymous memory.
+"$here/guest.sh" --mem $((mib * 5 + 1024)) --prealloc --timeout 1200 -- \
+  bash -c "for i in \$(seq $rounds); do $work/floor $mib || exit 1; done" | tee "$work/out" >&2
 echo "median of $rounds, ms for $mib MiB (operation, threads, ms):"
-grep -E '^[a-zA-Z_+]+ +[12] +[0-9]+$' "$work/out" |
-  awk '{k=$1" "$2; v[k]=v[k]" "$3; if (!(k in seen)) {seen[k]=1; order[++n]=k}}
-       END {for (i=1;i<=n;i++) {m=split(v[order[i]],a," "); asort(a); printf "%-18s %s\n", order[i], a[int((m+1)/2)]}}'
+tr -d '\r' < "$work/out" | grep -E '^[a-zA-Z0-9_+]+ +[12] +[0-9]+$' | sort -k1,1 -k2,2n -k3,3n |
+  awk '{k = $1 " " $2; c[k]++; v[k, c[k]] = $3; if (!(k in seen)) {seen[k] = 1; order[++n] = k}}
+       END {for (i = 1; i <= n; i++) {k = order[i]; printf "%-18s %s\n", k, v[k, int((c[k] + 1) / 2)]}}'
