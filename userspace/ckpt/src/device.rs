@@ -185,17 +185,8 @@ impl Device {
             pid,
             ..Default::default()
         });
-        // SAFETY: the kernel reads and writes one CkptTaskState at the pointer.
-        let ret = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                CKPT_IOC_DUMP_TASK as _,
-                &mut *st as *mut CkptTaskState,
-            )
-        };
-        if ret < 0 {
-            return Err(query_error(pid, io::Error::last_os_error()));
-        }
+        // SAFETY: CKPT_IOC_DUMP_TASK reads and writes one CkptTaskState.
+        unsafe { self.pid_ioctl(pid, CKPT_IOC_DUMP_TASK, &mut *st) }?;
         Ok(st)
     }
 
@@ -205,18 +196,24 @@ impl Device {
             pid,
             ..Default::default()
         };
-        // SAFETY: the kernel reads and writes one CkptItimers at the pointer.
-        let ret = unsafe {
-            libc::ioctl(
-                self.file.as_raw_fd(),
-                CKPT_IOC_ITIMERS as _,
-                &mut req as *mut CkptItimers,
-            )
-        };
+        // SAFETY: CKPT_IOC_ITIMERS reads and writes one CkptItimers.
+        unsafe { self.pid_ioctl(pid, CKPT_IOC_ITIMERS, &mut req) }?;
+        Ok(req.armed)
+    }
+
+    /// ioctl `cmd` with `arg`, a request naming `pid`; its error in words.
+    ///
+    /// # Safety
+    ///
+    /// `cmd` must be an ioctl of the module that reads and writes one `T`.
+    unsafe fn pid_ioctl<T>(&self, pid: i32, cmd: u32, arg: &mut T) -> Result<(), QueryError> {
+        // SAFETY: the module reads and writes one `T` at the pointer (the caller's promise),
+        // which is valid and writable for the call.
+        let ret = unsafe { libc::ioctl(self.file.as_raw_fd(), cmd as _, arg as *mut T) };
         if ret < 0 {
             return Err(query_error(pid, io::Error::last_os_error()));
         }
-        Ok(req.armed)
+        Ok(())
     }
 
     /// `CKPT_IOC_DUMP_PAGES`: copies the pages of `pid` in `ranges` into `image` at `offset`.

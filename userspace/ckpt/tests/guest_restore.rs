@@ -681,13 +681,7 @@ fn a_damaged_plain_pages_section_is_found_before_the_program_runs() {
     let pid = child.id() as i32;
     let last = checkpoint_kill(&mut child, &img, &out);
     let image = ckpt::manifest::Image::open(&img).unwrap();
-    let (i, s) = (image.sections.iter().enumerate())
-        .filter(|(_, s)| s.kind == ckpt::image::PAGES && s.compressed.is_none())
-        .max_by_key(|(_, s)| s.len)
-        .expect("a plain pages section");
-    let mut data = std::fs::read(&img).unwrap();
-    data[(s.offset + s.len - 100) as usize] ^= 0x01;
-    std::fs::write(&bad, &data).unwrap();
+    let i = common::damage_pages(&image, &img, &bad);
     let lines = file_len(&out);
     let o = ckpt(&["restore", bad.to_str().unwrap()]);
     let err = String::from_utf8_lossy(&o.stderr);
@@ -2232,38 +2226,29 @@ fn a_lone_cpu_time_itimer_is_carried() {
     for which in ["virtual", "prof"] {
         let (_m, _d, out, img) = begin(&format!("itimer-{which}"), false);
         let (mut child, pid) = common::spawn_ready("itimer", &[which.as_ref(), out.as_os_str()]);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while itimer_line(&out, 0).is_none() {
-            assert!(Instant::now() < deadline, "{which}: no line from itimer");
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        ok(&ckpt(&[
-            "checkpoint",
-            &pid.to_string(),
-            "-o",
-            img.to_str().unwrap(),
-            "--kill",
-        ]));
-        child.wait().unwrap();
-        let (left_before, _) = itimer_line(&out, 0).unwrap();
-        let image = ckpt::manifest::Image::open(&img).unwrap();
+        let line_after = |from: usize| {
+            let deadline = Instant::now() + Duration::from_secs(30);
+            loop {
+                if let Some(l) = itimer_line(&out, from) {
+                    return l;
+                }
+                assert!(
+                    Instant::now() < deadline,
+                    "{which}: no line after byte {from}"
+                );
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        };
+        line_after(0);
+        let (_, image, _) = common::checkpoint_kill(&mut child, &img);
+        let (left_before, _) = line_after(0);
         let t = &image.manifest.processes[0].timers;
         let kept = if which == "virtual" { t.virt } else { t.prof };
         let kept = kept.unwrap_or_else(|| panic!("ITIMER_{which} is not in the image: {t:?}"));
         assert_eq!(kept.interval_us, 7_000_000, "{which}");
         let from = file_len(&out);
         assert_eq!(restore_root(&img), pid);
-        let deadline = Instant::now() + Duration::from_secs(30);
-        let (left, interval) = loop {
-            if let Some(l) = itimer_line(&out, from) {
-                break l;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{which}: no line after the restore"
-            );
-            std::thread::sleep(Duration::from_millis(20));
-        };
+        let (left, interval) = line_after(from);
         // setitimer adds a tick to a CPU-time value (kernel/time/itimer.c), the restore's
         // as the program's own: at most 10 ms more (HZ >= 100).
         assert!(

@@ -203,14 +203,8 @@ fn a_damaged_image_leaves_the_connection_locked_for_another_try() {
     let img = d.path("server.img");
     let (_, image, _) = common::checkpoint_kill(&mut server, &img);
     let table = image.manifest.netlock.clone().expect("a network lock");
-    let (i, section) = (image.sections.iter().enumerate())
-        .filter(|(_, s)| s.kind == ckpt::image::PAGES && s.compressed.is_none())
-        .max_by_key(|(_, s)| s.len)
-        .expect("a plain pages section");
-    let mut data = std::fs::read(&img).unwrap();
-    data[(section.offset + section.len - 100) as usize] ^= 0x01;
     let bad = d.path("bad.img");
-    std::fs::write(&bad, &data).unwrap();
+    let i = common::damage_pages(&image, &img, &bad);
     for lazy in [false, true] {
         let mut args = vec!["restore", bad.to_str().unwrap()];
         args.extend(lazy.then_some("--lazy"));

@@ -3,7 +3,7 @@
 
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 
 /// Reason string for tests that need the module: natively they are ignored, and the guest runner
@@ -375,4 +375,17 @@ pub fn kill_and_reap(pid: i32) {
         libc::kill(pid, libc::SIGKILL);
         libc::waitpid(pid, std::ptr::null_mut(), 0);
     }
+}
+
+/// Writes to `bad` a copy of `img` (opened as `image`) with one bit of its largest plain pages
+/// section flipped; returns that section's index.
+pub fn damage_pages(image: &ckpt::manifest::Image, img: &Path, bad: &Path) -> usize {
+    let (i, section) = (image.sections.iter().enumerate())
+        .filter(|(_, s)| s.kind == ckpt::image::PAGES && s.compressed.is_none())
+        .max_by_key(|(_, s)| s.len)
+        .expect("a plain pages section");
+    let mut data = std::fs::read(img).unwrap();
+    data[(section.offset + section.len - 100) as usize] ^= 0x01;
+    std::fs::write(bad, &data).unwrap();
+    i
 }
